@@ -1,0 +1,244 @@
+//! What the engine asks its driver to publish, and its counters.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kaa_ism::UnixMillis;
+use kaa_ism::avro::Encode;
+
+/// One message for the driver to encode and publish, from
+/// [`Cmx::poll_output`](super::Cmx::poll_output).
+///
+/// Each variant carries its subject and can lend itself as the wire struct of its
+/// protocol crate (`message()`), ready for [`kaa_ism::avro::Encode`]; strings and
+/// payloads shared between many outputs (app version names, a pushed
+/// configuration) are reference-counted, not copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Output {
+    /// 4/ESP `ExtensionData` to a communication service: a response to a device
+    /// request, or a push.
+    ExtensionData(OutgoingExtensionData),
+    /// 6/CDTP `ConfigRequest` to the provider, to publish with its `reply_to`.
+    ConfigRequest(OutgoingConfigRequest),
+    /// 6/CDTP `ConfigApplied` broadcast.
+    ConfigApplied(OutgoingConfigApplied),
+}
+
+impl Output {
+    /// The subject to publish on.
+    pub fn subject(&self) -> &str {
+        match self {
+            Output::ExtensionData(m) => &m.subject,
+            Output::ConfigRequest(m) => &m.subject,
+            Output::ConfigApplied(m) => &m.subject,
+        }
+    }
+
+    /// The NATS `replyTo` to publish with (only CDTP requests have one).
+    pub fn reply_to(&self) -> Option<&str> {
+        match self {
+            Output::ConfigRequest(m) => Some(&m.reply_to),
+            _ => None,
+        }
+    }
+
+    /// The Avro binary datum to publish.
+    pub fn to_datum(&self) -> Vec<u8> {
+        match self {
+            Output::ExtensionData(m) => m.message().to_vec(),
+            Output::ConfigRequest(m) => m.message().to_vec(),
+            Output::ConfigApplied(m) => m.message().to_vec(),
+        }
+    }
+}
+
+/// A 4/ESP `ExtensionData` the engine wants published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutgoingExtensionData {
+    /// The communication service replica from the device request's `replyTo`
+    /// (message type `ExtensionData`), else `kaa.v1.service.<kpc>.esp.ExtensionData`.
+    pub subject: Arc<str>,
+    /// The device request's correlation ID for a response; a new one for a push.
+    pub correlation_id: String,
+    /// When the engine produced it.
+    pub timestamp: UnixMillis,
+    /// `timeout`, milliseconds (0: none).
+    pub timeout: i64,
+    /// `appVersionName`.
+    pub app_version_name: Arc<str>,
+    /// `extensionInstanceName`: this CMX's instance name.
+    pub extension_instance_name: Arc<str>,
+    /// `endpointId` (`None` only when answering a request that had none).
+    pub endpoint_id: Option<Arc<str>>,
+    /// `resourcePath`: the request's for a response, `/config/json[/<name>]` for a push.
+    pub resource_path: Arc<str>,
+    /// `requestId`: the request's, `None` for a push.
+    pub request_id: Option<i32>,
+    /// `payload`: a 7/CMP configuration response, or `None` (applied response, errors).
+    pub payload: Option<Bytes>,
+    /// `statusCode`.
+    pub status_code: i32,
+    /// `reasonPhrase`: set for errors.
+    pub reason_phrase: Option<Cow<'static, str>>,
+}
+
+impl OutgoingExtensionData {
+    /// True for a push (no request ID).
+    pub fn is_push(&self) -> bool {
+        self.request_id.is_none()
+    }
+
+    /// The message as the 4/ESP wire struct, borrowing from `self`.
+    pub fn message(&self) -> kaa_esp::ExtensionData<'_> {
+        kaa_esp::ExtensionData {
+            correlation_id: Cow::Borrowed(&self.correlation_id),
+            timestamp: self.timestamp.0,
+            timeout: self.timeout,
+            app_version_name: Some(Cow::Borrowed(&self.app_version_name)),
+            extension_instance_name: Some(Cow::Borrowed(&self.extension_instance_name)),
+            endpoint_id: self.endpoint_id.as_deref().map(Cow::Borrowed),
+            resource_path: Cow::Borrowed(&self.resource_path),
+            request_id: self.request_id,
+            payload: self.payload.as_deref().map(Cow::Borrowed),
+            status_code: self.status_code,
+            reason_phrase: self.reason_phrase.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
+
+/// A 6/CDTP `ConfigRequest` the engine wants published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutgoingConfigRequest {
+    /// `kaa.v1.service.<provider>.cdtp.request`.
+    pub subject: Arc<str>,
+    /// `kaa.v1.replica.<cmx replica>.cdtp.response`: publish with this `replyTo`.
+    pub reply_to: Arc<str>,
+    /// `correlationId`, `<prefix>-<n>`: the response must carry it back.
+    pub correlation_id: String,
+    /// When the engine produced it.
+    pub timestamp: UnixMillis,
+    /// `timeout`: the engine's CDTP timeout, milliseconds.
+    pub timeout: i64,
+    /// `appVersionName`.
+    pub app_version_name: Arc<str>,
+    /// `endpointId`.
+    pub endpoint_id: Arc<str>,
+    /// `configId`: the configuration the device reported, if any.
+    pub config_id: Option<Arc<str>>,
+    /// `configName`: `None` for the default configuration.
+    pub config_name: Option<Arc<str>>,
+    /// When the engine gives up waiting (`timestamp + timeout`).
+    pub deadline: UnixMillis,
+}
+
+impl OutgoingConfigRequest {
+    /// The message as the 6/CDTP wire struct, borrowing from `self`.
+    pub fn message(&self) -> kaa_cdtp::ConfigRequest<'_> {
+        kaa_cdtp::ConfigRequest {
+            correlation_id: Cow::Borrowed(&self.correlation_id),
+            timestamp: self.timestamp.0,
+            timeout: self.timeout,
+            app_version_name: Cow::Borrowed(&self.app_version_name),
+            endpoint_id: Cow::Borrowed(&self.endpoint_id),
+            config_id: self.config_id.as_deref().map(Cow::Borrowed),
+            config_name: self.config_name.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
+
+/// A 6/CDTP `ConfigApplied` broadcast the engine wants published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutgoingConfigApplied {
+    /// `kaa.v1.events.<cmx instance>.endpoint.config.applied`.
+    pub subject: Arc<str>,
+    /// `correlationId`: the device request's.
+    pub correlation_id: String,
+    /// When the engine produced it.
+    pub timestamp: UnixMillis,
+    /// `timeout`, milliseconds (0: none).
+    pub timeout: i64,
+    /// `appVersionName`.
+    pub app_version_name: Arc<str>,
+    /// `endpointId`.
+    pub endpoint_id: Arc<str>,
+    /// `configId`.
+    pub config_id: Arc<str>,
+    /// `originatorReplicaId`: this replica.
+    pub originator_replica_id: Arc<str>,
+    /// `statusCode`: 2xx applied, anything else rejected.
+    pub status_code: i32,
+    /// `reasonPhrase`, as the device sent it.
+    pub reason_phrase: Option<Arc<str>>,
+    /// `configName`: `None` for the default configuration.
+    pub config_name: Option<Arc<str>>,
+}
+
+impl OutgoingConfigApplied {
+    /// True when the device applied the configuration (2xx).
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status_code)
+    }
+
+    /// The message as the 6/CDTP wire struct, borrowing from `self`.
+    pub fn message(&self) -> kaa_cdtp::ConfigApplied<'_> {
+        kaa_cdtp::ConfigApplied {
+            correlation_id: Cow::Borrowed(&self.correlation_id),
+            timestamp: self.timestamp.0,
+            timeout: self.timeout,
+            app_version_name: Cow::Borrowed(&self.app_version_name),
+            endpoint_id: Cow::Borrowed(&self.endpoint_id),
+            config_id: Cow::Borrowed(&self.config_id),
+            originator_replica_id: Some(Cow::Borrowed(&self.originator_replica_id)),
+            status_code: self.status_code,
+            reason_phrase: self.reason_phrase.as_deref().map(Cow::Borrowed),
+            config_name: self.config_name.as_deref().map(Cow::Borrowed),
+        }
+    }
+}
+
+/// Counters of what the engine did, for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `ClientData` messages handled.
+    pub client_data: u64,
+    /// `ClientData` dropped because it had expired on arrival.
+    pub client_data_expired: u64,
+    /// Error responses not sent because the request had no request ID (1/KP:
+    /// no request ID, no response).
+    pub errors_without_request_id: u64,
+    /// CDTP requests sent.
+    pub cdtp_requests: u64,
+    /// CDTP responses matched to a request in flight.
+    pub cdtp_responses: u64,
+    /// CDTP responses with an unknown correlation ID (late, duplicated, foreign).
+    pub cdtp_responses_unmatched: u64,
+    /// CDTP responses discarded because a change arrived after the request was
+    /// sent; the configuration was requested again.
+    pub cdtp_responses_stale: u64,
+    /// CDTP requests that got no answer in time.
+    pub cdtp_timeouts: u64,
+    /// CDTP responses that were errors or unusable.
+    pub provider_errors: u64,
+    /// Device requests refused with 503 (too many CDTP requests in flight, too
+    /// many waiting on one, too many names).
+    pub backpressure_rejections: u64,
+    /// Configurations pushed.
+    pub pushes: u64,
+    /// Pushes abandoned after the configured retries.
+    pub push_retries_exhausted: u64,
+    /// `ConfigUpdated` broadcasts handled.
+    pub config_updates: u64,
+    /// `ConfigUpdated` broadcasts about endpoints, app versions or names the
+    /// engine does not track.
+    pub config_updates_ignored: u64,
+    /// Endpoints forgotten because `max_endpoints` was reached.
+    pub endpoints_evicted: u64,
+    /// Endpoints forgotten after `endpoint_ttl`.
+    pub endpoints_expired: u64,
+}

@@ -1,0 +1,1036 @@
+//! Deterministic tests of the CMX engine against a fake provider, on simulated
+//! time: one test per rule of the engine's behaviour.
+
+mod support;
+
+use std::time::Duration;
+
+use kaa_cmp::engine::{Cmx, Output};
+use kaa_ism::UnixMillis;
+use serde_json::json;
+use support::*;
+
+const EP: &str = "ep-1";
+
+// ---------------------------------------------------------------------------
+// Request / response
+// ---------------------------------------------------------------------------
+
+#[test]
+fn request_is_answered_with_the_current_configuration() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, r#"{"rate":5}"#);
+    w.send(EP, "/config/json", Some(42), r#"{"observe":true}"#);
+
+    // One CDTP request, as 6/CDTP says.
+    assert_eq!(w.requests.len(), 1);
+    let req = &w.requests[0];
+    assert_eq!(&*req.subject, "kaa.v1.service.ecr.cdtp.request");
+    assert_eq!(&*req.reply_to, "kaa.v1.replica.cmx-1.cdtp.response");
+    assert_eq!(req.correlation_id, "cmx-1-1");
+    assert_eq!(&*req.endpoint_id, EP);
+    assert_eq!(&*req.app_version_name, AV);
+    assert_eq!(req.config_id, None);
+    assert_eq!(req.config_name, None);
+    assert_eq!(req.timeout, 5_000);
+    assert_eq!(req.deadline, UnixMillis(w.now.0 + 5_000));
+
+    let m = w.take_one(EP);
+    assert_eq!(&*m.subject, KPC_REPLICA, "session affinity");
+    assert_eq!(m.correlation_id, "kpc-1", "the request's correlation ID");
+    assert_eq!(m.request_id, Some(42));
+    assert_eq!(&*m.resource_path, "/config/json");
+    assert_eq!(&*m.app_version_name, AV);
+    assert_eq!(&*m.extension_instance_name, "cmx");
+    assert_eq!(m.status_code, 200);
+    assert_eq!(
+        json(&m),
+        json!({"configId": "cfg-1", "config": {"rate": 5}})
+    );
+}
+
+#[test]
+fn request_naming_the_current_configuration_is_answered_unchanged() {
+    let mut w = World::new();
+    let id = w.provider.set(EP, AV, None, "1").config_id.to_string();
+    w.send(
+        EP,
+        "/config/json",
+        Some(1),
+        &format!(r#"{{"configId":"{id}"}}"#),
+    );
+    assert_eq!(w.requests[0].config_id.as_deref(), Some(id.as_str()));
+    let m = w.take_one(EP);
+    assert_eq!(m.payload.as_deref(), Some(&b"{}"[..]));
+    assert_eq!(m.status_code, 200);
+
+    // An older ID gets the new configuration.
+    let new = w.provider.set(EP, AV, None, "2").config_id.to_string();
+    w.send(
+        EP,
+        "/config/json",
+        Some(2),
+        &format!(r#"{{"configId":"{id}"}}"#),
+    );
+    let m = w.take_one(EP);
+    assert_eq!(config_id(&m), Some(new));
+    assert_eq!(json(&m)["config"], json!(2));
+}
+
+#[test]
+fn absent_configuration_is_empty_id_and_null() {
+    let mut w = World::new();
+    w.send(EP, "/config/json", Some(1), "{}");
+    let m = w.take_one(EP);
+    assert_eq!(m.status_code, 200);
+    assert_eq!(json(&m), json!({"configId": "", "config": null}));
+    // A device that knows it has none is told "unchanged".
+    w.send(EP, "/config/json", Some(2), r#"{"configId":""}"#);
+    assert_eq!(w.take_one(EP).payload.as_deref(), Some(&b"{}"[..]));
+}
+
+#[test]
+fn requests_waiting_on_one_fetch_share_it() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), "{}");
+    w.send(EP, "/config/json", Some(2), r#"{"configId":"cfg-1"}"#);
+    assert_eq!(w.requests.len(), 1, "one CDTP request in flight per name");
+    w.answer_next();
+    let out = w.take(EP);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        (out[0].request_id, config_id(&out[0])),
+        (Some(1), Some("cfg-1".into()))
+    );
+    assert_eq!(out[1].request_id, Some(2));
+    assert_eq!(out[1].payload.as_deref(), Some(&b"{}"[..]));
+}
+
+#[test]
+fn replies_follow_session_affinity_else_the_instance_subject() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    // replyTo with the ClientData message type: the type is substituted.
+    let cd = w.client_data(EP, "/config/json", Some(1), "{}");
+    w.send_msg(&cd, Some("kaa.v1.replica.kpc-7.esp.ClientData"));
+    assert_eq!(
+        &*w.take_one(EP).subject,
+        "kaa.v1.replica.kpc-7.esp.ExtensionData"
+    );
+    // No replyTo, or something that is not a targeted subject: instance-wide.
+    let cd = w.client_data(EP, "/config/json", Some(2), "{}");
+    w.send_msg(&cd, None);
+    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+    let cd = w.client_data(EP, "/config/json", Some(3), "{}");
+    w.send_msg(&cd, Some("_INBOX.abc"));
+    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+    // Pushes use the affinity of the latest request...
+    w.send(EP, "/config/json", Some(4), "{}");
+    w.take(EP);
+    w.update(EP, None, "2");
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+    // ...until a new session starts (the connect push re-sends cfg-2: the device
+    // never reported it applied).
+    w.connect(&[EP]);
+    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+    w.update(EP, None, "3");
+    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+}
+
+#[test]
+fn request_without_request_id_gets_a_push_and_no_error() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", None, "{}");
+    let m = w.take_one(EP);
+    assert!(m.is_push());
+    assert_eq!(config_id(&m).as_deref(), Some("cfg-1"));
+    // Unchanged: nothing to say.
+    w.send(EP, "/config/json", None, r#"{"configId":"cfg-1"}"#);
+    assert!(w.take(EP).is_empty());
+    // An error without a request ID is not published (1/KP).
+    w.send(EP, "/config/json", None, "not json");
+    assert!(w.take(EP).is_empty());
+    assert_eq!(w.cmx.stats().errors_without_request_id, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Observe and pushes
+// ---------------------------------------------------------------------------
+
+fn observing(observe: &str) -> World {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), observe);
+    assert_eq!(w.take(EP).len(), 1);
+    w
+}
+
+#[test]
+fn observe_true_pushes_every_change() {
+    let mut w = observing(r#"{"observe":true}"#);
+    for n in 2..5 {
+        let id = w.update(EP, None, &n.to_string());
+        let m = w.take_one(EP);
+        assert!(m.is_push());
+        assert_eq!(&*m.resource_path, "/config/json");
+        assert_eq!(m.status_code, 200);
+        assert_eq!(json(&m), json!({"configId": id, "config": n}));
+    }
+}
+
+#[test]
+fn observe_absent_pushes_too() {
+    let mut w = observing("{}");
+    let id = w.update(EP, None, "2");
+    assert_eq!(config_id(&w.take_one(EP)), Some(id));
+}
+
+#[test]
+fn observe_false_stops_pushes_until_the_next_request() {
+    let mut w = observing(r#"{"observe":false}"#);
+    w.update(EP, None, "2");
+    assert!(w.take(EP).is_empty());
+    assert!(
+        w.requests.len() == 1,
+        "no fetch for an endpoint that opted out"
+    );
+    // Connect does not push either.
+    w.disconnect(&[EP]);
+    w.connect(&[EP]);
+    assert!(w.take(EP).is_empty());
+    // The next request (observe absent) turns pushes back on.
+    w.send(EP, "/config/json", Some(2), r#"{"configId":"cfg-1"}"#);
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-2"));
+    let id = w.update(EP, None, "3");
+    assert_eq!(config_id(&w.take_one(EP)), Some(id));
+}
+
+#[test]
+fn pushes_go_only_to_connected_endpoints() {
+    let mut w = observing(r#"{"observe":true}"#);
+    let before = w.requests.len();
+    w.disconnect(&[EP]);
+    w.update(EP, None, "2");
+    assert!(w.take(EP).is_empty());
+    assert_eq!(
+        w.requests.len(),
+        before,
+        "nothing fetched for an offline endpoint"
+    );
+    // An endpoint the engine has never seen is not pushed to either.
+    w.update("stranger", None, "1");
+    assert!(w.take("stranger").is_empty());
+    assert_eq!(w.cmx.stats().config_updates_ignored, 1);
+}
+
+#[test]
+fn offline_endpoint_gets_only_the_latest_once_on_connect() {
+    let mut w = observing(r#"{"observe":true}"#);
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-1"}"#);
+    w.disconnect(&[EP]);
+    let mut latest = String::new();
+    for n in 2..=6 {
+        latest = w.update(EP, None, &n.to_string());
+    }
+    assert!(w.take(EP).is_empty());
+    w.connect(&[EP]);
+    let m = w.take_one(EP);
+    assert!(m.is_push());
+    assert_eq!(json(&m), json!({"configId": latest, "config": 6}));
+    // Applied: a later reconnect pushes nothing.
+    w.send(
+        EP,
+        "/applied/json",
+        None,
+        &format!(r#"{{"configId":"{latest}"}}"#),
+    );
+    w.disconnect(&[EP]);
+    w.connect(&[EP]);
+    assert!(w.take(EP).is_empty());
+}
+
+#[test]
+fn connect_pushes_what_was_delivered_but_not_applied() {
+    // The push sent just before the device went away may have been lost.
+    let mut w = observing(r#"{"observe":true}"#);
+    w.disconnect(&[EP]);
+    w.connect(&[EP]);
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-1"));
+}
+
+#[test]
+fn connect_pushes_the_default_configuration_to_a_new_endpoint() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, r#"{"a":1}"#);
+    w.connect(&[EP, "ep-without-config"]);
+    let m = w.take_one(EP);
+    assert_eq!(&*m.resource_path, "/config/json");
+    assert_eq!(json(&m)["config"], json!({"a":1}));
+    // Nothing to push where there is no configuration.
+    assert!(w.take("ep-without-config").is_empty());
+}
+
+#[test]
+fn app_version_change_pushes_the_new_versions_configuration() {
+    let mut w = observing(r#"{"observe":true}"#);
+    w.provider.set(EP, AV2, None, r#"{"v":2}"#);
+    w.app_version_updated(EP, AV, AV2);
+    let m = w.take_one(EP);
+    assert!(m.is_push());
+    assert_eq!(&*m.app_version_name, AV2);
+    assert_eq!(json(&m)["config"], json!({"v":2}));
+    assert_eq!(&*w.requests.last().unwrap().app_version_name, AV2);
+    // Updates for the old app version are no longer relevant.
+    w.update_av(EP, AV, None, "old");
+    assert!(w.take(EP).is_empty());
+}
+
+#[test]
+fn app_version_follows_the_newest_information() {
+    let mut w = observing(r#"{"observe":true}"#);
+    w.provider.set(EP, AV2, None, r#""v2""#);
+    // A device message stamped before the event, delivered after it.
+    let late = w.client_data(EP, "/applied/json", None, r#"{"configId":"cfg-1"}"#);
+    w.advance(10);
+    w.app_version_updated(EP, AV, AV2);
+    assert_eq!(json(&w.take_one(EP))["config"], json!("v2"));
+    w.send_msg(&late, Some(KPC_REPLICA));
+    assert_eq!(w.cmx.endpoint(EP).unwrap().app_version_name, AV2);
+    assert!(w.take(EP).is_empty());
+    // A newer device message under the old app version wins: the device speaks it.
+    w.advance(10);
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-1"}"#);
+    assert_eq!(w.cmx.endpoint(EP).unwrap().app_version_name, AV);
+}
+
+#[test]
+fn a_request_under_a_new_app_version_pushes_the_other_names() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.provider.set(EP, AV, Some("net"), "1");
+    w.send(EP, "/config/json", Some(1), "{}");
+    w.send(EP, "/config/json/net", Some(2), "{}");
+    assert_eq!(w.take(EP).len(), 2);
+    w.provider.set(EP, AV2, None, r#""d2""#);
+    w.provider.set(EP, AV2, Some("net"), r#""n2""#);
+    w.advance(1);
+    let mut cd = w.client_data(EP, "/config/json/net", Some(3), "{}");
+    cd.app_version_name = AV2.into();
+    w.send_msg(&cd, Some(KPC_REPLICA));
+    let out = w.take(EP);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let default = out.iter().find(|m| m.is_push()).unwrap();
+    assert_eq!(
+        (&*default.resource_path, &*default.app_version_name),
+        ("/config/json", AV2)
+    );
+    assert_eq!(json(default)["config"], json!("d2"));
+    let answer = out.iter().find(|m| !m.is_push()).unwrap();
+    assert_eq!(json(answer)["config"], json!("n2"));
+}
+
+// ---------------------------------------------------------------------------
+// Never an older configuration after a newer one
+// ---------------------------------------------------------------------------
+
+#[test]
+fn response_issued_before_an_update_but_arriving_after_it_is_not_delivered() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), r#"{"observe":true}"#);
+    // The provider answers with cfg-1...
+    let req = w.held.pop_front().unwrap();
+    let stale = w.provider.answer(&req.message());
+    // ...then the configuration changes and the broadcast overtakes the answer.
+    w.update(EP, None, "2");
+    assert!(w.take(EP).is_empty(), "nothing delivered before the fetch");
+    w.cmx.handle_config_response(&stale, w.now);
+    w.drain();
+    assert!(w.take(EP).is_empty(), "the stale answer is not delivered");
+    assert_eq!(w.cmx.stats().cdtp_responses_stale, 1);
+    // The engine asked again; the device gets cfg-2 only.
+    w.answer_next();
+    let out = w.take(EP);
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!(out[0].request_id, Some(1));
+    assert_eq!(config_id(&out[0]).as_deref(), Some("cfg-2"));
+    assert!(w.held.is_empty());
+}
+
+#[test]
+fn reordered_and_duplicated_updates_never_push_an_older_configuration() {
+    let mut w = observing(r#"{"observe":true}"#);
+    let u2 = w.provider.set(EP, AV, None, "2");
+    let u3 = w.provider.set(EP, AV, None, "3");
+    // The newer broadcast arrives first, then the older one, then it again.
+    for u in [&u3, &u2, &u2] {
+        w.cmx.handle_config_updated(u, w.now);
+        w.drain();
+    }
+    let ids: Vec<_> = w.take(EP).iter().map(|m| config_id(m).unwrap()).collect();
+    assert_eq!(ids, ["cfg-3"], "only the latest, once");
+}
+
+#[test]
+fn late_and_duplicated_responses_are_ignored() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), "{}");
+    let req = w.held.pop_front().unwrap();
+    let resp = w.provider.answer(&req.message());
+    w.cmx.handle_config_response(&resp, w.now);
+    w.cmx.handle_config_response(&resp, w.now);
+    w.drain();
+    assert_eq!(w.take(EP).len(), 1);
+    assert_eq!(w.cmx.stats().cdtp_responses_unmatched, 1);
+    // A response after its deadline matches nothing.
+    w.send(EP, "/config/json", Some(2), "{}");
+    let req = w.held.pop_front().unwrap();
+    w.advance(5_001);
+    let m = w.take_one(EP);
+    assert_eq!((m.request_id, m.status_code), (Some(2), 504));
+    let late = w.provider.answer(&req.message());
+    w.cmx.handle_config_response(&late, w.now);
+    w.drain();
+    assert!(w.take(EP).is_empty());
+    // Foreign correlation IDs too.
+    let mut foreign = late.clone();
+    foreign.correlation_id = "other-1".into();
+    w.cmx.handle_config_response(&foreign, w.now);
+    assert_eq!(w.cmx.stats().cdtp_responses_unmatched, 3);
+}
+
+// ---------------------------------------------------------------------------
+// Applied reports
+// ---------------------------------------------------------------------------
+
+#[test]
+fn applied_report_is_broadcast_and_answered_empty() {
+    let mut w = World::new();
+    w.send(EP, "/applied/json", Some(7), r#"{"configId":"cfg-1"}"#);
+    let a = w.applied.pop().unwrap();
+    assert_eq!(&*a.subject, "kaa.v1.events.cmx.endpoint.config.applied");
+    assert_eq!(
+        (&*a.endpoint_id, &*a.config_id, &*a.app_version_name),
+        (EP, "cfg-1", AV)
+    );
+    assert_eq!((a.status_code, a.reason_phrase.as_deref()), (200, None));
+    assert!(a.is_success());
+    assert_eq!(a.config_name, None);
+    assert_eq!(a.originator_replica_id.as_ref(), "cmx-1");
+    let m = w.take_one(EP);
+    assert_eq!(
+        (m.request_id, m.status_code, m.payload.clone()),
+        (Some(7), 200, None)
+    );
+    assert_eq!(&*m.resource_path, "/applied/json");
+    assert_eq!(
+        w.cmx.endpoint(EP).unwrap().configurations[0]
+            .applied
+            .as_deref(),
+        Some("cfg-1")
+    );
+
+    // A rejection keeps its status and reason; without a request ID, no response.
+    w.send(
+        EP,
+        "/applied/json/network",
+        None,
+        r#"{"configId":"net-1","statusCode":400,"reasonPhrase":"WPA2 is not supported"}"#,
+    );
+    let a = w.applied.pop().unwrap();
+    assert_eq!(
+        (
+            a.status_code,
+            a.reason_phrase.as_deref(),
+            a.config_name.as_deref()
+        ),
+        (400, Some("WPA2 is not supported"), Some("network"))
+    );
+    assert!(!a.is_success());
+    assert!(w.take(EP).is_empty());
+}
+
+#[test]
+fn rejected_configuration_is_not_pushed_again() {
+    let mut w = observing(r#"{"observe":true}"#);
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-1"}"#);
+    let id = w.update(EP, None, "2");
+    assert_eq!(config_id(&w.take_one(EP)), Some(id.clone()));
+    w.send(
+        EP,
+        "/applied/json",
+        None,
+        &format!(r#"{{"configId":"{id}","statusCode":500,"reasonPhrase":"no"}}"#),
+    );
+    let snap = w.cmx.endpoint(EP).unwrap();
+    assert_eq!(
+        snap.configurations[0].rejected.as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(snap.configurations[0].holds.as_deref(), Some("cfg-1"));
+    w.disconnect(&[EP]);
+    w.connect(&[EP]);
+    assert!(
+        w.take(EP).is_empty(),
+        "the rejected configuration is not pushed on connect"
+    );
+    let newer = w.update(EP, None, "3");
+    assert_eq!(config_id(&w.take_one(EP)), Some(newer));
+}
+
+#[test]
+fn config_id_in_a_request_counts_as_applied() {
+    let mut w = World::new();
+    let id = w.provider.set(EP, AV, None, "1").config_id.to_string();
+    w.send(
+        EP,
+        "/config/json",
+        Some(1),
+        &format!(r#"{{"configId":"{id}"}}"#),
+    );
+    w.take(EP);
+    assert_eq!(
+        w.cmx.endpoint(EP).unwrap().configurations[0]
+            .applied
+            .as_deref(),
+        Some(id.as_str())
+    );
+    assert!(
+        w.applied.is_empty(),
+        "no broadcast by default: ECR records it"
+    );
+    w.disconnect(&[EP]);
+    w.connect(&[EP]);
+    assert!(w.take(EP).is_empty(), "applied implicitly: nothing to push");
+
+    let mut config = config();
+    config.broadcast_implicit_applied = true;
+    let mut w = World::with(config);
+    w.provider.set(EP, AV, None, "1");
+    w.send(
+        EP,
+        "/config/json",
+        Some(1),
+        &format!(r#"{{"configId":"{id}"}}"#),
+    );
+    let a = w.applied.pop().unwrap();
+    assert_eq!((&*a.config_id, a.status_code), (id.as_str(), 200));
+    assert_eq!(a.reason_phrase.as_deref(), Some("Implicitly applied"));
+}
+
+// ---------------------------------------------------------------------------
+// Named configurations
+// ---------------------------------------------------------------------------
+
+#[test]
+fn named_configurations_are_independent() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, r#""default""#);
+    w.provider
+        .set(EP, AV, Some("network"), r#"{"ssid":"Office"}"#);
+    w.provider
+        .set(EP, AV, Some("display"), r#"{"brightness":80}"#);
+    w.send(EP, "/config/json/network", Some(1), r#"{"observe":true}"#);
+    w.send(EP, "/config/json/display", Some(2), r#"{"observe":false}"#);
+    w.send(EP, "/config/json", Some(3), r#"{"observe":true}"#);
+    let out = w.take(EP);
+    assert_eq!(out.len(), 3);
+    assert_eq!(json(&out[0])["config"], json!({"ssid":"Office"}));
+    assert_eq!(&*out[0].resource_path, "/config/json/network");
+    assert_eq!(json(&out[1])["config"], json!({"brightness":80}));
+    assert_eq!(json(&out[2])["config"], json!("default"));
+    let names: Vec<_> = w
+        .requests
+        .iter()
+        .map(|r| r.config_name.as_deref().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        names,
+        [Some("network".to_owned()), Some("display".to_owned()), None]
+    );
+
+    // An update of one name pushes that name only, on its own path.
+    let id = w.update(EP, Some("network"), r#"{"ssid":"Home"}"#);
+    let m = w.take_one(EP);
+    assert_eq!(&*m.resource_path, "/config/json/network");
+    assert_eq!(config_id(&m), Some(id));
+    // "display" opted out; the others did not.
+    w.update(EP, Some("display"), r#"{"brightness":10}"#);
+    assert!(w.take(EP).is_empty());
+    w.update(EP, None, r#""default-2""#);
+    assert_eq!(&*w.take_one(EP).resource_path, "/config/json");
+    // Applied reports are per name.
+    w.send(EP, "/applied/json/network", None, r#"{"configId":"cfg-4"}"#);
+    let snap = w.cmx.endpoint(EP).unwrap();
+    let network = snap
+        .configurations
+        .iter()
+        .find(|c| c.name.as_deref() == Some("network"))
+        .unwrap();
+    assert_eq!(network.applied.as_deref(), Some("cfg-4"));
+    assert_eq!(snap.configurations[0].applied, None);
+    // A name the endpoint never used is not pushed.
+    w.update(EP, Some("sensors"), "1");
+    assert!(w.take(EP).is_empty());
+}
+
+#[test]
+fn default_is_the_same_configuration_under_both_spellings() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json/default", Some(1), r#"{"observe":true}"#);
+    assert_eq!(
+        w.requests[0].config_name, None,
+        "CDTP configName null means default"
+    );
+    let m = w.take_one(EP);
+    assert_eq!(&*m.resource_path, "/config/json/default");
+    // Pushes go to the spelling the device used.
+    w.update(EP, None, "2");
+    assert_eq!(&*w.take_one(EP).resource_path, "/config/json/default");
+    // configName "default" in 4/ESP is the default too.
+    let mut cd = w.client_data(EP, "/config/json", Some(2), "{}");
+    cd.config_name = Some("default".into());
+    w.send_msg(&cd, Some(KPC_REPLICA));
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-2"));
+    assert_eq!(w.cmx.endpoint(EP).unwrap().configurations.len(), 1);
+}
+
+#[test]
+fn esp_config_name_and_path_name() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, Some("network"), "1");
+    // configName alone names the configuration.
+    let mut cd = w.client_data(EP, "/config/json", Some(1), "{}");
+    cd.config_name = Some("network".into());
+    w.send_msg(&cd, None);
+    assert_eq!(json(&w.take_one(EP))["config"], json!(1));
+    // Both, disagreeing: 400.
+    let mut cd = w.client_data(EP, "/config/json/display", Some(2), "{}");
+    cd.config_name = Some("network".into());
+    w.send_msg(&cd, None);
+    let m = w.take_one(EP);
+    assert_eq!(m.status_code, 400);
+    assert!(
+        m.reason_phrase
+            .as_deref()
+            .unwrap()
+            .contains("does not match")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+fn error_for(w: &mut World, path: &str, payload: &str) -> (i32, String) {
+    w.send(EP, path, Some(9), payload);
+    let m = w.take_one(EP);
+    assert_eq!(m.payload, None);
+    (m.status_code, m.reason_phrase.unwrap().into_owned())
+}
+
+#[test]
+fn malformed_payloads_are_400_with_a_reason() {
+    let mut w = World::new();
+    for (path, payload, needle) in [
+        (
+            "/config/json",
+            r#"{"observe":"yes"}"#,
+            "`observe` as a boolean",
+        ),
+        (
+            "/config/json",
+            r#"{"configId":"a","extra":1}"#,
+            "unknown field `extra`",
+        ),
+        ("/config/json", "[]", "JSON object"),
+        ("/config/json", "{", "EOF"),
+        ("/applied/json", "{}", "missing field `configId`"),
+        (
+            "/applied/json",
+            r#"{"configId":"a","statusCode":"x"}"#,
+            "`statusCode`",
+        ),
+    ] {
+        let (status, reason) = error_for(&mut w, path, payload);
+        assert_eq!(status, 400, "{payload}");
+        assert!(reason.contains(needle), "{payload}: {reason}");
+    }
+    let long = format!(r#"{{"configId":"{}"}}"#, "x".repeat(300));
+    let (status, reason) = error_for(&mut w, "/config/json", &long);
+    assert_eq!(status, 400);
+    assert!(reason.contains("longer than 256"), "{reason}");
+    assert!(w.applied.is_empty());
+    assert!(w.requests.is_empty(), "nothing reaches the provider");
+}
+
+#[test]
+fn unknown_resources_are_404() {
+    let mut w = World::new();
+    for path in [
+        "/config/xml",
+        "/config/json/a.b",
+        "/config/json/",
+        "/json",
+        "/applied/json/x/y",
+    ] {
+        let (status, reason) = error_for(&mut w, path, "{}");
+        assert_eq!(status, 404, "{path}");
+        assert!(
+            reason.contains(path.trim_end_matches('/')) || reason.contains("a.b"),
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn requests_need_an_endpoint_and_a_served_app_version() {
+    let mut config = config();
+    config.app_versions = Some([AV.to_owned()].into());
+    let mut w = World::with(config);
+    let mut cd = w.client_data(EP, "/config/json", Some(1), "{}");
+    cd.endpoint_id = None;
+    w.send_msg(&cd, None);
+    let m = w.sent.pop().unwrap();
+    assert_eq!((m.status_code, m.endpoint_id.clone()), (400, None));
+    let mut cd = w.client_data(EP, "/config/json", Some(2), "{}");
+    cd.app_version_name = "other-v1".into();
+    w.send_msg(&cd, None);
+    let m = w.take_one(EP);
+    assert_eq!(m.status_code, 404);
+    assert!(m.reason_phrase.unwrap().contains("other-v1"));
+    assert_eq!(w.cmx.tracked_endpoints(), 0);
+}
+
+#[test]
+fn provider_timeout_is_504() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.send(EP, "/config/json", Some(1), "{}");
+    assert_eq!(w.cmx.poll_timeout(), Some(UnixMillis(w.now.0 + 5_000)));
+    w.advance(4_999);
+    assert!(w.take(EP).is_empty());
+    w.advance(1);
+    let m = w.take_one(EP);
+    assert_eq!(m.status_code, 504);
+    assert!(m.reason_phrase.unwrap().contains("5000 ms"));
+    assert_eq!(w.cmx.pending_requests(), 0);
+    assert_eq!(w.cmx.stats().cdtp_timeouts, 1);
+}
+
+#[test]
+fn provider_errors_are_passed_on() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    for (status, reason, content, expect) in [
+        (500, Some("database down"), None, 500),
+        (403, None, None, 403),
+        (700, None, None, 502),
+        (200, None, Some(&b"not json"[..]), 502),
+        // Valid JSON grammar, but no decoder represents it: refused, not forwarded.
+        (200, None, Some(&b"1E400"[..]), 502),
+    ] {
+        w.send(EP, "/config/json", Some(1), "{}");
+        let req = w.held.pop_front().unwrap();
+        let mut resp = w.provider.answer(&req.message());
+        resp.status_code = status;
+        resp.reason_phrase = reason.map(Into::into);
+        if let Some(c) = content {
+            resp.config_id = Some("x".into());
+            resp.content = Some(c.into());
+        }
+        w.cmx.handle_config_response(&resp, w.now);
+        w.drain();
+        let m = w.take_one(EP);
+        assert_eq!(m.status_code, expect, "{status}");
+        if let Some(r) = reason {
+            assert!(m.reason_phrase.unwrap().contains(r));
+        }
+    }
+    assert_eq!(w.cmx.stats().provider_errors, 5);
+}
+
+#[test]
+fn provider_answer_for_another_content_type_or_endpoint_is_502() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), "{}");
+    let req = w.held.pop_front().unwrap();
+    let mut resp = w.provider.answer(&req.message());
+    resp.content_type = "application/x-protobuf".into();
+    w.cmx.handle_config_response(&resp, w.now);
+    w.drain();
+    let m = w.take_one(EP);
+    assert_eq!(m.status_code, 502);
+    assert!(m.reason_phrase.unwrap().contains("x-protobuf"));
+
+    w.send(EP, "/config/json", Some(2), "{}");
+    let req = w.held.pop_front().unwrap();
+    let mut resp = w.provider.answer(&req.message());
+    resp.endpoint_id = "someone-else".into();
+    w.cmx.handle_config_response(&resp, w.now);
+    w.drain();
+    assert_eq!(w.take_one(EP).status_code, 502);
+}
+
+#[test]
+fn expired_client_data_is_dropped() {
+    let mut w = World::new();
+    let mut cd = w.client_data(EP, "/config/json", Some(1), "{}");
+    cd.timestamp = w.now.0 - 10_000;
+    cd.timeout = 1_000;
+    w.send_msg(&cd, None);
+    assert!(w.sent.is_empty() && w.requests.is_empty());
+    assert_eq!(w.cmx.stats().client_data_expired, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Bounded state
+// ---------------------------------------------------------------------------
+
+#[test]
+fn disconnected_endpoint_state_expires_after_the_ttl() {
+    let mut config = config();
+    config.endpoint_ttl = Duration::from_secs(60);
+    let mut w = World::with(config);
+    w.send("idle", "/config/json", Some(1), "{}");
+    w.send("online", "/config/json", Some(1), "{}");
+    w.disconnect(&["idle"]);
+    let disconnected_at = w.now;
+    assert_eq!(
+        w.cmx.poll_timeout(),
+        Some(UnixMillis(disconnected_at.0 + 60_000))
+    );
+    w.advance(59_999);
+    assert_eq!(w.cmx.tracked_endpoints(), 2);
+    w.advance(1);
+    assert!(w.cmx.endpoint("idle").is_none());
+    assert!(
+        w.cmx.endpoint("online").is_some(),
+        "connected endpoints are kept"
+    );
+    assert_eq!(w.cmx.stats().endpoints_expired, 1);
+    assert_eq!(w.cmx.poll_timeout(), None);
+}
+
+#[test]
+fn max_endpoints_evicts_the_least_recently_active() {
+    let mut config = config();
+    config.max_endpoints = 3;
+    let mut w = World::with(config);
+    for ep in ["a", "b", "c"] {
+        w.send(ep, "/config/json", Some(1), "{}");
+        w.advance(1);
+    }
+    w.disconnect(&["b"]);
+    w.send("d", "/config/json", Some(1), "{}");
+    assert!(w.cmx.endpoint("b").is_none(), "disconnected ones go first");
+    w.send("a", "/config/json", Some(2), "{}");
+    w.send("e", "/config/json", Some(1), "{}");
+    assert!(
+        w.cmx.endpoint("c").is_none(),
+        "then the least recently active"
+    );
+    assert_eq!(w.cmx.tracked_endpoints(), 3);
+    assert_eq!(w.cmx.stats().endpoints_evicted, 2);
+}
+
+#[test]
+fn too_many_pending_requests_is_503_and_pushes_are_retried() {
+    let mut config = config();
+    config.max_pending_requests = 2;
+    let mut w = World::with(config);
+    w.auto_answer = false;
+    for ep in ["a", "b", "c"] {
+        w.provider.set(ep, AV, None, "1");
+        w.send(ep, "/config/json", Some(1), "{}");
+    }
+    let m = w.take_one("c");
+    assert_eq!(m.status_code, 503);
+    assert!(m.reason_phrase.unwrap().contains("retry"));
+    assert_eq!(w.cmx.pending_requests(), 2);
+    assert_eq!(w.cmx.stats().backpressure_rejections, 1);
+    // A push that cannot be fetched now is retried after push_retry_delay.
+    w.connect(&["c"]);
+    assert_eq!(w.requests.len(), 2);
+    w.answer_next();
+    w.answer_next();
+    w.take("a");
+    w.take("b");
+    w.auto_answer = true;
+    w.advance(1_000);
+    assert_eq!(config_id(&w.take_one("c")).as_deref(), Some("cfg-3"));
+}
+
+#[test]
+fn push_is_retried_after_a_provider_timeout() {
+    let mut w = observing(r#"{"observe":true}"#);
+    w.auto_answer = false;
+    let id = w.update(EP, None, "2");
+    w.held.clear(); // the request is lost
+    w.advance(5_000);
+    assert!(w.take(EP).is_empty());
+    w.auto_answer = true;
+    w.advance(1_000);
+    assert_eq!(config_id(&w.take_one(EP)), Some(id));
+}
+
+#[test]
+fn too_many_names_is_503() {
+    let mut config = config();
+    config.max_names_per_endpoint = 2;
+    let mut w = World::with(config);
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        w.send(
+            EP,
+            &format!("/config/json/{name}"),
+            Some(i as i32 + 1),
+            "{}",
+        );
+    }
+    let out = w.take(EP);
+    assert_eq!(
+        out.iter().map(|m| m.status_code).collect::<Vec<_>>(),
+        [200, 200, 503]
+    );
+    // The default configuration does not count.
+    w.send(EP, "/config/json", Some(9), "{}");
+    assert_eq!(w.take_one(EP).status_code, 200);
+}
+
+#[test]
+fn unregistered_endpoint_is_forgotten() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.send(EP, "/config/json", Some(1), "{}");
+    w.unregister(EP);
+    assert!(w.cmx.endpoint(EP).is_none());
+    let m = w.take_one(EP);
+    assert_eq!(m.status_code, 404, "the waiting request is answered");
+    w.answer_next();
+    assert!(w.take(EP).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Determinism and raw input
+// ---------------------------------------------------------------------------
+
+fn scripted(w: &mut World) -> Vec<Output> {
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), r#"{"observe":true}"#);
+    w.update(EP, None, "2");
+    w.send(EP, "/applied/json", Some(2), r#"{"configId":"cfg-2"}"#);
+    w.advance(10);
+    w.sent
+        .drain(..)
+        .map(Output::ExtensionData)
+        .chain(w.requests.drain(..).map(Output::ConfigRequest))
+        .chain(w.applied.drain(..).map(Output::ConfigApplied))
+        .collect()
+}
+
+#[test]
+fn outputs_are_deterministic() {
+    let a = scripted(&mut World::new());
+    let b = scripted(&mut World::new());
+    assert_eq!(a, b);
+    assert!(a.len() >= 6);
+}
+
+#[test]
+fn handle_message_decodes_by_subject() {
+    use kaa_ism::avro::Encode;
+    let mut w = World::new();
+    w.auto_answer = false;
+    let cd = w.client_data(EP, "/config/json", Some(3), "{}");
+    w.cmx
+        .handle_message(
+            "kaa.v1.service.cmx.esp.ClientData",
+            Some(KPC_REPLICA),
+            &cd.to_vec(),
+            w.now,
+        )
+        .unwrap();
+    w.drain();
+    let req = w.held.pop_front().unwrap();
+    let out = Output::ConfigRequest(req.clone());
+    assert_eq!(out.subject(), "kaa.v1.service.ecr.cdtp.request");
+    assert_eq!(out.reply_to(), Some("kaa.v1.replica.cmx-1.cdtp.response"));
+    let datum = out.to_datum();
+    let decoded = <kaa_cdtp::ConfigRequest as kaa_ism::avro::Decode>::decode(&datum).unwrap();
+    assert_eq!(decoded, req.message());
+    let resp = w.provider.answer(&decoded);
+    w.cmx
+        .handle_message(
+            "kaa.v1.replica.cmx-1.cdtp.response",
+            None,
+            &resp.to_vec(),
+            w.now,
+        )
+        .unwrap();
+    w.drain();
+    assert_eq!(w.take_one(EP).status_code, 200);
+    assert!(
+        w.cmx
+            .handle_message("kaa.v1.service.cmx.esp.ClientData", None, b"\xff", w.now)
+            .is_err()
+    );
+    assert!(
+        w.cmx
+            .handle_message("kaa.v1.service.other.x.y", None, b"", w.now)
+            .is_err()
+    );
+}
+
+#[test]
+fn subscriptions_cover_every_input() {
+    let cmx = Cmx::new(config()).unwrap();
+    let s = cmx.subscriptions();
+    for subject in [
+        "kaa.v1.service.cmx.esp.ClientData",
+        "kaa.v1.replica.cmx-1.esp.ClientData",
+        "kaa.v1.replica.cmx-1.cdtp.response",
+        "kaa.v1.events.ecr.endpoint.config.updated",
+        "kaa.v1.events.kpc.endpoint.connectivity.connected",
+        "kaa.v1.events.epr.endpoint.lifecycle.unregistered",
+    ] {
+        assert!(s.all().iter().any(|(f, _)| f.matches(subject)), "{subject}");
+    }
+    assert!(
+        !s.all()
+            .iter()
+            .any(|(f, _)| f.matches("kaa.v1.events.other-ecr.endpoint.config.updated"))
+    );
+    assert_eq!(s.client_data.queue_group, "cmx");
+}
+
+#[test]
+fn invalid_configuration_is_rejected() {
+    let mut c = config();
+    c.provider = "e.cr".into();
+    assert!(Cmx::new(c).unwrap_err().to_string().contains("provider"));
+    let mut c = config();
+    c.cdtp_timeout = Duration::ZERO;
+    assert!(
+        Cmx::new(c)
+            .unwrap_err()
+            .to_string()
+            .contains("cdtp_timeout")
+    );
+}
+
+#[test]
+fn engine_and_device_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Cmx>();
+    send_sync::<Output>();
+    send_sync::<kaa_cmp::device::Device>();
+}

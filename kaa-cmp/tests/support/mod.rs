@@ -1,0 +1,333 @@
+//! Test harness: a CMX engine, an in-memory configuration provider, and helpers
+//! that play the communication service and the event originators, all on
+//! simulated time.
+#![allow(dead_code, unreachable_pub)]
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+
+use kaa_cdtp::{ConfigRequest, ConfigResponse, ConfigUpdated};
+use kaa_cmp::engine::{
+    Cmx, CmxConfig, OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData, Output,
+};
+use kaa_elce::{AppVersionUpdatedEvent, ConnectedEvent, DisconnectedEvent, UnregisteredEvent};
+use kaa_esp::ClientData;
+use kaa_ism::UnixMillis;
+
+pub const AV: &str = "kettle-v1";
+pub const AV2: &str = "kettle-v2";
+pub const KPC_REPLICA: &str = "kaa.v1.replica.kpc-1.esp.ExtensionData";
+pub const KPC_INSTANCE: &str = "kaa.v1.service.kpc.esp.ExtensionData";
+
+/// The in-memory configuration store of a fake provider (ECR): endpoint-specific
+/// configurations per (endpoint, app version, name), IDs `cfg-<n>` in creation
+/// order (the tests know the order; the engine must not rely on it).
+/// (endpoint, app version, name) → (config ID, content).
+type Store = HashMap<(String, String, Option<String>), (String, Vec<u8>)>;
+
+#[derive(Default)]
+pub struct Provider {
+    configs: Store,
+    next: u64,
+    pub answered: usize,
+}
+
+impl Provider {
+    /// Stores a configuration and returns the broadcast announcing it.
+    pub fn set(
+        &mut self,
+        ep: &str,
+        av: &str,
+        name: Option<&str>,
+        json: &str,
+    ) -> ConfigUpdated<'static> {
+        self.next += 1;
+        let id = format!("cfg-{}", self.next);
+        self.configs.insert(
+            (ep.into(), av.into(), name.map(Into::into)),
+            (id.clone(), json.as_bytes().to_vec()),
+        );
+        ConfigUpdated {
+            correlation_id: format!("upd-{}", self.next).into(),
+            timestamp: 0,
+            timeout: 0,
+            app_version_name: av.to_owned().into(),
+            endpoint_id: ep.to_owned().into(),
+            config_id: id.into(),
+            content_type: kaa_cdtp::APPLICATION_JSON.into(),
+            content: json.as_bytes().to_vec().into(),
+            originator_replica_id: Some("ecr-1".into()),
+            config_name: name.map(|n| n.to_owned().into()),
+        }
+    }
+
+    pub fn current(&self, ep: &str, av: &str, name: Option<&str>) -> Option<&str> {
+        self.configs
+            .get(&(ep.into(), av.into(), name.map(Into::into)))
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// Answers a CDTP request as ECR does: 404 without a configuration,
+    /// "unchanged" when the request names the current one, else the content.
+    pub fn answer(&mut self, req: &ConfigRequest<'_>) -> ConfigResponse<'static> {
+        self.answered += 1;
+        let key = (
+            req.endpoint_id.to_string(),
+            req.app_version_name.to_string(),
+            req.config_name.as_deref().map(str::to_owned),
+        );
+        let base = ConfigResponse {
+            correlation_id: req.correlation_id.to_string().into(),
+            timestamp: 0,
+            timeout: 0,
+            app_version_name: req.app_version_name.to_string().into(),
+            endpoint_id: req.endpoint_id.to_string().into(),
+            config_id: None,
+            content_type: kaa_cdtp::APPLICATION_JSON.into(),
+            content: None,
+            status_code: 200,
+            reason_phrase: None,
+        };
+        match self.configs.get(&key) {
+            None => ConfigResponse {
+                status_code: 404,
+                reason_phrase: Some("no configuration".into()),
+                ..base
+            },
+            Some((id, _)) if req.config_id.as_deref() == Some(id.as_str()) => base,
+            Some((id, content)) => ConfigResponse {
+                config_id: Some(id.clone().into()),
+                content: Some(content.clone().into()),
+                ..base
+            },
+        }
+    }
+
+    /// The order in which the provider created a configuration ID.
+    pub fn order(id: &str) -> u64 {
+        id.strip_prefix("cfg-")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The engine with its surroundings.
+pub struct World {
+    pub cmx: Cmx,
+    pub now: UnixMillis,
+    pub provider: Provider,
+    /// Answer CDTP requests as soon as they are published.
+    pub auto_answer: bool,
+    /// CDTP requests published and not yet answered (when `auto_answer` is off).
+    pub held: VecDeque<OutgoingConfigRequest>,
+    /// Every `ExtensionData` published, in order.
+    pub sent: Vec<OutgoingExtensionData>,
+    /// Every `ConfigApplied` published, in order.
+    pub applied: Vec<OutgoingConfigApplied>,
+    /// Every CDTP request published, in order.
+    pub requests: Vec<OutgoingConfigRequest>,
+    next_correlation: u64,
+}
+
+pub fn config() -> CmxConfig {
+    CmxConfig::new("cmx", "cmx-1", "ecr", "kpc")
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self::with(config())
+    }
+
+    pub fn with(config: CmxConfig) -> Self {
+        World {
+            cmx: Cmx::new(config).unwrap(),
+            now: UnixMillis(1_000_000),
+            provider: Provider::default(),
+            auto_answer: true,
+            held: VecDeque::new(),
+            sent: Vec::new(),
+            applied: Vec::new(),
+            requests: Vec::new(),
+            next_correlation: 0,
+        }
+    }
+
+    /// Drains the engine; with `auto_answer`, lets the provider answer until
+    /// nothing is left.
+    pub fn drain(&mut self) {
+        loop {
+            let mut answered = false;
+            while let Some(out) = self.cmx.poll_output() {
+                match out {
+                    Output::ExtensionData(m) => self.sent.push(m),
+                    Output::ConfigApplied(m) => self.applied.push(m),
+                    Output::ConfigRequest(m) => {
+                        self.requests.push(m.clone());
+                        self.held.push_back(m);
+                    }
+                    other => panic!("unexpected output {other:?}"),
+                }
+            }
+            if self.auto_answer {
+                while let Some(req) = self.held.pop_front() {
+                    let resp = self.provider.answer(&req.message());
+                    self.cmx.handle_config_response(&resp, self.now);
+                    answered = true;
+                }
+            }
+            if !answered {
+                break;
+            }
+        }
+    }
+
+    /// Answers the oldest held CDTP request now, from the provider's current state.
+    pub fn answer_next(&mut self) {
+        let req = self.held.pop_front().expect("a held CDTP request");
+        let resp = self.provider.answer(&req.message());
+        self.cmx.handle_config_response(&resp, self.now);
+        self.drain();
+    }
+
+    pub fn client_data(
+        &mut self,
+        ep: &str,
+        path: &str,
+        request_id: Option<i32>,
+        payload: &str,
+    ) -> ClientData<'static> {
+        self.next_correlation += 1;
+        ClientData {
+            correlation_id: format!("kpc-{}", self.next_correlation).into(),
+            timestamp: self.now.0,
+            timeout: 0,
+            app_version_name: AV.into(),
+            endpoint_id: Some(ep.to_owned().into()),
+            resource_path: path.to_owned().into(),
+            request_id,
+            payload: Cow::Owned(payload.as_bytes().to_vec()),
+            config_name: None,
+        }
+    }
+
+    /// A device message through the communication service replica `kpc-1`.
+    pub fn send(&mut self, ep: &str, path: &str, request_id: Option<i32>, payload: &str) {
+        let cd = self.client_data(ep, path, request_id, payload);
+        self.cmx
+            .handle_client_data(&cd, Some(KPC_REPLICA), self.now);
+        self.drain();
+    }
+
+    pub fn send_msg(&mut self, cd: &ClientData<'_>, reply_to: Option<&str>) {
+        self.cmx.handle_client_data(cd, reply_to, self.now);
+        self.drain();
+    }
+
+    pub fn update(&mut self, ep: &str, name: Option<&str>, json: &str) -> String {
+        self.update_av(ep, AV, name, json)
+    }
+
+    pub fn update_av(&mut self, ep: &str, av: &str, name: Option<&str>, json: &str) -> String {
+        let u = self.provider.set(ep, av, name, json);
+        let id = u.config_id.to_string();
+        self.cmx.handle_config_updated(&u, self.now);
+        self.drain();
+        id
+    }
+
+    pub fn connect(&mut self, eps: &[&str]) {
+        self.connect_av(eps, AV);
+    }
+
+    pub fn connect_av(&mut self, eps: &[&str], av: &str) {
+        let e = ConnectedEvent {
+            correlation_id: "conn".into(),
+            timestamp: self.now.0,
+            timeout: 0,
+            endpoints: eps
+                .iter()
+                .map(|e| (Cow::Owned(e.to_string()), Cow::Owned(av.to_string())))
+                .collect(),
+            originator_replica_id: "kpc-1".into(),
+        };
+        self.cmx.handle_connected(&e, self.now);
+        self.drain();
+    }
+
+    pub fn disconnect(&mut self, eps: &[&str]) {
+        let e = DisconnectedEvent {
+            correlation_id: "disc".into(),
+            timestamp: self.now.0,
+            timeout: 0,
+            endpoints: eps
+                .iter()
+                .map(|e| (Cow::Owned(e.to_string()), Cow::Owned(AV.to_string())))
+                .collect(),
+            originator_replica_id: "kpc-1".into(),
+        };
+        self.cmx.handle_disconnected(&e, self.now);
+        self.drain();
+    }
+
+    pub fn app_version_updated(&mut self, ep: &str, from: &str, to: &str) {
+        let e = AppVersionUpdatedEvent {
+            correlation_id: "avu".into(),
+            timestamp: self.now.0,
+            timeout: 0,
+            app_version_name: to.to_owned().into(),
+            previous_app_version_name: from.to_owned().into(),
+            endpoint_id: ep.to_owned().into(),
+            originator_replica_id: "epr-1".into(),
+        };
+        self.cmx.handle_app_version_updated(&e, self.now);
+        self.drain();
+    }
+
+    pub fn unregister(&mut self, ep: &str) {
+        let e = UnregisteredEvent {
+            correlation_id: "unreg".into(),
+            timestamp: self.now.0,
+            timeout: 0,
+            app_version_name: AV.into(),
+            endpoint_id: ep.to_owned().into(),
+            originator_replica_id: "epr-1".into(),
+        };
+        self.cmx.handle_unregistered(&e, self.now);
+        self.drain();
+    }
+
+    pub fn advance(&mut self, ms: i64) {
+        self.now = UnixMillis(self.now.0 + ms);
+        self.cmx.handle_timeout(self.now);
+        self.drain();
+    }
+
+    /// Takes everything sent to `ep` so far.
+    pub fn take(&mut self, ep: &str) -> Vec<OutgoingExtensionData> {
+        let (mine, rest) = std::mem::take(&mut self.sent)
+            .into_iter()
+            .partition(|m| m.endpoint_id.as_deref() == Some(ep));
+        self.sent = rest;
+        mine
+    }
+
+    /// Takes the one message sent to `ep`.
+    pub fn take_one(&mut self, ep: &str) -> OutgoingExtensionData {
+        let mut all = self.take(ep);
+        assert_eq!(all.len(), 1, "expected one message to {ep}, got {all:#?}");
+        all.remove(0)
+    }
+}
+
+/// The JSON payload of an `ExtensionData`.
+pub fn json(m: &OutgoingExtensionData) -> serde_json::Value {
+    serde_json::from_slice(m.payload.as_deref().expect("a payload")).expect("JSON payload")
+}
+
+/// The `configId` of a configuration response (`None` for `{}`).
+pub fn config_id(m: &OutgoingExtensionData) -> Option<String> {
+    json(m)
+        .get("configId")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
