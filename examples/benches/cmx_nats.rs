@@ -1,0 +1,444 @@
+//! Load generator: configuration requests per second through the CMX service over
+//! NATS, against a raw async-nats relay with the same hops and payload sizes as the
+//! ceiling. Loopback only, bounded in time.
+//!
+//! ```text
+//! cargo bench -p kaa-examples --bench cmx_nats
+//! CMX_BENCH_SECONDS=5 CMX_BENCH_CONCURRENCY=1,16,64 cargo bench -p kaa-examples --bench cmx_nats
+//! ```
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `CMX_BENCH_SECONDS` | measured seconds per run (after a 1 s warm-up) | 5 |
+//! | `CMX_BENCH_CONCURRENCY` | requests in flight, comma-separated list | `1,16,64` |
+//! | `CMX_BENCH_NATS_URL` | an existing NATS server | a private `nats-server` on an ephemeral port |
+//! | `CMX_BENCH_TRACING` | `1`: CMX runs with a `tracing` fmt subscriber at `info` (to a sink) | off |
+//!
+//! **CMX run** (4 NATS hops per request): the fake communication service
+//! publishes `ClientData` (`{}` to `/config/json`, 10,000 endpoints in turn, so
+//! requests do not coalesce) with its replica `replyTo` and waits for the
+//! `ExtensionData`; CMX sends a `ConfigRequest` to the fake provider, which answers a
+//! `ConfigResponse` from memory (Avro decode and encode; a 200-byte configuration);
+//! CMX answers the device. Three NATS connections: generator, CMX, provider.
+//!
+//! **Ceiling** (the same 4 hops, the same payload sizes, the same three
+//! connections, the same concurrency): generator → relay → provider → relay →
+//! generator with raw async-nats and opaque payloads of the sizes measured in the
+//! CMX run; the relay is one task that remembers where to send each answer, as CMX
+//! does, but decodes and encodes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use kaa_bus::Bus;
+use kaa_bus::test_support::PrivateNatsServer;
+use kaa_ism::avro::{Decode, Encode};
+
+const ENDPOINTS: u64 = 10_000;
+const CONFIG: &str = r#"{"sampling":{"intervalMs":200,"batch":16},"thresholds":{"temperature":{"min":-20.5,"max":85.0},"humidity":{"min":10,"max":95}},"network":{"ssid":"kettle-lab","retry":3},"pad":"0123456789abcdef"}"#;
+const APP: &str = "smartKettleV1";
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Sizes {
+    client_data: usize,
+    config_request: usize,
+    config_response: usize,
+    extension_data: usize,
+}
+
+/// How hard and how long to push.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+}
+
+#[derive(Debug)]
+struct Outcome {
+    requests: u64,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Keeps `concurrency` requests in flight for `warmup + measure`; `send(seq)`
+/// publishes request `seq`, `key_of` extracts the sequence number from an answer.
+async fn generate(
+    client: async_nats::Client,
+    mut answers: async_nats::Subscriber,
+    Load {
+        concurrency,
+        warmup,
+        measure,
+    }: Load,
+    send: impl Fn(u64) -> (String, String, Bytes),
+    key_of: impl Fn(&async_nats::Message) -> Option<u64>,
+    mut on_answer: impl FnMut(&async_nats::Message),
+) -> Outcome {
+    let mut started: HashMap<u64, Instant> = HashMap::with_capacity(concurrency * 2);
+    let mut next = 0u64;
+    let publish = |seq: u64| {
+        let (subject, reply, payload) = send(seq);
+        let client = client.clone();
+        async move {
+            client
+                .publish_with_reply(subject, reply, payload)
+                .await
+                .expect("publish");
+        }
+    };
+    for _ in 0..concurrency {
+        started.insert(next, Instant::now());
+        publish(next).await;
+        next += 1;
+    }
+    let begin = Instant::now();
+    let measure_from = begin + warmup;
+    let end = measure_from + measure;
+    let mut latencies = Vec::with_capacity(1 << 20);
+    let mut counted = 0u64;
+    while Instant::now() < end {
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(10), answers.next()).await
+        else {
+            panic!("no answer within 10 s ({} in flight)", started.len());
+        };
+        let Some(seq) = key_of(&message) else {
+            continue;
+        };
+        let Some(at) = started.remove(&seq) else {
+            continue;
+        };
+        on_answer(&message);
+        let now = Instant::now();
+        if at >= measure_from {
+            latencies.push(now - at);
+            counted += 1;
+        }
+        started.insert(next, Instant::now());
+        publish(next).await;
+        next += 1;
+    }
+    // Measured: requests sent after the warm-up and answered before the end.
+    let elapsed = measure.as_secs_f64();
+    latencies.sort_unstable();
+    Outcome {
+        requests: counted,
+        per_second: counted as f64 / elapsed,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    }
+}
+
+/// Waits until the server has processed this client's subscriptions (a flush
+/// only empties the client's buffer): its own message comes back.
+async fn barrier(client: &async_nats::Client) {
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, Bytes::new()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), echo.next())
+        .await
+        .expect("the server confirms the subscriptions");
+}
+
+async fn connect(url: &str) -> async_nats::Client {
+    async_nats::connect(url).await.expect("connect to NATS")
+}
+
+fn client_data(seq: u64) -> Vec<u8> {
+    kaa_esp::ClientData {
+        correlation_id: format!("kpc-bench-{seq:010}").into(),
+        timestamp: kaa_examples::cmx::now().0,
+        timeout: 0,
+        app_version_name: APP.into(),
+        endpoint_id: Some(format!("bench-endpoint-{:06}", seq % ENDPOINTS).into()),
+        resource_path: "/config/json".into(),
+        request_id: Some((seq % i32::MAX as u64) as i32),
+        payload: b"{}".as_slice().into(),
+        config_name: None,
+    }
+    .to_vec()
+}
+
+async fn run_cmx(url: &str, load: Load, tag: &str) -> (Outcome, Sizes) {
+    let cmx_name = format!("cmx-{tag}");
+    let replica = format!("cmx-{tag}-r1");
+    let provider_name = format!("ecr-{tag}");
+    let kpc = format!("kpc-{tag}");
+    let kpc_replica = format!("kpc-{tag}-r1");
+    let yaml = format!(
+        "service:\n  instance:\n    name: {cmx_name}\n    replica:\n      id: {replica}\n\
+         nats:\n  urls: [{url}]\n\
+         kaa:\n  cmx:\n    configuration-data-provider:\n      service-instance:\n        name: {provider_name}\n\
+         \x20   communication-service:\n      service-instance:\n        name: {kpc}\n\
+         cmx:\n  bus: nats\n"
+    );
+    let config =
+        kaa_examples::cmx::config::CmxServiceConfig::parse(&yaml, "bench").expect("config");
+    let bus: Arc<dyn Bus> = Arc::new(
+        kaa_bus::NatsBus::connect(&config.nats_config())
+            .await
+            .expect("CMX bus"),
+    );
+    let service = kaa_examples::cmx::CmxService::bind(&config, bus)
+        .await
+        .expect("bind");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cmx = tokio::spawn(service.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // The provider: answers from memory.
+    let provider = connect(url).await;
+    let mut requests = provider
+        .queue_subscribe(
+            format!("kaa.v1.service.{provider_name}.cdtp.request"),
+            provider_name.clone(),
+        )
+        .await
+        .unwrap();
+    barrier(&provider).await;
+    let sizes = Arc::new(std::sync::Mutex::new(Sizes::default()));
+    let provider_task = {
+        let sizes = Arc::clone(&sizes);
+        tokio::spawn(async move {
+            while let Some(m) = requests.next().await {
+                let request = kaa_cdtp::ConfigRequest::decode(&m.payload).expect("ConfigRequest");
+                let response = kaa_cdtp::ConfigResponse {
+                    correlation_id: request.correlation_id.clone(),
+                    timestamp: kaa_examples::cmx::now().0,
+                    timeout: 0,
+                    app_version_name: request.app_version_name.clone(),
+                    endpoint_id: request.endpoint_id.clone(),
+                    config_id: Some("3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b".into()),
+                    content_type: kaa_cdtp::APPLICATION_JSON.into(),
+                    content: Some(CONFIG.as_bytes().into()),
+                    status_code: 200,
+                    reason_phrase: Some("OK".into()),
+                }
+                .to_vec();
+                if let Ok(mut s) = sizes.lock() {
+                    s.config_request = m.payload.len();
+                    s.config_response = response.len();
+                }
+                if let Some(reply) = m.reply {
+                    provider.publish(reply, response.into()).await.unwrap();
+                }
+            }
+        })
+    };
+
+    // The communication service: ClientData out, ExtensionData in.
+    let generator = connect(url).await;
+    let reply = format!("kaa.v1.replica.{kpc_replica}.esp.ExtensionData");
+    let answers = generator.subscribe(reply.clone()).await.unwrap();
+    barrier(&generator).await;
+    let subject = format!("kaa.v1.service.{cmx_name}.esp.ClientData");
+    let sample = client_data(0).len();
+    let mut extension_data = 0;
+    let result = generate(
+        generator,
+        answers,
+        load,
+        |seq| (subject.clone(), reply.clone(), client_data(seq).into()),
+        |m| {
+            let e = kaa_esp::ExtensionData::decode(&m.payload).ok()?;
+            assert_eq!(e.status_code, 200, "{:?}", e.reason_phrase);
+            e.correlation_id.strip_prefix("kpc-bench-")?.parse().ok()
+        },
+        |m| extension_data = m.payload.len(),
+    )
+    .await;
+    let _ = stop.send(());
+    let _ = cmx.await;
+    provider_task.abort();
+    let mut sizes = *sizes.lock().unwrap();
+    sizes.client_data = sample;
+    sizes.extension_data = extension_data;
+    (result, sizes)
+}
+
+fn opaque(seq: u64, size: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(size.max(8));
+    b.put_u64(seq);
+    b.resize(size.max(8), 0xa5);
+    b.freeze()
+}
+
+fn seq_of(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
+}
+
+async fn run_raw(url: &str, load: Load, sizes: Sizes, tag: &str) -> Outcome {
+    let inbound = format!("raw.{tag}.in");
+    let to_provider = format!("raw.{tag}.provider");
+    let relay_replies = format!("raw.{tag}.relay.response");
+    let device_replies = format!("raw.{tag}.device");
+
+    // The provider: echo the sequence number in a ConfigResponse-sized payload.
+    let provider = connect(url).await;
+    let mut requests = provider
+        .queue_subscribe(to_provider.clone(), "provider".to_owned())
+        .await
+        .unwrap();
+    barrier(&provider).await;
+    let provider_task = tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            let seq = seq_of(&m.payload).unwrap_or(0);
+            if let Some(reply) = m.reply {
+                provider
+                    .publish(reply, opaque(seq, sizes.config_response))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+
+    // The relay (in CMX's place): one task, a map from its request number to where
+    // the device's answer goes.
+    let relay = connect(url).await;
+    let mut inbound_sub = relay
+        .queue_subscribe(inbound.clone(), "relay".to_owned())
+        .await
+        .unwrap();
+    let mut responses = relay.subscribe(relay_replies.clone()).await.unwrap();
+    barrier(&relay).await;
+    let relay_task = {
+        let relay_replies = relay_replies.clone();
+        tokio::spawn(async move {
+            let mut waiting: HashMap<u64, (async_nats::Subject, u64)> = HashMap::new();
+            let mut next = 0u64;
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(m) = responses.next() => {
+                        let Some(id) = seq_of(&m.payload) else { continue };
+                        if let Some((reply, seq)) = waiting.remove(&id) {
+                            relay.publish(reply, opaque(seq, sizes.extension_data)).await.unwrap();
+                        }
+                    }
+                    Some(m) = inbound_sub.next() => {
+                        let (Some(reply), Some(seq)) = (m.reply, seq_of(&m.payload)) else { continue };
+                        next += 1;
+                        waiting.insert(next, (reply, seq));
+                        relay
+                            .publish_with_reply(to_provider.clone(), relay_replies.clone(), opaque(next, sizes.config_request))
+                            .await
+                            .unwrap();
+                    }
+                    else => break,
+                }
+            }
+        })
+    };
+
+    let generator = connect(url).await;
+    let answers = generator.subscribe(device_replies.clone()).await.unwrap();
+    barrier(&generator).await;
+    let result = generate(
+        generator,
+        answers,
+        load,
+        |seq| {
+            (
+                inbound.clone(),
+                device_replies.clone(),
+                opaque(seq, sizes.client_data),
+            )
+        },
+        |m| seq_of(&m.payload),
+        |_| {},
+    )
+    .await;
+    relay_task.abort();
+    provider_task.abort();
+    result
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported.
+    let seconds: u64 = env_or("CMX_BENCH_SECONDS", 5);
+    let concurrency: Vec<usize> = std::env::var("CMX_BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "1,16,64".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    if std::env::var("CMX_BENCH_TRACING").as_deref() == Ok("1") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::sink)
+            .try_init();
+    }
+    let server;
+    let url = match std::env::var("CMX_BENCH_NATS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            server = PrivateNatsServer::start("cmx_nats bench").expect("nats-server binary");
+            server.url()
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let warmup = Duration::from_secs(1);
+    let measure = Duration::from_secs(seconds);
+    let load = |concurrency| Load {
+        concurrency,
+        warmup,
+        measure,
+    };
+    println!(
+        "CMX over NATS vs a raw async-nats relay (4 hops each), {seconds} s per run after 1 s warm-up, NATS at {url}"
+    );
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        for (i, &c) in concurrency.iter().enumerate() {
+            let (cmx, sizes) = run_cmx(&url, load(c), &format!("bench{i}")).await;
+            let raw = run_raw(&url, load(c), sizes, &format!("bench{i}")).await;
+            if i == 0 {
+                println!(
+                    "payload sizes (bytes): ClientData {}, ConfigRequest {}, ConfigResponse {}, ExtensionData {}",
+                    sizes.client_data, sizes.config_request, sizes.config_response, sizes.extension_data
+                );
+            }
+            rows.push((c, cmx, raw));
+        }
+    });
+    println!();
+    println!(
+        "| concurrency | CMX req/s | CMX p50 | CMX p99 | raw relay req/s | raw p50 | raw p99 | CMX / raw |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (c, cmx, raw) in &rows {
+        println!(
+            "| {c} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.0}% |",
+            cmx.per_second,
+            cmx.p50.as_secs_f64() * 1e6,
+            cmx.p99.as_secs_f64() * 1e6,
+            raw.per_second,
+            raw.p50.as_secs_f64() * 1e6,
+            raw.p99.as_secs_f64() * 1e6,
+            100.0 * cmx.per_second / raw.per_second
+        );
+        let _ = (cmx.requests, raw.requests);
+    }
+}

@@ -1,0 +1,415 @@
+//! End-to-end load benchmark: N simulated devices (default 10,000, one MQTT 3.1.1
+//! connection each) against the embedded stack (`kaa-stack`, a separate process so
+//! each side has its own file descriptors), loopback only.
+//!
+//! 1. Every device connects, requests `config/json` with `{"observe":true}` and
+//!    reports the answer applied.
+//! 2. **Fan-out**: one PUT of the app version's default; measured from just before
+//!    the PUT until every device has received the push (and each device's own
+//!    latency, p50/p99).
+//! 3. **Single-endpoint updates**: U sequential PUTs of one endpoint's own
+//!    configuration each (a different endpoint each time); latency from just before
+//!    the PUT until that device has the push, p50/p99/max.
+//!
+//! The devices are a minimal MQTT client (CONNECT, PUBLISH QoS 0, PUBACK for QoS 1
+//! deliveries) so the generator's CPU cost stays small on the same machine. Bounded:
+//! every phase has a timeout. Run:
+//!
+//! ```sh
+//! cargo bench -p kaa-examples --bench e2e_fanout              # 10,000 devices, 200 updates
+//! E2E_DEVICES=1000 E2E_UPDATES=50 cargo bench -p kaa-examples --bench e2e_fanout
+//! # against the separate processes on NATS and PostgreSQL (scripts/stack-nats.sh):
+//! E2E_HTTP=127.0.0.1:8080 E2E_MQTT=127.0.0.1:1884 cargo bench -p kaa-examples --bench e2e_fanout
+//! ```
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+
+const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct StackProcess(Child);
+
+impl Drop for StackProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn start_stack(dir: &std::path::Path) -> (StackProcess, SocketAddr, SocketAddr) {
+    let (http, mqtt) = (free_addr(), free_addr());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kaa-stack"))
+        .args(["--http-listen", &http.to_string()])
+        .args(["--mqtt-listen", &mqtt.to_string()])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("kaa-stack starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("kaa-stack is running") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("kaa-stack banner within 30 s");
+    (StackProcess(child), http, mqtt)
+}
+
+// ---- a minimal MQTT 3.1.1 client -------------------------------------------
+
+fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn mqtt_string(s: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_string(b"MQTT", &mut body);
+    body.push(4); // 3.1.1
+    body.push(0x02); // clean session
+    body.extend_from_slice(&600u16.to_be_bytes()); // keep-alive
+    mqtt_string(client_id.as_bytes(), &mut body);
+    let mut p = vec![0x10];
+    remaining_length(body.len(), &mut p);
+    p.extend_from_slice(&body);
+    p
+}
+
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_string(topic.as_bytes(), &mut body);
+    body.extend_from_slice(payload);
+    let mut p = vec![0x30];
+    remaining_length(body.len(), &mut p);
+    p.extend_from_slice(&body);
+    p
+}
+
+/// Reads one packet: (first byte, body).
+async fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let first = s.read_u8().await?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = s.read_u8().await?;
+        len |= ((b & 0x7f) as usize) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await?;
+    Ok((first, body))
+}
+
+#[derive(Debug)]
+enum Ev {
+    Response,
+    Push(usize, Instant),
+    Failed(usize, String),
+}
+
+/// One device: connect, request with observe, report applied, then report every
+/// push applied and tell the collector about it.
+async fn device(
+    idx: usize,
+    mqtt: SocketAddr,
+    app: Arc<str>,
+    token: String,
+    gate: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<Ev>,
+) {
+    let permit = gate.acquire_owned().await;
+    let mut s = match TcpStream::connect(mqtt).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Ev::Failed(idx, format!("connect: {e}")));
+            return;
+        }
+    };
+    let _ = s.set_nodelay(true);
+    let base = format!("kp1/{app}/cmx/{token}");
+    let request_topic = format!("{base}/config/json/1");
+    let response_topic = format!("{request_topic}/status");
+    let push_topic = format!("{base}/config/json/status");
+    let applied_topic = format!("{base}/applied/json");
+    let mut out = connect_packet(&format!("bench-{token}"));
+    out.extend(publish_packet(&request_topic, br#"{"observe":true}"#));
+    if let Err(e) = s.write_all(&out).await {
+        let _ = tx.send(Ev::Failed(idx, format!("write: {e}")));
+        return;
+    }
+    let mut permit = Some(permit);
+    loop {
+        let (first, body) = match read_packet(&mut s).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Ev::Failed(idx, format!("read: {e}")));
+                return;
+            }
+        };
+        match first >> 4 {
+            2 if body.get(1) != Some(&0) => {
+                let _ = tx.send(Ev::Failed(idx, format!("CONNACK {body:?}")));
+                return;
+            }
+            3 => {
+                let at = Instant::now();
+                let qos = (first >> 1) & 3;
+                let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+                let topic = &body[2..2 + tlen];
+                let mut rest = 2 + tlen;
+                if qos > 0 {
+                    let ack = [0x40, 2, body[rest], body[rest + 1]];
+                    rest += 2;
+                    let _ = s.write_all(&ack).await;
+                }
+                let payload = &body[rest..];
+                let config_id = serde_json::from_slice::<serde_json::Value>(payload)
+                    .ok()
+                    .and_then(|v| v["configId"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let report = publish_packet(
+                    &applied_topic,
+                    serde_json::json!({ "configId": config_id })
+                        .to_string()
+                        .as_bytes(),
+                );
+                let _ = s.write_all(&report).await;
+                if topic == response_topic.as_bytes() {
+                    drop(permit.take());
+                    let _ = tx.send(Ev::Response);
+                } else if topic == push_topic.as_bytes() {
+                    let _ = tx.send(Ev::Push(idx, at));
+                } else {
+                    let _ = tx.send(Ev::Failed(
+                        idx,
+                        format!("unexpected {}", String::from_utf8_lossy(topic)),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn put(http: &reqwest::Client, url: &str, body: String) {
+    let r = http
+        .put(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("PUT sent");
+    assert_eq!(r.status(), 200, "PUT {url}");
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs it with
+    // few devices as a smoke test.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let devices = env_usize("E2E_DEVICES", if smoke { 50 } else { 10_000 });
+    let updates = env_usize("E2E_UPDATES", if smoke { 5 } else { 200 });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(devices, updates));
+}
+
+async fn run(devices: usize, updates: usize) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // E2E_HTTP and E2E_MQTT: a system already running (e.g. scripts/stack-nats.sh),
+    // with the extension instance `cmx` and any token accepted.
+    let attached = std::env::var("E2E_HTTP")
+        .ok()
+        .zip(std::env::var("E2E_MQTT").ok());
+    let (_stack, http_addr, mqtt, what) = match attached {
+        Some((h, m)) => (
+            None,
+            h.parse::<SocketAddr>().expect("E2E_HTTP host:port"),
+            m.parse::<SocketAddr>().expect("E2E_MQTT host:port"),
+            format!("the running system at http://{h} and mqtt://{m}"),
+        ),
+        None => {
+            let (p, h, m) = start_stack(dir.path());
+            (
+                Some(p),
+                h,
+                m,
+                "kaa-stack (in-memory bus, SQLite)".to_owned(),
+            )
+        }
+    };
+    let app: Arc<str> = format!("bench-{}", std::process::id()).into();
+    let base = format!("http://{http_addr}/api/v1");
+    let http = reqwest::Client::new();
+    put(
+        &http,
+        &format!("{base}/app-versions/{app}"),
+        r#"{"round":0}"#.into(),
+    )
+    .await;
+
+    println!("e2e_fanout: {devices} devices, {updates} single-endpoint updates, {what}");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(64));
+    let started = Instant::now();
+    for i in 0..devices {
+        tokio::spawn(device(
+            i,
+            mqtt,
+            Arc::clone(&app),
+            format!("b{}-{i}", std::process::id()),
+            Arc::clone(&gate),
+            tx.clone(),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
+    let mut ready = 0;
+    while ready < devices {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ev::Response)) => ready += 1,
+            Ok(Some(Ev::Failed(i, e))) => panic!("device {i}: {e}"),
+            Ok(Some(Ev::Push(..))) => {}
+            Ok(None) | Err(_) => {
+                panic!("only {ready}/{devices} devices ready in {PHASE_TIMEOUT:?}")
+            }
+        }
+    }
+    println!(
+        "connected, requested and answered: {devices} devices in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Let the applied reports land before the fan-out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Fan-out of a default change.
+    let t0 = Instant::now();
+    put(
+        &http,
+        &format!("{base}/app-versions/{app}"),
+        r#"{"round":1}"#.into(),
+    )
+    .await;
+    let put_done = t0.elapsed();
+    let mut got = vec![None; devices];
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
+    while count < devices {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ev::Push(i, at))) => {
+                if got[i].is_none() {
+                    got[i] = Some(at - t0);
+                    count += 1;
+                }
+            }
+            Ok(Some(Ev::Failed(i, e))) => panic!("device {i}: {e}"),
+            Ok(Some(Ev::Response)) => {}
+            Ok(None) | Err(_) => {
+                println!(
+                    "FAN-OUT INCOMPLETE: {count}/{devices} devices got the push in {PHASE_TIMEOUT:?}"
+                );
+                break;
+            }
+        }
+    }
+    let mut lat: Vec<Duration> = got.iter().flatten().copied().collect();
+    lat.sort();
+    println!(
+        "fan-out of one default change: {count}/{devices} devices in {} (PUT answered after {}); per device p50 {} p99 {}",
+        ms(lat.last().copied().unwrap_or_default()),
+        ms(put_done),
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99)),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while rx.try_recv().is_ok() {}
+
+    // Sequential single-endpoint updates.
+    let mut lat = Vec::with_capacity(updates);
+    for k in 0..updates {
+        let i = (k * 7919) % devices;
+        let ep = format!("b{}-{i}", std::process::id());
+        let t0 = Instant::now();
+        put(
+            &http,
+            &format!("{base}/endpoints/{ep}/app-versions/{app}"),
+            format!(r#"{{"own":{k}}}"#),
+        )
+        .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Ev::Push(j, at))) if j == i => {
+                    lat.push(at - t0);
+                    break;
+                }
+                Ok(Some(Ev::Failed(j, e))) => panic!("device {j}: {e}"),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("update {k}: device {i} got no push within 10 s"),
+            }
+        }
+    }
+    lat.sort();
+    println!(
+        "single-endpoint update, PUT → push on the device ({} updates): p50 {} p99 {} max {}",
+        lat.len(),
+        ms(percentile(&lat, 0.50)),
+        ms(percentile(&lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+}

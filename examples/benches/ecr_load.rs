@@ -1,0 +1,364 @@
+//! ECR load generator: PUT and GET throughput and latency over HTTP on loopback,
+//! against the raw upsert/select rate of the same store without HTTP, measured in
+//! the same run, for the embedded SQLite store and PostgreSQL.
+//!
+//! ```sh
+//! cargo bench -p kaa-examples --bench ecr_load
+//! # knobs: ECR_BENCH_REQUESTS (default 4000), ECR_BENCH_CONCURRENCY (default 32),
+//! #        ECR_BENCH_STORES (default "sqlite,postgres"), KAA_TEST_POSTGRES_URL
+//! ```
+//!
+//! Raw and HTTP phases alternate in rounds (raw PUT, HTTP PUT, raw GET, HTTP GET,
+//! repeated `ECR_BENCH_ROUNDS` times, default 4) so that load from other processes on
+//! a shared machine weighs on both alike; rates are requests over busy time.
+//!
+//! Every PUT writes new content (a fresh endpoint slot), so every request is a durable
+//! write (SQLite: one fsync'ed WAL commit; PostgreSQL: one committed transaction).
+//! GETs read the slots the PUT phase wrote. The HTTP server runs in this process on
+//! 127.0.0.1:0 (the in-memory bus, no auth); the load generator is a minimal
+//! keep-alive HTTP/1.1 client (one connection per worker, `concurrency` workers sharing
+//! `requests` requests), so that its own CPU cost stays small on a small machine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kaa_examples::ecr::EcrServer;
+use kaa_examples::ecr::config::EcrConfig;
+use kaa_examples::ecr::model::{AppVersionName, ConfigName, Content, EndpointId, Scope};
+use kaa_examples::ecr::store::{self, ConfigStore, Precondition};
+use kaa_examples::service::parse_yaml;
+use kaa_ism::UnixMillis;
+
+/// Latencies and busy time, accumulated over rounds.
+#[derive(Default)]
+struct Stats {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Stats {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut all = self.latencies.clone();
+        all.sort();
+        let i = ((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1));
+        all.get(i).copied().unwrap_or_default()
+    }
+}
+
+/// Runs `op(i)` for every i in `range` on `concurrency` workers, each worker owning a
+/// context from `contexts` (a connection, or nothing); adds to `stats`.
+async fn drive<C, F, Fut>(
+    stats: &mut Stats,
+    range: std::ops::Range<usize>,
+    contexts: Vec<C>,
+    op: F,
+) -> Vec<C>
+where
+    C: Send + 'static,
+    F: Fn(usize, C) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = C> + Send,
+{
+    let op = Arc::new(op);
+    let end = range.end;
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for context in contexts {
+        let (op, next) = (Arc::clone(&op), Arc::clone(&next));
+        workers.push(tokio::spawn(async move {
+            let mut context = context;
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    break;
+                }
+                let t = Instant::now();
+                context = op(i, context).await;
+                latencies.push(t.elapsed());
+            }
+            (latencies, context)
+        }));
+    }
+    let mut contexts = Vec::new();
+    for w in workers {
+        let (latencies, context) = w.await.expect("worker");
+        stats.latencies.extend(latencies);
+        contexts.push(context);
+    }
+    stats.elapsed += started.elapsed();
+    contexts
+}
+
+/// One keep-alive HTTP/1.1 connection: writes a request, reads the response head
+/// and a `Content-Length` body, checks for 200. A deliberately tiny client, so the
+/// load generator's own cost stays small next to the server's.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(addr: std::net::SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    async fn exchange(&mut self, request: &[u8]) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(request).await.expect("write");
+        self.buf.clear();
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).expect("ascii head");
+                assert!(
+                    head.starts_with("HTTP/1.1 200"),
+                    "unexpected response: {head}"
+                );
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .expect("content-length");
+                let total = end + 4 + length;
+                while self.buf.len() < total {
+                    let mut chunk = [0u8; 4096];
+                    let n = self.stream.read(&mut chunk).await.expect("read");
+                    assert!(n > 0, "connection closed");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn scope(prefix: &str, i: usize) -> Scope {
+    Scope::Endpoint {
+        endpoint_id: EndpointId::new(format!("{prefix}-{i}")).expect("valid"),
+        app_version: AppVersionName::new("benchV1").expect("valid"),
+    }
+}
+
+fn body(i: usize) -> String {
+    format!("{{\"sampling\":{i},\"thresholds\":{{\"min\":5,\"max\":90}},\"name\":\"kettle-{i}\"}}")
+}
+
+fn put_request(i: usize) -> String {
+    let body = body(i);
+    format!(
+        "PUT /api/v1/endpoints/http-{i}/app-versions/benchV1 HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn get_request(i: usize) -> String {
+    format!("GET /api/v1/endpoints/http-{i}/app-versions/benchV1 HTTP/1.1\r\nHost: bench\r\n\r\n")
+}
+
+async fn raw_put(store: Arc<dyn ConfigStore>, prefix: &'static str, i: usize) {
+    let value: serde_json::Value = serde_json::from_str(&body(i)).expect("json");
+    let content = Content::from_value(&value);
+    store
+        .put(
+            &scope(prefix, i),
+            &ConfigName::default_name(),
+            &content,
+            &Precondition::None,
+            UnixMillis(i as i64),
+        )
+        .await
+        .expect("put");
+}
+
+async fn raw_get(store: Arc<dyn ConfigStore>, prefix: &'static str, i: usize) {
+    store
+        .get(&scope(prefix, i), &ConfigName::default_name())
+        .await
+        .expect("get")
+        .expect("present");
+}
+
+async fn bench_store(
+    label: &str,
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> Vec<(String, Stats)> {
+    let store: Arc<dyn ConfigStore> = store::open(url).await.expect("open store");
+    let yaml = format!(
+        "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: {url}\nauth:\n  enabled: false\n"
+    );
+    let config: EcrConfig = parse_yaml(&yaml, "bench").expect("config");
+    let server = EcrServer::bind(&config, Arc::new(kaa_bus::MemoryBus::new()))
+        .await
+        .expect("bind");
+    let addr = server.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let mut connections = Vec::new();
+    for _ in 0..concurrency {
+        connections.push(Connection::open(addr).await);
+    }
+    let units = || vec![(); concurrency];
+
+    // Warm-up (untimed): file growth, pools, statement caches, connections.
+    let mut warm = Stats::default();
+    let s = Arc::clone(&store);
+    drive(&mut warm, 0..requests.min(500), units(), move |i, ()| {
+        let s = Arc::clone(&s);
+        async move {
+            raw_put(Arc::clone(&s), "warm", i).await;
+            raw_get(s, "warm", i).await;
+        }
+    })
+    .await;
+    connections = drive(
+        &mut warm,
+        1_000_000..1_000_000 + requests.min(500),
+        connections,
+        |i, mut c: Connection| async move {
+            c.exchange(put_request(i).as_bytes()).await;
+            c.exchange(get_request(i).as_bytes()).await;
+            c
+        },
+    )
+    .await;
+
+    let (mut put_raw, mut put_http, mut get_raw, mut get_http) = (
+        Stats::default(),
+        Stats::default(),
+        Stats::default(),
+        Stats::default(),
+    );
+    let per_round = requests.div_ceil(rounds);
+    for round in 0..rounds {
+        let range = round * per_round..((round + 1) * per_round).min(requests);
+        let s = Arc::clone(&store);
+        drive(&mut put_raw, range.clone(), units(), move |i, ()| {
+            raw_put(Arc::clone(&s), "raw", i)
+        })
+        .await;
+        connections = drive(
+            &mut put_http,
+            range.clone(),
+            connections,
+            |i, mut c: Connection| async move {
+                c.exchange(put_request(i).as_bytes()).await;
+                c
+            },
+        )
+        .await;
+        let s = Arc::clone(&store);
+        drive(&mut get_raw, range.clone(), units(), move |i, ()| {
+            raw_get(Arc::clone(&s), "raw", i)
+        })
+        .await;
+        connections = drive(
+            &mut get_http,
+            range,
+            connections,
+            |i, mut c: Connection| async move {
+                c.exchange(get_request(i).as_bytes()).await;
+                c
+            },
+        )
+        .await;
+    }
+    drop(connections);
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+    vec![
+        (format!("{label} PUT raw upsert"), put_raw),
+        (format!("{label} PUT HTTP"), put_http),
+        (format!("{label} GET raw select"), get_raw),
+        (format!("{label} GET HTTP"), get_http),
+    ]
+}
+
+async fn pg_database() -> Option<(String, String, tokio_postgres::Client)> {
+    let admin = std::env::var("KAA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let name = format!("ecr_bench_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .ok()?;
+    let (base, _) = admin.rsplit_once('/')?;
+    Some((format!("{base}/{name}"), name, client))
+}
+
+fn main() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let requests = env("ECR_BENCH_REQUESTS", 4000);
+    let concurrency = env("ECR_BENCH_CONCURRENCY", 32);
+    let rounds = env("ECR_BENCH_ROUNDS", 4).max(1);
+    let stores = std::env::var("ECR_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut rows = Vec::new();
+        if stores.contains("sqlite") {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+            rows.extend(bench_store("SQLite", &url, requests, concurrency, rounds).await);
+        }
+        if stores.contains("postgres") {
+            match pg_database().await {
+                Some((url, name, admin)) => {
+                    rows.extend(bench_store("PostgreSQL", &url, requests, concurrency, rounds).await);
+                    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+                }
+                None => eprintln!("SKIPPED: ecr_load postgres: PostgreSQL not reachable"),
+            }
+        }
+        println!("\nECR load: {requests} requests per row in {rounds} interleaved rounds, {concurrency} concurrent clients, loopback HTTP/1.1\n");
+        println!("| store / operation | req/s | p50 | p99 | HTTP / raw |");
+        println!("|---|---:|---:|---:|---:|");
+        for pair in rows.chunks(2) {
+            let raw_rate = pair[0].1.rate();
+            for (name, s) in pair {
+                let ratio = if name.contains("HTTP") { format!("{:.0}%", 100.0 * s.rate() / raw_rate) } else { "—".into() };
+                println!(
+                    "| {name} | {:.0} | {:.2} ms | {:.2} ms | {ratio} |",
+                    s.rate(),
+                    s.percentile(0.50).as_secs_f64() * 1e3,
+                    s.percentile(0.99).as_secs_f64() * 1e3
+                );
+            }
+        }
+    });
+}

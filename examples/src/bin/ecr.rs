@@ -1,0 +1,84 @@
+//! The ECR service binary: `ecr <config.yaml>` (or `ecr --config <config.yaml>`).
+//!
+//! Reads the YAML configuration (see `kaa_examples::ecr::config`), builds the bus
+//! (NATS when `nats.urls` is set, else in-memory) and the store, serves the REST API,
+//! `/health` and `/metrics` on `ecr.http.listen`, and stops gracefully on SIGTERM or
+//! ctrl-c. On start it prints `ecr listening on http://<addr>` to stdout. An invalid
+//! configuration is reported on stderr with exit status 2; a start-up failure (store,
+//! bus, listener) with exit status 1.
+
+use std::process::ExitCode;
+
+use kaa_examples::ecr::{EcrServer, config::EcrConfig, connect_bus, store::redact_url};
+use kaa_examples::service::{init_tracing, load_yaml, shutdown_signal};
+
+const USAGE: &str = "usage: ecr <config.yaml> | ecr --config <config.yaml>";
+
+fn config_path() -> Result<String, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, path] if flag == "--config" || flag == "-c" => Ok(path.clone()),
+        [path] if !path.starts_with('-') => Ok(path.clone()),
+        _ => Err(USAGE.to_owned()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing("info");
+    let path = match config_path() {
+        Ok(p) => p,
+        Err(usage) => {
+            eprintln!("{usage}");
+            return ExitCode::from(2);
+        }
+    };
+    let config: EcrConfig = match load_yaml(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ecr: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = config.validate() {
+        eprintln!("ecr: {path}: {e}");
+        return ExitCode::from(2);
+    }
+    tracing::info!(
+        instance = %config.service.instance.name,
+        replica = %config.replica_id(),
+        store = %redact_url(&config.ecr.store.url),
+        auth = config.auth.enabled,
+        "starting ECR"
+    );
+    let bus = match connect_bus(&config).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ecr: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let server = match EcrServer::bind(&config, bus).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ecr: {e}");
+            return ExitCode::from(if matches!(e, kaa_examples::ecr::StartError::Config(_)) {
+                2
+            } else {
+                1
+            });
+        }
+    };
+    println!("ecr listening on http://{}", server.local_addr());
+    tracing::info!(addr = %server.local_addr(), "listening");
+    match server.run(shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ecr: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,782 @@
+//! The CMX service configuration (YAML).
+//!
+//! Kaa's keys where Kaa has them, plus the service's own under `cmx`:
+//!
+//! ```yaml
+//! service:
+//!   instance:
+//!     name: cmx                   # the extension instance name devices use; queue group
+//!     replica:
+//!       id: cmx-1                 # CDTP responses come back on kaa.v1.replica.cmx-1.cdtp.response
+//! nats:
+//!   urls: [nats://127.0.0.1:4222] # credentials only from the environment (NATS_TOKEN, ...)
+//! kaa:
+//!   cmx:
+//!     configuration-data-provider:
+//!       service-instance:
+//!         name: ecr
+//!     communication-service:
+//!       service-instance:
+//!         name: kpc
+//!     endpoint-state-persistence:
+//!       ttl: 86400                # seconds a disconnected endpoint's state is kept
+//!   applications:                 # known app versions; absent or empty: serve any
+//!     smart-kettle:
+//!       versions:
+//!         smartKettleV1: {}
+//! cmx:
+//!   bus: nats                     # nats | memory (default: nats when `nats` is present)
+//!   http:
+//!     listen: 127.0.0.1:8081      # /health and /metrics; absent: no HTTP listener
+//!   cdtp-timeout-ms: 5000
+//!   message-timeout-ms: 0
+//!   shutdown-grace-ms: 10000      # how long SIGTERM waits for CDTP answers in flight
+//!   broadcast-implicit-applied: false
+//!   push-retry:
+//!     delay-ms: 1000
+//!     attempts: 5
+//!   limits:
+//!     max-endpoints: 1000000
+//!     max-pending-requests: 65536
+//!     max-names-per-endpoint: 32
+//!     max-waiters-per-request: 16
+//!     max-config-id-len: 256
+//! ```
+//!
+//! Kaa (a Spring Boot application) also accepts its keys written flat, and so does
+//! this service: `kaa.cmx.endpoint-state-persistence.ttl: 3600` at the top level is
+//! the same as the nested form. Every key except the `cmx`, `service` and `kaa.cmx`
+//! names has a default; unknown keys inside `service`, `nats`, `kaa.cmx` and `cmx`
+//! are errors (a typo must not pass silently); other top-level sections are ignored,
+//! so one file can configure several services. The value under an app version
+//! (`{}` above) is not read by CMX (ECR keeps a JSON Schema there).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use kaa_cmp::CmxConfig;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::service::ConfigError;
+
+/// The default CDTP timeout: 5 s.
+pub const DEFAULT_CDTP_TIMEOUT_MS: u64 = 5_000;
+/// The default state TTL of a disconnected endpoint: 24 h.
+pub const DEFAULT_ENDPOINT_TTL_SECS: u64 = 24 * 3600;
+
+/// The whole CMX service configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub struct CmxServiceConfig {
+    /// `service.instance.{name, replica.id}`.
+    #[serde(default)]
+    pub service: ServiceSection,
+    /// `nats.urls`.
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
+    /// `kaa.cmx.…` and `kaa.applications`.
+    #[serde(default)]
+    pub kaa: KaaSection,
+    /// The service's own keys.
+    #[serde(default)]
+    pub cmx: CmxSection,
+}
+
+/// `service`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceSection {
+    /// `service.instance`.
+    #[serde(default)]
+    pub instance: InstanceSection,
+}
+
+/// `service.instance`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct InstanceSection {
+    /// `service.instance.name`, default `cmx`: the extension instance name in device
+    /// topics, the `ClientData` subject and queue group, the originator of
+    /// `endpoint.config.applied`.
+    #[serde(default = "default_instance_name")]
+    pub name: String,
+    /// `service.instance.replica`; default ID `<name>-1`.
+    #[serde(default)]
+    pub replica: Option<ReplicaSection>,
+}
+
+impl Default for InstanceSection {
+    fn default() -> Self {
+        InstanceSection {
+            name: default_instance_name(),
+            replica: None,
+        }
+    }
+}
+
+fn default_instance_name() -> String {
+    "cmx".to_owned()
+}
+
+/// `service.instance.replica`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReplicaSection {
+    /// `service.instance.replica.id`.
+    pub id: String,
+}
+
+/// `nats`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NatsSection {
+    /// `nats.urls`. Credentials come from the environment only (see `kaa_bus::nats`).
+    pub urls: Vec<String>,
+}
+
+/// `kaa`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub struct KaaSection {
+    /// `kaa.cmx`.
+    #[serde(default)]
+    pub cmx: KaaCmxSection,
+    /// `kaa.applications.<app>`.
+    #[serde(default)]
+    pub applications: BTreeMap<String, ApplicationSection>,
+}
+
+/// `kaa.applications.<app>`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub struct ApplicationSection {
+    /// `kaa.applications.<app>.versions.<version>`: the app version names (their
+    /// values belong to other services).
+    #[serde(default)]
+    pub versions: BTreeMap<String, IgnoredAny>,
+}
+
+/// `kaa.cmx`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KaaCmxSection {
+    /// `kaa.cmx.configuration-data-provider.service-instance.name`, default `ecr`.
+    #[serde(default)]
+    pub configuration_data_provider: Option<ServiceReference>,
+    /// `kaa.cmx.communication-service.service-instance.name`, default `kpc`.
+    #[serde(default)]
+    pub communication_service: Option<ServiceReference>,
+    /// `kaa.cmx.endpoint-state-persistence.ttl`.
+    #[serde(default)]
+    pub endpoint_state_persistence: Option<PersistenceSection>,
+}
+
+/// `…service-instance.name`: another service, by instance name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceReference {
+    /// `service-instance`.
+    pub service_instance: ServiceInstanceName,
+}
+
+/// `service-instance`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ServiceInstanceName {
+    /// `service-instance.name`.
+    pub name: String,
+}
+
+/// `kaa.cmx.endpoint-state-persistence`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PersistenceSection {
+    /// `ttl`, seconds: how long a disconnected endpoint's state is kept after its
+    /// last activity.
+    pub ttl: u64,
+}
+
+/// Which message bus the service runs on (`cmx.bus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum BusKind {
+    /// NATS at `nats.urls`.
+    Nats,
+    /// An in-memory bus: only useful when the process hosts the other services too
+    /// (the all-in-one binary passes its own bus instead).
+    Memory,
+}
+
+/// `cmx`: the service's own keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CmxSection {
+    /// `cmx.bus`; default: `nats` when the `nats` section is present, else `memory`.
+    #[serde(default)]
+    pub bus: Option<BusKind>,
+    /// `cmx.http`: `/health` and `/metrics`.
+    #[serde(default)]
+    pub http: Option<HttpSection>,
+    /// `cmx.cdtp-timeout-ms`: how long to wait for the provider (default 5000); a
+    /// device still waiting then gets a 504.
+    #[serde(default)]
+    pub cdtp_timeout_ms: Option<u64>,
+    /// `cmx.message-timeout-ms`: the `timeout` of published `ExtensionData` and
+    /// `ConfigApplied` (default 0: none).
+    #[serde(default)]
+    pub message_timeout_ms: Option<u64>,
+    /// `cmx.shutdown-grace-ms`: on SIGTERM, how long to wait for CDTP answers still
+    /// in flight (default: the CDTP timeout plus one second). Devices still waiting
+    /// after it get a 504.
+    #[serde(default)]
+    pub shutdown_grace_ms: Option<u64>,
+    /// `cmx.broadcast-implicit-applied` (default false): broadcast
+    /// `endpoint.config.applied` when a request names the current configuration.
+    #[serde(default)]
+    pub broadcast_implicit_applied: Option<bool>,
+    /// `cmx.push-retry`.
+    #[serde(default)]
+    pub push_retry: Option<PushRetrySection>,
+    /// `cmx.limits`.
+    #[serde(default)]
+    pub limits: Option<LimitsSection>,
+}
+
+/// `cmx.http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HttpSection {
+    /// `cmx.http.listen`: address of `/health` and `/metrics` (port 0: any free port).
+    pub listen: SocketAddr,
+}
+
+/// `cmx.push-retry`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PushRetrySection {
+    /// `delay-ms`: the first delay before a failed push is retried (doubles per
+    /// attempt). Default 1000.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// `attempts`: retries before waiting for the next trigger. Default 5.
+    #[serde(default)]
+    pub attempts: Option<u8>,
+}
+
+/// `cmx.limits`: the engine limits that bound memory (see `kaa_cmp::CmxConfig`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitsSection {
+    /// Endpoints tracked at once (default 1,000,000).
+    #[serde(default)]
+    pub max_endpoints: Option<usize>,
+    /// CDTP requests in flight (default 65,536); past it devices get a 503.
+    #[serde(default)]
+    pub max_pending_requests: Option<usize>,
+    /// Named configurations per endpoint (default 32).
+    #[serde(default)]
+    pub max_names_per_endpoint: Option<usize>,
+    /// Device requests waiting on one CDTP request (default 16).
+    #[serde(default)]
+    pub max_waiters_per_request: Option<usize>,
+    /// The longest `configId` accepted from a device, bytes (default 256).
+    #[serde(default)]
+    pub max_config_id_len: Option<usize>,
+}
+
+impl CmxServiceConfig {
+    /// A configuration with the given names and every default, as if read from a
+    /// file with just those keys (no `nats` section: the in-memory bus).
+    pub fn new(
+        instance_name: &str,
+        replica_id: &str,
+        provider: &str,
+        communication_service: &str,
+    ) -> Self {
+        let reference = |name: &str| {
+            Some(ServiceReference {
+                service_instance: ServiceInstanceName {
+                    name: name.to_owned(),
+                },
+            })
+        };
+        CmxServiceConfig {
+            service: ServiceSection {
+                instance: InstanceSection {
+                    name: instance_name.to_owned(),
+                    replica: Some(ReplicaSection {
+                        id: replica_id.to_owned(),
+                    }),
+                },
+            },
+            kaa: KaaSection {
+                cmx: KaaCmxSection {
+                    configuration_data_provider: reference(provider),
+                    communication_service: reference(communication_service),
+                    endpoint_state_persistence: None,
+                },
+                applications: BTreeMap::new(),
+            },
+            ..CmxServiceConfig::default()
+        }
+    }
+
+    /// Reads and validates the YAML file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates YAML `text`; `origin` (e.g. the file name) prefixes
+    /// error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: CmxServiceConfig = parse_kaa_yaml(text, origin)?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid(message) => ConfigError::Invalid(format!("{origin}: {message}")),
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// `service.instance.name`.
+    pub fn instance_name(&self) -> &str {
+        &self.service.instance.name
+    }
+
+    /// `service.instance.replica.id`, default `<name>-1`.
+    pub fn replica_id(&self) -> String {
+        self.service.instance.replica.as_ref().map_or_else(
+            || format!("{}-1", self.service.instance.name),
+            |r| r.id.clone(),
+        )
+    }
+
+    /// `kaa.cmx.configuration-data-provider.service-instance.name`, default `ecr`.
+    pub fn provider(&self) -> &str {
+        self.kaa
+            .cmx
+            .configuration_data_provider
+            .as_ref()
+            .map_or("ecr", |r| &r.service_instance.name)
+    }
+
+    /// `kaa.cmx.communication-service.service-instance.name`, default `kpc`.
+    pub fn communication_service(&self) -> &str {
+        self.kaa
+            .cmx
+            .communication_service
+            .as_ref()
+            .map_or("kpc", |r| &r.service_instance.name)
+    }
+
+    /// `kaa.cmx.endpoint-state-persistence.ttl`, default 24 h.
+    pub fn endpoint_ttl(&self) -> Duration {
+        Duration::from_secs(
+            self.kaa
+                .cmx
+                .endpoint_state_persistence
+                .as_ref()
+                .map_or(DEFAULT_ENDPOINT_TTL_SECS, |p| p.ttl),
+        )
+    }
+
+    /// The known app versions from `kaa.applications`; `None` (serve any) when none
+    /// are listed.
+    pub fn app_versions(&self) -> Option<HashSet<String>> {
+        let versions: HashSet<String> = self
+            .kaa
+            .applications
+            .values()
+            .flat_map(|app| app.versions.keys().cloned())
+            .collect();
+        (!versions.is_empty()).then_some(versions)
+    }
+
+    /// The bus to run on: `cmx.bus`, else NATS when `nats` is present, else memory.
+    pub fn bus_kind(&self) -> BusKind {
+        self.cmx.bus.unwrap_or(if self.nats.is_some() {
+            BusKind::Nats
+        } else {
+            BusKind::Memory
+        })
+    }
+
+    /// The CDTP timeout (`cmx.cdtp-timeout-ms`).
+    pub fn cdtp_timeout(&self) -> Duration {
+        Duration::from_millis(self.cmx.cdtp_timeout_ms.unwrap_or(DEFAULT_CDTP_TIMEOUT_MS))
+    }
+
+    /// How long a shutdown waits for CDTP answers in flight (`cmx.shutdown-grace-ms`,
+    /// default the CDTP timeout plus one second).
+    pub fn shutdown_grace(&self) -> Duration {
+        self.cmx.shutdown_grace_ms.map_or_else(
+            || self.cdtp_timeout() + Duration::from_secs(1),
+            Duration::from_millis,
+        )
+    }
+
+    /// The `cmx.http.listen` address, if any.
+    pub fn http_listen(&self) -> Option<SocketAddr> {
+        self.cmx.http.as_ref().map(|h| h.listen)
+    }
+
+    /// The NATS client configuration (`nats.urls`, connection name = replica ID).
+    /// Credentials are not here: `kaa_bus::NatsBus::connect` reads the environment.
+    pub fn nats_config(&self) -> kaa_bus::NatsConfig {
+        let urls = self
+            .nats
+            .as_ref()
+            .map(|n| n.urls.clone())
+            .unwrap_or_default();
+        kaa_bus::NatsConfig::new(urls).with_connection_name(self.replica_id())
+    }
+
+    /// The engine configuration. The correlation prefix is `<replica>-<8 hex>`,
+    /// new for every call, so that late CDTP answers to a previous run of this
+    /// replica match nothing.
+    pub fn engine_config(&self) -> CmxConfig {
+        let mut c = CmxConfig::new(
+            self.instance_name(),
+            self.replica_id(),
+            self.provider(),
+            self.communication_service(),
+        );
+        c.cdtp_timeout = self.cdtp_timeout();
+        c.endpoint_ttl = self.endpoint_ttl();
+        if let Some(ms) = self.cmx.message_timeout_ms {
+            c.message_timeout = Duration::from_millis(ms);
+        }
+        if let Some(b) = self.cmx.broadcast_implicit_applied {
+            c.broadcast_implicit_applied = b;
+        }
+        if let Some(r) = &self.cmx.push_retry {
+            if let Some(ms) = r.delay_ms {
+                c.push_retry_delay = Duration::from_millis(ms);
+            }
+            if let Some(n) = r.attempts {
+                c.push_retry_attempts = n;
+            }
+        }
+        if let Some(l) = &self.cmx.limits {
+            let set = |field: &mut usize, value: Option<usize>| {
+                if let Some(v) = value {
+                    *field = v;
+                }
+            };
+            set(&mut c.max_endpoints, l.max_endpoints);
+            set(&mut c.max_pending_requests, l.max_pending_requests);
+            set(&mut c.max_names_per_endpoint, l.max_names_per_endpoint);
+            set(&mut c.max_waiters_per_request, l.max_waiters_per_request);
+            set(&mut c.max_config_id_len, l.max_config_id_len);
+        }
+        c.app_versions = self.app_versions();
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        c.correlation_prefix = Some(format!("{}-{}", self.replica_id(), &run[..8]));
+        c
+    }
+
+    /// Checks what serde cannot, naming the Kaa key of every problem: names that
+    /// become NATS subject tokens, positive durations and limits, a bus that can be
+    /// built.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        let token = |key: &str, value: &str| {
+            kaa_ism::subject::validate_token(value, "name").map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "{key}: {value:?} cannot be a NATS subject token ({e})"
+                ))
+            })
+        };
+        token("service.instance.name", self.instance_name())?;
+        token("service.instance.replica.id", &self.replica_id())?;
+        token(
+            "kaa.cmx.configuration-data-provider.service-instance.name",
+            self.provider(),
+        )?;
+        token(
+            "kaa.cmx.communication-service.service-instance.name",
+            self.communication_service(),
+        )?;
+        for (app, section) in &self.kaa.applications {
+            for version in section.versions.keys() {
+                token(&format!("kaa.applications.{app}.versions"), version)?;
+            }
+        }
+        if self.endpoint_ttl().is_zero() {
+            return invalid(
+                "kaa.cmx.endpoint-state-persistence.ttl must be at least 1 (seconds)".into(),
+            );
+        }
+        if self.cdtp_timeout().is_zero() {
+            return invalid("cmx.cdtp-timeout-ms must be greater than 0".into());
+        }
+        if let Some(r) = &self.cmx.push_retry
+            && r.delay_ms == Some(0)
+        {
+            return invalid("cmx.push-retry.delay-ms must be greater than 0".into());
+        }
+        if let Some(l) = &self.cmx.limits {
+            for (key, value) in [
+                ("max-endpoints", l.max_endpoints),
+                ("max-pending-requests", l.max_pending_requests),
+                ("max-names-per-endpoint", l.max_names_per_endpoint),
+                ("max-waiters-per-request", l.max_waiters_per_request),
+                ("max-config-id-len", l.max_config_id_len),
+            ] {
+                if value == Some(0) {
+                    return invalid(format!("cmx.limits.{key} must be greater than 0"));
+                }
+            }
+        }
+        match (self.bus_kind(), &self.nats) {
+            (BusKind::Nats, None) => {
+                return invalid(
+                    "cmx.bus is nats but there is no nats section (nats.urls: [nats://host:4222])"
+                        .into(),
+                );
+            }
+            (BusKind::Nats, Some(n)) if n.urls.is_empty() => {
+                return invalid("nats.urls is empty".into());
+            }
+            (BusKind::Nats, Some(n)) => {
+                for url in &n.urls {
+                    if url.trim().is_empty() || url.contains(char::is_whitespace) {
+                        return invalid(format!("nats.urls: {url:?} is not a server URL"));
+                    }
+                }
+            }
+            (BusKind::Memory, _) => {}
+        }
+        // The engine's own checks, as a backstop.
+        kaa_cmp::Cmx::new(self.engine_config())
+            .map(drop)
+            .map_err(|e| ConfigError::Invalid(format!("engine configuration: {e}")))
+    }
+}
+
+/// Parses YAML into `T`, first expanding Spring-style flat keys
+/// (`kaa.cmx.endpoint-state-persistence.ttl: 60`) into nested mappings.
+///
+/// Without flat keys the text is parsed directly, so errors carry line and column;
+/// with them, errors name the key but not the line.
+pub fn parse_kaa_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+) -> Result<T, ConfigError> {
+    let value: serde_yaml::Value = crate::service::parse_yaml(text, origin)?;
+    if !has_dotted_keys(&value) {
+        return crate::service::parse_yaml(text, origin);
+    }
+    let expanded = expand_dotted_keys(value).map_err(|message| ConfigError::Parse {
+        origin: origin.to_owned(),
+        message,
+    })?;
+    serde_yaml::from_value(expanded).map_err(|e| ConfigError::Parse {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn has_dotted_keys(value: &serde_yaml::Value) -> bool {
+    match value {
+        serde_yaml::Value::Mapping(m) => m
+            .iter()
+            .any(|(k, v)| k.as_str().is_some_and(|k| k.contains('.')) || has_dotted_keys(v)),
+        _ => false,
+    }
+}
+
+fn expand_dotted_keys(value: serde_yaml::Value) -> Result<serde_yaml::Value, String> {
+    use serde_yaml::{Mapping, Value};
+    let Value::Mapping(map) = value else {
+        return Ok(value);
+    };
+    let mut out = Mapping::new();
+    for (key, v) in map {
+        let v = expand_dotted_keys(v)?;
+        let Some(text) = key.as_str().filter(|k| k.contains('.')) else {
+            merge(&mut out, key, v)?;
+            continue;
+        };
+        let parts: Vec<&str> = text.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!("key {text:?} has an empty part"));
+        }
+        let nested = parts.iter().skip(1).rev().fold(v, |inner, part| {
+            let mut m = Mapping::new();
+            m.insert(Value::String((*part).to_owned()), inner);
+            Value::Mapping(m)
+        });
+        merge(&mut out, Value::String(parts[0].to_owned()), nested)?;
+    }
+    Ok(Value::Mapping(out))
+}
+
+fn merge(
+    into: &mut serde_yaml::Mapping,
+    key: serde_yaml::Value,
+    value: serde_yaml::Value,
+) -> Result<(), String> {
+    use serde_yaml::Value;
+    match (into.get_mut(&key), value) {
+        (None, value) => {
+            into.insert(key, value);
+            Ok(())
+        }
+        (Some(Value::Mapping(existing)), Value::Mapping(more)) => {
+            for (k, v) in more {
+                merge(existing, k, v)?;
+            }
+            Ok(())
+        }
+        (Some(_), _) => Err(format!(
+            "key {} is given twice",
+            key.as_str().unwrap_or("(non-string key)")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = include_str!("../../config/cmx.yaml");
+
+    #[test]
+    fn sample_file_parses_with_kaa_keys() {
+        let c = CmxServiceConfig::parse(FULL, "cmx.yaml").unwrap();
+        assert_eq!(c.instance_name(), "cmx");
+        assert_eq!(c.replica_id(), "cmx-1");
+        assert_eq!(c.provider(), "ecr");
+        assert_eq!(c.communication_service(), "kpc");
+        assert_eq!(c.endpoint_ttl(), Duration::from_secs(86_400));
+        assert_eq!(c.bus_kind(), BusKind::Nats);
+        let versions = c.app_versions().unwrap();
+        assert!(versions.contains("smartKettleV1") && versions.contains("smartKettleV2"));
+        let e = c.engine_config();
+        assert_eq!(e.cdtp_timeout, Duration::from_secs(5));
+        assert_eq!(e.app_versions, Some(versions));
+        assert!(e.correlation_prefix.unwrap().starts_with("cmx-1-"));
+    }
+
+    #[test]
+    fn minimal_file_has_defaults() {
+        let c = CmxServiceConfig::parse("{}", "t").unwrap();
+        assert_eq!(
+            (
+                c.instance_name(),
+                c.replica_id(),
+                c.provider(),
+                c.communication_service()
+            ),
+            ("cmx", "cmx-1".to_owned(), "ecr", "kpc")
+        );
+        assert_eq!(c.bus_kind(), BusKind::Memory);
+        assert_eq!(c.app_versions(), None);
+        assert_eq!(c.shutdown_grace(), Duration::from_secs(6));
+        assert_eq!(c.http_listen(), None);
+    }
+
+    #[test]
+    fn flat_spring_keys_are_the_nested_keys() {
+        let text = "kaa.cmx.endpoint-state-persistence.ttl: 60\n\
+                    kaa.cmx.configuration-data-provider.service-instance.name: ecr2\n\
+                    kaa:\n  applications:\n    app:\n      versions:\n        v1: {}\n\
+                    service.instance.name: cmx_ota\n\
+                    cmx.limits.max-endpoints: 10\n";
+        let c = CmxServiceConfig::parse(text, "t").unwrap();
+        assert_eq!(c.endpoint_ttl(), Duration::from_secs(60));
+        assert_eq!(c.provider(), "ecr2");
+        assert_eq!(c.instance_name(), "cmx_ota");
+        assert_eq!(c.replica_id(), "cmx_ota-1");
+        assert_eq!(c.engine_config().max_endpoints, 10);
+        assert!(c.app_versions().unwrap().contains("v1"));
+        let twice = "service.instance.name: a\nservice:\n  instance:\n    name: b\n";
+        let err = CmxServiceConfig::parse(twice, "t").unwrap_err().to_string();
+        assert!(err.contains("given twice"), "{err}");
+    }
+
+    #[test]
+    fn invalid_configs_name_the_key() {
+        let cases = [
+            (
+                "service:\n  instance:\n    name: c.m.x\n",
+                "service.instance.name",
+            ),
+            (
+                "kaa:\n  cmx:\n    communication-service:\n      service-instance:\n        name: 'k pc'\n",
+                "kaa.cmx.communication-service.service-instance.name",
+            ),
+            (
+                "kaa:\n  cmx:\n    endpoint-state-persistence:\n      ttl: 0\n",
+                "kaa.cmx.endpoint-state-persistence.ttl",
+            ),
+            (
+                "kaa:\n  applications:\n    app:\n      versions:\n        'v>1': {}\n",
+                "kaa.applications.app.versions",
+            ),
+            ("cmx:\n  cdtp-timeout-ms: 0\n", "cmx.cdtp-timeout-ms"),
+            (
+                "cmx:\n  limits:\n    max-endpoints: 0\n",
+                "cmx.limits.max-endpoints",
+            ),
+            ("cmx:\n  bus: nats\n", "nats section"),
+            ("nats:\n  urls: []\n", "nats.urls"),
+        ];
+        for (text, needle) in cases {
+            let err = CmxServiceConfig::parse(text, "f.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+            assert!(err.contains("f.yaml"), "{err}");
+        }
+        // serde errors carry the position.
+        let err = CmxServiceConfig::parse("cmx:\n  cdtp-timeout: 5\n", "f.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("f.yaml: line 2"), "{err}");
+        assert!(err.contains("cdtp-timeout"), "{err}");
+        let err = CmxServiceConfig::parse("cmx:\n  bus: kafka\n", "f.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka"), "{err}");
+        let err = CmxServiceConfig::parse(
+            "kaa:\n  cmx:\n    endpoint-state-persistence:\n      ttl: -5\n",
+            "f.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn other_services_sections_are_ignored() {
+        let text = "ecr:\n  http:\n    listen: 127.0.0.1:0\nauth:\n  enabled: false\n\
+                    kaa:\n  ecr: {}\n  applications:\n    a:\n      versions:\n        v1:\n          schema: {type: object}\n";
+        let c = CmxServiceConfig::parse(text, "t").unwrap();
+        assert!(c.app_versions().unwrap().contains("v1"));
+    }
+}

@@ -1,0 +1,471 @@
+//! The task that owns the engine: bus messages in, outputs published, the
+//! engine's timer, metrics, and the graceful drain.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use kaa_bus::{Bus, Message, Subscription};
+use kaa_cmp::{Cmx, Output};
+use kaa_ism::UnixMillis;
+use kaa_ism::avro::Decode;
+use kaa_ism::common::CommonFields;
+use tracing::{Instrument, Span};
+
+use super::metrics::{CmxMetrics, MessageKind};
+use super::{Health, RunError, RunReport, now};
+
+/// At shutdown, the most `ClientData` already buffered in this process that is
+/// still handled (a bound in case publishers keep the buffer full).
+const MAX_DRAINED_CLIENT_DATA: usize = 10_000;
+
+/// The engine's subscriptions, one per input.
+#[derive(Debug)]
+pub(crate) struct Inputs {
+    /// `kaa.v1.service.<cmx>.esp.ClientData` in the queue group `<cmx>`.
+    pub(crate) client_data: Subscription,
+    /// `kaa.v1.replica.<replica>.esp.ClientData`.
+    pub(crate) client_data_replica: Subscription,
+    /// `kaa.v1.replica.<replica>.cdtp.response`.
+    pub(crate) responses: Subscription,
+    /// `kaa.v1.events.<provider>.endpoint.config.updated`.
+    pub(crate) config_updated: Subscription,
+    /// `kaa.v1.events.*.endpoint.connectivity.*`.
+    pub(crate) connectivity: Subscription,
+    /// `kaa.v1.events.*.endpoint.lifecycle.*`.
+    pub(crate) lifecycle: Subscription,
+}
+
+/// The one owner of the engine.
+pub(crate) struct Driver {
+    pub(crate) engine: Cmx,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) metrics: CmxMetrics,
+    pub(crate) health: Arc<Health>,
+    pub(crate) shutdown_grace: Duration,
+    /// When each CDTP request in flight was published, by correlation ID.
+    sent: HashMap<String, Instant>,
+    /// Outputs drained from the engine, reused between messages.
+    outbox: Vec<Output>,
+    wakeup: Wakeup,
+}
+
+/// The engine's timer: a tokio sleep re-armed only when the engine's deadline
+/// moves earlier (a later deadline is found when the earlier one fires).
+struct Wakeup {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: Option<UnixMillis>,
+}
+
+impl Wakeup {
+    fn new() -> Self {
+        Wakeup {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+        }
+    }
+
+    fn arm(&mut self, deadline: Option<UnixMillis>, now: UnixMillis) {
+        let Some(at) = deadline else { return };
+        if self.armed.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        // One millisecond late rather than early: the engine works in whole ms.
+        let wait = at.saturating_duration_since(now) + Duration::from_millis(1);
+        self.sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + wait);
+        self.armed = Some(at);
+    }
+
+    async fn fired(&mut self) {
+        if self.armed.is_none() {
+            std::future::pending::<()>().await;
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
+    }
+}
+
+/// Which input a message came from.
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    ClientData,
+    Response,
+    ConfigUpdated,
+    Elce,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        engine: Cmx,
+        bus: Arc<dyn Bus>,
+        metrics: CmxMetrics,
+        health: Arc<Health>,
+        shutdown_grace: Duration,
+    ) -> Self {
+        Driver {
+            engine,
+            bus,
+            metrics,
+            health,
+            shutdown_grace,
+            sent: HashMap::new(),
+            outbox: Vec::new(),
+            wakeup: Wakeup::new(),
+        }
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops taking `ClientData` and
+    /// events, waits up to the grace period for the CDTP answers still in flight,
+    /// answers 504 to whoever still waits, and flushes the bus.
+    pub(crate) async fn run(
+        mut self,
+        mut inputs: Inputs,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<RunReport, RunError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        self.health.set_running();
+        tracing::info!(
+            instance = %self.engine.config().instance_name,
+            replica = %self.engine.config().replica_id,
+            "CMX engine running"
+        );
+        let served = {
+            let Inputs {
+                client_data,
+                client_data_replica,
+                responses,
+                config_updated,
+                connectivity,
+                lifecycle,
+            } = &mut inputs;
+            let mut devices = futures::stream::select(client_data, client_data_replica);
+            let mut events = futures::stream::select(
+                config_updated.map(|m| (Input::ConfigUpdated, m)),
+                futures::stream::select(connectivity, lifecycle).map(|m| (Input::Elce, m)),
+            );
+            loop {
+                let now = now();
+                let deadline = self.engine.poll_timeout();
+                self.wakeup.arm(deadline, now);
+                // Answers first (they free engine slots and devices wait on them),
+                // then timers, then events, then new device requests.
+                let step = tokio::select! {
+                    biased;
+                    () = &mut shutdown => break Ok(()),
+                    m = responses.next() => m.map(|m| (Input::Response, m)),
+                    () = self.wakeup.fired() => {
+                        self.on_timer().await;
+                        continue;
+                    }
+                    m = events.next() => m,
+                    m = devices.next() => m.map(|m| (Input::ClientData, m)),
+                };
+                let Some((input, message)) = step else {
+                    break Err(RunError::BusClosed);
+                };
+                self.on_message(input, &message).await;
+                // Take whatever else is already buffered before looking at the
+                // timer again (cheaper than a full select per message).
+                for _ in 0..64 {
+                    let Some(Some(message)) = responses.next().now_or_never() else {
+                        break;
+                    };
+                    self.on_message(Input::Response, &message).await;
+                }
+            }
+        };
+        self.health.set_draining();
+        let report = self.drain(inputs).await;
+        self.health.set_stopped();
+        served.map(|()| report)
+    }
+
+    async fn drain(&mut self, inputs: Inputs) -> RunReport {
+        let Inputs {
+            mut client_data,
+            mut client_data_replica,
+            mut responses,
+            mut config_updated,
+            mut connectivity,
+            mut lifecycle,
+        } = inputs;
+        // Handle what has already been delivered to this replica, then leave the
+        // queue group: new requests go to the other replicas.
+        let mut taken = 0usize;
+        for sub in [&mut client_data, &mut client_data_replica] {
+            while taken < MAX_DRAINED_CLIENT_DATA
+                && let Some(Some(message)) = sub.next().now_or_never()
+            {
+                taken += 1;
+                self.on_message(Input::ClientData, &message).await;
+            }
+        }
+        for sub in [
+            &mut client_data,
+            &mut client_data_replica,
+            &mut config_updated,
+            &mut connectivity,
+            &mut lifecycle,
+        ] {
+            if let Err(e) = sub.unsubscribe().await {
+                tracing::warn!(error = %e, filter = sub.subject_filter(), "unsubscribe failed");
+            }
+        }
+        let pending_at_shutdown = self.engine.pending_requests();
+        tracing::info!(
+            pending = pending_at_shutdown,
+            buffered_client_data = taken,
+            grace_ms = self.shutdown_grace.as_millis() as u64,
+            "CMX draining: waiting for CDTP answers in flight"
+        );
+        let grace_end = tokio::time::Instant::now() + self.shutdown_grace;
+        let answers_before = self.engine.stats().cdtp_responses;
+        while self.engine.pending_requests() > 0 {
+            let now = now();
+            let deadline = self.engine.poll_timeout();
+            self.wakeup.arm(deadline, now);
+            tokio::select! {
+                biased;
+                m = responses.next() => match m {
+                    Some(m) => self.on_message(Input::Response, &m).await,
+                    None => break,
+                },
+                () = self.wakeup.fired() => self.on_timer().await,
+                () = tokio::time::sleep_until(grace_end) => break,
+            }
+        }
+        let abandoned = self.engine.pending_requests();
+        if abandoned > 0 {
+            // Every CDTP deadline lies within one CDTP timeout from now: fire them
+            // all, so that devices still waiting get a 504 rather than silence.
+            let later = now().saturating_add(self.engine.config().cdtp_timeout);
+            self.engine.handle_timeout(later);
+            self.publish_outputs(true).await;
+            tracing::warn!(
+                abandoned,
+                "CMX drain grace over: 504 to the devices still waiting"
+            );
+        }
+        if let Err(e) = responses.unsubscribe().await {
+            tracing::warn!(error = %e, "unsubscribe failed");
+        }
+        if let Err(e) = self.bus.flush().await {
+            tracing::warn!(error = %e, "final bus flush failed");
+        }
+        self.sync_metrics();
+        let report = RunReport {
+            pending_at_shutdown,
+            answered_during_drain: self.engine.stats().cdtp_responses - answers_before,
+            abandoned,
+        };
+        tracing::info!(?report, "CMX stopped");
+        report
+    }
+
+    async fn on_timer(&mut self) {
+        let now = now();
+        self.engine.handle_timeout(now);
+        self.publish_outputs(false).await;
+        // CDTP requests that timed out leave their send time behind.
+        let pending = self.engine.pending_requests();
+        if self.sent.len() > pending {
+            let horizon = self.engine.config().cdtp_timeout * 2;
+            self.sent.retain(|_, at| at.elapsed() < horizon);
+        }
+        self.sync_metrics();
+    }
+
+    /// Decodes one bus message, hands it to the engine inside a span carrying its
+    /// `correlationId`, and publishes what the engine asks for.
+    async fn on_message(&mut self, input: Input, message: &Message) {
+        let now = now();
+        let span = match input {
+            Input::ClientData => self.client_data(message, now),
+            Input::Response => self.response(message, now),
+            Input::ConfigUpdated => self.config_updated(message, now),
+            Input::Elce => self.elce(message, now),
+        };
+        self.publish_outputs(false).instrument(span).await;
+        self.sync_metrics();
+    }
+
+    fn client_data(&mut self, message: &Message, now: UnixMillis) -> Span {
+        match kaa_esp::ClientData::decode(&message.payload) {
+            Ok(msg) => {
+                let span = tracing::info_span!(
+                    "client_data",
+                    "correlationId" = %msg.correlation_id,
+                    endpointId = %msg.endpoint_id.as_deref().unwrap_or(""),
+                    appVersionName = %msg.app_version_name,
+                    resourcePath = %msg.resource_path,
+                    requestId = msg.request_id,
+                );
+                span.in_scope(|| {
+                    tracing::debug!(reply_to = message.reply_to.as_deref(), "ClientData");
+                    self.engine
+                        .handle_client_data(&msg, message.reply_to.as_deref(), now);
+                });
+                span
+            }
+            Err(e) => {
+                self.metrics.malformed(MessageKind::client_data);
+                tracing::warn!(
+                    subject = %message.subject,
+                    reply_to = message.reply_to.as_deref(),
+                    error = %e,
+                    "malformed ClientData dropped (no request ID to answer)"
+                );
+                Span::none()
+            }
+        }
+    }
+
+    fn response(&mut self, message: &Message, now: UnixMillis) -> Span {
+        match kaa_cdtp::ConfigResponse::decode(&message.payload) {
+            Ok(msg) => {
+                let span = tracing::info_span!(
+                    "cdtp_response",
+                    "correlationId" = %msg.correlation_id,
+                    endpointId = %msg.endpoint_id,
+                    statusCode = msg.status_code,
+                );
+                if let Some(sent) = self.sent.remove(&*msg.correlation_id) {
+                    self.metrics.cdtp_latency(sent.elapsed());
+                }
+                span.in_scope(|| {
+                    tracing::debug!("ConfigResponse");
+                    self.engine.handle_config_response(&msg, now);
+                });
+                span
+            }
+            Err(e) => {
+                self.metrics.malformed(MessageKind::cdtp_response);
+                tracing::warn!(subject = %message.subject, error = %e, "malformed ConfigResponse dropped");
+                Span::none()
+            }
+        }
+    }
+
+    fn config_updated(&mut self, message: &Message, now: UnixMillis) -> Span {
+        match kaa_cdtp::ConfigUpdated::decode(&message.payload) {
+            Ok(msg) => {
+                let span = tracing::info_span!(
+                    "config_updated",
+                    "correlationId" = %msg.correlation_id,
+                    endpointId = %msg.endpoint_id,
+                    configId = %msg.config_id,
+                );
+                span.in_scope(|| {
+                    tracing::debug!("ConfigUpdated");
+                    self.engine.handle_config_updated(&msg, now);
+                });
+                span
+            }
+            Err(e) => {
+                self.metrics.malformed(MessageKind::config_updated);
+                tracing::warn!(subject = %message.subject, error = %e, "malformed ConfigUpdated dropped");
+                Span::none()
+            }
+        }
+    }
+
+    fn elce(&mut self, message: &Message, now: UnixMillis) -> Span {
+        match kaa_elce::ElceEvent::decode(&message.subject, &message.payload) {
+            Ok(event) => {
+                let span = tracing::info_span!(
+                    "elce_event",
+                    "correlationId" = %event.correlation_id(),
+                    event = event.kind().event_type(),
+                    originator = %event.originator_replica_id(),
+                );
+                span.in_scope(|| {
+                    tracing::debug!("9/ELCE event");
+                    self.engine.handle_elce_event(&event, now);
+                });
+                span
+            }
+            Err(kaa_elce::EventError::UnknownEvent { group, event_type }) => {
+                tracing::debug!(%group, %event_type, "9/ELCE event type not used by CMX");
+                Span::none()
+            }
+            Err(e) => {
+                self.metrics.malformed(MessageKind::elce_event);
+                tracing::warn!(subject = %message.subject, error = %e, "malformed 9/ELCE event dropped");
+                Span::none()
+            }
+        }
+    }
+
+    /// Publishes every output the engine has queued. With `final_flush`, CDTP
+    /// requests are dropped (nobody would wait for their answers).
+    async fn publish_outputs(&mut self, final_flush: bool) {
+        let mut outbox = std::mem::take(&mut self.outbox);
+        outbox.extend(std::iter::from_fn(|| self.engine.poll_output()));
+        for output in outbox.drain(..) {
+            match &output {
+                Output::ExtensionData(m) => {
+                    if m.is_push() {
+                        tracing::debug!(
+                            deviceCorrelationId = %m.correlation_id,
+                            endpointId = %m.endpoint_id.as_deref().unwrap_or(""),
+                            resourcePath = %m.resource_path,
+                            "push"
+                        );
+                    } else {
+                        self.metrics.response(m.status_code);
+                        if (200..300).contains(&m.status_code) {
+                            tracing::debug!(
+                                deviceCorrelationId = %m.correlation_id,
+                                status = m.status_code,
+                                "answered"
+                            );
+                        } else {
+                            tracing::info!(
+                                deviceCorrelationId = %m.correlation_id,
+                                status = m.status_code,
+                                reason = m.reason_phrase.as_deref().unwrap_or(""),
+                                "answered with an error"
+                            );
+                        }
+                    }
+                }
+                Output::ConfigRequest(m) => {
+                    if final_flush {
+                        continue;
+                    }
+                    self.sent.insert(m.correlation_id.clone(), Instant::now());
+                }
+                Output::ConfigApplied(m) => {
+                    self.metrics.applied(m.is_success());
+                    tracing::debug!(
+                        configId = %m.config_id,
+                        status = m.status_code,
+                        "endpoint.config.applied"
+                    );
+                }
+                _ => {}
+            }
+            let datum = Bytes::from(output.to_datum());
+            if let Err(e) = self
+                .bus
+                .publish_message(output.subject(), output.reply_to(), datum)
+                .await
+            {
+                self.metrics.publish_error();
+                tracing::warn!(subject = output.subject(), error = %e, "publish failed");
+            }
+        }
+        self.outbox = outbox;
+    }
+
+    fn sync_metrics(&mut self) {
+        let tracked = self.engine.tracked_endpoints();
+        let pending = self.engine.pending_requests();
+        self.metrics.sync(self.engine.stats(), tracked, pending);
+    }
+}

@@ -1,0 +1,297 @@
+//! The CMX service's Prometheus metrics (names start with `cmx_`).
+//!
+//! | metric | type | what |
+//! |---|---|---|
+//! | `cmx_client_data_total` | counter | 4/ESP `ClientData` handled (configuration requests and applied reports) |
+//! | `cmx_client_data_expired_total` | counter | `ClientData` dropped because it expired before it arrived |
+//! | `cmx_responses_total{status}` | counter | `ExtensionData` answers to device requests, by status code |
+//! | `cmx_pushes_total` | counter | configurations pushed (`ExtensionData` without request ID) |
+//! | `cmx_config_applied_total{result}` | counter | `endpoint.config.applied` broadcasts, `result` = `applied` (2xx) or `rejected` |
+//! | `cmx_cdtp_requests_total` | counter | 6/CDTP requests sent to the provider |
+//! | `cmx_cdtp_timeouts_total` | counter | 6/CDTP requests that got no answer in time (devices got a 504) |
+//! | `cmx_provider_errors_total` | counter | provider answers that were errors or unusable |
+//! | `cmx_cdtp_latency_seconds` | histogram | from publishing a 6/CDTP request to handling its response |
+//! | `cmx_backpressure_rejections_total` | counter | device requests refused with 503 by an engine limit |
+//! | `cmx_config_updates_total` | counter | `endpoint.config.updated` events handled |
+//! | `cmx_endpoints_expired_total`, `cmx_endpoints_evicted_total` | counter | endpoints forgotten after the TTL / past `max-endpoints` |
+//! | `cmx_malformed_messages_total{kind}` | counter | bus messages that could not be decoded (dropped) |
+//! | `cmx_publish_errors_total` | counter | outputs the bus refused to publish |
+//! | `cmx_tracked_endpoints` | gauge | endpoints the engine tracks |
+//! | `cmx_pending_cdtp_requests` | gauge | 6/CDTP requests in flight |
+
+use std::time::Duration;
+
+use kaa_cmp::engine::Stats;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+use crate::service::Metrics;
+
+/// `status` label of `cmx_responses_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: i32,
+}
+
+/// `result` label of `cmx_config_applied_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+enum AppliedResult {
+    applied,
+    rejected,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: AppliedResult,
+}
+
+/// What kind of bus message could not be decoded.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub(crate) enum MessageKind {
+    client_data,
+    cdtp_response,
+    config_updated,
+    elce_event,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: MessageKind,
+}
+
+/// The service's metrics, registered in a [`Metrics`] registry.
+#[derive(Clone, Debug)]
+pub(crate) struct CmxMetrics {
+    registry: Metrics,
+    client_data: Counter,
+    client_data_expired: Counter,
+    responses: Family<StatusLabel, Counter>,
+    pushes: Counter,
+    applied: Family<ResultLabel, Counter>,
+    cdtp_requests: Counter,
+    cdtp_timeouts: Counter,
+    provider_errors: Counter,
+    cdtp_latency: Histogram,
+    backpressure: Counter,
+    config_updates: Counter,
+    endpoints_expired: Counter,
+    endpoints_evicted: Counter,
+    malformed: Family<KindLabel, Counter>,
+    publish_errors: Counter,
+    tracked_endpoints: Gauge,
+    pending_requests: Gauge,
+    /// The engine counters already added to the Prometheus counters.
+    seen: Stats,
+}
+
+impl CmxMetrics {
+    /// Registers every metric in a new `cmx_` registry.
+    pub(crate) fn new() -> Self {
+        let registry = Metrics::new("cmx");
+        let m = CmxMetrics {
+            registry,
+            client_data: Counter::default(),
+            client_data_expired: Counter::default(),
+            responses: Family::default(),
+            pushes: Counter::default(),
+            applied: Family::default(),
+            cdtp_requests: Counter::default(),
+            cdtp_timeouts: Counter::default(),
+            provider_errors: Counter::default(),
+            cdtp_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
+            backpressure: Counter::default(),
+            config_updates: Counter::default(),
+            endpoints_expired: Counter::default(),
+            endpoints_evicted: Counter::default(),
+            malformed: Family::default(),
+            publish_errors: Counter::default(),
+            tracked_endpoints: Gauge::default(),
+            pending_requests: Gauge::default(),
+            seen: Stats::default(),
+        };
+        let r = &m.registry;
+        r.register(
+            "client_data",
+            "4/ESP ClientData handled (configuration requests and applied reports)",
+            m.client_data.clone(),
+        );
+        r.register(
+            "client_data_expired",
+            "ClientData dropped because it had expired on arrival",
+            m.client_data_expired.clone(),
+        );
+        r.register(
+            "responses",
+            "ExtensionData answers to device requests, by status code",
+            m.responses.clone(),
+        );
+        r.register(
+            "pushes",
+            "Configurations pushed to devices",
+            m.pushes.clone(),
+        );
+        r.register(
+            "config_applied",
+            "endpoint.config.applied broadcasts: applied (2xx) or rejected",
+            m.applied.clone(),
+        );
+        r.register(
+            "cdtp_requests",
+            "6/CDTP requests sent to the configuration provider",
+            m.cdtp_requests.clone(),
+        );
+        r.register(
+            "cdtp_timeouts",
+            "6/CDTP requests without an answer in time (devices got a 504)",
+            m.cdtp_timeouts.clone(),
+        );
+        r.register(
+            "provider_errors",
+            "Configuration provider answers that were errors or unusable",
+            m.provider_errors.clone(),
+        );
+        r.register(
+            "cdtp_latency_seconds",
+            "Time from publishing a 6/CDTP request to handling its response",
+            m.cdtp_latency.clone(),
+        );
+        r.register(
+            "backpressure_rejections",
+            "Device requests refused with 503 by an engine limit",
+            m.backpressure.clone(),
+        );
+        r.register(
+            "config_updates",
+            "endpoint.config.updated events handled",
+            m.config_updates.clone(),
+        );
+        r.register(
+            "endpoints_expired",
+            "Endpoints forgotten after the state TTL",
+            m.endpoints_expired.clone(),
+        );
+        r.register(
+            "endpoints_evicted",
+            "Endpoints forgotten because max-endpoints was reached",
+            m.endpoints_evicted.clone(),
+        );
+        r.register(
+            "malformed_messages",
+            "Bus messages that could not be decoded and were dropped",
+            m.malformed.clone(),
+        );
+        r.register(
+            "publish_errors",
+            "Outputs the bus refused to publish",
+            m.publish_errors.clone(),
+        );
+        r.register(
+            "tracked_endpoints",
+            "Endpoints the engine tracks",
+            m.tracked_endpoints.clone(),
+        );
+        r.register(
+            "pending_cdtp_requests",
+            "6/CDTP requests in flight",
+            m.pending_requests.clone(),
+        );
+        m
+    }
+
+    /// The registry (for `/metrics`).
+    pub(crate) fn registry(&self) -> &Metrics {
+        &self.registry
+    }
+
+    /// Brings the counters and gauges up to date with the engine.
+    pub(crate) fn sync(&mut self, stats: &Stats, tracked: usize, pending: usize) {
+        fn add(counter: &Counter, now: u64, seen: &mut u64) {
+            if now > *seen {
+                counter.inc_by(now - *seen);
+                *seen = now;
+            }
+        }
+        let seen = &mut self.seen;
+        add(&self.client_data, stats.client_data, &mut seen.client_data);
+        add(
+            &self.client_data_expired,
+            stats.client_data_expired,
+            &mut seen.client_data_expired,
+        );
+        add(&self.pushes, stats.pushes, &mut seen.pushes);
+        add(
+            &self.cdtp_requests,
+            stats.cdtp_requests,
+            &mut seen.cdtp_requests,
+        );
+        add(
+            &self.cdtp_timeouts,
+            stats.cdtp_timeouts,
+            &mut seen.cdtp_timeouts,
+        );
+        add(
+            &self.provider_errors,
+            stats.provider_errors,
+            &mut seen.provider_errors,
+        );
+        add(
+            &self.backpressure,
+            stats.backpressure_rejections,
+            &mut seen.backpressure_rejections,
+        );
+        add(
+            &self.config_updates,
+            stats.config_updates,
+            &mut seen.config_updates,
+        );
+        add(
+            &self.endpoints_expired,
+            stats.endpoints_expired,
+            &mut seen.endpoints_expired,
+        );
+        add(
+            &self.endpoints_evicted,
+            stats.endpoints_evicted,
+            &mut seen.endpoints_evicted,
+        );
+        self.tracked_endpoints
+            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
+        self.pending_requests
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+    }
+
+    /// A response to a device request was published.
+    pub(crate) fn response(&self, status: i32) {
+        self.responses.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    /// An `endpoint.config.applied` broadcast was published.
+    pub(crate) fn applied(&self, success: bool) {
+        let result = if success {
+            AppliedResult::applied
+        } else {
+            AppliedResult::rejected
+        };
+        self.applied.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A CDTP answer arrived after `latency`.
+    pub(crate) fn cdtp_latency(&self, latency: Duration) {
+        self.cdtp_latency.observe(latency.as_secs_f64());
+    }
+
+    /// A message could not be decoded.
+    pub(crate) fn malformed(&self, kind: MessageKind) {
+        self.malformed.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The bus refused an output.
+    pub(crate) fn publish_error(&self) {
+        self.publish_errors.inc();
+    }
+}

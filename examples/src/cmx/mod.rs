@@ -1,0 +1,439 @@
+//! CMX, the Configuration Management Extension, as a service on the Kaa transport:
+//! [`kaa_cmp::Cmx`] driven over a [`kaa_bus::Bus`] (NATS, or in memory).
+//!
+//! The engine does the protocol (7/CMP over 4/ESP, 6/CDTP, 9/ELCE); this module is
+//! the driver around it:
+//!
+//! - **Inputs.** [`CmxService::bind`] subscribes to `ClientData` on
+//!   `kaa.v1.service.<cmx>.esp.ClientData` (queue group `<cmx>`, so replicas share
+//!   the devices) and on the replica subject `kaa.v1.replica.<replica>.esp.ClientData`,
+//!   to CDTP responses on `kaa.v1.replica.<replica>.cdtp.response`, to
+//!   `kaa.v1.events.<provider>.endpoint.config.updated`, and to every 9/ELCE
+//!   connectivity and lifecycle event (`kaa.v1.events.*.endpoint.connectivity.*`,
+//!   `…lifecycle.*`), and waits for the bus to confirm them (a round trip through
+//!   the server, see [`subscription_barrier`]), so they are in place on return.
+//! - **One task owns the engine.** [`CmxService::run`] is a `select!` loop over the
+//!   subscriptions and the engine's timer ([`kaa_cmp::Cmx::poll_timeout`]); every
+//!   message is decoded, handled with the wall clock as `now`, and the outputs are
+//!   published in order. CDTP answers are taken before new device requests.
+//! - **Logs.** `tracing`: one span per handled message carrying its `correlationId`
+//!   (and endpoint, resource path, request ID where the message has them); what
+//!   the engine publishes is logged inside that span with the device's
+//!   `deviceCorrelationId` (a CDTP answer's span carries the CDTP correlation ID).
+//!   Errors answered to devices are logged at `info`, undecodable messages at
+//!   `warn`, everything else at `debug`.
+//! - **HTTP.** `GET /health` (`{"status":"UP"}`, or 503 `{"status":"DOWN"}` while
+//!   starting, draining, stopped, or when the bus probe says the bus is down) and
+//!   `GET /metrics` (Prometheus text, see [`metrics`]).
+//! - **Shutdown.** When the future given to [`CmxService::run`] resolves (the binary
+//!   passes SIGTERM/ctrl-c), the service stops taking `ClientData` and events
+//!   (leaving the queue group, so other replicas take over), keeps handling CDTP
+//!   answers for up to `cmx.shutdown-grace-ms`, answers 504 to any device still
+//!   waiting after that, flushes the bus, and returns a [`RunReport`].
+//!
+//! Undecodable messages never stop the service: they are counted
+//! (`cmx_malformed_messages_total`), logged and dropped. A `ClientData` that decodes
+//! but carries a malformed 7/CMP payload is answered 400 by the engine.
+//!
+//! The service composes with others in one process: give [`CmxService::bind`] the
+//! same `Arc<dyn Bus>` (e.g. one [`kaa_bus::MemoryBus`]) as ECR and KPC.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use kaa_bus::{Bus, MemoryBus};
+//! use kaa_examples::cmx::{CmxService, config::CmxServiceConfig};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+//! let config = CmxServiceConfig::parse(
+//!     "kaa:\n  cmx:\n    configuration-data-provider:\n      service-instance:\n        name: ecr\n",
+//!     "inline",
+//! )?;
+//! let service = CmxService::bind(&config, Arc::clone(&bus)).await?;
+//! let status = service.status();
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let task = tokio::spawn(service.run(async move { let _ = stopped.await; }));
+//! // ... ECR and KPC on the same bus ...
+//! let _ = stop.send(());
+//! let report = task.await??;
+//! assert_eq!(report.abandoned, 0);
+//! assert!(!status.is_up());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod config;
+mod driver;
+pub mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use kaa_bus::{Bus, BusError};
+use kaa_cmp::Cmx;
+use kaa_ism::UnixMillis;
+
+use crate::service::ConfigError;
+use config::{BusKind, CmxServiceConfig};
+use driver::{Driver, Inputs};
+use metrics::CmxMetrics;
+
+/// Why the CMX service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The engine refused its configuration.
+    #[error("engine configuration: {0}")]
+    Engine(#[from] kaa_cmp::engine::ConfigError),
+    /// Subscribing or connecting failed.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// The HTTP listener could not be bound.
+    #[error("HTTP listener on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why a running CMX service stopped other than by its shutdown signal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The bus closed for good (its subscriptions ended), e.g. NATS gave up
+    /// reconnecting after `max_reconnects`.
+    #[error("the message bus closed")]
+    BusClosed,
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// CDTP requests in flight when the service stopped taking requests.
+    pub pending_at_shutdown: usize,
+    /// CDTP answers handled while draining.
+    pub answered_during_drain: u64,
+    /// CDTP requests still unanswered when the grace period ended (their devices
+    /// got a 504).
+    pub abandoned: usize,
+}
+
+/// Tells whether the bus is connected, for `/health` (e.g. `NatsBus::is_connected`).
+pub type BusProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+const STARTING: u8 = 0;
+const RUNNING: u8 = 1;
+const DRAINING: u8 = 2;
+const STOPPED: u8 = 3;
+
+/// The service state `/health` reports.
+pub(crate) struct Health {
+    state: AtomicU8,
+    probe: std::sync::RwLock<Option<BusProbe>>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("state", &self.state_name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    fn new() -> Self {
+        Health {
+            state: AtomicU8::new(STARTING),
+            probe: std::sync::RwLock::new(None),
+        }
+    }
+
+    pub(crate) fn set_running(&self) {
+        self.state.store(RUNNING, Ordering::Release);
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.state.store(DRAINING, Ordering::Release);
+    }
+
+    pub(crate) fn set_stopped(&self) {
+        self.state.store(STOPPED, Ordering::Release);
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            STARTING => "starting",
+            RUNNING => "running",
+            DRAINING => "draining",
+            _ => "stopped",
+        }
+    }
+
+    fn bus_up(&self) -> bool {
+        self.probe
+            .read()
+            .ok()
+            .and_then(|p| p.as_ref().map(|probe| probe()))
+            .unwrap_or(true)
+    }
+
+    fn is_up(&self) -> bool {
+        self.state.load(Ordering::Acquire) == RUNNING && self.bus_up()
+    }
+}
+
+/// A cheap, cloneable view of a running service: its health and metrics.
+#[derive(Clone, Debug)]
+pub struct CmxStatus {
+    health: Arc<Health>,
+    metrics: crate::service::Metrics,
+}
+
+impl CmxStatus {
+    /// True while the engine loop runs and the bus (per the probe, if any) is up.
+    pub fn is_up(&self) -> bool {
+        self.health.is_up()
+    }
+
+    /// `starting`, `running`, `draining` or `stopped`.
+    pub fn state(&self) -> &'static str {
+        self.health.state_name()
+    }
+
+    /// The metrics in the Prometheus/OpenMetrics text format (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// The `/health` and `/metrics` router, to serve on a listener of one's own
+    /// (e.g. an all-in-one binary mounting several services).
+    pub fn router(&self) -> Router {
+        let health = Arc::clone(&self.health);
+        let metrics = self.metrics.clone();
+        Router::new()
+            .route(
+                "/health",
+                get(move || {
+                    let health = Arc::clone(&health);
+                    async move {
+                        let body = |status: &str| {
+                            axum::Json(serde_json::json!({
+                                "status": status,
+                                "engine": health.state_name(),
+                                "bus": if health.bus_up() { "UP" } else { "DOWN" },
+                            }))
+                        };
+                        if health.is_up() {
+                            (StatusCode::OK, body("UP"))
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, body("DOWN"))
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                get(move || {
+                    let text = metrics.render();
+                    async move {
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        )
+                            .into_response()
+                    }
+                }),
+            )
+    }
+}
+
+/// A bound CMX service: subscriptions in place, HTTP listener bound, engine ready.
+/// [`CmxService::run`] serves.
+pub struct CmxService {
+    driver: Driver,
+    inputs: Inputs,
+    listener: Option<(tokio::net::TcpListener, SocketAddr)>,
+    status: CmxStatus,
+}
+
+impl std::fmt::Debug for CmxService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CmxService")
+            .field("engine", &self.driver.engine)
+            .field("http", &self.listener.as_ref().map(|(_, a)| a))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wall clock as [`UnixMillis`] (the service reads the clock; the engine does not).
+pub fn now() -> UnixMillis {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    UnixMillis(ms)
+}
+
+impl CmxService {
+    /// Validates `config`, builds the engine, subscribes on `bus` and binds the HTTP
+    /// listener (`cmx.http.listen`, if set).
+    pub async fn bind(config: &CmxServiceConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
+        config.validate()?;
+        let engine = Cmx::new(config.engine_config())?;
+        CmxService::bind_engine(engine, bus, config.http_listen(), config.shutdown_grace()).await
+    }
+
+    /// Like [`CmxService::bind`] with an engine built by the caller (any
+    /// [`kaa_cmp::CmxConfig`]), an optional HTTP address and the shutdown grace.
+    pub async fn bind_engine(
+        engine: Cmx,
+        bus: Arc<dyn Bus>,
+        http_listen: Option<SocketAddr>,
+        shutdown_grace: Duration,
+    ) -> Result<Self, StartError> {
+        let subs = engine.subscriptions().clone();
+        let sub = |filter: &kaa_ism::subject::SubjectFilter, queue: Option<&str>| {
+            let bus = Arc::clone(&bus);
+            let filter = filter.as_str().to_owned();
+            let queue = queue.map(str::to_owned);
+            async move { bus.subscribe(&filter, queue.as_deref()).await }
+        };
+        let inputs = Inputs {
+            client_data: sub(
+                &subs.client_data.instance_wide,
+                Some(&subs.client_data.queue_group),
+            )
+            .await?,
+            client_data_replica: sub(&subs.client_data.replica, None).await?,
+            responses: sub(&subs.cdtp_responses, None).await?,
+            config_updated: sub(&subs.config_updated, None).await?,
+            connectivity: sub(&subs.connectivity, None).await?,
+            lifecycle: sub(&subs.lifecycle, None).await?,
+        };
+        if !subscription_barrier(bus.as_ref(), BARRIER_TIMEOUT).await? {
+            tracing::warn!(
+                "the bus did not confirm the subscriptions within {BARRIER_TIMEOUT:?} \
+                 (not connected yet?); they take effect when it does"
+            );
+        }
+        let listener = match http_listen {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Http { addr, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Http { addr, source })?;
+                Some((listener, local))
+            }
+        };
+        let metrics = CmxMetrics::new();
+        let health = Arc::new(Health::new());
+        let status = CmxStatus {
+            health: Arc::clone(&health),
+            metrics: metrics.registry().clone(),
+        };
+        Ok(CmxService {
+            driver: Driver::new(engine, bus, metrics, health, shutdown_grace),
+            inputs,
+            listener,
+            status,
+        })
+    }
+
+    /// Makes `/health` report DOWN whenever `probe` returns false (e.g. NATS
+    /// disconnected).
+    pub fn with_bus_probe(self, probe: BusProbe) -> Self {
+        if let Ok(mut p) = self.status.health.probe.write() {
+            *p = Some(probe);
+        }
+        self
+    }
+
+    /// The bound HTTP address (`/health`, `/metrics`), if `cmx.http.listen` was set.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().map(|(_, a)| *a)
+    }
+
+    /// A view of the service's health and metrics that outlives [`CmxService::run`].
+    pub fn status(&self) -> CmxStatus {
+        self.status.clone()
+    }
+
+    /// The engine, before it runs (e.g. to read its subscriptions).
+    pub fn engine(&self) -> &Cmx {
+        &self.driver.engine
+    }
+
+    /// Serves until `shutdown` resolves, then drains gracefully (see the module
+    /// docs). Fails only when the bus closes for good.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<RunReport, RunError> {
+        let CmxService {
+            driver,
+            inputs,
+            listener,
+            status,
+        } = self;
+        let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = listener.map(|(listener, addr)| {
+            let app = status.router();
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = http_stopped.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(%addr, error = %e, "HTTP server failed");
+                }
+            })
+        });
+        let result = driver.run(inputs, shutdown).await;
+        let _ = http_stop.send(());
+        if let Some(task) = http {
+            // Health checks and scrapes finish quickly; do not hang on a stuck client.
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        result
+    }
+}
+
+/// How long [`CmxService::bind`] waits for the bus to confirm its subscriptions.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub use kaa_bus::subscription_barrier;
+
+/// The bus the configuration names: NATS (`nats.urls`, credentials from the
+/// environment, reconnecting forever) with a probe for `/health`, or a fresh
+/// in-memory bus.
+pub async fn connect_bus(
+    config: &CmxServiceConfig,
+) -> Result<(Arc<dyn Bus>, Option<BusProbe>), StartError> {
+    match config.bus_kind() {
+        BusKind::Nats => {
+            let nats = kaa_bus::NatsBus::connect(&config.nats_config()).await?;
+            let probe_bus = nats.clone();
+            let probe: BusProbe = Arc::new(move || probe_bus.is_connected());
+            Ok((Arc::new(nats), Some(probe)))
+        }
+        BusKind::Memory => Ok((Arc::new(kaa_bus::MemoryBus::new()), None)),
+    }
+}

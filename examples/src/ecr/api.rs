@@ -1,0 +1,1053 @@
+//! The ECR REST API under `/api/v1` (axum), with its OpenAPI 3 document.
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `PUT/GET/DELETE /endpoints/{endpointId}/app-versions/{appVersionName}[?name=]` | an endpoint's own configuration |
+//! | `GET /endpoints/{endpointId}/app-versions/{appVersionName}/configurations` | all its named configurations |
+//! | `PUT/GET/DELETE /app-versions/{appVersionName}[?name=]` | an app version's default configuration |
+//! | `GET /app-versions/{appVersionName}/configurations` | all its named defaults |
+//! | `PUT /endpoints/batch[?name=]` | one configuration for many endpoints, atomically |
+//! | `GET /statuses?endpointId=…[&appVersionName=][&configId=][&page=][&size=]` | the status history, Spring-style pages |
+//! | `GET /openapi.json` | this API as OpenAPI 3 (no authentication) |
+//!
+//! Conventions:
+//!
+//! - PUT bodies are JSON (`Content-Type: application/json` or `application/*+json`,
+//!   else 415), at most the configured body limit (default 1 MiB, else 413).
+//! - A configuration in a response is `{"configId", "config": "<the JSON as text>",
+//!   "createdDate", "updatedDate", "name"}` (dates ISO-8601 UTC), with
+//!   `ETag: "<configId>"`. PUT is an upsert and answers 200 with the stored
+//!   configuration; storing identical content changes nothing (same config ID, same
+//!   `updatedDate`). DELETE answers 204, or 404 when there was nothing.
+//! - `If-Match: "<configId>"` (or a list, or `*`) on PUT and DELETE: when it does not
+//!   match the current configuration the answer is 412 with the current `ETag`, and
+//!   nothing changes. A weak tag (`W/"…"`) never matches (RFC 9110 strong comparison).
+//! - Every error is `{"message": "…"}` with a 4xx/5xx status: invalid names (400),
+//!   malformed JSON (400), JSON Schema violations (400, naming the JSON path), unknown
+//!   app versions when `kaa.applications` lists some (400), missing or unknown token
+//!   (401), read-only token on a write (403), unknown route (404), wrong method (405,
+//!   with `Allow`), precondition failed (412), body too large (413), wrong content type
+//!   (415), store failure (500).
+//! - Authentication: `Authorization: Bearer <token>`; GET needs `read` or
+//!   `read-write`, PUT and DELETE need `read-write`. `auth.enabled: false` switches it
+//!   off. `/openapi.json` (and `/health`, `/metrics`) need no token.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use super::config::{Access, AuthConfig};
+use super::core::{BatchOutcome, Ecr, EcrError};
+use super::model::{
+    self, AppVersionName, ConfigName, EndpointId, Scope, StatusQuery, StatusRecord, StoredConfig,
+};
+use super::store::{Precondition, StoreError};
+use crate::service::{ConfigError, Metrics, http_metrics, json_error, ops_router};
+
+/// The API prefix.
+pub const API_PREFIX: &str = "/api/v1";
+/// Default page size of `/statuses`.
+pub const DEFAULT_PAGE_SIZE: u32 = 20;
+/// Largest page size of `/statuses`.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Largest page number of `/statuses`.
+pub const MAX_PAGE: u32 = 1_000_000;
+
+/// An error answer: a status and `{"message"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    etag: Option<String>,
+}
+
+impl ApiError {
+    /// An error with `status` and `message`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            etag: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = json_error(self.status, self.message);
+        if let Some(etag) = self.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ecr\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<EcrError> for ApiError {
+    fn from(e: EcrError) -> Self {
+        match e {
+            EcrError::Store(StoreError::PreconditionFailed { current }) => ApiError {
+                status: StatusCode::PRECONDITION_FAILED,
+                message: format!(
+                    "If-Match does not match the current configuration ({})",
+                    current
+                        .as_deref()
+                        .map_or_else(|| "there is none".to_owned(), |c| format!("configId {c}"))
+                ),
+                etag: current.map(|c| format!("\"{c}\"")),
+            },
+            EcrError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("store failure: {e}"),
+                )
+            }
+            other => ApiError::bad_request(other.to_string()),
+        }
+    }
+}
+
+impl From<model::NameError> for ApiError {
+    fn from(e: model::NameError) -> Self {
+        ApiError::bad_request(e.to_string())
+    }
+}
+
+/// `Path` with `{"message"}` rejections.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| ApiPath(t))
+            .map_err(|r| ApiError::new(r.status(), r.body_text()))
+    }
+}
+
+/// `Query` with `{"message"}` rejections.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| ApiQuery(t))
+            .map_err(|r| ApiError::new(r.status(), r.body_text()))
+    }
+}
+
+/// A JSON request body: content type checked (415), size limited (413), parsed (400).
+struct JsonBody<T>(T);
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r: BytesRejection| {
+                let status = r.status();
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(status, "request body is larger than the configured limit")
+                } else {
+                    ApiError::new(status, r.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+    }
+}
+
+/// A configuration as the API returns it (Kaa's shape: `config` is JSON text).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigurationDto {
+    /// The content-derived config ID.
+    pub config_id: String,
+    /// The configuration JSON, serialised as a string.
+    pub config: String,
+    /// When the slot was first written (ISO-8601 UTC).
+    pub created_date: String,
+    /// When the content last changed (ISO-8601 UTC).
+    pub updated_date: String,
+    /// The configuration name (`default` when none was given).
+    pub name: String,
+}
+
+impl From<&StoredConfig> for ConfigurationDto {
+    fn from(c: &StoredConfig) -> Self {
+        Self {
+            config_id: c.config_id.clone(),
+            config: c.content.clone(),
+            created_date: model::format_iso8601(c.created),
+            updated_date: model::format_iso8601(c.updated),
+            name: c.name.to_string(),
+        }
+    }
+}
+
+/// The error body.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDto {
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Any JSON value (a configuration).
+#[derive(ToSchema)]
+#[schema(value_type = Object)]
+pub struct AnyJson(pub Value);
+
+/// `PUT /endpoints/batch` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The configuration to store for every endpoint.
+    #[schema(value_type = Object)]
+    pub config_payload: Value,
+    /// App version name → endpoint IDs.
+    pub endpoints: BTreeMap<String, Vec<String>>,
+}
+
+/// `PUT /endpoints/batch` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResultDto {
+    /// The config ID of the payload.
+    pub config_id: String,
+    /// The payload, canonical JSON text.
+    pub config: String,
+    /// The configuration name.
+    pub name: String,
+    /// Endpoint configurations created or changed.
+    pub changed: usize,
+    /// Endpoint configurations that already had this content.
+    pub unchanged: usize,
+}
+
+/// One status history row.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDto {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The app version.
+    pub app_version_name: String,
+    /// The configuration name.
+    pub name: String,
+    /// The configuration ID.
+    pub config_id: String,
+    /// `DISPATCHED`, `APPLIED` or `REJECTED`.
+    pub status: String,
+    /// When ECR last sent it over 6/CDTP.
+    pub last_dispatched_date: Option<String>,
+    /// When the endpoint last confirmed or rejected it.
+    pub last_confirmed_date: Option<String>,
+    /// The confirmation status code.
+    pub status_code: Option<i32>,
+    /// The confirmation reason phrase.
+    pub reason_phrase: Option<String>,
+}
+
+impl From<StatusRecord> for StatusDto {
+    fn from(r: StatusRecord) -> Self {
+        Self {
+            endpoint_id: r.endpoint_id,
+            app_version_name: r.app_version,
+            name: r.name,
+            config_id: r.config_id,
+            status: r.status.as_str().to_owned(),
+            last_dispatched_date: r.last_dispatched.map(model::format_iso8601),
+            last_confirmed_date: r.last_confirmed.map(model::format_iso8601),
+            status_code: r.status_code,
+            reason_phrase: r.reason_phrase,
+        }
+    }
+}
+
+/// A Spring-style page of status rows.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusPageDto {
+    /// The rows of this page.
+    pub content: Vec<StatusDto>,
+    /// Rows matching in total.
+    pub total_elements: u64,
+    /// Pages in total.
+    pub total_pages: u64,
+    /// This page's number (zero-based).
+    pub number: u32,
+    /// The page size.
+    pub size: u32,
+    /// Rows on this page.
+    pub number_of_elements: usize,
+    /// Whether this is the first page.
+    pub first: bool,
+    /// Whether this is the last page.
+    pub last: bool,
+    /// Whether this page is empty.
+    pub empty: bool,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct NameQuery {
+    /// The configuration name (7/CMP `^[a-zA-Z0-9_-]+$`); absent: `default`.
+    name: Option<String>,
+}
+
+impl NameQuery {
+    fn config_name(&self) -> Result<ConfigName, ApiError> {
+        Ok(ConfigName::from_optional(self.name.as_deref())?)
+    }
+}
+
+#[derive(Deserialize)]
+struct EndpointPath {
+    #[serde(rename = "endpointId")]
+    endpoint_id: String,
+    #[serde(rename = "appVersionName")]
+    app_version_name: String,
+}
+
+impl EndpointPath {
+    fn scope(&self) -> Result<Scope, ApiError> {
+        Ok(Scope::Endpoint {
+            endpoint_id: EndpointId::new(self.endpoint_id.as_str())?,
+            app_version: AppVersionName::new(self.app_version_name.as_str())?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct AppVersionPath {
+    #[serde(rename = "appVersionName")]
+    app_version_name: String,
+}
+
+impl AppVersionPath {
+    fn scope(&self) -> Result<Scope, ApiError> {
+        Ok(Scope::Default {
+            app_version: AppVersionName::new(self.app_version_name.as_str())?,
+        })
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+struct StatusParams {
+    /// Required: the endpoint.
+    endpoint_id: Option<String>,
+    /// Only this app version.
+    app_version_name: Option<String>,
+    /// Only this config ID.
+    config_id: Option<String>,
+    /// Zero-based page number (default 0, at most 1,000,000).
+    page: Option<String>,
+    /// Page size (default 20, 1 to 1000).
+    size: Option<String>,
+}
+
+/// Parses `If-Match` into a precondition.
+fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError> {
+    let mut ids = Vec::new();
+    let mut any = false;
+    for value in headers.get_all(header::IF_MATCH) {
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::bad_request("If-Match is not ASCII"))?;
+        for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if tag == "*" {
+                any = true;
+            } else if tag.starts_with("W/") {
+                // Weak tags never match under strong comparison; keep an impossible ID.
+                ids.push(String::from("\u{0}weak"));
+            } else {
+                // Liberal: accept unquoted tags too.
+                ids.push(tag.trim_matches('"').to_owned());
+            }
+        }
+    }
+    Ok(if !ids.is_empty() {
+        Precondition::ConfigId(ids)
+    } else if any {
+        Precondition::Exists
+    } else {
+        Precondition::None
+    })
+}
+
+fn etag_value(config_id: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{config_id}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+fn config_response(config: &StoredConfig) -> Response {
+    let mut response = Json(ConfigurationDto::from(config)).into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag_value(&config.config_id));
+    response
+}
+
+fn not_found(scope: &Scope, name: &ConfigName) -> ApiError {
+    let what = match scope {
+        Scope::Default { app_version } => {
+            format!("default configuration of app version {app_version}")
+        }
+        Scope::Endpoint {
+            endpoint_id,
+            app_version,
+        } => format!("configuration of endpoint {endpoint_id} in app version {app_version}"),
+    };
+    ApiError::new(StatusCode::NOT_FOUND, format!("no {what} named {name}"))
+}
+
+/// The state every handler shares.
+#[derive(Clone)]
+struct ApiState {
+    ecr: Arc<Ecr>,
+}
+
+async fn put_config(
+    state: &ApiState,
+    scope: Scope,
+    name: ConfigName,
+    headers: &HeaderMap,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let precondition = precondition(headers)?;
+    let outcome = state
+        .ecr
+        .put(&scope, &name, &body, &precondition, model::now())
+        .await?;
+    Ok(config_response(&outcome.config))
+}
+
+async fn get_config(
+    state: &ApiState,
+    scope: Scope,
+    name: ConfigName,
+) -> Result<Response, ApiError> {
+    match state.ecr.get(&scope, &name).await? {
+        Some(config) => Ok(config_response(&config)),
+        None => Err(not_found(&scope, &name)),
+    }
+}
+
+async fn delete_config(
+    state: &ApiState,
+    scope: Scope,
+    name: ConfigName,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let precondition = precondition(headers)?;
+    match state.ecr.delete(&scope, &name, &precondition).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        None => Err(not_found(&scope, &name)),
+    }
+}
+
+async fn list_configs(state: &ApiState, scope: Scope) -> Result<Response, ApiError> {
+    let configs = state.ecr.list(&scope).await?;
+    Ok(Json(
+        configs
+            .iter()
+            .map(ConfigurationDto::from)
+            .collect::<Vec<_>>(),
+    )
+    .into_response())
+}
+
+const CONFIG_PATH: &str = "/endpoints/{endpointId}/app-versions/{appVersionName}";
+const DEFAULT_PATH: &str = "/app-versions/{appVersionName}";
+
+/// Store an endpoint's configuration (upsert).
+#[utoipa::path(
+    put, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}",
+    tag = "endpoint configurations",
+    params(
+        ("endpointId" = String, Path, description = "Endpoint ID"),
+        ("appVersionName" = String, Path, description = "Application version name"),
+        NameQuery,
+        ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
+    ),
+    request_body(content = AnyJson, content_type = "application/json", description = "The configuration (any JSON)"),
+    responses(
+        (status = 200, description = "Stored", body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 400, description = "Invalid name, JSON or schema violation", body = ErrorDto),
+        (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+        (status = 412, description = "If-Match failed", body = ErrorDto),
+        (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_endpoint_config(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<EndpointPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    put_config(&state, path.scope()?, query.config_name()?, &headers, body).await
+}
+
+/// Read an endpoint's configuration.
+#[utoipa::path(
+    get, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}",
+    tag = "endpoint configurations",
+    params(
+        ("endpointId" = String, Path, description = "Endpoint ID"),
+        ("appVersionName" = String, Path, description = "Application version name"),
+        NameQuery,
+    ),
+    responses(
+        (status = 200, body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 404, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_endpoint_config(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<EndpointPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+) -> Result<Response, ApiError> {
+    get_config(&state, path.scope()?, query.config_name()?).await
+}
+
+/// Delete an endpoint's configuration (it falls back to the default).
+#[utoipa::path(
+    delete, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}",
+    tag = "endpoint configurations",
+    params(
+        ("endpointId" = String, Path, description = "Endpoint ID"),
+        ("appVersionName" = String, Path, description = "Application version name"),
+        NameQuery,
+        ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+        (status = 404, body = ErrorDto), (status = 412, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_endpoint_config(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<EndpointPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete_config(&state, path.scope()?, query.config_name()?, &headers).await
+}
+
+/// All named configurations of an endpoint in an app version.
+#[utoipa::path(
+    get, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}/configurations",
+    tag = "endpoint configurations",
+    params(
+        ("endpointId" = String, Path, description = "Endpoint ID"),
+        ("appVersionName" = String, Path, description = "Application version name"),
+    ),
+    responses(
+        (status = 200, body = Vec<ConfigurationDto>),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_endpoint_configs(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<EndpointPath>,
+) -> Result<Response, ApiError> {
+    list_configs(&state, path.scope()?).await
+}
+
+/// Store an app version's default configuration (upsert).
+#[utoipa::path(
+    put, path = "/api/v1/app-versions/{appVersionName}",
+    tag = "default configurations",
+    params(
+        ("appVersionName" = String, Path, description = "Application version name"),
+        NameQuery,
+        ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
+    ),
+    request_body(content = AnyJson, content_type = "application/json", description = "The configuration (any JSON)"),
+    responses(
+        (status = 200, body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+        (status = 412, body = ErrorDto), (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_default_config(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<AppVersionPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    put_config(&state, path.scope()?, query.config_name()?, &headers, body).await
+}
+
+/// Read an app version's default configuration.
+#[utoipa::path(
+    get, path = "/api/v1/app-versions/{appVersionName}",
+    tag = "default configurations",
+    params(("appVersionName" = String, Path, description = "Application version name"), NameQuery),
+    responses(
+        (status = 200, body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 404, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_default_config(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<AppVersionPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+) -> Result<Response, ApiError> {
+    get_config(&state, path.scope()?, query.config_name()?).await
+}
+
+/// Delete an app version's default configuration.
+#[utoipa::path(
+    delete, path = "/api/v1/app-versions/{appVersionName}",
+    tag = "default configurations",
+    params(
+        ("appVersionName" = String, Path, description = "Application version name"),
+        NameQuery,
+        ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+        (status = 404, body = ErrorDto), (status = 412, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn delete_default_config(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<AppVersionPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    delete_config(&state, path.scope()?, query.config_name()?, &headers).await
+}
+
+/// All named default configurations of an app version.
+#[utoipa::path(
+    get, path = "/api/v1/app-versions/{appVersionName}/configurations",
+    tag = "default configurations",
+    params(("appVersionName" = String, Path, description = "Application version name")),
+    responses(
+        (status = 200, body = Vec<ConfigurationDto>),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_default_configs(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<AppVersionPath>,
+) -> Result<Response, ApiError> {
+    list_configs(&state, path.scope()?).await
+}
+
+/// Store one configuration for many endpoints, atomically.
+#[utoipa::path(
+    put, path = "/api/v1/endpoints/batch",
+    tag = "endpoint configurations",
+    params(NameQuery),
+    request_body(content = BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 200, body = BatchResultDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+        (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn put_batch(
+    State(state): State<ApiState>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+    JsonBody(body): JsonBody<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let name = query.config_name()?;
+    let BatchOutcome {
+        config_id,
+        content,
+        changed,
+        unchanged,
+    } = state
+        .ecr
+        .put_batch(&body.endpoints, &name, &body.config_payload, model::now())
+        .await?;
+    let mut response = Json(BatchResultDto {
+        config_id: config_id.clone(),
+        config: content,
+        name: name.to_string(),
+        changed,
+        unchanged,
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag_value(&config_id));
+    Ok(response)
+}
+
+fn parse_bounded(
+    value: Option<&str>,
+    what: &str,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ApiError> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    match text.parse::<u32>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(format!(
+            "{what} must be an integer from {min} to {max} (got {text:?})"
+        ))),
+    }
+}
+
+/// The status history of an endpoint's configurations.
+#[utoipa::path(
+    get, path = "/api/v1/statuses",
+    tag = "statuses",
+    params(StatusParams),
+    responses(
+        (status = 200, body = StatusPageDto),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_statuses(
+    State(state): State<ApiState>,
+    ApiQuery(params): ApiQuery<StatusParams>,
+) -> Result<Response, ApiError> {
+    let endpoint_id = params
+        .endpoint_id
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request("query parameter endpointId is required"))?;
+    let page = parse_bounded(params.page.as_deref(), "page", 0, 0, MAX_PAGE)?;
+    let size = parse_bounded(
+        params.size.as_deref(),
+        "size",
+        DEFAULT_PAGE_SIZE,
+        1,
+        MAX_PAGE_SIZE,
+    )?;
+    let query = StatusQuery {
+        endpoint_id: EndpointId::new(endpoint_id)?,
+        app_version: params
+            .app_version_name
+            .as_deref()
+            .map(AppVersionName::new)
+            .transpose()?,
+        config_id: params.config_id,
+        page,
+        size,
+    };
+    let result = state.ecr.statuses(&query).await?;
+    let total_pages = result.total_elements.div_ceil(u64::from(size));
+    let content: Vec<StatusDto> = result.content.into_iter().map(StatusDto::from).collect();
+    Ok(Json(StatusPageDto {
+        number_of_elements: content.len(),
+        empty: content.is_empty(),
+        content,
+        total_elements: result.total_elements,
+        total_pages,
+        number: page,
+        size,
+        first: page == 0,
+        last: u64::from(page) + 1 >= total_pages,
+    })
+    .into_response())
+}
+
+struct BearerSecurity;
+
+impl Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI document of the ECR REST API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Kaa ECR (Endpoint Configuration Repository)", description = "Endpoint and default configurations, status history."),
+    paths(
+        put_endpoint_config, get_endpoint_config, delete_endpoint_config, list_endpoint_configs,
+        put_default_config, get_default_config, delete_default_config, list_default_configs,
+        put_batch, get_statuses,
+    ),
+    components(schemas(ConfigurationDto, ErrorDto, BatchRequest, BatchResultDto, StatusDto, StatusPageDto)),
+    modifiers(&BearerSecurity)
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI 3 document as JSON.
+pub fn openapi_json() -> Value {
+    serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null)
+}
+
+/// Bearer-token authentication (see the module docs).
+#[derive(Clone)]
+pub struct Authenticator {
+    enabled: bool,
+    tokens: Arc<Vec<(String, Vec<u8>, Access)>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("enabled", &self.enabled)
+            .field(
+                "tokens",
+                &self.tokens.iter().map(|t| (&t.0, t.2)).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// No authentication (`auth.enabled: false`).
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            tokens: Arc::new(Vec::new()),
+        }
+    }
+
+    /// Tokens given directly: `(name, token, access)`.
+    pub fn with_tokens(tokens: impl IntoIterator<Item = (String, String, Access)>) -> Self {
+        Self {
+            enabled: true,
+            tokens: Arc::new(
+                tokens
+                    .into_iter()
+                    .map(|(n, t, a)| (n, t.into_bytes(), a))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// From `auth`, resolving tokens given by environment variable.
+    pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
+        if !config.enabled {
+            return Ok(Self::disabled());
+        }
+        let mut tokens = Vec::new();
+        for t in &config.tokens {
+            let value = t
+                .token
+                .resolve()
+                .map_err(|e| ConfigError::Invalid(format!("auth.tokens[{}].token: {e}", t.name)))?;
+            tokens.push((t.name.clone(), value, t.access));
+        }
+        Ok(Self::with_tokens(tokens))
+    }
+
+    /// Whether authentication is on.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn lookup(&self, presented: &[u8]) -> Option<(&str, Access)> {
+        // Compare against every token without stopping early (constant time per token).
+        let mut found = None;
+        for (name, token, access) in self.tokens.iter() {
+            let same_len = token.len() == presented.len();
+            let diff = token
+                .iter()
+                .zip(presented)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if same_len && diff == 0 && found.is_none() {
+                found = Some((name.as_str(), *access));
+            }
+        }
+        found
+    }
+
+    fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing bearer token (Authorization: Bearer <token>)",
+                )
+            })?;
+        let (name, access) = self
+            .lookup(token.as_bytes())
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown bearer token"))?;
+        let write = !matches!(*method, Method::GET | Method::HEAD);
+        if write && access == Access::Read {
+            tracing::debug!(token = name, %method, "read-only token refused a write");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("token {name:?} is read-only; {method} needs read-write access"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn authenticate(State(auth): State<Authenticator>, request: Request, next: Next) -> Response {
+    match auth.check(request.method(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Gives every error answer the `{"message"}` body, including axum's own (unknown
+/// route 404, 405, extractor rejections), keeping their headers (e.g. `Allow`).
+async fn normalise_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = match status {
+        StatusCode::NOT_FOUND => format!("no route for {method} {path}"),
+        StatusCode::METHOD_NOT_ALLOWED => format!("method {method} is not allowed on {path}"),
+        _ if !text.is_empty() => text,
+        _ => status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned(),
+    };
+    let body = serde_json::to_vec(&serde_json::json!({ "message": message })).unwrap_or_default();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// The whole HTTP application: the REST API under `/api/v1` (authentication, body
+/// limit), `/health` and `/metrics` (no authentication), HTTP metrics, and the
+/// `{"message"}` error normalisation over everything, unknown routes included.
+pub fn app(ecr: Arc<Ecr>, auth: Authenticator, body_limit: usize, metrics: Metrics) -> Router {
+    let state = ApiState { ecr };
+    let api = Router::new()
+        .route("/endpoints/batch", put(put_batch))
+        .route(
+            CONFIG_PATH,
+            put(put_endpoint_config)
+                .get(get_endpoint_config)
+                .delete(delete_endpoint_config),
+        )
+        .route(
+            &format!("{CONFIG_PATH}/configurations"),
+            get(list_endpoint_configs),
+        )
+        .route(
+            DEFAULT_PATH,
+            put(put_default_config)
+                .get(get_default_config)
+                .delete(delete_default_config),
+        )
+        .route(
+            &format!("{DEFAULT_PATH}/configurations"),
+            get(list_default_configs),
+        )
+        .route("/statuses", get(get_statuses))
+        .route_layer(middleware::from_fn_with_state(auth, authenticate))
+        .route_layer(middleware::from_fn_with_state(
+            metrics.clone(),
+            http_metrics,
+        ))
+        .route("/openapi.json", get(|| async { Json(openapi_json()) }))
+        .with_state(state);
+    Router::new()
+        .nest(API_PREFIX, api)
+        .merge(ops_router(metrics))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(normalise_errors))
+}

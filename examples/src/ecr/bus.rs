@@ -1,0 +1,496 @@
+//! ECR on the message bus: the 6/CDTP provider, the `endpoint.config.updated`
+//! publisher and the listeners for `endpoint.config.applied` and 9/ELCE events.
+//!
+//! # 6/CDTP provider
+//!
+//! Subscribes to `kaa.v1.service.<instance>.cdtp.request` in the queue group
+//! `<instance>` (so replicas share the load) and answers EVERY request that has a
+//! `replyTo` with a `ConfigResponse` (`correlationId`, `appVersionName`, `endpointId`
+//! copied from the request; `timeout` 0; `contentType` `application/json`):
+//!
+//! | case | `statusCode` | `configId` | `content` | `reasonPhrase` |
+//! | --- | --- | --- | --- | --- |
+//! | the effective configuration (endpoint's own, else the app version's default) | 200 | its ID | its canonical JSON | `OK` |
+//! | no configuration at all (7/CMP "absent") | 200 | `""` | `null` | `No configuration` |
+//! | the request's `configId` is the current one ("unchanged") | 200 | null | null | `Not Modified` |
+//! | malformed Avro, invalid name | 400 | null | null | what is wrong |
+//! | app version not in `kaa.applications` | 404 | null | null | what is wrong |
+//! | store failure | 500 | null | null | `store failure` |
+//!
+//! A 400 for an undecodable datum has empty `correlationId`, `appVersionName` and
+//! `endpointId` (they could not be read). On "unchanged" ECR records the current
+//! config ID as applied (status 200, reason "Implicitly applied"); a full answer is
+//! recorded as dispatched. The configuration name is the request's `configName`
+//! (null = `default`).
+//!
+//! # Learning endpoints
+//!
+//! The fan-out of a default change needs the endpoints of an app version that follow
+//! the default. ECR learns them from 6/CDTP requests (endpoint + app version), from
+//! endpoint-specific writes (REST, batch), from `endpoint.connectivity.connected`
+//! (any originator) and from `endpoint.lifecycle.registered` /
+//! `appversion-updated` (any originator; the latter moves the endpoint);
+//! `endpoint.lifecycle.unregistered` (any originator) deletes everything ECR holds
+//! about the endpoint. An endpoint ECR never heard of gets no push for a default
+//! change; it receives the new default on its next request.
+//!
+//! # Events
+//!
+//! Every change of an endpoint's effective configuration is broadcast on
+//! `kaa.v1.events.<instance>.endpoint.config.updated` (`ConfigUpdated`, with
+//! `originatorReplicaId` = the replica ID and `configName` set for names other than
+//! `default`). When the effective configuration disappears the event carries
+//! `configId` `""` and content `null`, the absent configuration of the table above.
+//! `endpoint.config.applied` from the configured CMX instance goes into the status
+//! history. Event listeners use the queue group `<instance>` too: replicas share one
+//! store, so each event is handled once.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinSet;
+
+use kaa_bus::{Bus, BusError, Message};
+use kaa_cdtp::{APPLICATION_JSON, ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated};
+use kaa_elce::{ElceEvent, EventKind};
+use kaa_ism::UnixMillis;
+use kaa_ism::avro::{Decode, Encode};
+use kaa_ism::subject::Token;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use super::core::{Ecr, EcrError, EffectiveChange};
+use super::model::{self, AppVersionName, ConfigName, EndpointId, StatusEvent};
+use crate::service::Metrics;
+
+/// The content sent for "no configuration" (7/CMP: `config: null`).
+pub const ABSENT_CONTENT: &[u8] = b"null";
+/// The reason phrase of an implicit confirmation.
+pub const IMPLICITLY_APPLIED: &str = "Implicitly applied";
+/// How many 6/CDTP requests one replica handles at the same time.
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+
+/// Names on the bus.
+#[derive(Debug, Clone)]
+pub struct BusSettings {
+    /// `service.instance.name`: subjects and queue group.
+    pub instance: String,
+    /// `service.instance.replica.id`: `originatorReplicaId`.
+    pub replica_id: String,
+    /// The CMX whose `endpoint.config.applied` events are recorded.
+    pub cmx_instance: String,
+    /// Where the bus counters are registered (`<prefix>_cdtp_requests_total{status}`,
+    /// `<prefix>_config_updated_published_total`, `<prefix>_events_handled_total{event,result}`).
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabel {
+    event: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone)]
+struct BusMetrics {
+    cdtp: Family<StatusLabel, Counter>,
+    published: Counter,
+    handled: Family<EventLabel, Counter>,
+}
+
+impl BusMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let m = Self {
+            cdtp: Family::default(),
+            published: Counter::default(),
+            handled: Family::default(),
+        };
+        metrics.register(
+            "cdtp_requests",
+            "6/CDTP requests answered, by response status code",
+            m.cdtp.clone(),
+        );
+        metrics.register(
+            "config_updated_published",
+            "endpoint.config.updated events published",
+            m.published.clone(),
+        );
+        metrics.register(
+            "events_handled",
+            "endpoint.config.applied and 9/ELCE events handled, by event and result",
+            m.handled.clone(),
+        );
+        m
+    }
+
+    fn handled(&self, event: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "ignored" };
+        self.handled
+            .get_or_create(&EventLabel { event, result })
+            .inc();
+    }
+}
+
+fn error_response(
+    request: Option<&ConfigRequest<'_>>,
+    status_code: i32,
+    reason: String,
+    now: UnixMillis,
+) -> ConfigResponse<'static> {
+    ConfigResponse {
+        correlation_id: request
+            .map_or_else(String::new, |r| r.correlation_id.to_string())
+            .into(),
+        timestamp: now.0,
+        timeout: 0,
+        app_version_name: request
+            .map_or_else(String::new, |r| r.app_version_name.to_string())
+            .into(),
+        endpoint_id: request
+            .map_or_else(String::new, |r| r.endpoint_id.to_string())
+            .into(),
+        config_id: None,
+        content_type: APPLICATION_JSON.into(),
+        content: None,
+        status_code,
+        reason_phrase: Some(reason.into()),
+    }
+}
+
+/// Answers one 6/CDTP request datum (see the module docs for every case).
+pub async fn answer_request(ecr: &Ecr, datum: &[u8], now: UnixMillis) -> ConfigResponse<'static> {
+    let request = match ConfigRequest::decode(datum) {
+        Ok(r) => r,
+        Err(e) => return error_response(None, 400, format!("malformed ConfigRequest: {e}"), now),
+    };
+    let names = (|| {
+        Ok::<_, model::NameError>((
+            EndpointId::new(request.endpoint_id.as_ref())?,
+            AppVersionName::new(request.app_version_name.as_ref())?,
+            ConfigName::from_optional(request.config_name.as_deref())?,
+        ))
+    })();
+    let (endpoint_id, app_version, name) = match names {
+        Ok(n) => n,
+        Err(e) => return error_response(Some(&request), 400, e.to_string(), now),
+    };
+    if let Err(e) = ecr.apps().check(&app_version) {
+        return error_response(Some(&request), 404, e.to_string(), now);
+    }
+    if let Err(e) = ecr.learn_endpoint(&endpoint_id, &app_version).await {
+        tracing::warn!(error = %e, "could not record the endpoint");
+    }
+    let effective = match ecr.effective(&endpoint_id, &app_version, &name).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, correlation_id = %request.correlation_id, "6/CDTP request failed");
+            let code = if matches!(e, EcrError::Store(_)) {
+                500
+            } else {
+                400
+            };
+            let reason = if code == 500 {
+                "store failure".to_owned()
+            } else {
+                e.to_string()
+            };
+            return error_response(Some(&request), code, reason, now);
+        }
+    };
+    let (current_id, content) = match &effective {
+        Some((config, _)) => (config.config_id.as_str(), config.content.as_bytes()),
+        None => ("", ABSENT_CONTENT),
+    };
+    let mut response = ConfigResponse {
+        correlation_id: request.correlation_id.to_string().into(),
+        timestamp: now.0,
+        timeout: 0,
+        app_version_name: request.app_version_name.to_string().into(),
+        endpoint_id: request.endpoint_id.to_string().into(),
+        config_id: None,
+        content_type: APPLICATION_JSON.into(),
+        content: None,
+        status_code: 200,
+        reason_phrase: None,
+    };
+    if request.config_id.as_deref() == Some(current_id) {
+        response.reason_phrase = Some("Not Modified".into());
+        if !current_id.is_empty() {
+            let event = StatusEvent::Confirmed {
+                status_code: 200,
+                reason_phrase: Some(IMPLICITLY_APPLIED.to_owned()),
+            };
+            if let Err(e) = ecr
+                .record_status(&endpoint_id, &app_version, &name, current_id, &event, now)
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the implicit confirmation");
+            }
+        }
+    } else {
+        response.config_id = Some(current_id.to_owned().into());
+        response.content = Some(content.to_vec().into());
+        response.reason_phrase = Some(
+            if effective.is_some() {
+                "OK"
+            } else {
+                "No configuration"
+            }
+            .into(),
+        );
+        if !current_id.is_empty()
+            && let Err(e) = ecr
+                .record_status(
+                    &endpoint_id,
+                    &app_version,
+                    &name,
+                    current_id,
+                    &StatusEvent::Dispatched,
+                    now,
+                )
+                .await
+        {
+            tracing::warn!(error = %e, "could not record the dispatch");
+        }
+    }
+    response
+}
+
+/// The `ConfigUpdated` event for a change.
+pub fn config_updated(
+    change: &EffectiveChange,
+    replica_id: &str,
+    now: UnixMillis,
+) -> ConfigUpdated<'static> {
+    let (config_id, content) = match &change.config {
+        Some(c) => (c.config_id.clone(), c.content.clone().into_bytes()),
+        None => (String::new(), ABSENT_CONTENT.to_vec()),
+    };
+    ConfigUpdated {
+        correlation_id: uuid::Uuid::new_v4().to_string().into(),
+        timestamp: now.0,
+        timeout: 0,
+        app_version_name: change.app_version.to_string().into(),
+        endpoint_id: change.endpoint_id.to_string().into(),
+        config_id: config_id.into(),
+        content_type: APPLICATION_JSON.into(),
+        content: content.into(),
+        originator_replica_id: Some(replica_id.to_owned().into()),
+        config_name: (!change.name.is_default()).then(|| change.name.to_string().into()),
+    }
+}
+
+/// Records an `endpoint.config.applied` datum in the status history.
+pub async fn handle_applied(ecr: &Ecr, datum: &[u8], now: UnixMillis) -> Result<(), String> {
+    let applied =
+        ConfigApplied::decode(datum).map_err(|e| format!("malformed ConfigApplied: {e}"))?;
+    let endpoint_id = EndpointId::new(applied.endpoint_id.as_ref()).map_err(|e| e.to_string())?;
+    let app_version =
+        AppVersionName::new(applied.app_version_name.as_ref()).map_err(|e| e.to_string())?;
+    let name =
+        ConfigName::from_optional(applied.config_name.as_deref()).map_err(|e| e.to_string())?;
+    if applied.config_id.is_empty() {
+        return Ok(());
+    }
+    let event = StatusEvent::Confirmed {
+        status_code: applied.status_code,
+        reason_phrase: applied.reason_phrase.as_deref().map(str::to_owned),
+    };
+    ecr.record_status(
+        &endpoint_id,
+        &app_version,
+        &name,
+        &applied.config_id,
+        &event,
+        now,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Handles a 9/ELCE event datum received on `subject`.
+pub async fn handle_elce(ecr: &Ecr, subject: &str, datum: &[u8]) -> Result<(), String> {
+    let event =
+        ElceEvent::decode(subject, datum).map_err(|e| format!("malformed 9/ELCE event: {e}"))?;
+    let ep = |id: &str| EndpointId::new(id).map_err(|e| e.to_string());
+    let app = |v: &str| AppVersionName::new(v).map_err(|e| e.to_string());
+    match event {
+        ElceEvent::Connected(e) => {
+            for (endpoint_id, app_version) in &e.endpoints {
+                ecr.learn_endpoint(&ep(endpoint_id)?, &app(app_version)?)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        ElceEvent::Registered(e) => ecr
+            .learn_endpoint(&ep(&e.endpoint_id)?, &app(&e.app_version_name)?)
+            .await
+            .map_err(|e| e.to_string())?,
+        ElceEvent::AppVersionUpdated(e) => ecr
+            .endpoint_moved(
+                &ep(&e.endpoint_id)?,
+                &app(&e.previous_app_version_name)?,
+                &app(&e.app_version_name)?,
+            )
+            .await
+            .map_err(|e| e.to_string())?,
+        ElceEvent::Unregistered(e) => {
+            let n = ecr
+                .endpoint_unregistered(&ep(&e.endpoint_id)?)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(endpoint_id = %e.endpoint_id, configurations = n, "endpoint unregistered: configurations deleted");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The running bus side of ECR; dropping it stops every task.
+#[derive(Debug)]
+pub struct BusTasks {
+    tasks: JoinSet<()>,
+}
+
+impl BusTasks {
+    /// Stops every task.
+    pub fn shutdown(mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+async fn reply(bus: &Arc<dyn Bus>, reply_to: &str, response: &ConfigResponse<'_>) {
+    if let Err(e) = bus.publish(reply_to, Bytes::from(response.to_vec())).await {
+        tracing::warn!(error = %e, reply_to, "could not publish the 6/CDTP response");
+    }
+}
+
+/// Subscribes everything (so on return the provider and listeners are in place) and
+/// spawns the loops: the 6/CDTP provider, the event publisher fed by `changes`, and
+/// the listeners.
+pub async fn start(
+    ecr: Arc<Ecr>,
+    bus: Arc<dyn Bus>,
+    settings: BusSettings,
+    mut changes: UnboundedReceiver<EffectiveChange>,
+) -> Result<BusTasks, BusError> {
+    let group = settings.instance.as_str();
+    let subject_err = |e: kaa_ism::subject::SubjectError| BusError::Config(e.to_string());
+    let request_subject = kaa_cdtp::subject::request_subject(group)
+        .map_err(subject_err)?
+        .to_string();
+    let updated_subject = kaa_cdtp::subject::config_updated_subject(group)
+        .map_err(subject_err)?
+        .to_string();
+    let applied_filter =
+        kaa_cdtp::subject::config_applied_filter(Token::Name(&settings.cmx_instance))
+            .map_err(subject_err)?;
+    let lifecycle = kaa_elce::EventGroup::Lifecycle
+        .filter(Token::Any)
+        .map_err(subject_err)?;
+    let connected = EventKind::Connected
+        .filter(Token::Any)
+        .map_err(subject_err)?;
+
+    let mut requests = bus.subscribe(&request_subject, Some(group)).await?;
+    let mut applied = bus.subscribe(applied_filter.as_str(), Some(group)).await?;
+    let mut elce = futures::stream::select(
+        bus.subscribe(lifecycle.as_str(), Some(group)).await?,
+        bus.subscribe(connected.as_str(), Some(group)).await?,
+    );
+    // In effect on the server before ECR reports ready (a flush alone is not).
+    if !kaa_bus::subscription_barrier(bus.as_ref(), std::time::Duration::from_secs(5)).await? {
+        tracing::warn!("bus did not confirm ECR's subscriptions within 5 s");
+    }
+
+    let metrics = BusMetrics::register(&settings.metrics);
+    let mut tasks = JoinSet::new();
+    {
+        let (ecr, bus, metrics) = (Arc::clone(&ecr), Arc::clone(&bus), metrics.clone());
+        tasks.spawn(async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS));
+            while let Some(message) = requests.next().await {
+                let Message {
+                    reply_to, payload, ..
+                } = message;
+                let Some(reply_to) = reply_to else {
+                    tracing::warn!("6/CDTP request without replyTo dropped");
+                    continue;
+                };
+                let Ok(permit) = Arc::clone(&limit).acquire_owned().await else {
+                    break;
+                };
+                let (ecr, bus, metrics) = (Arc::clone(&ecr), Arc::clone(&bus), metrics.clone());
+                tokio::spawn(async move {
+                    let response = answer_request(&ecr, &payload, model::now()).await;
+                    metrics
+                        .cdtp
+                        .get_or_create(&StatusLabel {
+                            status: response.status_code,
+                        })
+                        .inc();
+                    reply(&bus, &reply_to, &response).await;
+                    drop(permit);
+                });
+            }
+        });
+    }
+    {
+        let bus = Arc::clone(&bus);
+        let replica = settings.replica_id.clone();
+        let metrics = metrics.clone();
+        tasks.spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let event = config_updated(&change, &replica, model::now());
+                match bus
+                    .publish(&updated_subject, Bytes::from(event.to_vec()))
+                    .await
+                {
+                    Ok(()) => metrics.published.inc(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not publish endpoint.config.updated");
+                        0
+                    }
+                };
+            }
+        });
+    }
+    {
+        let (ecr, metrics) = (Arc::clone(&ecr), metrics.clone());
+        tasks.spawn(async move {
+            while let Some(message) = applied.next().await {
+                let result = handle_applied(&ecr, &message.payload, model::now()).await;
+                metrics.handled("config.applied", result.is_ok());
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, subject = %message.subject, "endpoint.config.applied ignored");
+                }
+            }
+        });
+    }
+    {
+        let ecr = Arc::clone(&ecr);
+        tasks.spawn(async move {
+            while let Some(message) = elce.next().await {
+                let result = handle_elce(&ecr, &message.subject, &message.payload).await;
+                let event = if message.subject.ends_with(".connected") {
+                    "connectivity"
+                } else {
+                    "lifecycle"
+                };
+                metrics.handled(event, result.is_ok());
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, subject = %message.subject, "9/ELCE event ignored");
+                }
+            }
+        });
+    }
+    Ok(BusTasks { tasks })
+}

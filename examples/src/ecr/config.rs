@@ -1,0 +1,405 @@
+//! The ECR service configuration (YAML).
+//!
+//! Kaa's keys where they exist, plus ECR's own (`ecr.…`, `auth.…`). Unknown keys
+//! inside `ecr` and `auth` are errors (typos should not pass silently); other
+//! top-level sections are ignored, so one file can configure several services.
+//!
+//! ```yaml
+//! service:
+//!   instance:
+//!     name: ecr                  # NATS service instance name (queue group, subjects)
+//!     replica:
+//!       id: ecr-1                # originatorReplicaId of events
+//! nats:
+//!   urls: [nats://127.0.0.1:4222] # absent: the in-memory bus (one process, no server)
+//! kaa:
+//!   applications:
+//!     smart-kettle:
+//!       versions:
+//!         smartKettleV1:
+//!           schema:                # optional JSON Schema for this app version
+//!             type: object
+//!         smartKettleV2: {}
+//! ecr:
+//!   http:
+//!     listen: 127.0.0.1:8080
+//!     body-limit: 1MiB           # bytes, or with KiB/MiB suffix; default 1 MiB
+//!   store:
+//!     url: sqlite://ecr.db       # or postgres://user@host/db
+//!   cmx:
+//!     service-instance-name: cmx # whose endpoint.config.applied events are recorded
+//! auth:
+//!   enabled: true
+//!   tokens:
+//!     - name: admin
+//!       token: { env: ECR_ADMIN_TOKEN }
+//!       access: read-write
+//! ```
+//!
+//! When `kaa.applications` lists app versions, ECR accepts only those (REST and
+//! 6/CDTP); when it lists none, any valid app version name is accepted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::service::{ConfigError, Secret};
+
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// The whole ECR configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EcrConfig {
+    /// `service.instance.{name, replica.id}`.
+    #[serde(default)]
+    pub service: ServiceSection,
+    /// `nats.urls`; absent: the in-memory bus.
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
+    /// `kaa.applications`.
+    #[serde(default)]
+    pub kaa: KaaSection,
+    /// ECR's own keys.
+    pub ecr: EcrSection,
+    /// REST authentication.
+    pub auth: AuthConfig,
+}
+
+/// `service`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServiceSection {
+    /// `service.instance`.
+    #[serde(default)]
+    pub instance: InstanceSection,
+}
+
+/// `service.instance`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct InstanceSection {
+    /// `service.instance.name`, default `ecr`.
+    #[serde(default = "default_instance_name")]
+    pub name: String,
+    /// `service.instance.replica.id`, default `<name>-1`.
+    #[serde(default)]
+    pub replica: Option<ReplicaSection>,
+}
+
+impl Default for InstanceSection {
+    fn default() -> Self {
+        Self {
+            name: default_instance_name(),
+            replica: None,
+        }
+    }
+}
+
+fn default_instance_name() -> String {
+    "ecr".to_owned()
+}
+
+/// `service.instance.replica`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ReplicaSection {
+    /// `service.instance.replica.id`.
+    pub id: String,
+}
+
+/// `nats`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NatsSection {
+    /// `nats.urls`. Credentials come from the environment (see `kaa_bus::nats`).
+    pub urls: Vec<String>,
+}
+
+/// `kaa`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct KaaSection {
+    /// `kaa.applications.<app>`.
+    #[serde(default)]
+    pub applications: BTreeMap<String, ApplicationSection>,
+}
+
+/// `kaa.applications.<app>`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ApplicationSection {
+    /// `kaa.applications.<app>.versions.<version>`.
+    #[serde(default)]
+    pub versions: BTreeMap<String, AppVersionSection>,
+}
+
+/// `kaa.applications.<app>.versions.<version>`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AppVersionSection {
+    /// An inline JSON Schema every configuration of this app version must satisfy.
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// A JSON Schema file (JSON or YAML), instead of an inline `schema`.
+    #[serde(default)]
+    pub schema_file: Option<PathBuf>,
+}
+
+/// `ecr`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EcrSection {
+    /// `ecr.http`.
+    pub http: HttpSection,
+    /// `ecr.store`.
+    pub store: StoreSection,
+    /// `ecr.cmx`.
+    #[serde(default)]
+    pub cmx: CmxSection,
+}
+
+/// `ecr.http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpSection {
+    /// `ecr.http.listen`: the REST API, `/health` and `/metrics` address.
+    pub listen: SocketAddr,
+    /// `ecr.http.body-limit`: the largest request body; larger is 413.
+    #[serde(default, deserialize_with = "de_byte_size")]
+    pub body_limit: Option<usize>,
+}
+
+/// `ecr.store`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreSection {
+    /// `ecr.store.url`: `sqlite://<path>` or `postgres://…`.
+    pub url: String,
+}
+
+/// `ecr.cmx`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CmxSection {
+    /// `ecr.cmx.service-instance-name`: the CMX whose `endpoint.config.applied`
+    /// events go into the status history (default `cmx`).
+    #[serde(default = "default_cmx")]
+    pub service_instance_name: String,
+}
+
+impl Default for CmxSection {
+    fn default() -> Self {
+        Self {
+            service_instance_name: default_cmx(),
+        }
+    }
+}
+
+fn default_cmx() -> String {
+    "cmx".to_owned()
+}
+
+/// `auth`: bearer tokens for the REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `auth.enabled`: must be said explicitly; `false` opens the API to anyone who
+    /// can reach it (local use only).
+    pub enabled: bool,
+    /// `auth.tokens`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One API token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs (the token itself is never logged).
+    pub name: String,
+    /// The token, preferably `{ env: VAR }`.
+    pub token: Secret,
+    /// What it may do.
+    pub access: Access,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// GET only.
+    Read,
+    /// Everything.
+    ReadWrite,
+}
+
+fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(usize),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Number(n)) => Ok(Some(n)),
+        Some(Size::Text(s)) => parse_byte_size(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `1MiB`, `2 MiB`.
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (expected e.g. 1048576, 512KiB, 1MiB)"))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "invalid size unit in {text:?} (expected B, KiB or MiB)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+impl EcrConfig {
+    /// The body limit in bytes.
+    pub fn body_limit(&self) -> usize {
+        self.ecr.http.body_limit.unwrap_or(DEFAULT_BODY_LIMIT)
+    }
+
+    /// The replica ID (`service.instance.replica.id`, default `<name>-1`).
+    pub fn replica_id(&self) -> String {
+        self.service.instance.replica.as_ref().map_or_else(
+            || format!("{}-1", self.service.instance.name),
+            |r| r.id.clone(),
+        )
+    }
+
+    /// Checks what serde cannot: names that become subject tokens, a usable auth
+    /// setup, a positive body limit.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let token = |name: &str, what: &'static str| {
+            crate::ecr::model::validate_token_name(name, what)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))
+        };
+        token(&self.service.instance.name, "service.instance.name")?;
+        token(&self.replica_id(), "service.instance.replica.id")?;
+        token(
+            &self.ecr.cmx.service_instance_name,
+            "ecr.cmx.service-instance-name",
+        )?;
+        for app in self.kaa.applications.values() {
+            for version in app.versions.keys() {
+                token(version, "kaa.applications.<app>.versions.<version>")?;
+            }
+        }
+        if self.body_limit() == 0 {
+            return Err(ConfigError::Invalid(
+                "ecr.http.body-limit must be > 0".into(),
+            ));
+        }
+        if let Some(nats) = &self.nats
+            && nats.urls.is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "nats.urls is empty (remove the nats section for the in-memory bus)".into(),
+            ));
+        }
+        if self.auth.enabled && self.auth.tokens.is_empty() {
+            return Err(ConfigError::Invalid(
+                "auth.enabled is true but auth.tokens is empty (nobody could use the API); \
+                 add tokens or set auth.enabled: false for local use"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::parse_yaml;
+
+    const MINIMAL: &str = "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: sqlite://x.db\nauth:\n  enabled: false\n";
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let c: EcrConfig = parse_yaml(MINIMAL, "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.service.instance.name, "ecr");
+        assert_eq!(c.replica_id(), "ecr-1");
+        assert_eq!(c.body_limit(), DEFAULT_BODY_LIMIT);
+        assert_eq!(c.ecr.cmx.service_instance_name, "cmx");
+    }
+
+    #[test]
+    fn sample_config_is_valid() {
+        let c: EcrConfig = parse_yaml(include_str!("../../config/ecr.yaml"), "ecr.yaml").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.replica_id(), "ecr-1");
+        assert!(c.auth.enabled);
+        assert_eq!(c.auth.tokens.len(), 2);
+        let apps = crate::ecr::core::AppVersions::from_config(&c.kaa).unwrap();
+        let v1 = crate::ecr::model::AppVersionName::new("smartKettleV1").unwrap();
+        assert!(
+            apps.validate(&v1, &serde_json::json!({"sampling": 0}))
+                .is_err()
+        );
+        assert!(
+            apps.validate(&v1, &serde_json::json!({"sampling": 10}))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_byte_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_byte_size("512 KiB"), Ok(512 << 10));
+        assert_eq!(parse_byte_size("100"), Ok(100));
+        assert!(parse_byte_size("1GB").is_err());
+        assert!(parse_byte_size("lots").is_err());
+    }
+
+    #[test]
+    fn invalid_configs_are_explained() {
+        let no_auth = MINIMAL.replace("auth:\n  enabled: false\n", "");
+        assert!(
+            parse_yaml::<EcrConfig>(&no_auth, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("auth")
+        );
+        let typo = MINIMAL.replace("store:", "stor:");
+        assert!(parse_yaml::<EcrConfig>(&typo, "t").is_err());
+        let bad_name = format!("{MINIMAL}service:\n  instance:\n    name: e.c.r\n");
+        let c: EcrConfig = parse_yaml(&bad_name, "t").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("service.instance.name")
+        );
+        let no_tokens = MINIMAL.replace("enabled: false", "enabled: true");
+        let c: EcrConfig = parse_yaml(&no_tokens, "t").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("auth.tokens")
+        );
+    }
+}

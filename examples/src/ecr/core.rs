@@ -1,0 +1,503 @@
+//! The ECR engine: the operations the REST API and the bus share, on top of a
+//! [`ConfigStore`], with app version checks, JSON Schema validation and the
+//! effective-configuration changes that become `endpoint.config.updated` events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedSender;
+
+use kaa_ism::UnixMillis;
+
+use super::config::KaaSection;
+use super::model::{
+    AppVersionName, ConfigName, Content, EndpointId, NameError, Page, Scope, Source, StatusEvent,
+    StatusQuery, StatusRecord, StoredConfig,
+};
+use super::store::{BatchTarget, ConfigStore, Precondition, PutOutcome, StoreError};
+use crate::service::ConfigError;
+
+/// Why an ECR operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EcrError {
+    /// A name is not valid (see [`crate::ecr::model`]).
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// `kaa.applications` lists app versions and this is not one of them.
+    #[error("application version {0:?} is not configured in kaa.applications")]
+    UnknownAppVersion(String),
+    /// The configuration violates the app version's JSON Schema.
+    #[error(
+        "configuration violates the JSON Schema of application version {app_version:?} at JSON path {path}: {message}"
+    )]
+    SchemaViolation {
+        /// The app version.
+        app_version: String,
+        /// The JSON pointer of the failing value (`/` for the root).
+        path: String,
+        /// What the schema says.
+        message: String,
+    },
+    /// Some other invalid input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store refused (precondition) or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The app versions ECR knows, with their optional JSON Schemas.
+#[derive(Default)]
+pub struct AppVersions {
+    /// Empty: every valid name is accepted.
+    known: HashSet<String>,
+    schemas: HashMap<String, Arc<jsonschema::Validator>>,
+}
+
+impl std::fmt::Debug for AppVersions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppVersions")
+            .field("known", &self.known)
+            .field("with_schema", &self.schemas.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl AppVersions {
+    /// Accepts every valid app version name, validates against no schema.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// From `kaa.applications`: the listed app versions, each schema compiled (a schema
+    /// that does not compile is a configuration error).
+    pub fn from_config(kaa: &KaaSection) -> Result<Self, ConfigError> {
+        let mut versions = Self::default();
+        for (app, section) in &kaa.applications {
+            for (version, v) in &section.versions {
+                versions.known.insert(version.clone());
+                let schema = match (&v.schema, &v.schema_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::Invalid(format!(
+                            "kaa.applications.{app}.versions.{version}: give schema or schema-file, not both"
+                        )));
+                    }
+                    (Some(s), None) => Some(s.clone()),
+                    (None, Some(file)) => Some(crate::service::load_yaml::<Value>(file)?),
+                    (None, None) => None,
+                };
+                if let Some(schema) = schema {
+                    versions.add_schema(version, &schema).map_err(|e| {
+                        ConfigError::Invalid(format!(
+                            "kaa.applications.{app}.versions.{version}.schema: {e}"
+                        ))
+                    })?;
+                }
+            }
+        }
+        Ok(versions)
+    }
+
+    /// Adds (or replaces) the JSON Schema of `version` and lists it as known.
+    pub fn add_schema(&mut self, version: &str, schema: &Value) -> Result<(), String> {
+        let validator = jsonschema::validator_for(schema).map_err(|e| e.to_string())?;
+        self.known.insert(version.to_owned());
+        self.schemas.insert(version.to_owned(), Arc::new(validator));
+        Ok(())
+    }
+
+    /// Lists `version` as known (restricting ECR to the listed versions).
+    pub fn add_version(&mut self, version: &str) {
+        self.known.insert(version.to_owned());
+    }
+
+    /// Checks that `version` may be used.
+    pub fn check(&self, version: &AppVersionName) -> Result<(), EcrError> {
+        if self.known.is_empty() || self.known.contains(version.as_str()) {
+            Ok(())
+        } else {
+            Err(EcrError::UnknownAppVersion(version.to_string()))
+        }
+    }
+
+    /// Checks `config` against the schema of `version`, if it has one; the error names
+    /// the first failing JSON path.
+    pub fn validate(&self, version: &AppVersionName, config: &Value) -> Result<(), EcrError> {
+        let Some(validator) = self.schemas.get(version.as_str()) else {
+            return Ok(());
+        };
+        if let Some(err) = validator.iter_errors(config).next() {
+            let pointer = err.instance_path.to_string();
+            return Err(EcrError::SchemaViolation {
+                app_version: version.to_string(),
+                path: if pointer.is_empty() {
+                    "/".into()
+                } else {
+                    pointer
+                },
+                message: err.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An endpoint's effective configuration changed; published as
+/// `endpoint.config.updated`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveChange {
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// Its app version.
+    pub app_version: AppVersionName,
+    /// The configuration name.
+    pub name: ConfigName,
+    /// The new effective configuration; `None` when there is none any more.
+    pub config: Option<StoredConfig>,
+}
+
+/// The result of a batch write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// The content's config ID.
+    pub config_id: String,
+    /// The canonical content.
+    pub content: String,
+    /// Endpoint configurations created or changed.
+    pub changed: usize,
+    /// Endpoint configurations that already had this content.
+    pub unchanged: usize,
+}
+
+/// The most endpoints one batch request may name.
+pub const MAX_BATCH_ENDPOINTS: usize = 10_000;
+
+/// The ECR engine. Cheap to share (`Arc<Ecr>`).
+pub struct Ecr {
+    store: Arc<dyn ConfigStore>,
+    apps: AppVersions,
+    changes: Option<UnboundedSender<EffectiveChange>>,
+    known: Mutex<HashSet<(String, String)>>,
+}
+
+impl std::fmt::Debug for Ecr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ecr")
+            .field("apps", &self.apps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ecr {
+    /// An engine over `store`. Effective-configuration changes are sent to `changes`
+    /// (the event publisher) when given.
+    pub fn new(
+        store: Arc<dyn ConfigStore>,
+        apps: AppVersions,
+        changes: Option<UnboundedSender<EffectiveChange>>,
+    ) -> Self {
+        Self {
+            store,
+            apps,
+            changes,
+            known: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ConfigStore> {
+        &self.store
+    }
+
+    /// The app versions.
+    pub fn apps(&self) -> &AppVersions {
+        &self.apps
+    }
+
+    fn emit(&self, change: EffectiveChange) {
+        if let Some(tx) = &self.changes {
+            let _ = tx.send(change);
+        }
+    }
+
+    /// Checks the app version and the schema, canonicalises.
+    fn prepare(&self, app_version: &AppVersionName, config: &Value) -> Result<Content, EcrError> {
+        self.apps.check(app_version)?;
+        self.apps.validate(app_version, config)?;
+        Ok(Content::from_value(config))
+    }
+
+    /// Emits the change of an endpoint's own configuration, unless the effective
+    /// config ID stays the same (e.g. the endpoint now has what the default had).
+    async fn endpoint_changed(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        before: Option<&StoredConfig>,
+        after: Option<StoredConfig>,
+    ) -> Result<(), EcrError> {
+        let default = if before.is_none() || after.is_none() {
+            let scope = Scope::Default {
+                app_version: app_version.clone(),
+            };
+            self.store.get(&scope, name).await?
+        } else {
+            None
+        };
+        let before_id = before.or(default.as_ref()).map(|c| c.config_id.clone());
+        let after = after.or(default);
+        if before_id.as_deref() != after.as_ref().map(|c| c.config_id.as_str()) {
+            self.emit(EffectiveChange {
+                endpoint_id: endpoint_id.clone(),
+                app_version: app_version.clone(),
+                name: name.clone(),
+                config: after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Emits a default change to every known endpoint that follows the default.
+    async fn default_changed(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        after: Option<StoredConfig>,
+    ) -> Result<(), EcrError> {
+        if self.changes.is_none() {
+            return Ok(());
+        }
+        for endpoint_id in self
+            .store
+            .endpoints_following_default(app_version, name)
+            .await?
+        {
+            self.emit(EffectiveChange {
+                endpoint_id,
+                app_version: app_version.clone(),
+                name: name.clone(),
+                config: after.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores `config` as configuration `name` in `scope` (upsert, `If-Match` as
+    /// `precondition`) and emits the resulting effective changes.
+    pub async fn put(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        config: &Value,
+        precondition: &Precondition,
+        now: UnixMillis,
+    ) -> Result<PutOutcome, EcrError> {
+        let content = self.prepare(scope.app_version(), config)?;
+        let outcome = self
+            .store
+            .put(scope, name, &content, precondition, now)
+            .await?;
+        if outcome.changed {
+            match scope {
+                Scope::Endpoint {
+                    endpoint_id,
+                    app_version,
+                } => {
+                    self.endpoint_changed(
+                        endpoint_id,
+                        app_version,
+                        name,
+                        outcome.previous.as_ref(),
+                        Some(outcome.config.clone()),
+                    )
+                    .await?;
+                }
+                Scope::Default { app_version } => {
+                    self.default_changed(app_version, name, Some(outcome.config.clone()))
+                        .await?;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Deletes configuration `name` in `scope`; `Ok(None)` when there was none.
+    pub async fn delete(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        precondition: &Precondition,
+    ) -> Result<Option<StoredConfig>, EcrError> {
+        self.apps.check(scope.app_version())?;
+        let deleted = self.store.delete(scope, name, precondition).await?;
+        if let Some(previous) = &deleted {
+            match scope {
+                Scope::Endpoint {
+                    endpoint_id,
+                    app_version,
+                } => {
+                    self.endpoint_changed(endpoint_id, app_version, name, Some(previous), None)
+                        .await?;
+                }
+                Scope::Default { app_version } => {
+                    self.default_changed(app_version, name, None).await?;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The configuration `name` in `scope`.
+    pub async fn get(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+    ) -> Result<Option<StoredConfig>, EcrError> {
+        self.apps.check(scope.app_version())?;
+        Ok(self.store.get(scope, name).await?)
+    }
+
+    /// Every configuration in `scope`.
+    pub async fn list(&self, scope: &Scope) -> Result<Vec<StoredConfig>, EcrError> {
+        self.apps.check(scope.app_version())?;
+        Ok(self.store.list(scope).await?)
+    }
+
+    /// Writes `config` as the endpoint configuration `name` of every listed endpoint,
+    /// atomically (all or nothing), then emits the changes.
+    pub async fn put_batch(
+        &self,
+        endpoints: &BTreeMap<String, Vec<String>>,
+        name: &ConfigName,
+        config: &Value,
+        now: UnixMillis,
+    ) -> Result<BatchOutcome, EcrError> {
+        let mut targets = Vec::new();
+        let mut seen = HashSet::new();
+        let content = Content::from_value(config);
+        for (app_version, ids) in endpoints {
+            let app_version = AppVersionName::new(app_version.as_str())?;
+            self.apps.check(&app_version)?;
+            self.apps.validate(&app_version, config)?;
+            for id in ids {
+                let endpoint_id = EndpointId::new(id.as_str())?;
+                if seen.insert((app_version.clone(), endpoint_id.clone())) {
+                    targets.push(BatchTarget {
+                        app_version: app_version.clone(),
+                        endpoint_id,
+                    });
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(EcrError::BadRequest("endpoints names no endpoint".into()));
+        }
+        if targets.len() > MAX_BATCH_ENDPOINTS {
+            return Err(EcrError::BadRequest(format!(
+                "a batch may name at most {MAX_BATCH_ENDPOINTS} endpoints ({} given)",
+                targets.len()
+            )));
+        }
+        let outcomes = self.store.put_batch(&targets, name, &content, now).await?;
+        let mut changed = 0;
+        for (target, outcome) in targets.iter().zip(&outcomes) {
+            if outcome.changed {
+                changed += 1;
+                self.endpoint_changed(
+                    &target.endpoint_id,
+                    &target.app_version,
+                    name,
+                    outcome.previous.as_ref(),
+                    Some(outcome.config.clone()),
+                )
+                .await?;
+            }
+        }
+        Ok(BatchOutcome {
+            config_id: content.config_id,
+            content: content.json,
+            changed,
+            unchanged: outcomes.len() - changed,
+        })
+    }
+
+    /// One page of an endpoint's status history.
+    pub async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, EcrError> {
+        Ok(self.store.statuses(query).await?)
+    }
+
+    /// The effective configuration (6/CDTP).
+    pub async fn effective(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Option<(StoredConfig, Source)>, EcrError> {
+        self.apps.check(app_version)?;
+        Ok(self.store.effective(endpoint_id, app_version, name).await?)
+    }
+
+    /// Records that an endpoint exists in an app version (learned from 6/CDTP
+    /// requests and 9/ELCE events). A process-local cache keeps repeated sightings
+    /// from writing to the store.
+    pub async fn learn_endpoint(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+    ) -> Result<(), EcrError> {
+        let key = (endpoint_id.to_string(), app_version.to_string());
+        if self.known.lock().is_ok_and(|k| k.contains(&key)) {
+            return Ok(());
+        }
+        self.store
+            .remember_endpoint(endpoint_id, app_version)
+            .await?;
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(key);
+        }
+        Ok(())
+    }
+
+    /// An endpoint moved from `previous` to `app_version`.
+    pub async fn endpoint_moved(
+        &self,
+        endpoint_id: &EndpointId,
+        previous: &AppVersionName,
+        app_version: &AppVersionName,
+    ) -> Result<(), EcrError> {
+        self.store.forget_endpoint(endpoint_id, previous).await?;
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(&(endpoint_id.to_string(), previous.to_string()));
+        }
+        self.learn_endpoint(endpoint_id, app_version).await
+    }
+
+    /// An endpoint was unregistered: every configuration, status and known-endpoint
+    /// record of it is deleted. Returns how many configurations were deleted.
+    pub async fn endpoint_unregistered(&self, endpoint_id: &EndpointId) -> Result<u64, EcrError> {
+        let n = self.store.delete_endpoint(endpoint_id).await?;
+        if let Ok(mut known) = self.known.lock() {
+            known.retain(|(e, _)| e != endpoint_id.as_str());
+        }
+        Ok(n)
+    }
+
+    /// Adds to the status history.
+    pub async fn record_status(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        config_id: &str,
+        event: &StatusEvent,
+        now: UnixMillis,
+    ) -> Result<(), EcrError> {
+        Ok(self
+            .store
+            .record_status(endpoint_id, app_version, name, config_id, event, now)
+            .await?)
+    }
+}

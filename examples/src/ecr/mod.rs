@@ -1,0 +1,179 @@
+//! ECR, the Endpoint Configuration Repository: Kaa's REST API for endpoint and
+//! default configurations, a durable store, the 6/CDTP provider and the
+//! `endpoint.config.updated` events.
+//!
+//! The pieces, each usable on its own:
+//!
+//! - [`model`]: validated names (app version names, endpoint IDs, config names; the
+//!   unnamed configuration is called `default`), content-derived config IDs
+//!   (SHA-256 of canonical JSON, first 32 hex digits), stored records.
+//! - [`store`]: the [`store::ConfigStore`] trait with an embedded SQLite store and a
+//!   PostgreSQL store, chosen by URL.
+//! - [`core`]: [`core::Ecr`], the operations REST and the bus share (app version and
+//!   JSON Schema checks, effective-configuration changes).
+//! - [`api`]: the axum REST API under `/api/v1`, its OpenAPI document, bearer tokens.
+//! - [`bus`]: the 6/CDTP provider, event publisher and event listeners.
+//! - [`config`]: the YAML configuration; [`EcrServer`] composes everything from it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use kaa_examples::ecr::core::{AppVersions, Ecr};
+//! use kaa_examples::ecr::model::{AppVersionName, ConfigName, EndpointId, Scope, now};
+//! use kaa_examples::ecr::store::{self, Precondition};
+//! use serde_json::json;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! let store = store::open(&format!("sqlite://{}", dir.path().join("ecr.db").display())).await?;
+//! let ecr = Ecr::new(store, AppVersions::open(), None);
+//!
+//! let app = AppVersionName::new("smartKettleV1")?;
+//! let default = Scope::Default { app_version: app.clone() };
+//! let name = ConfigName::default_name();
+//! let stored = ecr.put(&default, &name, &json!({"sampling": 200}), &Precondition::None, now()).await?;
+//! assert_eq!(stored.config.content, r#"{"sampling":200}"#);
+//!
+//! // An endpoint without its own configuration follows the default.
+//! let endpoint = EndpointId::new("b197e391-1d13-403b-83f5-87bdd44888cf")?;
+//! let (effective, _) = ecr.effective(&endpoint, &app, &name).await?.expect("the default");
+//! assert_eq!(effective.config_id, stored.config.config_id);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod api;
+pub mod bus;
+pub mod config;
+pub mod core;
+pub mod model;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use kaa_bus::{Bus, BusError};
+
+use self::core::Ecr;
+use crate::service::{ConfigError, Metrics};
+use config::EcrConfig;
+
+/// Why the ECR service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    /// The bus failed.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// The HTTP listener failed.
+    #[error("HTTP listener on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A bound, ready ECR service: store open, bus side running, HTTP listener bound.
+pub struct EcrServer {
+    ecr: Arc<Ecr>,
+    app: Router,
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    bus_tasks: bus::BusTasks,
+}
+
+impl std::fmt::Debug for EcrServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EcrServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EcrServer {
+    /// Validates `config`, opens the store, starts the bus side on `bus` and binds the
+    /// HTTP listener (`ecr.http.listen`; port 0 picks a free port).
+    pub async fn bind(config: &EcrConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
+        config.validate()?;
+        let auth = api::Authenticator::from_config(&config.auth)?;
+        let apps = core::AppVersions::from_config(&config.kaa)?;
+        let store = store::open(&config.ecr.store.url).await?;
+        let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
+        let ecr = Arc::new(core::Ecr::new(store, apps, Some(changes_tx)));
+        let metrics = Metrics::new("ecr");
+        let settings = bus::BusSettings {
+            instance: config.service.instance.name.clone(),
+            replica_id: config.replica_id(),
+            cmx_instance: config.ecr.cmx.service_instance_name.clone(),
+            metrics: metrics.clone(),
+        };
+        let bus_tasks = bus::start(Arc::clone(&ecr), bus, settings, changes_rx).await?;
+        let app = api::app(Arc::clone(&ecr), auth, config.body_limit(), metrics);
+        let addr = config.ecr.http.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Http { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Http { addr, source })?;
+        Ok(Self {
+            ecr,
+            app,
+            listener,
+            local_addr,
+            bus_tasks,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The engine.
+    pub fn ecr(&self) -> &Arc<Ecr> {
+        &self.ecr
+    }
+
+    /// Serves HTTP until `shutdown` resolves, then finishes in-flight requests and
+    /// stops the bus side.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let addr = self.local_addr;
+        // Small request/response exchanges: no Nagle delay on accepted connections.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let result = axum::serve(listener, self.app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|source| StartError::Http { addr, source });
+        self.bus_tasks.shutdown();
+        result
+    }
+}
+
+/// The bus named by the configuration: NATS when `nats.urls` is set (credentials from
+/// the environment, see `kaa_bus::nats`), else an in-memory bus.
+pub async fn connect_bus(config: &EcrConfig) -> Result<Arc<dyn Bus>, StartError> {
+    match &config.nats {
+        Some(nats) => {
+            let nats_config = kaa_bus::NatsConfig::new(nats.urls.iter().cloned())
+                .with_connection_name(config.replica_id());
+            Ok(Arc::new(kaa_bus::NatsBus::connect(&nats_config).await?))
+        }
+        None => Ok(Arc::new(kaa_bus::MemoryBus::new())),
+    }
+}

@@ -1,0 +1,530 @@
+//! The ECR data model: validated names, content-derived config IDs, stored
+//! configurations and status records.
+//!
+//! # Names
+//!
+//! Application version names and endpoint IDs become NATS subject tokens (3/ISM) and
+//! MQTT topic levels (1/KP), and config names become a 1/KP topic level
+//! (`config/json/<name>`). They are validated where they enter ECR (REST path or
+//! query, CDTP request, bus event) and never stored when invalid:
+//!
+//! - [`AppVersionName`] and [`EndpointId`]: 1 to [`MAX_NAME_LEN`] bytes, no `.`, `*`,
+//!   `>` (NATS), no `/`, `+`, `#` (MQTT), no whitespace or control character.
+//! - [`ConfigName`]: 7/CMP `^[a-zA-Z0-9_-]+$`, 1 to [`MAX_NAME_LEN`] bytes.
+//!
+//! # The default name
+//!
+//! A configuration requested or stored without a name is the configuration named
+//! [`DEFAULT_CONFIG_NAME`] (`default`): REST without `?name=` and REST with
+//! `?name=default` address the same configuration; a 6/CDTP request with `configName`
+//! null or `"default"` asks for it; a 7/CMP device reaches it on `config/json` (no name
+//! level). Responses always carry the name, so `"name": "default"` for it, and a
+//! `ConfigUpdated` event carries `configName` only for other names.
+//!
+//! # Config IDs
+//!
+//! A config ID is derived from the content: the SHA-256 of the content's canonical JSON
+//! serialisation ([`canonical_json`]: object keys sorted by their UTF-8 bytes, no
+//! insignificant whitespace, strings escaped as `serde_json` escapes them, numbers as
+//! `serde_json` prints them), as lowercase hex, truncated to the first 32 hex digits
+//! (128 bits). Storing identical content again therefore keeps the ID, creates no new
+//! version and emits no event. The ID is opaque to clients.
+
+use std::fmt;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use kaa_ism::UnixMillis;
+
+/// The name of the configuration that is addressed without a name.
+pub const DEFAULT_CONFIG_NAME: &str = "default";
+
+/// The longest accepted app version name, endpoint ID or config name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// How many hex digits of the SHA-256 make a config ID.
+pub const CONFIG_ID_HEX_LEN: usize = 32;
+
+/// A name that was rejected at the boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// The name is empty.
+    #[error("{what} is empty")]
+    Empty {
+        /// Which kind of name, e.g. `endpoint ID`.
+        what: &'static str,
+    },
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("{what} is longer than {max} bytes")]
+    TooLong {
+        /// Which kind of name.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// The name holds a character that would change a NATS subject or MQTT topic.
+    #[error("{what} {name:?} contains {found:?}, which is not allowed ({rule})")]
+    InvalidCharacter {
+        /// Which kind of name.
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+        /// The first offending character.
+        found: char,
+        /// The rule that applies.
+        rule: &'static str,
+    },
+}
+
+const TOKEN_RULE: &str = "no '.', '*', '>', '/', '+', '#', whitespace or control characters";
+const CONFIG_NAME_RULE: &str = "config names match ^[a-zA-Z0-9_-]+$";
+
+fn check_len(name: &str, what: &'static str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            what,
+            max: MAX_NAME_LEN,
+        });
+    }
+    Ok(())
+}
+
+/// Validates a name that becomes a NATS subject token and an MQTT topic level.
+pub fn validate_token_name(name: &str, what: &'static str) -> Result<(), NameError> {
+    check_len(name, what)?;
+    if let Some(found) = name.chars().find(|c| {
+        matches!(c, '.' | '*' | '>' | '/' | '+' | '#') || c.is_whitespace() || c.is_control()
+    }) {
+        return Err(NameError::InvalidCharacter {
+            what,
+            name: name.to_owned(),
+            found,
+            rule: TOKEN_RULE,
+        });
+    }
+    Ok(())
+}
+
+macro_rules! token_name {
+    ($(#[$doc:meta])* $ty:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// Validates `name`.
+            pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+                let name = name.into();
+                validate_token_name(&name, $what)?;
+                Ok(Self(name))
+            }
+
+            /// The name.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+token_name!(
+    /// A validated application version name (e.g. `smartKettleV1`).
+    AppVersionName,
+    "application version name"
+);
+token_name!(
+    /// A validated endpoint ID.
+    EndpointId,
+    "endpoint ID"
+);
+
+/// A validated configuration name; see the module docs for the `default` name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConfigName(String);
+
+impl ConfigName {
+    /// Validates `name` against 7/CMP `^[a-zA-Z0-9_-]+$`.
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        let name = name.into();
+        check_len(&name, "config name")?;
+        if let Some(found) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(NameError::InvalidCharacter {
+                what: "config name",
+                name,
+                found,
+                rule: CONFIG_NAME_RULE,
+            });
+        }
+        Ok(Self(name))
+    }
+
+    /// The name `default`.
+    pub fn default_name() -> Self {
+        Self(DEFAULT_CONFIG_NAME.to_owned())
+    }
+
+    /// `None` (no name given) is the `default` name; anything else is validated.
+    pub fn from_optional(name: Option<&str>) -> Result<Self, NameError> {
+        match name {
+            None => Ok(Self::default_name()),
+            Some(name) => Self::new(name),
+        }
+    }
+
+    /// Whether this is the `default` name.
+    pub fn is_default(&self) -> bool {
+        self.0 == DEFAULT_CONFIG_NAME
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ConfigName {
+    fn default() -> Self {
+        Self::default_name()
+    }
+}
+
+impl fmt::Display for ConfigName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which configuration slot: the app version's default, or one endpoint's own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The default configuration of an application version.
+    Default {
+        /// The application version.
+        app_version: AppVersionName,
+    },
+    /// The endpoint-specific configuration of an endpoint in an application version.
+    Endpoint {
+        /// The endpoint.
+        endpoint_id: EndpointId,
+        /// The application version.
+        app_version: AppVersionName,
+    },
+}
+
+impl Scope {
+    /// The application version of this slot.
+    pub fn app_version(&self) -> &AppVersionName {
+        match self {
+            Scope::Default { app_version } | Scope::Endpoint { app_version, .. } => app_version,
+        }
+    }
+
+    /// The endpoint, for an endpoint-specific slot.
+    pub fn endpoint_id(&self) -> Option<&EndpointId> {
+        match self {
+            Scope::Default { .. } => None,
+            Scope::Endpoint { endpoint_id, .. } => Some(endpoint_id),
+        }
+    }
+
+    /// The endpoint column value the stores use: `""` for the default slot (endpoint
+    /// IDs are never empty, so this cannot collide).
+    pub fn endpoint_key(&self) -> &str {
+        self.endpoint_id().map_or("", EndpointId::as_str)
+    }
+}
+
+/// Configuration content ready to store: canonical JSON text and its config ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    /// The canonical JSON serialisation ([`canonical_json`]).
+    pub json: String,
+    /// The content-derived config ID ([`config_id`]).
+    pub config_id: String,
+}
+
+impl Content {
+    /// Canonicalises `value` and derives its config ID.
+    pub fn from_value(value: &Value) -> Self {
+        let json = canonical_json(value);
+        let config_id = config_id(&json);
+        Self { json, config_id }
+    }
+}
+
+/// The canonical JSON serialisation used for config IDs and storage: object keys sorted
+/// by their UTF-8 bytes, no insignificant whitespace, strings and numbers as
+/// `serde_json` writes them.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// The config ID of canonical JSON text: the first [`CONFIG_ID_HEX_LEN`] lowercase hex
+/// digits of its SHA-256.
+pub fn config_id(canonical_json: &str) -> String {
+    let digest = Sha256::digest(canonical_json.as_bytes());
+    let mut id = hex::encode(digest);
+    id.truncate(CONFIG_ID_HEX_LEN);
+    id
+}
+
+/// A stored configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConfig {
+    /// The configuration's name (`default` for the unnamed one).
+    pub name: ConfigName,
+    /// The content-derived config ID.
+    pub config_id: String,
+    /// The canonical JSON text.
+    pub content: String,
+    /// When this slot was first written.
+    pub created: UnixMillis,
+    /// When the content last changed.
+    pub updated: UnixMillis,
+}
+
+/// Where an effective configuration came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The endpoint's own configuration.
+    Endpoint,
+    /// The application version's default.
+    Default,
+}
+
+/// The state of one (endpoint, app version, name, config ID) in the status history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Sent to the endpoint's CMX, no confirmation yet.
+    Dispatched,
+    /// The endpoint reported a 2xx status.
+    Applied,
+    /// The endpoint reported a non-2xx status.
+    Rejected,
+}
+
+impl DeliveryStatus {
+    /// The name used in storage and the REST API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Dispatched => "DISPATCHED",
+            DeliveryStatus::Applied => "APPLIED",
+            DeliveryStatus::Rejected => "REJECTED",
+        }
+    }
+
+    /// Parses [`DeliveryStatus::as_str`] output.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "DISPATCHED" => Some(DeliveryStatus::Dispatched),
+            "APPLIED" => Some(DeliveryStatus::Applied),
+            "REJECTED" => Some(DeliveryStatus::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to a configuration on its way to an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusEvent {
+    /// ECR sent this configuration in a 6/CDTP response.
+    Dispatched,
+    /// The endpoint confirmed it (`endpoint.config.applied`, or a 6/CDTP request that
+    /// carried the current config ID: "Implicitly applied").
+    Confirmed {
+        /// The status code the endpoint reported (2xx = applied).
+        status_code: i32,
+        /// The reason phrase, if any.
+        reason_phrase: Option<String>,
+    },
+}
+
+/// One row of the status history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRecord {
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The application version.
+    pub app_version: String,
+    /// The configuration name.
+    pub name: String,
+    /// The configuration ID.
+    pub config_id: String,
+    /// The latest state.
+    pub status: DeliveryStatus,
+    /// When ECR last dispatched it.
+    pub last_dispatched: Option<UnixMillis>,
+    /// When the endpoint last confirmed or rejected it.
+    pub last_confirmed: Option<UnixMillis>,
+    /// The last confirmation's status code.
+    pub status_code: Option<i32>,
+    /// The last confirmation's reason phrase.
+    pub reason_phrase: Option<String>,
+}
+
+/// A filter and page of the status history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusQuery {
+    /// Required: the endpoint.
+    pub endpoint_id: EndpointId,
+    /// Optional: only this application version.
+    pub app_version: Option<AppVersionName>,
+    /// Optional: only this config ID.
+    pub config_id: Option<String>,
+    /// Zero-based page number.
+    pub page: u32,
+    /// Page size (at least 1).
+    pub size: u32,
+}
+
+/// One page of results with the total count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub content: Vec<T>,
+    /// How many items match in total.
+    pub total_elements: u64,
+}
+
+/// Formats Unix milliseconds as ISO-8601 UTC with milliseconds,
+/// e.g. `2017-03-23T21:09:02.158Z`.
+pub fn format_iso8601(t: UnixMillis) -> String {
+    let ms = t.0;
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        sod / 3600,
+        (sod % 3600) / 60,
+        sod % 60
+    )
+}
+
+/// The wall clock as [`UnixMillis`] (services read the clock; protocol crates do not).
+pub fn now() -> UnixMillis {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    UnixMillis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn token_names_reject_subject_and_topic_characters() {
+        for bad in [
+            "a.b", "a*", "a>", "a/b", "a+", "a#", "a b", "a\tb", "a\u{0}", "",
+        ] {
+            assert!(EndpointId::new(bad).is_err(), "{bad:?} accepted");
+            assert!(AppVersionName::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(AppVersionName::new("smartKettleV1").is_ok());
+        assert!(EndpointId::new("b197e391-1d13-403b-83f5-87bdd44888cf").is_ok());
+        assert!(EndpointId::new("x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn config_names_follow_cmp() {
+        assert!(ConfigName::new("net_work-2").is_ok());
+        for bad in ["a.b", "a b", "ä", "", "a/b"] {
+            assert!(ConfigName::new(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(ConfigName::from_optional(None).unwrap().is_default());
+    }
+
+    #[test]
+    fn config_id_ignores_key_order_and_whitespace() {
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": [1, {"d": 2, "c": 3}]}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":[1,{"c":3,"d":2}],"b":1}"#).unwrap();
+        let ca = Content::from_value(&a);
+        assert_eq!(ca, Content::from_value(&b));
+        assert_eq!(ca.json, r#"{"a":[1,{"c":3,"d":2}],"b":1}"#);
+        assert_eq!(ca.config_id.len(), CONFIG_ID_HEX_LEN);
+        assert_ne!(
+            ca.config_id,
+            Content::from_value(&json!({"b": 2})).config_id
+        );
+        // SHA-256("null") starts with 74234e98afe7498fb5daf1f36ac2d78a.
+        assert_eq!(config_id("null"), "74234e98afe7498fb5daf1f36ac2d78a");
+    }
+
+    #[test]
+    fn iso8601() {
+        assert_eq!(format_iso8601(UnixMillis(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_iso8601(UnixMillis(1_490_303_342_158)),
+            "2017-03-23T21:09:02.158Z"
+        );
+        assert_eq!(
+            format_iso8601(UnixMillis(951_782_400_001)),
+            "2000-02-29T00:00:00.001Z"
+        );
+    }
+}

@@ -1,0 +1,499 @@
+//! The PostgreSQL store: tokio-postgres with a deadpool pool.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{NoTls, Row};
+
+use kaa_ism::UnixMillis;
+
+use super::sqlite::{StatusRow, confirmed_status, status_record};
+use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StoreError, sql};
+use crate::ecr::model::{
+    AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StatusEvent, StatusQuery,
+    StatusRecord, StoredConfig,
+};
+
+/// The default pool size.
+const POOL_SIZE: usize = 16;
+
+/// `pg_advisory_xact_lock` key that serialises schema migrations of concurrent starts.
+const MIGRATION_LOCK: i64 = 0x6563_725f_7363_6865; // "ecr_sche"
+
+/// The PostgreSQL store. Connections come from a pool of 16; the schema is created or
+/// migrated when the store connects. TLS is not configured (`NoTls`): run it on a
+/// trusted network or a local socket.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn pg_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::backend(e)
+}
+
+const FOR_UPDATE: &str = " FOR UPDATE";
+
+fn to_config(row: &Row) -> Result<StoredConfig, StoreError> {
+    let name: String = row.try_get(0).map_err(pg_err)?;
+    Ok(StoredConfig {
+        name: ConfigName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        config_id: row.try_get(1).map_err(pg_err)?,
+        content: row.try_get(2).map_err(pg_err)?,
+        created: UnixMillis(row.try_get(3).map_err(pg_err)?),
+        updated: UnixMillis(row.try_get(4).map_err(pg_err)?),
+    })
+}
+
+async fn select_one(
+    client: &impl GenericClient,
+    endpoint_key: &str,
+    app_version: &str,
+    name: &str,
+    for_update: bool,
+) -> Result<Option<StoredConfig>, StoreError> {
+    let statement = if for_update {
+        client
+            .prepare_cached(&format!("{}{FOR_UPDATE}", sql::SELECT_ONE))
+            .await
+    } else {
+        client.prepare_cached(sql::SELECT_ONE).await
+    }
+    .map_err(pg_err)?;
+    client
+        .query_opt(&statement, &[&endpoint_key, &app_version, &name])
+        .await
+        .map_err(pg_err)?
+        .as_ref()
+        .map(to_config)
+        .transpose()
+}
+
+async fn put_in(
+    tx: &impl GenericClient,
+    scope: &Scope,
+    name: &ConfigName,
+    content: &Content,
+    precondition: &Precondition,
+    now: UnixMillis,
+) -> Result<PutOutcome, StoreError> {
+    let endpoint_key = scope.endpoint_key();
+    let app_version = scope.app_version().as_str();
+    let previous = select_one(tx, endpoint_key, app_version, name.as_str(), true).await?;
+    precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
+    if let Some(endpoint_id) = scope.endpoint_id() {
+        let s = tx.prepare_cached(sql::REMEMBER).await.map_err(pg_err)?;
+        tx.execute(&s, &[&endpoint_id.as_str(), &app_version])
+            .await
+            .map_err(pg_err)?;
+    }
+    if let Some(prev) = &previous
+        && prev.config_id == content.config_id
+    {
+        return Ok(PutOutcome {
+            config: prev.clone(),
+            changed: false,
+            previous,
+        });
+    }
+    let s = tx.prepare_cached(sql::UPSERT).await.map_err(pg_err)?;
+    tx.execute(
+        &s,
+        &[
+            &endpoint_key,
+            &app_version,
+            &name.as_str(),
+            &content.config_id,
+            &content.json,
+            &now.0,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
+    let config = StoredConfig {
+        name: name.clone(),
+        config_id: content.config_id.clone(),
+        content: content.json.clone(),
+        created: previous.as_ref().map_or(now, |p| p.created),
+        updated: now,
+    };
+    Ok(PutOutcome {
+        config,
+        changed: true,
+        previous,
+    })
+}
+
+impl PostgresStore {
+    /// Connects to `url` (a libpq-style `postgres://user[:password]@host[:port]/db`),
+    /// builds the pool and creates or migrates the schema.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(pg_err)?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pg_err)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_err)?;
+        tx.batch_execute(sql::VERSION_TABLE).await.map_err(pg_err)?;
+        let version: i32 = tx
+            .query_opt("SELECT version FROM ecr_schema_version", &[])
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?
+            .unwrap_or(0);
+        let current = usize::try_from(version)
+            .map_err(|_| StoreError::Corrupt("negative schema version".into()))?;
+        if current > sql::MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {current} is newer than this ECR ({})",
+                sql::MIGRATIONS.len()
+            )));
+        }
+        for migration in &sql::MIGRATIONS[current..] {
+            tx.batch_execute(migration).await.map_err(pg_err)?;
+        }
+        let latest = i32::try_from(sql::MIGRATIONS.len()).unwrap_or(i32::MAX);
+        tx.execute("DELETE FROM ecr_schema_version", &[])
+            .await
+            .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO ecr_schema_version (version) VALUES ($1)",
+            &[&latest],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+}
+
+#[async_trait]
+impl ConfigStore for PostgresStore {
+    async fn put(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        content: &Content,
+        precondition: &Precondition,
+        now: UnixMillis,
+    ) -> Result<PutOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let outcome = put_in(&tx, scope, name, content, precondition, now).await?;
+        if outcome.changed || scope.endpoint_id().is_some() {
+            tx.commit().await.map_err(pg_err)?;
+        }
+        Ok(outcome)
+    }
+
+    async fn get(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        let client = self.client().await?;
+        select_one(
+            &client,
+            scope.endpoint_key(),
+            scope.app_version().as_str(),
+            name.as_str(),
+            false,
+        )
+        .await
+    }
+
+    async fn list(&self, scope: &Scope) -> Result<Vec<StoredConfig>, StoreError> {
+        let client = self.client().await?;
+        let s = client
+            .prepare_cached(sql::SELECT_SCOPE)
+            .await
+            .map_err(pg_err)?;
+        client
+            .query(&s, &[&scope.endpoint_key(), &scope.app_version().as_str()])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(to_config)
+            .collect()
+    }
+
+    async fn delete(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        precondition: &Precondition,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let (endpoint_key, app_version) = (scope.endpoint_key(), scope.app_version().as_str());
+        let previous = select_one(&tx, endpoint_key, app_version, name.as_str(), true).await?;
+        precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
+        if previous.is_some() {
+            let s = tx.prepare_cached(sql::DELETE_ONE).await.map_err(pg_err)?;
+            tx.execute(&s, &[&endpoint_key, &app_version, &name.as_str()])
+                .await
+                .map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)?;
+        }
+        Ok(previous)
+    }
+
+    async fn put_batch(
+        &self,
+        targets: &[BatchTarget],
+        name: &ConfigName,
+        content: &Content,
+        now: UnixMillis,
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let mut outcomes = Vec::with_capacity(targets.len());
+        for t in targets {
+            let scope = Scope::Endpoint {
+                endpoint_id: t.endpoint_id.clone(),
+                app_version: t.app_version.clone(),
+            };
+            outcomes.push(put_in(&tx, &scope, name, content, &Precondition::None, now).await?);
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(outcomes)
+    }
+
+    async fn effective(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Option<(StoredConfig, Source)>, StoreError> {
+        let client = self.client().await?;
+        // One statement, so one snapshot: the endpoint's row sorts first when present.
+        let s = client
+            .prepare_cached(
+                "SELECT name, config_id, content, created_ms, updated_ms, endpoint_id FROM configs \
+                 WHERE endpoint_id IN ($1, '') AND app_version = $2 AND name = $3 \
+                 ORDER BY endpoint_id DESC LIMIT 1",
+            )
+            .await
+            .map_err(pg_err)?;
+        let row = client
+            .query_opt(
+                &s,
+                &[&endpoint_id.as_str(), &app_version.as_str(), &name.as_str()],
+            )
+            .await
+            .map_err(pg_err)?;
+        row.map(|row| {
+            let endpoint: String = row.try_get(5).map_err(pg_err)?;
+            let source = if endpoint.is_empty() {
+                Source::Default
+            } else {
+                Source::Endpoint
+            };
+            Ok((to_config(&row)?, source))
+        })
+        .transpose()
+    }
+
+    async fn delete_endpoint(&self, endpoint_id: &EndpointId) -> Result<u64, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let id = endpoint_id.as_str();
+        let n = tx
+            .execute(sql::DELETE_ENDPOINT_CONFIGS, &[&id])
+            .await
+            .map_err(pg_err)?;
+        tx.execute(sql::DELETE_ENDPOINT_KNOWN, &[&id])
+            .await
+            .map_err(pg_err)?;
+        tx.execute(sql::DELETE_ENDPOINT_STATUSES, &[&id])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(n)
+    }
+
+    async fn remember_endpoint(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let s = client.prepare_cached(sql::REMEMBER).await.map_err(pg_err)?;
+        let n = client
+            .execute(&s, &[&endpoint_id.as_str(), &app_version.as_str()])
+            .await
+            .map_err(pg_err)?;
+        Ok(n > 0)
+    }
+
+    async fn forget_endpoint(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(sql::FORGET, &[&endpoint_id.as_str(), &app_version.as_str()])
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn endpoints_following_default(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Vec<EndpointId>, StoreError> {
+        let client = self.client().await?;
+        let s = client
+            .prepare_cached(sql::FOLLOWING_DEFAULT)
+            .await
+            .map_err(pg_err)?;
+        client
+            .query(&s, &[&app_version.as_str(), &name.as_str()])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                let id: String = r.try_get(0).map_err(pg_err)?;
+                EndpointId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn record_status(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        config_id: &str,
+        event: &StatusEvent,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let (e, a, n) = (endpoint_id.as_str(), app_version.as_str(), name.as_str());
+        match event {
+            StatusEvent::Dispatched => {
+                let s = client
+                    .prepare_cached(sql::STATUS_DISPATCHED)
+                    .await
+                    .map_err(pg_err)?;
+                client.execute(&s, &[&e, &a, &n, &config_id, &now.0]).await
+            }
+            StatusEvent::Confirmed {
+                status_code,
+                reason_phrase,
+            } => {
+                let s = client
+                    .prepare_cached(sql::STATUS_CONFIRMED)
+                    .await
+                    .map_err(pg_err)?;
+                let status = confirmed_status(*status_code).as_str();
+                client
+                    .execute(
+                        &s,
+                        &[
+                            &e,
+                            &a,
+                            &n,
+                            &config_id,
+                            &status,
+                            status_code,
+                            reason_phrase,
+                            &now.0,
+                        ],
+                    )
+                    .await
+            }
+        }
+        .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, StoreError> {
+        let mut client = self.client().await?;
+        // Repeatable read: the count and the page see the same snapshot.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let endpoint = query.endpoint_id.as_str();
+        let app = query.app_version.as_ref().map(AppVersionName::as_str);
+        let config_id = query.config_id.as_deref();
+        let count = tx
+            .prepare_cached(&sql::status_count())
+            .await
+            .map_err(pg_err)?;
+        let total: i64 = tx
+            .query_one(&count, &[&endpoint, &app, &config_id])
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        let limit = i64::from(query.size);
+        let offset = i64::from(query.page) * limit;
+        let page = tx
+            .prepare_cached(&sql::status_page())
+            .await
+            .map_err(pg_err)?;
+        let rows = tx
+            .query(&page, &[&endpoint, &app, &config_id, &limit, &offset])
+            .await
+            .map_err(pg_err)?;
+        let content = rows
+            .iter()
+            .map(|r| {
+                let row: StatusRow = (
+                    r.try_get(0).map_err(pg_err)?,
+                    r.try_get(1).map_err(pg_err)?,
+                    r.try_get(2).map_err(pg_err)?,
+                    r.try_get(3).map_err(pg_err)?,
+                    r.try_get(4).map_err(pg_err)?,
+                    r.try_get(5).map_err(pg_err)?,
+                    r.try_get(6).map_err(pg_err)?,
+                    r.try_get(7).map_err(pg_err)?,
+                    r.try_get(8).map_err(pg_err)?,
+                );
+                status_record(row)
+            })
+            .collect::<Result<_, _>>()?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Page {
+            content,
+            total_elements: u64::try_from(total).unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,584 @@
+//! The embedded store: SQLite (bundled) in one file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use kaa_ism::UnixMillis;
+
+use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StoreError, sql};
+use crate::ecr::model::{
+    AppVersionName, ConfigName, Content, DeliveryStatus, EndpointId, Page, Scope, Source,
+    StatusEvent, StatusQuery, StatusRecord, StoredConfig,
+};
+
+/// How many idle read connections are kept.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
+///
+/// Writes go through one connection (SQLite has one writer at a time anyway) inside
+/// `BEGIN IMMEDIATE` transactions; reads use a small pool of connections so they run
+/// beside writes (WAL readers do not block the writer). Every call runs on tokio's
+/// blocking pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sqlite_err(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(sqlite_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sqlite_err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(sqlite_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "{}: could not switch to WAL (journal_mode={mode})",
+            path.display()
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL;")
+        .map_err(sqlite_err)?;
+    Ok(conn)
+}
+
+/// Turns the shared `$n` placeholders into SQLite's `?n`.
+fn q(statement: &str) -> String {
+    statement.replace('$', "?")
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sqlite_err)?;
+    tx.execute_batch(sql::VERSION_TABLE).map_err(sqlite_err)?;
+    let version: Option<i64> = tx
+        .query_row("SELECT version FROM ecr_schema_version", [], |r| r.get(0))
+        .optional()
+        .map_err(sqlite_err)?;
+    let current = usize::try_from(version.unwrap_or(0))
+        .map_err(|_| StoreError::Corrupt("negative schema version".into()))?;
+    if current > sql::MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "schema version {current} is newer than this ECR ({})",
+            sql::MIGRATIONS.len()
+        )));
+    }
+    for migration in &sql::MIGRATIONS[current..] {
+        tx.execute_batch(migration).map_err(sqlite_err)?;
+    }
+    let latest = i64::try_from(sql::MIGRATIONS.len()).unwrap_or(i64::MAX);
+    tx.execute("DELETE FROM ecr_schema_version", [])
+        .map_err(sqlite_err)?;
+    tx.execute(
+        "INSERT INTO ecr_schema_version (version) VALUES (?1)",
+        [latest],
+    )
+    .map_err(sqlite_err)?;
+    tx.commit().map_err(sqlite_err)
+}
+
+fn row_to_config(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i64, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn to_config(
+    (name, config_id, content, created, updated): (String, String, String, i64, i64),
+) -> Result<StoredConfig, StoreError> {
+    Ok(StoredConfig {
+        name: ConfigName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        config_id,
+        content,
+        created: UnixMillis(created),
+        updated: UnixMillis(updated),
+    })
+}
+
+fn select_one(
+    conn: &Connection,
+    endpoint_key: &str,
+    app_version: &str,
+    name: &str,
+) -> Result<Option<StoredConfig>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&q(sql::SELECT_ONE))
+        .map_err(sqlite_err)?;
+    stmt.query_row(params![endpoint_key, app_version, name], row_to_config)
+        .optional()
+        .map_err(sqlite_err)?
+        .map(to_config)
+        .transpose()
+}
+
+fn put_in(
+    tx: &Transaction<'_>,
+    scope: &Scope,
+    name: &ConfigName,
+    content: &Content,
+    precondition: &Precondition,
+    now: UnixMillis,
+) -> Result<PutOutcome, StoreError> {
+    let endpoint_key = scope.endpoint_key();
+    let app_version = scope.app_version().as_str();
+    let previous = select_one(tx, endpoint_key, app_version, name.as_str())?;
+    precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
+    if let Some(endpoint_id) = scope.endpoint_id() {
+        tx.prepare_cached(&q(sql::REMEMBER))
+            .and_then(|mut s| s.execute(params![endpoint_id.as_str(), app_version]))
+            .map_err(sqlite_err)?;
+    }
+    if let Some(prev) = &previous
+        && prev.config_id == content.config_id
+    {
+        return Ok(PutOutcome {
+            config: prev.clone(),
+            changed: false,
+            previous,
+        });
+    }
+    tx.prepare_cached(&q(sql::UPSERT))
+        .and_then(|mut s| {
+            s.execute(params![
+                endpoint_key,
+                app_version,
+                name.as_str(),
+                content.config_id,
+                content.json,
+                now.0
+            ])
+        })
+        .map_err(sqlite_err)?;
+    let config = StoredConfig {
+        name: name.clone(),
+        config_id: content.config_id.clone(),
+        content: content.json.clone(),
+        created: previous.as_ref().map_or(now, |p| p.created),
+        updated: now,
+    };
+    Ok(PutOutcome {
+        config,
+        changed: true,
+        previous,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and migrates its schema.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut writer = open_connection(&path)?;
+            migrate(&mut writer)?;
+            Ok(Self {
+                inner: Arc::new(Inner {
+                    path,
+                    writer: Mutex::new(writer),
+                    readers: Mutex::new(Vec::new()),
+                }),
+            })
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection and commits
+    /// (synced to disk) if it returns `Ok`.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer connection poisoned".into()))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite_err)?;
+            let value = f(&tx)?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(value)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    /// Runs `f` in a read transaction on a pooled reader connection.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().ok().and_then(|mut pool| pool.pop());
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => open_connection(&inner.path)?,
+            };
+            let result = (|| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Deferred)
+                    .map_err(sqlite_err)?;
+                let value = f(&tx)?;
+                tx.commit().map_err(sqlite_err)?;
+                Ok(value)
+            })();
+            if let Ok(mut pool) = inner.readers.lock()
+                && pool.len() < MAX_IDLE_READERS
+            {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+}
+
+#[async_trait]
+impl ConfigStore for SqliteStore {
+    async fn put(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        content: &Content,
+        precondition: &Precondition,
+        now: UnixMillis,
+    ) -> Result<PutOutcome, StoreError> {
+        let (scope, name, content, precondition) = (
+            scope.clone(),
+            name.clone(),
+            content.clone(),
+            precondition.clone(),
+        );
+        self.write(move |tx| put_in(tx, &scope, &name, &content, &precondition, now))
+            .await
+    }
+
+    async fn get(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        let endpoint_key = scope.endpoint_key().to_owned();
+        let app_version = scope.app_version().as_str().to_owned();
+        let name = name.as_str().to_owned();
+        self.read(move |tx| select_one(tx, &endpoint_key, &app_version, &name))
+            .await
+    }
+
+    async fn list(&self, scope: &Scope) -> Result<Vec<StoredConfig>, StoreError> {
+        let endpoint_key = scope.endpoint_key().to_owned();
+        let app_version = scope.app_version().as_str().to_owned();
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(&q(sql::SELECT_SCOPE))
+                .map_err(sqlite_err)?;
+            let rows = stmt
+                .query_map(params![endpoint_key, app_version], row_to_config)
+                .map_err(sqlite_err)?;
+            rows.map(|r| r.map_err(sqlite_err).and_then(to_config))
+                .collect()
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        precondition: &Precondition,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        let endpoint_key = scope.endpoint_key().to_owned();
+        let app_version = scope.app_version().as_str().to_owned();
+        let name = name.as_str().to_owned();
+        let precondition = precondition.clone();
+        self.write(move |tx| {
+            let previous = select_one(tx, &endpoint_key, &app_version, &name)?;
+            precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
+            if previous.is_some() {
+                tx.prepare_cached(&q(sql::DELETE_ONE))
+                    .and_then(|mut s| s.execute(params![endpoint_key, app_version, name]))
+                    .map_err(sqlite_err)?;
+            }
+            Ok(previous)
+        })
+        .await
+    }
+
+    async fn put_batch(
+        &self,
+        targets: &[BatchTarget],
+        name: &ConfigName,
+        content: &Content,
+        now: UnixMillis,
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        let (targets, name, content) = (targets.to_vec(), name.clone(), content.clone());
+        self.write(move |tx| {
+            targets
+                .into_iter()
+                .map(|t| {
+                    let scope = Scope::Endpoint {
+                        endpoint_id: t.endpoint_id,
+                        app_version: t.app_version,
+                    };
+                    put_in(tx, &scope, &name, &content, &Precondition::None, now)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn effective(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Option<(StoredConfig, Source)>, StoreError> {
+        let endpoint_id = endpoint_id.as_str().to_owned();
+        let app_version = app_version.as_str().to_owned();
+        let name = name.as_str().to_owned();
+        self.read(move |tx| {
+            if let Some(c) = select_one(tx, &endpoint_id, &app_version, &name)? {
+                return Ok(Some((c, Source::Endpoint)));
+            }
+            Ok(select_one(tx, "", &app_version, &name)?.map(|c| (c, Source::Default)))
+        })
+        .await
+    }
+
+    async fn delete_endpoint(&self, endpoint_id: &EndpointId) -> Result<u64, StoreError> {
+        let endpoint_id = endpoint_id.as_str().to_owned();
+        self.write(move |tx| {
+            let n = tx
+                .execute(&q(sql::DELETE_ENDPOINT_CONFIGS), [&endpoint_id])
+                .map_err(sqlite_err)?;
+            tx.execute(&q(sql::DELETE_ENDPOINT_KNOWN), [&endpoint_id])
+                .map_err(sqlite_err)?;
+            tx.execute(&q(sql::DELETE_ENDPOINT_STATUSES), [&endpoint_id])
+                .map_err(sqlite_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn remember_endpoint(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+    ) -> Result<bool, StoreError> {
+        let endpoint_id = endpoint_id.as_str().to_owned();
+        let app_version = app_version.as_str().to_owned();
+        self.write(move |tx| {
+            let n = tx
+                .prepare_cached(&q(sql::REMEMBER))
+                .and_then(|mut s| s.execute(params![endpoint_id, app_version]))
+                .map_err(sqlite_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn forget_endpoint(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+    ) -> Result<(), StoreError> {
+        let endpoint_id = endpoint_id.as_str().to_owned();
+        let app_version = app_version.as_str().to_owned();
+        self.write(move |tx| {
+            tx.execute(&q(sql::FORGET), params![endpoint_id, app_version])
+                .map_err(sqlite_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn endpoints_following_default(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Vec<EndpointId>, StoreError> {
+        let app_version = app_version.as_str().to_owned();
+        let name = name.as_str().to_owned();
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(&q(sql::FOLLOWING_DEFAULT))
+                .map_err(sqlite_err)?;
+            let rows = stmt
+                .query_map(params![app_version, name], |r| r.get::<_, String>(0))
+                .map_err(sqlite_err)?;
+            rows.map(|r| {
+                r.map_err(sqlite_err).and_then(|id| {
+                    EndpointId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn record_status(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        config_id: &str,
+        event: &StatusEvent,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let key = [
+            endpoint_id.as_str().to_owned(),
+            app_version.as_str().to_owned(),
+            name.as_str().to_owned(),
+            config_id.to_owned(),
+        ];
+        let event = event.clone();
+        self.write(move |tx| {
+            let [e, a, n, c] = &key;
+            match &event {
+                StatusEvent::Dispatched => tx
+                    .prepare_cached(&q(sql::STATUS_DISPATCHED))
+                    .and_then(|mut s| s.execute(params![e, a, n, c, now.0])),
+                StatusEvent::Confirmed {
+                    status_code,
+                    reason_phrase,
+                } => {
+                    let status = confirmed_status(*status_code);
+                    tx.prepare_cached(&q(sql::STATUS_CONFIRMED))
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                e,
+                                a,
+                                n,
+                                c,
+                                status.as_str(),
+                                status_code,
+                                reason_phrase,
+                                now.0
+                            ])
+                        })
+                }
+            }
+            .map_err(sqlite_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, StoreError> {
+        let query = query.clone();
+        self.read(move |tx| {
+            let endpoint = query.endpoint_id.as_str();
+            let app = query.app_version.as_ref().map(AppVersionName::as_str);
+            let config_id = query.config_id.as_deref();
+            let total: i64 = tx
+                .prepare_cached(&q(&sql::status_count()))
+                .and_then(|mut s| s.query_row(params![endpoint, app, config_id], |r| r.get(0)))
+                .map_err(sqlite_err)?;
+            let limit = i64::from(query.size);
+            let offset = i64::from(query.page) * limit;
+            let mut stmt = tx
+                .prepare_cached(&q(&sql::status_page()))
+                .map_err(sqlite_err)?;
+            let rows = stmt
+                .query_map(params![endpoint, app, config_id, limit, offset], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                        r.get::<_, Option<i32>>(7)?,
+                        r.get::<_, Option<String>>(8)?,
+                    ))
+                })
+                .map_err(sqlite_err)?;
+            let content = rows
+                .map(|r| r.map_err(sqlite_err).and_then(status_record))
+                .collect::<Result<_, _>>()?;
+            Ok(Page {
+                content,
+                total_elements: u64::try_from(total).unwrap_or(0),
+            })
+        })
+        .await
+    }
+}
+
+/// The status a confirmation with `status_code` leads to.
+pub(crate) fn confirmed_status(status_code: i32) -> DeliveryStatus {
+    if (200..300).contains(&status_code) {
+        DeliveryStatus::Applied
+    } else {
+        DeliveryStatus::Rejected
+    }
+}
+
+/// A status row as the stores read it.
+pub(crate) type StatusRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i32>,
+    Option<String>,
+);
+
+pub(crate) fn status_record(
+    (endpoint_id, app_version, name, config_id, status, dispatched, confirmed, code, reason): StatusRow,
+) -> Result<StatusRecord, StoreError> {
+    Ok(StatusRecord {
+        endpoint_id,
+        app_version,
+        name,
+        config_id,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
+        last_dispatched: dispatched.map(UnixMillis),
+        last_confirmed: confirmed.map(UnixMillis),
+        status_code: code,
+        reason_phrase: reason,
+    })
+}

@@ -1,0 +1,213 @@
+//! KPC on the message bus: the 4/ESP `ExtensionData` listener and the 9/ELCE
+//! connectivity event publisher.
+//!
+//! - `ExtensionData` arrives on the instance-wide subject
+//!   `kaa.v1.service.<instance>.esp.ExtensionData` (queue group `<instance>`, so
+//!   that one replica takes each) and on the replica subject
+//!   `kaa.v1.replica.<replica>.esp.ExtensionData` (the `replyTo` of every
+//!   `ClientData` this replica forwards). Each is decoded and handed to the session
+//!   that owns its endpoint; see the [module docs](super) for what happens when
+//!   none does.
+//! - `connected` / `disconnected` go out on
+//!   `kaa.v1.events.<instance>.endpoint.connectivity.{connected,disconnected}`, in
+//!   the order the sessions' ownership changes happened, with `originatorReplicaId`
+//!   = the replica ID, a fresh UUID as `correlationId` and `timeout` 0.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kaa_bus::Message;
+use kaa_elce::{ConnectedEvent, DisconnectedEvent, EndpointEvent};
+use kaa_esp::ExtensionData;
+use kaa_esp::subject::{ListenerFilters, MessageType};
+use kaa_ism::UnixMillis;
+use kaa_ism::avro::Decode;
+use kaa_ism::common::CommonFields;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use super::hub::{Command, EndpointEntry, EventOut};
+
+fn now() -> UnixMillis {
+    UnixMillis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+    )
+}
+
+/// The bus-side tasks of a running KPC.
+#[derive(Debug)]
+pub(crate) struct BusTasks {
+    listener: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    events: mpsc::UnboundedSender<EventOut>,
+}
+
+impl BusTasks {
+    /// Waits until every event queued so far is published, then stops both tasks.
+    pub(crate) async fn shutdown(self) {
+        self.listener.abort();
+        let (done, flushed) = oneshot::channel();
+        if self.events.send(EventOut::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flushed).await;
+        }
+        self.publisher.abort();
+    }
+}
+
+/// Subscribes to ExtensionData and starts the listener and the event publisher.
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    events_tx: mpsc::UnboundedSender<EventOut>,
+    events_rx: mpsc::UnboundedReceiver<EventOut>,
+) -> Result<BusTasks, super::StartError> {
+    let settings = &shared.settings;
+    let filters = ListenerFilters::new(
+        &settings.instance,
+        &settings.replica_id,
+        MessageType::ExtensionData,
+    )
+    .map_err(|e| {
+        super::StartError::Config(crate::service::ConfigError::Invalid(format!(
+            "instance or replica name: {e}"
+        )))
+    })?;
+    let wide = shared
+        .bus
+        .subscribe(filters.instance_wide.as_str(), Some(&filters.queue_group))
+        .await?;
+    let replica = shared.bus.subscribe(filters.replica.as_str(), None).await?;
+    // In effect on the server before KPC accepts devices (a flush alone is not).
+    if !kaa_bus::subscription_barrier(shared.bus.as_ref(), std::time::Duration::from_secs(5))
+        .await?
+    {
+        tracing::warn!("bus did not confirm KPC's subscriptions within 5 s");
+    }
+    let listener = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut messages = futures::stream::select(wide, replica);
+            while let Some(message) = messages.next().await {
+                route_extension_data(&shared, &message);
+            }
+            tracing::warn!("ExtensionData subscriptions ended");
+        })
+    };
+    let publisher = tokio::spawn(publish_events(shared, events_rx));
+    Ok(BusTasks {
+        listener,
+        publisher,
+        events: events_tx,
+    })
+}
+
+/// Decodes one ExtensionData and hands it to the session that owns its endpoint.
+fn route_extension_data(shared: &Shared, message: &Message) {
+    let metrics = &shared.metrics;
+    let data = match ExtensionData::decode(&message.payload) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(subject = %message.subject, error = %e, "malformed ExtensionData");
+            metrics.extension_data("malformed");
+            return;
+        }
+    };
+    if data.is_expired(now()) {
+        metrics.extension_data("expired");
+        return;
+    }
+    let Some(endpoint_id) = data.endpoint_id.as_deref() else {
+        // Endpoint-unaware extensions have no session to go to.
+        metrics.extension_data("unmatched");
+        return;
+    };
+    let Some(session) = shared.hub.route(endpoint_id) else {
+        tracing::debug!(
+            endpoint_id,
+            "ExtensionData for an endpoint with no session here"
+        );
+        metrics.extension_data("no_session");
+        return;
+    };
+    match session.tx.try_send(Command::Deliver(data.into_owned())) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(
+                session = session.id,
+                "session queue full; ExtensionData dropped"
+            );
+            metrics.extension_data("queue_full");
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => metrics.extension_data("no_session"),
+    }
+}
+
+fn map_of(endpoints: &[EndpointEntry]) -> kaa_elce::Map<'_, Cow<'_, str>> {
+    endpoints
+        .iter()
+        .map(|(id, version)| (Cow::Borrowed(&**id), Cow::Borrowed(&**version)))
+        .collect()
+}
+
+async fn publish_event<E: EndpointEvent>(shared: &Shared, event: &E, name: &'static str) {
+    let subject = match E::subject(&shared.settings.instance) {
+        Ok(s) => s.to_string(),
+        Err(e) => {
+            tracing::error!(error = %e, "invalid event subject");
+            return;
+        }
+    };
+    match shared
+        .bus
+        .publish(&subject, Bytes::from(event.to_vec()))
+        .await
+    {
+        Ok(()) => shared.metrics.event(name),
+        Err(e) => {
+            shared.metrics.error("bus");
+            tracing::warn!(error = %e, subject, "could not publish a connectivity event");
+        }
+    }
+}
+
+/// Publishes the queued connectivity events, one at a time, in queue order.
+async fn publish_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<EventOut>) {
+    let replica = shared.settings.replica_id.clone();
+    while let Some(event) = rx.recv().await {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        match event {
+            EventOut::Connected { endpoints, done } => {
+                let event = ConnectedEvent {
+                    correlation_id: correlation_id.into(),
+                    timestamp: now().0,
+                    timeout: 0,
+                    endpoints: map_of(&endpoints),
+                    originator_replica_id: replica.as_str().into(),
+                };
+                publish_event(&shared, &event, "connected").await;
+                let _ = done.send(());
+            }
+            EventOut::Disconnected { endpoints } => {
+                let event = DisconnectedEvent {
+                    correlation_id: correlation_id.into(),
+                    timestamp: now().0,
+                    timeout: 0,
+                    endpoints: map_of(&endpoints),
+                    originator_replica_id: replica.as_str().into(),
+                };
+                publish_event(&shared, &event, "disconnected").await;
+            }
+            EventOut::Flush(done) => {
+                if let Err(e) = shared.bus.flush().await {
+                    tracing::warn!(error = %e, "bus flush failed");
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+}

@@ -1,0 +1,632 @@
+//! The KPC service configuration (YAML).
+//!
+//! Kaa's keys where they exist (`service.instance.…`, `nats.urls`), plus KPC's own
+//! under `kpc`. Unknown keys inside `kpc` are errors (a typo must not silently
+//! turn authentication off); other top-level sections are ignored, so one file
+//! can configure several services.
+//!
+//! ```yaml
+//! service:
+//!   instance:
+//!     name: kpc                   # NATS service instance name: ExtensionData subject, queue group, ELCE originator
+//!     replica:
+//!       id: kpc-1                 # replica subject (replyTo of ClientData), originatorReplicaId
+//! nats:
+//!   urls: [nats://127.0.0.1:4222] # absent: the in-memory bus
+//! kpc:
+//!   mqtt:
+//!     listen: 0.0.0.0:1883
+//!     auth:                       # absent: anonymous clients are accepted
+//!       enabled: true
+//!       users:
+//!         - username: devices
+//!           password: { env: KPC_MQTT_PASSWORD }
+//!     max-connections: 10000      # further TCP connections are closed at once
+//!     max-inflight: 64            # per session: requests waiting for an extension, QoS 1 deliveries waiting for PUBACK
+//!     max-endpoints-per-session: 1000  # endpoint tokens one session (a gateway) may use
+//!     max-payload: 256KiB         # larger PUBLISH payloads: 413 (or the connection closes if the packet is larger still)
+//!     connect-timeout: 10s        # from TCP accept to CONNECT
+//!     request-timeout: 60s        # ClientData timeout; how long a request waits for its answer
+//!     write-timeout: 10s          # a client that does not read for this long is disconnected
+//!   http:
+//!     listen: 127.0.0.1:8081      # /health and /metrics; absent: not served
+//!   extension-instances: [cmx, cmx_ota]  # absent or empty: any valid name
+//!   endpoint-tokens:
+//!     JTjdbENzHh: 7ad263ec-3347-4c7d-af89-50c67061367a          # token: endpoint ID
+//!     kettle-42:                                               # or with the app version it is valid for
+//!       endpoint-id: 2f1c5a70-9b7e-4c4e-8c1a-0d4f3c1f0e42
+//!       app-version: smart-kettle-v3
+//!   accept-any-token: false       # true: an unknown token is its own endpoint ID (development, load tests)
+//! ```
+//!
+//! Durations are a number of seconds or a number with `ms`, `s`, `m` or `h`; sizes a
+//! number of bytes or a number with `KiB` or `MiB`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::service::{ConfigError, Secret};
+
+/// Default `kpc.mqtt.max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `kpc.mqtt.max-inflight`.
+pub const DEFAULT_MAX_INFLIGHT: usize = 64;
+/// Default `kpc.mqtt.max-endpoints-per-session`.
+pub const DEFAULT_MAX_ENDPOINTS_PER_SESSION: usize = 1_000;
+/// Default `kpc.mqtt.max-payload`: 256 KiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 256 * 1024;
+/// Default `kpc.mqtt.connect-timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `kpc.mqtt.request-timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `kpc.mqtt.write-timeout`.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest timeout the configuration accepts.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The whole KPC configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct KpcConfig {
+    /// `service.instance.{name, replica.id}`.
+    #[serde(default)]
+    pub service: ServiceSection,
+    /// `nats.urls`; absent: the in-memory bus.
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
+    /// KPC's own keys.
+    pub kpc: KpcSection,
+}
+
+/// `service`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServiceSection {
+    /// `service.instance`.
+    #[serde(default)]
+    pub instance: InstanceSection,
+}
+
+/// `service.instance`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct InstanceSection {
+    /// `service.instance.name`, default `kpc`.
+    #[serde(default = "default_instance_name")]
+    pub name: String,
+    /// `service.instance.replica.id`, default `<name>-1`.
+    #[serde(default)]
+    pub replica: Option<ReplicaSection>,
+}
+
+impl Default for InstanceSection {
+    fn default() -> Self {
+        Self {
+            name: default_instance_name(),
+            replica: None,
+        }
+    }
+}
+
+fn default_instance_name() -> String {
+    "kpc".to_owned()
+}
+
+/// `service.instance.replica`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ReplicaSection {
+    /// `service.instance.replica.id`.
+    pub id: String,
+}
+
+/// `nats`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NatsSection {
+    /// `nats.urls`. Credentials come from the environment (see `kaa_bus::nats`).
+    pub urls: Vec<String>,
+}
+
+/// `kpc`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KpcSection {
+    /// `kpc.mqtt`: the MQTT listener.
+    pub mqtt: MqttSection,
+    /// `kpc.http`: `/health` and `/metrics`; absent: not served.
+    #[serde(default)]
+    pub http: Option<HttpSection>,
+    /// `kpc.extension-instances`: the extension instance names devices may address;
+    /// empty: any name that is a valid subject token.
+    #[serde(default)]
+    pub extension_instances: Vec<String>,
+    /// `kpc.endpoint-tokens`: endpoint token → endpoint ID (and optionally the app
+    /// version the token is valid for).
+    #[serde(default)]
+    pub endpoint_tokens: BTreeMap<String, TokenEntry>,
+    /// `kpc.accept-any-token`: an unknown token resolves to an endpoint ID equal to
+    /// the token. For development and load tests only.
+    #[serde(default)]
+    pub accept_any_token: bool,
+}
+
+/// `kpc.mqtt`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MqttSection {
+    /// `kpc.mqtt.listen`: the MQTT address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// `kpc.mqtt.auth`; absent: anonymous clients are accepted.
+    #[serde(default)]
+    pub auth: Option<MqttAuthSection>,
+    /// `kpc.mqtt.max-connections`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// `kpc.mqtt.max-inflight`: per session, the most requests waiting for an
+    /// extension's answer and the most QoS 1 deliveries waiting for PUBACK.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// `kpc.mqtt.max-endpoints-per-session`: the most endpoint tokens one session
+    /// (e.g. a gateway) may use.
+    #[serde(default = "default_max_endpoints_per_session")]
+    pub max_endpoints_per_session: usize,
+    /// `kpc.mqtt.max-payload`: the largest PUBLISH payload, in bytes.
+    #[serde(default = "default_max_payload", deserialize_with = "de_byte_size")]
+    pub max_payload: usize,
+    /// `kpc.mqtt.connect-timeout`: from TCP accept to a complete CONNECT.
+    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// `kpc.mqtt.request-timeout`: the 4/ESP `ClientData.timeout`, and how long
+    /// the session remembers a request waiting for its answer.
+    #[serde(default = "default_request_timeout", deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+    /// `kpc.mqtt.write-timeout`: a client that does not take what KPC writes for
+    /// this long is disconnected.
+    #[serde(default = "default_write_timeout", deserialize_with = "de_duration")]
+    pub write_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_max_inflight() -> usize {
+    DEFAULT_MAX_INFLIGHT
+}
+fn default_max_endpoints_per_session() -> usize {
+    DEFAULT_MAX_ENDPOINTS_PER_SESSION
+}
+fn default_max_payload() -> usize {
+    DEFAULT_MAX_PAYLOAD
+}
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+fn default_request_timeout() -> Duration {
+    DEFAULT_REQUEST_TIMEOUT
+}
+fn default_write_timeout() -> Duration {
+    DEFAULT_WRITE_TIMEOUT
+}
+
+/// `kpc.mqtt.auth`: MQTT CONNECT username and password.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MqttAuthSection {
+    /// `kpc.mqtt.auth.enabled`: must be said explicitly.
+    pub enabled: bool,
+    /// `kpc.mqtt.auth.users`.
+    #[serde(default)]
+    pub users: Vec<MqttUser>,
+}
+
+/// One MQTT user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MqttUser {
+    /// The CONNECT username.
+    pub username: String,
+    /// The CONNECT password, preferably `{ env: VAR }`.
+    pub password: Secret,
+}
+
+/// `kpc.http`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpSection {
+    /// `kpc.http.listen`: `/health` and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+/// One `kpc.endpoint-tokens` entry: an endpoint ID, or an endpoint ID with the
+/// app version the token is valid for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TokenEntry {
+    /// `token: <endpoint ID>`: valid for any app version.
+    EndpointId(String),
+    /// `token: { endpoint-id: …, app-version: … }`.
+    Detailed {
+        /// The endpoint ID.
+        #[serde(rename = "endpoint-id")]
+        endpoint_id: String,
+        /// The only app version the token is valid for; absent: any.
+        #[serde(rename = "app-version", default)]
+        app_version: Option<String>,
+    },
+}
+
+impl TokenEntry {
+    /// The endpoint ID.
+    pub fn endpoint_id(&self) -> &str {
+        match self {
+            TokenEntry::EndpointId(id)
+            | TokenEntry::Detailed {
+                endpoint_id: id, ..
+            } => id,
+        }
+    }
+
+    /// The app version the token is limited to, if any.
+    pub fn app_version(&self) -> Option<&str> {
+        match self {
+            TokenEntry::EndpointId(_) => None,
+            TokenEntry::Detailed { app_version, .. } => app_version.as_deref(),
+        }
+    }
+}
+
+/// Resolved MQTT credentials: `(username, password)` pairs; empty means anonymous.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    users: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.users.iter().map(|(u, _)| u.as_str()).collect();
+        f.debug_struct("Credentials")
+            .field("users", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Anonymous access: every CONNECT is accepted.
+    pub fn anonymous() -> Self {
+        Self::default()
+    }
+
+    /// These users (a username may appear more than once, with different passwords).
+    pub fn users(users: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self {
+            users: users.into_iter().collect(),
+        }
+    }
+
+    /// True when no credentials are required.
+    pub fn is_anonymous(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Checks a CONNECT's username and password (password compared in constant
+    /// time for equal lengths).
+    pub fn check(&self, username: &str, password: &str) -> bool {
+        let mut ok = false;
+        for (u, p) in &self.users {
+            // Evaluate every entry so that timing does not tell which user matched.
+            ok |= u == username && constant_time_eq(p.as_bytes(), password.as_bytes());
+        }
+        ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(usize),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Number(n) => Ok(n),
+        Size::Text(s) => crate::ecr::config::parse_byte_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Seconds(u64),
+        Text(String),
+    }
+    match Value::deserialize(d)? {
+        Value::Seconds(n) => Ok(Duration::from_secs(n)),
+        Value::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `30` (seconds), `500ms`, `10s`, `2m`, `1h`.
+///
+/// ```
+/// use std::time::Duration;
+/// use kaa_examples::kpc::config::parse_duration;
+/// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+/// assert!(parse_duration("soon").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (expected e.g. 30, 500ms, 10s, 2m)"))?;
+    let ms_per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (expected ms, s, m or h)"
+            ));
+        }
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
+}
+
+impl KpcConfig {
+    /// A configuration for the MQTT address `listen` with every default: instance
+    /// `kpc`, replica `kpc-1`, anonymous access, no tokens. For tests and embedding.
+    pub fn new(listen: SocketAddr) -> Self {
+        KpcConfig {
+            service: ServiceSection::default(),
+            nats: None,
+            kpc: KpcSection {
+                mqtt: MqttSection {
+                    listen,
+                    auth: None,
+                    max_connections: DEFAULT_MAX_CONNECTIONS,
+                    max_inflight: DEFAULT_MAX_INFLIGHT,
+                    max_endpoints_per_session: DEFAULT_MAX_ENDPOINTS_PER_SESSION,
+                    max_payload: DEFAULT_MAX_PAYLOAD,
+                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                    request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                    write_timeout: DEFAULT_WRITE_TIMEOUT,
+                },
+                http: None,
+                extension_instances: Vec::new(),
+                endpoint_tokens: BTreeMap::new(),
+                accept_any_token: false,
+            },
+        }
+    }
+
+    /// The instance name (`service.instance.name`).
+    pub fn instance_name(&self) -> &str {
+        &self.service.instance.name
+    }
+
+    /// The replica ID (`service.instance.replica.id`, default `<name>-1`).
+    pub fn replica_id(&self) -> String {
+        self.service.instance.replica.as_ref().map_or_else(
+            || format!("{}-1", self.service.instance.name),
+            |r| r.id.clone(),
+        )
+    }
+
+    /// Resolves the MQTT credentials (secrets from the environment).
+    pub fn credentials(&self) -> Result<Credentials, ConfigError> {
+        match &self.kpc.mqtt.auth {
+            Some(auth) if auth.enabled => {
+                let mut users = Vec::with_capacity(auth.users.len());
+                for user in &auth.users {
+                    users.push((user.username.clone(), user.password.resolve()?));
+                }
+                Ok(Credentials::users(users))
+            }
+            _ => Ok(Credentials::anonymous()),
+        }
+    }
+
+    /// Checks what serde cannot: names that become subject tokens, positive
+    /// limits, a usable auth setup.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let token = |name: &str, what: &str| {
+            kaa_ism::subject::validate_token(name, "name").map_err(|e| {
+                ConfigError::Invalid(format!("{what} {name:?} is not a valid subject token: {e}"))
+            })
+        };
+        token(&self.service.instance.name, "service.instance.name")?;
+        token(&self.replica_id(), "service.instance.replica.id")?;
+        for ext in &self.kpc.extension_instances {
+            token(ext, "kpc.extension-instances entry")?;
+        }
+        for (t, entry) in &self.kpc.endpoint_tokens {
+            kaa_kp::validate_subject_token(t, "endpoint token")
+                .and_then(|()| {
+                    kaa_kp::request_topic("app", "ext", t, "", kaa_kp::RequestId::new(1))
+                        .map(|_| ())
+                })
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("kpc.endpoint-tokens: token {t:?}: {e}"))
+                })?;
+            token(entry.endpoint_id(), "kpc.endpoint-tokens endpoint ID")?;
+            if let Some(v) = entry.app_version() {
+                token(v, "kpc.endpoint-tokens app version")?;
+            }
+        }
+        let mqtt = &self.kpc.mqtt;
+        if mqtt.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "kpc.mqtt.max-connections must be > 0".into(),
+            ));
+        }
+        if mqtt.max_inflight == 0 || mqtt.max_inflight > usize::from(u16::MAX) {
+            return Err(ConfigError::Invalid(
+                "kpc.mqtt.max-inflight must be between 1 and 65535".into(),
+            ));
+        }
+        if mqtt.max_endpoints_per_session == 0 {
+            return Err(ConfigError::Invalid(
+                "kpc.mqtt.max-endpoints-per-session must be > 0".into(),
+            ));
+        }
+        if mqtt.max_payload == 0 {
+            return Err(ConfigError::Invalid(
+                "kpc.mqtt.max-payload must be > 0".into(),
+            ));
+        }
+        for (value, key) in [
+            (mqtt.connect_timeout, "connect-timeout"),
+            (mqtt.request_timeout, "request-timeout"),
+            (mqtt.write_timeout, "write-timeout"),
+        ] {
+            if value.is_zero() || value > MAX_TIMEOUT {
+                return Err(ConfigError::Invalid(format!(
+                    "kpc.mqtt.{key} must be > 0 and at most 24h"
+                )));
+            }
+        }
+        if let Some(auth) = &mqtt.auth
+            && auth.enabled
+            && auth.users.is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "kpc.mqtt.auth.enabled is true but kpc.mqtt.auth.users is empty (no client could \
+                 connect); add users or set enabled: false"
+                    .into(),
+            ));
+        }
+        if let Some(nats) = &self.nats
+            && nats.urls.is_empty()
+        {
+            return Err(ConfigError::Invalid(
+                "nats.urls is empty (remove the nats section for the in-memory bus)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::parse_yaml;
+
+    const MINIMAL: &str = "kpc:\n  mqtt:\n    listen: 127.0.0.1:0\n";
+
+    #[test]
+    fn minimal_config_has_defaults() {
+        let c: KpcConfig = parse_yaml(MINIMAL, "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.instance_name(), "kpc");
+        assert_eq!(c.replica_id(), "kpc-1");
+        assert_eq!(c.kpc.mqtt.max_payload, DEFAULT_MAX_PAYLOAD);
+        assert_eq!(c.kpc.mqtt.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert!(c.credentials().unwrap().is_anonymous());
+    }
+
+    #[test]
+    fn the_sample_configuration_is_valid() {
+        let c: KpcConfig = parse_yaml(include_str!("../../config/kpc.yaml"), "kpc.yaml").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kpc.extension_instances, ["cmx", "cmx_ota"]);
+        assert!(c.nats.is_some());
+        let auth = c.kpc.mqtt.auth.as_ref().unwrap();
+        assert_eq!(
+            auth.users[0].password.to_string(),
+            "secret from $KPC_MQTT_PASSWORD"
+        );
+    }
+
+    #[test]
+    fn full_config() {
+        let text = "
+service: { instance: { name: kpc-eu, replica: { id: kpc-eu-7 } } }
+kpc:
+  mqtt:
+    listen: 127.0.0.1:0
+    auth: { enabled: true, users: [{ username: dev, password: s3cret }] }
+    max-payload: 1KiB
+    request-timeout: 1500ms
+    connect-timeout: 3
+  extension-instances: [cmx]
+  endpoint-tokens:
+    tok1: ep-1
+    tok2: { endpoint-id: ep-2, app-version: app-v2 }
+";
+        let c: KpcConfig = parse_yaml(text, "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.replica_id(), "kpc-eu-7");
+        assert_eq!(c.kpc.mqtt.max_payload, 1024);
+        assert_eq!(c.kpc.mqtt.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.kpc.mqtt.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.kpc.endpoint_tokens["tok1"].endpoint_id(), "ep-1");
+        assert_eq!(c.kpc.endpoint_tokens["tok2"].app_version(), Some("app-v2"));
+        let creds = c.credentials().unwrap();
+        assert!(creds.check("dev", "s3cret"));
+        assert!(!creds.check("dev", "s3cres"));
+        assert!(!creds.check("dev", ""));
+        assert!(!creds.check("other", "s3cret"));
+        assert!(!format!("{creds:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn invalid_configs_are_explained() {
+        let typo = MINIMAL.replace("listen", "lisen");
+        assert!(parse_yaml::<KpcConfig>(&typo, "t").is_err());
+        let cases = [
+            (
+                "service: { instance: { name: k.p.c } }\n",
+                "service.instance.name",
+            ),
+            ("  endpoint-tokens: { \"a/b\": ep }\n", "token \"a/b\""),
+            ("  endpoint-tokens: { tok: \"ep 1\" }\n", "endpoint ID"),
+            ("  extension-instances: [\"c*\"]\n", "extension-instances"),
+        ];
+        for (extra, expected) in cases {
+            let text = if extra.starts_with("service") {
+                format!("{extra}{MINIMAL}")
+            } else {
+                format!("{MINIMAL}{extra}")
+            };
+            let c: KpcConfig = parse_yaml(&text, "t").unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{err} (expected {expected})");
+        }
+        let no_users = format!("{MINIMAL}    auth: {{ enabled: true }}\n");
+        let c: KpcConfig = parse_yaml(&no_users, "t").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("users"));
+        let zero = format!("{MINIMAL}    max-inflight: 0\n");
+        let c: KpcConfig = parse_yaml(&zero, "t").unwrap();
+        assert!(c.validate().is_err());
+        let long = format!("{MINIMAL}    request-timeout: 25h\n");
+        let c: KpcConfig = parse_yaml(&long, "t").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("request-timeout")
+        );
+        assert!(parse_duration("10x").is_err());
+        assert!(
+            parse_yaml::<KpcConfig>(&format!("{MINIMAL}    write-timeout: fast\n"), "t").is_err()
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! The state KPC's sessions share: who owns which endpoint, which session has
+//! which MQTT client ID, and the ordered queue of 9/ELCE connectivity events.
+//!
+//! Every change of ownership happens under one lock, and the event it causes is
+//! queued under that same lock, so the events leave KPC in the order the
+//! ownership changed (a `disconnected` of a session that lost an endpoint can never
+//! overtake the `connected` of the session that took it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kaa_esp::ExtensionData;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// An endpoint ID → app version pair as 9/ELCE events carry it.
+pub(crate) type EndpointEntry = (Arc<str>, Arc<str>);
+
+/// What the bus side sends to a session.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// An ExtensionData for an endpoint this session owns.
+    Deliver(ExtensionData<'static>),
+}
+
+/// How to reach a session.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionHandle {
+    /// Unique per process.
+    pub(crate) id: u64,
+    /// Deliveries.
+    pub(crate) tx: mpsc::Sender<Command>,
+    /// Tells the session to close (its MQTT client ID was taken over).
+    pub(crate) kill: Arc<Notify>,
+}
+
+/// A 9/ELCE connectivity event to publish.
+#[derive(Debug)]
+pub(crate) enum EventOut {
+    /// `connected`; `done` fires once it is published (or failed).
+    Connected {
+        endpoints: Vec<EndpointEntry>,
+        done: oneshot::Sender<()>,
+    },
+    /// `disconnected`.
+    Disconnected { endpoints: Vec<EndpointEntry> },
+    /// Not an event: fires once everything queued before it is published.
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Debug)]
+struct Owner {
+    session: SessionHandle,
+    app_version: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    owners: HashMap<Arc<str>, Owner>,
+    clients: HashMap<String, SessionHandle>,
+}
+
+/// The shared state.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    state: Mutex<State>,
+    events: mpsc::UnboundedSender<EventOut>,
+    next_session: AtomicU64,
+}
+
+/// The result of [`Hub::claim`].
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// The session already owned the endpoint.
+    Owned,
+    /// The session now owns it; a `connected` event is queued, and the receiver
+    /// fires once it is published.
+    New(oneshot::Receiver<()>),
+}
+
+impl Hub {
+    pub(crate) fn new(events: mpsc::UnboundedSender<EventOut>) -> Self {
+        Hub {
+            state: Mutex::new(State::default()),
+            events,
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a
+        // way that matters more than losing the whole service; keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers `session` under its MQTT client ID; a previous session with the
+    /// same client ID is told to close (MQTT 3.1.1, 3.1.4-2).
+    pub(crate) fn register_client(&self, client_id: &str, session: &SessionHandle) {
+        let previous = self
+            .lock()
+            .clients
+            .insert(client_id.to_owned(), session.clone());
+        if let Some(previous) = previous
+            && previous.id != session.id
+        {
+            previous.kill.notify_one();
+        }
+    }
+
+    /// Makes `session` the owner of `endpoint_id`. A session that owned it before
+    /// loses it silently (its `disconnected` event will not list it).
+    pub(crate) fn claim(
+        &self,
+        endpoint_id: &Arc<str>,
+        app_version: &Arc<str>,
+        session: &SessionHandle,
+    ) -> Claim {
+        let mut state = self.lock();
+        if state
+            .owners
+            .get(endpoint_id)
+            .is_some_and(|o| o.session.id == session.id)
+        {
+            return Claim::Owned;
+        }
+        state.owners.insert(
+            Arc::clone(endpoint_id),
+            Owner {
+                session: session.clone(),
+                app_version: Arc::clone(app_version),
+            },
+        );
+        let (done, rx) = oneshot::channel();
+        // Queued under the lock: ordered with every other ownership change.
+        let _ = self.events.send(EventOut::Connected {
+            endpoints: vec![(Arc::clone(endpoint_id), Arc::clone(app_version))],
+            done,
+        });
+        Claim::New(rx)
+    }
+
+    /// Ends a session: releases the endpoints among `endpoints` it still owns
+    /// (queuing one `disconnected` event listing them) and its client ID.
+    /// Returns the endpoints released.
+    pub(crate) fn end_session<'a>(
+        &self,
+        session_id: u64,
+        client_id: &str,
+        endpoints: impl IntoIterator<Item = &'a Arc<str>>,
+    ) -> Vec<EndpointEntry> {
+        let mut state = self.lock();
+        let mut released = Vec::new();
+        for endpoint_id in endpoints {
+            if state
+                .owners
+                .get(endpoint_id)
+                .is_some_and(|o| o.session.id == session_id)
+                && let Some(owner) = state.owners.remove(endpoint_id)
+            {
+                released.push((Arc::clone(endpoint_id), owner.app_version));
+            }
+        }
+        if state
+            .clients
+            .get(client_id)
+            .is_some_and(|s| s.id == session_id)
+        {
+            state.clients.remove(client_id);
+        }
+        if !released.is_empty() {
+            let _ = self.events.send(EventOut::Disconnected {
+                endpoints: released.clone(),
+            });
+        }
+        released
+    }
+
+    /// The session that owns `endpoint_id`, if any.
+    pub(crate) fn route(&self, endpoint_id: &str) -> Option<SessionHandle> {
+        self.lock()
+            .owners
+            .get(endpoint_id)
+            .map(|o| o.session.clone())
+    }
+
+    /// How many endpoints are owned by some session.
+    #[cfg(test)]
+    pub(crate) fn endpoint_count(&self) -> usize {
+        self.lock().owners.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(hub: &Hub) -> (SessionHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(4);
+        (
+            SessionHandle {
+                id: hub.next_session_id(),
+                tx,
+                kill: Arc::new(Notify::new()),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn takeover_and_release_keep_events_consistent() {
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        let hub = Hub::new(etx);
+        let (a, _ra) = handle(&hub);
+        let (b, _rb) = handle(&hub);
+        let ep1: Arc<str> = "ep-1".into();
+        let ep2: Arc<str> = "ep-2".into();
+        let v: Arc<str> = "v1".into();
+        assert!(matches!(hub.claim(&ep1, &v, &a), Claim::New(_)));
+        assert!(matches!(hub.claim(&ep1, &v, &a), Claim::Owned));
+        assert!(matches!(hub.claim(&ep2, &v, &a), Claim::New(_)));
+        // B takes ep-1 over.
+        assert!(matches!(hub.claim(&ep1, &v, &b), Claim::New(_)));
+        assert_eq!(hub.route("ep-1").unwrap().id, b.id);
+        // A ends: only ep-2 is released.
+        let released = hub.end_session(a.id, "a", [&ep1, &ep2]);
+        assert_eq!(released, vec![(ep2.clone(), v.clone())]);
+        let kinds: Vec<String> = std::iter::from_fn(|| erx.try_recv().ok())
+            .map(|e| match e {
+                EventOut::Connected { endpoints, .. } => format!("+{}", endpoints[0].0),
+                EventOut::Disconnected { endpoints } => format!(
+                    "-{}",
+                    endpoints
+                        .iter()
+                        .map(|e| e.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                EventOut::Flush(_) => "flush".to_owned(),
+            })
+            .collect();
+        assert_eq!(kinds, ["+ep-1", "+ep-2", "+ep-1", "-ep-2"]);
+        assert_eq!(hub.endpoint_count(), 1);
+        // Ending B releases ep-1; ending it again releases nothing.
+        assert_eq!(hub.end_session(b.id, "b", [&ep1]).len(), 1);
+        assert!(hub.end_session(b.id, "b", [&ep1]).is_empty());
+        assert!(hub.route("ep-1").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_second_client_id_kills_the_first() {
+        let (etx, _erx) = mpsc::unbounded_channel();
+        let hub = Hub::new(etx);
+        let (a, _ra) = handle(&hub);
+        let (b, _rb) = handle(&hub);
+        hub.register_client("dev", &a);
+        hub.register_client("dev", &b);
+        // The permit is stored: A's next wait returns at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), a.kill.notified())
+            .await
+            .unwrap();
+        // A ending does not unregister B.
+        hub.end_session(a.id, "dev", []);
+        hub.register_client("dev", &a);
+        tokio::time::timeout(std::time::Duration::from_secs(1), b.kill.notified())
+            .await
+            .unwrap();
+    }
+}

@@ -1,0 +1,184 @@
+//! KPC's Prometheus metrics (prefix `kpc_`), served on `/metrics` when
+//! `kpc.http.listen` is set.
+//!
+//! | metric | labels | meaning |
+//! | --- | --- | --- |
+//! | `kpc_connections` | | open MQTT connections (gauge) |
+//! | `kpc_connections_accepted_total` | | TCP connections accepted |
+//! | `kpc_connections_closed_total` | `reason` | sessions ended: `disconnect`, `dropped`, `keep_alive`, `protocol_violation`, `taken_over`, `write_timeout`, `shutdown`, `refused` |
+//! | `kpc_connections_rejected_total` | | connections closed at once (over `max-connections`) |
+//! | `kpc_messages_in_total` | `kind` | PUBLISH received: `request` (forwarded as ClientData), `rejected` (answered or dropped by KPC) |
+//! | `kpc_messages_out_total` | `kind` | PUBLISH sent: `response`, `error`, `push` |
+//! | `kpc_extension_data_total` | `outcome` | ExtensionData received: `delivered`, `no_session`, `unmatched`, `expired`, `malformed`, `queue_full`, `inflight_full` |
+//! | `kpc_errors_total` | `kind` | `bad_topic`, `unknown_token`, `token_resolution`, `too_large`, `too_many_requests`, `bus`, `auth` |
+//! | `kpc_elce_events_total` | `event` | `connected`, `disconnected` published |
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::service::Metrics;
+
+/// A label with one value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventType {
+    event: &'static str,
+}
+
+/// The KPC metrics, registered in a [`Metrics`] registry.
+#[derive(Clone, Debug)]
+pub struct KpcMetrics {
+    registry: Metrics,
+    connections: Gauge,
+    accepted: Counter,
+    closed: Family<Reason, Counter>,
+    rejected: Counter,
+    messages_in: Family<Kind, Counter>,
+    messages_out: Family<Kind, Counter>,
+    extension_data: Family<Outcome, Counter>,
+    errors: Family<Kind, Counter>,
+    events: Family<EventType, Counter>,
+}
+
+impl Default for KpcMetrics {
+    fn default() -> Self {
+        Self::new(Metrics::new("kpc"))
+    }
+}
+
+impl KpcMetrics {
+    /// Registers the KPC metrics in `registry`.
+    pub fn new(registry: Metrics) -> Self {
+        let m = KpcMetrics {
+            registry,
+            connections: Gauge::default(),
+            accepted: Counter::default(),
+            closed: Family::default(),
+            rejected: Counter::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            extension_data: Family::default(),
+            errors: Family::default(),
+            events: Family::default(),
+        };
+        let r = &m.registry;
+        r.register(
+            "connections",
+            "Open MQTT connections",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_accepted",
+            "TCP connections accepted",
+            m.accepted.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "MQTT sessions ended, by reason",
+            m.closed.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "Connections closed at once (over max-connections)",
+            m.rejected.clone(),
+        );
+        r.register(
+            "messages_in",
+            "PUBLISH packets received",
+            m.messages_in.clone(),
+        );
+        r.register(
+            "messages_out",
+            "PUBLISH packets sent",
+            m.messages_out.clone(),
+        );
+        r.register(
+            "extension_data",
+            "4/ESP ExtensionData received, by outcome",
+            m.extension_data.clone(),
+        );
+        r.register("errors", "Errors, by kind", m.errors.clone());
+        r.register("elce_events", "9/ELCE events published", m.events.clone());
+        m
+    }
+
+    /// The registry (for `/metrics`).
+    pub fn registry(&self) -> &Metrics {
+        &self.registry
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.accepted.inc();
+        self.connections.inc();
+    }
+
+    pub(crate) fn connection_closed(&self, reason: &'static str) {
+        self.connections.dec();
+        self.closed.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub(crate) fn connection_rejected(&self) {
+        self.rejected.inc();
+    }
+
+    pub(crate) fn message_in(&self, kind: &'static str) {
+        self.messages_in.get_or_create(&Kind { kind }).inc();
+    }
+
+    pub(crate) fn message_out(&self, kind: &'static str) {
+        self.messages_out.get_or_create(&Kind { kind }).inc();
+    }
+
+    pub(crate) fn extension_data(&self, outcome: &'static str) {
+        self.extension_data
+            .get_or_create(&Outcome { outcome })
+            .inc();
+    }
+
+    pub(crate) fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&Kind { kind }).inc();
+    }
+
+    pub(crate) fn event(&self, event: &'static str) {
+        self.events.get_or_create(&EventType { event }).inc();
+    }
+
+    /// Current number of open MQTT connections.
+    pub fn open_connections(&self) -> i64 {
+        self.connections.get()
+    }
+
+    /// ExtensionData messages received with this outcome so far (see the table in
+    /// the module docs).
+    pub fn extension_data_count(&self, outcome: &'static str) -> u64 {
+        self.extension_data
+            .get_or_create(&Outcome { outcome })
+            .get()
+    }
+
+    /// Errors of this kind so far.
+    pub fn error_count(&self, kind: &'static str) -> u64 {
+        self.errors.get_or_create(&Kind { kind }).get()
+    }
+
+    /// Sessions ended for this reason so far.
+    pub fn closed_count(&self, reason: &'static str) -> u64 {
+        self.closed.get_or_create(&Reason { reason }).get()
+    }
+}

@@ -1,0 +1,504 @@
+//! KPC, the Kaa communication service for MQTT: an MQTT 3.1.1 server that is
+//! **not a broker**. Devices publish 1/KP requests; KPC forwards each as a 4/ESP
+//! `ClientData` to the extension named in the topic (CMX for configuration) and
+//! delivers the extension's `ExtensionData` back to the MQTT session that owns the
+//! endpoint, whether or not the client subscribed to anything (Kaa's official
+//! client never does). It tells the platform when endpoints come and go with 9/ELCE
+//! `connected` / `disconnected` events.
+//!
+//! The pieces:
+//!
+//! - [`config`]: the YAML configuration ([`config::KpcConfig`]).
+//! - [`resolver`]: endpoint token → endpoint ID ([`resolver::EndpointTokenResolver`],
+//!   with the configuration's token table as the implementation, and how a 16/ECAP
+//!   provider plugs in).
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`KpcServer`]: binds the listener, subscribes on the bus and runs; the `kpc`
+//!   binary, the all-in-one binary and the tests compose it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use kaa_bus::{Bus, MemoryBus};
+//! use kaa_examples::kpc::{KpcServer, config::{KpcConfig, TokenEntry}};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let mut config = KpcConfig::new("127.0.0.1:0".parse()?);
+//! config.kpc.endpoint_tokens.insert("JTjdbENzHh".into(), TokenEntry::EndpointId("ep-1".into()));
+//! let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+//! let kpc = KpcServer::bind(&config, bus).await?.spawn();
+//! println!("MQTT on {}", kpc.local_addr());
+//! kpc.shutdown().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # MQTT
+//!
+//! MQTT 3.1.1 (protocol level 4) over TCP. Packets are framed and parsed by the
+//! `mqttbytes` module of [`rumqttc`] (default features off, so no TLS stack): it is
+//! the packet codec of the most used Rust MQTT client, maintained with it, checks
+//! every length against the bytes that remain and the declared packet size against
+//! a limit before buffering a packet, and returns errors instead of panicking. KPC
+//! adds the checks a server owes that a client codec leaves out (see below).
+//!
+//! - **CONNECT** must be the first packet, complete within `connect-timeout`;
+//!   anything else closes the connection. Protocol levels other than 4 (MQTT 3.1
+//!   `MQIsdp`, MQTT 5) get CONNACK 0x01. With `kpc.mqtt.auth.enabled`, a CONNECT
+//!   without credentials gets 0x05 (not authorized), wrong ones 0x04 (bad user name
+//!   or password). An empty client ID with clean session is assigned one; without
+//!   clean session it gets 0x02. A second connection with the same client ID closes
+//!   the first (MQTT 3.1.4-2). Sessions are never persisted: clean session 0 is
+//!   accepted and CONNACK always says session present 0. A Will message is accepted
+//!   and ignored (KPC is not a broker: there is nobody to publish it to).
+//! - **Keep-alive**: no packet for 1.5 × the client's keep-alive ends the session;
+//!   keep-alive 0 disables the check, as MQTT says.
+//! - **PUBLISH** at QoS 0, 1 (PUBACK after the ClientData is on the bus) and 2
+//!   (PUBREC, then PUBCOMP on PUBREL; a retransmission before PUBREL is not
+//!   forwarded again). Responses go out at the request's QoS, capped at 1 (KPC
+//!   never sends QoS 2). RETAIN is ignored: nothing is stored.
+//! - **SUBSCRIBE** is answered with SUBACK (granted QoS = requested, capped at 1;
+//!   0x80 for an invalid filter), **UNSUBSCRIBE** with UNSUBACK, **PINGREQ** with
+//!   PINGRESP. Delivery never depends on subscriptions.
+//! - **Protocol violations close the connection** without an answer: wrong reserved
+//!   fixed-header flags, a CONNECT with the reserved flag set or a password without
+//!   a user name, a second CONNECT, packets only a server sends (CONNACK, SUBACK,
+//!   UNSUBACK, PINGRESP), a PUBLISH topic that is empty or holds `+`, `#` or NUL,
+//!   malformed packets, and packets larger than `max-payload` + 65,539 bytes (room
+//!   for the longest topic). Only that connection is affected.
+//!
+//! # Routing device requests (4/ESP ClientData)
+//!
+//! A PUBLISH to `kp1/<appVersionName>/<extensionInstanceName>/<endpointToken>/<resource…>[/<requestId>]`
+//! becomes a `ClientData` on `kaa.v1.service.<extensionInstanceName>.esp.ClientData`
+//! with `replyTo` = `kaa.v1.replica.<kpc replica>.esp.ExtensionData` (3/ISM session
+//! affinity: the extension answers this replica, which holds the session):
+//! `appVersionName` from the topic, `endpointId` resolved from the token,
+//! `resourcePath` = the part after the token with its leading `/`, without the
+//! request ID (e.g. `/config/json/network`), `requestId` from the topic, `payload`
+//! as received, a fresh UUID as `correlationId`, `timeout` = `request-timeout`.
+//! `configName` stays null: KPC is extension-agnostic and does not read 7/CMP's
+//! paths; the configuration name is in `resourcePath`, where CMX reads it (4/ESP
+//! makes `configName` optional).
+//!
+//! Requests KPC refuses itself get a 1/KP error response on `<topic>/error`,
+//! `{"statusCode", "reasonPhrase"}`, when the topic ends in a request ID, and are
+//! dropped (counted) otherwise; no ClientData is published for them:
+//!
+//! | case | status |
+//! | --- | --- |
+//! | not a 1/KP topic (not `kp1`, empty level, no token, invalid request ID…), or a name that cannot be a NATS subject token (`.`, `*`, `>`, whitespace) | 400 |
+//! | unknown endpoint token | 401 |
+//! | token not valid for the topic's app version | 403 |
+//! | extension instance not in `kpc.extension-instances` (when that list is set) | 404 |
+//! | payload larger than `max-payload` | 413 |
+//! | more than `max-inflight` requests of the session waiting for an answer, or a token beyond `max-endpoints-per-session` | 429 |
+//! | token resolver unavailable, or the bus refuses the ClientData | 503 |
+//!
+//! # Delivering extension data (4/ESP ExtensionData)
+//!
+//! KPC listens on `kaa.v1.service.<instance>.esp.ExtensionData` (queue group
+//! `<instance>`) and `kaa.v1.replica.<replica>.esp.ExtensionData`, and hands each
+//! message to the session that owns its `endpointId`:
+//!
+//! - **Response** (`requestId` set): each session remembers, per pending
+//!   (endpoint, extension instance, request ID), the request topic and QoS. The
+//!   answer goes to `<request topic>/status` for 2xx (payload as sent) or
+//!   `<request topic>/error` otherwise (payload `{"statusCode", "reasonPhrase"}`
+//!   with the ESP `reasonPhrase`, or the HTTP reason for the status when it is
+//!   null), at the request's QoS. One answer per request; an answer for no pending
+//!   request, or after `request-timeout`, is dropped.
+//! - **Push** (`requestId` null): to `kp1/<appVersionName>/<extensionInstanceName>/<token><resourcePath>/status`
+//!   (or `/error` for a non-2xx push), with the token the session last used for the
+//!   endpoint and the app version from the message (else the session's). **QoS of
+//!   pushes**: the QoS of the session's last request for that (endpoint, extension,
+//!   resource path), so a device that asks for its configuration at QoS 1 gets the
+//!   updates at QoS 1; 0 if it never asked.
+//! - QoS 1 deliveries are sent once (no session is resumed, so nothing is
+//!   retransmitted); at most `max-inflight` may wait for PUBACK, further QoS 1
+//!   deliveries are dropped (counted) until PUBACKs arrive.
+//! - Dropped and counted in `kpc_extension_data_total{outcome}`: undecodable
+//!   datums, expired ones (3/ISM `timestamp` + `timeout`), endpoint-unaware ones
+//!   (`endpointId` null), and those for endpoints with no session on this replica
+//!   (the device is offline: CMX pushes again on the next `connected`). With several
+//!   KPC replicas, an instance-wide push may reach a replica that does not hold the
+//!   session; extensions that follow session affinity (kaa-cmp does) answer on the
+//!   replica subject instead.
+//!
+//! # Endpoints, sessions and 9/ELCE events
+//!
+//! - A session's first use of a token resolves it ([`resolver`]) and makes the
+//!   session the owner of the endpoint: KPC publishes `connected` (one endpoint)
+//!   and waits for it to be on the bus before forwarding the request, so that
+//!   extensions see the session before its first request.
+//! - **One owner per endpoint; the latest session wins.** When a second session
+//!   uses a token of an endpoint another session owns, it takes the endpoint over
+//!   (a device that reconnects after a half-open TCP connection must not be locked
+//!   out until the old one's keep-alive expires). The old session keeps its
+//!   connection but loses the endpoint silently: its pending answers and later
+//!   pushes go to the new owner's session, and its `disconnected` event will not
+//!   list the endpoint. The new session publishes `connected`. If the old session
+//!   uses the token again it takes the endpoint back, the same way.
+//! - When a session ends (DISCONNECT, dropped TCP connection, keep-alive expiry,
+//!   protocol violation, client ID takeover, shutdown), KPC publishes **one**
+//!   `disconnected` event listing every endpoint the session still owns (none: no
+//!   event).
+//! - Ownership changes and their events are serialized by one lock and published
+//!   by one task, so they reach the bus in the order they happened.
+//!
+//! # Limits and observability
+//!
+//! `max-connections` (further connections are closed at once), `max-inflight`,
+//! `max-endpoints-per-session`, `max-payload`, `connect-timeout`, `request-timeout`, `write-timeout`: see
+//! [`config`]. Every session runs in a tracing span `mqtt_session` with its
+//! number, peer address and client ID; [`metrics`] lists the counters served on
+//! `/metrics` (with `/health`) when `kpc.http.listen` is set.
+
+pub mod config;
+pub mod metrics;
+pub mod resolver;
+
+mod bus;
+mod hub;
+mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kaa_bus::{Bus, BusError};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
+
+use crate::service::{ConfigError, Metrics, ops_router};
+use config::{Credentials, KpcConfig};
+use metrics::KpcMetrics;
+use resolver::{EndpointTokenResolver, TokenTable};
+
+/// How long shutdown waits for sessions to end and their events to be published.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why KPC could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The bus failed.
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    /// A listener could not be bound or failed.
+    #[error("listener on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What sessions need to know, fixed at start.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) instance: String,
+    pub(crate) replica_id: String,
+    /// `kaa.v1.replica.<replica>.esp.ExtensionData`.
+    pub(crate) reply_to: String,
+    pub(crate) credentials: Credentials,
+    pub(crate) extension_instances: Vec<String>,
+    pub(crate) max_inflight: usize,
+    pub(crate) max_endpoints: usize,
+    pub(crate) max_payload: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+}
+
+/// The state every session and the bus side share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) hub: hub::Hub,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) resolver: Arc<dyn EndpointTokenResolver>,
+    pub(crate) metrics: KpcMetrics,
+}
+
+/// A bound, ready KPC: MQTT listener bound, ExtensionData subscriptions in place.
+pub struct KpcServer {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    max_connections: usize,
+    ops: Option<(TcpListener, SocketAddr)>,
+    bus_tasks: bus::BusTasks,
+}
+
+impl std::fmt::Debug for KpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KpcServer")
+            .field("local_addr", &self.local_addr)
+            .field("ops_addr", &self.ops_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KpcServer {
+    /// Validates `config`, resolves its credentials, subscribes on `bus` and binds
+    /// the MQTT listener (`kpc.mqtt.listen`; port 0 picks a free port) and, when
+    /// configured, the `/health` + `/metrics` listener. Tokens resolve through the
+    /// configuration's table ([`TokenTable`]).
+    pub async fn bind(config: &KpcConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
+        let table = TokenTable::new(
+            config
+                .kpc
+                .endpoint_tokens
+                .iter()
+                .map(|(t, e)| (t.clone(), e.clone())),
+            config.kpc.accept_any_token,
+        );
+        Self::bind_with_resolver(config, bus, Arc::new(table)).await
+    }
+
+    /// [`KpcServer::bind`] with another token resolver (e.g. a 16/ECAP client);
+    /// `kpc.endpoint-tokens` is then ignored.
+    pub async fn bind_with_resolver(
+        config: &KpcConfig,
+        bus: Arc<dyn Bus>,
+        resolver: Arc<dyn EndpointTokenResolver>,
+    ) -> Result<Self, StartError> {
+        config.validate()?;
+        let credentials = config.credentials()?;
+        if credentials.is_anonymous() {
+            tracing::warn!("kpc.mqtt.auth is not enabled: any MQTT client may connect");
+        }
+        let replica_id = config.replica_id();
+        let reply_to = kaa_esp::subject::extension_data_replica_subject(&replica_id)
+            .map_err(|e| ConfigError::Invalid(format!("service.instance.replica.id: {e}")))?
+            .to_string();
+        let mqtt = &config.kpc.mqtt;
+        let settings = Settings {
+            instance: config.instance_name().to_owned(),
+            replica_id,
+            reply_to,
+            credentials,
+            extension_instances: config.kpc.extension_instances.clone(),
+            max_inflight: mqtt.max_inflight,
+            max_endpoints: mqtt.max_endpoints_per_session,
+            max_payload: mqtt.max_payload,
+            connect_timeout: mqtt.connect_timeout,
+            request_timeout: mqtt.request_timeout,
+            write_timeout: mqtt.write_timeout,
+        };
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            settings,
+            hub: hub::Hub::new(events_tx.clone()),
+            bus,
+            resolver,
+            metrics: KpcMetrics::new(Metrics::new("kpc")),
+        });
+        let addr = mqtt.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let ops = match &config.kpc.http {
+            Some(http) => {
+                let addr = http.listen;
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                let a = l
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                Some((l, a))
+            }
+            None => None,
+        };
+        let bus_tasks = bus::start(Arc::clone(&shared), events_tx, events_rx).await?;
+        Ok(KpcServer {
+            shared,
+            listener,
+            local_addr,
+            max_connections: mqtt.max_connections,
+            ops,
+            bus_tasks,
+        })
+    }
+
+    /// The bound MQTT address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The bound `/health` + `/metrics` address, if configured.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(_, a)| *a)
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> KpcMetrics {
+        self.shared.metrics.clone()
+    }
+
+    /// Accepts MQTT connections until `shutdown` resolves; then closes every
+    /// session (each publishing its `disconnected` event), waits for the events to
+    /// be on the bus and stops.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let KpcServer {
+            shared,
+            listener,
+            local_addr,
+            max_connections,
+            ops,
+            bus_tasks,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ops_task = ops.map(|(l, _)| {
+            let router = ops_router::<()>(shared.metrics.registry().clone());
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(l, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            })
+        });
+        let permits = Arc::new(Semaphore::new(max_connections));
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                () = &mut shutdown => break Ok(()),
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                            shared.metrics.connection_rejected();
+                            tracing::warn!(%peer, max_connections, "connection limit reached; connection closed");
+                            drop(stream);
+                            continue;
+                        };
+                        let span = tracing::info_span!(
+                            "mqtt_session",
+                            session = tracing::field::Empty,
+                            %peer,
+                            client_id = tracing::field::Empty,
+                        );
+                        let shared = Arc::clone(&shared);
+                        let stop = stop_rx.clone();
+                        sessions.spawn(
+                            async move {
+                                session::serve(shared, stream, peer, stop).await;
+                                drop(permit);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off a little.
+                        tracing::warn!(error = %e, addr = %local_addr, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        };
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("sessions did not end in time; aborting them");
+            sessions.abort_all();
+        }
+        bus_tasks.shutdown().await;
+        if let Some(t) = ops_task {
+            let _ = t.await;
+        }
+        result
+    }
+
+    /// Runs the server in a task of its own; the handle stops it.
+    pub fn spawn(self) -> KpcHandle {
+        let local_addr = self.local_addr;
+        let ops_addr = self.ops_addr();
+        let metrics = self.metrics();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.run(async move {
+            let _ = stopped.await;
+        }));
+        KpcHandle {
+            local_addr,
+            ops_addr,
+            metrics,
+            stop,
+            task,
+        }
+    }
+}
+
+/// A KPC running in the background ([`KpcServer::spawn`]).
+#[derive(Debug)]
+pub struct KpcHandle {
+    local_addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
+    metrics: KpcMetrics,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), StartError>>,
+}
+
+impl KpcHandle {
+    /// The MQTT address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The `/health` + `/metrics` address, if configured.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_addr
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &KpcMetrics {
+        &self.metrics
+    }
+
+    /// Stops the server (sessions end, `disconnected` events are published) and
+    /// waits for it.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(StartError::Listen {
+                addr: self.local_addr,
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+}
+
+/// The bus named by the configuration: NATS when `nats.urls` is set (credentials
+/// from the environment, see `kaa_bus::nats`), else an in-memory bus.
+pub async fn connect_bus(config: &KpcConfig) -> Result<Arc<dyn Bus>, StartError> {
+    match &config.nats {
+        Some(nats) => {
+            let nats_config = kaa_bus::NatsConfig::new(nats.urls.iter().cloned())
+                .with_connection_name(config.replica_id());
+            Ok(Arc::new(kaa_bus::NatsBus::connect(&nats_config).await?))
+        }
+        None => Ok(Arc::new(kaa_bus::MemoryBus::new())),
+    }
+}

@@ -1,0 +1,384 @@
+//! The small toolkit every example service binary shares.
+//!
+//! - Configuration: [`load_yaml`] / [`parse_yaml`] read a YAML file into a typed serde
+//!   struct and turn every problem into a [`ConfigError`] that names the file, the
+//!   line and column, and what was expected; [`Secret`] lets a secret in the file be
+//!   given by environment variable name instead of by value, and never prints it.
+//! - Logs: [`init_tracing`] installs a `tracing` subscriber filtered by `RUST_LOG`
+//!   (or a default directive).
+//! - Operations endpoints: [`Metrics`] (a Prometheus registry) and [`ops_router`]
+//!   (`GET /health` and `GET /metrics` in the Prometheus/OpenMetrics text format), plus
+//!   [`http_metrics`], a middleware that counts HTTP requests by method, route and
+//!   status and times them.
+//! - Shutdown: [`shutdown_signal`] resolves on SIGTERM or ctrl-c.
+//!
+//! ```
+//! use kaa_examples::service::{Metrics, ops_router, parse_yaml};
+//!
+//! #[derive(Debug, serde::Deserialize)]
+//! #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+//! struct Config {
+//!     listen: std::net::SocketAddr,
+//! }
+//!
+//! let config: Config = parse_yaml("listen: 127.0.0.1:0\n", "inline")?;
+//! assert_eq!(config.listen.ip().to_string(), "127.0.0.1");
+//!
+//! let err = parse_yaml::<Config>("listen: nowhere\n", "inline").unwrap_err();
+//! assert!(err.to_string().starts_with("inline: line 1"), "{err}");
+//!
+//! let metrics = Metrics::new("demo");
+//! let router: axum::Router = ops_router(metrics); // serve next to your API
+//! # let _ = router;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// A configuration problem found at start-up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or does not fit the expected structure.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// What is wrong and where (`line L column C: …`).
+        message: String,
+    },
+    /// The values parse but make no sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Reads the YAML file at `path` into `T`.
+pub fn load_yaml<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T, ConfigError> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_yaml(&text, &path.display().to_string())
+}
+
+/// Parses YAML `text` into `T`; `origin` (e.g. the file name) prefixes error messages.
+pub fn parse_yaml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let message = match e.location() {
+            Some(loc) => {
+                let detail = e.to_string();
+                // serde_yaml appends " at line L column C"; keep the position in front.
+                let detail = detail
+                    .rsplit_once(" at line ")
+                    .map_or(detail.as_str(), |(head, _)| head)
+                    .to_owned();
+                format!("line {} column {}: {detail}", loc.line(), loc.column())
+            }
+            None => e.to_string(),
+        };
+        ConfigError::Parse {
+            origin: origin.to_owned(),
+            message,
+        }
+    })
+}
+
+/// A secret in a configuration file: either the value itself or, preferably, the name
+/// of an environment variable that holds it.
+///
+/// ```yaml
+/// token: s3cr3t               # the value (discouraged outside local use)
+/// token: { env: ECR_TOKEN }   # read from $ECR_TOKEN at start-up
+/// ```
+///
+/// `Debug` and `Display` never show the value.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Secret {
+    /// The value itself.
+    Value(String),
+    /// The name of the environment variable holding the value.
+    Env {
+        /// The variable name.
+        env: String,
+    },
+}
+
+impl Secret {
+    /// The secret's value; an unset or empty environment variable is an error.
+    pub fn resolve(&self) -> Result<String, ConfigError> {
+        self.resolve_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`Secret::resolve`] with a custom environment lookup (for tests).
+    pub fn resolve_with(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, ConfigError> {
+        let value = match self {
+            Secret::Value(v) => v.clone(),
+            Secret::Env { env } => lookup(env).ok_or_else(|| {
+                ConfigError::Invalid(format!("environment variable {env} is not set"))
+            })?,
+        };
+        if value.is_empty() {
+            return Err(ConfigError::Invalid(format!("{self} is empty")));
+        }
+        Ok(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Value(_) => f.write_str("secret (inline value, redacted)"),
+            Secret::Env { env } => write!(f, "secret from ${env}"),
+        }
+    }
+}
+
+/// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` or else
+/// by `default_directive` (e.g. `"info"`). Calling it twice is harmless.
+pub fn init_tracing(default_directive: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_directive));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Labels of the HTTP request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// A service's Prometheus registry (metric names are prefixed with the service name)
+/// with the HTTP request metrics [`http_metrics`] records.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<HttpLabels, Histogram>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+}
+
+impl Metrics {
+    /// A registry whose metric names start with `<prefix>_`.
+    pub fn new(prefix: &str) -> Self {
+        let mut registry = Registry::with_prefix(prefix);
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_duration =
+            Family::<HttpLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> _);
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request handling time",
+            http_duration.clone(),
+        );
+        Self {
+            registry: Arc::new(Mutex::new(registry)),
+            http_requests,
+            http_duration,
+        }
+    }
+
+    /// Registers a metric (see `prometheus_client::registry::Registry::register`).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        if let Ok(mut registry) = self.registry.lock() {
+            registry.register(name, help, metric);
+        }
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}
+
+/// The operations router: `GET /health` (`{"status":"UP"}`) and `GET /metrics`.
+pub fn ops_router<S: Clone + Send + Sync + 'static>(metrics: Metrics) -> Router<S> {
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "UP"})) }),
+        )
+        .route(
+            "/metrics",
+            get(|State(metrics): State<Metrics>| async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }),
+        )
+        .with_state(metrics)
+}
+
+/// Middleware recording `<prefix>_http_requests_total` and
+/// `<prefix>_http_request_duration_seconds` by method, matched route (the route
+/// pattern, not the concrete path, so IDs do not explode the label set) and status.
+/// Install it with `Router::route_layer(axum::middleware::from_fn_with_state(metrics,
+/// http_metrics))`: the route pattern is only known to route layers.
+pub async fn http_metrics(
+    State(metrics): State<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = HttpLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
+    metrics
+        .http_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Resolves when the process receives SIGTERM (Unix) or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("ctrl-c received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+/// A `{"message": …}` JSON error response, the error shape of every example service.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({ "message": message.into() })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+    struct Demo {
+        body_limit: u64,
+        token: Option<Secret>,
+    }
+
+    #[test]
+    fn yaml_errors_name_origin_and_position() {
+        let err = parse_yaml::<Demo>("body-limit: 1\nbogus: 2\n", "demo.yaml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("demo.yaml: line 2 column 1: "), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+    }
+
+    #[test]
+    fn secrets_resolve_and_never_print() {
+        let d: Demo = parse_yaml("body-limit: 1\ntoken: hunter2\n", "x").unwrap();
+        assert_eq!(d.body_limit, 1);
+        let t = d.token.unwrap();
+        assert_eq!(t.resolve().unwrap(), "hunter2");
+        assert!(!format!("{t:?} {t}").contains("hunter2"));
+        let d: Demo = parse_yaml("body-limit: 1\ntoken: {env: SOME_VAR}\n", "x").unwrap();
+        let t = d.token.unwrap();
+        let lookup = |n: &str| (n == "SOME_VAR").then(|| "v4lue".to_owned());
+        assert_eq!(t.resolve_with(lookup).unwrap(), "v4lue");
+        assert!(t.resolve_with(|_| None).is_err());
+        assert_eq!(t.to_string(), "secret from $SOME_VAR");
+    }
+
+    #[test]
+    fn metrics_render_registered_counters() {
+        let m = Metrics::new("svc");
+        let c = Counter::<u64>::default();
+        m.register("things", "Things", c.clone());
+        c.inc();
+        let text = m.render();
+        assert!(text.contains("svc_things_total 1"), "{text}");
+    }
+}

@@ -1,0 +1,211 @@
+//! The CMX service composed in one process on a `MemoryBus`, as the all-in-one
+//! binary runs it: first with the raw-Avro fakes, then with the real ECR service on
+//! the same bus. No server needed.
+
+mod cmx_common;
+
+use std::sync::Arc;
+
+use cmx_common::{APP_V1, FakeKpc, Names, RunningCmx, Stack};
+use kaa_bus::{Bus, MemoryBus};
+use kaa_examples::ecr;
+use kaa_examples::ecr::model::{AppVersionName, ConfigName, EndpointId, Scope};
+use kaa_examples::ecr::store::Precondition;
+use kaa_examples::service::parse_yaml;
+use serde_json::json;
+
+#[tokio::test]
+async fn request_push_and_applied_on_the_memory_bus() {
+    let names = Names::unique("cmx_memory::request_push_applied");
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let mut s = Stack::start(names, None, Arc::clone(&bus), bus, "").await;
+    let ep = s.names.endpoint(1);
+    let answer = s
+        .fetch(
+            &ep,
+            APP_V1,
+            "/config/json",
+            1,
+            br#"{"observe":true}"#,
+            ("c1", r#"{"a":1}"#),
+        )
+        .await;
+    assert_eq!(answer.json(), json!({"configId": "c1", "config": {"a": 1}}));
+
+    s.provider
+        .config_updated(&ep, APP_V1, "c2", r#"{"a":2}"#, None)
+        .await;
+    let received = s.provider.next_request().await;
+    s.provider
+        .answer_config(&received, "c2", r#"{"a":2}"#)
+        .await;
+    let push = s.kpc.next().await;
+    assert_eq!(push.message.request_id, None);
+    assert_eq!(push.json()["configId"], "c2");
+
+    s.kpc
+        .send(
+            &ep,
+            APP_V1,
+            "/applied/json",
+            Some(2),
+            br#"{"configId":"c2"}"#,
+        )
+        .await;
+    assert_eq!(s.kpc.next().await.message.status_code, 200);
+    assert_eq!(s.kpc.next_applied().await.config_id, "c2");
+    let report = s.cmx.stop().await;
+    assert_eq!(report.abandoned, 0);
+}
+
+#[tokio::test]
+async fn cmx_and_the_real_ecr_share_one_memory_bus() {
+    let names = Names::unique("cmx_memory::with_ecr");
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+
+    // ECR from its YAML configuration: embedded store, 6/CDTP provider and events
+    // on the shared bus (its HTTP API is bound but not served here).
+    let dir = tempfile::tempdir().unwrap();
+    let ecr_yaml = format!(
+        "service:\n  instance:\n    name: {provider}\n\
+         ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: sqlite://{db}\n\
+         \x20 cmx:\n    service-instance-name: {cmx}\n\
+         auth:\n  enabled: false\n",
+        provider = names.provider,
+        db = dir.path().join("ecr.db").display(),
+        cmx = names.cmx,
+    );
+    let ecr_config: ecr::config::EcrConfig = parse_yaml(&ecr_yaml, "ecr test config").unwrap();
+    let ecr_server = ecr::EcrServer::bind(&ecr_config, Arc::clone(&bus))
+        .await
+        .unwrap();
+    let core = Arc::clone(ecr_server.ecr());
+
+    let mut kpc = FakeKpc::start(Arc::clone(&bus), &names).await;
+    let cmx = RunningCmx::start(&names.config_yaml(None, ""), Arc::clone(&bus)).await;
+    cmx.wait_state("running").await;
+
+    let app = AppVersionName::new(APP_V1).unwrap();
+    let default = ConfigName::default_name();
+    let put = core
+        .put(
+            &Scope::Default {
+                app_version: app.clone(),
+            },
+            &default,
+            &json!({"sampling": 200}),
+            &Precondition::None,
+            kaa_examples::cmx::now(),
+        )
+        .await
+        .unwrap();
+    let default_id = put.config.config_id.clone();
+
+    // A device asks: the answer comes from ECR's store, through CMX.
+    let ep = names.endpoint(1);
+    kpc.send(&ep, APP_V1, "/config/json", Some(1), br#"{"observe":true}"#)
+        .await;
+    let answer = kpc.next().await;
+    assert_eq!(answer.message.status_code, 200);
+    assert_eq!(
+        answer.json(),
+        json!({"configId": default_id, "config": {"sampling": 200}})
+    );
+
+    // An endpoint-specific configuration in ECR is pushed to the observing device.
+    let put = core
+        .put(
+            &Scope::Endpoint {
+                endpoint_id: EndpointId::new(ep.as_str()).unwrap(),
+                app_version: app,
+            },
+            &default,
+            &json!({"sampling": 50}),
+            &Precondition::None,
+            kaa_examples::cmx::now(),
+        )
+        .await
+        .unwrap();
+    let push = kpc.next().await;
+    assert_eq!(push.message.request_id, None);
+    assert_eq!(
+        push.json(),
+        json!({"configId": put.config.config_id, "config": {"sampling": 50}})
+    );
+
+    // Asking again with the current ID: ECR says unchanged, the device gets `{}`.
+    let request = format!(r#"{{"configId":"{}"}}"#, put.config.config_id);
+    kpc.send(&ep, APP_V1, "/config/json", Some(2), request.as_bytes())
+        .await;
+    assert_eq!(kpc.next().await.json(), json!({}));
+
+    cmx.stop().await;
+    drop(ecr_server);
+}
+
+/// A writer for a `tracing` subscriber that keeps everything in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_carry_the_correlation_id_of_the_message_being_handled() {
+    // A current-thread runtime: the service task runs on this thread, under this
+    // thread's default subscriber.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_examples=debug"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let names = Names::unique("cmx_memory::logs_carry_correlation");
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let mut s = Stack::start(names, None, Arc::clone(&bus), bus, "").await;
+    let ep = s.names.endpoint(1);
+    let bad = s
+        .kpc
+        .send(&ep, APP_V1, "/config/json", Some(1), b"not json")
+        .await;
+    assert_eq!(s.kpc.next().await.message.status_code, 400);
+    let good = s
+        .kpc
+        .send(&ep, APP_V1, "/config/json", Some(2), b"{}")
+        .await;
+    let received = s.provider.next_request().await;
+    let cdtp = received.request.correlation_id.to_string();
+    s.provider.answer_config(&received, "c1", "{}").await;
+    assert_eq!(s.kpc.next().await.message.status_code, 200);
+    s.cmx.stop().await;
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line_with = |needle: &str, message: &str| {
+        text.lines()
+            .any(|l| l.contains(needle) && l.contains(message))
+    };
+    // The error answer is logged inside the span of the ClientData that caused it.
+    assert!(
+        line_with(&format!("correlationId={bad}"), "answered with an error"),
+        "{text}"
+    );
+    assert!(
+        line_with(&format!("correlationId={good}"), "ClientData"),
+        "{text}"
+    );
+    // The provider's answer is handled in a span with the CDTP correlation ID.
+    assert!(
+        line_with(&format!("correlationId={cdtp}"), "ConfigResponse"),
+        "{text}"
+    );
+}
