@@ -288,6 +288,12 @@ impl PrivateNatsServer {
         &self.dir
     }
 
+    /// The server's process ID while it runs (e.g. to send it SIGTERM for a
+    /// graceful stop).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// True while the server process runs.
     pub fn is_running(&mut self) -> bool {
         self.child
