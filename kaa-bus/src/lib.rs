@@ -215,6 +215,14 @@ pub trait Bus: Send + Sync + fmt::Debug {
     async fn publish_with_reply(
         &self,
         subject: &str,
+    /// The largest payload one message may carry, when the bus knows it: the
+    /// server's `max_payload` for NATS (`None` until the first connection), the
+    /// configured maximum in memory. Services compare their own size limits with it
+    /// at start-up.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
+
         reply_to: &str,
         payload: Bytes,
     ) -> Result<(), BusError> {
@@ -270,6 +278,10 @@ pub struct Subscription {
 }
 
 enum Inner {
+
+    fn max_payload(&self) -> Option<usize> {
+        (**self).max_payload()
+    }
     Memory(memory::MemorySubscriber),
     Nats(async_nats::Subscriber),
     Stream(Pin<Box<dyn Stream<Item = Message> + Send>>),

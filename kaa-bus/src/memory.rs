@@ -456,6 +456,10 @@ impl Bus for MemoryBus {
         let n = self.shared.next_inbox.fetch_add(1, Ordering::Relaxed);
         format!("{}.{n}", self.shared.inbox_prefix)
     }
+
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.shared.config.max_payload)
+    }
 }
 
 #[cfg(test)]

@@ -534,6 +534,11 @@ impl Bus for NatsBus {
 
 #[cfg(test)]
 mod tests {
+
+    fn max_payload(&self) -> Option<usize> {
+        // The server announces it in INFO; 0 until the first connection.
+        Some(self.client.max_payload()).filter(|&n| n > 0)
+    }
     use super::*;
     use std::collections::HashMap;
 

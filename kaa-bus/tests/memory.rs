@@ -75,6 +75,7 @@ async fn buffers_are_bounded_in_bytes_too() {
 #[tokio::test]
 async fn payload_limit_is_enforced() {
     let bus = MemoryBus::with_config(MemoryBusConfig::default().with_max_payload(16));
+    assert_eq!(bus.max_payload(), Some(16));
     let _sub = bus.subscribe("p", None).await.unwrap();
     bus.publish("p", Bytes::from(vec![0; 16])).await.unwrap();
     match bus.publish("p", Bytes::from(vec![0; 17])).await {

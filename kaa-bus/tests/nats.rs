@@ -283,6 +283,12 @@ async fn slow_consumers_are_counted() {
     let bus = NatsBus::connect_with_auth(&config, &NatsAuth::None)
         .await
         .unwrap();
+    // The server's INFO max_payload (1 MiB unless the server is configured otherwise).
+    assert!(
+        bus.max_payload().is_some_and(|n| n >= 1024),
+        "{:?}",
+        bus.max_payload()
+    );
     let subject = unique_subject("slow");
     let mut sub = bus.subscribe(&subject, None).await.unwrap();
     for i in 0..200u32 {
