@@ -198,6 +198,15 @@ pub trait Bus: Send + Sync + fmt::Debug {
         timeout: Duration,
     ) -> Result<Message, BusError>;
 
+    /// A number that grows each time the bus (re)connects to its server: for NATS,
+    /// the connections established so far (0 before the first); an in-memory bus
+    /// never reconnects (always 1). The client restores subscriptions by itself
+    /// after a reconnect, but what was in flight during the outage may be lost, so
+    /// services watch this to re-synchronize state with their peers.
+    fn connection_epoch(&self) -> u64 {
+        1
+    }
+
     /// Waits until everything published through this bus so far has been handed to
     /// the server (NATS) or to the subscribers' buffers (in memory).
     async fn flush(&self) -> Result<(), BusError>;
@@ -205,6 +214,14 @@ pub trait Bus: Send + Sync + fmt::Debug {
     /// A fresh, unique inbox subject to use as a `replyTo` with a subscription of
     /// one's own (3/ISM session affinity uses replica subjects instead).
     fn new_inbox(&self) -> String;
+
+    /// The largest payload one message may carry, when the bus knows it: the
+    /// server's `max_payload` for NATS (`None` until the first connection), the
+    /// configured maximum in memory. Services compare their own size limits with it
+    /// at start-up.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
 
     /// Publishes `payload` to the concrete `subject` without a reply subject.
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
@@ -215,14 +232,6 @@ pub trait Bus: Send + Sync + fmt::Debug {
     async fn publish_with_reply(
         &self,
         subject: &str,
-    /// The largest payload one message may carry, when the bus knows it: the
-    /// server's `max_payload` for NATS (`None` until the first connection), the
-    /// configured maximum in memory. Services compare their own size limits with it
-    /// at start-up.
-    fn max_payload(&self) -> Option<usize> {
-        None
-    }
-
         reply_to: &str,
         payload: Bytes,
     ) -> Result<(), BusError> {
@@ -258,12 +267,20 @@ impl<T: Bus + ?Sized> Bus for Arc<T> {
         (**self).request(subject, payload, timeout).await
     }
 
+    fn connection_epoch(&self) -> u64 {
+        (**self).connection_epoch()
+    }
+
     async fn flush(&self) -> Result<(), BusError> {
         (**self).flush().await
     }
 
     fn new_inbox(&self) -> String {
         (**self).new_inbox()
+    }
+
+    fn max_payload(&self) -> Option<usize> {
+        (**self).max_payload()
     }
 }
 
@@ -278,10 +295,6 @@ pub struct Subscription {
 }
 
 enum Inner {
-
-    fn max_payload(&self) -> Option<usize> {
-        (**self).max_payload()
-    }
     Memory(memory::MemorySubscriber),
     Nats(async_nats::Subscriber),
     Stream(Pin<Box<dyn Stream<Item = Message> + Send>>),

@@ -520,6 +520,10 @@ impl Bus for NatsBus {
             })
     }
 
+    fn connection_epoch(&self) -> u64 {
+        self.connections()
+    }
+
     async fn flush(&self) -> Result<(), BusError> {
         self.client
             .flush()
@@ -530,15 +534,15 @@ impl Bus for NatsBus {
     fn new_inbox(&self) -> String {
         self.client.new_inbox()
     }
-}
-
-#[cfg(test)]
-mod tests {
 
     fn max_payload(&self) -> Option<usize> {
         // The server announces it in INFO; 0 until the first connection.
         Some(self.client.max_payload()).filter(|&n| n > 0)
     }
+}
+
+#[cfg(test)]
+mod tests {
     use super::*;
     use std::collections::HashMap;
 
