@@ -1034,3 +1034,122 @@ fn engine_and_device_can_move_between_threads() {
     send_sync::<Output>();
     send_sync::<kaa_cmp::device::Device>();
 }
+
+// ---------------------------------------------------------------------------
+// Recovery after a bus outage or a restart
+// ---------------------------------------------------------------------------
+
+#[test]
+fn resync_pushes_what_an_outage_swallowed() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.provider.set(EP, AV, Some("network"), r#""a""#);
+    w.provider.set("ep-2", AV, None, "1");
+    w.provider.set("ep-3", AV, None, "1");
+    w.connect(&[EP, "ep-2", "ep-3"]);
+    w.sent.clear();
+    for ep in [EP, "ep-2", "ep-3"] {
+        w.send(ep, "/config/json", Some(1), r#"{"observe":true}"#);
+    }
+    w.send(EP, "/config/json/network", Some(2), r#"{"observe":true}"#);
+    w.sent.clear();
+    w.disconnect(&["ep-3"]);
+
+    // Updates whose ConfigUpdated broadcasts were lost while the bus was down.
+    let default_id = w.provider.set(EP, AV, None, "2").config_id.to_string();
+    let network_id = w
+        .provider
+        .set(EP, AV, Some("network"), r#""b""#)
+        .config_id
+        .to_string();
+    w.provider.set("ep-3", AV, None, "2");
+    assert!(w.sent.is_empty());
+
+    let asked = w.requests.len();
+    w.cmx.resync(w.now);
+    w.drain();
+    assert_eq!(w.cmx.stats().resyncs, 1);
+    // Every name of every connected endpoint was asked for again...
+    assert_eq!(w.requests.len() - asked, 3);
+    // ...and what changed is pushed; ep-2 holds the current one, ep-3 is offline.
+    let mut pushed: Vec<(String, Option<String>)> = w
+        .take(EP)
+        .iter()
+        .map(|m| (m.resource_path.to_string(), config_id(m)))
+        .collect();
+    pushed.sort();
+    assert_eq!(
+        pushed,
+        [
+            ("/config/json".to_owned(), Some(default_id)),
+            ("/config/json/network".to_owned(), Some(network_id)),
+        ]
+    );
+    assert!(w.take("ep-2").is_empty());
+    assert!(w.take("ep-3").is_empty());
+
+    // A second resync with nothing new pushes nothing.
+    w.cmx.resync(w.now);
+    w.drain();
+    assert!(w.sent.is_empty(), "{:?}", w.sent);
+}
+
+#[test]
+fn resync_treats_answers_in_flight_as_stale() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.connect(&[EP]);
+    w.send(EP, "/config/json", Some(1), r#"{"observe":true}"#);
+    w.sent.clear();
+    w.auto_answer = false;
+    // A fetch in flight when the bus went down; its answer may predate an update
+    // that was lost.
+    w.cmx
+        .handle_config_updated(&w.provider.set(EP, AV, None, "2"), w.now);
+    w.drain();
+    let stale = w.held.pop_front().unwrap();
+    let old = w.provider.answer(&stale.message());
+    let latest = w.provider.set(EP, AV, None, "3").config_id.to_string();
+    w.cmx.resync(w.now);
+    w.cmx.handle_config_response(&old, w.now);
+    w.drain();
+    assert!(w.sent.is_empty(), "the stale answer was not delivered");
+    w.answer_next();
+    assert_eq!(config_id(&w.take_one(EP)), Some(latest));
+}
+
+#[test]
+fn adopted_sessions_get_updates_for_any_name() {
+    // A CMX that restarted while the device's session stayed up learns of it
+    // from the communication service's list of sessions.
+    let mut w = World::new();
+    let current = w.provider.set(EP, AV, None, "1").config_id.to_string();
+    w.provider.set("ep-known", AV, None, "1");
+    w.connect(&["ep-known"]);
+    w.sent.clear();
+    let sessions = kaa_elce::ConnectedEvent {
+        correlation_id: "resync".into(),
+        timestamp: w.now.0,
+        timeout: 0,
+        endpoints: [EP, "ep-known"]
+            .iter()
+            .map(|e| ((*e).into(), AV.into()))
+            .collect(),
+        originator_replica_id: "kpc-1".into(),
+    };
+    w.cmx.adopt_sessions(&sessions, w.now);
+    w.drain();
+    // Nothing was reported applied to this engine: the current one is pushed.
+    assert_eq!(config_id(&w.take_one(EP)), Some(current));
+    w.sent.clear();
+    assert!(w.cmx.endpoint(EP).unwrap().connected);
+
+    // Which names the device observes is unknown: a named update is pushed...
+    let id = w.update(EP, Some("network"), r#""wifi""#);
+    let m = w.take_one(EP);
+    assert_eq!(&*m.resource_path, "/config/json/network");
+    assert_eq!(config_id(&m), Some(id));
+    // ...but not to an endpoint this engine knew before (it never used the name).
+    w.update("ep-known", Some("network"), r#""wifi""#);
+    assert!(w.take("ep-known").is_empty());
+}

@@ -59,6 +59,16 @@
 //!
 //! A configuration the device rejected is not pushed again.
 //!
+//! **Recovery.** Broadcasts lost while the driver's bus was down leave devices
+//! stale; after a reconnect the driver calls [`Cmx::resync`]: every connected
+//! endpoint's configurations are fetched again (answers in flight count as
+//! stale) and pushed unless the device holds them. An engine that starts while
+//! sessions are already up (a restarted CMX) learns them from the communication
+//! service's list of its sessions, [`Cmx::adopt_sessions`]: such *adopted*
+//! endpoints count as connected and get what they have not reported applied, and
+//! since the names they observe are unknown, a `ConfigUpdated` for any name is
+//! pushed to them (to other endpoints only for the names they used).
+//!
 //! **Never older after newer.** Config IDs are opaque, and on NATS a
 //! `ConfigUpdated` broadcast, a CDTP response, a redelivery and a late answer
 //! can arrive in any order. So the engine does not push the content of a
@@ -641,20 +651,31 @@ impl Cmx {
     /// (see the module docs for why).
     pub fn handle_config_updated(&mut self, msg: &ConfigUpdated<'_>, now: UnixMillis) {
         self.stats.config_updates += 1;
-        let name = msg.config_name.as_deref();
-        let known = self.eps.find(&msg.endpoint_id).and_then(|slot| {
+        let same_version = |cmx: &Self, slot: u32| {
+            cmx.eps.get(slot).is_some_and(|e| {
+                cmx.app_versions
+                    .get(e.app_version)
+                    .is_some_and(|a| **a == *msg.app_version_name)
+            })
+        };
+        let slot = self
+            .eps
+            .find(&msg.endpoint_id)
+            .filter(|slot| same_version(self, *slot));
+        let name = slot.and_then(|slot| {
             let e = self.eps.get(slot)?;
-            let same_version = self
-                .app_versions
-                .get(e.app_version)
-                .is_some_and(|a| **a == *msg.app_version_name);
-            let name = match resource::canonical_config_name(name) {
-                None => NONE,
-                Some(n) => self.names.find(n).filter(|h| e.name(*h).is_some())?,
-            };
-            same_version.then_some((slot, name))
+            match resource::canonical_config_name(msg.config_name.as_deref()) {
+                None => Some(NONE),
+                Some(n) => match self.names.find(n).filter(|h| e.name(*h).is_some()) {
+                    Some(h) => Some(h),
+                    // An adopted endpoint's names are unknown: the provider's word
+                    // that this one changed for it is taken as a sign it is used.
+                    None if e.adopted && e.connected => self.name_of(slot, Some(n), false),
+                    None => None,
+                },
+            }
         });
-        let Some((slot, name)) = known else {
+        let (Some(slot), Some(name)) = (slot, name) else {
             self.stats.config_updates_ignored += 1;
             return;
         };
@@ -664,6 +685,43 @@ impl Cmx {
             p.stale = true;
         }
         self.trigger_push(slot, name, PushMode::IfNotHeld, now);
+    }
+
+    /// Re-synchronizes after an outage of the bus: updates broadcast while this
+    /// engine was cut off (`ConfigUpdated`, `connected`) may be lost for good, so
+    /// the current configuration of every connected endpoint is fetched again, for
+    /// every name it observes, and pushed unless the device already holds it.
+    /// Answers in flight count as stale. The driver calls it once its
+    /// subscriptions are back after a reconnect.
+    pub fn resync(&mut self, now: UnixMillis) {
+        self.stats.resyncs += 1;
+        for p in self.pending.values_mut() {
+            p.stale = true;
+        }
+        for slot in self.eps.connected_slots() {
+            self.trigger_all(slot, PushMode::IfNotHeld, now);
+        }
+    }
+
+    /// A communication service's list of the sessions it holds (a 9/ELCE
+    /// `connected` event it sends on request, not a broadcast), e.g. to an engine
+    /// that restarted while the sessions stayed up. Each endpoint is treated as
+    /// connected, as by [`Cmx::handle_connected`]; one this engine did not know is
+    /// *adopted*: since which named configurations its device observes is unknown,
+    /// a `ConfigUpdated` for any name is pushed to it (for a known endpoint only
+    /// the names it used are).
+    pub fn adopt_sessions(&mut self, msg: &ConnectedEvent<'_>, now: UnixMillis) {
+        let new: Vec<bool> = msg
+            .endpoints
+            .iter()
+            .map(|(id, _)| self.eps.find(id).is_none())
+            .collect();
+        self.handle_connected(msg, now);
+        for ((id, _), new) in msg.endpoints.iter().zip(new) {
+            if new && let Some(e) = self.eps.find(id).and_then(|s| self.eps.get_mut(s)) {
+                e.adopted = true;
+            }
+        }
     }
 
     /// Endpoints opened a communication session: push what they have not applied.

@@ -241,4 +241,6 @@ pub struct Stats {
     pub endpoints_evicted: u64,
     /// Endpoints forgotten after `endpoint_ttl`.
     pub endpoints_expired: u64,
+    /// [`Cmx::resync`](crate::Cmx::resync) calls (bus reconnects).
+    pub resyncs: u64,
 }

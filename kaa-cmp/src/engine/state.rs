@@ -98,6 +98,10 @@ pub(crate) struct Endpoint {
     /// Distinguishes this endpoint from a later one in the same slot.
     pub(crate) incarnation: u32,
     pub(crate) connected: bool,
+    /// Learned from a communication service's list of its sessions
+    /// ([`Cmx::adopt_sessions`](crate::Cmx::adopt_sessions)) rather than from
+    /// the session's start: which named configurations it observes is unknown.
+    pub(crate) adopted: bool,
 }
 
 impl Endpoint {
@@ -115,6 +119,7 @@ impl Endpoint {
             next: NIL,
             incarnation,
             connected: false,
+            adopted: false,
         }
     }
 
@@ -212,6 +217,17 @@ impl Endpoints {
     /// The least recently active disconnected endpoint.
     pub(crate) fn oldest_idle(&self) -> Option<u32> {
         (self.idle.head != NIL).then_some(self.idle.head)
+    }
+
+    /// Every connected endpoint, least recently active first.
+    pub(crate) fn connected_slots(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut slot = self.connected.head;
+        while let Some(e) = self.get(slot) {
+            out.push(slot);
+            slot = e.next;
+        }
+        out
     }
 
     /// The least recently active connected endpoint.
