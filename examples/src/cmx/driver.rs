@@ -37,6 +37,11 @@ pub(crate) struct Inputs {
     pub(crate) connectivity: Subscription,
     /// `kaa.v1.events.*.endpoint.lifecycle.*`.
     pub(crate) lifecycle: Subscription,
+    /// `kaa.v1.replica.<replica>.elce.Sessions`: communication services' lists of
+    /// their sessions, asked for at start and after a reconnect.
+    pub(crate) sessions: Subscription,
+    /// `kaa.v1.events.<provider>.provider.started`.
+    pub(crate) provider_started: Subscription,
 }
 
 /// The one owner of the engine.
@@ -51,7 +56,12 @@ pub(crate) struct Driver {
     /// Outputs drained from the engine, reused between messages.
     outbox: Vec<Output>,
     wakeup: Wakeup,
+    /// The bus's connection epoch last seen (a change means it reconnected).
+    epoch: u64,
 }
+
+/// How often the driver looks whether the bus reconnected.
+const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 
 /// The engine's timer: a tokio sleep re-armed only when the engine's deadline
 /// moves earlier (a later deadline is found when the earlier one fires).
@@ -97,6 +107,8 @@ enum Input {
     Response,
     ConfigUpdated,
     Elce,
+    Sessions,
+    ProviderStarted,
 }
 
 impl Driver {
@@ -116,6 +128,7 @@ impl Driver {
             sent: HashMap::new(),
             outbox: Vec::new(),
             wakeup: Wakeup::new(),
+            epoch: 0,
         }
     }
 
@@ -134,6 +147,11 @@ impl Driver {
             replica = %self.engine.config().replica_id,
             "CMX engine running"
         );
+        // A restarted CMX knows no sessions: ask the communication service.
+        self.epoch = self.bus.connection_epoch();
+        self.ask_for_sessions().await;
+        let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
+        reconnect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let served = {
             let Inputs {
                 client_data,
@@ -142,11 +160,19 @@ impl Driver {
                 config_updated,
                 connectivity,
                 lifecycle,
+                sessions,
+                provider_started,
             } = &mut inputs;
             let mut devices = futures::stream::select(client_data, client_data_replica);
             let mut events = futures::stream::select(
                 config_updated.map(|m| (Input::ConfigUpdated, m)),
-                futures::stream::select(connectivity, lifecycle).map(|m| (Input::Elce, m)),
+                futures::stream::select(
+                    futures::stream::select(connectivity, lifecycle).map(|m| (Input::Elce, m)),
+                    futures::stream::select(
+                        sessions.map(|m| (Input::Sessions, m)),
+                        provider_started.map(|m| (Input::ProviderStarted, m)),
+                    ),
+                ),
             );
             loop {
                 let now = now();
@@ -160,6 +186,10 @@ impl Driver {
                     m = responses.next() => m.map(|m| (Input::Response, m)),
                     () = self.wakeup.fired() => {
                         self.on_timer().await;
+                        continue;
+                    }
+                    _ = reconnect_check.tick() => {
+                        self.check_reconnect().await;
                         continue;
                     }
                     m = events.next() => m,
@@ -193,6 +223,8 @@ impl Driver {
             mut config_updated,
             mut connectivity,
             mut lifecycle,
+            mut sessions,
+            mut provider_started,
         } = inputs;
         // Handle what has already been delivered to this replica, then leave the
         // queue group: new requests go to the other replicas.
@@ -211,6 +243,8 @@ impl Driver {
             &mut config_updated,
             &mut connectivity,
             &mut lifecycle,
+            &mut sessions,
+            &mut provider_started,
         ] {
             if let Err(e) = sub.unsubscribe().await {
                 tracing::warn!(error = %e, filter = sub.subject_filter(), "unsubscribe failed");
@@ -267,6 +301,50 @@ impl Driver {
         report
     }
 
+    /// Publishes a sessions request to the communication service: each replica
+    /// answers on this replica's sessions subject with `connected` events listing
+    /// the endpoints it holds sessions for ([`super::SESSIONS_REQUEST`]).
+    async fn ask_for_sessions(&mut self) {
+        let config = self.engine.config();
+        let subject = super::sessions_request_subject(&config.communication_service);
+        let reply_to = super::sessions_reply_subject(&config.replica_id);
+        if let Err(e) = self
+            .bus
+            .publish_message(&subject, Some(&reply_to), Bytes::new())
+            .await
+        {
+            self.metrics.publish_error();
+            tracing::warn!(%subject, error = %e, "could not ask for the sessions");
+        }
+    }
+
+    /// After a reconnect of the bus: once the subscriptions are back in effect,
+    /// re-synchronizes the engine ([`kaa_cmp::Cmx::resync`]) and asks the
+    /// communication service for its sessions again.
+    async fn check_reconnect(&mut self) {
+        let epoch = self.bus.connection_epoch();
+        if epoch == self.epoch {
+            return;
+        }
+        self.epoch = epoch;
+        match kaa_bus::subscription_barrier(self.bus.as_ref(), Duration::from_secs(5)).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                // Down again already: the next reconnect comes back here.
+                tracing::warn!("bus reconnected but did not confirm the subscriptions");
+            }
+        }
+        tracing::info!(
+            epoch,
+            endpoints = self.engine.tracked_endpoints(),
+            "bus reconnected: re-synchronizing configurations and sessions"
+        );
+        self.engine.resync(now());
+        self.publish_outputs(false).await;
+        self.ask_for_sessions().await;
+        self.sync_metrics();
+    }
+
     async fn on_timer(&mut self) {
         let now = now();
         self.engine.handle_timeout(now);
@@ -289,6 +367,19 @@ impl Driver {
             Input::Response => self.response(message, now),
             Input::ConfigUpdated => self.config_updated(message, now),
             Input::Elce => self.elce(message, now),
+            Input::Sessions => self.sessions(message, now),
+            Input::ProviderStarted => {
+                let span = tracing::info_span!("provider_started");
+                span.in_scope(|| {
+                    tracing::info!(
+                        replica = %String::from_utf8_lossy(&message.payload),
+                        endpoints = self.engine.tracked_endpoints(),
+                        "configuration provider started: re-synchronizing"
+                    );
+                    self.engine.resync(now);
+                });
+                span
+            }
         };
         self.publish_outputs(false).instrument(span).await;
         self.sync_metrics();
@@ -375,7 +466,10 @@ impl Driver {
     }
 
     fn elce(&mut self, message: &Message, now: UnixMillis) -> Span {
-        match kaa_elce::ElceEvent::decode(&message.subject, &message.payload) {
+        let limits = kaa_elce::DecodeLimits::with_max_endpoints(
+            self.engine.config().max_endpoints_per_event,
+        );
+        match kaa_elce::ElceEvent::decode_with_limits(&message.subject, &message.payload, limits) {
             Ok(event) => {
                 let span = tracing::info_span!(
                     "elce_event",
@@ -396,6 +490,29 @@ impl Driver {
             Err(e) => {
                 self.metrics.malformed(MessageKind::elce_event);
                 tracing::warn!(subject = %message.subject, error = %e, "malformed 9/ELCE event dropped");
+                Span::none()
+            }
+        }
+    }
+
+    fn sessions(&mut self, message: &Message, now: UnixMillis) -> Span {
+        match kaa_elce::ConnectedEvent::decode(&message.payload) {
+            Ok(event) => {
+                let span = tracing::info_span!(
+                    "sessions",
+                    "correlationId" = %event.correlation_id,
+                    originator = %event.originator_replica_id,
+                    endpoints = event.endpoints.len(),
+                );
+                span.in_scope(|| {
+                    tracing::debug!("sessions of a communication service");
+                    self.engine.adopt_sessions(&event, now);
+                });
+                span
+            }
+            Err(e) => {
+                self.metrics.malformed(MessageKind::elce_event);
+                tracing::warn!(subject = %message.subject, error = %e, "malformed sessions list dropped");
                 Span::none()
             }
         }

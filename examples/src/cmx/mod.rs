@@ -31,6 +31,37 @@
 //!   answers for up to `cmx.shutdown-grace-ms`, answers 504 to any device still
 //!   waiting after that, flushes the bus, and returns a [`RunReport`].
 //!
+//! - **Recovery.** The engine's state (who is connected, what each device holds
+//!   and observes) lives in memory, and NATS core delivers at most once, so two
+//!   things are repaired explicitly:
+//!   - *a bus outage* (the NATS server restarted, or the connection dropped):
+//!     `ConfigUpdated` and `connected` broadcasts sent meanwhile are gone. The
+//!     driver watches the bus's connection epoch ([`Bus::connection_epoch`]); after
+//!     a reconnect it waits until its subscriptions are back
+//!     ([`subscription_barrier`]), then calls [`kaa_cmp::Cmx::resync`] (every
+//!     connected endpoint's configurations are fetched again and pushed unless the
+//!     device holds them) and asks for the sessions (below). A fetch that finds the
+//!     provider still reconnecting times out and is retried by the engine.
+//!   - *a restart of the CMX itself* while devices stay connected to KPC: at start
+//!     (and after every reconnect) the driver publishes an empty sessions request
+//!     to [`sessions_request_subject`] (the communication service, every replica)
+//!     with `replyTo` [`sessions_reply_subject`]; each KPC replica answers with
+//!     9/ELCE `ConnectedEvent` datums listing the endpoints it holds sessions for,
+//!     and the engine adopts them ([`kaa_cmp::Cmx::adopt_sessions`]): they count
+//!     as connected, get what they have not reported applied, and, since which
+//!     named configurations they observe was lost with the old process, get pushes
+//!     for any name the provider announces a change of.
+//!   - *a restart of the provider*: ECR publishes `ConfigUpdated` after the write
+//!     commits, so one killed with events still queued never announces those
+//!     writes. Each provider replica announces its start on
+//!     [`provider_started_subject`]; the CMX then calls
+//!     [`kaa_cmp::Cmx::resync`] as after a reconnect.
+//!
+//!   The sessions request and the provider's start announcement are this
+//!   project's additions to the Kaa protocols; a communication
+//!   service without it simply does not answer, and its devices are learned again
+//!   from their next request or session.
+//!
 //! Undecodable messages never stop the service: they are counted
 //! (`cmx_malformed_messages_total`), logged and dropped. A `ClientData` that decodes
 //! but carries a malformed 7/CMP payload is answered 400 by the engine.
@@ -295,6 +326,12 @@ impl CmxService {
     /// listener (`cmx.http.listen`, if set).
     pub async fn bind(config: &CmxServiceConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
         config.validate()?;
+        crate::service::check_fits_bus(
+            "cmx.limits.max-config-size",
+            config.max_config_size(),
+            crate::service::CMP_WRAPPER_ROOM + crate::service::BUS_ENVELOPE_ROOM,
+            bus.max_payload(),
+        )?;
         let engine = Cmx::new(config.engine_config())?;
         CmxService::bind_engine(engine, bus, config.http_listen(), config.shutdown_grace()).await
     }
@@ -325,6 +362,12 @@ impl CmxService {
             config_updated: sub(&subs.config_updated, None).await?,
             connectivity: sub(&subs.connectivity, None).await?,
             lifecycle: sub(&subs.lifecycle, None).await?,
+            sessions: bus
+                .subscribe(&sessions_reply_subject(&engine.config().replica_id), None)
+                .await?,
+            provider_started: bus
+                .subscribe(&provider_started_subject(&engine.config().provider), None)
+                .await?,
         };
         if !subscription_barrier(bus.as_ref(), BARRIER_TIMEOUT).await? {
             tracing::warn!(
@@ -414,6 +457,32 @@ impl CmxService {
         }
         result
     }
+}
+
+/// The message type of a sessions request (see the module docs, "Recovery").
+pub const SESSIONS_REQUEST: &str = "SessionsRequest";
+
+/// `kaa.v1.service.<communication service>.elce.SessionsRequest`: where a CMX asks
+/// a communication service (every replica: no queue group) for the endpoints it
+/// holds sessions for. The request is empty; its `replyTo` is
+/// [`sessions_reply_subject`].
+pub fn sessions_request_subject(communication_service: &str) -> String {
+    format!("kaa.v1.service.{communication_service}.elce.{SESSIONS_REQUEST}")
+}
+
+/// `kaa.v1.replica.<cmx replica>.elce.Sessions`: where the answers to a CMX
+/// replica's sessions request arrive, as 9/ELCE `ConnectedEvent` datums (each
+/// lists some of the endpoints one communication service replica holds).
+pub fn sessions_reply_subject(cmx_replica: &str) -> String {
+    format!("kaa.v1.replica.{cmx_replica}.elce.Sessions")
+}
+
+/// `kaa.v1.events.<provider>.provider.started`: a configuration data provider
+/// replica announces that it (re)started (payload: its replica ID). It may have
+/// died with `ConfigUpdated` events of acknowledged writes still queued, so the
+/// CMX re-synchronizes ([`kaa_cmp::Cmx::resync`]).
+pub fn provider_started_subject(provider: &str) -> String {
+    format!("kaa.v1.events.{provider}.provider.started")
 }
 
 /// How long [`CmxService::bind`] waits for the bus to confirm its subscriptions.

@@ -41,6 +41,11 @@
 //! `originatorReplicaId` = the replica ID and `configName` set for names other than
 //! `default`). When the effective configuration disappears the event carries
 //! `configId` `""` and content `null`, the absent configuration of the table above.
+//! Events are published after the write commits, so a replica killed with events
+//! still queued never announces those changes; to repair that, every replica
+//! publishes `kaa.v1.events.<instance>.provider.started` (payload: its replica ID)
+//! once its subscriptions are in place, and a CMX re-fetches the configurations of
+//! its connected endpoints on it ([`crate::cmx::provider_started_subject`]).
 //! `endpoint.config.applied` from the configured CMX instance goes into the status
 //! history. Event listeners use the queue group `<instance>` too: replicas share one
 //! store, so each event is handled once.
@@ -409,6 +414,16 @@ pub async fn start(
     // In effect on the server before ECR reports ready (a flush alone is not).
     if !kaa_bus::subscription_barrier(bus.as_ref(), std::time::Duration::from_secs(5)).await? {
         tracing::warn!("bus did not confirm ECR's subscriptions within 5 s");
+    }
+    // A provider that died may have taken ConfigUpdated events of acknowledged
+    // writes with it (they are published after the commit): CMXs re-synchronize
+    // when a provider (re)starts.
+    let started = crate::cmx::provider_started_subject(group);
+    if let Err(e) = bus
+        .publish(&started, Bytes::from(settings.replica_id.clone()))
+        .await
+    {
+        tracing::warn!(error = %e, "could not announce the provider start");
     }
 
     let metrics = BusMetrics::register(&settings.metrics);

@@ -8,6 +8,12 @@
 //!   `ClientData` this replica forwards). Each is decoded and handed to the session
 //!   that owns its endpoint; see the [module docs](super) for what happens when
 //!   none does.
+//! - **Sessions requests** (`kaa.v1.service.<instance>.elce.SessionsRequest`, no
+//!   queue group: every replica answers for its own sessions; see
+//!   [`crate::cmx::sessions_request_subject`]): a CMX that restarted, or whose bus
+//!   reconnected, asks which endpoints have sessions. The answer goes to the
+//!   request's `replyTo` as `ConnectedEvent` datums of at most
+//!   [`SESSIONS_PER_ANSWER`] endpoints each (none when there are no sessions).
 //! - `connected` / `disconnected` go out on
 //!   `kaa.v1.events.<instance>.endpoint.connectivity.{connected,disconnected}`, in
 //!   the order the sessions' ownership changes happened, with `originatorReplicaId`
@@ -24,7 +30,7 @@ use kaa_elce::{ConnectedEvent, DisconnectedEvent, EndpointEvent};
 use kaa_esp::ExtensionData;
 use kaa_esp::subject::{ListenerFilters, MessageType};
 use kaa_ism::UnixMillis;
-use kaa_ism::avro::Decode;
+use kaa_ism::avro::{Decode, Encode};
 use kaa_ism::common::CommonFields;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -40,10 +46,14 @@ fn now() -> UnixMillis {
     )
 }
 
+/// The most endpoints one answer to a sessions request lists.
+pub(crate) const SESSIONS_PER_ANSWER: usize = 500;
+
 /// The bus-side tasks of a running KPC.
 #[derive(Debug)]
 pub(crate) struct BusTasks {
     listener: JoinHandle<()>,
+    sessions: JoinHandle<()>,
     publisher: JoinHandle<()>,
     events: mpsc::UnboundedSender<EventOut>,
 }
@@ -52,6 +62,7 @@ impl BusTasks {
     /// Waits until every event queued so far is published, then stops both tasks.
     pub(crate) async fn shutdown(self) {
         self.listener.abort();
+        self.sessions.abort();
         let (done, flushed) = oneshot::channel();
         if self.events.send(EventOut::Flush(done)).is_ok() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flushed).await;
@@ -82,6 +93,13 @@ pub(crate) async fn start(
         .subscribe(filters.instance_wide.as_str(), Some(&filters.queue_group))
         .await?;
     let replica = shared.bus.subscribe(filters.replica.as_str(), None).await?;
+    let mut sessions_requests = shared
+        .bus
+        .subscribe(
+            &crate::cmx::sessions_request_subject(&settings.instance),
+            None,
+        )
+        .await?;
     // In effect on the server before KPC accepts devices (a flush alone is not).
     if !kaa_bus::subscription_barrier(shared.bus.as_ref(), std::time::Duration::from_secs(5))
         .await?
@@ -98,9 +116,20 @@ pub(crate) async fn start(
             tracing::warn!("ExtensionData subscriptions ended");
         })
     };
+    let sessions = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            while let Some(request) = sessions_requests.next().await {
+                if let Some(reply_to) = request.reply_to {
+                    answer_sessions_request(&shared, &reply_to).await;
+                }
+            }
+        })
+    };
     let publisher = tokio::spawn(publish_events(shared, events_rx));
     Ok(BusTasks {
         listener,
+        sessions,
         publisher,
         events: events_tx,
     })
@@ -144,6 +173,33 @@ fn route_extension_data(shared: &Shared, message: &Message) {
             metrics.extension_data("queue_full");
         }
         Err(mpsc::error::TrySendError::Closed(_)) => metrics.extension_data("no_session"),
+    }
+}
+
+/// Lists this replica's sessions' endpoints to `reply_to`, in `connected` events.
+async fn answer_sessions_request(shared: &Shared, reply_to: &str) {
+    let endpoints = shared.hub.owned_endpoints();
+    tracing::info!(
+        endpoints = endpoints.len(),
+        reply_to,
+        "sessions request: listing the endpoints with a session"
+    );
+    for chunk in endpoints.chunks(SESSIONS_PER_ANSWER) {
+        let event = ConnectedEvent {
+            correlation_id: uuid::Uuid::new_v4().to_string().into(),
+            timestamp: now().0,
+            timeout: 0,
+            endpoints: map_of(chunk),
+            originator_replica_id: shared.settings.replica_id.as_str().into(),
+        };
+        if let Err(e) = shared
+            .bus
+            .publish(reply_to, Bytes::from(event.to_vec()))
+            .await
+        {
+            tracing::warn!(error = %e, reply_to, "could not answer a sessions request");
+            return;
+        }
     }
 }
 

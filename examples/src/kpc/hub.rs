@@ -187,6 +187,16 @@ impl Hub {
             .map(|o| o.session.clone())
     }
 
+    /// Every endpoint owned by some session, with its app version (for a CMX's
+    /// sessions request).
+    pub(crate) fn owned_endpoints(&self) -> Vec<EndpointEntry> {
+        self.lock()
+            .owners
+            .iter()
+            .map(|(id, o)| (Arc::clone(id), Arc::clone(&o.app_version)))
+            .collect()
+    }
+
     /// How many endpoints are owned by some session.
     #[cfg(test)]
     pub(crate) fn endpoint_count(&self) -> usize {
