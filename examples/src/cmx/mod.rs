@@ -57,6 +57,10 @@
 //!     [`provider_started_subject`]; the CMX then calls
 //!     [`kaa_cmp::Cmx::resync`] as after a reconnect.
 //!
+//!   Not covered: a *named* configuration changed while no CMX ran reaches an
+//!   adopted device only with the next change of that name or the device's next
+//!   request (which names a device observes lived in the old process's memory).
+//!
 //!   The sessions request and the provider's start announcement are this
 //!   project's additions to the Kaa protocols; a communication
 //!   service without it simply does not answer, and its devices are learned again
