@@ -2,8 +2,12 @@
 //!
 //! - Configuration: [`load_yaml`] / [`parse_yaml`] read a YAML file into a typed serde
 //!   struct and turn every problem into a [`ConfigError`] that names the file, the
-//!   line and column, and what was expected; [`Secret`] lets a secret in the file be
-//!   given by environment variable name instead of by value, and never prints it.
+//!   line and column, and what was expected; [`Secret`] names the environment
+//!   variable a secret is read from (a secret written into a file is refused), and
+//!   never prints it.
+//! - Limits: [`DEFAULT_MAX_CONFIG_SIZE`], the one maximum configuration size of the
+//!   stack, and [`check_fits_bus`], the start-up check that a service's size limit
+//!   fits the bus's `max_payload` (see [Limits](#limits)).
 //! - Logs: [`init_tracing`] installs a `tracing` subscriber filtered by `RUST_LOG`
 //!   (or a default directive).
 //! - Operations endpoints: [`Metrics`] (a Prometheus registry) and [`ops_router`]
@@ -109,25 +113,78 @@ pub fn parse_yaml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, Co
     })
 }
 
-/// A secret in a configuration file: either the value itself or, preferably, the name
-/// of an environment variable that holds it.
+/// A secret named in a configuration file: the name of the environment variable
+/// that holds it. Secrets themselves are never read from configuration files.
 ///
 /// ```yaml
-/// token: s3cr3t               # the value (discouraged outside local use)
 /// token: { env: ECR_TOKEN }   # read from $ECR_TOKEN at start-up
+/// token: s3cr3t               # refused: "… secrets are not read from configuration files …"
 /// ```
 ///
-/// `Debug` and `Display` never show the value.
-#[derive(Clone, Deserialize)]
-#[serde(untagged)]
+/// [`Secret::Value`] exists for code that builds a configuration itself (tests,
+/// embedding); YAML cannot produce it. `Debug` and `Display` never show the value.
+#[derive(Clone)]
 pub enum Secret {
-    /// The value itself.
+    /// The value itself (from code only, never from a file).
     Value(String),
     /// The name of the environment variable holding the value.
     Env {
         /// The variable name.
         env: String,
     },
+}
+
+/// The message of the error a secret written into a configuration file gets.
+pub const INLINE_SECRET_REFUSED: &str = "secrets are not read from configuration files: write `{ env: VARIABLE }` and put the value in that environment variable";
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SecretVisitor;
+        impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`{ env: VARIABLE }`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Secret, A::Error> {
+                let mut env: Option<String> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "env" || env.is_some() {
+                        return Err(serde::de::Error::custom(INLINE_SECRET_REFUSED));
+                    }
+                    env = Some(map.next_value()?);
+                }
+                match env {
+                    Some(env) if !env.is_empty() => Ok(Secret::Env { env }),
+                    Some(_) => Err(serde::de::Error::custom(
+                        "the environment variable name of a secret is empty",
+                    )),
+                    None => Err(serde::de::Error::custom(INLINE_SECRET_REFUSED)),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Secret, E> {
+                Err(E::custom(INLINE_SECRET_REFUSED))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(INLINE_SECRET_REFUSED))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(INLINE_SECRET_REFUSED))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(INLINE_SECRET_REFUSED))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(INLINE_SECRET_REFUSED))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(serde::de::Error::custom(INLINE_SECRET_REFUSED))
+            }
+        }
+        d.deserialize_any(SecretVisitor)
+    }
 }
 
 impl Secret {
@@ -167,6 +224,67 @@ impl fmt::Display for Secret {
             Secret::Env { env } => write!(f, "secret from ${env}"),
         }
     }
+}
+
+/// Room reserved, in every bus message that carries a configuration, for the Avro
+/// fields around it (6/CDTP `ConfigResponse`, 4/ESP `ExtensionData`: IDs, names,
+/// resource path, reason phrase): 8 KiB.
+pub const BUS_ENVELOPE_ROOM: usize = 8 * 1024;
+
+/// Room reserved, in a device payload that carries a configuration, for the 7/CMP
+/// JSON around it (`{"configId": …, "config": …}`): 8 KiB.
+pub const CMP_WRAPPER_ROOM: usize = 8 * 1024;
+
+/// The default maximum configuration size, 1 MiB − 16 KiB = 1,032,192 bytes: the
+/// largest configuration whose messages fit a NATS server's default `max_payload`
+/// (1 MiB) with [`CMP_WRAPPER_ROOM`] and [`BUS_ENVELOPE_ROOM`].
+///
+/// # Limits
+///
+/// One maximum configuration size (the JSON bytes of one configuration) holds for
+/// the whole stack; every service refuses to start when its own limit does not
+/// fit what the bus carries ([`check_fits_bus`]), with a message naming both:
+///
+/// | service | key | default | start-up check |
+/// | --- | --- | --- | --- |
+/// | ECR | `ecr.http.body-limit` (a PUT body is the configuration) | this | limit + 16 KiB ≤ bus `max_payload` |
+/// | CMX | `cmx.limits.max-config-size` | this | limit + 16 KiB ≤ bus `max_payload` |
+/// | KPC | `kpc.mqtt.max-payload` (PUBLISH payloads, both directions) | this + 8 KiB | limit + 8 KiB ≤ bus `max_payload` |
+///
+/// At run time ECR answers a larger body with 413 `{"message"}` and stores
+/// nothing, and KPC answers a delivery larger than `max-payload` (which the device
+/// could not be expected to take) with a 1/KP 413 error on the response's `/error`
+/// topic instead of the payload.
+pub const DEFAULT_MAX_CONFIG_SIZE: usize = 1024 * 1024 - CMP_WRAPPER_ROOM - BUS_ENVELOPE_ROOM;
+
+/// Checks at start-up that a size limit plus the `room` its messages add fits the
+/// bus's `max_payload` (when the bus knows it); the error names the key, both
+/// sizes and what to change.
+///
+/// ```
+/// use kaa_examples::service::{check_fits_bus, DEFAULT_MAX_CONFIG_SIZE};
+/// assert!(check_fits_bus("ecr.http.body-limit", DEFAULT_MAX_CONFIG_SIZE, 16 * 1024, Some(1 << 20)).is_ok());
+/// let err = check_fits_bus("ecr.http.body-limit", 1 << 20, 16 * 1024, Some(1 << 20)).unwrap_err();
+/// assert!(err.to_string().contains("at most 1032192"), "{err}");
+/// ```
+pub fn check_fits_bus(
+    key: &str,
+    limit: usize,
+    room: usize,
+    bus_max_payload: Option<usize>,
+) -> Result<(), ConfigError> {
+    let Some(bus_max) = bus_max_payload else {
+        return Ok(());
+    };
+    if limit.saturating_add(room) <= bus_max {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{key} is {limit} bytes, but its messages need {room} bytes more and the bus carries at \
+         most {bus_max} bytes per message (NATS: the server's max_payload); set {key} to at most \
+         {} or raise max_payload in the NATS server configuration",
+        bus_max.saturating_sub(room)
+    )))
 }
 
 /// Installs a `tracing` subscriber writing to stderr, filtered by `RUST_LOG` or else
@@ -358,18 +476,71 @@ mod tests {
     }
 
     #[test]
-    fn secrets_resolve_and_never_print() {
-        let d: Demo = parse_yaml("body-limit: 1\ntoken: hunter2\n", "x").unwrap();
-        assert_eq!(d.body_limit, 1);
-        let t = d.token.unwrap();
-        assert_eq!(t.resolve().unwrap(), "hunter2");
-        assert!(!format!("{t:?} {t}").contains("hunter2"));
+    fn secrets_come_from_the_environment_and_never_print() {
+        // A secret written into the file is refused, whatever its form.
+        for inline in [
+            "token: hunter2\n",
+            "token: 12345\n",
+            "token: [hunter2]\n",
+            "token: { value: hunter2 }\n",
+        ] {
+            let err = parse_yaml::<Demo>(&format!("body-limit: 1\n{inline}"), "x.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(INLINE_SECRET_REFUSED), "{inline}: {err}");
+            assert!(err.starts_with("x.yaml: line 2"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let err = parse_yaml::<Demo>("body-limit: 1\ntoken: {env: ''}\n", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("empty"), "{err}");
         let d: Demo = parse_yaml("body-limit: 1\ntoken: {env: SOME_VAR}\n", "x").unwrap();
+        assert_eq!(d.body_limit, 1);
         let t = d.token.unwrap();
         let lookup = |n: &str| (n == "SOME_VAR").then(|| "v4lue".to_owned());
         assert_eq!(t.resolve_with(lookup).unwrap(), "v4lue");
-        assert!(t.resolve_with(|_| None).is_err());
+        let unset = t.resolve_with(|_| None).unwrap_err().to_string();
+        assert!(unset.contains("SOME_VAR is not set"), "{unset}");
+        let empty = t.resolve_with(|_| Some(String::new())).unwrap_err();
+        assert!(empty.to_string().contains("empty"), "{empty}");
         assert_eq!(t.to_string(), "secret from $SOME_VAR");
+        assert_eq!(format!("{t:?}"), "secret from $SOME_VAR");
+        // A value set from code resolves but never prints, in any format.
+        let t = Secret::Value("hunter2".into());
+        assert_eq!(t.resolve().unwrap(), "hunter2");
+        for shown in [
+            format!("{t}"),
+            format!("{t:?}"),
+            format!("{t:#?}"),
+            format!("{:?}", Some(&t)),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn size_limits_are_checked_against_the_bus() {
+        let room = CMP_WRAPPER_ROOM + BUS_ENVELOPE_ROOM;
+        check_fits_bus("k", DEFAULT_MAX_CONFIG_SIZE, room, Some(1 << 20)).unwrap();
+        check_fits_bus("k", usize::MAX, room, None).unwrap();
+        let err = check_fits_bus(
+            "ecr.http.body-limit",
+            DEFAULT_MAX_CONFIG_SIZE + 1,
+            room,
+            Some(1 << 20),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ecr.http.body-limit is 1032193 bytes"),
+            "{err}"
+        );
+        assert!(err.contains("at most 1048576 bytes per message"), "{err}");
+        assert!(
+            err.contains("set ecr.http.body-limit to at most 1032192"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -657,7 +657,8 @@ async fn limits_payload_inflight_and_connections() {
     assert_eq!(error_payload(&r).status_code, 429);
     s.cmx.none_within(QUIET).await;
 
-    // Two connections at most: the third is closed at once.
+    // Two connections at most: the third gets CONNACK 0x03 (server unavailable)
+    // and is closed (more in limits::the_connection_past_max_connections_…).
     let _second = Raw::connected(addr, "second", 60).await;
     let mut third = Raw::connect(addr).await;
     third
@@ -665,7 +666,13 @@ async fn limits_payload_inflight_and_connections() {
             "third",
         )))
         .await;
-    assert!(third.expect_closed().await.is_empty());
+    assert_eq!(
+        third.expect_closed().await,
+        [Packet::ConnAck(rumqttc::mqttbytes::v4::ConnAck::new(
+            rumqttc::mqttbytes::v4::ConnectReturnCode::ServiceUnavailable,
+            false
+        ))]
+    );
 }
 
 #[tokio::test]

@@ -41,7 +41,21 @@
 //!     max-names-per-endpoint: 32
 //!     max-waiters-per-request: 16
 //!     max-config-id-len: 256
+//!     max-endpoints-per-event: 10000  # 9/ELCE connected/disconnected events listing more are dropped
+//!     max-config-size: 1032192    # the stack's maximum configuration size (1 MiB − 16 KiB)
 //! ```
+//!
+//! **Limits.** `cmx.limits.max-pending-requests` bounds the CDTP requests in
+//! flight: a device request past it gets a 503 `ExtensionData` with a reason
+//! and `cmx_backpressure_rejections_total` counts it; `cmx_pending_cdtp_requests` never exceeds the limit.
+//! A 9/ELCE event listing more than `max-endpoints-per-event` endpoints is dropped
+//! and counted in `cmx_malformed_total{kind="elce_event"}`; keep it at least KPC's
+//! `max-endpoints-per-session`. `max-config-size` is the stack's maximum
+//! configuration size ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]): at start-up,
+//! it plus 16 KiB (7/CMP wrapper and 4/ESP envelope) must fit the bus's
+//! `max_payload` (NATS: the server's), or CMX refuses to start and names the
+//! largest value that fits. CMX holds no secrets; NATS credentials come from the
+//! environment only.
 //!
 //! Kaa (a Spring Boot application) also accepts its keys written flat, and so does
 //! this service: `kaa.cmx.endpoint-state-persistence.ttl: 3600` at the top level is
@@ -61,6 +75,22 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::service::ConfigError;
+
+fn de_opt_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(usize),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(d)? {
+        None => Ok(None),
+        Some(Size::Number(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => crate::ecr::config::parse_byte_size(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
 
 /// The default CDTP timeout: 5 s.
 pub const DEFAULT_CDTP_TIMEOUT_MS: u64 = 5_000;
@@ -298,6 +328,13 @@ pub struct LimitsSection {
     /// Device requests waiting on one CDTP request (default 16).
     #[serde(default)]
     pub max_waiters_per_request: Option<usize>,
+    /// Endpoints one 9/ELCE connected/disconnected event may list (default 10,000).
+    #[serde(default)]
+    pub max_endpoints_per_event: Option<usize>,
+    /// The largest configuration CMX carries, in bytes (default 1 MiB − 16 KiB):
+    /// checked against the bus's `max_payload` at start-up.
+    #[serde(default, deserialize_with = "de_opt_byte_size")]
+    pub max_config_size: Option<usize>,
     /// The longest `configId` accepted from a device, bytes (default 256).
     #[serde(default)]
     pub max_config_id_len: Option<usize>,
@@ -454,6 +491,16 @@ impl CmxServiceConfig {
         kaa_bus::NatsConfig::new(urls).with_connection_name(self.replica_id())
     }
 
+    /// `cmx.limits.max-config-size`, default
+    /// [`crate::service::DEFAULT_MAX_CONFIG_SIZE`].
+    pub fn max_config_size(&self) -> usize {
+        self.cmx
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_config_size)
+            .unwrap_or(crate::service::DEFAULT_MAX_CONFIG_SIZE)
+    }
+
     /// The engine configuration. The correlation prefix is `<replica>-<8 hex>`,
     /// new for every call, so that late CDTP answers to a previous run of this
     /// replica match nothing.
@@ -491,6 +538,7 @@ impl CmxServiceConfig {
             set(&mut c.max_names_per_endpoint, l.max_names_per_endpoint);
             set(&mut c.max_waiters_per_request, l.max_waiters_per_request);
             set(&mut c.max_config_id_len, l.max_config_id_len);
+            set(&mut c.max_endpoints_per_event, l.max_endpoints_per_event);
         }
         c.app_versions = self.app_versions();
         let run = uuid::Uuid::new_v4().simple().to_string();
@@ -545,6 +593,8 @@ impl CmxServiceConfig {
                 ("max-names-per-endpoint", l.max_names_per_endpoint),
                 ("max-waiters-per-request", l.max_waiters_per_request),
                 ("max-config-id-len", l.max_config_id_len),
+                ("max-endpoints-per-event", l.max_endpoints_per_event),
+                ("max-config-size", l.max_config_size),
             ] {
                 if value == Some(0) {
                     return invalid(format!("cmx.limits.{key} must be greater than 0"));

@@ -324,7 +324,8 @@ pub async fn handle_applied(ecr: &Ecr, datum: &[u8], now: UnixMillis) -> Result<
 /// Handles a 9/ELCE event datum received on `subject`.
 pub async fn handle_elce(ecr: &Ecr, subject: &str, datum: &[u8]) -> Result<(), String> {
     let event =
-        ElceEvent::decode(subject, datum).map_err(|e| format!("malformed 9/ELCE event: {e}"))?;
+        ElceEvent::decode_with_limits(subject, datum, crate::ecr::config::ELCE_DECODE_LIMITS)
+            .map_err(|e| format!("malformed 9/ELCE event: {e}"))?;
     let ep = |id: &str| EndpointId::new(id).map_err(|e| e.to_string());
     let app = |v: &str| AppVersionName::new(v).map_err(|e| e.to_string());
     match event {

@@ -23,9 +23,10 @@
 //! ecr:
 //!   http:
 //!     listen: 127.0.0.1:8080
-//!     body-limit: 1MiB           # bytes, or with KiB/MiB suffix; default 1 MiB
+//!     body-limit: 1008KiB        # the largest configuration (a PUT body), bytes or KiB/MiB; default 1 MiB − 16 KiB
 //!   store:
-//!     url: sqlite://ecr.db       # or postgres://user@host/db
+//!     url: sqlite://ecr.db       # or postgres://user@host/db (no password here)
+//!     # url-env: ECR_STORE_URL   # instead of url: the environment variable holding the URL
 //!   cmx:
 //!     service-instance-name: cmx # whose endpoint.config.applied events are recorded
 //! auth:
@@ -35,6 +36,19 @@
 //!       token: { env: ECR_ADMIN_TOKEN }
 //!       access: read-write
 //! ```
+//!
+//! **Limits.** `ecr.http.body-limit` is the maximum configuration size of the
+//! stack (see [`crate::service::DEFAULT_MAX_CONFIG_SIZE`]): a larger body gets 413
+//! `{"message"}` and nothing is stored. At start-up, body-limit + 16 KiB (the
+//! 7/CMP wrapper and the 6/CDTP / 4/ESP envelopes) must fit the bus's
+//! `max_payload` (NATS: the server's, 1 MiB by default), or ECR refuses to start
+//! with a message naming the largest body-limit that fits.
+//!
+//! **Secrets** come from the environment only: `auth.tokens[].token` must be
+//! `{ env: VAR }` (a token written into the file is a start-up error), and a
+//! PostgreSQL URL with a password must be given by `ecr.store.url-env` (the name
+//! of the environment variable holding the URL); `ecr.store.url` with a password
+//! is refused.
 //!
 //! When `kaa.applications` lists app versions, ECR accepts only those (REST and
 //! 6/CDTP); when it lists none, any valid app version name is accepted.
@@ -47,8 +61,22 @@ use serde::Deserialize;
 
 use crate::service::{ConfigError, Secret};
 
-/// The default request body limit: 1 MiB.
-pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// The default request body limit, which is the stack's maximum configuration size:
+/// 1 MiB − 16 KiB ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]), so that the
+/// largest configuration still fits a default NATS message with its envelopes.
+pub const DEFAULT_BODY_LIMIT: usize = crate::service::DEFAULT_MAX_CONFIG_SIZE;
+
+/// The most endpoints one 9/ELCE `connected` event may list for ECR to learn
+/// them (10,000, CMX's default `cmx.limits.max-endpoints-per-event`; KPC lists at
+/// most `max-endpoints-per-session`, default 1,000): a longer event is ignored and
+/// counted in `ecr_events_handled_total{event="connectivity",result="ignored"}`.
+pub const ELCE_DECODE_LIMITS: kaa_elce::DecodeLimits =
+    kaa_elce::DecodeLimits::with_max_endpoints(10_000);
+
+/// Room the bus messages of a configuration need on top of it (7/CMP wrapper and
+/// Avro envelope): `ecr.http.body-limit` + this must fit the bus's `max_payload`.
+pub const CONFIG_MESSAGE_ROOM: usize =
+    crate::service::CMP_WRAPPER_ROOM + crate::service::BUS_ENVELOPE_ROOM;
 
 /// The whole ECR configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -168,7 +196,8 @@ pub struct EcrSection {
 pub struct HttpSection {
     /// `ecr.http.listen`: the REST API, `/health` and `/metrics` address.
     pub listen: SocketAddr,
-    /// `ecr.http.body-limit`: the largest request body; larger is 413.
+    /// `ecr.http.body-limit`: the largest request body, and so the largest
+    /// configuration; larger is 413.
     #[serde(default, deserialize_with = "de_byte_size")]
     pub body_limit: Option<usize>,
 }
@@ -177,8 +206,24 @@ pub struct HttpSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StoreSection {
-    /// `ecr.store.url`: `sqlite://<path>` or `postgres://…`.
+    /// `ecr.store.url`: `sqlite://<path>` or `postgres://…` without a password.
+    #[serde(default)]
     pub url: String,
+    /// `ecr.store.url-env`: the environment variable holding the store URL (for a
+    /// URL with a password); instead of `ecr.store.url`.
+    #[serde(default)]
+    pub url_env: Option<String>,
+}
+
+/// True when a PostgreSQL URL or key-value connection string holds a password.
+fn has_password(url: &str) -> bool {
+    if url.to_ascii_lowercase().contains("password=") {
+        return true;
+    }
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 /// `ecr.cmx`.
@@ -280,6 +325,42 @@ impl EcrConfig {
         self.ecr.http.body_limit.unwrap_or(DEFAULT_BODY_LIMIT)
     }
 
+    /// The store URL: `ecr.store.url`, or the value of the environment variable
+    /// `ecr.store.url-env` names.
+    pub fn store_url(&self) -> Result<String, ConfigError> {
+        self.store_url_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`EcrConfig::store_url`] with a custom environment lookup (for tests).
+    pub fn store_url_with(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, ConfigError> {
+        let store = &self.ecr.store;
+        match (&store.url_env, store.url.is_empty()) {
+            (Some(_), false) => Err(ConfigError::Invalid(
+                "ecr.store: set url or url-env, not both".into(),
+            )),
+            (None, true) => Err(ConfigError::Invalid(
+                "ecr.store.url is missing (or name the environment variable holding it with \
+                 ecr.store.url-env)"
+                    .into(),
+            )),
+            (None, false) if has_password(&store.url) => Err(ConfigError::Invalid(
+                "ecr.store.url holds a password; secrets are not read from configuration \
+                 files: put the URL in an environment variable and name it with \
+                 ecr.store.url-env"
+                    .into(),
+            )),
+            (None, false) => Ok(store.url.clone()),
+            (Some(var), true) => lookup(var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "environment variable {var} (ecr.store.url-env) is not set"
+                ))
+            }),
+        }
+    }
+
     /// The replica ID (`service.instance.replica.id`, default `<name>-1`).
     pub fn replica_id(&self) -> String {
         self.service.instance.replica.as_ref().map_or_else(
@@ -317,6 +398,10 @@ impl EcrConfig {
             return Err(ConfigError::Invalid(
                 "nats.urls is empty (remove the nats section for the in-memory bus)".into(),
             ));
+        }
+        // With url-env alone the variable is read when the store opens.
+        if self.ecr.store.url_env.is_none() || !self.ecr.store.url.is_empty() {
+            self.store_url()?;
         }
         if self.auth.enabled && self.auth.tokens.is_empty() {
             return Err(ConfigError::Invalid(
@@ -401,5 +486,50 @@ mod tests {
                 .to_string()
                 .contains("auth.tokens")
         );
+    }
+
+    #[test]
+    fn secrets_are_never_read_from_the_file() {
+        // An API token written into the file: refused, without echoing it.
+        let inline = MINIMAL.replace(
+            "auth:\n  enabled: false\n",
+            "auth:\n  enabled: true\n  tokens:\n    - name: a\n      token: tok-s3cret\n      access: read\n",
+        );
+        let err = parse_yaml::<EcrConfig>(&inline, "ecr.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(crate::service::INLINE_SECRET_REFUSED), "{err}");
+        assert!(err.starts_with("ecr.yaml: line 10"), "{err}");
+        assert!(!err.contains("tok-s3cret"), "{err}");
+        // A PostgreSQL URL with a password: refused; the same URL from the environment: used.
+        for url in [
+            "postgres://kaa:pg-s3cret@db/ecr",
+            "postgresql://kaa:pg-s3cret@db:5432/ecr?sslmode=require",
+            "host=db user=kaa password=pg-s3cret",
+        ] {
+            let text = MINIMAL.replace("sqlite://x.db", &format!("\"{url}\""));
+            let c: EcrConfig = parse_yaml(&text, "t").unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("ecr.store.url-env"), "{url}: {err}");
+            assert!(!err.contains("pg-s3cret"), "{err}");
+        }
+        let from_env = MINIMAL.replace("url: sqlite://x.db", "url-env: ECR_TEST_STORE_URL");
+        let c: EcrConfig = parse_yaml(&from_env, "t").unwrap();
+        c.validate().unwrap();
+        let url = "postgres://kaa:pg-s3cret@db/ecr";
+        let lookup = |n: &str| (n == "ECR_TEST_STORE_URL").then(|| url.to_owned());
+        assert_eq!(c.store_url_with(lookup).unwrap(), url);
+        let err = c.store_url_with(|_| None).unwrap_err().to_string();
+        assert!(err.contains("ECR_TEST_STORE_URL"), "{err}");
+        let both = from_env.replace("url-env:", "url: sqlite://y.db\n    url-env:");
+        let c: EcrConfig = parse_yaml(&both, "t").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("not both"));
+        // A URL with a user and no password is fine.
+        let c: EcrConfig = parse_yaml(
+            &MINIMAL.replace("sqlite://x.db", "postgres://postgres@127.0.0.1:5432/ecr"),
+            "t",
+        )
+        .unwrap();
+        c.validate().unwrap();
     }
 }

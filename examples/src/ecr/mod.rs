@@ -107,7 +107,13 @@ impl EcrServer {
         config.validate()?;
         let auth = api::Authenticator::from_config(&config.auth)?;
         let apps = core::AppVersions::from_config(&config.kaa)?;
-        let store = store::open(&config.ecr.store.url).await?;
+        crate::service::check_fits_bus(
+            "ecr.http.body-limit",
+            config.body_limit(),
+            config::CONFIG_MESSAGE_ROOM,
+            bus.max_payload(),
+        )?;
+        let store = store::open(&config.store_url()?).await?;
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let ecr = Arc::new(core::Ecr::new(store, apps, Some(changes_tx)));
         let metrics = Metrics::new("ecr");

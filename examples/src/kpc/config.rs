@@ -21,10 +21,10 @@
 //!       users:
 //!         - username: devices
 //!           password: { env: KPC_MQTT_PASSWORD }
-//!     max-connections: 10000      # further TCP connections are closed at once
+//!     max-connections: 10000      # the next CONNECT gets CONNACK 0x03 (server unavailable)
 //!     max-inflight: 64            # per session: requests waiting for an extension, QoS 1 deliveries waiting for PUBACK
 //!     max-endpoints-per-session: 1000  # endpoint tokens one session (a gateway) may use
-//!     max-payload: 256KiB         # larger PUBLISH payloads: 413 (or the connection closes if the packet is larger still)
+//!     max-payload: 1016KiB        # PUBLISH payloads both ways (default 1 MiB − 8 KiB): see Limits below
 //!     connect-timeout: 10s        # from TCP accept to CONNECT
 //!     request-timeout: 60s        # ClientData timeout; how long a request waits for its answer
 //!     write-timeout: 10s          # a client that does not read for this long is disconnected
@@ -38,6 +38,34 @@
 //!       app-version: smart-kettle-v3
 //!   accept-any-token: false       # true: an unknown token is its own endpoint ID (development, load tests)
 //! ```
+//!
+//! # Limits
+//!
+//! - `max-payload` bounds PUBLISH payloads in both directions. A device's larger
+//!   request gets a 1/KP 413 error (or the connection closes when the packet is
+//!   larger than `max-payload` + 65,539 bytes). A larger ExtensionData payload
+//!   (a configuration too big for the session) is not sent: the device gets a 413
+//!   `{"statusCode", "reasonPhrase"}` on the response's `/error` topic instead, and
+//!   `kpc_extension_data_total{outcome="too_large"}` counts it. The default,
+//!   1 MiB − 8 KiB, carries the stack's maximum configuration size
+//!   ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]) with its 7/CMP wrapper; at
+//!   start-up `max-payload` + 8 KiB (the 4/ESP envelope of the forwarded
+//!   ClientData) must fit the bus's `max_payload` (NATS: the server's), or KPC
+//!   refuses to start and names the largest value that fits.
+//! - `max-connections`: the next connection is read up to its CONNECT (within
+//!   `connect-timeout`) and answered with CONNACK 0x03, server unavailable, then
+//!   closed, as MQTT 3.1.1 (3.2.2.3) prescribes; at most 64 such refusals run at
+//!   once, beyond that connections are closed at once. Both are counted in
+//!   `kpc_connections_rejected_total`.
+//! - `max-inflight`: per session, a request beyond it gets a 1/KP 429 error; a
+//!   QoS 1 delivery beyond it is dropped (counted as
+//!   `kpc_extension_data_total{outcome="inflight_full"}`) until PUBACKs arrive.
+//!
+//! # Secrets
+//!
+//! MQTT passwords are `{ env: VAR }` only: a password written into the file is a
+//! start-up error (see [`crate::service::Secret`]). NATS credentials come from the
+//! environment (`NATS_TOKEN`, `NATS_USER`/`NATS_PASSWORD`, `NATS_CREDS_FILE`).
 //!
 //! Durations are a number of seconds or a number with `ms`, `s`, `m` or `h`; sizes a
 //! number of bytes or a number with `KiB` or `MiB`.
@@ -56,8 +84,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_INFLIGHT: usize = 64;
 /// Default `kpc.mqtt.max-endpoints-per-session`.
 pub const DEFAULT_MAX_ENDPOINTS_PER_SESSION: usize = 1_000;
-/// Default `kpc.mqtt.max-payload`: 256 KiB.
-pub const DEFAULT_MAX_PAYLOAD: usize = 256 * 1024;
+/// Default `kpc.mqtt.max-payload`: 1 MiB − 8 KiB, the stack's maximum configuration
+/// size ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]) plus its 7/CMP wrapper
+/// ([`crate::service::CMP_WRAPPER_ROOM`]).
+pub const DEFAULT_MAX_PAYLOAD: usize =
+    crate::service::DEFAULT_MAX_CONFIG_SIZE + crate::service::CMP_WRAPPER_ROOM;
 /// Default `kpc.mqtt.connect-timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `kpc.mqtt.request-timeout`.
@@ -175,7 +206,8 @@ pub struct MqttSection {
     /// (e.g. a gateway) may use.
     #[serde(default = "default_max_endpoints_per_session")]
     pub max_endpoints_per_session: usize,
-    /// `kpc.mqtt.max-payload`: the largest PUBLISH payload, in bytes.
+    /// `kpc.mqtt.max-payload`: the largest PUBLISH payload, in bytes, in both
+    /// directions (see [Limits](self#limits)).
     #[serde(default = "default_max_payload", deserialize_with = "de_byte_size")]
     pub max_payload: usize,
     /// `kpc.mqtt.connect-timeout`: from TCP accept to a complete CONNECT.
@@ -230,7 +262,7 @@ pub struct MqttAuthSection {
 pub struct MqttUser {
     /// The CONNECT username.
     pub username: String,
-    /// The CONNECT password, preferably `{ env: VAR }`.
+    /// The CONNECT password: `{ env: VAR }` (a value in the file is refused).
     pub password: Secret,
 }
 
@@ -562,7 +594,7 @@ service: { instance: { name: kpc-eu, replica: { id: kpc-eu-7 } } }
 kpc:
   mqtt:
     listen: 127.0.0.1:0
-    auth: { enabled: true, users: [{ username: dev, password: s3cret }] }
+    auth: { enabled: true, users: [{ username: dev, password: { env: KPC_TEST_PASSWORD_UNSET } }] }
     max-payload: 1KiB
     request-timeout: 1500ms
     connect-timeout: 3
@@ -579,12 +611,24 @@ kpc:
         assert_eq!(c.kpc.mqtt.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.kpc.endpoint_tokens["tok1"].endpoint_id(), "ep-1");
         assert_eq!(c.kpc.endpoint_tokens["tok2"].app_version(), Some("app-v2"));
-        let creds = c.credentials().unwrap();
+        let err = c.credentials().unwrap_err().to_string();
+        assert!(err.contains("KPC_TEST_PASSWORD_UNSET is not set"), "{err}");
+        let creds = Credentials::users([("dev".to_owned(), "s3cret".to_owned())]);
         assert!(creds.check("dev", "s3cret"));
         assert!(!creds.check("dev", "s3cres"));
         assert!(!creds.check("dev", ""));
         assert!(!creds.check("other", "s3cret"));
         assert!(!format!("{creds:?}").contains("s3cret"));
+        // A password written into the file is refused, naming the way to do it.
+        let inline = text.replace("{ env: KPC_TEST_PASSWORD_UNSET }", "s3cret");
+        let err = parse_yaml::<KpcConfig>(&inline, "kpc.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("secrets are not read from configuration files"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

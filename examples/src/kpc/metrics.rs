@@ -6,10 +6,10 @@
 //! | `kpc_connections` | | open MQTT connections (gauge) |
 //! | `kpc_connections_accepted_total` | | TCP connections accepted |
 //! | `kpc_connections_closed_total` | `reason` | sessions ended: `disconnect`, `dropped`, `keep_alive`, `protocol_violation`, `taken_over`, `write_timeout`, `shutdown`, `refused` |
-//! | `kpc_connections_rejected_total` | | connections closed at once (over `max-connections`) |
+//! | `kpc_connections_rejected_total` | | connections over `max-connections` (answered CONNACK 0x03, or closed at once when 64 refusals are already running) |
 //! | `kpc_messages_in_total` | `kind` | PUBLISH received: `request` (forwarded as ClientData), `rejected` (answered or dropped by KPC) |
 //! | `kpc_messages_out_total` | `kind` | PUBLISH sent: `response`, `error`, `push` |
-//! | `kpc_extension_data_total` | `outcome` | ExtensionData received: `delivered`, `no_session`, `unmatched`, `expired`, `malformed`, `queue_full`, `inflight_full` |
+//! | `kpc_extension_data_total` | `outcome` | ExtensionData received: `delivered`, `no_session`, `unmatched`, `expired`, `malformed`, `queue_full`, `inflight_full`, `too_large` (payload over `max-payload`: a 413 went to the device instead) |
 //! | `kpc_errors_total` | `kind` | `bad_topic`, `unknown_token`, `token_resolution`, `too_large`, `too_many_requests`, `bus`, `auth` |
 //! | `kpc_elce_events_total` | `event` | `connected`, `disconnected` published |
 

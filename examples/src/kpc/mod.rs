@@ -148,7 +148,8 @@
 //!
 //! # Limits and observability
 //!
-//! `max-connections` (further connections are closed at once), `max-inflight`,
+//! `max-connections` (the next CONNECT gets CONNACK 0x03, server unavailable),
+//! `max-inflight`,
 //! `max-endpoints-per-session`, `max-payload`, `connect-timeout`, `request-timeout`, `write-timeout`: see
 //! [`config`]. Every session runs in a tracing span `mqtt_session` with its
 //! number, peer address and client ID; [`metrics`] lists the counters served on
@@ -177,6 +178,10 @@ use crate::service::{ConfigError, Metrics, ops_router};
 use config::{Credentials, KpcConfig};
 use metrics::KpcMetrics;
 use resolver::{EndpointTokenResolver, TokenTable};
+
+/// The most connections past `max-connections` being answered CONNACK 0x03 at
+/// once; beyond it they are closed at once.
+const MAX_CONCURRENT_REFUSALS: usize = 64;
 
 /// How long shutdown waits for sessions to end and their events to be published.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -272,6 +277,12 @@ impl KpcServer {
         resolver: Arc<dyn EndpointTokenResolver>,
     ) -> Result<Self, StartError> {
         config.validate()?;
+        crate::service::check_fits_bus(
+            "kpc.mqtt.max-payload",
+            config.kpc.mqtt.max_payload,
+            crate::service::BUS_ENVELOPE_ROOM,
+            bus.max_payload(),
+        )?;
         let credentials = config.credentials()?;
         if credentials.is_anonymous() {
             tracing::warn!("kpc.mqtt.auth is not enabled: any MQTT client may connect");
@@ -376,6 +387,7 @@ impl KpcServer {
             })
         });
         let permits = Arc::new(Semaphore::new(max_connections));
+        let refusals = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         let result = loop {
@@ -386,8 +398,16 @@ impl KpcServer {
                     Ok((stream, peer)) => {
                         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                             shared.metrics.connection_rejected();
-                            tracing::warn!(%peer, max_connections, "connection limit reached; connection closed");
-                            drop(stream);
+                            tracing::warn!(%peer, max_connections, "connection limit reached; CONNECT refused");
+                            // Read the CONNECT and answer CONNACK 0x03 (server
+                            // unavailable), a bounded number at a time.
+                            if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
+                                let timeout = shared.settings.connect_timeout;
+                                sessions.spawn(async move {
+                                    session::refuse_unavailable(stream, timeout).await;
+                                    drop(refusal);
+                                });
+                            }
                             continue;
                         };
                         let span = tracing::info_span!(

@@ -160,6 +160,42 @@ pub(crate) async fn serve(
     }
 }
 
+/// The largest CONNECT a refused connection may send (client ID, will, login).
+const MAX_REFUSED_CONNECT: usize = 64 * 1024;
+
+/// Answers a connection past `max-connections`: reads its CONNECT (within
+/// `timeout`), writes CONNACK 0x03 (server unavailable) and closes it, as MQTT
+/// 3.1.1 (3.2.2.3) prescribes. Anything else, or nothing in time: closed.
+pub(crate) async fn refuse_unavailable(mut stream: TcpStream, timeout: Duration) {
+    let refuse = async {
+        let mut buf = BytesMut::with_capacity(1024);
+        loop {
+            match Packet::read(&mut buf, MAX_REFUSED_CONNECT) {
+                Ok(Packet::Connect(_)) => {
+                    let mut out = BytesMut::new();
+                    let connack =
+                        Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false));
+                    if connack.write(&mut out, usize::MAX).is_ok() {
+                        let _ = stream.write_all(&out).await;
+                    }
+                    return;
+                }
+                Err(CodecError::InsufficientBytes(_)) => {}
+                Ok(_) | Err(_) => return,
+            }
+            if buf.first().is_some_and(|&b| b >> 4 != 1) {
+                return;
+            }
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, refuse).await;
+    let _ = tokio::time::timeout(timeout, stream.shutdown()).await;
+}
+
 struct Session {
     shared: Arc<Shared>,
     handle: SessionHandle,
@@ -823,6 +859,29 @@ impl Session {
                 (topic, qos, "push")
             }
         };
+        let max_payload = self.shared.settings.max_payload;
+        let size = data.payload.as_deref().map_or(0, <[u8]>::len);
+        if kind == ResponseKind::Status && size > max_payload {
+            // Too big for this session (kpc.mqtt.max-payload): the device gets a 413
+            // on the error topic rather than a packet it may not be able to take.
+            tracing::warn!(
+                endpoint_id,
+                size,
+                max_payload,
+                "ExtensionData payload exceeds kpc.mqtt.max-payload; 413 sent instead"
+            );
+            let topic = kaa_kp::response_topic(
+                topic.strip_suffix("/status").unwrap_or(&topic),
+                ResponseKind::Error,
+            );
+            let reason = format!(
+                "payload of {size} bytes exceeds the MQTT payload limit of {max_payload} bytes"
+            );
+            let payload = ErrorResponse::new(413, reason).to_json();
+            self.publish(topic, payload, qos, "error");
+            self.shared.metrics.extension_data("too_large");
+            return;
+        }
         let payload = match kind {
             ResponseKind::Status => data.payload.as_deref().unwrap_or_default().to_vec(),
             ResponseKind::Error => ErrorResponse::new(

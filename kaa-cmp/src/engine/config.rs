@@ -56,6 +56,11 @@ pub struct CmxConfig {
     /// The longest `configId` accepted from a device, in bytes (a longer one is a
     /// 400). Default 256.
     pub max_config_id_len: usize,
+    /// The most endpoints one 9/ELCE `connected` / `disconnected` event may list
+    /// (`kaa_elce::DecodeLimits`); a longer event is dropped as malformed. Keep it
+    /// at least the communication service's endpoints per session (KPC:
+    /// `max-endpoints-per-session`, default 1,000). Default 10,000.
+    pub max_endpoints_per_event: usize,
     /// The first delay before a failed push is retried; it doubles with every
     /// attempt, up to 64 times this. Default 1 s.
     pub push_retry_delay: Duration,
@@ -97,6 +102,7 @@ impl CmxConfig {
             max_names_per_endpoint: 32,
             max_waiters_per_request: 16,
             max_config_id_len: 256,
+            max_endpoints_per_event: 10_000,
             push_retry_delay: Duration::from_secs(1),
             push_retry_attempts: 5,
             correlation_prefix: None,
@@ -135,6 +141,7 @@ impl CmxConfig {
         positive("max_pending_requests", self.max_pending_requests > 0)?;
         positive("max_waiters_per_request", self.max_waiters_per_request > 0)?;
         positive("max_config_id_len", self.max_config_id_len > 0)?;
+        positive("max_endpoints_per_event", self.max_endpoints_per_event > 0)?;
         positive("push_retry_delay", !self.push_retry_delay.is_zero())?;
         Ok(())
     }
