@@ -158,6 +158,7 @@
 pub mod config;
 pub mod metrics;
 pub mod resolver;
+pub mod route;
 
 mod bus;
 mod hub;

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use kaa_esp::ClientData;
 use kaa_ism::avro::Encode;
-use kaa_kp::{ErrorResponse, RequestId, ResponseKind, Topic};
+use kaa_kp::{ErrorResponse, ResponseKind};
 use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
     SubscribeReasonCode, UnsubAck,
@@ -26,6 +25,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::hub::{Claim, Command, SessionHandle};
+use super::route::{self, Rejection, RouteLimits};
 
 /// Room for a PUBLISH's topic (2-byte length + up to 65,535 bytes) and packet
 /// identifier on top of `max-payload`.
@@ -255,13 +255,6 @@ fn connect_flags(frame: &[u8]) -> Option<u8> {
     let name_len = usize::from(u16::from_be_bytes([*frame.get(i)?, *frame.get(i + 1)?]));
     // Protocol name, then the level byte, then the flags.
     frame.get(i + 2 + name_len + 1).copied()
-}
-
-/// The request ID a topic ends with, read the 1/KP way, even when the rest of
-/// the topic is not a valid 1/KP topic.
-fn trailing_request_id(topic: &str) -> Option<RequestId> {
-    let last = topic.rsplit('/').next()?;
-    RequestId::parse_canonical(last).ok()
 }
 
 fn now_millis() -> i64 {
@@ -548,17 +541,11 @@ impl Session {
     }
 
     /// Answers a request KPC rejects itself, when its topic carries a request ID.
-    fn reject(
-        &mut self,
-        topic: &str,
-        qos: QoS,
-        status_code: i32,
-        reason: &str,
-        kind: &'static str,
-    ) {
+    fn reject(&mut self, topic: &str, qos: QoS, rejection: &Rejection) {
         self.shared.metrics.message_in("rejected");
-        self.shared.metrics.error(kind);
-        if trailing_request_id(topic).is_none() {
+        self.shared.metrics.error(rejection.kind);
+        let (status_code, reason) = (rejection.status_code, rejection.reason.as_str());
+        let Some((response, payload)) = rejection.response(topic) else {
             tracing::debug!(
                 topic,
                 status_code,
@@ -566,10 +553,8 @@ impl Session {
                 "request rejected (no request ID, no response)"
             );
             return;
-        }
+        };
         tracing::debug!(topic, status_code, reason, "request rejected");
-        let response = kaa_kp::response_topic(topic, ResponseKind::Error);
-        let payload = ErrorResponse::new(status_code, reason).to_json();
         self.publish(response, payload, response_qos(qos), "error");
     }
 
@@ -577,55 +562,22 @@ impl Session {
         let shared = Arc::clone(&self.shared);
         let qos = response_qos(publish.qos);
         let raw_topic = publish.topic.as_str();
-        let topic = match Topic::parse_request(raw_topic) {
-            Ok(t) => t,
-            Err(e) => {
-                self.reject(
-                    raw_topic,
-                    qos,
-                    400,
-                    &format!("invalid 1/KP topic: {e}"),
-                    "bad_topic",
-                );
-                return;
-            }
+        let limits = RouteLimits {
+            extension_instances: &shared.settings.extension_instances,
+            max_payload: shared.settings.max_payload,
+            max_endpoints: shared.settings.max_endpoints,
         };
-        if let Err(e) = topic.validate_subject_tokens() {
-            self.reject(
-                raw_topic,
-                qos,
-                400,
-                &format!("invalid 1/KP topic: {e}"),
-                "bad_topic",
-            );
-            return;
-        }
+        let topic = match route::check_request(
+            raw_topic,
+            publish.payload.len(),
+            &limits,
+            |token| self.tokens.contains_key(token),
+            self.tokens.len(),
+        ) {
+            Ok(t) => t,
+            Err(r) => return self.reject(raw_topic, qos, &r),
+        };
         let ext = topic.extension_instance_name();
-        let allowed = &shared.settings.extension_instances;
-        if !allowed.is_empty() && !allowed.iter().any(|a| a == ext) {
-            let reason = format!("unknown extension instance {ext:?}");
-            self.reject(raw_topic, qos, 404, &reason, "bad_topic");
-            return;
-        }
-        if publish.payload.len() > shared.settings.max_payload {
-            let reason = format!(
-                "payload of {} bytes exceeds the limit of {} bytes",
-                publish.payload.len(),
-                shared.settings.max_payload
-            );
-            self.reject(raw_topic, qos, 413, &reason, "too_large");
-            return;
-        }
-        if !self.tokens.contains_key(topic.endpoint_token())
-            && self.tokens.len() >= shared.settings.max_endpoints
-        {
-            let reason = format!(
-                "too many endpoints in one session (limit {})",
-                shared.settings.max_endpoints
-            );
-            self.reject(raw_topic, qos, 429, &reason, "too_many_requests");
-            return;
-        }
         let endpoint = match self
             .resolve(topic.app_version_name(), topic.endpoint_token())
             .await
@@ -637,8 +589,8 @@ impl Session {
                 } else {
                     "unknown_token"
                 };
-                self.reject(raw_topic, qos, e.status_code(), &e.to_string(), kind);
-                return;
+                let r = Rejection::new(e.status_code(), e.to_string(), kind);
+                return self.reject(raw_topic, qos, &r);
             }
         };
         if let Claim::New(published) =
@@ -659,34 +611,22 @@ impl Session {
                     "too many requests in flight (limit {})",
                     shared.settings.max_inflight
                 );
-                self.reject(raw_topic, qos, 429, &reason, "too_many_requests");
-                return;
+                let r = Rejection::new(429, reason, "too_many_requests");
+                return self.reject(raw_topic, qos, &r);
             }
         }
         let timeout = shared.settings.request_timeout;
-        let data = ClientData {
-            correlation_id: uuid::Uuid::new_v4().to_string().into(),
-            timestamp: now_millis(),
-            timeout: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
-            app_version_name: topic.app_version_name().into(),
-            endpoint_id: Some(endpoint.endpoint_id.as_ref().into()),
-            resource_path: topic.resource_path().into(),
-            request_id: request_id.map(RequestId::get),
-            payload: publish.payload.as_ref().into(),
-            config_name: None,
-        };
-        let subject = match kaa_esp::subject::client_data_subject(ext) {
-            Ok(s) => s.to_string(),
-            Err(e) => {
-                self.reject(
-                    raw_topic,
-                    qos,
-                    400,
-                    &format!("invalid 1/KP topic: {e}"),
-                    "bad_topic",
-                );
-                return;
-            }
+        let routed = route::client_data(
+            &topic,
+            &endpoint.endpoint_id,
+            &publish.payload,
+            uuid::Uuid::new_v4().to_string(),
+            now_millis(),
+            i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+        );
+        let (subject, data) = match routed {
+            Ok(x) => x,
+            Err(r) => return self.reject(raw_topic, qos, &r),
         };
         let datum = bytes::Bytes::from(data.to_vec());
         if let Err(e) = self
@@ -696,14 +636,8 @@ impl Session {
             .await
         {
             tracing::warn!(error = %e, subject, "could not forward ClientData");
-            self.reject(
-                raw_topic,
-                qos,
-                503,
-                "the extension service is unreachable",
-                "bus",
-            );
-            return;
+            let r = Rejection::new(503, "the extension service is unreachable", "bus");
+            return self.reject(raw_topic, qos, &r);
         }
         shared.metrics.message_in("request");
         let endpoint_id = Arc::clone(&endpoint.endpoint_id);
@@ -945,7 +879,9 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use super::route::trailing_request_id;
     use super::*;
+    use kaa_kp::RequestId;
 
     #[test]
     fn fixed_header_flags() {
