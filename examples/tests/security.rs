@@ -346,3 +346,62 @@ async fn info_logs_never_hold_configurations_tokens_or_reasons() {
         assert!(leaks.is_empty(), "{marker} in the logs: {leaks:#?}");
     }
 }
+
+/// The ECR binary reads its API tokens and its store URL from the environment
+/// variables its configuration names: without a token a write is 401, with the
+/// read-write token from the environment it is 200.
+#[tokio::test]
+async fn the_ecr_binary_takes_tokens_and_the_store_url_from_the_environment() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ecr.yaml");
+    std::fs::write(
+        &path,
+        "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url-env: SEC_TEST_STORE_URL\n\
+         auth:\n  enabled: true\n  tokens:\n    - name: admin\n      token: { env: SEC_TEST_ADMIN_TOKEN }\n      access: read-write\n",
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ecr"))
+        .arg(&path)
+        .env("SEC_TEST_ADMIN_TOKEN", "Adm1n-From-Env")
+        .env(
+            "SEC_TEST_STORE_URL",
+            format!("sqlite://{}", dir.path().join("ecr.db").display()),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("ecr starts")
+        .unwrap()
+        .expect("a start-up line");
+    let base = line
+        .strip_prefix("ecr listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let url = format!("{base}/api/v1/app-versions/app-env");
+    let http = reqwest::Client::new();
+    let put = |token: Option<&'static str>| {
+        let mut r = http
+            .put(&url)
+            .header("content-type", "application/json")
+            .body("{\"a\":1}");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(put(None).await.unwrap().status(), 401);
+    assert_eq!(put(Some("wrong")).await.unwrap().status(), 401);
+    assert_eq!(put(Some("Adm1n-From-Env")).await.unwrap().status(), 200);
+    assert!(
+        dir.path().join("ecr.db").exists(),
+        "the store URL came from the environment"
+    );
+    child.kill().await.unwrap();
+}

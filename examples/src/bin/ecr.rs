@@ -47,7 +47,10 @@ async fn main() -> ExitCode {
     tracing::info!(
         instance = %config.service.instance.name,
         replica = %config.replica_id(),
-        store = %redact_url(&config.ecr.store.url),
+        store = %config.ecr.store.url_env.as_ref().map_or_else(
+            || redact_url(&config.ecr.store.url),
+            |var| format!("(from ${var})")
+        ),
         auth = config.auth.enabled,
         "starting ECR"
     );
