@@ -405,3 +405,217 @@ async fn the_ecr_binary_takes_tokens_and_the_store_url_from_the_environment() {
     );
     child.kill().await.unwrap();
 }
+
+/// Starts `bin <dir>/<name>.yaml` with `env`, stdout and stderr into
+/// `<dir>/<name>.out` / `.log`; returns the child and the stdout line starting
+/// with `banner`.
+async fn spawn_service(
+    bin: &str,
+    name: &str,
+    dir: &std::path::Path,
+    yaml: &str,
+    env: &[(&str, &str)],
+    banner: &str,
+) -> (tokio::process::Child, String) {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, yaml).unwrap();
+    let out = dir.join(format!("{name}.out"));
+    let mut command = tokio::process::Command::new(bin);
+    command
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join(format!("{name}.log"))).unwrap(),
+        ))
+        .kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command.spawn().unwrap();
+    let line = wait_for_line(&out, banner).await;
+    (child, line)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_logs_of_the_separate_services_never_hold_secrets_or_configurations() {
+    let test = "security::info_logs_of_the_separate_services_never_hold_secrets_or_configurations";
+    let Some(nats) = kaa_bus::test_support::NATS.require(test) else {
+        return;
+    };
+    let tag = e2e_common::unique("seclog");
+    let (ecr, cmx, kpc) = (
+        format!("{tag}-ecr"),
+        format!("{tag}-cmx"),
+        format!("{tag}-kpc"),
+    );
+    let (app, ep) = (format!("{tag}-app"), format!("{tag}-ep"));
+    // Markers: a configuration body, an endpoint token, a reported reason, the REST
+    // API token, a wrong API token, the MQTT password, a wrong MQTT password.
+    let body = "CfgBodyMarker5521";
+    let token = "TokMarker6632";
+    let reason = "ReasonMarker7743";
+    let api_token = "ApiTokMarker8854";
+    let wrong_api_token = "WrongApiTokMarker9965";
+    let password = "MqttPwMarker1076";
+    let wrong_password = "WrongMqttPwMarker2187";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut ecr_child, line) = spawn_service(
+        env!("CARGO_BIN_EXE_ecr"),
+        "ecr",
+        d,
+        &format!(
+            "service: {{ instance: {{ name: {ecr} }} }}\nnats:\n  urls: [\"{nats}\"]\n\
+             ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: \"sqlite://{db}\"\n  cmx:\n    service-instance-name: {cmx}\n\
+             auth:\n  enabled: true\n  tokens:\n    - name: admin\n      token: {{ env: SEC_API_TOKEN }}\n      access: read-write\n",
+            db = d.join("ecr.db").display()
+        ),
+        &[("SEC_API_TOKEN", api_token)],
+        "ecr listening on",
+    )
+    .await;
+    let base = line.trim_start_matches("ecr listening on ").to_owned();
+    let (mut cmx_child, _) = spawn_service(
+        env!("CARGO_BIN_EXE_cmx"),
+        "cmx",
+        d,
+        &format!(
+            "service: {{ instance: {{ name: {cmx} }} }}\nnats:\n  urls: [\"{nats}\"]\n\
+             kaa:\n  cmx:\n    configuration-data-provider: {{ service-instance: {{ name: {ecr} }} }}\n\
+             \x20   communication-service: {{ service-instance: {{ name: {kpc} }} }}\ncmx:\n  bus: nats\n"
+        ),
+        &[],
+        "cmx running",
+    )
+    .await;
+    let (mut kpc_child, line) = spawn_service(
+        env!("CARGO_BIN_EXE_kpc"),
+        "kpc",
+        d,
+        &format!(
+            "service: {{ instance: {{ name: {kpc} }} }}\nnats:\n  urls: [\"{nats}\"]\n\
+             kpc:\n  mqtt:\n    listen: 127.0.0.1:0\n    auth:\n      enabled: true\n      users:\n\
+             \x20       - username: devices\n          password: {{ env: SEC_MQTT_PASSWORD }}\n\
+             \x20 extension-instances: [{cmx}]\n  endpoint-tokens:\n    {token}: {ep}\n"
+        ),
+        &[("SEC_MQTT_PASSWORD", password)],
+        "kpc listening on",
+    )
+    .await;
+    let mqtt: std::net::SocketAddr = line
+        .trim_start_matches("kpc listening on mqtt://")
+        .parse()
+        .unwrap();
+
+    let http = reqwest::Client::new();
+    let url = format!("{base}/api/v1/endpoints/{ep}/app-versions/{app}");
+    let put = |bearer: &str| {
+        http.put(&url)
+            .bearer_auth(bearer)
+            .header("content-type", "application/json")
+            .body(json!({"secret": body}).to_string())
+            .send()
+    };
+    assert_eq!(put(wrong_api_token).await.unwrap().status(), 401);
+    let r = put(api_token).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let config_id = config_id(&r.json::<Value>().await.unwrap());
+
+    // A wrong MQTT password is refused; the right one (from the environment) works.
+    let mqtt_client = |pw: &str, id: &str| {
+        let mut o = rumqttc::MqttOptions::new(id, mqtt.ip().to_string(), mqtt.port());
+        o.set_credentials("devices", pw);
+        rumqttc::AsyncClient::new(o, 16)
+    };
+    let (_bad, mut bad_loop) = mqtt_client(wrong_password, "bad");
+    match tokio::time::timeout(WAIT, bad_loop.poll()).await.unwrap() {
+        Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(code, rumqttc::ConnectReturnCode::BadUserNamePassword)
+        }
+        other => panic!("{other:?}"),
+    }
+    let (client, mut events) = mqtt_client(password, "good");
+    let request = format!("kp1/{app}/{cmx}/{token}/config/json/1");
+    client
+        .publish(&request, rumqttc::QoS::AtMostOnce, false, b"{}".to_vec())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) =
+                events.poll().await.unwrap()
+            {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    assert_eq!(answer.topic, format!("{request}/status"));
+    let got: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(got["config"]["secret"], body);
+    let report = json!({"configId": config_id, "statusCode": 400, "reasonPhrase": reason});
+    client
+        .publish(
+            format!("kp1/{app}/{cmx}/{token}/applied/json"),
+            rumqttc::QoS::AtMostOnce,
+            false,
+            report.to_string().into_bytes(),
+        )
+        .await
+        .unwrap();
+    let statuses = format!("{base}/api/v1/statuses?endpointId={ep}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(50), events.poll()).await;
+        let rows: Value = http
+            .get(&statuses)
+            .bearer_auth(api_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if rows["content"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["reasonPhrase"] == reason))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no rejected status: {rows}"
+        );
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+
+    for child in [&mut kpc_child, &mut cmx_child, &mut ecr_child] {
+        let pid = child.id().expect("running");
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    }
+    let mut logs = String::new();
+    for name in ["ecr", "cmx", "kpc"] {
+        for ext in ["out", "log"] {
+            logs.push_str(&std::fs::read_to_string(d.join(format!("{name}.{ext}"))).unwrap());
+        }
+    }
+    assert!(logs.contains("INFO"), "info logs were written: {logs}");
+    for marker in [
+        body,
+        token,
+        reason,
+        api_token,
+        wrong_api_token,
+        password,
+        wrong_password,
+    ] {
+        let leaks: Vec<&str> = logs.lines().filter(|l| l.contains(marker)).collect();
+        assert!(leaks.is_empty(), "{marker} in the logs: {leaks:#?}");
+    }
+}
