@@ -11,8 +11,8 @@ use std::borrow::Cow;
 
 use bytes::BufMut;
 use kaa_ism::avro::{
-    Decode, DecodeError, Encode, Reader, bytes_len, long_len, optional_len, put_bytes, put_int,
-    put_long, put_optional, put_string, string_len, to_static,
+    Decode, DecodeError, Encode, Reader, SplicedDatum, bytes_len, long_len, optional_len,
+    put_bytes, put_int, put_long, put_optional, put_string, put_union_index, string_len, to_static,
 };
 use kaa_ism::common::CommonFields;
 
@@ -173,6 +173,39 @@ impl Encode for ConfigResponse<'_> {
         put_optional(buf, self.content.as_deref(), NULL_FIRST, put_bytes);
         put_int(buf, self.status_code);
         put_opt_str(buf, self.reason_phrase.as_deref());
+    }
+}
+
+impl ConfigResponse<'_> {
+    /// Encodes the response with its `content` borrowed rather than copied: the
+    /// same bytes as [`Encode::encode`], as a [`SplicedDatum`] of three chunks
+    /// (the fields before the content, the content, the fields after it).
+    ///
+    /// For callers that can send non-contiguous bytes (vectored writes, chained
+    /// buffers): the content, usually the largest part of the response, is not
+    /// copied. A response without content is all frame.
+    pub fn encode_spliced(&self) -> SplicedDatum<'_> {
+        let content_len = self.content.as_deref().map_or(0, <[u8]>::len);
+        let mut datum = SplicedDatum::with_capacity(self.encoded_len() - content_len);
+        let buf = datum.frame_mut();
+        put_string(buf, &self.correlation_id);
+        put_long(buf, self.timestamp);
+        put_long(buf, self.timeout);
+        put_string(buf, &self.app_version_name);
+        put_string(buf, &self.endpoint_id);
+        put_opt_str(buf, self.config_id.as_deref());
+        put_string(buf, &self.content_type);
+        match self.content.as_deref() {
+            None => put_union_index(buf, 0),
+            Some(content) => {
+                put_union_index(buf, 1);
+                datum.put_spliced_bytes(content);
+            }
+        }
+        let buf = datum.frame_mut();
+        put_int(buf, self.status_code);
+        put_opt_str(buf, self.reason_phrase.as_deref());
+        datum
     }
 }
 
@@ -412,6 +445,84 @@ mod tests {
             reason_phrase: None,
             config_name: None,
         }
+    }
+
+    #[test]
+    fn spliced_encoding_is_the_datum_without_copying_the_content() {
+        use bytes::Buf;
+
+        let content: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let full = ConfigResponse {
+            correlation_id: "07d78e95-2c4d-4899-957c-b9e5a3701fbb".into(),
+            timestamp: 1_490_303_342_158,
+            timeout: 3_000,
+            app_version_name: "smartKettleV1".into(),
+            endpoint_id: "b197e391-1d13-403b-83f5-87bdd44888cf".into(),
+            config_id: Some("6046b576591c75fd68ab67f7e4475311".into()),
+            content_type: crate::APPLICATION_JSON.into(),
+            content: Some(Cow::Borrowed(&content)),
+            status_code: 200,
+            reason_phrase: Some("OK".into()),
+        };
+        let cases = [
+            full.clone(),
+            ConfigResponse {
+                content: Some(Cow::Borrowed(b"")),
+                reason_phrase: None,
+                ..full.clone()
+            },
+            ConfigResponse {
+                content: None,
+                config_id: None,
+                status_code: 404,
+                ..full.clone()
+            },
+            ConfigResponse::default(),
+        ];
+        for response in &cases {
+            let expected = response.to_vec();
+            let spliced = response.encode_spliced();
+            assert_eq!(spliced.len(), expected.len());
+            assert_eq!(spliced.to_vec(), expected);
+            // Read as a Buf in uneven steps that cross the chunk boundaries.
+            let mut buf = spliced.clone();
+            let mut read = Vec::new();
+            while buf.has_remaining() {
+                let step = buf.chunk().len().min(7 + read.len() % 13);
+                read.extend_from_slice(&buf.chunk()[..step]);
+                buf.advance(step);
+            }
+            assert_eq!(read, expected);
+            assert_eq!(
+                spliced.clone().copy_to_bytes(spliced.len()).as_ref(),
+                &expected[..]
+            );
+            assert_eq!(
+                ConfigResponse::decode(&spliced.to_vec()).as_ref(),
+                Ok(response)
+            );
+        }
+
+        // The content is borrowed: the middle chunk is the caller's buffer.
+        let spliced = full.encode_spliced();
+        let [head, body, tail] = spliced.parts();
+        assert!(std::ptr::eq(body.as_ptr(), content.as_ptr()));
+        assert_eq!(head.len() + body.len() + tail.len(), full.encoded_len());
+        let mut slices = [std::io::IoSlice::new(&[]); 4];
+        assert_eq!(spliced.chunks_vectored(&mut slices), 3);
+        let mut written = Vec::new();
+        std::io::Write::write_vectored(&mut written, &slices[..3]).unwrap();
+        assert_eq!(written, full.to_vec());
+        // Past the head, two chunks remain; too few slots take what fits.
+        let mut rest = spliced.clone();
+        rest.advance(head.len() + 10);
+        assert_eq!(rest.chunk(), &content[10..]);
+        let mut one = [std::io::IoSlice::new(&[]); 1];
+        assert_eq!(rest.chunks_vectored(&mut one), 1);
+        assert_eq!(&*one[0], &content[10..]);
+        rest.advance(usize::MAX);
+        assert_eq!(rest.remaining(), 0);
+        assert!(rest.chunk().is_empty());
     }
 
     #[test]

@@ -505,16 +505,26 @@ fn golden_vectors() {
                     other => panic!("{other} has no default"),
                 },
             ),
-            "ConfigResponse" => check(
-                &vector,
-                config_response(&vector.value),
-                |b| ConfigResponse::decode(b).map(ConfigResponse::into_owned),
-                response_parts,
-                |m, f| match f {
-                    "reasonPhrase" => m.reason_phrase = None,
-                    other => panic!("{other} has no default"),
-                },
-            ),
+            "ConfigResponse" => {
+                // The spliced encoding is the same datum, in three chunks.
+                let spliced = config_response(&vector.value).encode_spliced().to_vec();
+                assert_eq!(
+                    hex::encode(spliced),
+                    hex::encode(&vector.datum),
+                    "ConfigResponse {}: spliced encoding",
+                    vector.name
+                );
+                check(
+                    &vector,
+                    config_response(&vector.value),
+                    |b| ConfigResponse::decode(b).map(ConfigResponse::into_owned),
+                    response_parts,
+                    |m, f| match f {
+                        "reasonPhrase" => m.reason_phrase = None,
+                        other => panic!("{other} has no default"),
+                    },
+                )
+            }
             "ConfigUpdated" => check(
                 &vector,
                 config_updated(&vector.value),

@@ -130,13 +130,12 @@ fn read_endpoints<'a>(
     r: &mut Reader<'a>,
     limits: DecodeLimits,
 ) -> Result<Map<'a, Cow<'a, str>>, DecodeError> {
-    const FIELD: &str = "endpoints";
-    let mut budget = EndpointBudget::new(limits);
-    // An entry takes at least 2 bytes: an empty key and an empty value.
-    r.map(FIELD, 2, |r, endpoint_id| {
-        budget.take(r, FIELD)?;
-        Ok((Cow::Borrowed(endpoint_id), Cow::Borrowed(r.string(FIELD)?)))
-    })
+    r.string_map(
+        "endpoints",
+        limits.max_endpoints,
+        TOO_MANY_ENDPOINTS,
+        |endpoint_id, app_version| (Cow::Borrowed(endpoint_id), Cow::Borrowed(app_version)),
+    )
 }
 
 fn owned_map<V, W>(map: Map<'_, V>, mut owned_value: impl FnMut(V) -> W) -> Map<'static, W> {
