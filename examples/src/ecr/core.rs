@@ -301,27 +301,58 @@ impl Ecr {
             .put(scope, name, &content, precondition, now)
             .await?;
         if outcome.changed {
-            match scope {
+            self.announce(
+                scope,
+                name,
+                outcome.previous.as_ref(),
+                Some(outcome.config.clone()),
+            )
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// How long [`Ecr::put`] and [`Ecr::delete`] retry announcing a committed write.
+    const ANNOUNCE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Emits the effective changes of a committed write (`before` → `after` in
+    /// `scope`). The write is durable already, and a write that is never announced
+    /// leaves observing devices stale, so a store failure of the reads this takes
+    /// (e.g. PostgreSQL restarting between the commit and them) is retried for up
+    /// to `ANNOUNCE_RETRY` (10 s) before it is reported.
+    async fn announce(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        before: Option<&StoredConfig>,
+        after: Option<StoredConfig>,
+    ) -> Result<(), EcrError> {
+        let deadline = tokio::time::Instant::now() + Self::ANNOUNCE_RETRY;
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            let result = match scope {
                 Scope::Endpoint {
                     endpoint_id,
                     app_version,
                 } => {
-                    self.endpoint_changed(
-                        endpoint_id,
-                        app_version,
-                        name,
-                        outcome.previous.as_ref(),
-                        Some(outcome.config.clone()),
-                    )
-                    .await?;
+                    self.endpoint_changed(endpoint_id, app_version, name, before, after.clone())
+                        .await
                 }
                 Scope::Default { app_version } => {
-                    self.default_changed(app_version, name, Some(outcome.config.clone()))
-                        .await?;
+                    self.default_changed(app_version, name, after.clone()).await
                 }
+            };
+            match result {
+                Err(EcrError::Store(StoreError::Backend(e)))
+                    if tokio::time::Instant::now() + delay < deadline =>
+                {
+                    tracing::warn!(error = %e, "announcing a committed write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                }
+                other => return other,
             }
         }
-        Ok(outcome)
     }
 
     /// Deletes configuration `name` in `scope`; `Ok(None)` when there was none.
@@ -334,18 +365,7 @@ impl Ecr {
         self.apps.check(scope.app_version())?;
         let deleted = self.store.delete(scope, name, precondition).await?;
         if let Some(previous) = &deleted {
-            match scope {
-                Scope::Endpoint {
-                    endpoint_id,
-                    app_version,
-                } => {
-                    self.endpoint_changed(endpoint_id, app_version, name, Some(previous), None)
-                        .await?;
-                }
-                Scope::Default { app_version } => {
-                    self.default_changed(app_version, name, None).await?;
-                }
-            }
+            self.announce(scope, name, Some(previous), None).await?;
         }
         Ok(deleted)
     }
