@@ -7,7 +7,7 @@
 //!   never prints it.
 //! - Limits: [`DEFAULT_MAX_CONFIG_SIZE`], the one maximum configuration size of the
 //!   stack, and [`check_fits_bus`], the start-up check that a service's size limit
-//!   fits the bus's `max_payload` (see [Limits](#limits)).
+//!   fits the bus's `max_payload` (the table of limits is in [`DEFAULT_MAX_CONFIG_SIZE`]'s docs).
 //! - Logs: [`init_tracing`] installs a `tracing` subscriber filtered by `RUST_LOG`
 //!   (or a default directive).
 //! - Operations endpoints: [`Metrics`] (a Prometheus registry) and [`ops_router`]

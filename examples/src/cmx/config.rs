@@ -49,7 +49,7 @@
 //! flight: a device request past it gets a 503 `ExtensionData` with a reason
 //! and `cmx_backpressure_rejections_total` counts it; `cmx_pending_cdtp_requests` never exceeds the limit.
 //! A 9/ELCE event listing more than `max-endpoints-per-event` endpoints is dropped
-//! and counted in `cmx_malformed_total{kind="elce_event"}`; keep it at least KPC's
+//! and counted in `cmx_malformed_messages_total{kind="elce_event"}`; keep it at least KPC's
 //! `max-endpoints-per-session`. `max-config-size` is the stack's maximum
 //! configuration size ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]): at start-up,
 //! it plus 16 KiB (7/CMP wrapper and 4/ESP envelope) must fit the bus's

@@ -207,7 +207,7 @@ pub struct MqttSection {
     #[serde(default = "default_max_endpoints_per_session")]
     pub max_endpoints_per_session: usize,
     /// `kpc.mqtt.max-payload`: the largest PUBLISH payload, in bytes, in both
-    /// directions (see [Limits](self#limits)).
+    /// directions (see the module docs, *Limits*).
     #[serde(default = "default_max_payload", deserialize_with = "de_byte_size")]
     pub max_payload: usize,
     /// `kpc.mqtt.connect-timeout`: from TCP accept to a complete CONNECT.
