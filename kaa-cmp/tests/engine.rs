@@ -1153,3 +1153,41 @@ fn adopted_sessions_get_updates_for_any_name() {
     w.update("ep-known", Some("network"), r#""wifi""#);
     assert!(w.take("ep-known").is_empty());
 }
+
+#[test]
+fn an_adopted_session_gets_the_names_it_used() {
+    // The CMX restarted; meanwhile the `network` configuration changed, and its
+    // ConfigUpdated went nowhere. KPC lists the resource paths the session used.
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    let network = w
+        .provider
+        .set(EP, AV, Some("network"), r#""changed""#)
+        .config_id
+        .to_string();
+    w.cmx.adopt_session(
+        EP,
+        AV,
+        &["/config/json", "/config/json/network", "/applied/json"],
+        w.now,
+    );
+    w.drain();
+    let mut pushed: Vec<(String, Option<String>)> = w
+        .take(EP)
+        .iter()
+        .map(|m| (m.resource_path.to_string(), config_id(m)))
+        .collect();
+    pushed.sort();
+    assert_eq!(pushed.len(), 2, "{pushed:?}");
+    assert_eq!(
+        pushed[1],
+        ("/config/json/network".to_owned(), Some(network))
+    );
+    // Reported applied: a second listing pushes nothing.
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-1"}"#);
+    w.send(EP, "/applied/json/network", None, r#"{"configId":"cfg-2"}"#);
+    w.sent.clear();
+    w.cmx.adopt_session(EP, AV, &["/config/json"], w.now);
+    w.drain();
+    assert!(w.sent.is_empty(), "{:?}", w.sent);
+}

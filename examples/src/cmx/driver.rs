@@ -310,7 +310,11 @@ impl Driver {
         let reply_to = super::sessions_reply_subject(&config.replica_id);
         if let Err(e) = self
             .bus
-            .publish_message(&subject, Some(&reply_to), Bytes::new())
+            .publish_message(
+                &subject,
+                Some(&reply_to),
+                Bytes::from(config.instance_name.clone()),
+            )
             .await
         {
             self.metrics.publish_error();
@@ -495,18 +499,35 @@ impl Driver {
         }
     }
 
+    /// An answer to a sessions request (see [`super::SESSIONS_REQUEST`]).
     fn sessions(&mut self, message: &Message, now: UnixMillis) -> Span {
-        match kaa_elce::ConnectedEvent::decode(&message.payload) {
-            Ok(event) => {
-                let span = tracing::info_span!(
-                    "sessions",
-                    "correlationId" = %event.correlation_id,
-                    originator = %event.originator_replica_id,
-                    endpoints = event.endpoints.len(),
-                );
+        if message.payload.is_empty() {
+            // NATS "no responders" status: no communication service listens (yet).
+            return Span::none();
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Session {
+            endpoint_id: String,
+            app_version_name: String,
+            #[serde(default)]
+            resource_paths: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Sessions {
+            endpoints: Vec<Session>,
+        }
+        match serde_json::from_slice::<Sessions>(&message.payload) {
+            Ok(answer) => {
+                let span = tracing::info_span!("sessions", endpoints = answer.endpoints.len());
                 span.in_scope(|| {
                     tracing::debug!("sessions of a communication service");
-                    self.engine.adopt_sessions(&event, now);
+                    for s in &answer.endpoints {
+                        let paths: Vec<&str> =
+                            s.resource_paths.iter().map(String::as_str).collect();
+                        self.engine
+                            .adopt_session(&s.endpoint_id, &s.app_version_name, &paths, now);
+                    }
                 });
                 span
             }

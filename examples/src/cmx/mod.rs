@@ -43,23 +43,19 @@
 //!     device holds them) and asks for the sessions (below). A fetch that finds the
 //!     provider still reconnecting times out and is retried by the engine.
 //!   - *a restart of the CMX itself* while devices stay connected to KPC: at start
-//!     (and after every reconnect) the driver publishes an empty sessions request
-//!     to [`sessions_request_subject`] (the communication service, every replica)
-//!     with `replyTo` [`sessions_reply_subject`]; each KPC replica answers with
-//!     9/ELCE `ConnectedEvent` datums listing the endpoints it holds sessions for,
-//!     and the engine adopts them ([`kaa_cmp::Cmx::adopt_sessions`]): they count
-//!     as connected, get what they have not reported applied, and, since which
-//!     named configurations they observe was lost with the old process, get pushes
-//!     for any name the provider announces a change of.
+//!     (and after every reconnect) the driver publishes a sessions request (its
+//!     instance name) to [`sessions_request_subject`] (the communication service,
+//!     every replica) with `replyTo` [`sessions_reply_subject`]; each KPC replica
+//!     answers with the endpoints it holds sessions for and the resource paths
+//!     each session used with this CMX instance, and the engine adopts them
+//!     ([`kaa_cmp::Cmx::adopt_session`]): they count as connected, the names in
+//!     the paths count as used, and every configuration they have not reported
+//!     applied is pushed (with the old process gone, that is all of them).
 //!   - *a restart of the provider*: ECR publishes `ConfigUpdated` after the write
 //!     commits, so one killed with events still queued never announces those
 //!     writes. Each provider replica announces its start on
 //!     [`provider_started_subject`]; the CMX then calls
 //!     [`kaa_cmp::Cmx::resync`] as after a reconnect.
-//!
-//!   Not covered: a *named* configuration changed while no CMX ran reaches an
-//!   adopted device only with the next change of that name or the device's next
-//!   request (which names a device observes lived in the old process's memory).
 //!
 //!   The sessions request and the provider's start announcement are this
 //!   project's additions to the Kaa protocols; a communication
@@ -441,6 +437,11 @@ impl CmxService {
             listener,
             status,
         } = self;
+        // Running before `/health` answers anyone: a caller that saw the start
+        // banner must not find the engine still "starting" (the engine loop is
+        // polled right after the HTTP task is spawned, but on a busy machine
+        // the HTTP task may answer first).
+        status.health.set_running();
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = listener.map(|(listener, addr)| {
             let app = status.router();
@@ -468,14 +469,15 @@ pub const SESSIONS_REQUEST: &str = "SessionsRequest";
 
 /// `kaa.v1.service.<communication service>.elce.SessionsRequest`: where a CMX asks
 /// a communication service (every replica: no queue group) for the endpoints it
-/// holds sessions for. The request is empty; its `replyTo` is
-/// [`sessions_reply_subject`].
+/// holds sessions for. The payload is the CMX's instance name (whose resource
+/// paths to list); its `replyTo` is [`sessions_reply_subject`].
 pub fn sessions_request_subject(communication_service: &str) -> String {
     format!("kaa.v1.service.{communication_service}.elce.{SESSIONS_REQUEST}")
 }
 
 /// `kaa.v1.replica.<cmx replica>.elce.Sessions`: where the answers to a CMX
-/// replica's sessions request arrive, as 9/ELCE `ConnectedEvent` datums (each
+/// replica's sessions request arrive, as JSON
+/// `{"endpoints":[{"endpointId","appVersionName","resourcePaths":[…]}]}` (each
 /// lists some of the endpoints one communication service replica holds).
 pub fn sessions_reply_subject(cmx_replica: &str) -> String {
     format!("kaa.v1.replica.{cmx_replica}.elce.Sessions")

@@ -11,9 +11,11 @@
 //! - **Sessions requests** (`kaa.v1.service.<instance>.elce.SessionsRequest`, no
 //!   queue group: every replica answers for its own sessions; see
 //!   [`crate::cmx::sessions_request_subject`]): a CMX that restarted, or whose bus
-//!   reconnected, asks which endpoints have sessions. The answer goes to the
-//!   request's `replyTo` as `ConnectedEvent` datums of at most
-//!   [`SESSIONS_PER_ANSWER`] endpoints each (none when there are no sessions).
+//!   reconnected, asks which endpoints have sessions (payload: its instance
+//!   name). The answer goes to the request's `replyTo` as JSON messages of at most
+//!   [`SESSIONS_PER_ANSWER`] endpoints each (none when there are no sessions):
+//!   `{"endpoints":[{"endpointId","appVersionName","resourcePaths":[…]}]}`, the
+//!   resource paths being those the session used with that extension instance.
 //! - `connected` / `disconnected` go out on
 //!   `kaa.v1.events.<instance>.endpoint.connectivity.{connected,disconnected}`, in
 //!   the order the sessions' ownership changes happened, with `originatorReplicaId`
@@ -30,7 +32,7 @@ use kaa_elce::{ConnectedEvent, DisconnectedEvent, EndpointEvent};
 use kaa_esp::ExtensionData;
 use kaa_esp::subject::{ListenerFilters, MessageType};
 use kaa_ism::UnixMillis;
-use kaa_ism::avro::{Decode, Encode};
+use kaa_ism::avro::Decode;
 use kaa_ism::common::CommonFields;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -121,7 +123,8 @@ pub(crate) async fn start(
         tokio::spawn(async move {
             while let Some(request) = sessions_requests.next().await {
                 if let Some(reply_to) = request.reply_to {
-                    answer_sessions_request(&shared, &reply_to).await;
+                    let ext = String::from_utf8_lossy(&request.payload);
+                    answer_sessions_request(&shared, &ext, &reply_to).await;
                 }
             }
         })
@@ -176,27 +179,28 @@ fn route_extension_data(shared: &Shared, message: &Message) {
     }
 }
 
-/// Lists this replica's sessions' endpoints to `reply_to`, in `connected` events.
-async fn answer_sessions_request(shared: &Shared, reply_to: &str) {
-    let endpoints = shared.hub.owned_endpoints();
+/// Lists this replica's sessions to `reply_to` for extension instance `ext`.
+async fn answer_sessions_request(shared: &Shared, ext: &str, reply_to: &str) {
+    let sessions = shared.hub.sessions_for(ext);
     tracing::info!(
-        endpoints = endpoints.len(),
+        endpoints = sessions.len(),
+        ext,
         reply_to,
         "sessions request: listing the endpoints with a session"
     );
-    for chunk in endpoints.chunks(SESSIONS_PER_ANSWER) {
-        let event = ConnectedEvent {
-            correlation_id: uuid::Uuid::new_v4().to_string().into(),
-            timestamp: now().0,
-            timeout: 0,
-            endpoints: map_of(chunk),
-            originator_replica_id: shared.settings.replica_id.as_str().into(),
-        };
-        if let Err(e) = shared
-            .bus
-            .publish(reply_to, Bytes::from(event.to_vec()))
-            .await
-        {
+    for chunk in sessions.chunks(SESSIONS_PER_ANSWER) {
+        let endpoints: Vec<serde_json::Value> = chunk
+            .iter()
+            .map(|((id, version), paths)| {
+                serde_json::json!({
+                    "endpointId": &**id,
+                    "appVersionName": &**version,
+                    "resourcePaths": paths,
+                })
+            })
+            .collect();
+        let body = serde_json::json!({ "endpoints": endpoints }).to_string();
+        if let Err(e) = shared.bus.publish(reply_to, Bytes::from(body)).await {
             tracing::warn!(error = %e, reply_to, "could not answer a sessions request");
             return;
         }

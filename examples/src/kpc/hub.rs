@@ -52,7 +52,13 @@ pub(crate) enum EventOut {
 struct Owner {
     session: SessionHandle,
     app_version: Arc<str>,
+    /// (extension instance, resource path) the owning session has used, for a
+    /// CMX's sessions request; at most [`MAX_RESOURCES_PER_ENDPOINT`].
+    resources: Vec<(Box<str>, Box<str>)>,
 }
+
+/// The most (extension, resource path) pairs remembered per endpoint.
+pub(crate) const MAX_RESOURCES_PER_ENDPOINT: usize = 64;
 
 #[derive(Debug, Default)]
 struct State {
@@ -132,6 +138,7 @@ impl Hub {
             Owner {
                 session: session.clone(),
                 app_version: Arc::clone(app_version),
+                resources: Vec::new(),
             },
         );
         let (done, rx) = oneshot::channel();
@@ -187,13 +194,48 @@ impl Hub {
             .map(|o| o.session.clone())
     }
 
-    /// Every endpoint owned by some session, with its app version (for a CMX's
-    /// sessions request).
-    pub(crate) fn owned_endpoints(&self) -> Vec<EndpointEntry> {
+    /// Remembers that session `session_id`, owner of `endpoint_id`, used
+    /// `resource_path` with extension `ext` (called once per new triple).
+    pub(crate) fn note_resource(
+        &self,
+        endpoint_id: &str,
+        session_id: u64,
+        ext: &str,
+        resource_path: &str,
+    ) {
+        let mut state = self.lock();
+        let Some(owner) = state
+            .owners
+            .get_mut(endpoint_id)
+            .filter(|o| o.session.id == session_id)
+        else {
+            return;
+        };
+        let known = owner
+            .resources
+            .iter()
+            .any(|(e, p)| &**e == ext && &**p == resource_path);
+        if !known && owner.resources.len() < MAX_RESOURCES_PER_ENDPOINT {
+            owner.resources.push((ext.into(), resource_path.into()));
+        }
+    }
+
+    /// Every endpoint owned by some session, with its app version and the
+    /// resource paths its session used with extension `ext` (for a CMX's sessions
+    /// request).
+    pub(crate) fn sessions_for(&self, ext: &str) -> Vec<(EndpointEntry, Vec<String>)> {
         self.lock()
             .owners
             .iter()
-            .map(|(id, o)| (Arc::clone(id), Arc::clone(&o.app_version)))
+            .map(|(id, o)| {
+                let paths = o
+                    .resources
+                    .iter()
+                    .filter(|(e, _)| &**e == ext)
+                    .map(|(_, p)| p.to_string())
+                    .collect();
+                ((Arc::clone(id), Arc::clone(&o.app_version)), paths)
+            })
             .collect()
     }
 

@@ -657,6 +657,12 @@ impl Session {
             topic.resource_path().to_owned(),
         );
         if self.last_qos.len() < MAX_REMEMBERED_RESOURCES || self.last_qos.contains_key(&resource) {
+            if !self.last_qos.contains_key(&resource) {
+                // For a CMX that restarts while this session stays up.
+                shared
+                    .hub
+                    .note_resource(&resource.0, self.handle.id, &resource.1, &resource.2);
+            }
             self.last_qos.insert(resource, qos);
         }
     }

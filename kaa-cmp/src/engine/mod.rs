@@ -64,10 +64,11 @@
 //! endpoint's configurations are fetched again (answers in flight count as
 //! stale) and pushed unless the device holds them. An engine that starts while
 //! sessions are already up (a restarted CMX) learns them from the communication
-//! service's list of its sessions, [`Cmx::adopt_sessions`]: such *adopted*
-//! endpoints count as connected and get what they have not reported applied, and
-//! since the names they observe are unknown, a `ConfigUpdated` for any name is
-//! pushed to them (to other endpoints only for the names they used).
+//! service's list of its sessions and the resource paths each used,
+//! [`Cmx::adopt_session`]: such *adopted* endpoints count as connected, the names
+//! in the paths count as used, and they get what they have not reported applied;
+//! in case the list is incomplete, a `ConfigUpdated` for any name is pushed to
+//! them (to other endpoints only for the names they used).
 //!
 //! **Never older after newer.** Config IDs are opaque, and on NATS a
 //! `ConfigUpdated` broadcast, a CDTP response, a redelivery and a late answer
@@ -705,23 +706,52 @@ impl Cmx {
 
     /// A communication service's list of the sessions it holds (a 9/ELCE
     /// `connected` event it sends on request, not a broadcast), e.g. to an engine
-    /// that restarted while the sessions stayed up. Each endpoint is treated as
-    /// connected, as by [`Cmx::handle_connected`]; one this engine did not know is
-    /// *adopted*: since which named configurations its device observes is unknown,
-    /// a `ConfigUpdated` for any name is pushed to it (for a known endpoint only
-    /// the names it used are).
+    /// that restarted while the sessions stayed up: [`Cmx::adopt_session`] for
+    /// each endpoint, with no resource paths.
     pub fn adopt_sessions(&mut self, msg: &ConnectedEvent<'_>, now: UnixMillis) {
-        let new: Vec<bool> = msg
-            .endpoints
-            .iter()
-            .map(|(id, _)| self.eps.find(id).is_none())
-            .collect();
-        self.handle_connected(msg, now);
-        for ((id, _), new) in msg.endpoints.iter().zip(new) {
-            if new && let Some(e) = self.eps.find(id).and_then(|s| self.eps.get_mut(s)) {
-                e.adopted = true;
+        for (endpoint_id, app_version) in &msg.endpoints {
+            self.adopt_session(endpoint_id, app_version, &[], now);
+        }
+    }
+
+    /// One endpoint a communication service holds a session for, with the
+    /// resource paths the session has used with this extension (e.g.
+    /// `/config/json`, `/config/json/network`), e.g. for an engine that restarted
+    /// while the session stayed up. The endpoint counts as connected, as by
+    /// [`Cmx::handle_connected`], and the configuration names in the paths count as
+    /// used, so it gets every one of them it has not reported applied. One this
+    /// engine did not know is *adopted*: which names its device observes may not
+    /// all be listed, so a `ConfigUpdated` for any name is pushed to it (to other
+    /// endpoints only for the names they used).
+    pub fn adopt_session(
+        &mut self,
+        endpoint_id: &str,
+        app_version: &str,
+        resource_paths: &[&str],
+        now: UnixMillis,
+    ) {
+        if endpoint_id.is_empty() {
+            return;
+        }
+        let new = self.eps.find(endpoint_id).is_none();
+        let Some(slot) = self.track(endpoint_id, app_version, AppVersionStamp::event(now.0), now)
+        else {
+            return;
+        };
+        for path in resource_paths {
+            if let Ok(r) = ResourcePath::parse(path)
+                && r.kind() == ResourceKind::Config
+            {
+                let _ = self.name_of(slot, r.name(), true);
             }
         }
+        // A session the engine did not see start: the affinity it knew is stale.
+        self.set_reply(slot, NONE);
+        self.eps.set_connected(slot, true, now);
+        if new && let Some(e) = self.eps.get_mut(slot) {
+            e.adopted = true;
+        }
+        self.trigger_all(slot, PushMode::IfNotApplied, now);
     }
 
     /// Endpoints opened a communication session: push what they have not applied.
