@@ -23,14 +23,15 @@
 //! ```
 #![allow(missing_docs)]
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Semaphore, mpsc};
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -71,7 +72,10 @@ fn start_stack(dir: &std::path::Path) -> (StackProcess, SocketAddr, SocketAddr) 
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.starts_with("kaa-stack is running") {
                 let _ = tx.send(());
             }
@@ -126,8 +130,9 @@ fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-/// Reads one packet: (first byte, body).
-async fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+/// Reads one packet: (first byte, body). Buffered: one read system call usually
+/// brings a whole packet.
+async fn read_packet(s: &mut BufReader<OwnedReadHalf>) -> std::io::Result<(u8, Vec<u8>)> {
     let first = s.read_u8().await?;
     let (mut len, mut shift) = (0usize, 0);
     loop {
@@ -161,7 +166,7 @@ async fn device(
     tx: mpsc::UnboundedSender<Ev>,
 ) {
     let permit = gate.acquire_owned().await;
-    let mut s = match TcpStream::connect(mqtt).await {
+    let s = match TcpStream::connect(mqtt).await {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Ev::Failed(idx, format!("connect: {e}")));
@@ -169,6 +174,8 @@ async fn device(
         }
     };
     let _ = s.set_nodelay(true);
+    let (r, mut s) = s.into_split();
+    let mut r = BufReader::with_capacity(1024, r);
     let base = format!("kp1/{app}/cmx/{token}");
     let request_topic = format!("{base}/config/json/1");
     let response_topic = format!("{request_topic}/status");
@@ -182,7 +189,7 @@ async fn device(
     }
     let mut permit = Some(permit);
     loop {
-        let (first, body) = match read_packet(&mut s).await {
+        let (first, body) = match read_packet(&mut r).await {
             Ok(p) => p,
             Err(e) => {
                 let _ = tx.send(Ev::Failed(idx, format!("read: {e}")));
@@ -200,23 +207,29 @@ async fn device(
                 let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
                 let topic = &body[2..2 + tlen];
                 let mut rest = 2 + tlen;
+                // The PUBACK (QoS 1) and the applied report in one write.
+                let mut reply = Vec::with_capacity(128);
                 if qos > 0 {
-                    let ack = [0x40, 2, body[rest], body[rest + 1]];
+                    reply.extend_from_slice(&[0x40, 2, body[rest], body[rest + 1]]);
                     rest += 2;
-                    let _ = s.write_all(&ack).await;
                 }
                 let payload = &body[rest..];
-                let config_id = serde_json::from_slice::<serde_json::Value>(payload)
+                #[derive(serde::Deserialize)]
+                struct Answer<'a> {
+                    #[serde(rename = "configId", borrow)]
+                    config_id: Option<std::borrow::Cow<'a, str>>,
+                }
+                let config_id = serde_json::from_slice::<Answer<'_>>(payload)
                     .ok()
-                    .and_then(|v| v["configId"].as_str().map(str::to_owned))
+                    .and_then(|a| a.config_id)
                     .unwrap_or_default();
-                let report = publish_packet(
+                reply.extend(publish_packet(
                     &applied_topic,
                     serde_json::json!({ "configId": config_id })
                         .to_string()
                         .as_bytes(),
-                );
-                let _ = s.write_all(&report).await;
+                ));
+                let _ = s.write_all(&reply).await;
                 if topic == response_topic.as_bytes() {
                     drop(permit.take());
                     let _ = tx.send(Ev::Response);

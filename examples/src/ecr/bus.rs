@@ -5,7 +5,7 @@
 //!
 //! Subscribes to `kaa.v1.service.<instance>.cdtp.request` in the queue group
 //! `<instance>` (so replicas share the load) and answers EVERY request that has a
-//! `replyTo` with a `ConfigResponse` (`correlationId`, `appVersionName`, `endpointId`
+//! `replyTo` and has not expired with a `ConfigResponse` (`correlationId`, `appVersionName`, `endpointId`
 //! copied from the request; `timeout` 0; `contentType` `application/json`):
 //!
 //! | case | `statusCode` | `configId` | `content` | `reasonPhrase` |
@@ -17,10 +17,17 @@
 //! | app version not in `kaa.applications` | 404 | null | null | what is wrong |
 //! | store failure | 500 | null | null | `store failure` |
 //!
+//! A request whose deadline (3/ISM `timestamp` + `timeout`, `timeout` > 0) has passed
+//! when ECR takes it up is dropped unanswered (the requester has given up on it) and
+//! counted in `<prefix>_cdtp_requests_expired_total`.
+//!
 //! A 400 for an undecodable datum has empty `correlationId`, `appVersionName` and
 //! `endpointId` (they could not be read). On "unchanged" ECR records the current
 //! config ID as applied (status 200, reason "Implicitly applied"); a full answer is
-//! recorded as dispatched. The configuration name is the request's `configName`
+//! recorded as dispatched. Both go through ECR's status queue (group commit, see
+//! [`Ecr::record_status`]): the record is queued before the response is sent, so it
+//! keeps its order with the confirmation that follows, but the response does not wait
+//! for the disk. The configuration name is the request's `configName`
 //! (null = `default`).
 //!
 //! # Learning endpoints
@@ -62,6 +69,7 @@ use kaa_cdtp::{APPLICATION_JSON, ConfigApplied, ConfigRequest, ConfigResponse, C
 use kaa_elce::{ElceEvent, EventKind};
 use kaa_ism::UnixMillis;
 use kaa_ism::avro::{Decode, Encode};
+use kaa_ism::common::CommonFields;
 use kaa_ism::subject::Token;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -89,6 +97,7 @@ pub struct BusSettings {
     /// The CMX whose `endpoint.config.applied` events are recorded.
     pub cmx_instance: String,
     /// Where the bus counters are registered (`<prefix>_cdtp_requests_total{status}`,
+    /// `<prefix>_cdtp_requests_expired_total`,
     /// `<prefix>_config_updated_published_total`, `<prefix>_events_handled_total{event,result}`).
     pub metrics: Metrics,
 }
@@ -107,6 +116,7 @@ struct EventLabel {
 #[derive(Clone)]
 struct BusMetrics {
     cdtp: Family<StatusLabel, Counter>,
+    expired: Counter,
     published: Counter,
     handled: Family<EventLabel, Counter>,
 }
@@ -115,6 +125,7 @@ impl BusMetrics {
     fn register(metrics: &Metrics) -> Self {
         let m = Self {
             cdtp: Family::default(),
+            expired: Counter::default(),
             published: Counter::default(),
             handled: Family::default(),
         };
@@ -122,6 +133,11 @@ impl BusMetrics {
             "cdtp_requests",
             "6/CDTP requests answered, by response status code",
             m.cdtp.clone(),
+        );
+        metrics.register(
+            "cdtp_requests_expired",
+            "6/CDTP requests dropped unanswered because their deadline (timestamp + timeout) had passed",
+            m.expired.clone(),
         );
         metrics.register(
             "config_updated_published",
@@ -170,12 +186,36 @@ fn error_response(
     }
 }
 
-/// Answers one 6/CDTP request datum (see the module docs for every case).
-pub async fn answer_request(ecr: &Ecr, datum: &[u8], now: UnixMillis) -> ConfigResponse<'static> {
+/// Answers one 6/CDTP request datum (see the module docs for every case); `None`
+/// when the request has expired (its 3/ISM `timestamp` + `timeout` lies before `now`):
+/// nobody waits for the answer any more, so it is dropped unanswered.
+pub async fn answer_request(
+    ecr: &Ecr,
+    datum: &[u8],
+    now: UnixMillis,
+) -> Option<ConfigResponse<'static>> {
     let request = match ConfigRequest::decode(datum) {
         Ok(r) => r,
-        Err(e) => return error_response(None, 400, format!("malformed ConfigRequest: {e}"), now),
+        Err(e) => {
+            return Some(error_response(
+                None,
+                400,
+                format!("malformed ConfigRequest: {e}"),
+                now,
+            ));
+        }
     };
+    if request.is_expired(now) {
+        return None;
+    }
+    Some(answer_decoded(ecr, &request, now).await)
+}
+
+async fn answer_decoded(
+    ecr: &Ecr,
+    request: &ConfigRequest<'_>,
+    now: UnixMillis,
+) -> ConfigResponse<'static> {
     let names = (|| {
         Ok::<_, model::NameError>((
             EndpointId::new(request.endpoint_id.as_ref())?,
@@ -185,10 +225,10 @@ pub async fn answer_request(ecr: &Ecr, datum: &[u8], now: UnixMillis) -> ConfigR
     })();
     let (endpoint_id, app_version, name) = match names {
         Ok(n) => n,
-        Err(e) => return error_response(Some(&request), 400, e.to_string(), now),
+        Err(e) => return error_response(Some(request), 400, e.to_string(), now),
     };
     if let Err(e) = ecr.apps().check(&app_version) {
-        return error_response(Some(&request), 404, e.to_string(), now);
+        return error_response(Some(request), 404, e.to_string(), now);
     }
     if let Err(e) = ecr.learn_endpoint(&endpoint_id, &app_version).await {
         tracing::warn!(error = %e, "could not record the endpoint");
@@ -207,7 +247,7 @@ pub async fn answer_request(ecr: &Ecr, datum: &[u8], now: UnixMillis) -> ConfigR
             } else {
                 e.to_string()
             };
-            return error_response(Some(&request), code, reason, now);
+            return error_response(Some(request), code, reason, now);
         }
     };
     let (current_id, content) = match &effective {
@@ -446,7 +486,11 @@ pub async fn start(
                 };
                 let (ecr, bus, metrics) = (Arc::clone(&ecr), Arc::clone(&bus), metrics.clone());
                 tokio::spawn(async move {
-                    let response = answer_request(&ecr, &payload, model::now()).await;
+                    let Some(response) = answer_request(&ecr, &payload, model::now()).await else {
+                        metrics.expired.inc();
+                        tracing::debug!("expired 6/CDTP request dropped");
+                        return;
+                    };
                     metrics
                         .cdtp
                         .get_or_create(&StatusLabel {

@@ -3,10 +3,12 @@
 //! effective-configuration changes that become `endpoint.config.updated` events.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::oneshot;
 
 use kaa_ism::UnixMillis;
 
@@ -15,7 +17,7 @@ use super::model::{
     AppVersionName, ConfigName, Content, EndpointId, NameError, Page, Scope, Source, StatusEvent,
     StatusQuery, StatusRecord, StoredConfig,
 };
-use super::store::{BatchTarget, ConfigStore, Precondition, PutOutcome, StoreError};
+use super::store::{BatchTarget, ConfigStore, Precondition, PutOutcome, StatusWrite, StoreError};
 use crate::service::ConfigError;
 
 /// Why an ECR operation was refused or failed.
@@ -180,6 +182,8 @@ pub struct Ecr {
     apps: AppVersions,
     changes: Option<UnboundedSender<EffectiveChange>>,
     known: Mutex<HashSet<(String, String)>>,
+    status_queue: OnceLock<mpsc::Sender<StatusJob>>,
+    status_failures: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Ecr {
@@ -203,6 +207,8 @@ impl Ecr {
             apps,
             changes,
             known: Mutex::new(HashSet::new()),
+            status_queue: OnceLock::new(),
+            status_failures: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -446,6 +452,7 @@ impl Ecr {
 
     /// One page of an endpoint's status history.
     pub async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, EcrError> {
+        self.flush_statuses().await;
         Ok(self.store.statuses(query).await?)
     }
 
@@ -461,8 +468,11 @@ impl Ecr {
     }
 
     /// Records that an endpoint exists in an app version (learned from 6/CDTP
-    /// requests and 9/ELCE events). A process-local cache keeps repeated sightings
-    /// from writing to the store.
+    /// requests and 9/ELCE events). The store keeps the known endpoints (that is what
+    /// the fan-out of a default change reads); a process-local cache of at most
+    /// [`KNOWN_CACHE_CAPACITY`] sightings only keeps repeated ones from writing to the
+    /// store again. When it is full it is emptied: memory stays bounded, and an
+    /// endpoint seen again after that costs one more idempotent store write.
     pub async fn learn_endpoint(
         &self,
         endpoint_id: &EndpointId,
@@ -476,6 +486,9 @@ impl Ecr {
             .remember_endpoint(endpoint_id, app_version)
             .await?;
         if let Ok(mut known) = self.known.lock() {
+            if known.len() >= KNOWN_CACHE_CAPACITY {
+                known.clear();
+            }
             known.insert(key);
         }
         Ok(())
@@ -498,6 +511,8 @@ impl Ecr {
     /// An endpoint was unregistered: every configuration, status and known-endpoint
     /// record of it is deleted. Returns how many configurations were deleted.
     pub async fn endpoint_unregistered(&self, endpoint_id: &EndpointId) -> Result<u64, EcrError> {
+        // Nothing queued for the endpoint may land after its history is deleted.
+        self.flush_statuses().await;
         let n = self.store.delete_endpoint(endpoint_id).await?;
         if let Ok(mut known) = self.known.lock() {
             known.retain(|(e, _)| e != endpoint_id.as_str());
@@ -505,7 +520,18 @@ impl Ecr {
         Ok(n)
     }
 
-    /// Adds to the status history.
+    /// Adds to the status history: the event is queued (waiting only while the queue
+    /// is full) and written shortly after by the status writer, which commits whatever
+    /// has queued up meanwhile in one transaction (group commit; one sync for SQLite).
+    ///
+    /// Events go through one FIFO queue, so the history of an endpoint keeps the order
+    /// in which ECR saw them: a dispatch queued before its 6/CDTP response was sent
+    /// is written before the `endpoint.config.applied` that follows it. Reads of the
+    /// history ([`Ecr::statuses`]) and [`Ecr::endpoint_unregistered`] first wait for
+    /// what is queued, so they see every event recorded before them. The history is
+    /// not an acknowledged write: events still queued when the process dies are lost
+    /// (a graceful stop flushes them, see [`Ecr::flush_statuses`]); a failed batch is
+    /// logged and counted in [`Ecr::status_write_failures`].
     pub async fn record_status(
         &self,
         endpoint_id: &EndpointId,
@@ -515,9 +541,95 @@ impl Ecr {
         event: &StatusEvent,
         now: UnixMillis,
     ) -> Result<(), EcrError> {
-        Ok(self
-            .store
-            .record_status(endpoint_id, app_version, name, config_id, event, now)
-            .await?)
+        let write = StatusWrite {
+            endpoint_id: endpoint_id.clone(),
+            app_version: app_version.clone(),
+            name: name.clone(),
+            config_id: config_id.to_owned(),
+            event: event.clone(),
+            at: now,
+        };
+        self.status_queue()
+            .send(StatusJob::Write(write))
+            .await
+            .map_err(|_| EcrError::Store(StoreError::Backend("status writer stopped".into())))
+    }
+
+    /// Waits until every status event queued before this call is committed (or its
+    /// batch failed).
+    pub async fn flush_statuses(&self) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .status_queue()
+            .send(StatusJob::Flush(done))
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+
+    /// Status events lost because their batch could not be written.
+    pub fn status_write_failures(&self) -> u64 {
+        self.status_failures.load(Ordering::Relaxed)
+    }
+
+    /// The status queue, its writer task started on first use (on the caller's
+    /// runtime; the task ends when the engine is dropped).
+    fn status_queue(&self) -> &mpsc::Sender<StatusJob> {
+        self.status_queue.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(STATUS_QUEUE_CAPACITY);
+            tokio::spawn(status_writer(
+                Arc::clone(&self.store),
+                rx,
+                Arc::clone(&self.status_failures),
+            ));
+            tx
+        })
+    }
+}
+
+/// The most (endpoint, app version) sightings [`Ecr::learn_endpoint`] remembers in
+/// memory.
+pub const KNOWN_CACHE_CAPACITY: usize = 200_000;
+
+/// How many status events may wait for the status writer.
+pub const STATUS_QUEUE_CAPACITY: usize = 16_384;
+/// The most status events written in one transaction.
+pub const STATUS_BATCH: usize = 2_048;
+
+enum StatusJob {
+    Write(StatusWrite),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Writes queued status events: every round takes whatever has queued up (at most
+/// [`STATUS_BATCH`]) and commits it in one transaction, then answers the flushes that
+/// were queued among them.
+async fn status_writer(
+    store: Arc<dyn ConfigStore>,
+    mut rx: mpsc::Receiver<StatusJob>,
+    failures: Arc<AtomicU64>,
+) {
+    let mut jobs = Vec::with_capacity(STATUS_BATCH);
+    let mut writes = Vec::with_capacity(STATUS_BATCH);
+    let mut flushes = Vec::new();
+    while rx.recv_many(&mut jobs, STATUS_BATCH).await > 0 {
+        for job in jobs.drain(..) {
+            match job {
+                StatusJob::Write(w) => writes.push(w),
+                StatusJob::Flush(done) => flushes.push(done),
+            }
+        }
+        if !writes.is_empty()
+            && let Err(e) = store.record_statuses(&writes).await
+        {
+            failures.fetch_add(writes.len() as u64, Ordering::Relaxed);
+            tracing::warn!(error = %e, events = writes.len(), "could not record status events");
+        }
+        writes.clear();
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
     }
 }

@@ -151,8 +151,8 @@ impl EcrServer {
         &self.ecr
     }
 
-    /// Serves HTTP until `shutdown` resolves, then finishes in-flight requests and
-    /// stops the bus side.
+    /// Serves HTTP until `shutdown` resolves, then finishes in-flight requests, stops
+    /// the bus side and writes the queued status events.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -167,6 +167,8 @@ impl EcrServer {
             .await
             .map_err(|source| StartError::Http { addr, source });
         self.bus_tasks.shutdown();
+        // Status events still queued are written before the service stops.
+        self.ecr.flush_statuses().await;
         result
     }
 }

@@ -117,6 +117,23 @@ pub struct BatchTarget {
     pub endpoint_id: EndpointId,
 }
 
+/// One status-history event for [`ConfigStore::record_statuses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusWrite {
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// Its application version.
+    pub app_version: AppVersionName,
+    /// The configuration name.
+    pub name: ConfigName,
+    /// The config ID the event is about.
+    pub config_id: String,
+    /// What happened.
+    pub event: StatusEvent,
+    /// When.
+    pub at: UnixMillis,
+}
+
 /// The durable state of ECR. See the module docs for the guarantees.
 #[async_trait]
 pub trait ConfigStore: Send + Sync + 'static {
@@ -206,7 +223,22 @@ pub trait ConfigStore: Send + Sync + 'static {
         config_id: &str,
         event: &StatusEvent,
         now: UnixMillis,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let write = StatusWrite {
+            endpoint_id: endpoint_id.clone(),
+            app_version: app_version.clone(),
+            name: name.clone(),
+            config_id: config_id.to_owned(),
+            event: event.clone(),
+            at: now,
+        };
+        self.record_statuses(std::slice::from_ref(&write)).await
+    }
+
+    /// Adds events to the status history, in order, in ONE transaction (all or
+    /// nothing; for SQLite one sync to disk). ECR's status queue uses this for group
+    /// commit (see [`crate::ecr::core::Ecr::record_status`]).
+    async fn record_statuses(&self, writes: &[StatusWrite]) -> Result<(), StoreError>;
 
     /// One page of an endpoint's status history, most recent activity first.
     async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, StoreError>;

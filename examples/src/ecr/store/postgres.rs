@@ -9,7 +9,7 @@ use tokio_postgres::{NoTls, Row};
 use kaa_ism::UnixMillis;
 
 use super::sqlite::{StatusRow, confirmed_status, status_record};
-use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StoreError, sql};
+use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StatusWrite, StoreError, sql};
 use crate::ecr::model::{
     AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StatusEvent, StatusQuery,
     StatusRecord, StoredConfig,
@@ -391,53 +391,52 @@ impl ConfigStore for PostgresStore {
             .collect()
     }
 
-    async fn record_status(
-        &self,
-        endpoint_id: &EndpointId,
-        app_version: &AppVersionName,
-        name: &ConfigName,
-        config_id: &str,
-        event: &StatusEvent,
-        now: UnixMillis,
-    ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let (e, a, n) = (endpoint_id.as_str(), app_version.as_str(), name.as_str());
-        match event {
-            StatusEvent::Dispatched => {
-                let s = client
-                    .prepare_cached(sql::STATUS_DISPATCHED)
-                    .await
-                    .map_err(pg_err)?;
-                client.execute(&s, &[&e, &a, &n, &config_id, &now.0]).await
-            }
-            StatusEvent::Confirmed {
-                status_code,
-                reason_phrase,
-            } => {
-                let s = client
-                    .prepare_cached(sql::STATUS_CONFIRMED)
-                    .await
-                    .map_err(pg_err)?;
-                let status = confirmed_status(*status_code).as_str();
-                client
-                    .execute(
-                        &s,
-                        &[
-                            &e,
-                            &a,
-                            &n,
-                            &config_id,
-                            &status,
-                            status_code,
-                            reason_phrase,
-                            &now.0,
-                        ],
-                    )
-                    .await
-            }
+    async fn record_statuses(&self, writes: &[StatusWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
         }
-        .map_err(pg_err)?;
-        Ok(())
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let dispatched = tx
+            .prepare_cached(sql::STATUS_DISPATCHED)
+            .await
+            .map_err(pg_err)?;
+        let confirmed = tx
+            .prepare_cached(sql::STATUS_CONFIRMED)
+            .await
+            .map_err(pg_err)?;
+        // The statements are pipelined on the one connection, in order.
+        let statements = writes.iter().map(|w| {
+            let (dispatched, confirmed, tx) = (&dispatched, &confirmed, &tx);
+            async move {
+                let (e, a, n, c) = (
+                    w.endpoint_id.as_str(),
+                    w.app_version.as_str(),
+                    w.name.as_str(),
+                    w.config_id.as_str(),
+                );
+                match &w.event {
+                    StatusEvent::Dispatched => {
+                        tx.execute(dispatched, &[&e, &a, &n, &c, &w.at.0]).await
+                    }
+                    StatusEvent::Confirmed {
+                        status_code,
+                        reason_phrase,
+                    } => {
+                        let status = confirmed_status(*status_code).as_str();
+                        tx.execute(
+                            confirmed,
+                            &[&e, &a, &n, &c, &status, status_code, reason_phrase, &w.at.0],
+                        )
+                        .await
+                    }
+                }
+            }
+        });
+        futures::future::try_join_all(statements)
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
     }
 
     async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, StoreError> {

@@ -8,20 +8,22 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use kaa_ism::UnixMillis;
 
-use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StoreError, sql};
+use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StatusWrite, StoreError, sql};
 use crate::ecr::model::{
     AppVersionName, ConfigName, Content, DeliveryStatus, EndpointId, Page, Scope, Source,
     StatusEvent, StatusQuery, StatusRecord, StoredConfig,
 };
 
-/// How many idle read connections are kept.
-const MAX_IDLE_READERS: usize = 8;
+/// How many reads run at the same time, each on its own connection (kept open
+/// between reads). More concurrent reads wait for a connection rather than opening
+/// new ones (opening one costs more than a point select).
+const MAX_READERS: usize = 8;
 
 /// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
 ///
 /// Writes go through one connection (SQLite has one writer at a time anyway) inside
-/// `BEGIN IMMEDIATE` transactions; reads use a small pool of connections so they run
-/// beside writes (WAL readers do not block the writer). Every call runs on tokio's
+/// `BEGIN IMMEDIATE` transactions; reads use a small pool of at most 8 connections so
+/// they run beside writes (WAL readers do not block the writer). Every call runs on tokio's
 /// blocking pool.
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -32,6 +34,7 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    read_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -202,6 +205,7 @@ impl SqliteStore {
                     path,
                     writer: Mutex::new(writer),
                     readers: Mutex::new(Vec::new()),
+                    read_slots: tokio::sync::Semaphore::new(MAX_READERS),
                 }),
             })
         })
@@ -245,6 +249,12 @@ impl SqliteStore {
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
+        let _slot = self
+            .inner
+            .read_slots
+            .acquire()
+            .await
+            .map_err(StoreError::backend)?;
         tokio::task::spawn_blocking(move || {
             let pooled = inner.readers.lock().ok().and_then(|mut pool| pool.pop());
             let mut conn = match pooled {
@@ -260,7 +270,7 @@ impl SqliteStore {
                 Ok(value)
             })();
             if let Ok(mut pool) = inner.readers.lock()
-                && pool.len() < MAX_IDLE_READERS
+                && pool.len() < MAX_READERS
             {
                 pool.push(conn);
             }
@@ -454,49 +464,45 @@ impl ConfigStore for SqliteStore {
         .await
     }
 
-    async fn record_status(
-        &self,
-        endpoint_id: &EndpointId,
-        app_version: &AppVersionName,
-        name: &ConfigName,
-        config_id: &str,
-        event: &StatusEvent,
-        now: UnixMillis,
-    ) -> Result<(), StoreError> {
-        let key = [
-            endpoint_id.as_str().to_owned(),
-            app_version.as_str().to_owned(),
-            name.as_str().to_owned(),
-            config_id.to_owned(),
-        ];
-        let event = event.clone();
+    async fn record_statuses(&self, writes: &[StatusWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let writes = writes.to_vec();
         self.write(move |tx| {
-            let [e, a, n, c] = &key;
-            match &event {
-                StatusEvent::Dispatched => tx
-                    .prepare_cached(&q(sql::STATUS_DISPATCHED))
-                    .and_then(|mut s| s.execute(params![e, a, n, c, now.0])),
-                StatusEvent::Confirmed {
-                    status_code,
-                    reason_phrase,
-                } => {
-                    let status = confirmed_status(*status_code);
-                    tx.prepare_cached(&q(sql::STATUS_CONFIRMED))
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                e,
-                                a,
-                                n,
-                                c,
-                                status.as_str(),
-                                status_code,
-                                reason_phrase,
-                                now.0
-                            ])
-                        })
+            for w in &writes {
+                let (e, a, n, c) = (
+                    w.endpoint_id.as_str(),
+                    w.app_version.as_str(),
+                    w.name.as_str(),
+                    w.config_id.as_str(),
+                );
+                match &w.event {
+                    StatusEvent::Dispatched => tx
+                        .prepare_cached(&q(sql::STATUS_DISPATCHED))
+                        .and_then(|mut s| s.execute(params![e, a, n, c, w.at.0])),
+                    StatusEvent::Confirmed {
+                        status_code,
+                        reason_phrase,
+                    } => {
+                        let status = confirmed_status(*status_code);
+                        tx.prepare_cached(&q(sql::STATUS_CONFIRMED))
+                            .and_then(|mut s| {
+                                s.execute(params![
+                                    e,
+                                    a,
+                                    n,
+                                    c,
+                                    status.as_str(),
+                                    status_code,
+                                    reason_phrase,
+                                    w.at.0
+                                ])
+                            })
+                    }
                 }
+                .map_err(sqlite_err)?;
             }
-            .map_err(sqlite_err)?;
             Ok(())
         })
         .await
