@@ -1191,3 +1191,37 @@ fn an_adopted_session_gets_the_names_it_used() {
     w.drain();
     assert!(w.sent.is_empty(), "{:?}", w.sent);
 }
+
+/// Found by the `cmx_sequence` fuzz target's scenario space: an answer fetched
+/// before the endpoint left an app version and came back to it may predate an
+/// update the engine ignored while the endpoint was on the other version. The
+/// app version changed after the request was sent, so the answer is stale: the
+/// engine fetches again and pushes the newest configuration, not the old one.
+#[test]
+fn an_answer_fetched_across_an_app_version_round_trip_is_fetched_again() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.connect(&[EP]);
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-1"));
+    w.auto_answer = false;
+    w.update(EP, None, "2");
+    let request = w.held.pop_front().expect("a CDTP request for cfg-2");
+    let answer = w.provider.answer(&request.message());
+    w.advance(1);
+    w.app_version_updated(EP, AV, AV2);
+    // Ignored: the endpoint is on AV2 now.
+    w.update_av(EP, AV, None, "3");
+    w.advance(1);
+    w.app_version_updated(EP, AV2, AV);
+    w.cmx.handle_config_response(&answer, w.now);
+    w.drain();
+    while !w.held.is_empty() {
+        w.answer_next();
+    }
+    let pushed: Vec<_> = w.take(EP).iter().filter_map(config_id).collect();
+    assert_eq!(
+        pushed,
+        ["cfg-3"],
+        "the device must end on the newest configuration"
+    );
+}

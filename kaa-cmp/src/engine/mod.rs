@@ -1546,6 +1546,18 @@ impl Cmx {
         let h = app_versions.acquire(app_version);
         app_versions.release(e.app_version);
         e.app_version = h;
+        // Answers in flight were fetched for the previous app version: stale,
+        // even if the endpoint comes back to that version before they arrive
+        // (updates for it were ignored meanwhile).
+        for n in e.names() {
+            if let Some(p) = self
+                .in_flight
+                .get(&(slot, n.name))
+                .and_then(|seq| self.pending.get_mut(seq))
+            {
+                p.stale = true;
+            }
+        }
         true
     }
 
