@@ -972,8 +972,9 @@ async fn authenticate(State(auth): State<Authenticator>, request: Request, next:
 /// Gives every error answer the `{"message"}` body, including axum's own (unknown
 /// route 404, 405, extractor rejections), keeping their headers (e.g. `Allow`).
 async fn normalise_errors(request: Request, next: Next) -> Response {
+    // Kept for the error message only: cheap clones (no copy of the path).
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -993,8 +994,10 @@ async fn normalise_errors(request: Request, next: Next) -> Response {
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
     let message = match status {
-        StatusCode::NOT_FOUND => format!("no route for {method} {path}"),
-        StatusCode::METHOD_NOT_ALLOWED => format!("method {method} is not allowed on {path}"),
+        StatusCode::NOT_FOUND => format!("no route for {method} {}", uri.path()),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            format!("method {method} is not allowed on {}", uri.path())
+        }
         _ if !text.is_empty() => text,
         _ => status
             .canonical_reason()

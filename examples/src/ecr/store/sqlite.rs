@@ -67,9 +67,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Turns the shared `$n` placeholders into SQLite's `?n`.
-fn q(statement: &str) -> String {
-    statement.replace('$', "?")
+/// The shared statement with its `$n` placeholders turned into SQLite's `?n`, once
+/// per call site (the conversion is not repeated for every query).
+macro_rules! q {
+    ($statement:expr) => {{
+        static CONVERTED: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| $statement.replace('$', "?"));
+        CONVERTED.as_str()
+    }};
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -132,7 +137,7 @@ fn select_one(
     name: &str,
 ) -> Result<Option<StoredConfig>, StoreError> {
     let mut stmt = conn
-        .prepare_cached(&q(sql::SELECT_ONE))
+        .prepare_cached(q!(sql::SELECT_ONE))
         .map_err(sqlite_err)?;
     stmt.query_row(params![endpoint_key, app_version, name], row_to_config)
         .optional()
@@ -154,7 +159,7 @@ fn put_in(
     let previous = select_one(tx, endpoint_key, app_version, name.as_str())?;
     precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
     if let Some(endpoint_id) = scope.endpoint_id() {
-        tx.prepare_cached(&q(sql::REMEMBER))
+        tx.prepare_cached(q!(sql::REMEMBER))
             .and_then(|mut s| s.execute(params![endpoint_id.as_str(), app_version]))
             .map_err(sqlite_err)?;
     }
@@ -167,7 +172,7 @@ fn put_in(
             previous,
         });
     }
-    tx.prepare_cached(&q(sql::UPSERT))
+    tx.prepare_cached(q!(sql::UPSERT))
         .and_then(|mut s| {
             s.execute(params![
                 endpoint_key,
@@ -318,7 +323,7 @@ impl ConfigStore for SqliteStore {
         let app_version = scope.app_version().as_str().to_owned();
         self.read(move |tx| {
             let mut stmt = tx
-                .prepare_cached(&q(sql::SELECT_SCOPE))
+                .prepare_cached(q!(sql::SELECT_SCOPE))
                 .map_err(sqlite_err)?;
             let rows = stmt
                 .query_map(params![endpoint_key, app_version], row_to_config)
@@ -343,7 +348,7 @@ impl ConfigStore for SqliteStore {
             let previous = select_one(tx, &endpoint_key, &app_version, &name)?;
             precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
             if previous.is_some() {
-                tx.prepare_cached(&q(sql::DELETE_ONE))
+                tx.prepare_cached(q!(sql::DELETE_ONE))
                     .and_then(|mut s| s.execute(params![endpoint_key, app_version, name]))
                     .map_err(sqlite_err)?;
             }
@@ -397,11 +402,11 @@ impl ConfigStore for SqliteStore {
         let endpoint_id = endpoint_id.as_str().to_owned();
         self.write(move |tx| {
             let n = tx
-                .execute(&q(sql::DELETE_ENDPOINT_CONFIGS), [&endpoint_id])
+                .execute(q!(sql::DELETE_ENDPOINT_CONFIGS), [&endpoint_id])
                 .map_err(sqlite_err)?;
-            tx.execute(&q(sql::DELETE_ENDPOINT_KNOWN), [&endpoint_id])
+            tx.execute(q!(sql::DELETE_ENDPOINT_KNOWN), [&endpoint_id])
                 .map_err(sqlite_err)?;
-            tx.execute(&q(sql::DELETE_ENDPOINT_STATUSES), [&endpoint_id])
+            tx.execute(q!(sql::DELETE_ENDPOINT_STATUSES), [&endpoint_id])
                 .map_err(sqlite_err)?;
             Ok(n as u64)
         })
@@ -417,7 +422,7 @@ impl ConfigStore for SqliteStore {
         let app_version = app_version.as_str().to_owned();
         self.write(move |tx| {
             let n = tx
-                .prepare_cached(&q(sql::REMEMBER))
+                .prepare_cached(q!(sql::REMEMBER))
                 .and_then(|mut s| s.execute(params![endpoint_id, app_version]))
                 .map_err(sqlite_err)?;
             Ok(n > 0)
@@ -433,7 +438,7 @@ impl ConfigStore for SqliteStore {
         let endpoint_id = endpoint_id.as_str().to_owned();
         let app_version = app_version.as_str().to_owned();
         self.write(move |tx| {
-            tx.execute(&q(sql::FORGET), params![endpoint_id, app_version])
+            tx.execute(q!(sql::FORGET), params![endpoint_id, app_version])
                 .map_err(sqlite_err)?;
             Ok(())
         })
@@ -449,7 +454,7 @@ impl ConfigStore for SqliteStore {
         let name = name.as_str().to_owned();
         self.read(move |tx| {
             let mut stmt = tx
-                .prepare_cached(&q(sql::FOLLOWING_DEFAULT))
+                .prepare_cached(q!(sql::FOLLOWING_DEFAULT))
                 .map_err(sqlite_err)?;
             let rows = stmt
                 .query_map(params![app_version, name], |r| r.get::<_, String>(0))
@@ -479,14 +484,14 @@ impl ConfigStore for SqliteStore {
                 );
                 match &w.event {
                     StatusEvent::Dispatched => tx
-                        .prepare_cached(&q(sql::STATUS_DISPATCHED))
+                        .prepare_cached(q!(sql::STATUS_DISPATCHED))
                         .and_then(|mut s| s.execute(params![e, a, n, c, w.at.0])),
                     StatusEvent::Confirmed {
                         status_code,
                         reason_phrase,
                     } => {
                         let status = confirmed_status(*status_code);
-                        tx.prepare_cached(&q(sql::STATUS_CONFIRMED))
+                        tx.prepare_cached(q!(sql::STATUS_CONFIRMED))
                             .and_then(|mut s| {
                                 s.execute(params![
                                     e,
@@ -515,13 +520,13 @@ impl ConfigStore for SqliteStore {
             let app = query.app_version.as_ref().map(AppVersionName::as_str);
             let config_id = query.config_id.as_deref();
             let total: i64 = tx
-                .prepare_cached(&q(&sql::status_count()))
+                .prepare_cached(q!(sql::status_count()))
                 .and_then(|mut s| s.query_row(params![endpoint, app, config_id], |r| r.get(0)))
                 .map_err(sqlite_err)?;
             let limit = i64::from(query.size);
             let offset = i64::from(query.page) * limit;
             let mut stmt = tx
-                .prepare_cached(&q(&sql::status_page()))
+                .prepare_cached(q!(sql::status_page()))
                 .map_err(sqlite_err)?;
             let rows = stmt
                 .query_map(params![endpoint, app, config_id, limit, offset], |r| {
