@@ -76,22 +76,6 @@ use serde::de::IgnoredAny;
 
 use crate::service::ConfigError;
 
-fn de_opt_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Number(usize),
-        Text(String),
-    }
-    match Option::<Size>::deserialize(d)? {
-        None => Ok(None),
-        Some(Size::Number(n)) => Ok(Some(n)),
-        Some(Size::Text(t)) => crate::ecr::config::parse_byte_size(&t)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
 /// The default CDTP timeout: 5 s.
 pub const DEFAULT_CDTP_TIMEOUT_MS: u64 = 5_000;
 /// The default state TTL of a disconnected endpoint: 24 h.
@@ -333,7 +317,7 @@ pub struct LimitsSection {
     pub max_endpoints_per_event: Option<usize>,
     /// The largest configuration CMX carries, in bytes (default 1 MiB − 16 KiB):
     /// checked against the bus's `max_payload` at start-up.
-    #[serde(default, deserialize_with = "de_opt_byte_size")]
+    #[serde(default, deserialize_with = "crate::ecr::config::de_opt_byte_size")]
     pub max_config_size: Option<usize>,
     /// The longest `configId` accepted from a device, bytes (default 256).
     #[serde(default)]

@@ -198,7 +198,7 @@ pub struct HttpSection {
     pub listen: SocketAddr,
     /// `ecr.http.body-limit`: the largest request body, and so the largest
     /// configuration; larger is 413.
-    #[serde(default, deserialize_with = "de_byte_size")]
+    #[serde(default, deserialize_with = "de_opt_byte_size")]
     pub body_limit: Option<usize>,
 }
 
@@ -282,19 +282,38 @@ pub enum Access {
     ReadWrite,
 }
 
-fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Number(usize),
-        Text(String),
-    }
-    match Option::<Size>::deserialize(d)? {
+/// Deserializes an optional byte size written as a number or as text
+/// ([`parse_byte_size`]); shared by the ECR, CMX and KPC configurations.
+pub(crate) fn de_opt_byte_size<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    match Option::<ByteSize>::deserialize(d)? {
         None => Ok(None),
-        Some(Size::Number(n)) => Ok(Some(n)),
-        Some(Size::Text(s)) => parse_byte_size(&s)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
+        Some(size) => size.bytes().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Deserializes a required byte size written as a number or as text.
+pub(crate) fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    ByteSize::deserialize(d)?
+        .bytes()
+        .map_err(serde::de::Error::custom)
+}
+
+/// A byte size as written in YAML: `1048576` or `"1MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Number(usize),
+    Text(String),
+}
+
+impl ByteSize {
+    fn bytes(self) -> Result<usize, String> {
+        match self {
+            ByteSize::Number(n) => Ok(n),
+            ByteSize::Text(t) => parse_byte_size(&t),
+        }
     }
 }
 

@@ -541,14 +541,7 @@ impl Ecr {
         event: &StatusEvent,
         now: UnixMillis,
     ) -> Result<(), EcrError> {
-        let write = StatusWrite {
-            endpoint_id: endpoint_id.clone(),
-            app_version: app_version.clone(),
-            name: name.clone(),
-            config_id: config_id.to_owned(),
-            event: event.clone(),
-            at: now,
-        };
+        let write = StatusWrite::new(endpoint_id, app_version, name, config_id, event, now);
         self.status_queue()
             .send(StatusJob::Write(write))
             .await

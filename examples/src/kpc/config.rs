@@ -208,7 +208,10 @@ pub struct MqttSection {
     pub max_endpoints_per_session: usize,
     /// `kpc.mqtt.max-payload`: the largest PUBLISH payload, in bytes, in both
     /// directions (see the module docs, *Limits*).
-    #[serde(default = "default_max_payload", deserialize_with = "de_byte_size")]
+    #[serde(
+        default = "default_max_payload",
+        deserialize_with = "crate::ecr::config::de_byte_size"
+    )]
     pub max_payload: usize,
     /// `kpc.mqtt.connect-timeout`: from TCP accept to a complete CONNECT.
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
@@ -362,19 +365,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Number(usize),
-        Text(String),
-    }
-    match Size::deserialize(d)? {
-        Size::Number(n) => Ok(n),
-        Size::Text(s) => crate::ecr::config::parse_byte_size(&s).map_err(serde::de::Error::custom),
-    }
 }
 
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

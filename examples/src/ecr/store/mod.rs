@@ -134,6 +134,27 @@ pub struct StatusWrite {
     pub at: UnixMillis,
 }
 
+impl StatusWrite {
+    /// One event about `config_id` of `name` for `endpoint_id` at `at`.
+    pub fn new(
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        config_id: &str,
+        event: &StatusEvent,
+        at: UnixMillis,
+    ) -> Self {
+        Self {
+            endpoint_id: endpoint_id.clone(),
+            app_version: app_version.clone(),
+            name: name.clone(),
+            config_id: config_id.to_owned(),
+            event: event.clone(),
+            at,
+        }
+    }
+}
+
 /// The durable state of ECR. See the module docs for the guarantees.
 #[async_trait]
 pub trait ConfigStore: Send + Sync + 'static {
@@ -224,14 +245,7 @@ pub trait ConfigStore: Send + Sync + 'static {
         event: &StatusEvent,
         now: UnixMillis,
     ) -> Result<(), StoreError> {
-        let write = StatusWrite {
-            endpoint_id: endpoint_id.clone(),
-            app_version: app_version.clone(),
-            name: name.clone(),
-            config_id: config_id.to_owned(),
-            event: event.clone(),
-            at: now,
-        };
+        let write = StatusWrite::new(endpoint_id, app_version, name, config_id, event, now);
         self.record_statuses(std::slice::from_ref(&write)).await
     }
 
