@@ -17,7 +17,9 @@ use super::model::{
     AppVersionName, ConfigName, Content, EndpointId, NameError, Page, Scope, Source, StatusEvent,
     StatusQuery, StatusRecord, StoredConfig,
 };
-use super::store::{BatchTarget, ConfigStore, Precondition, PutOutcome, StatusWrite, StoreError};
+use super::store::{
+    BatchTarget, ConfigStore, EffectiveKey, Precondition, PutOutcome, StatusWrite, StoreError,
+};
 use crate::service::ConfigError;
 
 /// Why an ECR operation was refused or failed.
@@ -184,6 +186,7 @@ pub struct Ecr {
     known: Mutex<HashSet<(String, String)>>,
     status_queue: OnceLock<mpsc::Sender<StatusJob>>,
     status_failures: Arc<AtomicU64>,
+    lookups: OnceLock<mpsc::Sender<Lookup>>,
 }
 
 impl std::fmt::Debug for Ecr {
@@ -209,6 +212,7 @@ impl Ecr {
             known: Mutex::new(HashSet::new()),
             status_queue: OnceLock::new(),
             status_failures: Arc::new(AtomicU64::new(0)),
+            lookups: OnceLock::new(),
         }
     }
 
@@ -457,6 +461,15 @@ impl Ecr {
     }
 
     /// The effective configuration (6/CDTP).
+    ///
+    /// With a store that [batches lookups](ConfigStore::batches_lookups) (PostgreSQL)
+    /// the lookup joins whatever other lookups are waiting and the batch is read in
+    /// one statement ([`ConfigStore::effective_many`]): at most
+    /// [`LOOKUP_BATCHES_IN_FLIGHT`] batches run at once, and lookups that arrive
+    /// meanwhile form the next batch, so a lone request costs one query as before
+    /// while the 10,000 requests of a fan-out cost a few dozen. The store is read
+    /// after the lookup was asked for, so an answer never predates a write that was
+    /// committed before the request arrived.
     pub async fn effective(
         &self,
         endpoint_id: &EndpointId,
@@ -464,7 +477,31 @@ impl Ecr {
         name: &ConfigName,
     ) -> Result<Option<(StoredConfig, Source)>, EcrError> {
         self.apps.check(app_version)?;
-        Ok(self.store.effective(endpoint_id, app_version, name).await?)
+        if !self.store.batches_lookups() {
+            return Ok(self.store.effective(endpoint_id, app_version, name).await?);
+        }
+        let (reply, answer) = oneshot::channel();
+        let lookup = Lookup {
+            key: EffectiveKey {
+                endpoint_id: endpoint_id.clone(),
+                app_version: app_version.clone(),
+                name: name.clone(),
+            },
+            reply,
+        };
+        let stopped = || EcrError::Store(StoreError::Backend("lookup batcher stopped".into()));
+        self.lookups().send(lookup).await.map_err(|_| stopped())?;
+        Ok(answer.await.map_err(|_| stopped())??)
+    }
+
+    /// The lookup queue, its batcher task started on first use (on the caller's
+    /// runtime; the task ends when the engine is dropped).
+    fn lookups(&self) -> &mpsc::Sender<Lookup> {
+        self.lookups.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(LOOKUP_QUEUE_CAPACITY);
+            tokio::spawn(lookup_batcher(Arc::clone(&self.store), rx));
+            tx
+        })
     }
 
     /// Records that an endpoint exists in an app version (learned from 6/CDTP
@@ -590,6 +627,60 @@ pub const KNOWN_CACHE_CAPACITY: usize = 200_000;
 pub const STATUS_QUEUE_CAPACITY: usize = 16_384;
 /// The most status events written in one transaction.
 pub const STATUS_BATCH: usize = 2_048;
+
+/// The most lookups [`Ecr::effective`] reads in one statement.
+pub const LOOKUP_BATCH: usize = 512;
+/// How many lookup batches run at the same time (each holds one store connection).
+pub const LOOKUP_BATCHES_IN_FLIGHT: usize = 4;
+/// How many lookups may wait for the batcher.
+const LOOKUP_QUEUE_CAPACITY: usize = 4_096;
+
+type LookupResult = Result<Option<(StoredConfig, Source)>, StoreError>;
+
+struct Lookup {
+    key: EffectiveKey,
+    reply: oneshot::Sender<LookupResult>,
+}
+
+/// Reads queued lookups in batches: waits for a free batch slot, takes whatever
+/// has queued up (at most [`LOOKUP_BATCH`]) and reads it with one
+/// [`ConfigStore::effective_many`] in a task of its own.
+async fn lookup_batcher(store: Arc<dyn ConfigStore>, mut rx: mpsc::Receiver<Lookup>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(LOOKUP_BATCHES_IN_FLIGHT));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(LOOKUP_BATCH);
+        if rx.recv_many(&mut batch, LOOKUP_BATCH).await == 0 {
+            return;
+        }
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let (keys, replies): (Vec<EffectiveKey>, Vec<_>) =
+                batch.into_iter().map(|l| (l.key, l.reply)).unzip();
+            match store.effective_many(&keys).await {
+                Ok(found) if found.len() == replies.len() => {
+                    for (reply, answer) in replies.into_iter().zip(found) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Ok(found) => {
+                    let e = format!("{} answers for {} lookups", found.len(), replies.len());
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Corrupt(e.clone())));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
 
 enum StatusJob {
     Write(StatusWrite),

@@ -155,6 +155,17 @@ impl StatusWrite {
     }
 }
 
+/// One key of [`ConfigStore::effective_many`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveKey {
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// Its app version.
+    pub app_version: AppVersionName,
+    /// The configuration name.
+    pub name: ConfigName,
+}
+
 /// The durable state of ECR. See the module docs for the guarantees.
 #[async_trait]
 pub trait ConfigStore: Send + Sync + 'static {
@@ -207,6 +218,30 @@ pub trait ConfigStore: Send + Sync + 'static {
         app_version: &AppVersionName,
         name: &ConfigName,
     ) -> Result<Option<(StoredConfig, Source)>, StoreError>;
+
+    /// Whether [`ConfigStore::effective_many`] is cheaper than one
+    /// [`ConfigStore::effective`] per key, so that ECR should batch concurrent
+    /// 6/CDTP lookups. Default `false`.
+    fn batches_lookups(&self) -> bool {
+        false
+    }
+
+    /// The effective configurations of several (endpoint, app version, name) keys, in
+    /// the order given, each as [`ConfigStore::effective`] answers it. ECR's 6/CDTP
+    /// provider batches concurrent requests through this (see
+    /// [`crate::ecr::core::Ecr::effective`]). The default asks
+    /// [`ConfigStore::effective`] for every key, concurrently; the PostgreSQL store
+    /// reads all keys with one statement (one snapshot, one round trip).
+    async fn effective_many(
+        &self,
+        keys: &[EffectiveKey],
+    ) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
+        futures::future::try_join_all(
+            keys.iter()
+                .map(|k| self.effective(&k.endpoint_id, &k.app_version, &k.name)),
+        )
+        .await
+    }
 
     /// Deletes everything about an endpoint (all its configurations in every app
     /// version, its known-endpoint records, its status history); returns how many

@@ -9,7 +9,9 @@ use tokio_postgres::{NoTls, Row};
 use kaa_ism::UnixMillis;
 
 use super::sqlite::{StatusRow, confirmed_status, status_record};
-use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StatusWrite, StoreError, sql};
+use super::{
+    BatchTarget, ConfigStore, EffectiveKey, Precondition, PutOutcome, StatusWrite, StoreError, sql,
+};
 use crate::ecr::model::{
     AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StatusEvent, StatusQuery,
     StatusRecord, StoredConfig,
@@ -40,6 +42,19 @@ fn pg_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 const FOR_UPDATE: &str = " FOR UPDATE";
+
+/// [`ConfigStore::effective_many`] in one statement (one snapshot): for each key
+/// (`$1`, `$2`, `$3` are parallel arrays; `i` is its 1-based position) the endpoint's
+/// own row, else the default, as in `effective`. The content is sent only on the first
+/// row of each config ID (NULL on the others): a default fanned out to thousands of
+/// endpoints crosses the socket once per batch, not once per endpoint.
+const EFFECTIVE_MANY: &str = "SELECT q.i, c.name, c.config_id, \
+     CASE WHEN row_number() OVER (PARTITION BY c.config_id ORDER BY q.i) = 1 THEN c.content END, \
+     c.created_ms, c.updated_ms, c.endpoint_id \
+     FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(ep, av, nm, i) \
+     CROSS JOIN LATERAL (SELECT name, config_id, content, created_ms, updated_ms, endpoint_id \
+     FROM configs WHERE endpoint_id IN (q.ep, '') AND app_version = q.av AND name = q.nm \
+     ORDER BY endpoint_id DESC LIMIT 1) c";
 
 fn to_config(row: &Row) -> Result<StoredConfig, StoreError> {
     let name: String = row.try_get(0).map_err(pg_err)?;
@@ -322,6 +337,72 @@ impl ConfigStore for PostgresStore {
             Ok((to_config(&row)?, source))
         })
         .transpose()
+    }
+
+    fn batches_lookups(&self) -> bool {
+        true
+    }
+
+    async fn effective_many(
+        &self,
+        keys: &[EffectiveKey],
+    ) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let s = client
+            .prepare_cached(EFFECTIVE_MANY)
+            .await
+            .map_err(pg_err)?;
+        let column = |f: fn(&EffectiveKey) -> &str| keys.iter().map(f).collect::<Vec<_>>();
+        let endpoints = column(|k| k.endpoint_id.as_str());
+        let versions = column(|k| k.app_version.as_str());
+        let names = column(|k| k.name.as_str());
+        let rows = client
+            .query(&s, &[&endpoints, &versions, &names])
+            .await
+            .map_err(pg_err)?;
+        // The content of a config ID comes once per batch (it is derived from the
+        // content, so every row with that ID has the same).
+        let mut contents: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let i: i64 = row.try_get(0).map_err(pg_err)?;
+            let name: String = row.try_get(1).map_err(pg_err)?;
+            let config_id: String = row.try_get(2).map_err(pg_err)?;
+            if let Some(content) = row.try_get::<_, Option<String>>(3).map_err(pg_err)? {
+                contents.insert(config_id.clone(), content);
+            }
+            let endpoint: String = row.try_get(6).map_err(pg_err)?;
+            let source = if endpoint.is_empty() {
+                Source::Default
+            } else {
+                Source::Endpoint
+            };
+            let config = StoredConfig {
+                name: ConfigName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                config_id,
+                content: String::new(),
+                created: UnixMillis(row.try_get(4).map_err(pg_err)?),
+                updated: UnixMillis(row.try_get(5).map_err(pg_err)?),
+            };
+            found.push((i, config, source));
+        }
+        let mut out: Vec<Option<(StoredConfig, Source)>> = keys.iter().map(|_| None).collect();
+        for (i, mut config, source) in found {
+            let slot = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("row {i} of {} keys", keys.len())))?;
+            config.content = contents
+                .get(&config.config_id)
+                .cloned()
+                .ok_or_else(|| StoreError::Corrupt("content missing from the batch".into()))?;
+            *slot = Some((config, source));
+        }
+        Ok(out)
     }
 
     async fn delete_endpoint(&self, endpoint_id: &EndpointId) -> Result<u64, StoreError> {
