@@ -13,7 +13,9 @@
 //!   migrated on start (a version table, under an advisory lock).
 //!
 //! Every write is one transaction, committed (and, for SQLite, synced) before the
-//! method returns, so a REST 200 is only sent for data that survives a crash.
+//! method returns, so a REST 200 is only sent for data that survives a crash. The one
+//! exception is the status history on PostgreSQL (not an acknowledged write; see
+//! [`ConfigStore::record_statuses`]).
 //! Optimistic locking (`If-Match`) is a compare-and-set inside that transaction: the
 //! row is read (PostgreSQL: `SELECT … FOR UPDATE`; SQLite: under `BEGIN IMMEDIATE`,
 //! which serialises writers), compared, then written, so concurrent conditional writes
@@ -286,7 +288,9 @@ pub trait ConfigStore: Send + Sync + 'static {
 
     /// Adds events to the status history, in order, in ONE transaction (all or
     /// nothing; for SQLite one sync to disk). ECR's status queue uses this for group
-    /// commit (see [`crate::ecr::core::Ecr::record_status`]).
+    /// commit (see [`crate::ecr::core::Ecr::record_status`]). The history is not an
+    /// acknowledged write, so PostgreSQL commits it without waiting for the WAL flush
+    /// (`synchronous_commit = off` for that transaction only).
     async fn record_statuses(&self, writes: &[StatusWrite]) -> Result<(), StoreError>;
 
     /// One page of an endpoint's status history, most recent activity first.

@@ -478,6 +478,14 @@ impl ConfigStore for PostgresStore {
         }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
+        // The status history is not an acknowledged write (events still queued when
+        // ECR dies are lost anyway), so its commits do not wait for the WAL flush:
+        // they no longer queue behind, or add to, the fsyncs of the REST writes,
+        // whose commits stay synchronous (and flush any status commit before them).
+        // A PostgreSQL crash may lose the last few hundred milliseconds of history.
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(pg_err)?;
         let dispatched = tx
             .prepare_cached(sql::STATUS_DISPATCHED)
             .await
