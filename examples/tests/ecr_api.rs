@@ -367,6 +367,8 @@ async fn batch_writes_every_endpoint() {
         r#"{"configPayload": 2, "endpoints": {"kettleV1": ["ok-1", "bad.id"]}}"#,
         r#"{"configPayload": 2, "endpoints": {"kettleV1": ["ok-1"], "bad/app": ["ok-2"]}}"#,
         r#"{"configPayload": 2, "endpoints": {}}"#,
+        // An app version listing no endpoint, beside one that lists some.
+        r#"{"configPayload": 2, "endpoints": {"kettleV1": ["ok-1"], "kettleV2": []}}"#,
         r#"{"endpoints": {"kettleV1": ["ok-1"]}}"#,
         r#"{"configPayload": 2, "endpoints": {"kettleV1": ["ok-1"]}, "extra": 1}"#,
         r#"{"configPayload": 2, "endpoints": ["ok-1"]}"#,
@@ -752,6 +754,105 @@ async fn openapi_document_lists_every_route() {
     ] {
         assert!(components.schemas.contains_key(schema), "{schema}");
     }
+}
+
+/// Every `pattern` in the OpenAPI document, with the JSON pointer of the object that
+/// holds it.
+fn patterns(value: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == "pattern"
+                    && let Value::String(p) = v
+                {
+                    out.push((at.to_owned(), p.clone()));
+                }
+                let key = k.replace('~', "~0").replace('/', "~1");
+                patterns(v, &format!("{at}/{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                patterns(v, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The names the OpenAPI document declares valid are exactly those ECR accepts, so
+/// REST fuzzers (`.ci/rest-fuzz.sh`) and generated clients agree with the server: every
+/// name pattern in the document, read by a JSON Schema validator, against
+/// `EndpointId::new` / `AppVersionName::new` / `ConfigName::new` on names chosen at the
+/// edges of the rules (each forbidden character, every kind of whitespace and control
+/// character, non-ASCII letters).
+#[tokio::test]
+async fn openapi_name_patterns_accept_exactly_what_ecr_accepts() {
+    let h = harness().await;
+    let doc: Value = serde_json::from_str(&get(&h.app, "/api/v1/openapi.json").await.text).unwrap();
+    let mut found = Vec::new();
+    patterns(&doc, "", &mut found);
+    let (config_names, token_names): (Vec<_>, Vec<_>) = found
+        .into_iter()
+        .partition(|(at, _)| at.contains("/parameters/") && doc_param_is_named(&doc, at, "name"));
+    // Endpoint IDs and app version names: path parameters of 7 operations (2 each on
+    // endpoint routes), /statuses' two, and the batch body's keys and items.
+    assert!(token_names.len() >= 10, "{token_names:?}");
+    assert!(!config_names.is_empty());
+
+    let mut samples: Vec<String> = [
+        "kettle-v1", "0", "a_b-C", "é", "Ünïcödé-ñame", "日本語", "emoji-🙂", "x:y", "a@b", "a%2e",
+        "", ".", "a.b", "a*", "a>b", "a/b", "a+b", "a#b", "a b", "a\tb", "a\nb", "\u{0}",
+        "a\u{1f}", "a\u{7f}", "a\u{85}", "a\u{9f}", "a\u{a0}", "a\u{1680}", "a\u{2000}",
+        "a\u{200a}", "a\u{200b}", "a\u{2028}", "a\u{2029}", "a\u{202f}", "a\u{205f}",
+        "a\u{3000}", "a\u{feff}", "a\u{180e}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    samples.push("n".repeat(256));
+    for c in '\u{0}'..='\u{3000}' {
+        samples.push(format!("x{c}y"));
+    }
+
+    for (at, pattern) in &token_names {
+        let schema = json!({"type": "string", "minLength": 1, "pattern": pattern});
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for name in &samples {
+            assert_eq!(
+                validator.is_valid(&json!(name)),
+                EndpointId::new(name.as_str()).is_ok(),
+                "{at}: {name:?}"
+            );
+            assert_eq!(
+                EndpointId::new(name.as_str()).is_ok(),
+                AppVersionName::new(name.as_str()).is_ok()
+            );
+        }
+    }
+    for (at, pattern) in &config_names {
+        let schema = json!({"type": "string", "minLength": 1, "pattern": pattern});
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        for name in &samples {
+            assert_eq!(
+                validator.is_valid(&json!(name)),
+                ConfigName::new(name.as_str()).is_ok(),
+                "{at}: {name:?}"
+            );
+        }
+    }
+}
+
+/// Whether the parameter object that `at` (a JSON path to a `pattern`) lies in is named
+/// `name`.
+fn doc_param_is_named(doc: &Value, at: &str, name: &str) -> bool {
+    let Some(i) = at.find("/parameters/") else {
+        return false;
+    };
+    let rest = &at[i + "/parameters/".len()..];
+    let index = rest.split('/').next().unwrap_or_default();
+    let pointer = format!("{}/parameters/{index}/name", &at[..i]);
+    doc.pointer(&pointer).and_then(Value::as_str) == Some(name)
 }
 
 #[tokio::test]

@@ -247,21 +247,53 @@ pub struct ErrorDto {
     pub message: String,
 }
 
-/// Any JSON value (a configuration).
+/// Any JSON value (a configuration): an object, array, string, number, boolean or
+/// null.
 #[derive(ToSchema)]
-#[schema(value_type = Object)]
+#[schema(value_type = Value)]
 pub struct AnyJson(pub Value);
 
 /// `PUT /endpoints/batch` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BatchRequest {
-    /// The configuration to store for every endpoint.
-    #[schema(value_type = Object)]
+    /// The configuration to store for every endpoint (any JSON value).
+    #[schema(value_type = Value)]
     pub config_payload: Value,
-    /// App version name → endpoint IDs.
+    /// App version name → endpoint IDs: at least one app version, each listing at
+    /// least one endpoint (10,000 endpoints at most in all).
+    #[schema(schema_with = batch_endpoints_schema)]
     pub endpoints: BTreeMap<String, Vec<String>>,
 }
+
+/// The OpenAPI schema of [`BatchRequest::endpoints`]: the names as ECR validates them.
+fn batch_endpoints_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let token_name = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .pattern(Some(TOKEN_NAME_PATTERN))
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .min_properties(Some(1))
+        .property_names(Some(token_name()))
+        .additional_properties(Some(
+            ArrayBuilder::new().items(token_name()).min_items(Some(1)),
+        ))
+        .build()
+}
+
+/// The pattern of an app version name or endpoint ID in the OpenAPI document: no `.`,
+/// `*`, `>` (NATS), `/`, `+`, `#` (MQTT), whitespace or control character, as
+/// [`model::validate_token_name`] checks (`char::is_whitespace` and `char::is_control`,
+/// spelled out as ranges because `\s` means different sets in the ECMA, Python and
+/// Rust regex dialects that read the document). The byte-length limit ([`model::MAX_NAME_LEN`])
+/// is not expressible in JSON Schema (`maxLength` counts characters); descriptions say
+/// it. The `#[param(pattern = …)]` attributes repeat this literal (they take no
+/// constant); a test checks they agree.
+const TOKEN_NAME_PATTERN: &str = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$";
 
 /// `PUT /endpoints/batch` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -346,7 +378,9 @@ pub struct StatusPageDto {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct NameQuery {
-    /// The configuration name (7/CMP `^[a-zA-Z0-9_-]+$`); absent: `default`.
+    /// The configuration name (7/CMP `^[a-zA-Z0-9_-]+$`, at most 256 characters);
+    /// absent: `default`.
+    #[param(pattern = "^[a-zA-Z0-9_-]+$", min_length = 1, max_length = 256)]
     name: Option<String>,
 }
 
@@ -356,11 +390,18 @@ impl NameQuery {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 struct EndpointPath {
+    /// Endpoint ID: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`, whitespace or
+    /// control characters.
     #[serde(rename = "endpointId")]
+    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
     endpoint_id: String,
+    /// Application version name: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`,
+    /// whitespace or control characters.
     #[serde(rename = "appVersionName")]
+    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
     app_version_name: String,
 }
 
@@ -373,9 +414,13 @@ impl EndpointPath {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 struct AppVersionPath {
+    /// Application version name: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`,
+    /// whitespace or control characters.
     #[serde(rename = "appVersionName")]
+    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
     app_version_name: String,
 }
 
@@ -391,15 +436,20 @@ impl AppVersionPath {
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 struct StatusParams {
-    /// Required: the endpoint.
+    /// Required: the endpoint (an endpoint ID: 1 to 256 bytes; no `.`, `*`, `>`, `/`,
+    /// `+`, `#`, whitespace or control characters).
+    #[param(required = true, pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
     endpoint_id: Option<String>,
     /// Only this app version.
+    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
     app_version_name: Option<String>,
     /// Only this config ID.
     config_id: Option<String>,
     /// Zero-based page number (default 0, at most 1,000,000).
+    #[param(value_type = Option<u32>, minimum = 0, maximum = 1_000_000)]
     page: Option<String>,
     /// Page size (default 20, 1 to 1000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     size: Option<String>,
 }
 
@@ -522,8 +572,7 @@ const DEFAULT_PATH: &str = "/app-versions/{appVersionName}";
     put, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}",
     tag = "endpoint configurations",
     params(
-        ("endpointId" = String, Path, description = "Endpoint ID"),
-        ("appVersionName" = String, Path, description = "Application version name"),
+        EndpointPath,
         NameQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
@@ -552,8 +601,7 @@ async fn put_endpoint_config(
     get, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}",
     tag = "endpoint configurations",
     params(
-        ("endpointId" = String, Path, description = "Endpoint ID"),
-        ("appVersionName" = String, Path, description = "Application version name"),
+        EndpointPath,
         NameQuery,
     ),
     responses(
@@ -575,8 +623,7 @@ async fn get_endpoint_config(
     delete, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}",
     tag = "endpoint configurations",
     params(
-        ("endpointId" = String, Path, description = "Endpoint ID"),
-        ("appVersionName" = String, Path, description = "Application version name"),
+        EndpointPath,
         NameQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
@@ -601,8 +648,7 @@ async fn delete_endpoint_config(
     get, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}/configurations",
     tag = "endpoint configurations",
     params(
-        ("endpointId" = String, Path, description = "Endpoint ID"),
-        ("appVersionName" = String, Path, description = "Application version name"),
+        EndpointPath,
     ),
     responses(
         (status = 200, body = Vec<ConfigurationDto>),
@@ -622,7 +668,7 @@ async fn list_endpoint_configs(
     put, path = "/api/v1/app-versions/{appVersionName}",
     tag = "default configurations",
     params(
-        ("appVersionName" = String, Path, description = "Application version name"),
+        AppVersionPath,
         NameQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
@@ -648,7 +694,7 @@ async fn put_default_config(
 #[utoipa::path(
     get, path = "/api/v1/app-versions/{appVersionName}",
     tag = "default configurations",
-    params(("appVersionName" = String, Path, description = "Application version name"), NameQuery),
+    params(AppVersionPath, NameQuery),
     responses(
         (status = 200, body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 404, body = ErrorDto),
@@ -668,7 +714,7 @@ async fn get_default_config(
     delete, path = "/api/v1/app-versions/{appVersionName}",
     tag = "default configurations",
     params(
-        ("appVersionName" = String, Path, description = "Application version name"),
+        AppVersionPath,
         NameQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
@@ -692,7 +738,7 @@ async fn delete_default_config(
 #[utoipa::path(
     get, path = "/api/v1/app-versions/{appVersionName}/configurations",
     tag = "default configurations",
-    params(("appVersionName" = String, Path, description = "Application version name")),
+    params(AppVersionPath),
     responses(
         (status = 200, body = Vec<ConfigurationDto>),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto),
@@ -725,6 +771,11 @@ async fn put_batch(
     JsonBody(body): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
     let name = query.config_name()?;
+    if let Some((app_version, _)) = body.endpoints.iter().find(|(_, ids)| ids.is_empty()) {
+        return Err(ApiError::bad_request(format!(
+            "app version {app_version:?} lists no endpoints"
+        )));
+    }
     let BatchOutcome {
         config_id,
         content,
