@@ -293,7 +293,8 @@ fn batch_endpoints_schema() -> utoipa::openapi::Object {
 /// is not expressible in JSON Schema (`maxLength` counts characters); descriptions say
 /// it. The `#[param(pattern = …)]` attributes repeat this literal (they take no
 /// constant); a test checks they agree.
-const TOKEN_NAME_PATTERN: &str = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$";
+const TOKEN_NAME_PATTERN: &str =
+    r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$";
 
 /// `PUT /endpoints/batch` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -396,12 +397,18 @@ struct EndpointPath {
     /// Endpoint ID: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`, whitespace or
     /// control characters.
     #[serde(rename = "endpointId")]
-    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[param(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     endpoint_id: String,
     /// Application version name: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`,
     /// whitespace or control characters.
     #[serde(rename = "appVersionName")]
-    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[param(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     app_version_name: String,
 }
 
@@ -420,7 +427,10 @@ struct AppVersionPath {
     /// Application version name: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`,
     /// whitespace or control characters.
     #[serde(rename = "appVersionName")]
-    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[param(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     app_version_name: String,
 }
 
@@ -438,10 +448,17 @@ impl AppVersionPath {
 struct StatusParams {
     /// Required: the endpoint (an endpoint ID: 1 to 256 bytes; no `.`, `*`, `>`, `/`,
     /// `+`, `#`, whitespace or control characters).
-    #[param(required = true, pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[param(
+        required = true,
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     endpoint_id: Option<String>,
     /// Only this app version.
-    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[param(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     app_version_name: Option<String>,
     /// Only this config ID.
     config_id: Option<String>,
