@@ -43,6 +43,83 @@ fn pg_err(e: impl std::fmt::Display) -> StoreError {
 
 const FOR_UPDATE: &str = " FOR UPDATE";
 
+/// The status events of one batch in ONE statement (one executor start and one
+/// round trip instead of one per event). Each row is the combined effect of every
+/// event of the batch about its (endpoint, app version, name, config ID), in order
+/// ([`merge_statuses`]): NULL `dispatched_ms` / `confirmed_ms` keep what the row had,
+/// as the single-event statements in `sql` do.
+const STATUS_UPSERT_MANY: &str = "INSERT INTO statuses (endpoint_id, app_version, name, config_id, \
+     status, status_code, reason_phrase, dispatched_ms, confirmed_ms, activity_ms) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+     $6::int4[], $7::text[], $8::int8[], $9::int8[], $10::int8[]) \
+     ON CONFLICT (endpoint_id, app_version, name, config_id) DO UPDATE SET \
+     status = excluded.status, \
+     status_code = CASE WHEN excluded.confirmed_ms IS NULL THEN statuses.status_code ELSE excluded.status_code END, \
+     reason_phrase = CASE WHEN excluded.confirmed_ms IS NULL THEN statuses.reason_phrase ELSE excluded.reason_phrase END, \
+     dispatched_ms = COALESCE(excluded.dispatched_ms, statuses.dispatched_ms), \
+     confirmed_ms = COALESCE(excluded.confirmed_ms, statuses.confirmed_ms), \
+     activity_ms = excluded.activity_ms";
+
+/// The combined effect of a batch's status events about one key.
+struct MergedStatus<'a> {
+    key: (&'a str, &'a str, &'a str, &'a str),
+    status: &'static str,
+    status_code: Option<i32>,
+    reason_phrase: Option<&'a str>,
+    dispatched_ms: Option<i64>,
+    confirmed_ms: Option<i64>,
+    activity_ms: i64,
+}
+
+/// Folds `writes` (in order) into one row per (endpoint, app version, name, config
+/// ID), first-seen order: a dispatch sets the status, `dispatched_ms` and the
+/// activity; a confirmation sets the status, code, reason, `confirmed_ms` and the
+/// activity; the last event's status and time win. One upsert of the result leaves
+/// the table as upserting the events one by one would (and an upsert cannot touch
+/// the same row twice).
+fn merge_statuses(writes: &[StatusWrite]) -> Vec<MergedStatus<'_>> {
+    let mut rows: Vec<MergedStatus<'_>> = Vec::with_capacity(writes.len());
+    let mut index = std::collections::HashMap::with_capacity(writes.len());
+    for w in writes {
+        let key = (
+            w.endpoint_id.as_str(),
+            w.app_version.as_str(),
+            w.name.as_str(),
+            w.config_id.as_str(),
+        );
+        let i = *index.entry(key).or_insert_with(|| {
+            rows.push(MergedStatus {
+                key,
+                status: "",
+                status_code: None,
+                reason_phrase: None,
+                dispatched_ms: None,
+                confirmed_ms: None,
+                activity_ms: w.at.0,
+            });
+            rows.len() - 1
+        });
+        let row = &mut rows[i];
+        row.activity_ms = w.at.0;
+        match &w.event {
+            StatusEvent::Dispatched => {
+                row.status = "DISPATCHED";
+                row.dispatched_ms = Some(w.at.0);
+            }
+            StatusEvent::Confirmed {
+                status_code,
+                reason_phrase,
+            } => {
+                row.status = confirmed_status(*status_code).as_str();
+                row.status_code = Some(*status_code);
+                row.reason_phrase = reason_phrase.as_deref();
+                row.confirmed_ms = Some(w.at.0);
+            }
+        }
+    }
+    rows
+}
+
 /// [`ConfigStore::effective_many`] in one statement (one snapshot): for each key
 /// (`$1`, `$2`, `$3` are parallel arrays; `i` is its 1-based position) the endpoint's
 /// own row, else the default, as in `effective`. The content is sent only on the first
@@ -486,45 +563,38 @@ impl ConfigStore for PostgresStore {
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .await
             .map_err(pg_err)?;
-        let dispatched = tx
-            .prepare_cached(sql::STATUS_DISPATCHED)
+        let rows = merge_statuses(writes);
+        let endpoints: Vec<&str> = rows.iter().map(|r| r.key.0).collect();
+        let versions: Vec<&str> = rows.iter().map(|r| r.key.1).collect();
+        let names: Vec<&str> = rows.iter().map(|r| r.key.2).collect();
+        let config_ids: Vec<&str> = rows.iter().map(|r| r.key.3).collect();
+        let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        let codes: Vec<Option<i32>> = rows.iter().map(|r| r.status_code).collect();
+        let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason_phrase).collect();
+        let dispatched: Vec<Option<i64>> = rows.iter().map(|r| r.dispatched_ms).collect();
+        let confirmed: Vec<Option<i64>> = rows.iter().map(|r| r.confirmed_ms).collect();
+        let activity: Vec<i64> = rows.iter().map(|r| r.activity_ms).collect();
+        let s = tx
+            .prepare_cached(STATUS_UPSERT_MANY)
             .await
             .map_err(pg_err)?;
-        let confirmed = tx
-            .prepare_cached(sql::STATUS_CONFIRMED)
-            .await
-            .map_err(pg_err)?;
-        // The statements are pipelined on the one connection, in order.
-        let statements = writes.iter().map(|w| {
-            let (dispatched, confirmed, tx) = (&dispatched, &confirmed, &tx);
-            async move {
-                let (e, a, n, c) = (
-                    w.endpoint_id.as_str(),
-                    w.app_version.as_str(),
-                    w.name.as_str(),
-                    w.config_id.as_str(),
-                );
-                match &w.event {
-                    StatusEvent::Dispatched => {
-                        tx.execute(dispatched, &[&e, &a, &n, &c, &w.at.0]).await
-                    }
-                    StatusEvent::Confirmed {
-                        status_code,
-                        reason_phrase,
-                    } => {
-                        let status = confirmed_status(*status_code).as_str();
-                        tx.execute(
-                            confirmed,
-                            &[&e, &a, &n, &c, &status, status_code, reason_phrase, &w.at.0],
-                        )
-                        .await
-                    }
-                }
-            }
-        });
-        futures::future::try_join_all(statements)
-            .await
-            .map_err(pg_err)?;
+        tx.execute(
+            &s,
+            &[
+                &endpoints,
+                &versions,
+                &names,
+                &config_ids,
+                &statuses,
+                &codes,
+                &reasons,
+                &dispatched,
+                &confirmed,
+                &activity,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)
     }
 
@@ -583,5 +653,70 @@ impl ConfigStore for PostgresStore {
             content,
             total_elements: u64::try_from(total).unwrap_or(0),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_statuses_keep_the_last_event_and_both_times() {
+        let (a, b) = (EndpointId::new("a").unwrap(), EndpointId::new("b").unwrap());
+        let v = AppVersionName::new("v1").unwrap();
+        let n = ConfigName::default();
+        let confirmed = |code| StatusEvent::Confirmed {
+            status_code: code,
+            reason_phrase: Some("why".into()),
+        };
+        let writes = [
+            StatusWrite::new(&a, &v, &n, "c1", &StatusEvent::Dispatched, UnixMillis(1)),
+            StatusWrite::new(&b, &v, &n, "c1", &confirmed(400), UnixMillis(2)),
+            StatusWrite::new(&a, &v, &n, "c1", &confirmed(200), UnixMillis(3)),
+            StatusWrite::new(&a, &v, &n, "c2", &StatusEvent::Dispatched, UnixMillis(4)),
+            StatusWrite::new(&b, &v, &n, "c1", &StatusEvent::Dispatched, UnixMillis(5)),
+        ];
+        let rows = merge_statuses(&writes);
+        let summary: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.key.0,
+                    r.key.3,
+                    r.status,
+                    r.status_code,
+                    r.reason_phrase,
+                    r.dispatched_ms,
+                    r.confirmed_ms,
+                    r.activity_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "a",
+                    "c1",
+                    "APPLIED",
+                    Some(200),
+                    Some("why"),
+                    Some(1),
+                    Some(3),
+                    3
+                ),
+                (
+                    "b",
+                    "c1",
+                    "DISPATCHED",
+                    Some(400),
+                    Some("why"),
+                    Some(5),
+                    Some(2),
+                    5
+                ),
+                ("a", "c2", "DISPATCHED", None, None, Some(4), None, 4),
+            ]
+        );
     }
 }
