@@ -248,12 +248,18 @@ impl Ecr {
         name: &ConfigName,
         before: Option<&StoredConfig>,
         after: Option<StoredConfig>,
+        prefetched_default: Option<Option<StoredConfig>>,
     ) -> Result<(), EcrError> {
         let default = if before.is_none() || after.is_none() {
-            let scope = Scope::Default {
-                app_version: app_version.clone(),
-            };
-            self.store.get(&scope, name).await?
+            match prefetched_default {
+                Some(default) => default,
+                None => {
+                    let scope = Scope::Default {
+                        app_version: app_version.clone(),
+                    };
+                    self.store.get(&scope, name).await?
+                }
+            }
         } else {
             None
         };
@@ -306,16 +312,34 @@ impl Ecr {
         now: UnixMillis,
     ) -> Result<PutOutcome, EcrError> {
         let content = self.prepare(scope.app_version(), config)?;
-        let outcome = self
-            .store
-            .put(scope, name, &content, precondition, now)
-            .await?;
+        // An endpoint's first configuration of its own is announced unless the
+        // default it followed has the same config ID: the default is read alongside
+        // the write (not after its commit, one round trip less before the event; a
+        // default read a moment earlier is as good as one read a moment later), and
+        // read again when that read failed.
+        let default_scope = match scope {
+            Scope::Endpoint { app_version, .. } if self.changes.is_some() => Some(Scope::Default {
+                app_version: app_version.clone(),
+            }),
+            _ => None,
+        };
+        let (outcome, default) = tokio::join!(
+            self.store.put(scope, name, &content, precondition, now),
+            async {
+                match &default_scope {
+                    Some(d) => self.store.get(d, name).await.ok(),
+                    None => None,
+                }
+            }
+        );
+        let outcome = outcome?;
         if outcome.changed {
             self.announce(
                 scope,
                 name,
                 outcome.previous.as_ref(),
                 Some(outcome.config.clone()),
+                default,
             )
             .await?;
         }
@@ -336,6 +360,7 @@ impl Ecr {
         name: &ConfigName,
         before: Option<&StoredConfig>,
         after: Option<StoredConfig>,
+        prefetched_default: Option<Option<StoredConfig>>,
     ) -> Result<(), EcrError> {
         let deadline = tokio::time::Instant::now() + Self::ANNOUNCE_RETRY;
         let mut delay = std::time::Duration::from_millis(50);
@@ -345,8 +370,15 @@ impl Ecr {
                     endpoint_id,
                     app_version,
                 } => {
-                    self.endpoint_changed(endpoint_id, app_version, name, before, after.clone())
-                        .await
+                    self.endpoint_changed(
+                        endpoint_id,
+                        app_version,
+                        name,
+                        before,
+                        after.clone(),
+                        prefetched_default.clone(),
+                    )
+                    .await
                 }
                 Scope::Default { app_version } => {
                     self.default_changed(app_version, name, after.clone()).await
@@ -375,7 +407,8 @@ impl Ecr {
         self.apps.check(scope.app_version())?;
         let deleted = self.store.delete(scope, name, precondition).await?;
         if let Some(previous) = &deleted {
-            self.announce(scope, name, Some(previous), None).await?;
+            self.announce(scope, name, Some(previous), None, None)
+                .await?;
         }
         Ok(deleted)
     }
@@ -442,6 +475,7 @@ impl Ecr {
                     name,
                     outcome.previous.as_ref(),
                     Some(outcome.config.clone()),
+                    None,
                 )
                 .await?;
             }

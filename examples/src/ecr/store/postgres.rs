@@ -178,14 +178,24 @@ async fn put_in(
 ) -> Result<PutOutcome, StoreError> {
     let endpoint_key = scope.endpoint_key();
     let app_version = scope.app_version().as_str();
-    let previous = select_one(tx, endpoint_key, app_version, name.as_str(), true).await?;
+    let remember = async {
+        if let Some(endpoint_id) = scope.endpoint_id() {
+            let s = tx.prepare_cached(sql::REMEMBER).await.map_err(pg_err)?;
+            tx.execute(&s, &[&endpoint_id.as_str(), &app_version])
+                .await
+                .map_err(pg_err)?;
+        }
+        Ok::<_, StoreError>(())
+    };
+    // Pipelined on the one connection (one round trip for both). A failed
+    // precondition rolls the known-endpoint insert back with the transaction.
+    let (previous, remembered) = futures::join!(
+        select_one(tx, endpoint_key, app_version, name.as_str(), true),
+        remember
+    );
+    let previous = previous?;
+    remembered?;
     precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
-    if let Some(endpoint_id) = scope.endpoint_id() {
-        let s = tx.prepare_cached(sql::REMEMBER).await.map_err(pg_err)?;
-        tx.execute(&s, &[&endpoint_id.as_str(), &app_version])
-            .await
-            .map_err(pg_err)?;
-    }
     if let Some(prev) = &previous
         && prev.config_id == content.config_id
     {
