@@ -5,7 +5,9 @@
 //! ```sh
 //! cargo bench -p kaa-examples --bench ecr_load
 //! # knobs: ECR_BENCH_REQUESTS (default 4000), ECR_BENCH_CONCURRENCY (default 32),
-//! #        ECR_BENCH_STORES (default "sqlite,postgres"), KAA_TEST_POSTGRES_URL
+//! #        ECR_BENCH_STORES (default "sqlite,postgres"), KAA_TEST_POSTGRES_URL,
+//! #        ECR_BENCH_CLIENT_THREAD (default 1; 0 runs the load generator's tasks on
+//! #        the server's runtime)
 //! ```
 //!
 //! Raw and HTTP phases alternate in rounds (raw PUT, HTTP PUT, raw GET, HTTP GET,
@@ -17,7 +19,11 @@
 //! GETs read the slots the PUT phase wrote. The HTTP server runs in this process on
 //! 127.0.0.1:0 (the in-memory bus, no auth); the load generator is a minimal
 //! keep-alive HTTP/1.1 client (one connection per worker, `concurrency` workers sharing
-//! `requests` requests), so that its own CPU cost stays small on a small machine.
+//! `requests` requests), so that its own CPU cost stays small on a small machine. It
+//! runs on a runtime of its own, one thread with one event loop, as `wrk` runs one
+//! event loop per thread: on the server's multi-threaded runtime its tasks and the
+//! server's would wake each other across the two workers (futex wake-ups per request,
+//! charged to HTTP). The server keeps the runtime the services run on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,9 +56,11 @@ impl Stats {
     }
 }
 
-/// Runs `op(i)` for every i in `range` on `concurrency` workers, each worker owning a
-/// context from `contexts` (a connection, or nothing); adds to `stats`.
+/// Runs `op(i)` for every i in `range` on `concurrency` workers spawned on `runtime`,
+/// each worker owning a context from `contexts` (a connection, or nothing); adds to
+/// `stats`.
 async fn drive<C, F, Fut>(
+    runtime: &tokio::runtime::Handle,
     stats: &mut Stats,
     range: std::ops::Range<usize>,
     contexts: Vec<C>,
@@ -61,7 +69,7 @@ async fn drive<C, F, Fut>(
 where
     C: Send + 'static,
     F: Fn(usize, C) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = C> + Send,
+    Fut: std::future::Future<Output = C> + Send + 'static,
 {
     let op = Arc::new(op);
     let end = range.end;
@@ -70,7 +78,7 @@ where
     let mut workers = Vec::new();
     for context in contexts {
         let (op, next) = (Arc::clone(&op), Arc::clone(&next));
-        workers.push(tokio::spawn(async move {
+        workers.push(runtime.spawn(async move {
             let mut context = context;
             let mut latencies = Vec::new();
             loop {
@@ -201,7 +209,9 @@ async fn bench_store(
     requests: usize,
     concurrency: usize,
     rounds: usize,
+    client: &tokio::runtime::Handle,
 ) -> Vec<(String, Stats)> {
+    let here = tokio::runtime::Handle::current();
     let store: Arc<dyn ConfigStore> = store::open(url).await.expect("open store");
     let yaml = format!(
         "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: {url}\nauth:\n  enabled: false\n"
@@ -217,22 +227,30 @@ async fn bench_store(
     }));
     let mut connections = Vec::new();
     for _ in 0..concurrency {
-        connections.push(Connection::open(addr).await);
+        // Opened on the client runtime, whose reactor then drives them.
+        connections.push(client.spawn(Connection::open(addr)).await.expect("open"));
     }
     let units = || vec![(); concurrency];
 
     // Warm-up (untimed): file growth, pools, statement caches, connections.
     let mut warm = Stats::default();
     let s = Arc::clone(&store);
-    drive(&mut warm, 0..requests.min(500), units(), move |i, ()| {
-        let s = Arc::clone(&s);
-        async move {
-            raw_put(Arc::clone(&s), "warm", i).await;
-            raw_get(s, "warm", i).await;
-        }
-    })
+    drive(
+        &here,
+        &mut warm,
+        0..requests.min(500),
+        units(),
+        move |i, ()| {
+            let s = Arc::clone(&s);
+            async move {
+                raw_put(Arc::clone(&s), "warm", i).await;
+                raw_get(s, "warm", i).await;
+            }
+        },
+    )
     .await;
     connections = drive(
+        client,
         &mut warm,
         1_000_000..1_000_000 + requests.min(500),
         connections,
@@ -254,11 +272,12 @@ async fn bench_store(
     for round in 0..rounds {
         let range = round * per_round..((round + 1) * per_round).min(requests);
         let s = Arc::clone(&store);
-        drive(&mut put_raw, range.clone(), units(), move |i, ()| {
+        drive(&here, &mut put_raw, range.clone(), units(), move |i, ()| {
             raw_put(Arc::clone(&s), "raw", i)
         })
         .await;
         connections = drive(
+            client,
             &mut put_http,
             range.clone(),
             connections,
@@ -269,11 +288,12 @@ async fn bench_store(
         )
         .await;
         let s = Arc::clone(&store);
-        drive(&mut get_raw, range.clone(), units(), move |i, ()| {
+        drive(&here, &mut get_raw, range.clone(), units(), move |i, ()| {
             raw_get(Arc::clone(&s), "raw", i)
         })
         .await;
         connections = drive(
+            client,
             &mut get_http,
             range,
             connections,
@@ -329,17 +349,38 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // The HTTP load generator's own runtime: one thread with its own event loop (as
+    // wrk runs one per thread), unless ECR_BENCH_CLIENT_THREAD=0 puts its tasks on the
+    // server's runtime, where every wake-up may hand work between the two workers.
+    let (client, _client_thread) = if env("ECR_BENCH_CLIENT_THREAD", 1) == 0 {
+        (rt.handle().clone(), None)
+    } else {
+        let client_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("client runtime");
+        let handle = client_rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("load-generator".into())
+            .spawn(move || {
+                let _ = client_rt.block_on(stopped);
+            })
+            .expect("client thread");
+        (handle, Some((stop, thread)))
+    };
+    let client = &client;
     rt.block_on(async {
         let mut rows = Vec::new();
         if stores.contains("sqlite") {
             let dir = tempfile::tempdir().expect("tempdir");
             let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-            rows.extend(bench_store("SQLite", &url, requests, concurrency, rounds).await);
+            rows.extend(bench_store("SQLite", &url, requests, concurrency, rounds, client).await);
         }
         if stores.contains("postgres") {
             match pg_database().await {
                 Some((url, name, admin)) => {
-                    rows.extend(bench_store("PostgreSQL", &url, requests, concurrency, rounds).await);
+                    rows.extend(bench_store("PostgreSQL", &url, requests, concurrency, rounds, client).await);
                     let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                 }
                 None => eprintln!("SKIPPED: ecr_load postgres: PostgreSQL not reachable"),
