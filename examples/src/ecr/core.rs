@@ -346,14 +346,12 @@ impl Ecr {
         Ok(outcome)
     }
 
-    /// How long [`Ecr::put`] and [`Ecr::delete`] retry announcing a committed write.
+    /// How long [`Ecr::put`], [`Ecr::delete`] and [`Ecr::put_batch`] retry announcing a
+    /// committed write.
     const ANNOUNCE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// Emits the effective changes of a committed write (`before` → `after` in
-    /// `scope`). The write is durable already, and a write that is never announced
-    /// leaves observing devices stale, so a store failure of the reads this takes
-    /// (e.g. PostgreSQL restarting between the commit and them) is retried for up
-    /// to `ANNOUNCE_RETRY` (10 s) before it is reported.
+    /// `scope`), retried as [`Ecr::retry_announce`] says.
     async fn announce(
         &self,
         scope: &Scope,
@@ -362,10 +360,8 @@ impl Ecr {
         after: Option<StoredConfig>,
         prefetched_default: Option<Option<StoredConfig>>,
     ) -> Result<(), EcrError> {
-        let deadline = tokio::time::Instant::now() + Self::ANNOUNCE_RETRY;
-        let mut delay = std::time::Duration::from_millis(50);
-        loop {
-            let result = match scope {
+        self.retry_announce(|| async {
+            match scope {
                 Scope::Endpoint {
                     endpoint_id,
                     app_version,
@@ -383,8 +379,26 @@ impl Ecr {
                 Scope::Default { app_version } => {
                     self.default_changed(app_version, name, after.clone()).await
                 }
-            };
-            match result {
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` (announcing a committed write) until it succeeds or fails with
+    /// anything but a store backend error. The write is durable already, and a write
+    /// that is never announced leaves observing devices stale, so a store failure of
+    /// the reads announcing takes (e.g. PostgreSQL restarting between the commit and
+    /// them) is retried, backing off from 50 ms to 1 s, for up to `ANNOUNCE_RETRY`
+    /// (10 s) before it is reported.
+    async fn retry_announce<F, Fut>(&self, mut attempt: F) -> Result<(), EcrError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), EcrError>>,
+    {
+        let deadline = tokio::time::Instant::now() + Self::ANNOUNCE_RETRY;
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            match attempt().await {
                 Err(EcrError::Store(StoreError::Backend(e)))
                     if tokio::time::Instant::now() + delay < deadline =>
                 {
@@ -469,14 +483,17 @@ impl Ecr {
         for (target, outcome) in targets.iter().zip(&outcomes) {
             if outcome.changed {
                 changed += 1;
-                self.endpoint_changed(
-                    &target.endpoint_id,
-                    &target.app_version,
-                    name,
-                    outcome.previous.as_ref(),
-                    Some(outcome.config.clone()),
-                    None,
-                )
+                // Committed already: announced with the same retry as a single put.
+                self.retry_announce(|| {
+                    self.endpoint_changed(
+                        &target.endpoint_id,
+                        &target.app_version,
+                        name,
+                        outcome.previous.as_ref(),
+                        Some(outcome.config.clone()),
+                        None,
+                    )
+                })
                 .await?;
             }
         }
