@@ -241,6 +241,12 @@ impl Ecr {
 
     /// Emits the change of an endpoint's own configuration, unless the effective
     /// config ID stays the same (e.g. the endpoint now has what the default had).
+    ///
+    /// `prefetched_default` is the default as read alongside the write (by
+    /// [`Ecr::put`]), which may predate a default change committed meanwhile. It is
+    /// trusted only to decide that an event is due (an event too many costs the CMX one
+    /// "unchanged" 6/CDTP answer); before deciding that none is, the default is read
+    /// again, after the commit, so a device never misses a change.
     async fn endpoint_changed(
         &self,
         endpoint_id: &EndpointId,
@@ -250,27 +256,38 @@ impl Ecr {
         after: Option<StoredConfig>,
         prefetched_default: Option<Option<StoredConfig>>,
     ) -> Result<(), EcrError> {
-        let default = if before.is_none() || after.is_none() {
-            match prefetched_default {
-                Some(default) => default,
-                None => {
-                    let scope = Scope::Default {
-                        app_version: app_version.clone(),
-                    };
-                    self.store.get(&scope, name).await?
-                }
-            }
-        } else {
-            None
+        let needs_default = before.is_none() || after.is_none();
+        let read_default = || {
+            let scope = Scope::Default {
+                app_version: app_version.clone(),
+            };
+            async move { self.store.get(&scope, name).await }
         };
-        let before_id = before.or(default.as_ref()).map(|c| c.config_id.clone());
-        let after = after.or(default);
-        if before_id.as_deref() != after.as_ref().map(|c| c.config_id.as_str()) {
+        let same_id = |default: &Option<StoredConfig>| {
+            let before_id = before.or(default.as_ref()).map(|c| c.config_id.as_str());
+            let after_id = after
+                .as_ref()
+                .or(default.as_ref())
+                .map(|c| c.config_id.as_str());
+            before_id == after_id
+        };
+        let mut default = None;
+        if needs_default {
+            let prefetched = prefetched_default.is_some();
+            default = match prefetched_default {
+                Some(default) => default,
+                None => read_default().await?,
+            };
+            if prefetched && same_id(&default) {
+                default = read_default().await?;
+            }
+        }
+        if !same_id(&default) {
             self.emit(EffectiveChange {
                 endpoint_id: endpoint_id.clone(),
                 app_version: app_version.clone(),
                 name: name.clone(),
-                config: after,
+                config: after.or(default),
             });
         }
         Ok(())
@@ -314,9 +331,9 @@ impl Ecr {
         let content = self.prepare(scope.app_version(), config)?;
         // An endpoint's first configuration of its own is announced unless the
         // default it followed has the same config ID: the default is read alongside
-        // the write (not after its commit, one round trip less before the event; a
-        // default read a moment earlier is as good as one read a moment later), and
-        // read again when that read failed.
+        // the write (one round trip less before the event), and read again after the
+        // commit when that read failed or would suppress the event (it may predate a
+        // default change; see `endpoint_changed`).
         let default_scope = match scope {
             Scope::Endpoint { app_version, .. } if self.changes.is_some() => Some(Scope::Default {
                 app_version: app_version.clone(),
