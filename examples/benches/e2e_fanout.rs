@@ -29,10 +29,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Semaphore, mpsc};
+
+#[path = "../tests/mini_mqtt/mod.rs"]
+mod mini_mqtt;
+use mini_mqtt::{connect_packet, publish_packet, read_packet};
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -86,68 +89,6 @@ fn start_stack(dir: &std::path::Path) -> (StackProcess, SocketAddr, SocketAddr) 
     (StackProcess(child), http, mqtt)
 }
 
-// ---- a minimal MQTT 3.1.1 client -------------------------------------------
-
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn mqtt_string(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_string(b"MQTT", &mut body);
-    body.push(4); // 3.1.1
-    body.push(0x02); // clean session
-    body.extend_from_slice(&600u16.to_be_bytes()); // keep-alive
-    mqtt_string(client_id.as_bytes(), &mut body);
-    let mut p = vec![0x10];
-    remaining_length(body.len(), &mut p);
-    p.extend_from_slice(&body);
-    p
-}
-
-fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_string(topic.as_bytes(), &mut body);
-    body.extend_from_slice(payload);
-    let mut p = vec![0x30];
-    remaining_length(body.len(), &mut p);
-    p.extend_from_slice(&body);
-    p
-}
-
-/// Reads one packet: (first byte, body). Buffered: one read system call usually
-/// brings a whole packet.
-async fn read_packet(s: &mut BufReader<OwnedReadHalf>) -> std::io::Result<(u8, Vec<u8>)> {
-    let first = s.read_u8().await?;
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let b = s.read_u8().await?;
-        len |= ((b & 0x7f) as usize) << shift;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-    }
-    let mut body = vec![0; len];
-    s.read_exact(&mut body).await?;
-    Ok((first, body))
-}
-
 #[derive(Debug)]
 enum Ev {
     Response,
@@ -181,7 +122,7 @@ async fn device(
     let response_topic = format!("{request_topic}/status");
     let push_topic = format!("{base}/config/json/status");
     let applied_topic = format!("{base}/applied/json");
-    let mut out = connect_packet(&format!("bench-{token}"));
+    let mut out = connect_packet(&format!("bench-{token}"), 600);
     out.extend(publish_packet(&request_topic, br#"{"observe":true}"#));
     if let Err(e) = s.write_all(&out).await {
         let _ = tx.send(Ev::Failed(idx, format!("write: {e}")));

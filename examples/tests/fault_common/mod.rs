@@ -24,10 +24,14 @@ use kaa_bus::Bus;
 use kaa_bus::test_support::{free_port, skip};
 use kaa_ism::avro::{Decode, Encode};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+#[path = "../mini_mqtt/mod.rs"]
+mod mini_mqtt;
+use mini_mqtt::{connect_packet, publish_packet, read_packet};
 
 /// How long a service may take to print its start banner.
 pub const START: Duration = Duration::from_secs(30);
@@ -543,67 +547,6 @@ impl Fleet {
     }
 }
 
-fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-fn mqtt_string(s: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_string(b"MQTT", &mut body);
-    body.push(4); // 3.1.1
-    body.push(0x02); // clean session
-    body.extend_from_slice(&0u16.to_be_bytes()); // no keep-alive: a dead KPC closes the socket
-    mqtt_string(client_id.as_bytes(), &mut body);
-    let mut p = vec![0x10];
-    remaining_length(body.len(), &mut p);
-    p.extend_from_slice(&body);
-    p
-}
-
-fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_string(topic.as_bytes(), &mut body);
-    body.extend_from_slice(payload);
-    let mut p = vec![0x30]; // QoS 0
-    remaining_length(body.len(), &mut p);
-    p.extend_from_slice(&body);
-    p
-}
-
-async fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let first = s.read_u8().await?;
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        let b = s.read_u8().await?;
-        len |= ((b & 0x7f) as usize) << shift;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 21 {
-            return Err(std::io::Error::other("bad remaining length"));
-        }
-    }
-    let mut body = vec![0; len];
-    s.read_exact(&mut body).await?;
-    Ok((first, body))
-}
-
 fn name_resource(name: Option<&str>) -> String {
     match name {
         Some(n) => format!("config/json/{n}"),
@@ -641,7 +584,8 @@ async fn device_loop(
                 .await
                 .map_err(|_| std::io::Error::other("connect timeout"))??;
             let _ = s.set_nodelay(true);
-            s.write_all(&connect_packet(&client_id)).await?;
+            // No keep-alive: a dead KPC closes the socket.
+            s.write_all(&connect_packet(&client_id, 0)).await?;
             let (first, body) = tokio::time::timeout(Duration::from_secs(10), read_packet(&mut s))
                 .await
                 .map_err(|_| std::io::Error::other("CONNACK timeout"))??;
