@@ -140,6 +140,14 @@ pub struct Message {
     pub reply_to: Option<String>,
     /// The payload, shared and cheap to clone.
     pub payload: Bytes,
+    /// True when this is the NATS server's "no responders" status (503) rather than a
+    /// message anyone published: something was published with this subscription's
+    /// subject as its `replyTo`, to a subject nobody subscribed to. The payload is
+    /// empty. Services that collect replies on one subject (6/CDTP responses, 4/ESP
+    /// ExtensionData) should count and skip these instead of reporting a malformed
+    /// message; the request they belong to cannot be told (no correlation ID), so it
+    /// runs into its own timeout. [`MemoryBus`] never produces them.
+    pub no_responders: bool,
 }
 
 impl Message {
@@ -149,6 +157,7 @@ impl Message {
             subject: subject.into(),
             reply_to,
             payload,
+            no_responders: false,
         }
     }
 }

@@ -240,6 +240,7 @@ impl MemoryBus {
             subject: subject.to_owned(),
             reply_to: reply_to.map(str::to_owned),
             payload,
+            no_responders: false,
         };
         let bytes_capacity = self.shared.config.subscription_bytes_capacity;
 

@@ -420,6 +420,7 @@ fn record_event(stats: &Stats, urls: &str, event: &Event) {
 /// Converts an async-nats message into a bus [`Message`].
 pub(crate) fn message_from_nats(message: async_nats::Message) -> Message {
     Message {
+        no_responders: message.status == Some(async_nats::StatusCode::NO_RESPONDERS),
         subject: message.subject.to_string(),
         reply_to: message.reply.map(|r| r.to_string()),
         payload: message.payload,

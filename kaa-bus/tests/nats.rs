@@ -309,3 +309,48 @@ async fn slow_consumers_are_counted() {
         assert_eq!(m.payload, Bytes::from(i.to_be_bytes().to_vec()));
     }
 }
+
+/// A message published with a `replyTo` to a subject nobody subscribed to brings
+/// the server's "no responders" status to the `replyTo` subscriber, flagged as such;
+/// an ordinary reply is not flagged.
+#[tokio::test]
+async fn no_responders_statuses_are_flagged() {
+    let test = "kaa-bus nats::no_responders_statuses_are_flagged";
+    let Some(url) = NATS.require(test) else {
+        return;
+    };
+    let bus = connect(&url).await;
+    let inbox = bus.new_inbox();
+    let mut replies = bus.subscribe(&inbox, None).await.unwrap();
+    let nobody = unique_subject("nobody");
+    bus.publish_message(&nobody, Some(&inbox), Bytes::from_static(b"request"))
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .expect("the server answers")
+        .expect("subscription open");
+    assert!(status.no_responders, "{status:?}");
+    assert!(status.payload.is_empty());
+
+    let service = unique_subject("service");
+    let mut requests = bus.subscribe(&service, None).await.unwrap();
+    bus.flush().await.unwrap();
+    bus.publish_message(&service, Some(&inbox), Bytes::from_static(b"request"))
+        .await
+        .unwrap();
+    let request = requests.next().await.unwrap();
+    assert!(!request.no_responders);
+    bus.publish(
+        request.reply_to.as_deref().unwrap(),
+        Bytes::from_static(b"reply"),
+    )
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .expect("the reply")
+        .unwrap();
+    assert!(!reply.no_responders);
+    assert_eq!(reply.payload, "reply");
+}
