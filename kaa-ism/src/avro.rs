@@ -492,6 +492,34 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Reads a whole array, calling `item` once per element with the reader positioned
+    /// at it, and collecting what it returns.
+    ///
+    /// The array counterpart of [`Reader::map`]: handles every legal block form (one
+    /// block, several blocks, negative counts with byte sizes), and a count that could
+    /// not fit in the remaining bytes at `min_item_len` bytes per element is rejected
+    /// before anything is reserved.
+    pub fn array<T>(
+        &mut self,
+        field: &'static str,
+        min_item_len: usize,
+        mut item: impl FnMut(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let mut out = Vec::new();
+        loop {
+            let block = self.map_block(field, min_item_len)?;
+            if block.count == 0 {
+                return Ok(out);
+            }
+            self.check_utf8_ahead();
+            out.reserve(block.count);
+            for _ in 0..block.count {
+                out.push(item(self)?);
+            }
+            self.end_block(field, &block)?;
+        }
+    }
+
     /// Reads a whole `map<string>` (such as endpoint ID → application version), with
     /// `make` building each element from a key and its value, and fails with
     /// [`DecodeErrorKind::Invalid`]`(too_many)` at the key after the first
@@ -752,6 +780,39 @@ where
         }
     }
     put_long(buf, 0);
+}
+
+/// Appends an array as Apache Avro writes one: a single block with a positive count
+/// (omitted when the array is empty) and the terminating zero count.
+///
+/// `put_item` writes each element.
+pub fn put_array<B, T, I>(buf: &mut B, items: I, mut put_item: impl FnMut(&mut B, T))
+where
+    B: BufMut + ?Sized,
+    I: IntoIterator<Item = T>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let items = items.into_iter();
+    let count = items.len();
+    if count > 0 {
+        put_long(buf, count as i64);
+        for item in items {
+            put_item(buf, item);
+        }
+    }
+    put_long(buf, 0);
+}
+
+/// The number of bytes [`put_array`] writes for `count` elements that take
+/// `items_len` bytes together.
+#[inline]
+pub fn array_len(count: usize, items_len: usize) -> usize {
+    let header = if count == 0 {
+        0
+    } else {
+        long_len(count as i64)
+    };
+    header + items_len + 1
 }
 
 /// The number of bytes [`put_long`] writes for `value`.
@@ -1177,6 +1238,59 @@ mod tests {
         assert_eq!(read_string_map(&sized), Ok(expected));
 
         assert_eq!(read_string_map(&[0]), Ok(vec![]));
+    }
+
+    fn read_string_array(bytes: &[u8]) -> Result<Vec<String>, DecodeErrorKind> {
+        Reader::new(bytes, "T")
+            .array("a", 1, |r| Ok(r.string("a")?.to_owned()))
+            .map_err(|e| e.kind)
+    }
+
+    #[test]
+    fn arrays_in_every_legal_block_form() {
+        let expected = vec!["a".to_owned(), "bc".to_owned()];
+        let mut one_block = Vec::new();
+        put_array(&mut one_block, ["a", "bc"], put_string);
+        assert_eq!(one_block, [4, 2, b'a', 4, b'b', b'c', 0]);
+        assert_eq!(one_block.len(), array_len(2, 5));
+        assert_eq!(read_string_array(&one_block), Ok(expected.clone()));
+
+        let mut empty = Vec::new();
+        put_array(&mut empty, Vec::<&str>::new(), put_string);
+        assert_eq!(empty, [0]);
+        assert_eq!(empty.len(), array_len(0, 0));
+        assert_eq!(read_string_array(&empty), Ok(vec![]));
+
+        let two_blocks = [2, 2, b'a', 2, 4, b'b', b'c', 0];
+        assert_eq!(read_string_array(&two_blocks), Ok(expected.clone()));
+
+        // Count -2 (zigzag 3) followed by the byte size 5 (zigzag 10).
+        let sized = [3, 10, 2, b'a', 4, b'b', b'c', 0];
+        assert_eq!(read_string_array(&sized), Ok(expected));
+
+        // A long array: the count takes two bytes.
+        let many: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+        let mut buf = Vec::new();
+        put_array(&mut buf, &many, |b, v| put_string(b, v));
+        let items_len: usize = many.iter().map(|s| string_len(s)).sum();
+        assert_eq!(buf.len(), array_len(many.len(), items_len));
+        assert_eq!(read_string_array(&buf), Ok(many));
+    }
+
+    #[test]
+    fn array_blocks_that_lie() {
+        let mut huge_count = Vec::new();
+        put_long(&mut huge_count, i64::MAX);
+        let cases: &[(&str, &[u8])] = &[
+            ("count past end", &[0x08, 2, b'a', 0]),
+            ("huge count", &huge_count),
+            ("size mismatch", &[3, 8, 2, b'a', 4, b'b', b'c', 0]),
+            ("negative size", &[3, 1, 2, b'a', 4, b'b', b'c', 0]),
+            ("no terminator", &[2, 2, b'a']),
+        ];
+        for (name, bytes) in cases {
+            assert!(read_string_array(bytes).is_err(), "{name}");
+        }
     }
 
     #[test]
