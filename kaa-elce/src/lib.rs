@@ -20,6 +20,15 @@
 //!   [`endpoint_events_filter`]);
 //! - [`ElceEvent`], which decodes a datum by the concrete subject it arrived on, for a
 //!   listener subscribed to a wildcard.
+//! - **kaa-rs extension, not in the 9/ELCE RFC:** the [`sessions`] request and
+//!   response. [`SessionsRequest`] goes to
+//!   `kaa.v1.service.{communication-service}.elce.SessionsRequest`, sent by a listener
+//!   such as CMX after it (re)started or its bus reconnected; each replica of the
+//!   communication service (e.g. KPC) answers with [`SessionsResponse`]s on the
+//!   request's `replyTo`, `kaa.v1.replica.{requester-replica}.elce.SessionsResponse`,
+//!   listing the endpoints that hold a session. Their Avro schemas are this crate's
+//!   `schemas/sessions-request.avsc` and `schemas/sessions-response.avsc`; golden
+//!   vectors from Apache Avro cover them like the RFC records.
 //!
 //! ```
 //! use kaa_elce::{ConnectedEvent, ElceEvent, EndpointEvent, EventGroup};
@@ -103,10 +112,15 @@ use std::borrow::Cow;
 
 mod codec;
 mod event;
+pub mod sessions;
 mod subject;
 
 pub use codec::{DecodeLimits, TOO_MANY_ENDPOINTS};
 pub use event::{ElceEvent, EndpointEvent, EventError};
+pub use sessions::{
+    EndpointSession, SessionsRequest, SessionsResponse, sessions_request_subject,
+    sessions_response_subject,
+};
 pub use subject::{ENTITY, EventGroup, EventKind, endpoint_events_filter};
 
 /// An Avro `map`, kept in wire order as key/value pairs (so that encoding a decoded

@@ -6,8 +6,9 @@
 use std::borrow::Cow;
 
 use kaa_elce::{
-    AppVersionUpdatedEvent, ConnectedEvent, DecodeLimits, DisconnectedEvent, ElceEvent, EventKind,
-    Map, RegisteredEvent, TrafficReportEvent, TrafficStat, UnregisteredEvent,
+    AppVersionUpdatedEvent, ConnectedEvent, DecodeLimits, DisconnectedEvent, ElceEvent,
+    EndpointSession, EventKind, Map, RegisteredEvent, SessionsRequest, SessionsResponse,
+    TrafficReportEvent, TrafficStat, UnregisteredEvent,
 };
 use kaa_ism::avro::{Decode, DecodeError, DecodeErrorKind, Encode, put_long, put_string};
 use serde_json::Value;
@@ -30,13 +31,16 @@ fn vectors() -> Vec<Vector> {
     let text = include_str!("golden/vectors.json");
     let list: Vec<Value> = serde_json::from_str(text).expect("vectors.json is JSON");
     list.iter()
-        .map(|v| {
+        .filter_map(|v| {
             let message = v["message"].as_str().expect("message");
+            if SESSIONS_MESSAGES.contains(&message) {
+                return None; // kaa-rs extensions: see `session_vectors`.
+            }
             let kind = EventKind::ALL
                 .into_iter()
                 .find(|k| k.record_name() == message)
                 .unwrap_or_else(|| panic!("unknown message {message}"));
-            Vector {
+            Some(Vector {
                 kind,
                 name: v["name"].as_str().expect("name").to_owned(),
                 event: event_from_json(kind, &v["value"]),
@@ -45,7 +49,7 @@ fn vectors() -> Vec<Vector> {
                     .get("decode_only")
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
-            }
+            })
         })
         .collect()
 }
@@ -513,4 +517,272 @@ fn varints_that_lie() {
         assert_eq!(field, "ConnectedEvent.timestamp", "{name}");
         assert_eq!(got, kind, "{name}");
     }
+}
+
+// ------------------------------------------------------------------------------
+// kaa-rs extensions (not 9/ELCE RFC messages): the sessions request and response,
+// with vectors written by Apache Avro from kaa-elce/schemas/sessions-*.avsc.
+
+const SESSIONS_MESSAGES: [&str; 2] = ["SessionsRequest", "SessionsResponse"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sessions<'a> {
+    Request(SessionsRequest<'a>),
+    Response(SessionsResponse<'a>),
+}
+
+impl Sessions<'_> {
+    fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Sessions::Request(m) => m.to_vec(),
+            Sessions::Response(m) => m.to_vec(),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Sessions::Request(m) => m.encoded_len(),
+            Sessions::Response(m) => m.encoded_len(),
+        }
+    }
+
+    fn into_owned(self) -> Sessions<'static> {
+        match self {
+            Sessions::Request(m) => Sessions::Request(m.into_owned()),
+            Sessions::Response(m) => Sessions::Response(m.into_owned()),
+        }
+    }
+}
+
+struct SessionsVector {
+    message: String,
+    name: String,
+    value: Sessions<'static>,
+    datum: Vec<u8>,
+    decode_only: bool,
+}
+
+impl SessionsVector {
+    fn label(&self) -> String {
+        format!("{}/{}", self.message, self.name)
+    }
+
+    fn decode<'a>(&self, datum: &'a [u8]) -> Result<Sessions<'a>, DecodeError> {
+        decode_sessions(&self.message, datum)
+    }
+}
+
+fn decode_sessions<'a>(message: &str, datum: &'a [u8]) -> Result<Sessions<'a>, DecodeError> {
+    match message {
+        "SessionsRequest" => SessionsRequest::decode(datum).map(Sessions::Request),
+        "SessionsResponse" => SessionsResponse::decode(datum).map(Sessions::Response),
+        other => panic!("not a sessions message: {other}"),
+    }
+}
+
+fn session_vectors() -> Vec<SessionsVector> {
+    let text = include_str!("golden/vectors.json");
+    let list: Vec<Value> = serde_json::from_str(text).expect("vectors.json is JSON");
+    list.iter()
+        .filter(|v| SESSIONS_MESSAGES.contains(&v["message"].as_str().expect("message")))
+        .map(|v| {
+            let message = v["message"].as_str().expect("message").to_owned();
+            let value = &v["value"];
+            let value = if message == "SessionsRequest" {
+                Sessions::Request(SessionsRequest {
+                    correlation_id: string(value, "correlationId"),
+                    timestamp: long(value, "timestamp"),
+                    timeout: long(value, "timeout"),
+                    extension_instance_name: string(value, "extensionInstanceName"),
+                })
+            } else {
+                Sessions::Response(SessionsResponse {
+                    correlation_id: string(value, "correlationId"),
+                    timestamp: long(value, "timestamp"),
+                    timeout: long(value, "timeout"),
+                    endpoints: value["endpoints"]
+                        .as_array()
+                        .expect("endpoints")
+                        .iter()
+                        .map(|s| EndpointSession {
+                            endpoint_id: string(s, "endpointId"),
+                            app_version_name: string(s, "appVersionName"),
+                            resource_paths: s["resourcePaths"]
+                                .as_array()
+                                .expect("resourcePaths")
+                                .iter()
+                                .map(|p| Cow::Owned(p.as_str().expect("path").to_owned()))
+                                .collect(),
+                        })
+                        .collect(),
+                    originator_replica_id: string(value, "originatorReplicaId"),
+                })
+            };
+            SessionsVector {
+                message,
+                name: v["name"].as_str().expect("name").to_owned(),
+                value,
+                datum: hex::decode(v["hex"].as_str().expect("hex")).expect("hex digits"),
+                decode_only: v
+                    .get("decode_only")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn sessions_messages_have_vectors() {
+    let vectors = session_vectors();
+    for message in SESSIONS_MESSAGES {
+        let of = |f: &dyn Fn(&SessionsVector) -> bool| {
+            vectors
+                .iter()
+                .filter(|v| v.message == message && f(v))
+                .count()
+        };
+        assert!(of(&|v| !v.decode_only) >= 7, "{message}");
+        assert_eq!(of(&|v| v.name.starts_with("newer writer")), 1, "{message}");
+        assert!(of(&|v| v.datum.len() > 64 * 1024) >= 1, "{message}");
+    }
+}
+
+#[test]
+fn sessions_encoding_is_the_golden_bytes() {
+    for v in session_vectors().iter().filter(|v| !v.decode_only) {
+        assert_eq!(v.value.encoded_len(), v.datum.len(), "{}", v.label());
+        assert_eq!(v.value.to_vec(), v.datum, "{}", v.label());
+    }
+}
+
+#[test]
+fn sessions_decoding_the_golden_bytes_gives_the_value() {
+    for v in session_vectors() {
+        let decoded = v
+            .decode(&v.datum)
+            .unwrap_or_else(|e| panic!("{}: {e}", v.label()));
+        assert_eq!(decoded, v.value, "{}", v.label());
+        let owned = {
+            let datum = v.datum.clone();
+            v.decode(&datum).unwrap().into_owned()
+        };
+        assert_eq!(owned, v.value, "{}", v.label());
+        if let Sessions::Response(r) = &v.value {
+            // A limit at the count decodes; one below rejects.
+            let n = r.endpoint_count();
+            let limits = DecodeLimits::with_max_endpoints(n);
+            assert_eq!(
+                SessionsResponse::decode_with_limits(&v.datum, limits).as_ref(),
+                Ok(r),
+                "{}",
+                v.label()
+            );
+            if n > 0 {
+                let limits = DecodeLimits::with_max_endpoints(n - 1);
+                let e = SessionsResponse::decode_with_limits(&v.datum, limits).unwrap_err();
+                assert_eq!(e.field, "endpoints", "{}", v.label());
+            }
+        }
+    }
+}
+
+/// No field of the sessions records has a default after the last required one, so
+/// every proper prefix of the known fields is an error; the known fields followed by
+/// anything (a newer writer's fields) decode to the value.
+#[test]
+fn sessions_every_prefix_is_an_error() {
+    for v in session_vectors() {
+        let canonical = v.value.to_vec();
+        assert!(v.datum.starts_with(&canonical), "{}", v.label());
+        for cut in 0..v.datum.len() {
+            match v.decode(&v.datum[..cut]) {
+                Ok(got) => {
+                    assert!(cut >= canonical.len(), "{} cut at {cut}", v.label());
+                    assert_eq!(got, v.value, "{} cut at {cut}", v.label());
+                }
+                Err(e) => {
+                    assert!(cut < canonical.len(), "{} cut at {cut}: {e}", v.label());
+                    assert!(
+                        matches!(
+                            e.kind,
+                            DecodeErrorKind::UnexpectedEnd | DecodeErrorKind::LengthPastEnd { .. }
+                        ),
+                        "{} cut at {cut}: {e}",
+                        v.label()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn sessions_large_strings_are_borrowed() {
+    for v in session_vectors()
+        .iter()
+        .filter(|v| v.datum.len() > 64 * 1024)
+    {
+        let decoded = v.decode(&v.datum).unwrap();
+        let large: &Cow<'_, str> = match &decoded {
+            Sessions::Request(m) => &m.extension_instance_name,
+            Sessions::Response(m) => &m.endpoints[0].resource_paths[1],
+        };
+        assert_eq!(large.len(), 64 * 1024, "{}", v.label());
+        let Cow::Borrowed(s) = large else {
+            panic!("{}: copied", v.label())
+        };
+        assert!(v.datum.as_ptr_range().contains(&s.as_ptr()));
+    }
+}
+
+#[test]
+fn sessions_arrays_in_other_block_forms() {
+    // Two endpoints written as two blocks, the second with a negative count and its
+    // byte size: the same value as the canonical single block.
+    let value = SessionsResponse {
+        correlation_id: "c".into(),
+        endpoints: vec![
+            EndpointSession {
+                endpoint_id: "e1".into(),
+                app_version_name: "a".into(),
+                resource_paths: vec!["p".into(), "q".into()],
+            },
+            EndpointSession {
+                endpoint_id: "e2".into(),
+                app_version_name: "a".into(),
+                resource_paths: vec![],
+            },
+        ],
+        originator_replica_id: "r".into(),
+        ..Default::default()
+    };
+    let mut second = Vec::new();
+    put_string(&mut second, "e2");
+    put_string(&mut second, "a");
+    put_long(&mut second, 0);
+    let mut datum = Vec::new();
+    put_string(&mut datum, "c");
+    put_long(&mut datum, 0);
+    put_long(&mut datum, 0);
+    put_long(&mut datum, 1);
+    put_string(&mut datum, "e1");
+    put_string(&mut datum, "a");
+    // The paths as two one-element blocks.
+    for path in ["p", "q"] {
+        put_long(&mut datum, 1);
+        put_string(&mut datum, path);
+    }
+    put_long(&mut datum, 0);
+    put_long(&mut datum, -1);
+    put_long(&mut datum, second.len() as i64);
+    datum.extend_from_slice(&second);
+    put_long(&mut datum, 0);
+    put_string(&mut datum, "r");
+    assert_eq!(SessionsResponse::decode(&datum).unwrap(), value);
+    // A byte size that lies is an error naming the array.
+    let at = datum.len() - second.len() - 4;
+    datum[at] += 2;
+    let e = SessionsResponse::decode(&datum).unwrap_err();
+    assert_eq!(e.field, "endpoints");
 }

@@ -303,3 +303,219 @@ fn apache_blocked_maps_are_read() {
     assert!(blocked.len() > ours.len() + 2, "more than one block");
     assert_eq!(kaa_ism::avro::Decode::decode(&blocked), Ok(event));
 }
+
+// ------------------------------------------------------------------------------
+// kaa-rs extensions (not 9/ELCE RFC messages): the sessions request and response,
+// against Apache Avro with this crate's schemas/sessions-*.avsc.
+
+mod sessions {
+    use std::borrow::Cow;
+
+    use apache_avro::Schema;
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    use kaa_elce::{DecodeLimits, EndpointSession, SessionsRequest, SessionsResponse};
+    use kaa_ism::avro::{Decode, Encode};
+    use proptest::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    fn ext_schema(file: &str) -> Schema {
+        let path = format!("{}/schemas/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        Schema::parse_str(&text).expect("extension schema parses")
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename = "SessionsRequest", rename_all = "camelCase")]
+    struct RequestMirror {
+        correlation_id: String,
+        timestamp: i64,
+        timeout: i64,
+        extension_instance_name: String,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename = "EndpointSession", rename_all = "camelCase")]
+    struct SessionMirror {
+        endpoint_id: String,
+        app_version_name: String,
+        resource_paths: Vec<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename = "SessionsResponse", rename_all = "camelCase")]
+    struct ResponseMirror {
+        correlation_id: String,
+        timestamp: i64,
+        timeout: i64,
+        endpoints: Vec<SessionMirror>,
+        originator_replica_id: String,
+    }
+
+    fn cow(s: &str) -> Cow<'static, str> {
+        Cow::Owned(s.to_owned())
+    }
+
+    impl RequestMirror {
+        fn to_kaa(&self) -> SessionsRequest<'static> {
+            SessionsRequest {
+                correlation_id: cow(&self.correlation_id),
+                timestamp: self.timestamp,
+                timeout: self.timeout,
+                extension_instance_name: cow(&self.extension_instance_name),
+            }
+        }
+    }
+
+    impl ResponseMirror {
+        fn to_kaa(&self) -> SessionsResponse<'static> {
+            SessionsResponse {
+                correlation_id: cow(&self.correlation_id),
+                timestamp: self.timestamp,
+                timeout: self.timeout,
+                endpoints: self
+                    .endpoints
+                    .iter()
+                    .map(|s| EndpointSession {
+                        endpoint_id: cow(&s.endpoint_id),
+                        app_version_name: cow(&s.app_version_name),
+                        resource_paths: s.resource_paths.iter().map(|p| cow(p)).collect(),
+                    })
+                    .collect(),
+                originator_replica_id: cow(&self.originator_replica_id),
+            }
+        }
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        any::<String>()
+    }
+
+    prop_compose! {
+        fn request()(
+            correlation_id in text(), timestamp in any::<i64>(), timeout in any::<i64>(),
+            extension_instance_name in text(),
+        ) -> RequestMirror {
+            RequestMirror { correlation_id, timestamp, timeout, extension_instance_name }
+        }
+    }
+
+    prop_compose! {
+        fn session()(
+            endpoint_id in text(), app_version_name in text(),
+            resource_paths in proptest::collection::vec(text(), 0..6),
+        ) -> SessionMirror {
+            SessionMirror { endpoint_id, app_version_name, resource_paths }
+        }
+    }
+
+    prop_compose! {
+        fn response()(
+            correlation_id in text(), timestamp in any::<i64>(), timeout in any::<i64>(),
+            endpoints in proptest::collection::vec(session(), 0..20),
+            originator_replica_id in text(),
+        ) -> ResponseMirror {
+            ResponseMirror { correlation_id, timestamp, timeout, endpoints, originator_replica_id }
+        }
+    }
+
+    /// Our bytes are Apache Avro's, it reads ours back (serde and generic `Value`),
+    /// and we read what it writes, also with arrays split into blocks with negative
+    /// counts and byte sizes.
+    fn cross_check<M, T>(
+        schema: &Schema,
+        mirror: &M,
+        ours: &T,
+        decode: impl Fn(&[u8]) -> Result<T, kaa_ism::avro::DecodeError>,
+    ) -> Result<(), TestCaseError>
+    where
+        M: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+        T: Encode + PartialEq + std::fmt::Debug,
+    {
+        let our_bytes = ours.to_vec();
+        prop_assert_eq!(our_bytes.len(), ours.encoded_len());
+        let theirs = GenericDatumWriter::builder(schema)
+            .build()
+            .expect("writer")
+            .write_ser_to_vec(mirror)
+            .expect("apache-avro writes");
+        prop_assert_eq!(&theirs, &our_bytes);
+
+        let reader = GenericDatumReader::builder(schema).build().expect("reader");
+        let mut rest = &our_bytes[..];
+        let read: M = reader
+            .read_deser(&mut rest)
+            .expect("apache-avro reads ours");
+        prop_assert_eq!(&read, mirror);
+        prop_assert!(rest.is_empty());
+        let mut rest = &our_bytes[..];
+        reader
+            .read_value(&mut rest)
+            .expect("apache-avro reads ours (Value)");
+        prop_assert!(rest.is_empty());
+
+        let decoded = decode(&theirs);
+        prop_assert_eq!(decoded.as_ref(), Ok(ours));
+        let blocked = GenericDatumWriter::builder(schema)
+            .target_block_size(16)
+            .build()
+            .expect("writer")
+            .write_ser_to_vec(mirror)
+            .expect("apache-avro writes blocks");
+        let decoded = decode(&blocked);
+        prop_assert_eq!(decoded.as_ref(), Ok(ours));
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn sessions_request_agrees_with_apache_avro(mirror in request()) {
+            let schema = ext_schema("sessions-request.avsc");
+            let ours = mirror.to_kaa();
+            cross_check(&schema, &mirror, &ours, |b| {
+                SessionsRequest::decode(b).map(SessionsRequest::into_owned)
+            })?;
+        }
+
+        #[test]
+        fn sessions_response_agrees_with_apache_avro(mirror in response()) {
+            let schema = ext_schema("sessions-response.avsc");
+            let ours = mirror.to_kaa();
+            cross_check(&schema, &mirror, &ours, |b| {
+                SessionsResponse::decode_with_limits(b, DecodeLimits::UNLIMITED)
+                    .map(SessionsResponse::into_owned)
+            })?;
+        }
+    }
+
+    /// Apache Avro's blocked writer splits the endpoint array into several blocks
+    /// with negative counts, and we read them.
+    #[test]
+    fn apache_blocked_arrays_are_read() {
+        let mirror = ResponseMirror {
+            correlation_id: String::new(),
+            timestamp: 0,
+            timeout: 0,
+            endpoints: (0..6)
+                .map(|i| SessionMirror {
+                    endpoint_id: format!("endpoint-{i}"),
+                    app_version_name: "app-v1".into(),
+                    resource_paths: vec!["config/json".into(), format!("config/json/n{i}")],
+                })
+                .collect(),
+            originator_replica_id: "kpc-1".into(),
+        };
+        let schema = ext_schema("sessions-response.avsc");
+        let blocked = GenericDatumWriter::builder(&schema)
+            .target_block_size(16)
+            .build()
+            .unwrap()
+            .write_ser_to_vec(&mirror)
+            .unwrap();
+        let ours = mirror.to_kaa().to_vec();
+        assert_ne!(blocked, ours);
+        // The array starts after correlationId "" (1 byte) and two longs.
+        assert_eq!(blocked[3] & 1, 1, "block count is negative");
+        assert_eq!(SessionsResponse::decode(&blocked), Ok(mirror.to_kaa()));
+    }
+}

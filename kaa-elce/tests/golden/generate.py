@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Writes vectors.json: golden Avro datums of the 9/ELCE records, made by Apache Avro.
 
-The schemas are the RFC .avsc files, read from <repo>/../shared/kaa-rfcs/0009.
+The schemas are the RFC .avsc files, read from <repo>/../shared/kaa-rfcs/0009, and
+this crate's kaa-rs extension schemas (kaa-elce/schemas/sessions-*.avsc: the sessions
+request and response, not RFC messages).
 Run from anywhere: python3 kaa-elce/tests/golden/generate.py (needs `avro` 1.12.2).
 
 Each vector is {"message", "name", "value", "hex"}:
@@ -26,6 +28,7 @@ import avro.schema
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
 RFC_DIR = os.path.join(REPO, "..", "shared", "kaa-rfcs", "0009")
+EXT_DIR = os.path.join(REPO, "kaa-elce", "schemas")
 OUT = os.path.join(HERE, "vectors.json")
 
 SCHEMA_FILES = {
@@ -37,13 +40,23 @@ SCHEMA_FILES = {
     "TrafficReportEvent": "0009-ep-traffic-stats.avsc",
 }
 
+# kaa-rs extensions (not 9/ELCE RFC messages), from this crate's schemas/.
+EXT_SCHEMA_FILES = {
+    "SessionsRequest": "sessions-request.avsc",
+    "SessionsResponse": "sessions-response.avsc",
+}
+
 I64_MIN = -(2**63)
 I64_MAX = 2**63 - 1
 LARGE = 64 * 1024
 
 
 def load_json(message):
-    with open(os.path.join(RFC_DIR, SCHEMA_FILES[message]), encoding="utf-8") as f:
+    if message in EXT_SCHEMA_FILES:
+        path = os.path.join(EXT_DIR, EXT_SCHEMA_FILES[message])
+    else:
+        path = os.path.join(RFC_DIR, SCHEMA_FILES[message])
+    with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -59,6 +72,8 @@ def to_avro(schema, value):
         d = {k: to_avro(schema.values, v) for k, v in value}
         assert len(d) == len(value), "duplicate map keys cannot be written from a dict"
         return d
+    if isinstance(schema, avro.schema.ArraySchema):
+        return [to_avro(schema.items, v) for v in value]
     if isinstance(schema, avro.schema.UnionSchema):
         raise AssertionError("9/ELCE schemas have no unions")
     if schema.type == "bytes":
@@ -72,6 +87,8 @@ def to_json(schema, datum):
         return {f.name: to_json(f.type, datum[f.name]) for f in schema.fields}
     if isinstance(schema, avro.schema.MapSchema):
         return [[k, to_json(schema.values, v)] for k, v in datum.items()]
+    if isinstance(schema, avro.schema.ArraySchema):
+        return [to_json(schema.items, v) for v in datum]
     if schema.type == "bytes":
         return datum.hex()
     return datum
@@ -304,6 +321,82 @@ add(
     {**traffic, "tenantTrafficStats": [["tenant-1", [["app-1", [[large("ep"), stat(1, 1, 1, 1)]]]]]]},
 )
 
+# --- kaa-rs extensions: the sessions request and response (not RFC messages). ---
+
+request = {
+    "correlationId": "3d2c1b0a-9f8e-4d7c-b6a5-948372615a4b",
+    "timestamp": 1_700_000_200_000,
+    "timeout": 5_000,
+    "extensionInstanceName": "cmx",
+}
+add("SessionsRequest", "typical", request)
+add("SessionsRequest", "no timeout", {**request, "timeout": 0})
+add("SessionsRequest", "non-ASCII strings", {**request, "correlationId": NON_ASCII, "extensionInstanceName": "розширення-ü"})
+add("SessionsRequest", "empty strings", {**request, "correlationId": "", "extensionInstanceName": ""})
+add("SessionsRequest", "extreme longs min/max", {**request, "timestamp": I64_MIN, "timeout": I64_MAX})
+add("SessionsRequest", "extreme longs max/min", {**request, "timestamp": I64_MAX, "timeout": I64_MIN})
+add("SessionsRequest", "negative longs", {**request, "timestamp": -1, "timeout": -64})
+add("SessionsRequest", "64 KiB extensionInstanceName", {**request, "extensionInstanceName": large("ext")})
+
+
+def session(i, paths):
+    return {"endpointId": uuid(i), "appVersionName": f"app-v{i % 3}", "resourcePaths": paths}
+
+
+response = {
+    "correlationId": request["correlationId"],
+    "timestamp": 1_700_000_200_010,
+    "timeout": 5_000,
+    "endpoints": [],
+    "originatorReplicaId": "kpc-replica-1",
+}
+add("SessionsResponse", "no endpoints", response)
+add("SessionsResponse", "one endpoint", {**response, "endpoints": [session(1, ["config/json"])]})
+add(
+    "SessionsResponse",
+    "several endpoints and paths in wire order",
+    {
+        **response,
+        "endpoints": [
+            session(9, ["config/json", "config/json/network", "applied/json"]),
+            session(3, []),
+            session(7, ["config/json/firmware"]),
+        ],
+    },
+)
+add(
+    "SessionsResponse",
+    "non-ASCII strings",
+    {
+        **response,
+        "correlationId": "корреляция-é-中",
+        "endpoints": [
+            {"endpointId": NON_ASCII, "appVersionName": "версія-2", "resourcePaths": ["конфіг/json/мережа", "😀"]},
+            {"endpointId": "", "appVersionName": "", "resourcePaths": [""]},
+        ],
+        "originatorReplicaId": "kpc-ß",
+    },
+)
+add(
+    "SessionsResponse",
+    "empty strings",
+    {"correlationId": "", "timestamp": 0, "timeout": 0, "endpoints": [{"endpointId": "", "appVersionName": "", "resourcePaths": ["", ""]}], "originatorReplicaId": ""},
+)
+add("SessionsResponse", "extreme longs min/max", {**response, "timestamp": I64_MIN, "timeout": I64_MAX})
+add("SessionsResponse", "extreme longs max/min", {**response, "timestamp": I64_MAX, "timeout": I64_MIN})
+add("SessionsResponse", "negative longs", {**response, "timestamp": -1, "timeout": -65})
+add(
+    "SessionsResponse",
+    "100 endpoints",
+    {**response, "endpoints": [session(i, [f"config/json/n{j}" for j in range(i % 4)]) for i in range(100)]},
+)
+add(
+    "SessionsResponse",
+    "70 resource paths",
+    {**response, "endpoints": [session(5, [f"config/json/name-{j}" for j in range(70)])]},
+)
+add("SessionsResponse", "64 KiB resource path", {**response, "endpoints": [session(2, ["config/json", large("path")])]})
+
 # --- Schema evolution, written with other versions of the schemas. ---
 
 
@@ -323,13 +416,18 @@ add_evolved(
 )
 
 # Newer writers that appended fields with defaults: the extra bytes are ignored.
-for message in SCHEMA_FILES:
+for message in [*SCHEMA_FILES, *EXT_SCHEMA_FILES]:
     newer = load_json(message)
     newer["fields"] = newer["fields"] + [
         {"name": "futureNote", "type": "string", "default": ""},
         {"name": "futureCount", "type": "long", "default": 0},
     ]
-    typical = find(message, "tenants, apps and endpoints" if message == "TrafficReportEvent" else "non-ASCII strings")
+    typical = find(
+        message,
+        {"TrafficReportEvent": "tenants, apps and endpoints", "SessionsResponse": "several endpoints and paths in wire order"}.get(
+            message, "non-ASCII strings"
+        ),
+    )
     add_evolved(message, "newer writer with appended fields", newer, {**typical, "futureNote": "from the future ✨", "futureCount": -300})
 
 with open(OUT, "w", encoding="utf-8") as f:
