@@ -16,7 +16,7 @@ use kaa_ism::avro::{
 };
 use kaa_ism::common::CommonFields;
 
-use crate::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated};
+use crate::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated, ProviderStarted};
 
 /// Every optional field of the 6/CDTP schemas is a `["null", T]` union.
 const NULL_FIRST: bool = true;
@@ -61,7 +61,13 @@ macro_rules! common_fields {
     )*};
 }
 
-common_fields!(ConfigRequest, ConfigResponse, ConfigUpdated, ConfigApplied);
+common_fields!(
+    ConfigRequest,
+    ConfigResponse,
+    ConfigUpdated,
+    ConfigApplied,
+    ProviderStarted
+);
 
 // ---------------------------------------------------------------- ConfigRequest
 

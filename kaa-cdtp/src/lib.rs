@@ -15,6 +15,13 @@
 //!   ([`subject`]);
 //! - the 3/ISM common fields and expiry check ([`kaa_ism::common::CommonFields`],
 //!   implemented by every message; the current time is always an argument).
+//! - **kaa-rs extension, not in the 6/CDTP RFC:** [`ProviderStarted`], which every
+//!   provider replica (e.g. ECR) broadcasts on `kaa.v1.events.{provider}.provider.started`
+//!   when it (re)starts, so that consumers (e.g. CMX) fetch their endpoints'
+//!   configurations again (a provider killed with `ConfigUpdated` events still
+//!   queued never announces those writes). Its Avro schema is this crate's
+//!   `schemas/provider-started.avsc`; golden vectors from Apache Avro cover it like
+//!   the RFC records.
 //!
 //! ```
 //! use std::borrow::Cow;
@@ -122,7 +129,10 @@
 use std::borrow::Cow;
 
 mod codec;
+mod provider;
 pub mod subject;
+
+pub use provider::ProviderStarted;
 
 pub use kaa_ism::avro::{Decode, DecodeError, Encode};
 

@@ -6,6 +6,7 @@
 //! | [`ConfigResponse`](crate::ConfigResponse) | the request's `replyTo`, recommended `kaa.v1.replica.{consumer-replica}.cdtp.response` |
 //! | [`ConfigUpdated`](crate::ConfigUpdated) | `kaa.v1.events.{provider}.endpoint.config.updated` |
 //! | [`ConfigApplied`](crate::ConfigApplied) | `kaa.v1.events.{consumer}.endpoint.config.applied` |
+//! | [`ProviderStarted`](crate::ProviderStarted) (kaa-rs extension, not in the RFC) | `kaa.v1.events.{provider}.provider.started` |
 //!
 //! A provider (e.g. ECR) subscribes to [`request_filter`] in a queue group named
 //! after its instance; a consumer (e.g. CMX) subscribes to [`response_filter`] for
@@ -158,6 +159,36 @@ pub fn config_applied_filter(consumer: Token<'_>) -> Result<SubjectFilter, Subje
         Token::Name(EVENT_GROUP),
         Token::Name(APPLIED),
     )
+}
+
+/// The target entity of [`ProviderStarted`](crate::ProviderStarted) broadcasts
+/// (kaa-rs extension).
+pub const PROVIDER_ENTITY: &str = "provider";
+/// The event of [`ProviderStarted`](crate::ProviderStarted) broadcasts (kaa-rs
+/// extension).
+pub const STARTED: &str = "started";
+
+/// `kaa.v1.events.{provider}.provider.started`: where every provider replica
+/// broadcasts [`ProviderStarted`](crate::ProviderStarted) (kaa-rs extension). The
+/// subject has no event group, so it is a string rather than an [`EventSubject`].
+pub fn provider_started_subject(provider: &str) -> Result<String, SubjectError> {
+    kaa_ism::subject::validate_token(provider, "originator service instance name")?;
+    Ok(format!(
+        "{}.events.{provider}.{PROVIDER_ENTITY}.{STARTED}",
+        kaa_ism::subject::PREFIX
+    ))
+}
+
+/// The filter for provider starts from one provider (`Token::Name`) or any
+/// (`Token::Any`): `kaa.v1.events.{provider|*}.provider.started`.
+pub fn provider_started_filter(provider: Token<'_>) -> Result<SubjectFilter, SubjectError> {
+    match provider {
+        Token::Name(name) => SubjectFilter::parse(&provider_started_subject(name)?),
+        Token::Any => SubjectFilter::parse(&format!(
+            "{}.events.*.{PROVIDER_ENTITY}.{STARTED}",
+            kaa_ism::subject::PREFIX
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use kaa_cdtp::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated};
+use kaa_cdtp::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated, ProviderStarted};
 use kaa_ism::avro::{
     Decode, DecodeError, DecodeErrorKind, Encode, put_bytes, put_int, put_long, put_string,
 };
@@ -136,6 +136,15 @@ fn config_applied(v: &Value) -> ConfigApplied<'static> {
 }
 
 // ------------------------------------------------------------------ field parts
+
+fn provider_started(v: &Value) -> ProviderStarted<'static> {
+    ProviderStarted {
+        correlation_id: string(v, "correlationId"),
+        timestamp: long(v, "timestamp"),
+        timeout: long(v, "timeout"),
+        originator_replica_id: string(v, "originatorReplicaId"),
+    }
+}
 
 /// The Avro type of one field, for building malformed variants of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +275,12 @@ fn applied_parts(v: &ConfigApplied<'_>) -> Vec<Part> {
     p
 }
 
+fn started_parts(v: &ProviderStarted<'_>) -> Vec<Part> {
+    let mut p = common_parts(&v.correlation_id, v.timestamp, v.timeout);
+    p.push(str_part("originatorReplicaId", &v.originator_replica_id));
+    p
+}
+
 /// The fields that may be left out at the end of a datum, taking their defaults.
 fn trailing_defaulted(message: &str) -> &'static [&'static str] {
     match message {
@@ -278,6 +293,8 @@ fn trailing_defaulted(message: &str) -> &'static [&'static str] {
             "reasonPhrase",
             "configName",
         ],
+        // kaa-rs extension: every field is required but `timeout`, which is not last.
+        "ProviderStarted" => &[],
         other => panic!("unknown message {other}"),
     }
 }
@@ -426,7 +443,10 @@ fn check<M>(
         default(&mut defaulted, field);
         cuts.push((len, defaulted.clone()));
     }
-    assert!(cuts.len() > 1, "{name}: no trailing defaulted field");
+    assert!(
+        cuts.len() > 1 || trailing.is_empty(),
+        "{name}: no trailing defaulted field"
+    );
 
     for len in 0..vector.datum.len() {
         let result = decode(&vector.datum[..len]);
@@ -549,11 +569,18 @@ fn golden_vectors() {
                     other => panic!("{other} has no default"),
                 },
             ),
+            "ProviderStarted" => check(
+                &vector,
+                provider_started(&vector.value),
+                |b| ProviderStarted::decode(b).map(ProviderStarted::into_owned),
+                started_parts,
+                |_, f| panic!("{f} has no default"),
+            ),
             other => panic!("unknown message {other} in vectors.json"),
         }
         *counts.entry(vector.message).or_insert(0) += 1;
     }
-    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert_eq!(counts.len(), 5, "{counts:?}");
     assert!(
         counts.values().all(|&c| c >= 8),
         "too few vectors: {counts:?}"

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::writer::datum::GenericDatumWriter;
-use kaa_cdtp::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated};
+use kaa_cdtp::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated, ProviderStarted};
 use kaa_ism::avro::{Decode, Encode, put_long, put_string};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -231,6 +231,36 @@ impl AppliedMirror {
     }
 }
 
+/// `ProviderStarted` (kaa-rs extension, `schemas/provider-started.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename = "ProviderStarted", rename_all = "camelCase")]
+struct StartedMirror {
+    correlation_id: String,
+    timestamp: i64,
+    timeout: i64,
+    originator_replica_id: String,
+}
+
+impl StartedMirror {
+    fn to_kaa(&self) -> ProviderStarted<'static> {
+        ProviderStarted {
+            correlation_id: cow(self.correlation_id.clone()),
+            timestamp: self.timestamp,
+            timeout: self.timeout,
+            originator_replica_id: cow(self.originator_replica_id.clone()),
+        }
+    }
+}
+
+prop_compose! {
+    fn started()(
+        correlation_id in text(), timestamp in long(), timeout in long(),
+        originator_replica_id in text(),
+    ) -> StartedMirror {
+        StartedMirror { correlation_id, timestamp, timeout, originator_replica_id }
+    }
+}
+
 /// Any string, including non-ASCII and control characters.
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![".{0,24}", "[a-z0-9-]{0,12}", Just(String::new())]
@@ -347,6 +377,21 @@ fn name_tail(name: Option<&str>) -> Vec<u8> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(384))]
+
+    #[test]
+    fn provider_started_agrees_with_apache_avro(mirror in started()) {
+        let schema = ext_schema("provider-started.avsc");
+        let ours = mirror.to_kaa();
+        let our_bytes = ours.to_vec();
+        prop_assert_eq!(our_bytes.len(), ours.encoded_len());
+        let (theirs, rest) = apache_read::<StartedMirror>(&schema, &our_bytes);
+        prop_assert_eq!(&theirs, &mirror);
+        prop_assert!(rest.is_empty());
+
+        let their_bytes = apache_write(&schema, &mirror);
+        prop_assert_eq!(&their_bytes, &our_bytes);
+        prop_assert_eq!(ProviderStarted::decode(&their_bytes), Ok(ours));
+    }
 
     #[test]
     fn config_request_agrees_with_apache_avro(mirror in request()) {

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Golden vectors for the 6/CDTP codec, written by Apache Avro's Python implementation.
 
-Reads the RFC schemas from <repo>/../shared/kaa-rfcs/0006 and this crate's extended
+Reads the RFC schemas from <repo>/../shared/kaa-rfcs/0006, this crate's extended
 schemas (kaa-cdtp/schemas/config-*-ext.avsc, the named-configuration extension) and
+its kaa-rs extension message (kaa-cdtp/schemas/provider-started.avsc, not an RFC
+message) and
 writes vectors.json beside this script: a list of {"message", "name", "value",
 "hex"} where "value" uses Avro field names, bytes as lowercase hex, unions as plain
 values (null or the value), and "hex" is the Avro binary datum that `avro` 1.12
@@ -73,6 +75,11 @@ def main():
         "ConfigApplied": load(os.path.join(CRATE, "schemas", "config-applied-ext.avsc")),
     }
 
+    # kaa-rs extension messages (not in the RFC), from this crate's schemas/.
+    kaa_rs = {
+        "ProviderStarted": load(os.path.join(CRATE, "schemas", "provider-started.avsc")),
+    }
+
     request = {
         "correlationId": "07d78e95-2c4d-4899-957c-b9e5a3701fbb",
         "timestamp": 1490303342158,
@@ -116,6 +123,12 @@ def main():
         "originatorReplicaId": None,
         "statusCode": 200,
         "reasonPhrase": "OK",
+    }
+    started = {
+        "correlationId": "9c8b7a69-5847-4362-a514-0f1e2d3c4b5a",
+        "timestamp": 1490303342158,
+        "timeout": 0,
+        "originatorReplicaId": "ecr-replica-1",
     }
     empty_common = {"correlationId": "", "timestamp": 0, "timeout": 0,
                     "appVersionName": "", "endpointId": ""}
@@ -193,6 +206,17 @@ def main():
         ("ConfigApplied", "named", dict(applied, originatorReplicaId="cmx-1", configName="network")),
         ("ConfigApplied", "named_rejected_no_reason", dict(
             applied, statusCode=500, reasonPhrase=None, configName="名前")),
+        # ProviderStarted (kaa-rs extension)
+        ("ProviderStarted", "typical", started),
+        ("ProviderStarted", "with_timeout", dict(started, timeout=30000)),
+        ("ProviderStarted", "empties", dict(started, correlationId="", originatorReplicaId="")),
+        ("ProviderStarted", "non_ascii", dict(
+            started, correlationId="корреляция", originatorReplicaId="реплика-端点-🚀")),
+        ("ProviderStarted", "extremes_max", dict(started, timestamp=I64_MAX, timeout=I64_MAX)),
+        ("ProviderStarted", "extremes_min", dict(started, timestamp=I64_MIN, timeout=I64_MIN)),
+        ("ProviderStarted", "negative_small", dict(started, timestamp=-1, timeout=-65)),
+        ("ProviderStarted", "large_replica_id_64k", dict(
+            started, originatorReplicaId=("ecr-" + "0123456789abcdef" * 4096)[:64 * 1024])),
     ]
 
     vectors = []
@@ -201,6 +225,8 @@ def main():
         if named:
             assert value["configName"] is not None, "unnamed cases use the RFC schema"
             schema = ext[message]
+        elif message in kaa_rs:
+            schema = kaa_rs[message]
         else:
             schema = rfc[message]
         datum = encode(schema, value)
