@@ -1,9 +1,10 @@
 #![no_main]
-//! 6/CDTP decoding: the first byte picks the message type, the rest is decoded. No
+//! 6/CDTP decoding: the first byte picks the message type (the four RFC messages and
+//! the kaa-rs extension `ProviderStarted`), the rest is decoded. No
 //! input may panic, and whatever decodes must survive decode → encode → decode
 //! unchanged, with `encoded_len` exact.
 
-use kaa_cdtp::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated};
+use kaa_cdtp::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated, ProviderStarted};
 use kaa_ism::avro::{Decode, Encode};
 use libfuzzer_sys::fuzz_target;
 
@@ -24,10 +25,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    match selector % 4 {
+    match selector % 5 {
         0 => stable!(ConfigRequest, body),
         1 => stable!(ConfigResponse, body),
         2 => stable!(ConfigUpdated, body),
-        _ => stable!(ConfigApplied, body),
+        3 => stable!(ConfigApplied, body),
+        _ => stable!(ProviderStarted, body),
     }
 });
