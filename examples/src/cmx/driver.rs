@@ -11,7 +11,7 @@ use futures::{FutureExt, StreamExt};
 use kaa_bus::{Bus, Message, Subscription};
 use kaa_cmp::{Cmx, Output};
 use kaa_ism::UnixMillis;
-use kaa_ism::avro::Decode;
+use kaa_ism::avro::{Decode, Encode};
 use kaa_ism::common::CommonFields;
 use tracing::{Instrument, Span};
 
@@ -37,10 +37,11 @@ pub(crate) struct Inputs {
     pub(crate) connectivity: Subscription,
     /// `kaa.v1.events.*.endpoint.lifecycle.*`.
     pub(crate) lifecycle: Subscription,
-    /// `kaa.v1.replica.<replica>.elce.Sessions`: communication services' lists of
-    /// their sessions, asked for at start and after a reconnect.
+    /// `kaa.v1.replica.<replica>.elce.SessionsResponse`: communication services'
+    /// lists of their sessions ([`kaa_elce::SessionsResponse`]), asked for at start
+    /// and after a reconnect.
     pub(crate) sessions: Subscription,
-    /// `kaa.v1.events.<provider>.provider.started`.
+    /// `kaa.v1.events.<provider>.provider.started` ([`kaa_cdtp::ProviderStarted`]).
     pub(crate) provider_started: Subscription,
 }
 
@@ -301,20 +302,39 @@ impl Driver {
         report
     }
 
-    /// Publishes a sessions request to the communication service: each replica
-    /// answers on this replica's sessions subject with `connected` events listing
-    /// the endpoints it holds sessions for ([`super::SESSIONS_REQUEST`]).
+    /// Publishes a [`kaa_elce::SessionsRequest`] to the communication service:
+    /// each replica answers on this replica's
+    /// [`sessions_response_subject`](kaa_elce::sessions_response_subject) with
+    /// [`kaa_elce::SessionsResponse`]s listing the endpoints it holds sessions for.
     async fn ask_for_sessions(&mut self) {
         let config = self.engine.config();
-        let subject = super::sessions_request_subject(&config.communication_service);
-        let reply_to = super::sessions_reply_subject(&config.replica_id);
+        let subjects =
+            kaa_elce::sessions_request_subject(&config.communication_service).and_then(|to| {
+                let reply_to = kaa_elce::sessions_response_subject(&config.replica_id)?;
+                Ok((to.to_string(), reply_to.to_string()))
+            });
+        let (subject, reply_to) = match subjects {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid sessions subject");
+                return;
+            }
+        };
+        let request = kaa_elce::SessionsRequest {
+            correlation_id: uuid::Uuid::new_v4().to_string().into(),
+            timestamp: now().0,
+            // Answers stay useful however late they come.
+            timeout: 0,
+            extension_instance_name: config.instance_name.as_str().into(),
+        };
+        tracing::debug!(
+            "correlationId" = %request.correlation_id,
+            %subject,
+            "asking for the sessions"
+        );
         if let Err(e) = self
             .bus
-            .publish_message(
-                &subject,
-                Some(&reply_to),
-                Bytes::from(config.instance_name.clone()),
-            )
+            .publish_message(&subject, Some(&reply_to), Bytes::from(request.to_vec()))
             .await
         {
             self.metrics.publish_error();
@@ -372,18 +392,7 @@ impl Driver {
             Input::ConfigUpdated => self.config_updated(message, now),
             Input::Elce => self.elce(message, now),
             Input::Sessions => self.sessions(message, now),
-            Input::ProviderStarted => {
-                let span = tracing::info_span!("provider_started");
-                span.in_scope(|| {
-                    tracing::info!(
-                        replica = %String::from_utf8_lossy(&message.payload),
-                        endpoints = self.engine.tracked_endpoints(),
-                        "configuration provider started: re-synchronizing"
-                    );
-                    self.engine.resync(now);
-                });
-                span
-            }
+            Input::ProviderStarted => self.provider_started(message, now),
         };
         self.publish_outputs(false).instrument(span).await;
         self.sync_metrics();
@@ -499,32 +508,51 @@ impl Driver {
         }
     }
 
-    /// An answer to a sessions request (see [`super::SESSIONS_REQUEST`]).
+    /// A [`kaa_cdtp::ProviderStarted`]: the provider may have lost `ConfigUpdated`
+    /// events, so every tracked endpoint is re-synchronized.
+    fn provider_started(&mut self, message: &Message, now: UnixMillis) -> Span {
+        match kaa_cdtp::ProviderStarted::decode(&message.payload) {
+            Ok(started) => {
+                let span = tracing::info_span!(
+                    "provider_started",
+                    "correlationId" = %started.correlation_id,
+                );
+                span.in_scope(|| {
+                    tracing::info!(
+                        replica = %started.originator_replica_id,
+                        endpoints = self.engine.tracked_endpoints(),
+                        "configuration provider started: re-synchronizing"
+                    );
+                    self.engine.resync(now);
+                });
+                span
+            }
+            Err(e) => {
+                self.metrics.malformed(MessageKind::provider_started);
+                tracing::warn!(subject = %message.subject, error = %e, "malformed ProviderStarted dropped");
+                Span::none()
+            }
+        }
+    }
+
+    /// A [`kaa_elce::SessionsResponse`], an answer to [`Driver::ask_for_sessions`].
     fn sessions(&mut self, message: &Message, now: UnixMillis) -> Span {
-        if message.payload.is_empty() {
+        if message.no_responders || message.payload.is_empty() {
             // NATS "no responders" status: no communication service listens (yet).
             return Span::none();
         }
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Session {
-            endpoint_id: String,
-            app_version_name: String,
-            #[serde(default)]
-            resource_paths: Vec<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Sessions {
-            endpoints: Vec<Session>,
-        }
-        match serde_json::from_slice::<Sessions>(&message.payload) {
+        match kaa_elce::SessionsResponse::decode(&message.payload) {
             Ok(answer) => {
-                let span = tracing::info_span!("sessions", endpoints = answer.endpoints.len());
+                let span = tracing::info_span!(
+                    "sessions",
+                    "correlationId" = %answer.correlation_id,
+                    replica = %answer.originator_replica_id,
+                    endpoints = answer.endpoint_count(),
+                );
                 span.in_scope(|| {
                     tracing::debug!("sessions of a communication service");
                     for s in &answer.endpoints {
-                        let paths: Vec<&str> =
-                            s.resource_paths.iter().map(String::as_str).collect();
+                        let paths: Vec<&str> = s.resource_paths.iter().map(|p| &**p).collect();
                         self.engine
                             .adopt_session(&s.endpoint_id, &s.app_version_name, &paths, now);
                     }
@@ -532,8 +560,8 @@ impl Driver {
                 span
             }
             Err(e) => {
-                self.metrics.malformed(MessageKind::elce_event);
-                tracing::warn!(subject = %message.subject, error = %e, "malformed sessions list dropped");
+                self.metrics.malformed(MessageKind::sessions_response);
+                tracing::warn!(subject = %message.subject, error = %e, "malformed SessionsResponse dropped");
                 Span::none()
             }
         }

@@ -57,6 +57,10 @@ pub(crate) enum MessageKind {
     cdtp_response,
     config_updated,
     elce_event,
+    /// A kaa-rs `SessionsResponse` (9/ELCE extension).
+    sessions_response,
+    /// A kaa-rs `ProviderStarted` (6/CDTP extension).
+    provider_started,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -43,24 +43,31 @@
 //!     device holds them) and asks for the sessions (below). A fetch that finds the
 //!     provider still reconnecting times out and is retried by the engine.
 //!   - *a restart of the CMX itself* while devices stay connected to KPC: at start
-//!     (and after every reconnect) the driver publishes a sessions request (its
-//!     instance name) to [`sessions_request_subject`] (the communication service,
-//!     every replica) with `replyTo` [`sessions_reply_subject`]; each KPC replica
-//!     answers with the endpoints it holds sessions for and the resource paths
-//!     each session used with this CMX instance, and the engine adopts them
+//!     (and after every reconnect) the driver publishes a
+//!     [`kaa_elce::SessionsRequest`] (naming its instance) to
+//!     `kaa.v1.service.<communication service>.elce.SessionsRequest`
+//!     ([`kaa_elce::sessions_request_subject`]; every replica answers) with
+//!     `replyTo` `kaa.v1.replica.<cmx replica>.elce.SessionsResponse`
+//!     ([`kaa_elce::sessions_response_subject`]); each KPC replica answers with
+//!     [`kaa_elce::SessionsResponse`]s listing the endpoints it holds sessions for
+//!     and the resource paths each session used with this CMX instance, and the
+//!     engine adopts them
 //!     ([`kaa_cmp::Cmx::adopt_session`]): they count as connected, the names in
 //!     the paths count as used, and every configuration they have not reported
 //!     applied is pushed (with the old process gone, that is all of them).
 //!   - *a restart of the provider*: ECR publishes `ConfigUpdated` after the write
 //!     commits, so one killed with events still queued never announces those
-//!     writes. Each provider replica announces its start on
-//!     [`provider_started_subject`]; the CMX then calls
+//!     writes. Each provider replica announces its start with a
+//!     [`kaa_cdtp::ProviderStarted`] on `kaa.v1.events.<provider>.provider.started`
+//!     ([`kaa_cdtp::subject::provider_started_subject`]); the CMX then calls
 //!     [`kaa_cmp::Cmx::resync`] as after a reconnect.
 //!
-//!   The sessions request and the provider's start announcement are this
-//!   project's additions to the Kaa protocols; a communication
-//!   service without it simply does not answer, and its devices are learned again
-//!   from their next request or session.
+//!   The sessions request and response and the provider's start announcement are
+//!   this project's additions to the Kaa protocols (kaa-rs extensions, not RFC
+//!   messages), with Avro schemas in `kaa-elce/schemas/` and `kaa-cdtp/schemas/` so
+//!   that other implementations can take part; a communication service without
+//!   them simply does not answer, and its devices are learned again from their next
+//!   request or session.
 //!
 //! Undecodable messages never stop the service: they are counted
 //! (`cmx_malformed_messages_total`), logged and dropped. A `ClientData` that decodes
@@ -345,6 +352,17 @@ impl CmxService {
         shutdown_grace: Duration,
     ) -> Result<Self, StartError> {
         let subs = engine.subscriptions().clone();
+        // The kaa-rs extensions' subjects (the engine validated these names already).
+        let invalid = |e: kaa_ism::subject::SubjectError| {
+            StartError::Config(ConfigError::Invalid(format!("subject: {e}")))
+        };
+        let sessions_responses =
+            kaa_elce::sessions::sessions_response_filter(&engine.config().replica_id)
+                .map_err(invalid)?;
+        let provider_started = kaa_cdtp::subject::provider_started_filter(
+            kaa_ism::subject::Token::Name(&engine.config().provider),
+        )
+        .map_err(invalid)?;
         let sub = |filter: &kaa_ism::subject::SubjectFilter, queue: Option<&str>| {
             let bus = Arc::clone(&bus);
             let filter = filter.as_str().to_owned();
@@ -362,12 +380,8 @@ impl CmxService {
             config_updated: sub(&subs.config_updated, None).await?,
             connectivity: sub(&subs.connectivity, None).await?,
             lifecycle: sub(&subs.lifecycle, None).await?,
-            sessions: bus
-                .subscribe(&sessions_reply_subject(&engine.config().replica_id), None)
-                .await?,
-            provider_started: bus
-                .subscribe(&provider_started_subject(&engine.config().provider), None)
-                .await?,
+            sessions: sub(&sessions_responses, None).await?,
+            provider_started: sub(&provider_started, None).await?,
         };
         if !subscription_barrier(bus.as_ref(), BARRIER_TIMEOUT).await? {
             tracing::warn!(
@@ -462,33 +476,6 @@ impl CmxService {
         }
         result
     }
-}
-
-/// The message type of a sessions request (see the module docs, "Recovery").
-pub const SESSIONS_REQUEST: &str = "SessionsRequest";
-
-/// `kaa.v1.service.<communication service>.elce.SessionsRequest`: where a CMX asks
-/// a communication service (every replica: no queue group) for the endpoints it
-/// holds sessions for. The payload is the CMX's instance name (whose resource
-/// paths to list); its `replyTo` is [`sessions_reply_subject`].
-pub fn sessions_request_subject(communication_service: &str) -> String {
-    format!("kaa.v1.service.{communication_service}.elce.{SESSIONS_REQUEST}")
-}
-
-/// `kaa.v1.replica.<cmx replica>.elce.Sessions`: where the answers to a CMX
-/// replica's sessions request arrive, as JSON
-/// `{"endpoints":[{"endpointId","appVersionName","resourcePaths":[…]}]}` (each
-/// lists some of the endpoints one communication service replica holds).
-pub fn sessions_reply_subject(cmx_replica: &str) -> String {
-    format!("kaa.v1.replica.{cmx_replica}.elce.Sessions")
-}
-
-/// `kaa.v1.events.<provider>.provider.started`: a configuration data provider
-/// replica announces that it (re)started (payload: its replica ID). It may have
-/// died with `ConfigUpdated` events of acknowledged writes still queued, so the
-/// CMX re-synchronizes ([`kaa_cmp::Cmx::resync`]).
-pub fn provider_started_subject(provider: &str) -> String {
-    format!("kaa.v1.events.{provider}.provider.started")
 }
 
 /// How long [`CmxService::bind`] waits for the bus to confirm its subscriptions.

@@ -50,9 +50,11 @@
 //! `configId` `""` and content `null`, the absent configuration of the table above.
 //! Events are published after the write commits, so a replica killed with events
 //! still queued never announces those changes; to repair that, every replica
-//! publishes `kaa.v1.events.<instance>.provider.started` (payload: its replica ID)
+//! publishes a [`kaa_cdtp::ProviderStarted`] (`originatorReplicaId` = its replica
+//! ID) on `kaa.v1.events.<instance>.provider.started`
+//! ([`kaa_cdtp::subject::provider_started_subject`], a kaa-rs extension to 6/CDTP)
 //! once its subscriptions are in place, and a CMX re-fetches the configurations of
-//! its connected endpoints on it ([`crate::cmx::provider_started_subject`]).
+//! its connected endpoints on it.
 //! `endpoint.config.applied` from the configured CMX instance goes into the status
 //! history. Event listeners use the queue group `<instance>` too: replicas share one
 //! store, so each event is handled once.
@@ -459,9 +461,15 @@ pub async fn start(
     // A provider that died may have taken ConfigUpdated events of acknowledged
     // writes with it (they are published after the commit): CMXs re-synchronize
     // when a provider (re)starts.
-    let started = crate::cmx::provider_started_subject(group);
+    let started = kaa_cdtp::subject::provider_started_subject(group).map_err(subject_err)?;
+    let announcement = kaa_cdtp::ProviderStarted {
+        correlation_id: uuid::Uuid::new_v4().to_string().into(),
+        timestamp: model::now().0,
+        timeout: 0,
+        originator_replica_id: settings.replica_id.as_str().into(),
+    };
     if let Err(e) = bus
-        .publish(&started, Bytes::from(settings.replica_id.clone()))
+        .publish(&started, Bytes::from(announcement.to_vec()))
         .await
     {
         tracing::warn!(error = %e, "could not announce the provider start");

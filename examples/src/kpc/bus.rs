@@ -8,14 +8,16 @@
 //!   `ClientData` this replica forwards). Each is decoded and handed to the session
 //!   that owns its endpoint; see the [module docs](super) for what happens when
 //!   none does.
-//! - **Sessions requests** (`kaa.v1.service.<instance>.elce.SessionsRequest`, no
-//!   queue group: every replica answers for its own sessions; see
-//!   [`crate::cmx::sessions_request_subject`]): a CMX that restarted, or whose bus
-//!   reconnected, asks which endpoints have sessions (payload: its instance
-//!   name). The answer goes to the request's `replyTo` as JSON messages of at most
-//!   [`SESSIONS_PER_ANSWER`] endpoints each (none when there are no sessions):
-//!   `{"endpoints":[{"endpointId","appVersionName","resourcePaths":[…]}]}`, the
-//!   resource paths being those the session used with that extension instance.
+//! - **Sessions requests** ([`kaa_elce::SessionsRequest`] on
+//!   `kaa.v1.service.<instance>.elce.SessionsRequest`, no queue group: every
+//!   replica answers for its own sessions; see [`kaa_elce::sessions`], a kaa-rs
+//!   extension to 9/ELCE): a CMX that restarted, or whose bus reconnected, asks which
+//!   endpoints have sessions, naming its extension instance. The answer goes to the
+//!   request's `replyTo` as [`kaa_elce::SessionsResponse`]s of at most
+//!   [`SESSIONS_PER_ANSWER`] endpoints each (none when there are no sessions), with
+//!   the request's `correlationId` and `timeout`, this replica as
+//!   `originatorReplicaId`, and per endpoint the resource paths the session used
+//!   with that extension instance. An expired or undecodable request is dropped.
 //! - `connected` / `disconnected` go out on
 //!   `kaa.v1.events.<instance>.endpoint.connectivity.{connected,disconnected}`, in
 //!   the order the sessions' ownership changes happened, with `originatorReplicaId`
@@ -28,11 +30,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::StreamExt;
 use kaa_bus::Message;
-use kaa_elce::{ConnectedEvent, DisconnectedEvent, EndpointEvent};
+use kaa_elce::{
+    ConnectedEvent, DisconnectedEvent, EndpointEvent, EndpointSession, SessionsRequest,
+    SessionsResponse,
+};
 use kaa_esp::ExtensionData;
 use kaa_esp::subject::{ListenerFilters, MessageType};
 use kaa_ism::UnixMillis;
-use kaa_ism::avro::Decode;
+use kaa_ism::avro::{Decode, Encode};
 use kaa_ism::common::CommonFields;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -95,13 +100,13 @@ pub(crate) async fn start(
         .subscribe(filters.instance_wide.as_str(), Some(&filters.queue_group))
         .await?;
     let replica = shared.bus.subscribe(filters.replica.as_str(), None).await?;
-    let mut sessions_requests = shared
-        .bus
-        .subscribe(
-            &crate::cmx::sessions_request_subject(&settings.instance),
-            None,
-        )
-        .await?;
+    let sessions_filter =
+        kaa_elce::sessions::sessions_request_filter(&settings.instance).map_err(|e| {
+            super::StartError::Config(crate::service::ConfigError::Invalid(format!(
+                "instance name: {e}"
+            )))
+        })?;
+    let mut sessions_requests = shared.bus.subscribe(sessions_filter.as_str(), None).await?;
     // In effect on the server before KPC accepts devices (a flush alone is not).
     if !kaa_bus::subscription_barrier(shared.bus.as_ref(), std::time::Duration::from_secs(5))
         .await?
@@ -121,10 +126,22 @@ pub(crate) async fn start(
     let sessions = {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            while let Some(request) = sessions_requests.next().await {
-                if let Some(reply_to) = request.reply_to {
-                    let ext = String::from_utf8_lossy(&request.payload);
-                    answer_sessions_request(&shared, &ext, &reply_to).await;
+            while let Some(message) = sessions_requests.next().await {
+                let Some(reply_to) = message.reply_to.as_deref() else {
+                    tracing::debug!("sessions request without replyTo dropped");
+                    continue;
+                };
+                match SessionsRequest::decode(&message.payload) {
+                    Ok(request) if request.is_expired(now()) => {
+                        tracing::debug!(
+                            "correlationId" = %request.correlation_id,
+                            "expired sessions request dropped"
+                        );
+                    }
+                    Ok(request) => answer_sessions_request(&shared, &request, reply_to).await,
+                    Err(e) => {
+                        tracing::warn!(subject = %message.subject, error = %e, "malformed sessions request dropped");
+                    }
                 }
             }
         })
@@ -179,28 +196,35 @@ fn route_extension_data(shared: &Shared, message: &Message) {
     }
 }
 
-/// Lists this replica's sessions to `reply_to` for extension instance `ext`.
-async fn answer_sessions_request(shared: &Shared, ext: &str, reply_to: &str) {
+/// Lists this replica's sessions to `reply_to` for the requesting extension
+/// instance, in [`SessionsResponse`]s of at most [`SESSIONS_PER_ANSWER`] endpoints.
+async fn answer_sessions_request(shared: &Shared, request: &SessionsRequest<'_>, reply_to: &str) {
+    let ext = &*request.extension_instance_name;
     let sessions = shared.hub.sessions_for(ext);
     tracing::info!(
+        "correlationId" = %request.correlation_id,
         endpoints = sessions.len(),
         ext,
         reply_to,
         "sessions request: listing the endpoints with a session"
     );
     for chunk in sessions.chunks(SESSIONS_PER_ANSWER) {
-        let endpoints: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|((id, version), paths)| {
-                serde_json::json!({
-                    "endpointId": &**id,
-                    "appVersionName": &**version,
-                    "resourcePaths": paths,
+        let response = SessionsResponse {
+            correlation_id: Cow::Borrowed(&request.correlation_id),
+            timestamp: now().0,
+            timeout: request.timeout,
+            endpoints: chunk
+                .iter()
+                .map(|((id, version), paths)| EndpointSession {
+                    endpoint_id: Cow::Borrowed(&**id),
+                    app_version_name: Cow::Borrowed(&**version),
+                    resource_paths: paths.iter().map(|p| Cow::Borrowed(p.as_str())).collect(),
                 })
-            })
-            .collect();
-        let body = serde_json::json!({ "endpoints": endpoints }).to_string();
-        if let Err(e) = shared.bus.publish(reply_to, Bytes::from(body)).await {
+                .collect(),
+            originator_replica_id: Cow::Borrowed(&shared.settings.replica_id),
+        };
+        let datum = Bytes::from(response.to_vec());
+        if let Err(e) = shared.bus.publish(reply_to, datum).await {
             tracing::warn!(error = %e, reply_to, "could not answer a sessions request");
             return;
         }
