@@ -1,5 +1,6 @@
 //! KPC over NATS (the machine's server, `KAA_TEST_NATS_URL`): request → response
-//! at QoS 0 and 1, a push, an error response, connected and disconnected events.
+//! at QoS 0 and 1, a push, an error response, NATS "no responders" for an extension
+//! instance nobody runs, connected and disconnected events.
 //! Instance names are unique per run so that parallel tests on the shared server do
 //! not see each other. Skipped visibly (`SKIPPED: …`) when NATS is not reachable,
 //! failed instead under `KAA_REQUIRE_SERVICES=1`.
@@ -123,6 +124,25 @@ async fn kpc_routes_requests_pushes_and_events_over_nats() {
         QoS::AtLeastOnce,
         "the QoS of the last request for that resource"
     );
+
+    // A request to an extension instance nobody runs: NATS answers KPC's replyTo
+    // with "no responders", which KPC counts as such, not as malformed ExtensionData.
+    let nobody = format!("nobody-{}", &id[..12]);
+    dev.publish(
+        &format!("kp1/{APP}/{nobody}/tok-1/config/json/4"),
+        QoS::AtMostOnce,
+        b"{}",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while kpc.metrics().extension_data_count("no_responders") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no no-responders status counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(kpc.metrics().extension_data_count("malformed"), 0);
 
     dev.disconnect().await;
     assert_eq!(

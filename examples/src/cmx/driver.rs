@@ -430,6 +430,13 @@ impl Driver {
     }
 
     fn response(&mut self, message: &Message, now: UnixMillis) -> Span {
+        if message.no_responders {
+            // No provider was subscribed (e.g. ECR restarting). The status names no
+            // request; the engine's CDTP timeout answers the device and retries.
+            self.metrics.no_responders();
+            tracing::debug!("6/CDTP request found no provider (NATS no responders)");
+            return Span::none();
+        }
         match kaa_cdtp::ConfigResponse::decode(&message.payload) {
             Ok(msg) => {
                 let span = tracing::info_span!(

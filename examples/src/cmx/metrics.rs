@@ -16,6 +16,7 @@
 //! | `cmx_endpoints_expired_total`, `cmx_endpoints_evicted_total` | counter | endpoints forgotten after the TTL / past `max-endpoints` |
 //! | `cmx_malformed_messages_total{kind}` | counter | bus messages that could not be decoded (dropped) |
 //! | `cmx_publish_errors_total` | counter | outputs the bus refused to publish |
+//! | `cmx_no_responders_total` | counter | NATS "no responders" statuses on the 6/CDTP reply subject: a request found no provider subscribed (it then runs into its timeout) |
 //! | `cmx_tracked_endpoints` | gauge | endpoints the engine tracks |
 //! | `cmx_pending_cdtp_requests` | gauge | 6/CDTP requests in flight |
 
@@ -87,6 +88,7 @@ pub(crate) struct CmxMetrics {
     endpoints_evicted: Counter,
     malformed: Family<KindLabel, Counter>,
     publish_errors: Counter,
+    no_responders: Counter,
     tracked_endpoints: Gauge,
     pending_requests: Gauge,
     /// The engine counters already added to the Prometheus counters.
@@ -114,6 +116,7 @@ impl CmxMetrics {
             endpoints_evicted: Counter::default(),
             malformed: Family::default(),
             publish_errors: Counter::default(),
+            no_responders: Counter::default(),
             tracked_endpoints: Gauge::default(),
             pending_requests: Gauge::default(),
             seen: Stats::default(),
@@ -193,6 +196,11 @@ impl CmxMetrics {
             "publish_errors",
             "Outputs the bus refused to publish",
             m.publish_errors.clone(),
+        );
+        r.register(
+            "no_responders",
+            "NATS no-responders statuses on the 6/CDTP reply subject",
+            m.no_responders.clone(),
         );
         r.register(
             "tracked_endpoints",
@@ -297,5 +305,10 @@ impl CmxMetrics {
     /// The bus refused an output.
     pub(crate) fn publish_error(&self) {
         self.publish_errors.inc();
+    }
+
+    /// A NATS "no responders" status arrived on the 6/CDTP reply subject.
+    pub(crate) fn no_responders(&self) {
+        self.no_responders.inc();
     }
 }

@@ -158,6 +158,13 @@ pub(crate) async fn start(
 /// Decodes one ExtensionData and hands it to the session that owns its endpoint.
 fn route_extension_data(shared: &Shared, message: &Message) {
     let metrics = &shared.metrics;
+    if message.no_responders {
+        // A ClientData found no extension instance subscribed (unknown instance name,
+        // or it is restarting). The status names no request; nothing to deliver.
+        tracing::debug!("ClientData found no extension instance (NATS no responders)");
+        metrics.extension_data("no_responders");
+        return;
+    }
     let data = match ExtensionData::decode(&message.payload) {
         Ok(d) => d,
         Err(e) => {

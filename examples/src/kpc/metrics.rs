@@ -9,7 +9,7 @@
 //! | `kpc_connections_rejected_total` | | connections over `max-connections` (answered CONNACK 0x03, or closed at once when 64 refusals are already running) |
 //! | `kpc_messages_in_total` | `kind` | PUBLISH received: `request` (forwarded as ClientData), `rejected` (answered or dropped by KPC) |
 //! | `kpc_messages_out_total` | `kind` | PUBLISH sent: `response`, `error`, `push` |
-//! | `kpc_extension_data_total` | `outcome` | ExtensionData received: `delivered`, `no_session`, `unmatched`, `expired`, `malformed`, `queue_full`, `inflight_full`, `too_large` (payload over `max-payload`: a 413 went to the device instead) |
+//! | `kpc_extension_data_total` | `outcome` | ExtensionData received: `delivered`, `no_session`, `unmatched`, `expired`, `malformed`, `no_responders` (a NATS "no responders" status: the ClientData found no extension instance subscribed), `queue_full`, `inflight_full`, `too_large` (payload over `max-payload`: a 413 went to the device instead) |
 //! | `kpc_errors_total` | `kind` | `bad_topic`, `unknown_token`, `token_resolution`, `too_large`, `too_many_requests`, `bus`, `auth` |
 //! | `kpc_elce_events_total` | `event` | `connected`, `disconnected` published |
 
