@@ -14,7 +14,6 @@ use kaa_ism::avro::{
     Decode, DecodeError, Encode, Reader, SplicedDatum, bytes_len, long_len, optional_len,
     put_bytes, put_int, put_long, put_optional, put_string, put_union_index, string_len, to_static,
 };
-use kaa_ism::common::CommonFields;
 
 use crate::{ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated, ProviderStarted};
 
@@ -43,25 +42,7 @@ fn put_opt_str<B: BufMut + ?Sized>(buf: &mut B, value: Option<&str>) {
     put_optional(buf, value, NULL_FIRST, put_string);
 }
 
-macro_rules! common_fields {
-    ($($ty:ident),*) => {$(
-        impl CommonFields for $ty<'_> {
-            fn correlation_id(&self) -> &str {
-                &self.correlation_id
-            }
-
-            fn timestamp(&self) -> i64 {
-                self.timestamp
-            }
-
-            fn timeout(&self) -> i64 {
-                self.timeout
-            }
-        }
-    )*};
-}
-
-common_fields!(
+kaa_ism::impl_common_fields!(
     ConfigRequest,
     ConfigResponse,
     ConfigUpdated,
@@ -422,6 +403,7 @@ mod tests {
     use super::*;
     use kaa_ism::UnixMillis;
     use kaa_ism::avro::DecodeErrorKind;
+    use kaa_ism::common::CommonFields;
 
     fn updated() -> ConfigUpdated<'static> {
         ConfigUpdated {

@@ -8,7 +8,6 @@ use kaa_ism::avro::{
     Decode, DecodeError, Encode, Reader, long_len, put_long, put_map, put_string, string_len,
     to_static,
 };
-use kaa_ism::common::CommonFields;
 
 use crate::{
     AppVersionUpdatedEvent, ConnectedEvent, DisconnectedEvent, Map, RegisteredEvent,
@@ -194,25 +193,6 @@ macro_rules! owned_field {
     };
 }
 
-/// `CommonFields` for a record with `correlation_id`, `timestamp` and `timeout`.
-macro_rules! common_fields {
-    ($ty:ident) => {
-        impl CommonFields for $ty<'_> {
-            fn correlation_id(&self) -> &str {
-                &self.correlation_id
-            }
-
-            fn timestamp(&self) -> i64 {
-                self.timestamp
-            }
-
-            fn timeout(&self) -> i64 {
-                self.timeout
-            }
-        }
-    };
-}
-
 /// The codec of a record whose fields are all strings, longs or the endpoint map, and
 /// are all required: none of them is a trailing field with a default.
 macro_rules! flat_record {
@@ -259,7 +239,7 @@ macro_rules! flat_record {
             }
         }
 
-        common_fields!($ty);
+        kaa_ism::impl_common_fields!($ty);
     };
 }
 
@@ -447,13 +427,14 @@ impl<'a> TrafficReportEvent<'a> {
     }
 }
 
-common_fields!(TrafficReportEvent);
+kaa_ism::impl_common_fields!(TrafficReportEvent);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kaa_ism::UnixMillis;
     use kaa_ism::avro::DecodeErrorKind;
+    use kaa_ism::common::CommonFields;
 
     fn connected(endpoints: &[(&str, &str)]) -> ConnectedEvent<'static> {
         ConnectedEvent {

@@ -75,7 +75,6 @@ use kaa_ism::avro::{
     Decode, DecodeError, Encode, Reader, array_len, long_len, put_array, put_long, put_string,
     string_len, to_static,
 };
-use kaa_ism::common::CommonFields;
 use kaa_ism::subject::{ReplicaSubject, ServiceSubject, SubjectError, SubjectFilter};
 
 use crate::{DecodeLimits, TOO_MANY_ENDPOINTS};
@@ -331,34 +330,13 @@ impl<'a> SessionsResponse<'a> {
     }
 }
 
-impl CommonFields for SessionsRequest<'_> {
-    fn correlation_id(&self) -> &str {
-        &self.correlation_id
-    }
-    fn timestamp(&self) -> i64 {
-        self.timestamp
-    }
-    fn timeout(&self) -> i64 {
-        self.timeout
-    }
-}
-
-impl CommonFields for SessionsResponse<'_> {
-    fn correlation_id(&self) -> &str {
-        &self.correlation_id
-    }
-    fn timestamp(&self) -> i64 {
-        self.timestamp
-    }
-    fn timeout(&self) -> i64 {
-        self.timeout
-    }
-}
+kaa_ism::impl_common_fields!(SessionsRequest, SessionsResponse);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use kaa_ism::avro::DecodeErrorKind;
+    use kaa_ism::common::CommonFields;
 
     fn response(n: usize) -> SessionsResponse<'static> {
         SessionsResponse {

@@ -12,7 +12,6 @@ use kaa_ism::avro::{
     Decode, DecodeError, Encode, Reader, bytes_len, long_len, optional_len, put_bytes, put_int,
     put_long, put_optional, put_string, string_len, to_static,
 };
-use kaa_ism::common::CommonFields;
 
 use crate::{ClientData, ExtensionData};
 
@@ -21,6 +20,8 @@ use crate::{ClientData, ExtensionData};
 const NULL_SECOND: bool = false;
 /// `["null","string"]`.
 const NULL_FIRST: bool = true;
+
+kaa_ism::impl_common_fields!(ClientData, ExtensionData);
 
 impl ClientData<'_> {
     /// Copies every borrowed string and the payload, detaching the message from
@@ -98,20 +99,6 @@ impl<'a> Decode<'a> for ClientData<'a> {
             payload,
             config_name,
         })
-    }
-}
-
-impl CommonFields for ClientData<'_> {
-    fn correlation_id(&self) -> &str {
-        &self.correlation_id
-    }
-
-    fn timestamp(&self) -> i64 {
-        self.timestamp
-    }
-
-    fn timeout(&self) -> i64 {
-        self.timeout
     }
 }
 
@@ -214,24 +201,11 @@ impl<'a> Decode<'a> for ExtensionData<'a> {
     }
 }
 
-impl CommonFields for ExtensionData<'_> {
-    fn correlation_id(&self) -> &str {
-        &self.correlation_id
-    }
-
-    fn timestamp(&self) -> i64 {
-        self.timestamp
-    }
-
-    fn timeout(&self) -> i64 {
-        self.timeout
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use kaa_ism::avro::DecodeErrorKind;
+    use kaa_ism::common::CommonFields;
 
     fn client_data() -> ClientData<'static> {
         ClientData {

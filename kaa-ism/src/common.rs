@@ -46,6 +46,41 @@ impl fmt::Display for UnixMillis {
     }
 }
 
+/// Implements [`CommonFields`] for message types that keep the three fields as
+/// `correlation_id` (a string type that derefs to `str`), `timestamp: i64` and
+/// `timeout: i64`, and take one lifetime parameter (the borrowing message structs of
+/// the protocol crates).
+///
+/// ```
+/// use std::borrow::Cow;
+/// use kaa_ism::common::{CommonFields, UnixMillis};
+///
+/// struct Ping<'a> { correlation_id: Cow<'a, str>, timestamp: i64, timeout: i64 }
+/// kaa_ism::impl_common_fields!(Ping);
+///
+/// let ping = Ping { correlation_id: "c1".into(), timestamp: 1_000, timeout: 500 };
+/// assert_eq!(ping.correlation_id(), "c1");
+/// assert!(ping.is_expired(UnixMillis(1_501)));
+/// ```
+#[macro_export]
+macro_rules! impl_common_fields {
+    ($($ty:ident),+ $(,)?) => {$(
+        impl $crate::common::CommonFields for $ty<'_> {
+            fn correlation_id(&self) -> &str {
+                &self.correlation_id
+            }
+
+            fn timestamp(&self) -> i64 {
+                self.timestamp
+            }
+
+            fn timeout(&self) -> i64 {
+                self.timeout
+            }
+        }
+    )+};
+}
+
 /// The 3/ISM common fields of a message.
 pub trait CommonFields {
     /// Message ID used to track processing across services; log it.
