@@ -657,6 +657,8 @@ async fn ecr_ignores_an_oversized_connected_event_and_counts_it() {
             .await
             .unwrap();
         if text.contains(&metric("ignored")) && text.contains(&metric("ok")) {
+            // Registered with the rest: no status batch failed.
+            assert!(text.contains("ecr_status_write_failures_total 0"), "{text}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{text}");

@@ -3,7 +3,6 @@
 //! effective-configuration changes that become `endpoint.config.updated` events.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
@@ -185,7 +184,7 @@ pub struct Ecr {
     changes: Option<UnboundedSender<EffectiveChange>>,
     known: Mutex<HashSet<(String, String)>>,
     status_queue: OnceLock<mpsc::Sender<StatusJob>>,
-    status_failures: Arc<AtomicU64>,
+    status_failures: prometheus_client::metrics::counter::Counter,
     lookups: OnceLock<mpsc::Sender<Lookup>>,
 }
 
@@ -211,7 +210,7 @@ impl Ecr {
             changes,
             known: Mutex::new(HashSet::new()),
             status_queue: OnceLock::new(),
-            status_failures: Arc::new(AtomicU64::new(0)),
+            status_failures: Default::default(),
             lookups: OnceLock::new(),
         }
     }
@@ -669,7 +668,13 @@ impl Ecr {
 
     /// Status events lost because their batch could not be written.
     pub fn status_write_failures(&self) -> u64 {
-        self.status_failures.load(Ordering::Relaxed)
+        self.status_failures.get()
+    }
+
+    /// The counter behind [`Ecr::status_write_failures`], for a metrics registry (the
+    /// ECR service registers it as `ecr_status_write_failures_total`).
+    pub fn status_write_failures_metric(&self) -> prometheus_client::metrics::counter::Counter {
+        self.status_failures.clone()
     }
 
     /// The status queue, its writer task started on first use (on the caller's
@@ -680,7 +685,7 @@ impl Ecr {
             tokio::spawn(status_writer(
                 Arc::clone(&self.store),
                 rx,
-                Arc::clone(&self.status_failures),
+                self.status_failures.clone(),
             ));
             tx
         })
@@ -761,7 +766,7 @@ enum StatusJob {
 async fn status_writer(
     store: Arc<dyn ConfigStore>,
     mut rx: mpsc::Receiver<StatusJob>,
-    failures: Arc<AtomicU64>,
+    failures: prometheus_client::metrics::counter::Counter,
 ) {
     let mut jobs = Vec::with_capacity(STATUS_BATCH);
     let mut writes = Vec::with_capacity(STATUS_BATCH);
@@ -776,7 +781,7 @@ async fn status_writer(
         if !writes.is_empty()
             && let Err(e) = store.record_statuses(&writes).await
         {
-            failures.fetch_add(writes.len() as u64, Ordering::Relaxed);
+            failures.inc_by(writes.len() as u64);
             tracing::warn!(error = %e, events = writes.len(), "could not record status events");
         }
         writes.clear();

@@ -117,6 +117,11 @@ impl EcrServer {
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
         let ecr = Arc::new(core::Ecr::new(store, apps, Some(changes_tx)));
         let metrics = Metrics::new("ecr");
+        metrics.register(
+            "status_write_failures",
+            "Status-history events lost because their batch could not be written",
+            ecr.status_write_failures_metric(),
+        );
         let settings = bus::BusSettings {
             instance: config.service.instance.name.clone(),
             replica_id: config.replica_id(),
