@@ -45,6 +45,7 @@ async fn harness(bus: Arc<dyn Bus>) -> Harness {
         instance: instance.clone(),
         replica_id: format!("{instance}-1"),
         cmx_instance: format!("cmx-{}", &id[..8]),
+        elce_limits: kaa_elce::DecodeLimits::default(),
         metrics: metrics.clone(),
     };
     let tasks = bus::start(Arc::clone(&ecr), Arc::clone(&bus), settings, rx)

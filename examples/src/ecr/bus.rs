@@ -98,6 +98,8 @@ pub struct BusSettings {
     pub replica_id: String,
     /// The CMX whose `endpoint.config.applied` events are recorded.
     pub cmx_instance: String,
+    /// The 9/ELCE decode limits (`ecr.limits.max-endpoints-per-event`).
+    pub elce_limits: kaa_elce::DecodeLimits,
     /// Where the bus counters are registered (`<prefix>_cdtp_requests_total{status}`,
     /// `<prefix>_cdtp_requests_expired_total`,
     /// `<prefix>_config_updated_published_total`, `<prefix>_events_handled_total{event,result}`).
@@ -364,10 +366,15 @@ pub async fn handle_applied(ecr: &Ecr, datum: &[u8], now: UnixMillis) -> Result<
 }
 
 /// Handles a 9/ELCE event datum received on `subject`.
-pub async fn handle_elce(ecr: &Ecr, subject: &str, datum: &[u8]) -> Result<(), String> {
-    let event =
-        ElceEvent::decode_with_limits(subject, datum, crate::ecr::config::ELCE_DECODE_LIMITS)
-            .map_err(|e| format!("malformed 9/ELCE event: {e}"))?;
+/// A longer event than `limits` allow is refused as malformed.
+pub async fn handle_elce(
+    ecr: &Ecr,
+    subject: &str,
+    datum: &[u8],
+    limits: kaa_elce::DecodeLimits,
+) -> Result<(), String> {
+    let event = ElceEvent::decode_with_limits(subject, datum, limits)
+        .map_err(|e| format!("malformed 9/ELCE event: {e}"))?;
     let ep = |id: &str| EndpointId::new(id).map_err(|e| e.to_string());
     let app = |v: &str| AppVersionName::new(v).map_err(|e| e.to_string());
     match event {
@@ -544,10 +551,11 @@ pub async fn start(
         });
     }
     {
-        let ecr = Arc::clone(&ecr);
+        let (ecr, elce_limits) = (Arc::clone(&ecr), settings.elce_limits);
         tasks.spawn(async move {
             while let Some(message) = elce.next().await {
-                let result = handle_elce(&ecr, &message.subject, &message.payload).await;
+                let result =
+                    handle_elce(&ecr, &message.subject, &message.payload, elce_limits).await;
                 let event = if message.subject.ends_with(".connected") {
                     "connectivity"
                 } else {

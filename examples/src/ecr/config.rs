@@ -29,6 +29,8 @@
 //!     # url-env: ECR_STORE_URL   # instead of url: the environment variable holding the URL
 //!   cmx:
 //!     service-instance-name: cmx # whose endpoint.config.applied events are recorded
+//!   limits:
+//!     max-endpoints-per-event: 10000 # a longer 9/ELCE event is ignored (and counted)
 //! auth:
 //!   enabled: true
 //!   tokens:
@@ -66,12 +68,12 @@ use crate::service::{ConfigError, Secret};
 /// largest configuration still fits a default NATS message with its envelopes.
 pub const DEFAULT_BODY_LIMIT: usize = crate::service::DEFAULT_MAX_CONFIG_SIZE;
 
-/// The most endpoints one 9/ELCE `connected` event may list for ECR to learn
-/// them (10,000, CMX's default `cmx.limits.max-endpoints-per-event`; KPC lists at
-/// most `max-endpoints-per-session`, default 1,000): a longer event is ignored and
+/// The default of `ecr.limits.max-endpoints-per-event`: the most endpoints one
+/// 9/ELCE `connected` event may list for ECR to learn them (10,000, CMX's default
+/// `cmx.limits.max-endpoints-per-event`; KPC lists at most
+/// `max-endpoints-per-session`, default 1,000). A longer event is ignored and
 /// counted in `ecr_events_handled_total{event="connectivity",result="ignored"}`.
-pub const ELCE_DECODE_LIMITS: kaa_elce::DecodeLimits =
-    kaa_elce::DecodeLimits::with_max_endpoints(10_000);
+pub const DEFAULT_MAX_ENDPOINTS_PER_EVENT: usize = 10_000;
 
 /// Room the bus messages of a configuration need on top of it (7/CMP wrapper and
 /// Avro envelope): `ecr.http.body-limit` + this must fit the bus's `max_payload`.
@@ -188,6 +190,32 @@ pub struct EcrSection {
     /// `ecr.cmx`.
     #[serde(default)]
     pub cmx: CmxSection,
+    /// `ecr.limits`.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `ecr.limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LimitsSection {
+    /// `ecr.limits.max-endpoints-per-event`: the most endpoints a 9/ELCE event may
+    /// list (default [`DEFAULT_MAX_ENDPOINTS_PER_EVENT`]); keep it at least KPC's
+    /// `max-endpoints-per-session`.
+    #[serde(default = "default_max_endpoints_per_event")]
+    pub max_endpoints_per_event: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_endpoints_per_event: DEFAULT_MAX_ENDPOINTS_PER_EVENT,
+        }
+    }
+}
+
+fn default_max_endpoints_per_event() -> usize {
+    DEFAULT_MAX_ENDPOINTS_PER_EVENT
 }
 
 /// `ecr.http`.
@@ -433,10 +461,37 @@ impl EcrConfig {
     }
 }
 
+impl EcrConfig {
+    /// The 9/ELCE decode limits (`ecr.limits.max-endpoints-per-event`).
+    pub fn elce_decode_limits(&self) -> kaa_elce::DecodeLimits {
+        kaa_elce::DecodeLimits::with_max_endpoints(self.ecr.limits.max_endpoints_per_event)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::service::parse_yaml;
+
+    #[test]
+    fn endpoints_per_event_limit_is_configurable() {
+        let c: EcrConfig = parse_yaml(MINIMAL, "t").unwrap();
+        assert_eq!(
+            c.elce_decode_limits(),
+            kaa_elce::DecodeLimits::with_max_endpoints(DEFAULT_MAX_ENDPOINTS_PER_EVENT)
+        );
+        let yaml = MINIMAL.replace(
+            "  store:",
+            "  limits:\n    max-endpoints-per-event: 5\n  store:",
+        );
+        let c: EcrConfig = parse_yaml(&yaml, "t").unwrap();
+        assert_eq!(
+            c.elce_decode_limits(),
+            kaa_elce::DecodeLimits::with_max_endpoints(5)
+        );
+        let typo = MINIMAL.replace("  store:", "  limits:\n    max-endpoint: 5\n  store:");
+        assert!(parse_yaml::<EcrConfig>(&typo, "t").is_err());
+    }
 
     const MINIMAL: &str = "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: sqlite://x.db\nauth:\n  enabled: false\n";
 

@@ -126,6 +126,7 @@ impl EcrServer {
             instance: config.service.instance.name.clone(),
             replica_id: config.replica_id(),
             cmx_instance: config.ecr.cmx.service_instance_name.clone(),
+            elce_limits: config.elce_decode_limits(),
             metrics: metrics.clone(),
         };
         let bus_tasks = bus::start(Arc::clone(&ecr), bus, settings, changes_rx).await?;
