@@ -389,6 +389,34 @@ async fn provider_silence_is_a_504_to_the_device() {
     s.cmx.stop().await;
 }
 
+/// No provider subscribed at all (ECR down): NATS answers the 6/CDTP request "no
+/// responders"; CMX counts that (not as a malformed response) and the device gets
+/// the timeout's 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_provider_is_counted_and_a_504_to_the_device() {
+    let Some(mut s) = stack("cmx_nats::no_provider", "  cdtp-timeout-ms: 400\n").await else {
+        return;
+    };
+    s.provider.stop().await;
+    let ep = s.names.endpoint(1);
+    s.kpc
+        .send(&ep, APP_V1, "/config/json", Some(9), b"{}")
+        .await;
+    let answer = s.kpc.next().await;
+    assert_eq!(
+        (answer.message.status_code, answer.message.request_id),
+        (504, Some(9))
+    );
+    let no_responders = s.cmx.metric("cmx_no_responders_total");
+    assert!(no_responders >= 1.0, "{no_responders}");
+    assert_eq!(
+        s.cmx
+            .metric("cmx_malformed_messages_total{kind=\"cdtp_response\"}"),
+        0.0
+    );
+    s.cmx.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_client_data_gets_400_and_everyone_else_is_served() {
     let Some(mut s) = stack("cmx_nats::malformed_client_data", "").await else {

@@ -263,6 +263,14 @@ impl Drop for FakeProvider {
 }
 
 impl FakeProvider {
+    /// Stops and unsubscribes, and waits until the server knows: requests then find
+    /// no provider (NATS answers them "no responders").
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await; // the subscription is dropped with the task
+        barrier(self.bus.as_ref()).await;
+    }
+
     /// Subscribes to `kaa.v1.service.<provider>.cdtp.request`.
     pub async fn start(bus: Arc<dyn Bus>, names: &Names) -> Self {
         let subject = kaa_cdtp::subject::request_subject(&names.provider)
