@@ -150,16 +150,9 @@ impl Encode for ConfigResponse<'_> {
     }
 
     fn encode<B: BufMut + ?Sized>(&self, buf: &mut B) {
-        put_string(buf, &self.correlation_id);
-        put_long(buf, self.timestamp);
-        put_long(buf, self.timeout);
-        put_string(buf, &self.app_version_name);
-        put_string(buf, &self.endpoint_id);
-        put_opt_str(buf, self.config_id.as_deref());
-        put_string(buf, &self.content_type);
+        self.put_before_content(buf);
         put_optional(buf, self.content.as_deref(), NULL_FIRST, put_bytes);
-        put_int(buf, self.status_code);
-        put_opt_str(buf, self.reason_phrase.as_deref());
+        self.put_after_content(buf);
     }
 }
 
@@ -175,13 +168,7 @@ impl ConfigResponse<'_> {
         let content_len = self.content.as_deref().map_or(0, <[u8]>::len);
         let mut datum = SplicedDatum::with_capacity(self.encoded_len() - content_len);
         let buf = datum.frame_mut();
-        put_string(buf, &self.correlation_id);
-        put_long(buf, self.timestamp);
-        put_long(buf, self.timeout);
-        put_string(buf, &self.app_version_name);
-        put_string(buf, &self.endpoint_id);
-        put_opt_str(buf, self.config_id.as_deref());
-        put_string(buf, &self.content_type);
+        self.put_before_content(buf);
         match self.content.as_deref() {
             None => put_union_index(buf, 0),
             Some(content) => {
@@ -189,10 +176,26 @@ impl ConfigResponse<'_> {
                 datum.put_spliced_bytes(content);
             }
         }
-        let buf = datum.frame_mut();
+        self.put_after_content(datum.frame_mut());
+        datum
+    }
+
+    /// The fields before `content`, in schema order (shared by [`Encode::encode`]
+    /// and [`ConfigResponse::encode_spliced`]).
+    fn put_before_content<B: BufMut + ?Sized>(&self, buf: &mut B) {
+        put_string(buf, &self.correlation_id);
+        put_long(buf, self.timestamp);
+        put_long(buf, self.timeout);
+        put_string(buf, &self.app_version_name);
+        put_string(buf, &self.endpoint_id);
+        put_opt_str(buf, self.config_id.as_deref());
+        put_string(buf, &self.content_type);
+    }
+
+    /// The fields after `content`.
+    fn put_after_content<B: BufMut + ?Sized>(&self, buf: &mut B) {
         put_int(buf, self.status_code);
         put_opt_str(buf, self.reason_phrase.as_deref());
-        datum
     }
 }
 
