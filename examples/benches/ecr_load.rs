@@ -7,8 +7,18 @@
 //! # knobs: ECR_BENCH_REQUESTS (default 4000), ECR_BENCH_CONCURRENCY (default 32),
 //! #        ECR_BENCH_STORES (default "sqlite,postgres"), KAA_TEST_POSTGRES_URL,
 //! #        ECR_BENCH_CLIENT_THREAD (default 1; 0 runs the load generator's tasks on
-//! #        the server's runtime)
+//! #        the server's runtime), ECR_BENCH_SERVER_WORKERS (unset: the services'
+//! #        multi-threaded runtime, one worker per CPU; 0: a current-thread runtime;
+//! #        n: n workers), ECR_BENCH_ROUNDS (default 4)
 //! ```
+//!
+//! Besides rate and latency, each row shows the CPU time and the number of times a
+//! thread was put on a CPU, per request, summed over this process's threads
+//! (`/proc/self/task/*/schedstat`; "n/a" elsewhere; PostgreSQL's own processes are
+//! not counted). A third GET row, `GET /health` through the same client and server,
+//! measures the HTTP exchange without the store; from it and the raw select rate the
+//! bench prints the best rate a GET could reach if the two costs just added up
+//! (`1 / (1/raw + 1/health)`), and how much of that bound the GET over HTTP reached.
 //!
 //! Raw and HTTP phases alternate in rounds (raw PUT, HTTP PUT, raw GET, HTTP GET,
 //! repeated `ECR_BENCH_ROUNDS` times, default 4) so that load from other processes on
@@ -41,9 +51,61 @@ use kaa_ism::UnixMillis;
 struct Stats {
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// CPU time and times scheduled in, summed over this process's threads (Linux).
+    sched: Option<Sched>,
+}
+
+/// What the kernel's scheduler accounted to this process's threads: CPU time and the
+/// number of times a thread was put on a CPU (each one follows a wake-up or a
+/// preemption), from `/proc/self/task/*/schedstat`. `None` where that is unavailable.
+#[derive(Clone, Copy, Default)]
+struct Sched {
+    cpu: Duration,
+    runs: u64,
+}
+
+impl Sched {
+    fn now() -> Option<Self> {
+        let mut total = Sched::default();
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let path = task.ok()?.path().join("schedstat");
+            let Ok(text) = std::fs::read_to_string(path) else {
+                continue; // the thread exited meanwhile
+            };
+            let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+            let cpu = fields.next()??;
+            let _waiting = fields.next()??;
+            let runs = fields.next()??;
+            total.cpu += Duration::from_nanos(cpu);
+            total.runs += runs;
+        }
+        Some(total)
+    }
+
+    fn add_delta(acc: &mut Option<Sched>, before: Option<Sched>, after: Option<Sched>) {
+        if let (Some(b), Some(a)) = (before, after) {
+            let sum = acc.get_or_insert_with(Sched::default);
+            sum.cpu += a.cpu.saturating_sub(b.cpu);
+            sum.runs += a.runs.saturating_sub(b.runs);
+        }
+    }
 }
 
 impl Stats {
+    /// CPU microseconds and scheduler runs per request, or "n/a".
+    fn per_request(&self) -> (String, String) {
+        match self.sched {
+            Some(s) if !self.latencies.is_empty() => {
+                let n = self.latencies.len() as f64;
+                (
+                    format!("{:.1}", s.cpu.as_secs_f64() * 1e6 / n),
+                    format!("{:.1}", s.runs as f64 / n),
+                )
+            }
+            _ => ("n/a".into(), "n/a".into()),
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
@@ -74,6 +136,7 @@ where
     let op = Arc::new(op);
     let end = range.end;
     let next = Arc::new(AtomicUsize::new(range.start));
+    let sched_before = Sched::now();
     let started = Instant::now();
     let mut workers = Vec::new();
     for context in contexts {
@@ -100,6 +163,7 @@ where
         contexts.push(context);
     }
     stats.elapsed += started.elapsed();
+    Sched::add_delta(&mut stats.sched, sched_before, Sched::now());
     contexts
 }
 
@@ -176,6 +240,9 @@ fn put_request(i: usize) -> String {
     )
 }
 
+/// `GET /health`: served by the same server and client, without touching the store.
+const HEALTH_REQUEST: &[u8] = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n";
+
 fn get_request(i: usize) -> String {
     format!("GET /api/v1/endpoints/http-{i}/app-versions/benchV1 HTTP/1.1\r\nHost: bench\r\n\r\n")
 }
@@ -210,7 +277,7 @@ async fn bench_store(
     concurrency: usize,
     rounds: usize,
     client: &tokio::runtime::Handle,
-) -> Vec<(String, Stats)> {
+) -> Vec<Vec<(String, Stats)>> {
     let here = tokio::runtime::Handle::current();
     let store: Arc<dyn ConfigStore> = store::open(url).await.expect("open store");
     let yaml = format!(
@@ -262,7 +329,8 @@ async fn bench_store(
     )
     .await;
 
-    let (mut put_raw, mut put_http, mut get_raw, mut get_http) = (
+    let (mut put_raw, mut put_http, mut get_raw, mut get_http, mut health) = (
+        Stats::default(),
         Stats::default(),
         Stats::default(),
         Stats::default(),
@@ -295,10 +363,22 @@ async fn bench_store(
         connections = drive(
             client,
             &mut get_http,
-            range,
+            range.clone(),
             connections,
             |i, mut c: Connection| async move {
                 c.exchange(get_request(i).as_bytes()).await;
+                c
+            },
+        )
+        .await;
+        // The HTTP floor: the same client and server, a route that does no store work.
+        connections = drive(
+            client,
+            &mut health,
+            range,
+            connections,
+            |_, mut c: Connection| async move {
+                c.exchange(HEALTH_REQUEST).await;
                 c
             },
         )
@@ -308,10 +388,15 @@ async fn bench_store(
     let _ = stop_tx.send(());
     let _ = serving.await;
     vec![
-        (format!("{label} PUT raw upsert"), put_raw),
-        (format!("{label} PUT HTTP"), put_http),
-        (format!("{label} GET raw select"), get_raw),
-        (format!("{label} GET HTTP"), get_http),
+        vec![
+            (format!("{label} PUT raw upsert"), put_raw),
+            (format!("{label} PUT HTTP"), put_http),
+        ],
+        vec![
+            (format!("{label} GET raw select"), get_raw),
+            (format!("{label} GET HTTP"), get_http),
+            (format!("{label} GET /health HTTP (no store)"), health),
+        ],
     ]
 }
 
@@ -345,10 +430,25 @@ fn main() {
     let rounds = env("ECR_BENCH_ROUNDS", 4).max(1);
     let stores = std::env::var("ECR_BENCH_STORES").unwrap_or_else(|_| "sqlite,postgres".into());
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // The server's (and the raw phase's) runtime: ECR_BENCH_SERVER_WORKERS=0 is a
+    // current-thread runtime, n > 0 a multi-threaded one with n workers; default: the
+    // multi-threaded runtime the services run on (one worker per CPU).
+    let rt = match std::env::var("ECR_BENCH_SERVER_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(0) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("runtime");
     // The HTTP load generator's own runtime: one thread with its own event loop (as
     // wrk runs one per thread), unless ECR_BENCH_CLIENT_THREAD=0 puts its tasks on the
     // server's runtime, where every wake-up may hand work between the two workers.
@@ -387,19 +487,33 @@ fn main() {
             }
         }
         println!("\nECR load: {requests} requests per row in {rounds} interleaved rounds, {concurrency} concurrent clients, loopback HTTP/1.1\n");
-        println!("| store / operation | req/s | p50 | p99 | HTTP / raw |");
-        println!("|---|---:|---:|---:|---:|");
-        for pair in rows.chunks(2) {
-            let raw_rate = pair[0].1.rate();
-            for (name, s) in pair {
+        println!("| store / operation | req/s | p50 | p99 | HTTP / raw | CPU µs/req | runs/req |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for group in &rows {
+            let raw_rate = group[0].1.rate();
+            for (name, s) in group {
                 let ratio = if name.contains("HTTP") { format!("{:.0}%", 100.0 * s.rate() / raw_rate) } else { "—".into() };
+                let (cpu, runs) = s.per_request();
                 println!(
-                    "| {name} | {:.0} | {:.2} ms | {:.2} ms | {ratio} |",
+                    "| {name} | {:.0} | {:.2} ms | {:.2} ms | {ratio} | {cpu} | {runs} |",
                     s.rate(),
                     s.percentile(0.50).as_secs_f64() * 1e3,
                     s.percentile(0.99).as_secs_f64() * 1e3
                 );
             }
+        }
+        // A GET over HTTP does the store's work and the HTTP exchange's: with both
+        // measured alone, their costs add up to the best rate a GET can reach.
+        println!();
+        for group in rows.iter().filter(|g| g.len() == 3) {
+            let (raw, health) = (group[0].1.rate(), group[2].1.rate());
+            let bound = 1.0 / (1.0 / raw + 1.0 / health);
+            println!(
+                "{}: store alone {raw:.0}/s + HTTP alone {health:.0}/s -> at best {bound:.0} GETs/s = {:.0}% of raw; measured {:.0}% of that bound",
+                group[0].0.trim_end_matches(" GET raw select"),
+                100.0 * bound / raw,
+                100.0 * group[1].1.rate() / bound,
+            );
         }
     });
 }
