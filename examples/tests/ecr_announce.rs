@@ -1,8 +1,13 @@
-//! A committed write is announced even when the store reads that announcing it takes
-//! fail for a while (e.g. PostgreSQL restarting between the commit and them): ECR
-//! retries them (`Ecr::retry_announce`), for a single PUT and for a batch PUT alike.
-//! `fault_stack` shows the same against a real PostgreSQL restart; this is the
-//! deterministic version, with a store that fails the default reads on demand.
+//! Announcing committed writes, with a store that scripts its default reads:
+//!
+//! - a committed write is announced even when the store reads that announcing it
+//!   takes fail for a while (e.g. PostgreSQL restarting between the commit and them):
+//!   ECR retries them (`Ecr::retry_announce`), for a single PUT and for a batch PUT
+//!   alike. `fault_stack` shows the same against a real PostgreSQL restart; this is
+//!   the deterministic version;
+//! - a default read that predates a concurrent default change never suppresses an
+//!   endpoint's event (the interleaving `Ecr::put` guards against by reading the
+//!   default again after its commit).
 
 mod ecr_common;
 
@@ -24,11 +29,13 @@ use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A store whose next `failing` reads of a default configuration fail with a backend
-/// error; everything else goes to the wrapped store.
+/// error, and whose next default read answers `stale` instead when one is set;
+/// everything else goes to the wrapped store.
 struct FlakyDefaultReads {
     inner: Arc<dyn ConfigStore>,
     failing: AtomicUsize,
     failed: AtomicUsize,
+    stale: std::sync::Mutex<Option<Option<StoredConfig>>>,
 }
 
 impl FlakyDefaultReads {
@@ -65,6 +72,11 @@ impl ConfigStore for FlakyDefaultReads {
         {
             self.failed.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Backend("injected: connection reset".into()));
+        }
+        if matches!(scope, Scope::Default { .. })
+            && let Some(stale) = self.stale.lock().unwrap().take()
+        {
+            return Ok(stale);
         }
         self.inner.get(scope, name).await
     }
@@ -160,6 +172,7 @@ async fn harness() -> Harness {
         inner: store::open(&db.url).await.unwrap(),
         failing: AtomicUsize::new(0),
         failed: AtomicUsize::new(0),
+        stale: std::sync::Mutex::new(None),
     });
     let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let mut apps = AppVersions::open();
@@ -273,4 +286,75 @@ async fn a_put_whose_default_reads_keep_failing_is_reported_and_stays_committed(
         .unwrap()
         .expect("the write stayed committed");
     assert_eq!(stored.content, r#"{"sampling":9}"#);
+}
+
+/// The interleaving: endpoint `kettle-1` follows the default X; the default changes to
+/// Y and the fan-out sends Y to the endpoint; then the endpoint is given X as its own
+/// configuration, with the default read beside that write answering X (it ran before
+/// the default change committed). Judged by that read the endpoint's effective
+/// configuration did not change (X before, X after), but its device holds Y: ECR must
+/// read the default again after its commit and announce X.
+#[tokio::test]
+async fn a_default_read_that_predates_a_default_change_does_not_suppress_the_event() {
+    let mut h = harness().await;
+    let name = ConfigName::default_name();
+    let app_version = AppVersionName::new("kettleV1").unwrap();
+    let default_scope = Scope::Default {
+        app_version: app_version.clone(),
+    };
+    let endpoint = EndpointId::new("kettle-1").unwrap();
+    h.store
+        .remember_endpoint(&endpoint, &app_version)
+        .await
+        .unwrap();
+    let x = json!({"sampling": 1});
+    h.ecr
+        .put(&default_scope, &name, &x, &Precondition::None, now())
+        .await
+        .unwrap();
+    let default_x = h.store.get(&default_scope, &name).await.unwrap();
+    h.ecr
+        .put(
+            &default_scope,
+            &name,
+            &json!({"sampling": 2}),
+            &Precondition::None,
+            now(),
+        )
+        .await
+        .unwrap();
+    let fanned_out: Vec<_> = std::iter::from_fn(|| h.changes.try_recv().ok()).collect();
+    let last = fanned_out
+        .last()
+        .expect("the default changes were fanned out");
+    assert_eq!(last.endpoint_id, endpoint);
+    assert_eq!(
+        last.config.as_ref().map(|c| c.content.as_str()),
+        Some(r#"{"sampling":2}"#)
+    );
+
+    *h.store.stale.lock().unwrap() = Some(default_x);
+    h.ecr
+        .put(
+            &endpoint_scope("kettle-1"),
+            &name,
+            &x,
+            &Precondition::None,
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        h.store.stale.lock().unwrap().is_none(),
+        "the stale read was used"
+    );
+    let change = h
+        .changes
+        .try_recv()
+        .expect("the endpoint's change is announced");
+    assert_eq!(change.endpoint_id, endpoint);
+    assert_eq!(
+        change.config.as_ref().map(|c| c.content.as_str()),
+        Some(r#"{"sampling":1}"#)
+    );
 }
