@@ -13,6 +13,7 @@
 
 mod cmx_common;
 mod kpc_common;
+mod mqtt_device;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +28,11 @@ use kaa_examples::kpc::KpcServer;
 use kaa_examples::kpc::config::KpcConfig;
 use kaa_examples::service::{DEFAULT_MAX_CONFIG_SIZE, parse_yaml};
 use kaa_examples::stack::{CMX_INSTANCE, Stack, StackOptions};
+use mqtt_device::MqttConnection;
+use rumqttc::MqttOptions;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
-use rumqttc::{AsyncClient, Event, MqttOptions};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -46,62 +47,23 @@ fn config_of_size(size: usize) -> String {
 
 /// A real MQTT device (rumqttc) that takes packets up to 2 MiB: the limit under
 /// test is the stack's, not the client library's (10 KiB by default).
-struct BigDevice {
-    client: AsyncClient,
-    incoming: mpsc::UnboundedReceiver<rumqttc::Publish>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for BigDevice {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+struct BigDevice(MqttConnection<rumqttc::Publish>);
 
 impl BigDevice {
     async fn connect(mqtt: std::net::SocketAddr, client_id: &str) -> Self {
         let mut o = MqttOptions::new(client_id, mqtt.ip().to_string(), mqtt.port());
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(2 << 20, 2 << 20);
-        let (client, mut eventloop) = AsyncClient::new(o, 16);
-        let (tx, incoming) = mpsc::unbounded_channel();
-        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut ack_tx = Some(ack_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Some(a) = ack_tx.take() {
-                            let _ = a.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if tx.send(p).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => panic!("device connection failed: {e}"),
-                }
-            }
-        });
-        timeout(WAIT, ack_rx)
-            .await
-            .expect("CONNACK")
-            .expect("accepted");
-        BigDevice {
-            client,
-            incoming,
-            task,
-        }
+        BigDevice(MqttConnection::open(o, 16, WAIT, |p| p).await)
     }
 
     async fn request(&mut self, topic: &str) -> rumqttc::Publish {
-        self.client
+        self.0
+            .client
             .publish(topic, QoS::AtMostOnce, false, b"{}".to_vec())
             .await
             .unwrap();
-        timeout(WAIT, self.incoming.recv())
+        timeout(WAIT, self.0.incoming.recv())
             .await
             .expect("an answer in time")
             .expect("device running")

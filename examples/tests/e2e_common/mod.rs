@@ -13,11 +13,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+#[path = "../mqtt_device/mod.rs"]
+mod mqtt_device;
+use mqtt_device::MqttConnection;
+
+use rumqttc::MqttOptions;
 use rumqttc::mqttbytes::QoS;
-use rumqttc::mqttbytes::v4::Packet;
-use rumqttc::{AsyncClient, Event, MqttOptions};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 /// How long a test waits for something that should happen.
@@ -60,9 +62,7 @@ pub struct Msg {
 /// A real MQTT device: a rumqttc client that never subscribes (KPC delivers to the
 /// session that owns the token without a SUBSCRIBE) unless asked to.
 pub struct Device {
-    client: AsyncClient,
-    incoming: mpsc::UnboundedReceiver<Msg>,
-    task: tokio::task::JoinHandle<()>,
+    connection: MqttConnection<Msg>,
     /// The app version this device uses in its topics.
     pub app: String,
     /// The endpoint token (= endpoint ID).
@@ -72,12 +72,6 @@ pub struct Device {
     next_request: u32,
 }
 
-impl Drop for Device {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl Device {
     /// Connects (clean session) and waits for CONNACK.
     pub async fn connect(sys: System, app: &str, token: &str) -> Device {
@@ -85,43 +79,13 @@ impl Device {
         let mut o = MqttOptions::new(client_id, sys.mqtt.ip().to_string(), sys.mqtt.port());
         o.set_keep_alive(Duration::from_secs(30));
         o.set_clean_session(true);
-        let (client, mut eventloop) = AsyncClient::new(o, 256);
-        let (tx, incoming) = mpsc::unbounded_channel();
-        let (ack_tx, ack_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut ack_tx = Some(ack_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if let Some(a) = ack_tx.take() {
-                            let _ = a.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let json = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                        if tx
-                            .send(Msg {
-                                topic: p.topic,
-                                json,
-                            })
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        timeout(WAIT, ack_rx)
-            .await
-            .expect("CONNACK in time")
-            .expect("connection accepted");
+        let connection = MqttConnection::open(o, 256, WAIT, |p| Msg {
+            json: serde_json::from_slice(&p.payload).unwrap_or(Value::Null),
+            topic: p.topic,
+        })
+        .await;
         Device {
-            client,
-            incoming,
-            task,
+            connection,
             app: app.to_owned(),
             token: token.to_owned(),
             cmx: sys.cmx,
@@ -136,7 +100,8 @@ impl Device {
 
     /// Publishes `payload` at QoS 1 on `topic`.
     pub async fn publish_raw(&self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client
+        self.connection
+            .client
             .publish(topic, QoS::AtLeastOnce, false, payload.into())
             .await
             .expect("publish queued");
@@ -190,7 +155,7 @@ impl Device {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, self.incoming.recv()).await {
+            match timeout(left, self.connection.incoming.recv()).await {
                 Ok(Some(m)) if m.topic == topic => return m,
                 Ok(Some(_)) => continue,
                 Ok(None) => panic!("connection closed while waiting on {topic}"),
@@ -203,7 +168,9 @@ impl Device {
     pub async fn drain(&mut self, window: Duration) -> Vec<Msg> {
         let deadline = Instant::now() + window;
         let mut out = Vec::new();
-        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+        while let Ok(Some(m)) =
+            tokio::time::timeout_at(deadline, self.connection.incoming.recv()).await
+        {
             out.push(m);
         }
         out
@@ -211,10 +178,10 @@ impl Device {
 
     /// Disconnects cleanly.
     pub async fn disconnect(self) {
-        let _ = self.client.disconnect().await;
+        let _ = self.connection.client.disconnect().await;
         // Let the DISCONNECT leave before the event loop is aborted.
         let _ = timeout(Duration::from_secs(2), async {
-            while !self.task.is_finished() {
+            while !self.connection.is_finished() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
