@@ -9,7 +9,10 @@
 //! #        ECR_BENCH_CLIENT_THREAD (default 1; 0 runs the load generator's tasks on
 //! #        the server's runtime), ECR_BENCH_SERVER_WORKERS (unset: the services'
 //! #        multi-threaded runtime, one worker per CPU; 0: a current-thread runtime;
-//! #        n: n workers), ECR_BENCH_ROUNDS (default 4)
+//! #        n: n workers), ECR_BENCH_ROUNDS (default 4),
+//! #        ECR_BENCH_PROFILE=get-raw|get-http|health|none (profiling: repeats that
+//! #        GET phase 30 more times per round, outside the figures; `none` repeats
+//! #        nothing, the base to subtract)
 //! ```
 //!
 //! Besides rate and latency, each row shows the CPU time and the number of times a
@@ -337,6 +340,7 @@ async fn bench_store(
         Stats::default(),
     );
     let per_round = requests.div_ceil(rounds);
+    let profile = std::env::var("ECR_BENCH_PROFILE").unwrap_or_default();
     for round in 0..rounds {
         let range = round * per_round..((round + 1) * per_round).min(requests);
         let s = Arc::clone(&store);
@@ -371,6 +375,52 @@ async fn bench_store(
             },
         )
         .await;
+        // Profiling aid: ECR_BENCH_PROFILE=<phase> repeats one GET phase 30 more times
+        // per round (figures not kept), so that `perf record` of the run, against one
+        // with `none`, shows that phase's cost per symbol.
+        let mut discarded = Stats::default();
+        for _ in 0..if profile.is_empty() { 0 } else { 30 } {
+            match profile.as_str() {
+                "get-raw" => {
+                    let s = Arc::clone(&store);
+                    drive(
+                        &here,
+                        &mut discarded,
+                        range.clone(),
+                        units(),
+                        move |i, ()| raw_get(Arc::clone(&s), "raw", i),
+                    )
+                    .await;
+                }
+                "get-http" => {
+                    connections = drive(
+                        client,
+                        &mut discarded,
+                        range.clone(),
+                        connections,
+                        |i, mut c: Connection| async move {
+                            c.exchange(get_request(i).as_bytes()).await;
+                            c
+                        },
+                    )
+                    .await;
+                }
+                "health" => {
+                    connections = drive(
+                        client,
+                        &mut discarded,
+                        range.clone(),
+                        connections,
+                        |_, mut c: Connection| async move {
+                            c.exchange(HEALTH_REQUEST).await;
+                            c
+                        },
+                    )
+                    .await;
+                }
+                _ => break,
+            }
+        }
         // The HTTP floor: the same client and server, a route that does no store work.
         connections = drive(
             client,
