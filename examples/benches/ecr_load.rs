@@ -273,6 +273,90 @@ async fn raw_get(store: Arc<dyn ConfigStore>, prefix: &'static str, i: usize) {
         .expect("present");
 }
 
+/// One timed phase of a round.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Store upserts through the `ConfigStore` trait, no HTTP.
+    PutRaw,
+    /// `PUT /api/v1/endpoints/{id}/app-versions/benchV1`.
+    PutHttp,
+    /// Store selects through the `ConfigStore` trait, no HTTP.
+    GetRaw,
+    /// `GET /api/v1/endpoints/{id}/app-versions/benchV1`.
+    GetHttp,
+    /// `GET /health`: the HTTP exchange without the store.
+    Health,
+}
+
+impl Phase {
+    /// The phase `ECR_BENCH_PROFILE` names (`none` or anything else: no phase).
+    fn profiled(name: &str) -> Option<Self> {
+        match name {
+            "get-raw" => Some(Phase::GetRaw),
+            "get-http" => Some(Phase::GetHttp),
+            "health" => Some(Phase::Health),
+            _ => None,
+        }
+    }
+}
+
+/// What the phases run on: the server's runtime and the store (raw phases), the
+/// load generator's runtime (HTTP phases, over the connections passed in).
+struct Phases {
+    here: tokio::runtime::Handle,
+    client: tokio::runtime::Handle,
+    store: Arc<dyn ConfigStore>,
+    concurrency: usize,
+}
+
+impl Phases {
+    /// Runs `phase` for the requests in `range`; adds to `stats`; hands the
+    /// connections back.
+    async fn run(
+        &self,
+        phase: Phase,
+        stats: &mut Stats,
+        range: std::ops::Range<usize>,
+        connections: Vec<Connection>,
+    ) -> Vec<Connection> {
+        match phase {
+            Phase::PutRaw | Phase::GetRaw => {
+                let store = Arc::clone(&self.store);
+                let units = vec![(); self.concurrency];
+                drive(&self.here, stats, range, units, move |i, ()| {
+                    let store = Arc::clone(&store);
+                    async move {
+                        if phase == Phase::PutRaw {
+                            raw_put(store, "raw", i).await
+                        } else {
+                            raw_get(store, "raw", i).await
+                        }
+                    }
+                })
+                .await;
+                connections
+            }
+            Phase::PutHttp | Phase::GetHttp | Phase::Health => {
+                drive(
+                    &self.client,
+                    stats,
+                    range,
+                    connections,
+                    move |i, mut c: Connection| async move {
+                        match phase {
+                            Phase::PutHttp => c.exchange(put_request(i).as_bytes()).await,
+                            Phase::GetHttp => c.exchange(get_request(i).as_bytes()).await,
+                            _ => c.exchange(HEALTH_REQUEST).await,
+                        }
+                        c
+                    },
+                )
+                .await
+            }
+        }
+    }
+}
+
 async fn bench_store(
     label: &str,
     url: &str,
@@ -332,6 +416,12 @@ async fn bench_store(
     )
     .await;
 
+    let phases = Phases {
+        here: here.clone(),
+        client: client.clone(),
+        store: Arc::clone(&store),
+        concurrency,
+    };
     let (mut put_raw, mut put_http, mut get_raw, mut get_http, mut health) = (
         Stats::default(),
         Stats::default(),
@@ -340,99 +430,38 @@ async fn bench_store(
         Stats::default(),
     );
     let per_round = requests.div_ceil(rounds);
-    let profile = std::env::var("ECR_BENCH_PROFILE").unwrap_or_default();
+    // Profiling aid: ECR_BENCH_PROFILE=<phase> repeats one GET phase 30 more times per
+    // round (figures not kept), so that `perf record` of the run, against one with
+    // `none`, shows that phase's cost per symbol (scripts/ecr-get-profile.sh).
+    let profile = std::env::var("ECR_BENCH_PROFILE")
+        .ok()
+        .and_then(|name| Phase::profiled(&name));
     for round in 0..rounds {
         let range = round * per_round..((round + 1) * per_round).min(requests);
-        let s = Arc::clone(&store);
-        drive(&here, &mut put_raw, range.clone(), units(), move |i, ()| {
-            raw_put(Arc::clone(&s), "raw", i)
-        })
-        .await;
-        connections = drive(
-            client,
-            &mut put_http,
-            range.clone(),
-            connections,
-            |i, mut c: Connection| async move {
-                c.exchange(put_request(i).as_bytes()).await;
-                c
-            },
-        )
-        .await;
-        let s = Arc::clone(&store);
-        drive(&here, &mut get_raw, range.clone(), units(), move |i, ()| {
-            raw_get(Arc::clone(&s), "raw", i)
-        })
-        .await;
-        connections = drive(
-            client,
-            &mut get_http,
-            range.clone(),
-            connections,
-            |i, mut c: Connection| async move {
-                c.exchange(get_request(i).as_bytes()).await;
-                c
-            },
-        )
-        .await;
-        // Profiling aid: ECR_BENCH_PROFILE=<phase> repeats one GET phase 30 more times
-        // per round (figures not kept), so that `perf record` of the run, against one
-        // with `none`, shows that phase's cost per symbol.
-        let mut discarded = Stats::default();
-        for _ in 0..if profile.is_empty() { 0 } else { 30 } {
-            match profile.as_str() {
-                "get-raw" => {
-                    let s = Arc::clone(&store);
-                    drive(
-                        &here,
-                        &mut discarded,
-                        range.clone(),
-                        units(),
-                        move |i, ()| raw_get(Arc::clone(&s), "raw", i),
-                    )
+        connections = phases
+            .run(Phase::PutRaw, &mut put_raw, range.clone(), connections)
+            .await;
+        connections = phases
+            .run(Phase::PutHttp, &mut put_http, range.clone(), connections)
+            .await;
+        connections = phases
+            .run(Phase::GetRaw, &mut get_raw, range.clone(), connections)
+            .await;
+        connections = phases
+            .run(Phase::GetHttp, &mut get_http, range.clone(), connections)
+            .await;
+        if let Some(phase) = profile {
+            let mut discarded = Stats::default();
+            for _ in 0..30 {
+                connections = phases
+                    .run(phase, &mut discarded, range.clone(), connections)
                     .await;
-                }
-                "get-http" => {
-                    connections = drive(
-                        client,
-                        &mut discarded,
-                        range.clone(),
-                        connections,
-                        |i, mut c: Connection| async move {
-                            c.exchange(get_request(i).as_bytes()).await;
-                            c
-                        },
-                    )
-                    .await;
-                }
-                "health" => {
-                    connections = drive(
-                        client,
-                        &mut discarded,
-                        range.clone(),
-                        connections,
-                        |_, mut c: Connection| async move {
-                            c.exchange(HEALTH_REQUEST).await;
-                            c
-                        },
-                    )
-                    .await;
-                }
-                _ => break,
             }
         }
         // The HTTP floor: the same client and server, a route that does no store work.
-        connections = drive(
-            client,
-            &mut health,
-            range,
-            connections,
-            |_, mut c: Connection| async move {
-                c.exchange(HEALTH_REQUEST).await;
-                c
-            },
-        )
-        .await;
+        connections = phases
+            .run(Phase::Health, &mut health, range, connections)
+            .await;
     }
     drop(connections);
     let _ = stop_tx.send(());
