@@ -13,37 +13,54 @@ use kaa_elce::{
 use kaa_ism::avro::{Decode, DecodeError, DecodeErrorKind, Encode, put_long, put_string};
 use serde_json::Value;
 
-struct Vector {
-    kind: EventKind,
+/// One golden vector: the message it is an instance of (`kind`), its name, the value
+/// and the bytes Apache Avro wrote for it.
+struct Vector<K, T> {
+    kind: K,
     name: String,
-    event: ElceEvent<'static>,
+    value: T,
     datum: Vec<u8>,
     decode_only: bool,
 }
 
-impl Vector {
+impl<K: RecordName, T> Vector<K, T> {
     fn label(&self) -> String {
         format!("{}/{}", self.kind.record_name(), self.name)
     }
 }
 
-fn vectors() -> Vec<Vector> {
+/// The Avro record name a vector's `kind` stands for.
+trait RecordName {
+    fn record_name(&self) -> &str;
+}
+
+impl RecordName for EventKind {
+    fn record_name(&self) -> &str {
+        EventKind::record_name(*self)
+    }
+}
+
+impl RecordName for String {
+    fn record_name(&self) -> &str {
+        self
+    }
+}
+
+/// The vectors of `vectors.json` whose message `kind_of` accepts, with `value_of`
+/// building each value from its JSON.
+fn load_vectors<K, T>(
+    kind_of: impl Fn(&str) -> Option<K>,
+    value_of: impl Fn(&K, &Value) -> T,
+) -> Vec<Vector<K, T>> {
     let text = include_str!("golden/vectors.json");
     let list: Vec<Value> = serde_json::from_str(text).expect("vectors.json is JSON");
     list.iter()
         .filter_map(|v| {
-            let message = v["message"].as_str().expect("message");
-            if SESSIONS_MESSAGES.contains(&message) {
-                return None; // kaa-rs extensions: see `session_vectors`.
-            }
-            let kind = EventKind::ALL
-                .into_iter()
-                .find(|k| k.record_name() == message)
-                .unwrap_or_else(|| panic!("unknown message {message}"));
+            let kind = kind_of(v["message"].as_str().expect("message"))?;
             Some(Vector {
+                value: value_of(&kind, &v["value"]),
                 kind,
                 name: v["name"].as_str().expect("name").to_owned(),
-                event: event_from_json(kind, &v["value"]),
                 datum: hex::decode(v["hex"].as_str().expect("hex")).expect("hex digits"),
                 decode_only: v
                     .get("decode_only")
@@ -52,6 +69,23 @@ fn vectors() -> Vec<Vector> {
             })
         })
         .collect()
+}
+
+fn vectors() -> Vec<Vector<EventKind, ElceEvent<'static>>> {
+    load_vectors(
+        |message| {
+            if SESSIONS_MESSAGES.contains(&message) {
+                return None; // kaa-rs extensions: see `session_vectors`.
+            }
+            Some(
+                EventKind::ALL
+                    .into_iter()
+                    .find(|k| k.record_name() == message)
+                    .unwrap_or_else(|| panic!("unknown message {message}")),
+            )
+        },
+        |kind, value| event_from_json(*kind, value),
+    )
 }
 
 fn string(v: &Value, field: &str) -> Cow<'static, str> {
@@ -189,12 +223,12 @@ fn every_message_has_vectors() {
 #[test]
 fn our_encoding_is_the_golden_bytes() {
     for v in vectors().iter().filter(|v| !v.decode_only) {
-        assert_eq!(v.event.encoded_len(), v.datum.len(), "{}", v.label());
-        assert_eq!(v.event.to_vec(), v.datum, "{}", v.label());
+        assert_eq!(v.value.encoded_len(), v.datum.len(), "{}", v.label());
+        assert_eq!(v.value.to_vec(), v.datum, "{}", v.label());
         // `encoded_len` is exact: a buffer of that size is filled completely.
         let mut fixed = vec![0xa5u8; v.datum.len()];
         let mut window: &mut [u8] = &mut fixed;
-        v.event.encode(&mut window);
+        v.value.encode(&mut window);
         assert!(window.is_empty(), "{}", v.label());
         assert_eq!(fixed, v.datum, "{}", v.label());
     }
@@ -204,17 +238,17 @@ fn our_encoding_is_the_golden_bytes() {
 fn decoding_the_golden_bytes_gives_the_value() {
     for v in vectors() {
         let decoded = decode(v.kind, &v.datum).unwrap_or_else(|e| panic!("{}: {e}", v.label()));
-        assert_eq!(decoded, v.event, "{}", v.label());
+        assert_eq!(decoded, v.value, "{}", v.label());
         assert_eq!(decoded.kind(), v.kind);
         // Through the subject, as a wildcard listener decodes.
         let subject = v.kind.subject("golden").unwrap().to_string();
-        assert_eq!(ElceEvent::decode(&subject, &v.datum).unwrap(), v.event);
+        assert_eq!(ElceEvent::decode(&subject, &v.datum).unwrap(), v.value);
         // Owned copies are equal and outlive the input.
         let owned = {
             let datum = v.datum.clone();
             decode(v.kind, &datum).unwrap().into_owned()
         };
-        assert_eq!(owned, v.event, "{}", v.label());
+        assert_eq!(owned, v.value, "{}", v.label());
     }
 }
 
@@ -237,7 +271,7 @@ fn with_defaults(event: &ElceEvent<'static>) -> Option<(ElceEvent<'static>, usiz
 fn every_prefix_is_an_error_or_the_defaulted_value() {
     let mut defaulted_prefixes = 0;
     for v in vectors() {
-        let canonical = v.event.to_vec();
+        let canonical = v.value.to_vec();
         // Where the known fields end (a newer writer's datum goes on after that).
         let known_len = canonical.len();
         assert!(
@@ -245,7 +279,7 @@ fn every_prefix_is_an_error_or_the_defaulted_value() {
             "{}",
             v.label()
         );
-        let defaults = with_defaults(&v.event);
+        let defaults = with_defaults(&v.value);
         for cut in 0..v.datum.len() {
             let prefix = &v.datum[..cut];
             let result = decode(v.kind, prefix);
@@ -256,7 +290,7 @@ fn every_prefix_is_an_error_or_the_defaulted_value() {
                 {
                     Some(defaulted.clone())
                 }
-                _ if v.datum.starts_with(&canonical) && cut >= known_len => Some(v.event.clone()),
+                _ if v.datum.starts_with(&canonical) && cut >= known_len => Some(v.value.clone()),
                 _ => None,
             };
             match (result, expected) {
@@ -306,14 +340,14 @@ fn newer_writer_fields_are_ignored() {
         .iter()
         .filter(|v| v.name.starts_with("newer writer"))
     {
-        let canonical = v.event.to_vec();
+        let canonical = v.value.to_vec();
         assert!(v.datum.len() > canonical.len(), "{}", v.label());
         assert!(v.datum.starts_with(&canonical), "{}", v.label());
-        assert_eq!(decode(v.kind, &v.datum).unwrap(), v.event, "{}", v.label());
+        assert_eq!(decode(v.kind, &v.datum).unwrap(), v.value, "{}", v.label());
         // Whatever the trailing bytes are, even garbage, they are not read.
         let mut garbage = canonical.clone();
         garbage.extend_from_slice(&[0xff, 0xff, 0x80]);
-        assert_eq!(decode(v.kind, &garbage).unwrap(), v.event, "{}", v.label());
+        assert_eq!(decode(v.kind, &garbage).unwrap(), v.value, "{}", v.label());
     }
 }
 
@@ -554,21 +588,11 @@ impl Sessions<'_> {
     }
 }
 
-struct SessionsVector {
-    message: String,
-    name: String,
-    value: Sessions<'static>,
-    datum: Vec<u8>,
-    decode_only: bool,
-}
+type SessionsVector = Vector<String, Sessions<'static>>;
 
 impl SessionsVector {
-    fn label(&self) -> String {
-        format!("{}/{}", self.message, self.name)
-    }
-
     fn decode<'a>(&self, datum: &'a [u8]) -> Result<Sessions<'a>, DecodeError> {
-        decode_sessions(&self.message, datum)
+        decode_sessions(&self.kind, datum)
     }
 }
 
@@ -581,14 +605,14 @@ fn decode_sessions<'a>(message: &str, datum: &'a [u8]) -> Result<Sessions<'a>, D
 }
 
 fn session_vectors() -> Vec<SessionsVector> {
-    let text = include_str!("golden/vectors.json");
-    let list: Vec<Value> = serde_json::from_str(text).expect("vectors.json is JSON");
-    list.iter()
-        .filter(|v| SESSIONS_MESSAGES.contains(&v["message"].as_str().expect("message")))
-        .map(|v| {
-            let message = v["message"].as_str().expect("message").to_owned();
-            let value = &v["value"];
-            let value = if message == "SessionsRequest" {
+    load_vectors(
+        |message| {
+            SESSIONS_MESSAGES
+                .contains(&message)
+                .then(|| message.to_owned())
+        },
+        |message, value| {
+            if message == "SessionsRequest" {
                 Sessions::Request(SessionsRequest {
                     correlation_id: string(value, "correlationId"),
                     timestamp: long(value, "timestamp"),
@@ -617,19 +641,9 @@ fn session_vectors() -> Vec<SessionsVector> {
                         .collect(),
                     originator_replica_id: string(value, "originatorReplicaId"),
                 })
-            };
-            SessionsVector {
-                message,
-                name: v["name"].as_str().expect("name").to_owned(),
-                value,
-                datum: hex::decode(v["hex"].as_str().expect("hex")).expect("hex digits"),
-                decode_only: v
-                    .get("decode_only")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
             }
-        })
-        .collect()
+        },
+    )
 }
 
 #[test]
@@ -637,10 +651,7 @@ fn sessions_messages_have_vectors() {
     let vectors = session_vectors();
     for message in SESSIONS_MESSAGES {
         let of = |f: &dyn Fn(&SessionsVector) -> bool| {
-            vectors
-                .iter()
-                .filter(|v| v.message == message && f(v))
-                .count()
+            vectors.iter().filter(|v| v.kind == message && f(v)).count()
         };
         assert!(of(&|v| !v.decode_only) >= 7, "{message}");
         assert_eq!(of(&|v| v.name.starts_with("newer writer")), 1, "{message}");
