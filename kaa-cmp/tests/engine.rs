@@ -605,14 +605,19 @@ fn default_is_the_same_configuration_under_both_spellings() {
 #[test]
 fn esp_config_name_and_path_name() {
     let mut w = World::new();
+    w.provider.set(EP, AV, None, "0");
     w.provider.set(EP, AV, Some("network"), "1");
-    // configName alone names the configuration.
-    let mut cd = w.client_data(EP, "/config/json", Some(1), "{}");
+    // The same name in both: served.
+    let mut cd = w.client_data(EP, "/config/json/network", Some(1), "{}");
     cd.config_name = Some("network".into());
     w.send_msg(&cd, None);
     assert_eq!(json(&w.take_one(EP))["config"], json!(1));
-    // Both, disagreeing: 400.
-    let mut cd = w.client_data(EP, "/config/json/display", Some(2), "{}");
+    // The name in the path alone (a KPC that leaves `configName` out): served.
+    w.send(EP, "/config/json/network", Some(2), "{}");
+    assert_eq!(json(&w.take_one(EP))["config"], json!(1));
+    // Both, disagreeing: 400, and nothing is fetched.
+    let fetched = w.requests.len();
+    let mut cd = w.client_data(EP, "/config/json/display", Some(3), "{}");
     cd.config_name = Some("network".into());
     w.send_msg(&cd, None);
     let m = w.take_one(EP);
@@ -623,6 +628,62 @@ fn esp_config_name_and_path_name() {
             .unwrap()
             .contains("does not match")
     );
+    assert_eq!(w.requests.len(), fetched);
+}
+
+/// The resource path decides which configuration a request addresses: the
+/// answer goes back on that path and the device applies it as that
+/// configuration. A path without a name is the default configuration, so a
+/// `configName` naming another one disagrees with it (issue 21).
+#[test]
+fn a_named_config_name_on_the_default_path_is_refused() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.provider.set(EP, AV, Some("network"), "2");
+    for path in ["/config/json", "/applied/json"] {
+        let mut cd = w.client_data(EP, path, Some(7), r#"{"configId":"cfg-1"}"#);
+        cd.config_name = Some("network".into());
+        w.send_msg(&cd, Some(KPC_REPLICA));
+        let m = w.take_one(EP);
+        assert_eq!(m.status_code, 400, "{path}");
+        assert_eq!(&*m.resource_path, path);
+        let reason = m.reason_phrase.as_deref().unwrap();
+        assert!(
+            reason.contains(r#"`configName` "network" does not match the configuration name "default""#),
+            "{reason}"
+        );
+    }
+    assert!(w.requests.is_empty(), "nothing fetched for a refused request");
+    assert!(w.applied.is_empty(), "nothing recorded for a refused report");
+}
+
+/// The `cmx_sequence` fuzz finding of issue 21, step by step: a device pushed
+/// `cfg-1` for its default configuration asks on `/config/json` with a
+/// `configName` naming a configuration the provider does not have. Before the
+/// fix the engine fetched that other configuration and answered on the
+/// default's path with an empty config ID: "no configuration" after it had one.
+#[test]
+fn a_default_path_request_never_answers_with_another_configurations_absence() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.connect(&[EP]);
+    let pushed = w.take_one(EP);
+    assert!(pushed.is_push());
+    assert_eq!(&*pushed.resource_path, "/config/json");
+    assert_eq!(config_id(&pushed).as_deref(), Some("cfg-1"));
+
+    let mut cd = w.client_data(EP, "/config/json", Some(22359), "{}");
+    cd.config_name = Some("other".into());
+    w.send_msg(&cd, Some(KPC_REPLICA));
+    let m = w.take_one(EP);
+    assert_eq!(
+        (m.status_code, m.payload.is_none()),
+        (400, true),
+        "the default path was answered with another configuration: {m:#?}"
+    );
+    // The default configuration is still served on its path.
+    w.send(EP, "/config/json", Some(1), "{}");
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-1"));
 }
 
 // ---------------------------------------------------------------------------

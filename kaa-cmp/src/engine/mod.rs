@@ -97,6 +97,14 @@
 //! engine's bookkeeping (implicit application); broadcasting it is optional
 //! ([`CmxConfig::broadcast_implicit_applied`]).
 //!
+//! **Which configuration.** The resource path names it: the 1/KP topic after
+//! the token, so it is what the device addressed, and the answer goes back on
+//! it. No name in the path is the default configuration. The 4/ESP
+//! `configName`, when present, must name the same configuration (`default` and
+//! no name are one); any other name is a 400 with a reason, never a winner: a
+//! request on `/config/json` served from another configuration would be applied
+//! by the device as its default.
+//!
 //! **Errors** go back as `ExtensionData` with a status and a reason phrase: 400
 //! for a malformed payload (the reason names the problem), 404 for an unknown
 //! resource or app version, 503 when a limit is reached, 504 when the provider
@@ -1799,27 +1807,27 @@ impl Cmx {
     }
 }
 
-/// The configuration name a request is for, as written: the resource path's,
-/// or 4/ESP `configName`'s; both present must agree.
+/// The configuration a `ClientData` addresses. The resource path is what the
+/// device addressed (the 1/KP topic after the token), and the answer goes back
+/// on that path, so it decides: no name in the path is the default
+/// configuration. The 4/ESP `configName`, when present, must name the same
+/// configuration (`default` and an absent name are the same one); any other
+/// name is a 400, because serving it would put another configuration on the
+/// path the device applies as this one.
 fn resolve_name<'a>(
     path: Option<&'a str>,
     esp: Option<&'a str>,
 ) -> Result<Option<&'a str>, String> {
-    if let Some(n) = esp {
-        resource::validate_config_name(n).map_err(|e| format!("`configName`: {e}"))?;
-    }
-    match (path, esp) {
-        (Some(p), Some(e))
-            if resource::canonical_config_name(Some(p))
-                != resource::canonical_config_name(Some(e)) =>
-        {
-            Err(format!(
+    if let Some(e) = esp {
+        resource::validate_config_name(e).map_err(|err| format!("`configName`: {err}"))?;
+        if resource::canonical_config_name(path) != resource::canonical_config_name(Some(e)) {
+            let p = path.unwrap_or(resource::DEFAULT_NAME);
+            return Err(format!(
                 "`configName` {e:?} does not match the configuration name {p:?} in the resource path"
-            ))
+            ));
         }
-        (Some(p), _) => Ok(Some(p)),
-        (None, e) => Ok(e),
     }
+    Ok(path)
 }
 
 fn is_json_content_type(content_type: &str) -> bool {
