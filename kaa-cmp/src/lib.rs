@@ -18,15 +18,18 @@
 //! # Building a custom CMX
 //!
 //! A CMX is [`Cmx`] plus a message bus (e.g. `kaa-bus`, NATS or in memory) and a
-//! clock. The engine never blocks and never reads the time: the driver gives it
-//! each message with the current time, publishes what it asks for, and wakes it
-//! up at the deadline it names.
+//! clock. The engine never blocks and never reads the time: the driver decodes
+//! each message into an [`Input`] ([`Cmx::decode_input`] applies every limit of
+//! the configuration), hands it over with the current time
+//! ([`Cmx::handle_input`]), publishes what the engine asks for, and wakes it up
+//! at the deadline it names. The [`engine`] module's contract lists the calls
+//! and their order; its table lists every input.
 //!
 //! ```
 //! use std::borrow::Cow;
 //! use std::time::Duration;
 //!
-//! use kaa_cmp::{Cmx, CmxConfig, Output};
+//! use kaa_cmp::{Cmx, CmxConfig, Input, Output};
 //! use kaa_ism::UnixMillis;
 //! use kaa_ism::avro::Encode;
 //!
@@ -46,9 +49,16 @@
 //!     .collect();
 //! assert!(subscriptions.contains(&("kaa.v1.service.cmx.esp.ClientData".into(), Some("cmx".into()))));
 //!
-//! // 3. The loop. A message arrives from the bus: here, a device's configuration
-//! //    request as a communication service forwards it (Avro, 4/ESP ClientData).
+//! // 3. Once the subscriptions are in effect (and again after every reconnect of
+//! //    the bus): the engine asks the communication service for its sessions, so
+//! //    a restarted CMX learns the devices that are already connected.
 //! let now = UnixMillis(1_700_000_000_000);
+//! cmx.handle_input(Input::BusConnected, now);
+//! let Some(Output::SessionsRequest(ask)) = cmx.poll_output() else { unreachable!() };
+//! assert_eq!(&*ask.subject, "kaa.v1.service.kpc.elce.SessionsRequest");
+//!
+//! // 4. The loop. A message arrives from the bus: here, a device's configuration
+//! //    request as a communication service forwards it (Avro, 4/ESP ClientData).
 //! let request = kaa_esp::ClientData {
 //!     correlation_id: "07d78e95".into(),
 //!     timestamp: now.0,
@@ -59,23 +69,30 @@
 //!     payload: Cow::Borrowed(br#"{"observe":true}"#),
 //!     ..Default::default()
 //! };
-//! let reply_to = Some("kaa.v1.replica.kpc-1.esp.ExtensionData");
-//! // Decode by subject and handle (or decode yourself and call `handle_client_data`).
-//! cmx.handle_message("kaa.v1.service.cmx.esp.ClientData", reply_to, &request.to_vec(), now)?;
+//! let (subject, reply_to, datum) = (
+//!     "kaa.v1.service.cmx.esp.ClientData",
+//!     Some("kaa.v1.replica.kpc-1.esp.ExtensionData"),
+//!     request.to_vec(),
+//! );
+//! // Decode by subject (an error is a message to log and skip), then handle.
+//! let input = cmx.decode_input(subject, reply_to, &datum)?;
+//! cmx.handle_input(input, now);
 //!
 //! // Drain every output and publish it: subject, replyTo, Avro datum.
 //! let mut published = Vec::new();
 //! while let Some(output) = cmx.poll_output() {
-//!     published.push((output.subject().to_owned(), output.reply_to().map(str::to_owned), output.to_datum()));
+//!     let mut datum = Vec::new();
+//!     output.encode(&mut datum);
+//!     published.push((output.subject().to_owned(), output.reply_to().map(str::to_owned), datum));
 //! }
 //! // The engine asked the provider over 6/CDTP, with a deadline.
 //! assert_eq!(published[0].0, "kaa.v1.service.ecr.cdtp.request");
 //! assert_eq!(published[0].1.as_deref(), Some("kaa.v1.replica.cmx-1.cdtp.response"));
 //!
-//! // 4. Timers: sleep until `poll_timeout`, then `handle_timeout`. Here the
-//! //    provider never answers, so the device gets a 504.
+//! // 5. Timers: sleep until `poll_timeout`, then hand over `Input::Timeout`.
+//! //    Here the provider never answers, so the device gets a 504.
 //! let deadline = cmx.poll_timeout().expect("a CDTP deadline");
-//! cmx.handle_timeout(deadline);
+//! cmx.handle_input(Input::Timeout, deadline);
 //! match cmx.poll_output() {
 //!     Some(Output::ExtensionData(answer)) => {
 //!         assert_eq!(answer.subject.as_ref(), "kaa.v1.replica.kpc-1.esp.ExtensionData");
@@ -86,65 +103,49 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! With an async bus the loop is a `select!` over the next message and the
-//! engine's deadline; everything else stays the same:
+//! With an async bus the loop is a `select!` over the next message, the
+//! engine's deadline and the bus's reconnects; everything else stays the same:
 //!
 //! ```text
 //! for (filter, queue) in cmx.subscriptions().all() { subscribe(filter, queue) }
+//! cmx.handle_input(Input::BusConnected, clock());
 //! loop {
-//!     select! {
-//!         msg = messages.next() => cmx.handle_message(&msg.subject, msg.reply_to.as_deref(), &msg.payload, clock())?,
-//!         _ = sleep_until(cmx.poll_timeout()) => cmx.handle_timeout(clock()),
-//!     }
+//!     let input = select! {
+//!         msg = messages.next() => match cmx.decode_input(&msg.subject, msg.reply_to.as_deref(), &msg.payload) {
+//!             Ok(input) => input,
+//!             Err(e) => { log(e); continue }
+//!         },
+//!         _ = sleep_until(cmx.poll_timeout()) => Input::Timeout,
+//!         _ = bus.reconnected() => Input::BusConnected,
+//!     };
+//!     cmx.handle_input(input, clock());
 //!     while let Some(out) = cmx.poll_output() {
 //!         bus.publish_message(out.subject(), out.reply_to(), out.to_datum().into()).await?;
 //!     }
 //! }
 //! ```
 //!
-//! An error from `handle_message` is a message that could not be decoded: log it
-//! and go on. Nothing the engine receives makes it panic.
-//!
-//! ## Inputs
-//!
-//! | message | subject | method |
-//! |---|---|---|
-//! | 4/ESP `ClientData` | `kaa.v1.service.<cmx>.esp.ClientData` (queue group `<cmx>`), `kaa.v1.replica.<replica>.esp.ClientData` | [`Cmx::handle_client_data`] (with the NATS `replyTo`) |
-//! | 6/CDTP `ConfigResponse` | `kaa.v1.replica.<replica>.cdtp.response` | [`Cmx::handle_config_response`] |
-//! | 6/CDTP `ConfigUpdated` | `kaa.v1.events.<provider>.endpoint.config.updated` | [`Cmx::handle_config_updated`] |
-//! | 9/ELCE connectivity | `kaa.v1.events.*.endpoint.connectivity.*` | [`Cmx::handle_connected`], [`Cmx::handle_disconnected`] |
-//! | 9/ELCE lifecycle | `kaa.v1.events.*.endpoint.lifecycle.*` | [`Cmx::handle_app_version_updated`], [`Cmx::handle_unregistered`] |
-//! | a deadline | [`Cmx::poll_timeout`] | [`Cmx::handle_timeout`] |
-//!
-//! [`Cmx::handle_message`] does the decoding and dispatch for all of them.
+//! Nothing the engine receives makes it panic.
 //!
 //! ## Outputs
 //!
 //! [`Output`]: `ExtensionData` for devices (responses and pushes, on the
 //! communication service replica of the request's session, or its instance-wide
-//! subject), `ConfigRequest` for the provider (with its `replyTo`), and
-//! `ConfigApplied` broadcasts. [`Output::to_datum`] encodes one; `message()` on
-//! each variant lends the wire struct to encode yourself.
+//! subject), `ConfigRequest` for the provider (with its `replyTo`),
+//! `ConfigApplied` broadcasts, and the sessions request (with its `replyTo`).
+//! [`Output::encode`] writes one into the caller's buffer; `message()` on each
+//! variant lends the wire struct to encode yourself.
 //!
 //! ## Configuration
 //!
 //! [`CmxConfig`]: names (instance, replica, provider, communication service),
-//! the CDTP timeout, the endpoint TTL, and the limits that bound memory
-//! (tracked endpoints, CDTP requests in flight, names per endpoint, waiting
-//! requests). The [`engine`] module documents the behaviour rule by rule:
-//! observe, pushes, ordering, applied reports, errors, memory.
-//!
-//! ## Performance
-//!
-//! `benches/engine.rs` and `benches/memory.rs` measure the engine on one core
-//! (a request answered from an in-memory provider, a push fan-out to 100,000
-//! observing endpoints) and its memory per idle endpoint at 1,000,000 endpoints.
-//! Measured with `cargo bench -p kaa-cmp -- --warm-up-time 1 --measurement-time 3`
-//! on a shared 2-core machine (another benchmark running): about 1.8 million
-//! engine steps per second for requests, 2.1 million per second in the fan-out
-//! (100,000 pushes in 96 ms, each with its CDTP round trip); 209 bytes of heap
-//! per idle endpoint with 36-byte endpoint IDs sharing a configuration, 375 bytes
-//! when every endpoint has its own config ID.
+//! the CDTP timeout, the endpoint TTL, and the limits that bound memory and
+//! input (tracked endpoints, CDTP requests in flight, names per endpoint,
+//! waiting requests, endpoints per 9/ELCE event). The [`engine`] module
+//! documents the behaviour rule by rule: observe, pushes, ordering, recovery,
+//! applied reports, errors, memory. Measured speed and memory per endpoint:
+//! `benches/engine.rs` and `benches/memory.rs`, figures in the repository's
+//! `BENCHMARKS.md`.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -156,4 +157,4 @@ mod intern;
 pub mod message;
 pub mod resource;
 
-pub use engine::{Cmx, CmxConfig, Output};
+pub use engine::{Cmx, CmxConfig, Input, InputError, Output};

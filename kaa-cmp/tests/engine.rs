@@ -649,12 +649,20 @@ fn a_named_config_name_on_the_default_path_is_refused() {
         assert_eq!(&*m.resource_path, path);
         let reason = m.reason_phrase.as_deref().unwrap();
         assert!(
-            reason.contains(r#"`configName` "network" does not match the configuration name "default""#),
+            reason.contains(
+                r#"`configName` "network" does not match the configuration name "default""#
+            ),
             "{reason}"
         );
     }
-    assert!(w.requests.is_empty(), "nothing fetched for a refused request");
-    assert!(w.applied.is_empty(), "nothing recorded for a refused report");
+    assert!(
+        w.requests.is_empty(),
+        "nothing fetched for a refused request"
+    );
+    assert!(
+        w.applied.is_empty(),
+        "nothing recorded for a refused report"
+    );
 }
 
 /// The `cmx_sequence` fuzz finding of issue 21, step by step: a device pushed
@@ -1062,6 +1070,8 @@ fn subscriptions_cover_every_input() {
         "kaa.v1.events.ecr.endpoint.config.updated",
         "kaa.v1.events.kpc.endpoint.connectivity.connected",
         "kaa.v1.events.epr.endpoint.lifecycle.unregistered",
+        "kaa.v1.replica.cmx-1.elce.SessionsResponse",
+        "kaa.v1.events.ecr.provider.started",
     ] {
         assert!(s.all().iter().any(|(f, _)| f.matches(subject)), "{subject}");
     }
@@ -1069,6 +1079,11 @@ fn subscriptions_cover_every_input() {
         !s.all()
             .iter()
             .any(|(f, _)| f.matches("kaa.v1.events.other-ecr.endpoint.config.updated"))
+    );
+    assert!(
+        !s.all()
+            .iter()
+            .any(|(f, _)| f.matches("kaa.v1.events.other-ecr.provider.started"))
     );
     assert_eq!(s.client_data.queue_group, "cmx");
 }
@@ -1285,4 +1300,216 @@ fn an_answer_fetched_across_an_app_version_round_trip_is_fetched_again() {
         ["cfg-3"],
         "the device must end on the newest configuration"
     );
+}
+
+// ---------------------------------------------------------------------------
+// One way in: every input through `decode_input` / `handle_input`
+// ---------------------------------------------------------------------------
+
+const SESSIONS_SUBJECT: &str = "kaa.v1.replica.cmx-1.elce.SessionsResponse";
+
+fn sessions_datum(endpoints: &[(&str, &[&str])]) -> Vec<u8> {
+    use kaa_ism::avro::Encode;
+    kaa_elce::SessionsResponse {
+        correlation_id: "cmx-1-sessions-1".into(),
+        timestamp: 1,
+        timeout: 0,
+        endpoints: endpoints
+            .iter()
+            .map(|(ep, paths)| kaa_elce::EndpointSession {
+                endpoint_id: (*ep).into(),
+                app_version_name: AV.into(),
+                resource_paths: paths.iter().map(|p| (*p).into()).collect(),
+            })
+            .collect(),
+        originator_replica_id: "kpc-1".into(),
+    }
+    .to_vec()
+}
+
+fn connected_datum(endpoints: &[&str]) -> Vec<u8> {
+    use kaa_ism::avro::Encode;
+    kaa_elce::ConnectedEvent {
+        correlation_id: "conn".into(),
+        timestamp: 1,
+        timeout: 0,
+        endpoints: endpoints.iter().map(|e| ((*e).into(), AV.into())).collect(),
+        originator_replica_id: "kpc-1".into(),
+    }
+    .to_vec()
+}
+
+#[test]
+fn bus_connected_asks_for_sessions_and_a_reconnect_resyncs() {
+    use kaa_cmp::Input;
+    use kaa_ism::avro::Decode;
+    let mut w = World::new();
+    w.cmx.handle_input(Input::BusConnected, w.now);
+    w.drain();
+    assert_eq!(w.sessions_requests.len(), 1);
+    let ask = Output::SessionsRequest(w.sessions_requests[0].clone());
+    assert_eq!(ask.subject(), "kaa.v1.service.kpc.elce.SessionsRequest");
+    assert_eq!(ask.reply_to(), Some(SESSIONS_SUBJECT));
+    let datum = ask.to_datum();
+    assert_eq!(datum.len(), ask.encoded_len());
+    let wire = kaa_elce::SessionsRequest::decode(&datum).unwrap();
+    assert_eq!(wire.extension_instance_name, "cmx");
+    assert_eq!(wire.correlation_id, "cmx-1-sessions-1");
+    assert_eq!(wire.timeout, 0, "an answer is useful however late");
+    assert_eq!(
+        w.cmx.stats().resyncs,
+        0,
+        "nothing to re-synchronize at start"
+    );
+
+    w.provider.set(EP, AV, None, "1");
+    w.connect(&[EP]);
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-1"));
+    // An update whose ConfigUpdated was lost while the bus was down.
+    let latest = w.provider.set(EP, AV, None, "2").config_id.to_string();
+    w.cmx.handle_input(Input::BusConnected, w.now);
+    w.drain();
+    assert_eq!(w.cmx.stats().resyncs, 1);
+    assert_eq!(config_id(&w.take_one(EP)), Some(latest));
+    assert_eq!(w.sessions_requests.len(), 2);
+    assert_eq!(w.sessions_requests[1].correlation_id, "cmx-1-sessions-2");
+    assert_eq!(w.cmx.stats().sessions_requests, 2);
+}
+
+#[test]
+fn sessions_answers_through_handle_message_adopt_endpoints() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.provider.set(EP, AV, Some("network"), r#""a""#);
+    w.cmx
+        .handle_message(
+            SESSIONS_SUBJECT,
+            None,
+            &sessions_datum(&[(EP, &["/config/json", "/config/json/network"])]),
+            w.now,
+        )
+        .unwrap();
+    w.drain();
+    let mut pushed: Vec<String> = w
+        .take(EP)
+        .iter()
+        .map(|m| m.resource_path.to_string())
+        .collect();
+    pushed.sort();
+    assert_eq!(pushed, ["/config/json", "/config/json/network"]);
+    assert!(w.cmx.endpoint(EP).unwrap().connected);
+    assert_eq!(w.cmx.stats().sessions_responses, 1);
+}
+
+#[test]
+fn provider_started_through_handle_message_resyncs() {
+    use kaa_ism::avro::Encode;
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.connect(&[EP]);
+    w.sent.clear();
+    let latest = w.provider.set(EP, AV, None, "2").config_id.to_string();
+    let started = kaa_cdtp::ProviderStarted {
+        correlation_id: "ecr-start".into(),
+        timestamp: w.now.0,
+        timeout: 0,
+        originator_replica_id: "ecr-1".into(),
+    }
+    .to_vec();
+    w.cmx
+        .handle_message("kaa.v1.events.ecr.provider.started", None, &started, w.now)
+        .unwrap();
+    w.drain();
+    assert_eq!(w.cmx.stats().resyncs, 1);
+    assert_eq!(config_id(&w.take_one(EP)), Some(latest));
+    // Another provider's start is not this engine's input.
+    let err = w
+        .cmx
+        .handle_message(
+            "kaa.v1.events.other.provider.started",
+            None,
+            &started,
+            w.now,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, kaa_cmp::InputError::UnexpectedSubject(_)),
+        "{err}"
+    );
+    assert_eq!(w.cmx.stats().resyncs, 1);
+}
+
+#[test]
+fn decoding_applies_the_endpoints_per_event_limit() {
+    use kaa_cmp::engine::InputKind;
+    let mut c = config();
+    c.max_endpoints_per_event = 2;
+    let mut w = World::with(c);
+    let connected = "kaa.v1.events.kpc.endpoint.connectivity.connected";
+    let err = w
+        .cmx
+        .handle_message(connected, None, &connected_datum(&["a", "b", "c"]), w.now)
+        .unwrap_err();
+    assert_eq!(err.kind(), Some(InputKind::Event), "{err}");
+    assert!(!err.is_unused());
+    assert_eq!(
+        w.cmx.tracked_endpoints(),
+        0,
+        "nothing of a refused event is used"
+    );
+    let err = w
+        .cmx
+        .handle_message(
+            SESSIONS_SUBJECT,
+            None,
+            &sessions_datum(&[("a", &[]), ("b", &[]), ("c", &[])]),
+            w.now,
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), Some(InputKind::Sessions), "{err}");
+    assert_eq!(w.cmx.tracked_endpoints(), 0);
+    // At the limit: handled.
+    w.cmx
+        .handle_message(connected, None, &connected_datum(&["a", "b"]), w.now)
+        .unwrap();
+    w.drain();
+    assert_eq!(w.cmx.tracked_endpoints(), 2);
+}
+
+#[test]
+fn unknown_endpoint_event_types_are_unused_not_malformed() {
+    let mut w = World::new();
+    let err = w
+        .cmx
+        .handle_message(
+            "kaa.v1.events.kpc.endpoint.connectivity.dormant",
+            None,
+            b"",
+            w.now,
+        )
+        .unwrap_err();
+    assert!(err.is_unused(), "{err}");
+    let err = w
+        .cmx
+        .handle_message(
+            "kaa.v1.events.kpc.endpoint.connectivity.connected",
+            None,
+            b"\xff",
+            w.now,
+        )
+        .unwrap_err();
+    assert!(!err.is_unused(), "{err}");
+}
+
+#[test]
+fn timeout_input_fires_the_deadlines() {
+    use kaa_cmp::Input;
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.send(EP, "/config/json", Some(5), "{}");
+    let deadline = w.cmx.poll_timeout().expect("a CDTP deadline");
+    w.cmx.handle_input(Input::Timeout, deadline);
+    w.drain();
+    let m = w.take_one(EP);
+    assert_eq!((m.request_id, m.status_code), (Some(5), 504));
 }

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use kaa_bus::{Bus, Message, Subscription};
-use kaa_cmp::{Cmx, Output};
+use kaa_cmp::{Cmx, Input, Output};
 use kaa_ism::UnixMillis;
-use kaa_ism::avro::{Decode, Encode};
 use kaa_ism::common::CommonFields;
 use tracing::{Instrument, Span};
 
@@ -101,17 +100,6 @@ impl Wakeup {
     }
 }
 
-/// Which input a message came from.
-#[derive(Debug, Clone, Copy)]
-enum Input {
-    ClientData,
-    Response,
-    ConfigUpdated,
-    Elce,
-    Sessions,
-    ProviderStarted,
-}
-
 impl Driver {
     pub(crate) fn new(
         engine: Cmx,
@@ -148,9 +136,10 @@ impl Driver {
             replica = %self.engine.config().replica_id,
             "CMX engine running"
         );
-        // A restarted CMX knows no sessions: ask the communication service.
+        // The subscriptions are in effect: the engine asks the communication
+        // service for its sessions (a restarted CMX knows none).
         self.epoch = self.bus.connection_epoch();
-        self.ask_for_sessions().await;
+        self.on_input(Input::BusConnected).await;
         let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
         reconnect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let served = {
@@ -166,14 +155,8 @@ impl Driver {
             } = &mut inputs;
             let mut devices = futures::stream::select(client_data, client_data_replica);
             let mut events = futures::stream::select(
-                config_updated.map(|m| (Input::ConfigUpdated, m)),
-                futures::stream::select(
-                    futures::stream::select(connectivity, lifecycle).map(|m| (Input::Elce, m)),
-                    futures::stream::select(
-                        sessions.map(|m| (Input::Sessions, m)),
-                        provider_started.map(|m| (Input::ProviderStarted, m)),
-                    ),
-                ),
+                futures::stream::select(config_updated, provider_started),
+                futures::stream::select(futures::stream::select(connectivity, lifecycle), sessions),
             );
             loop {
                 let now = now();
@@ -184,7 +167,7 @@ impl Driver {
                 let step = tokio::select! {
                     biased;
                     () = &mut shutdown => break Ok(()),
-                    m = responses.next() => m.map(|m| (Input::Response, m)),
+                    m = responses.next() => m,
                     () = self.wakeup.fired() => {
                         self.on_timer().await;
                         continue;
@@ -194,19 +177,19 @@ impl Driver {
                         continue;
                     }
                     m = events.next() => m,
-                    m = devices.next() => m.map(|m| (Input::ClientData, m)),
+                    m = devices.next() => m,
                 };
-                let Some((input, message)) = step else {
+                let Some(message) = step else {
                     break Err(RunError::BusClosed);
                 };
-                self.on_message(input, &message).await;
+                self.on_message(&message).await;
                 // Take whatever else is already buffered before looking at the
                 // timer again (cheaper than a full select per message).
                 for _ in 0..64 {
                     let Some(Some(message)) = responses.next().now_or_never() else {
                         break;
                     };
-                    self.on_message(Input::Response, &message).await;
+                    self.on_message(&message).await;
                 }
             }
         };
@@ -235,7 +218,7 @@ impl Driver {
                 && let Some(Some(message)) = sub.next().now_or_never()
             {
                 taken += 1;
-                self.on_message(Input::ClientData, &message).await;
+                self.on_message(&message).await;
             }
         }
         for sub in [
@@ -267,7 +250,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 m = responses.next() => match m {
-                    Some(m) => self.on_message(Input::Response, &m).await,
+                    Some(m) => self.on_message(&m).await,
                     None => break,
                 },
                 () = self.wakeup.fired() => self.on_timer().await,
@@ -279,7 +262,7 @@ impl Driver {
             // Every CDTP deadline lies within one CDTP timeout from now: fire them
             // all, so that devices still waiting get a 504 rather than silence.
             let later = now().saturating_add(self.engine.config().cdtp_timeout);
-            self.engine.handle_timeout(later);
+            self.engine.handle_input(Input::Timeout, later);
             self.publish_outputs(true).await;
             tracing::warn!(
                 abandoned,
@@ -302,49 +285,10 @@ impl Driver {
         report
     }
 
-    /// Publishes a [`kaa_elce::SessionsRequest`] to the communication service:
-    /// each replica answers on this replica's
-    /// [`sessions_response_subject`](kaa_elce::sessions_response_subject) with
-    /// [`kaa_elce::SessionsResponse`]s listing the endpoints it holds sessions for.
-    async fn ask_for_sessions(&mut self) {
-        let config = self.engine.config();
-        let subjects =
-            kaa_elce::sessions_request_subject(&config.communication_service).and_then(|to| {
-                let reply_to = kaa_elce::sessions_response_subject(&config.replica_id)?;
-                Ok((to.to_string(), reply_to.to_string()))
-            });
-        let (subject, reply_to) = match subjects {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "invalid sessions subject");
-                return;
-            }
-        };
-        let request = kaa_elce::SessionsRequest {
-            correlation_id: uuid::Uuid::new_v4().to_string().into(),
-            timestamp: now().0,
-            // Answers stay useful however late they come.
-            timeout: 0,
-            extension_instance_name: config.instance_name.as_str().into(),
-        };
-        tracing::debug!(
-            "correlationId" = %request.correlation_id,
-            %subject,
-            "asking for the sessions"
-        );
-        if let Err(e) = self
-            .bus
-            .publish_message(&subject, Some(&reply_to), Bytes::from(request.to_vec()))
-            .await
-        {
-            self.metrics.publish_error();
-            tracing::warn!(%subject, error = %e, "could not ask for the sessions");
-        }
-    }
-
     /// After a reconnect of the bus: once the subscriptions are back in effect,
-    /// re-synchronizes the engine ([`kaa_cmp::Cmx::resync`]) and asks the
-    /// communication service for its sessions again.
+    /// [`Input::BusConnected`] makes the engine re-synchronize
+    /// ([`kaa_cmp::Cmx::resync`]) and ask the communication service for its
+    /// sessions again.
     async fn check_reconnect(&mut self) {
         let epoch = self.bus.connection_epoch();
         if epoch == self.epoch {
@@ -363,215 +307,92 @@ impl Driver {
             endpoints = self.engine.tracked_endpoints(),
             "bus reconnected: re-synchronizing configurations and sessions"
         );
-        self.engine.resync(now());
-        self.publish_outputs(false).await;
-        self.ask_for_sessions().await;
-        self.sync_metrics();
+        self.on_input(Input::BusConnected).await;
     }
 
     async fn on_timer(&mut self) {
-        let now = now();
-        self.engine.handle_timeout(now);
-        self.publish_outputs(false).await;
+        self.on_input(Input::Timeout).await;
         // CDTP requests that timed out leave their send time behind.
         let pending = self.engine.pending_requests();
         if self.sent.len() > pending {
             let horizon = self.engine.config().cdtp_timeout * 2;
             self.sent.retain(|_, at| at.elapsed() < horizon);
         }
+    }
+
+    /// One of the driver's own inputs (no message behind it).
+    async fn on_input(&mut self, input: Input<'_>) {
+        self.engine.handle_input(input, now());
+        self.publish_outputs(false).await;
         self.sync_metrics();
     }
 
-    /// Decodes one bus message, hands it to the engine inside a span carrying its
+    /// Decodes one bus message ([`kaa_cmp::Cmx::decode_input`], with the
+    /// configuration's limits), hands it to the engine inside a span carrying its
     /// `correlationId`, and publishes what the engine asks for.
-    async fn on_message(&mut self, input: Input, message: &Message) {
+    async fn on_message(&mut self, message: &Message) {
+        if message.no_responders {
+            // A NATS status, not a message: no provider (e.g. ECR restarting) or no
+            // communication service subscribed. It names no request; the engine's
+            // CDTP timeout answers the device and retries.
+            if kaa_cdtp::subject::MessageType::of_subject(&message.subject)
+                == Some(kaa_cdtp::subject::MessageType::ConfigResponse)
+            {
+                self.metrics.no_responders();
+                tracing::debug!("6/CDTP request found no provider (NATS no responders)");
+            }
+            return;
+        }
         let now = now();
-        let span = match input {
-            Input::ClientData => self.client_data(message, now),
-            Input::Response => self.response(message, now),
-            Input::ConfigUpdated => self.config_updated(message, now),
-            Input::Elce => self.elce(message, now),
-            Input::Sessions => self.sessions(message, now),
-            Input::ProviderStarted => self.provider_started(message, now),
-        };
-        self.publish_outputs(false).instrument(span).await;
-        self.sync_metrics();
-    }
-
-    fn client_data(&mut self, message: &Message, now: UnixMillis) -> Span {
-        match kaa_esp::ClientData::decode(&message.payload) {
-            Ok(msg) => {
-                let span = tracing::info_span!(
-                    "client_data",
-                    "correlationId" = %msg.correlation_id,
-                    endpointId = %msg.endpoint_id.as_deref().unwrap_or(""),
-                    appVersionName = %msg.app_version_name,
-                    resourcePath = %msg.resource_path,
-                    requestId = msg.request_id,
-                );
-                span.in_scope(|| {
-                    tracing::debug!(reply_to = message.reply_to.as_deref(), "ClientData");
-                    self.engine
-                        .handle_client_data(&msg, message.reply_to.as_deref(), now);
-                });
-                span
+        let input = match self.engine.decode_input(
+            &message.subject,
+            message.reply_to.as_deref(),
+            &message.payload,
+        ) {
+            Ok(input) => input,
+            Err(e) if e.is_unused() => {
+                tracing::debug!(subject = %message.subject, "9/ELCE event type not used by CMX");
+                return;
             }
             Err(e) => {
-                self.metrics.malformed(MessageKind::client_data);
+                if let Some(kind) = e.kind().and_then(MessageKind::of_input) {
+                    self.metrics.malformed(kind);
+                }
                 tracing::warn!(
                     subject = %message.subject,
                     reply_to = message.reply_to.as_deref(),
                     error = %e,
-                    "malformed ClientData dropped (no request ID to answer)"
+                    "undecodable message dropped (no request ID to answer)"
                 );
-                Span::none()
+                return;
             }
+        };
+        if let Input::ConfigResponse(msg) = &input
+            && let Some(sent) = self.sent.remove(&*msg.correlation_id)
+        {
+            self.metrics.cdtp_latency(sent.elapsed());
         }
-    }
-
-    fn response(&mut self, message: &Message, now: UnixMillis) -> Span {
-        if message.no_responders {
-            // No provider was subscribed (e.g. ECR restarting). The status names no
-            // request; the engine's CDTP timeout answers the device and retries.
-            self.metrics.no_responders();
-            tracing::debug!("6/CDTP request found no provider (NATS no responders)");
-            return Span::none();
-        }
-        match kaa_cdtp::ConfigResponse::decode(&message.payload) {
-            Ok(msg) => {
-                let span = tracing::info_span!(
-                    "cdtp_response",
-                    "correlationId" = %msg.correlation_id,
-                    endpointId = %msg.endpoint_id,
-                    statusCode = msg.status_code,
-                );
-                if let Some(sent) = self.sent.remove(&*msg.correlation_id) {
-                    self.metrics.cdtp_latency(sent.elapsed());
+        let span = span_for(&input);
+        span.in_scope(|| {
+            match &input {
+                Input::ClientData { reply_to, .. } => {
+                    tracing::debug!(reply_to = reply_to.as_deref(), "ClientData");
                 }
-                span.in_scope(|| {
-                    tracing::debug!("ConfigResponse");
-                    self.engine.handle_config_response(&msg, now);
-                });
-                span
+                Input::ProviderStarted(started) => tracing::info!(
+                    replica = %started.originator_replica_id,
+                    endpoints = self.engine.tracked_endpoints(),
+                    "configuration provider started: re-synchronizing"
+                ),
+                Input::ConfigResponse(_) => tracing::debug!("ConfigResponse"),
+                Input::ConfigUpdated(_) => tracing::debug!("ConfigUpdated"),
+                Input::Event(_) => tracing::debug!("9/ELCE event"),
+                Input::Sessions(_) => tracing::debug!("sessions of a communication service"),
+                other => tracing::debug!(input = other.kind().as_str(), "input"),
             }
-            Err(e) => {
-                self.metrics.malformed(MessageKind::cdtp_response);
-                tracing::warn!(subject = %message.subject, error = %e, "malformed ConfigResponse dropped");
-                Span::none()
-            }
-        }
-    }
-
-    fn config_updated(&mut self, message: &Message, now: UnixMillis) -> Span {
-        match kaa_cdtp::ConfigUpdated::decode(&message.payload) {
-            Ok(msg) => {
-                let span = tracing::info_span!(
-                    "config_updated",
-                    "correlationId" = %msg.correlation_id,
-                    endpointId = %msg.endpoint_id,
-                    configId = %msg.config_id,
-                );
-                span.in_scope(|| {
-                    tracing::debug!("ConfigUpdated");
-                    self.engine.handle_config_updated(&msg, now);
-                });
-                span
-            }
-            Err(e) => {
-                self.metrics.malformed(MessageKind::config_updated);
-                tracing::warn!(subject = %message.subject, error = %e, "malformed ConfigUpdated dropped");
-                Span::none()
-            }
-        }
-    }
-
-    fn elce(&mut self, message: &Message, now: UnixMillis) -> Span {
-        let limits = kaa_elce::DecodeLimits::with_max_endpoints(
-            self.engine.config().max_endpoints_per_event,
-        );
-        match kaa_elce::ElceEvent::decode_with_limits(&message.subject, &message.payload, limits) {
-            Ok(event) => {
-                let span = tracing::info_span!(
-                    "elce_event",
-                    "correlationId" = %event.correlation_id(),
-                    event = event.kind().event_type(),
-                    originator = %event.originator_replica_id(),
-                );
-                span.in_scope(|| {
-                    tracing::debug!("9/ELCE event");
-                    self.engine.handle_elce_event(&event, now);
-                });
-                span
-            }
-            Err(kaa_elce::EventError::UnknownEvent { group, event_type }) => {
-                tracing::debug!(%group, %event_type, "9/ELCE event type not used by CMX");
-                Span::none()
-            }
-            Err(e) => {
-                self.metrics.malformed(MessageKind::elce_event);
-                tracing::warn!(subject = %message.subject, error = %e, "malformed 9/ELCE event dropped");
-                Span::none()
-            }
-        }
-    }
-
-    /// A [`kaa_cdtp::ProviderStarted`]: the provider may have lost `ConfigUpdated`
-    /// events, so every tracked endpoint is re-synchronized.
-    fn provider_started(&mut self, message: &Message, now: UnixMillis) -> Span {
-        match kaa_cdtp::ProviderStarted::decode(&message.payload) {
-            Ok(started) => {
-                let span = tracing::info_span!(
-                    "provider_started",
-                    "correlationId" = %started.correlation_id,
-                );
-                span.in_scope(|| {
-                    tracing::info!(
-                        replica = %started.originator_replica_id,
-                        endpoints = self.engine.tracked_endpoints(),
-                        "configuration provider started: re-synchronizing"
-                    );
-                    self.engine.resync(now);
-                });
-                span
-            }
-            Err(e) => {
-                self.metrics.malformed(MessageKind::provider_started);
-                tracing::warn!(subject = %message.subject, error = %e, "malformed ProviderStarted dropped");
-                Span::none()
-            }
-        }
-    }
-
-    /// A [`kaa_elce::SessionsResponse`], an answer to [`Driver::ask_for_sessions`].
-    fn sessions(&mut self, message: &Message, now: UnixMillis) -> Span {
-        if message.no_responders || message.payload.is_empty() {
-            // NATS "no responders" status: no communication service listens (yet).
-            return Span::none();
-        }
-        match kaa_elce::SessionsResponse::decode(&message.payload) {
-            Ok(answer) => {
-                let span = tracing::info_span!(
-                    "sessions",
-                    "correlationId" = %answer.correlation_id,
-                    replica = %answer.originator_replica_id,
-                    endpoints = answer.endpoint_count(),
-                );
-                span.in_scope(|| {
-                    tracing::debug!("sessions of a communication service");
-                    for s in &answer.endpoints {
-                        let paths: Vec<&str> = s.resource_paths.iter().map(|p| &**p).collect();
-                        self.engine
-                            .adopt_session(&s.endpoint_id, &s.app_version_name, &paths, now);
-                    }
-                });
-                span
-            }
-            Err(e) => {
-                self.metrics.malformed(MessageKind::sessions_response);
-                tracing::warn!(subject = %message.subject, error = %e, "malformed SessionsResponse dropped");
-                Span::none()
-            }
-        }
+            self.engine.handle_input(input, now);
+        });
+        self.publish_outputs(false).instrument(span).await;
+        self.sync_metrics();
     }
 
     /// Publishes every output the engine has queued. With `final_flush`, CDTP
@@ -613,6 +434,13 @@ impl Driver {
                     }
                     self.sent.insert(m.correlation_id.clone(), Instant::now());
                 }
+                Output::SessionsRequest(m) => {
+                    tracing::debug!(
+                        "correlationId" = %m.correlation_id,
+                        subject = %m.subject,
+                        "asking for the sessions"
+                    );
+                }
                 Output::ConfigApplied(m) => {
                     self.metrics.applied(m.is_success());
                     tracing::debug!(
@@ -640,5 +468,48 @@ impl Driver {
         let tracked = self.engine.tracked_endpoints();
         let pending = self.engine.pending_requests();
         self.metrics.sync(self.engine.stats(), tracked, pending);
+    }
+}
+
+/// The span one input is handled in, with the fields that identify it.
+fn span_for(input: &Input<'_>) -> Span {
+    match input {
+        Input::ClientData { message: msg, .. } => tracing::info_span!(
+            "client_data",
+            "correlationId" = %msg.correlation_id,
+            endpointId = %msg.endpoint_id.as_deref().unwrap_or(""),
+            appVersionName = %msg.app_version_name,
+            resourcePath = %msg.resource_path,
+            requestId = msg.request_id,
+        ),
+        Input::ConfigResponse(msg) => tracing::info_span!(
+            "cdtp_response",
+            "correlationId" = %msg.correlation_id,
+            endpointId = %msg.endpoint_id,
+            statusCode = msg.status_code,
+        ),
+        Input::ConfigUpdated(msg) => tracing::info_span!(
+            "config_updated",
+            "correlationId" = %msg.correlation_id,
+            endpointId = %msg.endpoint_id,
+            configId = %msg.config_id,
+        ),
+        Input::Event(event) => tracing::info_span!(
+            "elce_event",
+            "correlationId" = %event.correlation_id(),
+            event = event.kind().event_type(),
+            originator = %event.originator_replica_id(),
+        ),
+        Input::Sessions(answer) => tracing::info_span!(
+            "sessions",
+            "correlationId" = %answer.correlation_id,
+            replica = %answer.originator_replica_id,
+            endpoints = answer.endpoint_count(),
+        ),
+        Input::ProviderStarted(started) => tracing::info_span!(
+            "provider_started",
+            "correlationId" = %started.correlation_id,
+        ),
+        _ => Span::none(),
     }
 }

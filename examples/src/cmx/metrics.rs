@@ -64,6 +64,22 @@ pub(crate) enum MessageKind {
     provider_started,
 }
 
+impl MessageKind {
+    /// The label of an engine input kind that comes from the bus.
+    pub(crate) fn of_input(kind: kaa_cmp::engine::InputKind) -> Option<Self> {
+        use kaa_cmp::engine::InputKind as K;
+        Some(match kind {
+            K::ClientData => MessageKind::client_data,
+            K::ConfigResponse => MessageKind::cdtp_response,
+            K::ConfigUpdated => MessageKind::config_updated,
+            K::Event => MessageKind::elce_event,
+            K::Sessions => MessageKind::sessions_response,
+            K::ProviderStarted => MessageKind::provider_started,
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: MessageKind,

@@ -352,17 +352,6 @@ impl CmxService {
         shutdown_grace: Duration,
     ) -> Result<Self, StartError> {
         let subs = engine.subscriptions().clone();
-        // The kaa-rs extensions' subjects (the engine validated these names already).
-        let invalid = |e: kaa_ism::subject::SubjectError| {
-            StartError::Config(ConfigError::Invalid(format!("subject: {e}")))
-        };
-        let sessions_responses =
-            kaa_elce::sessions::sessions_response_filter(&engine.config().replica_id)
-                .map_err(invalid)?;
-        let provider_started = kaa_cdtp::subject::provider_started_filter(
-            kaa_ism::subject::Token::Name(&engine.config().provider),
-        )
-        .map_err(invalid)?;
         let sub = |filter: &kaa_ism::subject::SubjectFilter, queue: Option<&str>| {
             let bus = Arc::clone(&bus);
             let filter = filter.as_str().to_owned();
@@ -380,8 +369,8 @@ impl CmxService {
             config_updated: sub(&subs.config_updated, None).await?,
             connectivity: sub(&subs.connectivity, None).await?,
             lifecycle: sub(&subs.lifecycle, None).await?,
-            sessions: sub(&sessions_responses, None).await?,
-            provider_started: sub(&provider_started, None).await?,
+            sessions: sub(&subs.sessions_responses, None).await?,
+            provider_started: sub(&subs.provider_started, None).await?,
         };
         if !subscription_barrier(bus.as_ref(), BARRIER_TIMEOUT).await? {
             tracing::warn!(

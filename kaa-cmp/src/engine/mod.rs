@@ -1,25 +1,49 @@
 //! The CMX engine: the server side of 7/CMP, sans-IO.
 //!
-//! [`Cmx`] is a state machine in the shape quinn-proto and str0m use. Decoded
-//! messages go in through `handle_*` methods, each with the current time; what
-//! to publish comes out of [`Cmx::poll_output`]; [`Cmx::poll_timeout`] says when
-//! to call [`Cmx::handle_timeout`]. The engine never reads a clock, never
-//! touches a socket and never blocks. See the [crate docs](crate) for the driver
-//! loop.
+//! [`Cmx`] is a state machine in the shape quinn-proto and str0m use. The engine
+//! never reads a clock, never touches a socket and never blocks; see the
+//! [crate docs](crate) for a whole driver loop.
+//!
+//! # Contract
+//!
+//! A driver calls four kinds of methods, in this order, over and over:
+//!
+//! 1. **In**: [`Cmx::decode_input`] turns a bus message (subject, NATS
+//!    `replyTo`, Avro datum) into an [`Input`], applying every limit of the
+//!    [`CmxConfig`]; [`Cmx::handle_input`] takes it with the current time. The
+//!    driver's own events are inputs too: [`Input::Timeout`] when the deadline
+//!    passed, [`Input::BusConnected`] once the subscriptions are in effect, at
+//!    start and after every reconnect. ([`Cmx::handle_message`] is decode and
+//!    handle in one call.)
+//! 2. **Out**: [`Cmx::poll_output`] until `None`; publish each [`Output`] on its
+//!    subject with its `replyTo` ([`Output::encode`] writes the datum into the
+//!    caller's buffer). Outputs must be drained after every input.
+//! 3. **Timer**: [`Cmx::poll_timeout`] says when to feed [`Input::Timeout`]
+//!    next; ask again after every input.
+//! 4. **Look**: [`Cmx::stats`], [`Cmx::endpoint`], [`Cmx::tracked_endpoints`],
+//!    [`Cmx::pending_requests`] for metrics and tests, at any time.
+//!
+//! What to subscribe to is [`Cmx::subscriptions`]: every subject an input
+//! comes from, with its queue group. The `handle_*` methods named in the table
+//! below are what [`Cmx::handle_input`] calls for each input; they are public
+//! for callers that decode messages themselves.
 //!
 //! # Inputs
 //!
-//! | input | from | method |
-//! |---|---|---|
-//! | 4/ESP `ClientData` (+ NATS `replyTo`) | communication service (KPC) | [`Cmx::handle_client_data`] |
-//! | 6/CDTP `ConfigResponse` | provider (ECR), on the request's `replyTo` | [`Cmx::handle_config_response`] |
-//! | 6/CDTP `ConfigUpdated` | provider broadcast | [`Cmx::handle_config_updated`] |
-//! | 9/ELCE `connected`, `disconnected` | communication service broadcast | [`Cmx::handle_connected`], [`Cmx::handle_disconnected`] |
-//! | 9/ELCE `appversion-updated`, `unregistered` | endpoint register broadcast | [`Cmx::handle_app_version_updated`], [`Cmx::handle_unregistered`] |
-//! | a deadline passed | the driver's timer | [`Cmx::handle_timeout`] |
+//! | input | subject | from | handled by |
+//! |---|---|---|---|
+//! | 4/ESP `ClientData` (+ NATS `replyTo`) | `kaa.v1.service.<cmx>.esp.ClientData` (queue group `<cmx>`), `kaa.v1.replica.<replica>.esp.ClientData` | communication service (KPC) | [`Cmx::handle_client_data`] |
+//! | 6/CDTP `ConfigResponse` | `kaa.v1.replica.<replica>.cdtp.response` | provider (ECR), on the request's `replyTo` | [`Cmx::handle_config_response`] |
+//! | 6/CDTP `ConfigUpdated` | `kaa.v1.events.<provider>.endpoint.config.updated` | provider broadcast | [`Cmx::handle_config_updated`] |
+//! | 9/ELCE `connected`, `disconnected` | `kaa.v1.events.*.endpoint.connectivity.*` | communication service broadcast | [`Cmx::handle_connected`], [`Cmx::handle_disconnected`] |
+//! | 9/ELCE `appversion-updated`, `unregistered` | `kaa.v1.events.*.endpoint.lifecycle.*` | endpoint register broadcast | [`Cmx::handle_app_version_updated`], [`Cmx::handle_unregistered`] |
+//! | kaa-rs `SessionsResponse` | `kaa.v1.replica.<replica>.elce.SessionsResponse` | communication service replicas, answering [`Output::SessionsRequest`] | [`Cmx::adopt_session`] per endpoint |
+//! | kaa-rs `ProviderStarted` | `kaa.v1.events.<provider>.provider.started` | provider broadcast | [`Cmx::resync`] |
+//! | [`Input::Timeout`] | — | the driver's timer at [`Cmx::poll_timeout`] | [`Cmx::handle_timeout`] |
+//! | [`Input::BusConnected`] | — | the driver: subscriptions in effect (start, reconnect) | [`Output::SessionsRequest`]; [`Cmx::resync`] after a reconnect |
 //!
-//! [`Cmx::handle_message`] decodes a raw NATS message by its subject and calls
-//! the right one.
+//! 9/ELCE `registered` and traffic reports decode and are ignored; endpoint
+//! event types this version does not know are [`InputError::UnusedEvent`].
 //!
 //! # Outputs
 //!
@@ -32,6 +56,9 @@
 //!   `<prefix>-<n>` (deterministic: a prefix from the configuration and a counter).
 //! - [`Output::ConfigApplied`]: broadcast on
 //!   `kaa.v1.events.<cmx instance>.endpoint.config.applied`.
+//! - [`Output::SessionsRequest`] (kaa-rs extension): published to
+//!   `kaa.v1.service.<kpc>.elce.SessionsRequest` with `replyTo`
+//!   `kaa.v1.replica.<replica>.elce.SessionsResponse`.
 //!
 //! # Behaviour
 //!
@@ -60,11 +87,15 @@
 //! A configuration the device rejected is not pushed again.
 //!
 //! **Recovery.** Broadcasts lost while the driver's bus was down leave devices
-//! stale; after a reconnect the driver calls [`Cmx::resync`]: every connected
-//! endpoint's configurations are fetched again (answers in flight count as
-//! stale) and pushed unless the device holds them. An engine that starts while
-//! sessions are already up (a restarted CMX) learns them from the communication
-//! service's list of its sessions and the resource paths each used,
+//! stale; after a reconnect ([`Input::BusConnected`] the second time and later)
+//! and when the provider announces a restart ([`Input::ProviderStarted`]) the
+//! engine re-synchronizes, [`Cmx::resync`]: every connected endpoint's
+//! configurations are fetched again (answers in flight count as stale) and
+//! pushed unless the device holds them. An engine that starts while sessions
+//! are already up (a restarted CMX) learns them from the communication
+//! service's list of its sessions and the resource paths each used: on every
+//! [`Input::BusConnected`] it sends an [`Output::SessionsRequest`], and each
+//! endpoint of the answers ([`Input::Sessions`]) goes through
 //! [`Cmx::adopt_session`]: such *adopted* endpoints count as connected, the names
 //! in the paths count as used, and they get what they have not reported applied;
 //! in case the list is incomplete, a `ConfigUpdated` for any name is pushed to
@@ -116,17 +147,22 @@
 //! disconnected endpoint is forgotten `endpoint_ttl` after its last activity, at
 //! most `max_pending_requests` CDTP requests are in flight (past that, devices
 //! get a 503 and pushes are retried), and per endpoint at most
-//! `max_names_per_endpoint` names. An idle endpoint costs well under 256 bytes
-//! (see `benches/engine.rs`): app version names, config IDs, configuration names
-//! and reply subjects are interned; an endpoint holds small handles.
+//! `max_names_per_endpoint` names; 9/ELCE events and sessions lists with more
+//! than `max_endpoints_per_event` endpoints are refused when decoded. App
+//! version names, config IDs, configuration names and reply subjects are
+//! interned; an endpoint holds small handles (bytes per idle endpoint:
+//! `benches/memory.rs`).
 
 mod config;
+mod input;
 mod output;
 mod state;
 
 pub use config::{CmxConfig, ConfigError};
+pub use input::{Input, InputError, InputKind};
 pub use output::{
-    OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData, Output, Stats,
+    OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData, OutgoingSessionsRequest,
+    Output, Stats,
 };
 
 use std::borrow::Cow;
@@ -138,13 +174,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use kaa_cdtp::{ConfigResponse as CdtpResponse, ConfigUpdated};
 use kaa_elce::{
-    AppVersionUpdatedEvent, ConnectedEvent, DisconnectedEvent, ElceEvent, EventError, EventGroup,
-    UnregisteredEvent,
+    AppVersionUpdatedEvent, ConnectedEvent, DecodeLimits, DisconnectedEvent, ElceEvent, EventGroup,
+    SessionsResponse, UnregisteredEvent,
 };
 use kaa_esp::ClientData;
 use kaa_esp::subject::ListenerFilters;
 use kaa_ism::UnixMillis;
-use kaa_ism::avro::{Decode, DecodeError};
 use kaa_ism::common::CommonFields;
 use kaa_ism::subject::{ServiceSubject, Subject, SubjectFilter, Token};
 
@@ -255,6 +290,9 @@ struct Settings {
     response_subject: Arc<str>,
     applied_subject: Arc<str>,
     config_path: Arc<str>,
+    sessions_request_subject: Arc<str>,
+    sessions_response_subject: Arc<str>,
+    decode_limits: DecodeLimits,
     subscriptions: Subscriptions,
     cdtp_timeout_ms: i64,
     message_timeout_ms: i64,
@@ -275,6 +313,13 @@ pub struct Subscriptions {
     pub connectivity: SubjectFilter,
     /// `kaa.v1.events.*.endpoint.lifecycle.*`.
     pub lifecycle: SubjectFilter,
+    /// `kaa.v1.replica.<replica>.elce.SessionsResponse`: communication services'
+    /// lists of their sessions, the answers to [`Output::SessionsRequest`]
+    /// (kaa-rs extension).
+    pub sessions_responses: SubjectFilter,
+    /// `kaa.v1.events.<provider>.provider.started`: the provider (re)started
+    /// (kaa-rs extension, [`kaa_cdtp::ProviderStarted`]).
+    pub provider_started: SubjectFilter,
 }
 
 impl Subscriptions {
@@ -294,23 +339,10 @@ impl Subscriptions {
             (&self.config_updated, None),
             (&self.connectivity, None),
             (&self.lifecycle, None),
+            (&self.sessions_responses, None),
+            (&self.provider_started, None),
         ]
     }
-}
-
-/// A raw NATS message [`Cmx::handle_message`] could not use.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum InputError {
-    /// The subject is not one a CMX listens to.
-    #[error("a CMX does not handle messages on {0:?}")]
-    UnexpectedSubject(String),
-    /// The datum is not a valid record for its subject.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// A 9/ELCE subject or datum is invalid.
-    #[error(transparent)]
-    Event(#[from] EventError),
 }
 
 /// What the engine knows about one endpoint, from [`Cmx::endpoint`].
@@ -355,6 +387,8 @@ pub struct Cmx {
     out: VecDeque<Output>,
     next_seq: u64,
     next_incarnation: u32,
+    /// How many times the bus connected ([`Input::BusConnected`]).
+    bus_connections: u64,
     stats: Stats,
 }
 
@@ -409,7 +443,20 @@ impl Cmx {
             lifecycle: EventGroup::Lifecycle
                 .filter(Token::Any)
                 .map_err(name("lifecycle"))?,
+            sessions_responses: kaa_elce::sessions::sessions_response_filter(&config.replica_id)
+                .map_err(name("replica_id"))?,
+            provider_started: kaa_cdtp::subject::provider_started_filter(Token::Name(
+                &config.provider,
+            ))
+            .map_err(name("provider"))?,
         };
+        let sessions_request_subject =
+            kaa_elce::sessions_request_subject(&config.communication_service)
+                .map_err(name("communication_service"))?
+                .to_string();
+        let sessions_response_subject = kaa_elce::sessions_response_subject(&config.replica_id)
+            .map_err(name("replica_id"))?
+            .to_string();
         let s = Settings {
             instance: config.instance_name.as_str().into(),
             replica: config.replica_id.as_str().into(),
@@ -422,6 +469,9 @@ impl Cmx {
             response_subject: response_subject.into(),
             applied_subject: applied_subject.into(),
             config_path: CONFIG_JSON.into(),
+            sessions_request_subject: sessions_request_subject.into(),
+            sessions_response_subject: sessions_response_subject.into(),
+            decode_limits: DecodeLimits::with_max_endpoints(config.max_endpoints_per_event),
             subscriptions,
             cdtp_timeout_ms: millis(config.cdtp_timeout),
             message_timeout_ms: millis(config.message_timeout),
@@ -440,6 +490,7 @@ impl Cmx {
             out: VecDeque::new(),
             next_seq: 1,
             next_incarnation: 0,
+            bus_connections: 0,
             stats: Stats::default(),
         })
     }
@@ -455,12 +506,14 @@ impl Cmx {
     }
 
     /// The next message to publish, if any. Drain it after every `handle_*` call.
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
 
     /// When [`Cmx::handle_timeout`] should next be called; `None` when nothing is
     /// scheduled.
+    #[must_use]
     pub fn poll_timeout(&mut self) -> Option<UnixMillis> {
         self.prune_timers();
         let timer = self.timers.peek().map(|Reverse((at, _))| *at);
@@ -522,9 +575,45 @@ impl Cmx {
     // Inputs
     // -----------------------------------------------------------------------
 
-    /// Decodes a raw NATS message by its subject and handles it: `ClientData`
-    /// (with the message's `reply_to`), `ConfigResponse`, `ConfigUpdated`, and the
-    /// 9/ELCE events (`registered` and traffic reports are ignored).
+    /// Decodes a message received on `subject` (one of [`Cmx::subscriptions`]) into
+    /// an [`Input`], applying every decoding limit of the configuration
+    /// (`max_endpoints_per_event` for 9/ELCE events and sessions lists). The input
+    /// borrows from `datum`. Skip NATS no-responders statuses before calling it:
+    /// they are not messages.
+    pub fn decode_input<'a>(
+        &self,
+        subject: &str,
+        reply_to: Option<&'a str>,
+        datum: &'a [u8],
+    ) -> Result<Input<'a>, InputError> {
+        input::decode(
+            &self.s.subscriptions,
+            self.s.decode_limits,
+            subject,
+            reply_to,
+            datum,
+        )
+    }
+
+    /// The engine's one way in: handles an [`Input`] at `now`. Drain
+    /// [`Cmx::poll_output`] afterwards and look at [`Cmx::poll_timeout`] again.
+    pub fn handle_input(&mut self, input: Input<'_>, now: UnixMillis) {
+        match input {
+            Input::ClientData { message, reply_to } => {
+                self.handle_client_data(&message, reply_to, now)
+            }
+            Input::ConfigResponse(m) => self.handle_config_response(&m, now),
+            Input::ConfigUpdated(m) => self.handle_config_updated(&m, now),
+            Input::Event(e) => self.handle_elce_event(&e, now),
+            Input::Sessions(m) => self.handle_sessions(&m, now),
+            Input::ProviderStarted(_) => self.resync(now),
+            Input::Timeout => self.handle_timeout(now),
+            Input::BusConnected => self.handle_bus_connected(now),
+        }
+    }
+
+    /// [`Cmx::decode_input`] and [`Cmx::handle_input`] in one call. An error is a
+    /// message that could not be used (nothing was handled): log it and go on.
     pub fn handle_message(
         &mut self,
         subject: &str,
@@ -532,28 +621,39 @@ impl Cmx {
         datum: &[u8],
         now: UnixMillis,
     ) -> Result<(), InputError> {
-        use kaa_cdtp::subject::MessageType as Cdtp;
-        use kaa_esp::subject::MessageType as Esp;
-        if Esp::of_subject(subject) == Some(Esp::ClientData) {
-            let msg = ClientData::decode(datum)?;
-            self.handle_client_data(&msg, reply_to, now);
-            return Ok(());
-        }
-        match Cdtp::of_subject(subject) {
-            Some(Cdtp::ConfigResponse) => {
-                self.handle_config_response(&CdtpResponse::decode(datum)?, now);
-                return Ok(());
-            }
-            Some(Cdtp::ConfigUpdated) => {
-                self.handle_config_updated(&ConfigUpdated::decode(datum)?, now);
-                return Ok(());
-            }
-            Some(_) => return Err(InputError::UnexpectedSubject(subject.to_owned())),
-            None => {}
-        }
-        let event = ElceEvent::decode(subject, datum)?;
-        self.handle_elce_event(&event, now);
+        let input = self.decode_input(subject, reply_to, datum)?;
+        self.handle_input(input, now);
         Ok(())
+    }
+
+    /// [`Input::BusConnected`]: asks the communication service for its sessions,
+    /// and after a reconnect re-synchronizes ([`Cmx::resync`]) first.
+    fn handle_bus_connected(&mut self, now: UnixMillis) {
+        self.bus_connections += 1;
+        if self.bus_connections > 1 {
+            self.resync(now);
+        }
+        self.stats.sessions_requests += 1;
+        let correlation_id = format!("{}-sessions-{}", self.s.prefix, self.bus_connections);
+        self.out
+            .push_back(Output::SessionsRequest(OutgoingSessionsRequest {
+                subject: Arc::clone(&self.s.sessions_request_subject),
+                reply_to: Arc::clone(&self.s.sessions_response_subject),
+                correlation_id,
+                timestamp: now,
+                extension_instance_name: Arc::clone(&self.s.instance),
+            }));
+    }
+
+    /// [`Input::Sessions`]: [`Cmx::adopt_session`] for every endpoint listed.
+    fn handle_sessions(&mut self, msg: &SessionsResponse<'_>, now: UnixMillis) {
+        self.stats.sessions_responses += 1;
+        let mut paths: Vec<&str> = Vec::new();
+        for s in &msg.endpoints {
+            paths.clear();
+            paths.extend(s.resource_paths.iter().map(|p| &**p));
+            self.adopt_session(&s.endpoint_id, &s.app_version_name, &paths, now);
+        }
     }
 
     /// Handles any 9/ELCE event (`registered` and traffic reports are ignored).

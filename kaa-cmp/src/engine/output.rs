@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use kaa_ism::UnixMillis;
 use kaa_ism::avro::Encode;
 
@@ -24,6 +24,12 @@ pub enum Output {
     ConfigRequest(OutgoingConfigRequest),
     /// 6/CDTP `ConfigApplied` broadcast.
     ConfigApplied(OutgoingConfigApplied),
+    /// A request to every replica of the communication service for the sessions
+    /// it holds (kaa-rs extension, [`kaa_elce::SessionsRequest`]), sent on
+    /// [`Input::BusConnected`](super::Input::BusConnected); to publish with its
+    /// `reply_to`. The answers come back as
+    /// [`Input::Sessions`](super::Input::Sessions).
+    SessionsRequest(OutgoingSessionsRequest),
 }
 
 impl Output {
@@ -33,24 +39,46 @@ impl Output {
             Output::ExtensionData(m) => &m.subject,
             Output::ConfigRequest(m) => &m.subject,
             Output::ConfigApplied(m) => &m.subject,
+            Output::SessionsRequest(m) => &m.subject,
         }
     }
 
-    /// The NATS `replyTo` to publish with (only CDTP requests have one).
+    /// The NATS `replyTo` to publish with (CDTP and sessions requests have one).
     pub fn reply_to(&self) -> Option<&str> {
         match self {
             Output::ConfigRequest(m) => Some(&m.reply_to),
+            Output::SessionsRequest(m) => Some(&m.reply_to),
             _ => None,
         }
     }
 
-    /// The Avro binary datum to publish.
-    pub fn to_datum(&self) -> Vec<u8> {
+    /// The exact length of the Avro binary datum [`Output::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
         match self {
-            Output::ExtensionData(m) => m.message().to_vec(),
-            Output::ConfigRequest(m) => m.message().to_vec(),
-            Output::ConfigApplied(m) => m.message().to_vec(),
+            Output::ExtensionData(m) => m.message().encoded_len(),
+            Output::ConfigRequest(m) => m.message().encoded_len(),
+            Output::ConfigApplied(m) => m.message().encoded_len(),
+            Output::SessionsRequest(m) => m.message().encoded_len(),
         }
+    }
+
+    /// Appends the Avro binary datum to publish to the caller's buffer (e.g. a
+    /// reused `BytesMut`), with no allocation of its own. A fixed-size buffer
+    /// needs [`Output::encoded_len`] bytes of room.
+    pub fn encode<B: BufMut + ?Sized>(&self, buf: &mut B) {
+        match self {
+            Output::ExtensionData(m) => m.message().encode(buf),
+            Output::ConfigRequest(m) => m.message().encode(buf),
+            Output::ConfigApplied(m) => m.message().encode(buf),
+            Output::SessionsRequest(m) => m.message().encode(buf),
+        }
+    }
+
+    /// The Avro binary datum to publish, in a new vector of exactly its size.
+    pub fn to_datum(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut buf);
+        buf
     }
 }
 
@@ -201,6 +229,38 @@ impl OutgoingConfigApplied {
     }
 }
 
+/// A kaa-rs sessions request the engine wants published (see
+/// [`Output::SessionsRequest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutgoingSessionsRequest {
+    /// `kaa.v1.service.<communication service>.elce.SessionsRequest`.
+    pub subject: Arc<str>,
+    /// `kaa.v1.replica.<cmx replica>.elce.SessionsResponse`: publish with this
+    /// `replyTo`.
+    pub reply_to: Arc<str>,
+    /// `correlationId`, `<prefix>-sessions-<n>`.
+    pub correlation_id: String,
+    /// When the engine produced it.
+    pub timestamp: UnixMillis,
+    /// `extensionInstanceName`: this CMX's instance name (the answers list the
+    /// resource paths each session used with it).
+    pub extension_instance_name: Arc<str>,
+}
+
+impl OutgoingSessionsRequest {
+    /// The message as the kaa-rs wire struct, borrowing from `self`. Its
+    /// `timeout` is 0: an answer is useful however late it comes.
+    pub fn message(&self) -> kaa_elce::SessionsRequest<'_> {
+        kaa_elce::SessionsRequest {
+            correlation_id: Cow::Borrowed(&self.correlation_id),
+            timestamp: self.timestamp.0,
+            timeout: 0,
+            extension_instance_name: Cow::Borrowed(&self.extension_instance_name),
+        }
+    }
+}
+
 /// Counters of what the engine did, for metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -241,6 +301,11 @@ pub struct Stats {
     pub endpoints_evicted: u64,
     /// Endpoints forgotten after `endpoint_ttl`.
     pub endpoints_expired: u64,
-    /// [`Cmx::resync`](crate::Cmx::resync) calls (bus reconnects).
+    /// [`Cmx::resync`](crate::Cmx::resync) calls (bus reconnects, provider
+    /// restarts).
     pub resyncs: u64,
+    /// Sessions requests sent ([`Output::SessionsRequest`]).
+    pub sessions_requests: u64,
+    /// Sessions lists handled ([`Input::Sessions`](super::Input::Sessions)).
+    pub sessions_responses: u64,
 }

@@ -8,7 +8,8 @@ use std::collections::{HashMap, VecDeque};
 
 use kaa_cdtp::{ConfigRequest, ConfigResponse, ConfigUpdated};
 use kaa_cmp::engine::{
-    Cmx, CmxConfig, OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData, Output,
+    Cmx, CmxConfig, OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData,
+    OutgoingSessionsRequest, Output,
 };
 use kaa_elce::{AppVersionUpdatedEvent, ConnectedEvent, DisconnectedEvent, UnregisteredEvent};
 use kaa_esp::ClientData;
@@ -126,6 +127,8 @@ pub struct World {
     pub applied: Vec<OutgoingConfigApplied>,
     /// Every CDTP request published, in order.
     pub requests: Vec<OutgoingConfigRequest>,
+    /// Every sessions request published, in order.
+    pub sessions_requests: Vec<OutgoingSessionsRequest>,
     next_correlation: u64,
 }
 
@@ -148,6 +151,7 @@ impl World {
             sent: Vec::new(),
             applied: Vec::new(),
             requests: Vec::new(),
+            sessions_requests: Vec::new(),
             next_correlation: 0,
         }
     }
@@ -165,6 +169,7 @@ impl World {
                         self.requests.push(m.clone());
                         self.held.push_back(m);
                     }
+                    Output::SessionsRequest(m) => self.sessions_requests.push(m),
                     other => panic!("unexpected output {other:?}"),
                 }
             }

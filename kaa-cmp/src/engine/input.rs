@@ -1,0 +1,213 @@
+//! The engine's one way in: every message it subscribes to, decoded with the
+//! configuration's limits, plus the events of its driver (a deadline passed, the
+//! bus (re)connected).
+
+use kaa_cdtp::{ConfigResponse, ConfigUpdated, ProviderStarted};
+use kaa_elce::{DecodeLimits, ElceEvent, EventError, SessionsResponse};
+use kaa_esp::ClientData;
+use kaa_ism::avro::{Decode, DecodeError};
+use kaa_ism::common::CommonFields;
+
+/// One input to [`Cmx::handle_input`](super::Cmx::handle_input).
+///
+/// Messages from the bus come from [`Cmx::decode_input`](super::Cmx::decode_input),
+/// which picks the variant by subject and applies every decoding limit of the
+/// [`CmxConfig`](super::CmxConfig); [`Input::Timeout`] and
+/// [`Input::BusConnected`] come from the driver itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Input<'a> {
+    /// 4/ESP `ClientData` from a communication service, with the NATS `replyTo`
+    /// it came with (session affinity for the answer).
+    ClientData {
+        /// The message.
+        message: ClientData<'a>,
+        /// The NATS `replyTo`.
+        reply_to: Option<&'a str>,
+    },
+    /// 6/CDTP `ConfigResponse` on this replica's response subject.
+    ConfigResponse(ConfigResponse<'a>),
+    /// 6/CDTP `ConfigUpdated` broadcast by the provider.
+    ConfigUpdated(ConfigUpdated<'a>),
+    /// A 9/ELCE connectivity or lifecycle event (`registered` and traffic reports
+    /// are accepted and ignored).
+    Event(ElceEvent<'a>),
+    /// A communication service's list of its sessions, the answer to the
+    /// [`Output::SessionsRequest`](super::Output::SessionsRequest) the engine
+    /// sends when the bus connects (kaa-rs extension, see [`kaa_elce::sessions`]).
+    Sessions(SessionsResponse<'a>),
+    /// The provider (re)started and may have lost `ConfigUpdated` broadcasts
+    /// (kaa-rs extension, [`kaa_cdtp::ProviderStarted`]).
+    ProviderStarted(ProviderStarted<'a>),
+    /// The engine's deadline ([`Cmx::poll_timeout`](super::Cmx::poll_timeout))
+    /// passed.
+    Timeout,
+    /// The bus connected and every subscription in
+    /// [`Cmx::subscriptions`](super::Cmx::subscriptions) is in effect: once at
+    /// start, and again after every reconnect. The engine asks the communication
+    /// service for its sessions each time, and after a reconnect re-synchronizes
+    /// every connected endpoint (broadcasts sent while it was cut off are lost).
+    BusConnected,
+}
+
+impl Input<'_> {
+    /// Which kind of input this is.
+    pub fn kind(&self) -> InputKind {
+        match self {
+            Input::ClientData { .. } => InputKind::ClientData,
+            Input::ConfigResponse(_) => InputKind::ConfigResponse,
+            Input::ConfigUpdated(_) => InputKind::ConfigUpdated,
+            Input::Event(_) => InputKind::Event,
+            Input::Sessions(_) => InputKind::Sessions,
+            Input::ProviderStarted(_) => InputKind::ProviderStarted,
+            Input::Timeout => InputKind::Timeout,
+            Input::BusConnected => InputKind::BusConnected,
+        }
+    }
+
+    /// The message's `correlationId`, for logs (`None` for the driver's own
+    /// inputs).
+    pub fn correlation_id(&self) -> Option<&str> {
+        match self {
+            Input::ClientData { message, .. } => Some(&message.correlation_id),
+            Input::ConfigResponse(m) => Some(&m.correlation_id),
+            Input::ConfigUpdated(m) => Some(&m.correlation_id),
+            Input::Event(e) => Some(e.correlation_id()),
+            Input::Sessions(m) => Some(&m.correlation_id),
+            Input::ProviderStarted(m) => Some(&m.correlation_id),
+            Input::Timeout | Input::BusConnected => None,
+        }
+    }
+}
+
+/// The kinds of [`Input`], e.g. to label metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InputKind {
+    /// [`Input::ClientData`].
+    ClientData,
+    /// [`Input::ConfigResponse`].
+    ConfigResponse,
+    /// [`Input::ConfigUpdated`].
+    ConfigUpdated,
+    /// [`Input::Event`].
+    Event,
+    /// [`Input::Sessions`].
+    Sessions,
+    /// [`Input::ProviderStarted`].
+    ProviderStarted,
+    /// [`Input::Timeout`].
+    Timeout,
+    /// [`Input::BusConnected`].
+    BusConnected,
+}
+
+impl InputKind {
+    /// A short lowercase name (`client_data`, `cdtp_response`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::ClientData => "client_data",
+            InputKind::ConfigResponse => "cdtp_response",
+            InputKind::ConfigUpdated => "config_updated",
+            InputKind::Event => "elce_event",
+            InputKind::Sessions => "sessions_response",
+            InputKind::ProviderStarted => "provider_started",
+            InputKind::Timeout => "timeout",
+            InputKind::BusConnected => "bus_connected",
+        }
+    }
+}
+
+/// A bus message [`Cmx::decode_input`](super::Cmx::decode_input) could not turn
+/// into an [`Input`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// The subject is not one of [`Cmx::subscriptions`](super::Cmx::subscriptions).
+    #[error("a CMX does not handle messages on {0:?}")]
+    UnexpectedSubject(String),
+    /// A 9/ELCE endpoint event this CMX does not use (a type this version does
+    /// not know, e.g. a future `connectivity.dormant`): skip it.
+    #[error("9/ELCE event {0:?} is not used by CMX")]
+    UnusedEvent(String),
+    /// The datum is not a valid record for its subject, or passes a limit of the
+    /// configuration (e.g. more endpoints than `max_endpoints_per_event`).
+    #[error("malformed {kind}: {source}", kind = .kind.as_str())]
+    Malformed {
+        /// What the subject said the message was.
+        kind: InputKind,
+        /// What is wrong with it.
+        #[source]
+        source: DecodeError,
+    },
+}
+
+impl InputError {
+    /// Whether this is a message to skip quietly rather than a malformed one
+    /// ([`InputError::UnusedEvent`]).
+    pub fn is_unused(&self) -> bool {
+        matches!(self, InputError::UnusedEvent(_))
+    }
+
+    /// The kind of input the subject named, when it named one.
+    pub fn kind(&self) -> Option<InputKind> {
+        match self {
+            InputError::Malformed { kind, .. } => Some(*kind),
+            InputError::UnusedEvent(_) => Some(InputKind::Event),
+            InputError::UnexpectedSubject(_) => None,
+        }
+    }
+}
+
+/// Decodes `datum` received on `subject`; `subs` says which subjects are this
+/// engine's, `limits` bounds endpoint lists.
+pub(super) fn decode<'a>(
+    subs: &super::Subscriptions,
+    limits: DecodeLimits,
+    subject: &str,
+    reply_to: Option<&'a str>,
+    datum: &'a [u8],
+) -> Result<Input<'a>, InputError> {
+    use kaa_cdtp::subject::MessageType as Cdtp;
+    use kaa_esp::subject::MessageType as Esp;
+    let malformed = |kind| move |source| InputError::Malformed { kind, source };
+    if Esp::of_subject(subject) == Some(Esp::ClientData) {
+        let message = ClientData::decode(datum).map_err(malformed(InputKind::ClientData))?;
+        return Ok(Input::ClientData { message, reply_to });
+    }
+    if subs.sessions_responses.matches(subject) {
+        return SessionsResponse::decode_with_limits(datum, limits)
+            .map(Input::Sessions)
+            .map_err(malformed(InputKind::Sessions));
+    }
+    if subs.provider_started.matches(subject) {
+        return ProviderStarted::decode(datum)
+            .map(Input::ProviderStarted)
+            .map_err(malformed(InputKind::ProviderStarted));
+    }
+    match Cdtp::of_subject(subject) {
+        Some(Cdtp::ConfigResponse) => {
+            return ConfigResponse::decode(datum)
+                .map(Input::ConfigResponse)
+                .map_err(malformed(InputKind::ConfigResponse));
+        }
+        Some(Cdtp::ConfigUpdated) => {
+            return ConfigUpdated::decode(datum)
+                .map(Input::ConfigUpdated)
+                .map_err(malformed(InputKind::ConfigUpdated));
+        }
+        Some(_) => return Err(InputError::UnexpectedSubject(subject.to_owned())),
+        None => {}
+    }
+    match ElceEvent::decode_with_limits(subject, datum, limits) {
+        Ok(event) => Ok(Input::Event(event)),
+        Err(EventError::UnknownEvent { group, event_type }) => {
+            Err(InputError::UnusedEvent(format!("{group}.{event_type}")))
+        }
+        Err(EventError::Decode(source)) => Err(InputError::Malformed {
+            kind: InputKind::Event,
+            source,
+        }),
+        Err(_) => Err(InputError::UnexpectedSubject(subject.to_owned())),
+    }
+}
