@@ -330,38 +330,26 @@ impl Provider {
         }
     }
 
-    /// The answer ECR gives: 404 without a configuration, "unchanged" when the
-    /// request names the current one, else the content.
+    /// The answer by the 6/CDTP rules (`CdtpResponse::answer`): "unchanged" when
+    /// the request names the current one, else the content; a 404 without a
+    /// configuration (the form ECR does not send, so the fuzzer covers it).
     fn answer(&self, r: &OutgoingConfigRequest, now: i64) -> CdtpResponse<'static> {
         let key = Self::key(
             &r.endpoint_id,
             &r.app_version_name,
             r.config_name.as_deref(),
         );
-        let base = CdtpResponse {
-            correlation_id: r.correlation_id.clone().into(),
-            timestamp: now,
-            timeout: 0,
-            app_version_name: r.app_version_name.to_string().into(),
-            endpoint_id: r.endpoint_id.to_string().into(),
-            config_id: None,
-            content_type: kaa_cdtp::APPLICATION_JSON.into(),
-            content: None,
-            status_code: 200,
-            reason_phrase: None,
-        };
+        let req = r.message();
         match self.store.get(&key) {
-            None => CdtpResponse {
-                status_code: 404,
-                reason_phrase: Some("no configuration".into()),
-                ..base
-            },
-            Some(id) if r.config_id.as_deref() == Some(id.as_str()) => base,
-            Some(id) => CdtpResponse {
-                config_id: Some(id.clone().into()),
-                content: Some(Self::content(id).into()),
-                ..base
-            },
+            None => CdtpResponse::error(Some(&req), 404, "no configuration", now).into_owned(),
+            Some(id) => {
+                let content = Self::content(id);
+                let current = kaa_cdtp::Current::Config {
+                    config_id: id,
+                    content: &content,
+                };
+                CdtpResponse::answer(&req, current, now).into_owned()
+            }
         }
     }
 }

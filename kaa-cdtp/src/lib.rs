@@ -14,7 +14,11 @@
 //! - the NATS subjects they travel on and the filters listeners subscribe with
 //!   ([`subject`]);
 //! - the 3/ISM common fields and expiry check ([`kaa_ism::common::CommonFields`],
-//!   implemented by every message; the current time is always an argument).
+//!   implemented by every message; the current time is always an argument);
+//! - the rules of an answer, for both sides ([`answer`]): what a provider answers
+//!   for a request given what it holds ([`ConfigResponse::answer`],
+//!   [`ConfigResponse::error`]) and what a consumer makes of a response
+//!   ([`ConfigResponse::read`] → [`ConfigAnswer`]).
 //! - **kaa-rs extension, not in the 6/CDTP RFC:** [`ProviderStarted`], which every
 //!   provider replica (e.g. ECR) broadcasts on `kaa.v1.events.{provider}.provider.started`
 //!   when it (re)starts, so that consumers (e.g. CMX) fetch their endpoints'
@@ -128,10 +132,12 @@
 
 use std::borrow::Cow;
 
+pub mod answer;
 mod codec;
 mod provider;
 pub mod subject;
 
+pub use answer::{ConfigAnswer, Current, InvalidAnswer};
 pub use provider::ProviderStarted;
 
 pub use kaa_ism::avro::{Decode, DecodeError, Encode};

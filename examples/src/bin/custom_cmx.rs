@@ -123,17 +123,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             else {
                 continue;
             };
-            let answer = kaa_cdtp::ConfigResponse {
-                correlation_id: request.correlation_id,
-                timestamp: now().0,
-                app_version_name: request.app_version_name,
-                endpoint_id: request.endpoint_id,
-                config_id: Some("demo-1".into()),
-                content_type: kaa_cdtp::APPLICATION_JSON.into(),
-                content: Some(br#"{"sampling":5}"#.as_slice().into()),
-                status_code: 200,
-                ..Default::default()
+            let current = kaa_cdtp::Current::Config {
+                config_id: "demo-1",
+                content: br#"{"sampling":5}"#,
             };
+            let answer = kaa_cdtp::ConfigResponse::answer(&request, current, now().0);
             let _ = provider_bus
                 .publish(&reply_to, answer.to_vec().into())
                 .await;

@@ -67,7 +67,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 
 use kaa_bus::{Bus, BusError, Message};
-use kaa_cdtp::{APPLICATION_JSON, ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated};
+use kaa_cdtp::{
+    APPLICATION_JSON, ConfigApplied, ConfigRequest, ConfigResponse, ConfigUpdated, Current,
+};
 use kaa_elce::{ElceEvent, EventKind};
 use kaa_ism::UnixMillis;
 use kaa_ism::avro::{Decode, Encode};
@@ -83,7 +85,7 @@ use super::model::{self, AppVersionName, ConfigName, EndpointId, StatusEvent};
 use crate::service::Metrics;
 
 /// The content sent for "no configuration" (7/CMP: `config: null`).
-pub const ABSENT_CONTENT: &[u8] = b"null";
+pub use kaa_cdtp::answer::ABSENT_CONTENT;
 /// The reason phrase of an implicit confirmation.
 pub const IMPLICITLY_APPLIED: &str = "Implicitly applied";
 /// How many 6/CDTP requests one replica handles at the same time.
@@ -170,24 +172,7 @@ fn error_response(
     reason: String,
     now: UnixMillis,
 ) -> ConfigResponse<'static> {
-    ConfigResponse {
-        correlation_id: request
-            .map_or_else(String::new, |r| r.correlation_id.to_string())
-            .into(),
-        timestamp: now.0,
-        timeout: 0,
-        app_version_name: request
-            .map_or_else(String::new, |r| r.app_version_name.to_string())
-            .into(),
-        endpoint_id: request
-            .map_or_else(String::new, |r| r.endpoint_id.to_string())
-            .into(),
-        config_id: None,
-        content_type: APPLICATION_JSON.into(),
-        content: None,
-        status_code,
-        reason_phrase: Some(reason.into()),
-    }
+    ConfigResponse::error(request, status_code, reason, now.0).into_owned()
 }
 
 /// Answers one 6/CDTP request datum (see the module docs for every case); `None`
@@ -254,24 +239,17 @@ async fn answer_decoded(
             return error_response(Some(request), code, reason, now);
         }
     };
-    let (current_id, content) = match &effective {
-        Some((config, _)) => (config.config_id.as_str(), config.content.as_bytes()),
-        None => ("", ABSENT_CONTENT),
+    let current = match &effective {
+        Some((config, _)) => Current::Config {
+            config_id: config.config_id.as_str(),
+            content: config.content.as_bytes(),
+        },
+        None => Current::Absent,
     };
-    let mut response = ConfigResponse {
-        correlation_id: request.correlation_id.to_string().into(),
-        timestamp: now.0,
-        timeout: 0,
-        app_version_name: request.app_version_name.to_string().into(),
-        endpoint_id: request.endpoint_id.to_string().into(),
-        config_id: None,
-        content_type: APPLICATION_JSON.into(),
-        content: None,
-        status_code: 200,
-        reason_phrase: None,
-    };
-    if request.config_id.as_deref() == Some(current_id) {
-        response.reason_phrase = Some("Not Modified".into());
+    let (current_id, _) = current.id_and_content();
+    let response = ConfigResponse::answer(request, current, now.0).into_owned();
+    if response.config_id.is_none() {
+        // "Not Modified": the endpoint holds the current configuration.
         if !current_id.is_empty() {
             let event = StatusEvent::Confirmed {
                 status_code: 200,
@@ -284,31 +262,19 @@ async fn answer_decoded(
                 tracing::warn!(error = %e, "could not record the implicit confirmation");
             }
         }
-    } else {
-        response.config_id = Some(current_id.to_owned().into());
-        response.content = Some(content.to_vec().into());
-        response.reason_phrase = Some(
-            if effective.is_some() {
-                "OK"
-            } else {
-                "No configuration"
-            }
-            .into(),
-        );
-        if !current_id.is_empty()
-            && let Err(e) = ecr
-                .record_status(
-                    &endpoint_id,
-                    &app_version,
-                    &name,
-                    current_id,
-                    &StatusEvent::Dispatched,
-                    now,
-                )
-                .await
-        {
-            tracing::warn!(error = %e, "could not record the dispatch");
-        }
+    } else if !current_id.is_empty()
+        && let Err(e) = ecr
+            .record_status(
+                &endpoint_id,
+                &app_version,
+                &name,
+                current_id,
+                &StatusEvent::Dispatched,
+                now,
+            )
+            .await
+    {
+        tracing::warn!(error = %e, "could not record the dispatch");
     }
     response
 }

@@ -172,7 +172,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kaa_cdtp::{ConfigResponse as CdtpResponse, ConfigUpdated};
+use kaa_cdtp::{ConfigAnswer, ConfigResponse as CdtpResponse, ConfigUpdated, InvalidAnswer};
 use kaa_elce::{
     AppVersionUpdatedEvent, ConnectedEvent, DecodeLimits, DisconnectedEvent, ElceEvent, EventGroup,
     SessionsResponse, UnregisteredEvent,
@@ -1930,11 +1930,6 @@ fn resolve_name<'a>(
     Ok(path)
 }
 
-fn is_json_content_type(content_type: &str) -> bool {
-    let main = content_type.split(';').next().unwrap_or("").trim();
-    main.is_empty() || main.eq_ignore_ascii_case(kaa_cdtp::APPLICATION_JSON)
-}
-
 fn absent() -> Fetched {
     Fetched::Config {
         id: "".into(),
@@ -1949,47 +1944,45 @@ fn bad_answer(reason: impl Into<String>) -> Fetched {
     }
 }
 
-/// What a CDTP response means for a request that asked about `asked`.
+/// What a CDTP response means for a request that asked about `asked` (the
+/// 6/CDTP rules are `kaa_cdtp`'s [`CdtpResponse::read`]; 7/CMP adds that the
+/// content must be JSON).
 fn interpret(msg: &CdtpResponse<'_>, asked: Option<&str>) -> Fetched {
-    let status = msg.status_code;
-    if status == 404 {
+    match msg.read(asked) {
+        ConfigAnswer::Unchanged => Fetched::Unchanged,
         // The provider has no configuration for the endpoint: 7/CMP's absent
         // configuration.
-        return absent();
-    }
-    if !(200..300).contains(&status) {
-        let reason = match msg.reason_phrase.as_deref() {
-            Some(r) => format!("configuration provider: {r}"),
-            None => format!("the configuration provider answered {status}"),
-        };
-        let status = if (400..600).contains(&status) {
-            status
-        } else {
-            502
-        };
-        return Fetched::Failed { status, reason };
-    }
-    match (msg.config_id.as_deref(), msg.content.as_deref()) {
-        (None, None) => Fetched::Unchanged,
-        (Some(id), None) if Some(id) == asked => Fetched::Unchanged,
-        (Some(""), None) => absent(),
-        (Some(_), None) => bad_answer("the configuration provider sent a configId without content"),
-        (None, Some(_)) => bad_answer("the configuration provider sent content without a configId"),
-        (Some(id), Some(content)) => {
-            if !is_json_content_type(&msg.content_type) {
-                return bad_answer(format!(
-                    "unsupported configuration content type {:?}",
-                    msg.content_type
-                ));
-            }
+        ConfigAnswer::Absent => absent(),
+        ConfigAnswer::Error {
+            status_code,
+            reason,
+        } => {
+            let reason = match reason {
+                Some(r) => format!("configuration provider: {r}"),
+                None => format!("the configuration provider answered {status_code}"),
+            };
+            let status = if (400..600).contains(&status_code) {
+                status_code
+            } else {
+                502
+            };
+            Fetched::Failed { status, reason }
+        }
+        ConfigAnswer::Invalid(InvalidAnswer::ContentType) => bad_answer(format!(
+            "unsupported configuration content type {:?}",
+            msg.content_type
+        )),
+        ConfigAnswer::Invalid(e) => bad_answer(e.to_string()),
+        ConfigAnswer::Config { config_id, content } => {
             if serde_json::from_slice::<JsonCheck>(content).is_err() {
                 return bad_answer("the configuration provider sent content that is not JSON");
             }
             Fetched::Config {
-                id: id.into(),
-                payload: Bytes::from(ConfigResponse::encode_raw(id, content)),
+                id: config_id.into(),
+                payload: Bytes::from(ConfigResponse::encode_raw(config_id, content)),
             }
         }
+        _ => bad_answer("the configuration provider's answer is not understood"),
     }
 }
 

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
-use kaa_cdtp::{ConfigRequest, ConfigResponse, ConfigUpdated};
+use kaa_cdtp::{ConfigRequest, ConfigResponse, ConfigUpdated, Current};
 use kaa_cmp::engine::{
     Cmx, CmxConfig, OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData,
     OutgoingSessionsRequest, Output,
@@ -68,8 +68,12 @@ impl Provider {
             .map(|(id, _)| id.as_str())
     }
 
-    /// Answers a CDTP request as ECR does: 404 without a configuration,
-    /// "unchanged" when the request names the current one, else the content.
+    /// Answers a CDTP request by the 6/CDTP rules (`kaa_cdtp`'s
+    /// `ConfigResponse::answer`): "unchanged" when the request names the current
+    /// configuration, else its content; without a configuration, a 404 (the
+    /// other form of "no configuration" a provider may send; ECR's form,
+    /// `configId` `""` with `null`, is covered by kaa-cdtp's tests and the
+    /// end-to-end tests).
     pub fn answer(&mut self, req: &ConfigRequest<'_>) -> ConfigResponse<'static> {
         self.answered += 1;
         let key = (
@@ -77,30 +81,15 @@ impl Provider {
             req.app_version_name.to_string(),
             req.config_name.as_deref().map(str::to_owned),
         );
-        let base = ConfigResponse {
-            correlation_id: req.correlation_id.to_string().into(),
-            timestamp: 0,
-            timeout: 0,
-            app_version_name: req.app_version_name.to_string().into(),
-            endpoint_id: req.endpoint_id.to_string().into(),
-            config_id: None,
-            content_type: kaa_cdtp::APPLICATION_JSON.into(),
-            content: None,
-            status_code: 200,
-            reason_phrase: None,
-        };
         match self.configs.get(&key) {
-            None => ConfigResponse {
-                status_code: 404,
-                reason_phrase: Some("no configuration".into()),
-                ..base
-            },
-            Some((id, _)) if req.config_id.as_deref() == Some(id.as_str()) => base,
-            Some((id, content)) => ConfigResponse {
-                config_id: Some(id.clone().into()),
-                content: Some(content.clone().into()),
-                ..base
-            },
+            None => ConfigResponse::error(Some(req), 404, "no configuration", 0).into_owned(),
+            Some((id, content)) => {
+                let current = Current::Config {
+                    config_id: id,
+                    content,
+                };
+                ConfigResponse::answer(req, current, 0).into_owned()
+            }
         }
     }
 
