@@ -1,27 +1,26 @@
-//! Example services built on the `kaa-*` protocol crates.
+//! The example binaries' library: what composes the service crates into the
+//! binaries in `src/bin` (`cmx`, `ecr`, `kpc`, `kaa-stack`, `device`,
+//! `custom_cmx`), and the tests of the whole system.
 //!
-//! The CMX, ECR and KPC services, the device simulator and the all-in-one binary
-//! land here as their issues are done.
-//!
-//! - [`cmx`]: the Configuration Management Extension (the `kaa-cmp` engine on the
-//!   message bus, `/health`, `/metrics`, graceful shutdown).
+//! - [`stack`]: ECR, CMX and KPC in one process on one in-memory bus (the
+//!   `kaa-stack` binary).
 //! - [`device`]: the device simulator and load generator behind the `device` binary
 //!   (7/CMP over 1/KP MQTT, on `kaa_cmp::device::Device`).
-//! - [`ecr`]: the Endpoint Configuration Repository (REST API, durable store, 6/CDTP
-//!   provider).
-//! - [`kpc`]: the MQTT communication service (an MQTT 3.1.1 server, not a broker)
-//!   that routes 1/KP requests to extensions over 4/ESP.
-//! - [`service`]: the small toolkit every service binary shares (YAML configuration,
-//!   tracing, `/health` and `/metrics`, shutdown signal).
+//! - Re-exported service crates, so that the binaries and tests name one crate:
+//!   [`cmx`] ([`kaa_cmx`]: the `kaa-cmp` engine on a message bus, `/health`,
+//!   `/metrics`, graceful shutdown), [`ecr`] ([`kaa_ecr`]: REST API, durable
+//!   store, 6/CDTP provider), [`kpc`] ([`kaa_kpc`]: the MQTT communication
+//!   service, an MQTT 3.1.1 server that routes 1/KP requests to extensions over
+//!   4/ESP) and [`service`] ([`kaa_service`]: the toolkit they share).
 //!
-//! Every service is a library module that binaries and tests compose; for example an
-//! ECR on the embedded store, driven in-process:
+//! Your own service depends on the service crates directly; for example an ECR on
+//! the embedded store, driven in-process:
 //!
 //! ```
 //! use std::sync::Arc;
-//! use kaa_examples::ecr::core::{AppVersions, Ecr};
-//! use kaa_examples::ecr::model::{AppVersionName, ConfigName, Scope, now};
-//! use kaa_examples::ecr::store::{self, Precondition};
+//! use kaa_ecr::core::{AppVersions, Ecr};
+//! use kaa_ecr::model::{AppVersionName, ConfigName, Scope, now};
+//! use kaa_ecr::store::{self, Precondition};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! let dir = tempfile::tempdir()?;
@@ -35,9 +34,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod cmx;
 pub mod device;
-pub mod ecr;
-pub mod kpc;
-pub mod service;
 pub mod stack;
+
+/// The CMX service library, [`kaa_cmx`].
+pub use kaa_cmx as cmx;
+/// The ECR service library, [`kaa_ecr`].
+pub use kaa_ecr as ecr;
+/// The KPC service library, [`kaa_kpc`].
+pub use kaa_kpc as kpc;
+/// The service toolkit, [`kaa_service`].
+pub use kaa_service as service;

@@ -1,4 +1,4 @@
-//! ECR's REST API (`kaa_examples::ecr::api::app`, the axum router the `ecr`
+//! ECR's REST API (`kaa_ecr::api::app`, the axum router the `ecr`
 //! binary serves) driven in-process with `tower::ServiceExt::oneshot`: arbitrary
 //! sequences of requests (method, route, path segments, `?name=`, body,
 //! `Content-Type`, `If-Match`, token) against an embedded (SQLite) store in a
@@ -16,11 +16,11 @@ use arbitrary::Arbitrary;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use kaa_examples::ecr::api::{self, Authenticator};
-use kaa_examples::ecr::config::Access;
-use kaa_examples::ecr::core::{AppVersions, Ecr};
-use kaa_examples::ecr::store;
-use kaa_examples::service::Metrics;
+use kaa_ecr::api::{self, Authenticator};
+use kaa_ecr::config::Access;
+use kaa_ecr::core::{AppVersions, Ecr};
+use kaa_ecr::store;
+use kaa_service::Metrics;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tower::ServiceExt;

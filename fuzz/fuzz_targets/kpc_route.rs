@@ -1,5 +1,5 @@
 //! KPC: an MQTT PUBLISH (topic + payload) from a session becomes a 4/ESP
-//! `ClientData` or a 1/KP error response, through `kaa_examples::kpc::route`
+//! `ClientData` or a 1/KP error response, through `kaa_kpc::route`
 //! (the code a session runs) and the configuration's token table resolver.
 //!
 //! Checks: no panic; a `ClientData`'s endpoint ID is the one the resolver gives
@@ -14,9 +14,9 @@
 use arbitrary::Arbitrary;
 use futures::executor::block_on;
 use kaa_esp::ClientData;
-use kaa_examples::kpc::config::TokenEntry;
-use kaa_examples::kpc::resolver::{EndpointTokenResolver, TokenTable};
-use kaa_examples::kpc::route::{self, RouteLimits, trailing_request_id};
+use kaa_kpc::config::TokenEntry;
+use kaa_kpc::resolver::{EndpointTokenResolver, TokenTable};
+use kaa_kpc::route::{self, RouteLimits, trailing_request_id};
 use kaa_ism::avro::{Decode, Encode};
 use kaa_kp::{ErrorResponse, Topic};
 use libfuzzer_sys::fuzz_target;
@@ -127,7 +127,7 @@ fuzz_target!(|input: Input| {
         TopicInput::Raw(s) => s.clone(),
     };
     // A session closes the connection on these before routing (protocol
-    // violation, documented in kaa_examples::kpc): no response.
+    // violation, documented in kaa_kpc): no response.
     if raw_topic.is_empty() || raw_topic.contains(['+', '#', '\0']) {
         return;
     }

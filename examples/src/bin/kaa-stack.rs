@@ -38,7 +38,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing("warn,kaa_examples=info");
+    init_tracing("warn,kaa_examples=info,kaa_cmx=info,kaa_ecr=info,kaa_kpc=info,kaa_service=info");
     if let Err(e) = std::fs::create_dir_all(&cli.data_dir) {
         eprintln!(
             "kaa-stack: cannot create --data-dir {}: {e}",

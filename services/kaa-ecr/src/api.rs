@@ -57,7 +57,7 @@ use super::model::{
     self, AppVersionName, ConfigName, EndpointId, Scope, StatusQuery, StatusRecord, StoredConfig,
 };
 use super::store::{Precondition, StoreError};
-use crate::service::{ConfigError, Metrics, http_metrics, json_error, ops_router};
+use kaa_service::{ConfigError, Metrics, http_metrics, json_error, ops_router};
 
 /// The API prefix.
 pub const API_PREFIX: &str = "/api/v1";

@@ -103,8 +103,8 @@ pub trait EndpointTokenResolver: Send + Sync + fmt::Debug {
 /// accepting any token as its own endpoint ID (`kpc.accept-any-token`).
 ///
 /// ```
-/// use kaa_examples::kpc::config::TokenEntry;
-/// use kaa_examples::kpc::resolver::{EndpointTokenResolver, ResolveError, TokenTable};
+/// use kaa_kpc::config::TokenEntry;
+/// use kaa_kpc::resolver::{EndpointTokenResolver, ResolveError, TokenTable};
 ///
 /// # tokio::runtime::Builder::new_current_thread().build()?.block_on(async {
 /// let table = TokenTable::new(

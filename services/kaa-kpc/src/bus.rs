@@ -91,7 +91,7 @@ pub(crate) async fn start(
         MessageType::ExtensionData,
     )
     .map_err(|e| {
-        super::StartError::Config(crate::service::ConfigError::Invalid(format!(
+        super::StartError::Config(kaa_service::ConfigError::Invalid(format!(
             "instance or replica name: {e}"
         )))
     })?;
@@ -102,7 +102,7 @@ pub(crate) async fn start(
     let replica = shared.bus.subscribe(filters.replica.as_str(), None).await?;
     let sessions_filter =
         kaa_elce::sessions::sessions_request_filter(&settings.instance).map_err(|e| {
-            super::StartError::Config(crate::service::ConfigError::Invalid(format!(
+            super::StartError::Config(kaa_service::ConfigError::Invalid(format!(
                 "instance name: {e}"
             )))
         })?;

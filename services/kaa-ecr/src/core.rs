@@ -19,13 +19,13 @@ use super::model::{
 use super::store::{
     BatchTarget, ConfigStore, EffectiveKey, Precondition, PutOutcome, StatusWrite, StoreError,
 };
-use crate::service::ConfigError;
+use kaa_service::ConfigError;
 
 /// Why an ECR operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EcrError {
-    /// A name is not valid (see [`crate::ecr::model`]).
+    /// A name is not valid (see [`crate::model`]).
     #[error(transparent)]
     InvalidName(#[from] NameError),
     /// `kaa.applications` lists app versions and this is not one of them.
@@ -88,7 +88,7 @@ impl AppVersions {
                         )));
                     }
                     (Some(s), None) => Some(s.clone()),
-                    (None, Some(file)) => Some(crate::service::load_yaml::<Value>(file)?),
+                    (None, Some(file)) => Some(kaa_service::load_yaml::<Value>(file)?),
                     (None, None) => None,
                 };
                 if let Some(schema) = schema {

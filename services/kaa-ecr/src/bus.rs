@@ -82,7 +82,7 @@ use prometheus_client::metrics::family::Family;
 
 use super::core::{Ecr, EcrError, EffectiveChange};
 use super::model::{self, AppVersionName, ConfigName, EndpointId, StatusEvent};
-use crate::service::Metrics;
+use kaa_service::Metrics;
 
 /// The content sent for "no configuration" (7/CMP: `config: null`).
 pub use kaa_cdtp::answer::ABSENT_CONTENT;

@@ -17,9 +17,9 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use kaa_examples::ecr::core::{AppVersions, Ecr};
-//! use kaa_examples::ecr::model::{AppVersionName, ConfigName, EndpointId, Scope, now};
-//! use kaa_examples::ecr::store::{self, Precondition};
+//! use kaa_ecr::core::{AppVersions, Ecr};
+//! use kaa_ecr::model::{AppVersionName, ConfigName, EndpointId, Scope, now};
+//! use kaa_ecr::store::{self, Precondition};
 //! use serde_json::json;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
@@ -57,8 +57,8 @@ use axum::Router;
 use kaa_bus::{Bus, BusError};
 
 use self::core::Ecr;
-use crate::service::{ConfigError, Metrics};
 use config::EcrConfig;
+use kaa_service::{ConfigError, Metrics};
 
 /// Why the ECR service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +107,7 @@ impl EcrServer {
         config.validate()?;
         let auth = api::Authenticator::from_config(&config.auth)?;
         let apps = core::AppVersions::from_config(&config.kaa)?;
-        crate::service::check_fits_bus(
+        kaa_service::check_fits_bus(
             "ecr.http.body-limit",
             config.body_limit(),
             config::CONFIG_MESSAGE_ROOM,

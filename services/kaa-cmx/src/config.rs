@@ -51,7 +51,7 @@
 //! A 9/ELCE event listing more than `max-endpoints-per-event` endpoints is dropped
 //! and counted in `cmx_malformed_messages_total{kind="elce_event"}`; keep it at least KPC's
 //! `max-endpoints-per-session`. `max-config-size` is the stack's maximum
-//! configuration size ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]): at start-up,
+//! configuration size ([`kaa_service::DEFAULT_MAX_CONFIG_SIZE`]): at start-up,
 //! it plus 16 KiB (7/CMP wrapper and 4/ESP envelope) must fit the bus's
 //! `max_payload` (NATS: the server's), or CMX refuses to start and names the
 //! largest value that fits. CMX holds no secrets; NATS credentials come from the
@@ -74,7 +74,7 @@ use kaa_cmp::CmxConfig;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::service::ConfigError;
+use kaa_service::ConfigError;
 
 /// The default CDTP timeout: 5 s.
 pub const DEFAULT_CDTP_TIMEOUT_MS: u64 = 5_000;
@@ -317,7 +317,7 @@ pub struct LimitsSection {
     pub max_endpoints_per_event: Option<usize>,
     /// The largest configuration CMX carries, in bytes (default 1 MiB − 16 KiB):
     /// checked against the bus's `max_payload` at start-up.
-    #[serde(default, deserialize_with = "crate::ecr::config::de_opt_byte_size")]
+    #[serde(default, deserialize_with = "kaa_service::de_opt_byte_size")]
     pub max_config_size: Option<usize>,
     /// The longest `configId` accepted from a device, bytes (default 256).
     #[serde(default)]
@@ -476,13 +476,13 @@ impl CmxServiceConfig {
     }
 
     /// `cmx.limits.max-config-size`, default
-    /// [`crate::service::DEFAULT_MAX_CONFIG_SIZE`].
+    /// [`kaa_service::DEFAULT_MAX_CONFIG_SIZE`].
     pub fn max_config_size(&self) -> usize {
         self.cmx
             .limits
             .as_ref()
             .and_then(|l| l.max_config_size)
-            .unwrap_or(crate::service::DEFAULT_MAX_CONFIG_SIZE)
+            .unwrap_or(kaa_service::DEFAULT_MAX_CONFIG_SIZE)
     }
 
     /// The engine configuration. The correlation prefix is `<replica>-<8 hex>`,
@@ -620,9 +620,9 @@ pub fn parse_kaa_yaml<T: serde::de::DeserializeOwned>(
     text: &str,
     origin: &str,
 ) -> Result<T, ConfigError> {
-    let value: serde_yaml::Value = crate::service::parse_yaml(text, origin)?;
+    let value: serde_yaml::Value = kaa_service::parse_yaml(text, origin)?;
     if !has_dotted_keys(&value) {
-        return crate::service::parse_yaml(text, origin);
+        return kaa_service::parse_yaml(text, origin);
     }
     let expanded = expand_dotted_keys(value).map_err(|message| ConfigError::Parse {
         origin: origin.to_owned(),
@@ -697,7 +697,7 @@ fn merge(
 mod tests {
     use super::*;
 
-    const FULL: &str = include_str!("../../config/cmx.yaml");
+    const FULL: &str = include_str!("../../../examples/config/cmx.yaml");
 
     #[test]
     fn sample_file_parses_with_kaa_keys() {

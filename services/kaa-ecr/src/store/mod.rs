@@ -22,7 +22,7 @@
 //! never lose an update.
 //!
 //! Besides configurations the store keeps the endpoints ECR has learned of (see
-//! [`crate::ecr`] for where they come from), used for the fan-out of default changes,
+//! [the crate docs](crate) for where they come from), used for the fan-out of default changes,
 //! and the status history (dispatched / applied / rejected).
 
 mod postgres;
@@ -231,7 +231,7 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// The effective configurations of several (endpoint, app version, name) keys, in
     /// the order given, each as [`ConfigStore::effective`] answers it. ECR's 6/CDTP
     /// provider batches concurrent requests through this (see
-    /// [`crate::ecr::core::Ecr::effective`]). The default asks
+    /// [`crate::core::Ecr::effective`]). The default asks
     /// [`ConfigStore::effective`] for every key, concurrently; the PostgreSQL store
     /// reads all keys with one statement (one snapshot, one round trip).
     async fn effective_many(
@@ -288,7 +288,7 @@ pub trait ConfigStore: Send + Sync + 'static {
 
     /// Adds events to the status history, in order, in ONE transaction (all or
     /// nothing; for SQLite one sync to disk). ECR's status queue uses this for group
-    /// commit (see [`crate::ecr::core::Ecr::record_status`]). The history is not an
+    /// commit (see [`crate::core::Ecr::record_status`]). The history is not an
     /// acknowledged write, so PostgreSQL commits it without waiting for the WAL flush
     /// (`synchronous_commit = off` for that transaction only).
     async fn record_statuses(&self, writes: &[StatusWrite]) -> Result<(), StoreError>;

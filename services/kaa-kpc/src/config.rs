@@ -48,7 +48,7 @@
 //!   `{"statusCode", "reasonPhrase"}` on the response's `/error` topic instead, and
 //!   `kpc_extension_data_total{outcome="too_large"}` counts it. The default,
 //!   1 MiB − 8 KiB, carries the stack's maximum configuration size
-//!   ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]) with its 7/CMP wrapper; at
+//!   ([`kaa_service::DEFAULT_MAX_CONFIG_SIZE`]) with its 7/CMP wrapper; at
 //!   start-up `max-payload` + 8 KiB (the 4/ESP envelope of the forwarded
 //!   ClientData) must fit the bus's `max_payload` (NATS: the server's), or KPC
 //!   refuses to start and names the largest value that fits.
@@ -64,7 +64,7 @@
 //! # Secrets
 //!
 //! MQTT passwords are `{ env: VAR }` only: a password written into the file is a
-//! start-up error (see [`crate::service::Secret`]). NATS credentials come from the
+//! start-up error (see [`kaa_service::Secret`]). NATS credentials come from the
 //! environment (`NATS_TOKEN`, `NATS_USER`/`NATS_PASSWORD`, `NATS_CREDS_FILE`).
 //!
 //! Durations are a number of seconds or a number with `ms`, `s`, `m` or `h`; sizes a
@@ -76,7 +76,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::service::{ConfigError, Secret};
+use kaa_service::{ConfigError, Secret};
 
 /// Default `kpc.mqtt.max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -85,10 +85,10 @@ pub const DEFAULT_MAX_INFLIGHT: usize = 64;
 /// Default `kpc.mqtt.max-endpoints-per-session`.
 pub const DEFAULT_MAX_ENDPOINTS_PER_SESSION: usize = 1_000;
 /// Default `kpc.mqtt.max-payload`: 1 MiB − 8 KiB, the stack's maximum configuration
-/// size ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]) plus its 7/CMP wrapper
-/// ([`crate::service::CMP_WRAPPER_ROOM`]).
+/// size ([`kaa_service::DEFAULT_MAX_CONFIG_SIZE`]) plus its 7/CMP wrapper
+/// ([`kaa_service::CMP_WRAPPER_ROOM`]).
 pub const DEFAULT_MAX_PAYLOAD: usize =
-    crate::service::DEFAULT_MAX_CONFIG_SIZE + crate::service::CMP_WRAPPER_ROOM;
+    kaa_service::DEFAULT_MAX_CONFIG_SIZE + kaa_service::CMP_WRAPPER_ROOM;
 /// Default `kpc.mqtt.connect-timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `kpc.mqtt.request-timeout`.
@@ -210,7 +210,7 @@ pub struct MqttSection {
     /// directions (see the module docs, *Limits*).
     #[serde(
         default = "default_max_payload",
-        deserialize_with = "crate::ecr::config::de_byte_size"
+        deserialize_with = "kaa_service::de_byte_size"
     )]
     pub max_payload: usize,
     /// `kpc.mqtt.connect-timeout`: from TCP accept to a complete CONNECT.
@@ -384,7 +384,7 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
 ///
 /// ```
 /// use std::time::Duration;
-/// use kaa_examples::kpc::config::parse_duration;
+/// use kaa_kpc::config::parse_duration;
 /// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
 /// assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
 /// assert!(parse_duration("soon").is_err());
@@ -549,7 +549,7 @@ impl KpcConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::parse_yaml;
+    use kaa_service::parse_yaml;
 
     const MINIMAL: &str = "kpc:\n  mqtt:\n    listen: 127.0.0.1:0\n";
 
@@ -566,7 +566,11 @@ mod tests {
 
     #[test]
     fn the_sample_configuration_is_valid() {
-        let c: KpcConfig = parse_yaml(include_str!("../../config/kpc.yaml"), "kpc.yaml").unwrap();
+        let c: KpcConfig = parse_yaml(
+            include_str!("../../../examples/config/kpc.yaml"),
+            "kpc.yaml",
+        )
+        .unwrap();
         c.validate().unwrap();
         assert_eq!(c.kpc.extension_instances, ["cmx", "cmx_ota"]);
         assert!(c.nats.is_some());

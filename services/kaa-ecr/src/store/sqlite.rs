@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use kaa_ism::UnixMillis;
 
 use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StatusWrite, StoreError, sql};
-use crate::ecr::model::{
+use crate::model::{
     AppVersionName, ConfigName, Content, DeliveryStatus, EndpointId, Page, Scope, Source,
     StatusEvent, StatusQuery, StatusRecord, StoredConfig,
 };

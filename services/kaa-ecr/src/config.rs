@@ -40,7 +40,7 @@
 //! ```
 //!
 //! **Limits.** `ecr.http.body-limit` is the maximum configuration size of the
-//! stack (see [`crate::service::DEFAULT_MAX_CONFIG_SIZE`]): a larger body gets 413
+//! stack (see [`kaa_service::DEFAULT_MAX_CONFIG_SIZE`]): a larger body gets 413
 //! `{"message"}` and nothing is stored. At start-up, body-limit + 16 KiB (the
 //! 7/CMP wrapper and the 6/CDTP / 4/ESP envelopes) must fit the bus's
 //! `max_payload` (NATS: the server's, 1 MiB by default), or ECR refuses to start
@@ -61,12 +61,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::service::{ConfigError, Secret};
+use kaa_service::{ConfigError, Secret};
 
 /// The default request body limit, which is the stack's maximum configuration size:
-/// 1 MiB − 16 KiB ([`crate::service::DEFAULT_MAX_CONFIG_SIZE`]), so that the
+/// 1 MiB − 16 KiB ([`kaa_service::DEFAULT_MAX_CONFIG_SIZE`]), so that the
 /// largest configuration still fits a default NATS message with its envelopes.
-pub const DEFAULT_BODY_LIMIT: usize = crate::service::DEFAULT_MAX_CONFIG_SIZE;
+pub const DEFAULT_BODY_LIMIT: usize = kaa_service::DEFAULT_MAX_CONFIG_SIZE;
 
 /// The default of `ecr.limits.max-endpoints-per-event`: the most endpoints one
 /// 9/ELCE `connected` event may list for ECR to learn them (10,000, CMX's default
@@ -78,7 +78,7 @@ pub const DEFAULT_MAX_ENDPOINTS_PER_EVENT: usize = 10_000;
 /// Room the bus messages of a configuration need on top of it (7/CMP wrapper and
 /// Avro envelope): `ecr.http.body-limit` + this must fit the bus's `max_payload`.
 pub const CONFIG_MESSAGE_ROOM: usize =
-    crate::service::CMP_WRAPPER_ROOM + crate::service::BUS_ENVELOPE_ROOM;
+    kaa_service::CMP_WRAPPER_ROOM + kaa_service::BUS_ENVELOPE_ROOM;
 
 /// The whole ECR configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -310,61 +310,7 @@ pub enum Access {
     ReadWrite,
 }
 
-/// Deserializes an optional byte size written as a number or as text
-/// ([`parse_byte_size`]); shared by the ECR, CMX and KPC configurations.
-pub(crate) fn de_opt_byte_size<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<usize>, D::Error> {
-    match Option::<ByteSize>::deserialize(d)? {
-        None => Ok(None),
-        Some(size) => size.bytes().map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
-/// Deserializes a required byte size written as a number or as text.
-pub(crate) fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    ByteSize::deserialize(d)?
-        .bytes()
-        .map_err(serde::de::Error::custom)
-}
-
-/// A byte size as written in YAML: `1048576` or `"1MiB"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ByteSize {
-    Number(usize),
-    Text(String),
-}
-
-impl ByteSize {
-    fn bytes(self) -> Result<usize, String> {
-        match self {
-            ByteSize::Number(n) => Ok(n),
-            ByteSize::Text(t) => parse_byte_size(&t),
-        }
-    }
-}
-
-/// Parses `1048576`, `512KiB`, `1MiB`, `2 MiB`.
-pub fn parse_byte_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (expected e.g. 1048576, 512KiB, 1MiB)"))?;
-    let factor = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1024,
-        "MiB" => 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "invalid size unit in {text:?} (expected B, KiB or MiB)"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
+pub use kaa_service::{de_byte_size, de_opt_byte_size, parse_byte_size};
 
 impl EcrConfig {
     /// The body limit in bytes.
@@ -420,7 +366,7 @@ impl EcrConfig {
     /// setup, a positive body limit.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let token = |name: &str, what: &'static str| {
-            crate::ecr::model::validate_token_name(name, what)
+            crate::model::validate_token_name(name, what)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))
         };
         token(&self.service.instance.name, "service.instance.name")?;
@@ -471,7 +417,7 @@ impl EcrConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::parse_yaml;
+    use kaa_service::parse_yaml;
 
     #[test]
     fn endpoints_per_event_limit_is_configurable() {
@@ -507,13 +453,17 @@ mod tests {
 
     #[test]
     fn sample_config_is_valid() {
-        let c: EcrConfig = parse_yaml(include_str!("../../config/ecr.yaml"), "ecr.yaml").unwrap();
+        let c: EcrConfig = parse_yaml(
+            include_str!("../../../examples/config/ecr.yaml"),
+            "ecr.yaml",
+        )
+        .unwrap();
         c.validate().unwrap();
         assert_eq!(c.replica_id(), "ecr-1");
         assert!(c.auth.enabled);
         assert_eq!(c.auth.tokens.len(), 2);
-        let apps = crate::ecr::core::AppVersions::from_config(&c.kaa).unwrap();
-        let v1 = crate::ecr::model::AppVersionName::new("smartKettleV1").unwrap();
+        let apps = crate::core::AppVersions::from_config(&c.kaa).unwrap();
+        let v1 = crate::model::AppVersionName::new("smartKettleV1").unwrap();
         assert!(
             apps.validate(&v1, &serde_json::json!({"sampling": 0}))
                 .is_err()
@@ -572,7 +522,7 @@ mod tests {
         let err = parse_yaml::<EcrConfig>(&inline, "ecr.yaml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains(crate::service::INLINE_SECRET_REFUSED), "{err}");
+        assert!(err.contains(kaa_service::INLINE_SECRET_REFUSED), "{err}");
         assert!(err.starts_with("ecr.yaml: line 10"), "{err}");
         assert!(!err.contains("tok-s3cret"), "{err}");
         // A PostgreSQL URL with a password: refused; the same URL from the environment: used.

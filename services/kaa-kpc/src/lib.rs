@@ -19,7 +19,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use kaa_bus::{Bus, MemoryBus};
-//! use kaa_examples::kpc::{KpcServer, config::{KpcConfig, TokenEntry}};
+//! use kaa_kpc::{KpcServer, config::{KpcConfig, TokenEntry}};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! let mut config = KpcConfig::new("127.0.0.1:0".parse()?);
@@ -175,8 +175,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
-use crate::service::{ConfigError, Metrics, ops_router};
 use config::{Credentials, KpcConfig};
+use kaa_service::{ConfigError, Metrics, ops_router};
 use metrics::KpcMetrics;
 use resolver::{EndpointTokenResolver, TokenTable};
 
@@ -278,10 +278,10 @@ impl KpcServer {
         resolver: Arc<dyn EndpointTokenResolver>,
     ) -> Result<Self, StartError> {
         config.validate()?;
-        crate::service::check_fits_bus(
+        kaa_service::check_fits_bus(
             "kpc.mqtt.max-payload",
             config.kpc.mqtt.max_payload,
-            crate::service::BUS_ENVELOPE_ROOM,
+            kaa_service::BUS_ENVELOPE_ROOM,
             bus.max_payload(),
         )?;
         let credentials = config.credentials()?;

@@ -12,7 +12,7 @@ use super::sqlite::{StatusRow, confirmed_status, status_record};
 use super::{
     BatchTarget, ConfigStore, EffectiveKey, Precondition, PutOutcome, StatusWrite, StoreError, sql,
 };
-use crate::ecr::model::{
+use crate::model::{
     AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StatusEvent, StatusQuery,
     StatusRecord, StoredConfig,
 };

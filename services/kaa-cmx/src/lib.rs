@@ -1,8 +1,9 @@
 //! CMX, the Configuration Management Extension, as a service on the Kaa transport:
 //! [`kaa_cmp::Cmx`] driven over a [`kaa_bus::Bus`] (NATS, or in memory).
 //!
-//! The engine does the protocol (7/CMP over 4/ESP, 6/CDTP, 9/ELCE); this module is
-//! the driver around it:
+//! The engine does the protocol (7/CMP over 4/ESP, 6/CDTP, 9/ELCE); this crate is
+//! the driver around it, feeding the engine only through its documented inputs
+//! ([`kaa_cmp::Cmx::decode_input`], [`kaa_cmp::Cmx::handle_input`]):
 //!
 //! - **Inputs.** [`CmxService::bind`] subscribes to `ClientData` on
 //!   `kaa.v1.service.<cmx>.esp.ClientData` (queue group `<cmx>`, so replicas share
@@ -38,12 +39,14 @@
 //!     `ConfigUpdated` and `connected` broadcasts sent meanwhile are gone. The
 //!     driver watches the bus's connection epoch ([`Bus::connection_epoch`]); after
 //!     a reconnect it waits until its subscriptions are back
-//!     ([`subscription_barrier`]), then calls [`kaa_cmp::Cmx::resync`] (every
-//!     connected endpoint's configurations are fetched again and pushed unless the
-//!     device holds them) and asks for the sessions (below). A fetch that finds the
+//!     ([`subscription_barrier`]), then feeds [`kaa_cmp::Input::BusConnected`]: the
+//!     engine re-synchronizes ([`kaa_cmp::Cmx::resync`]: every connected
+//!     endpoint's configurations are fetched again and pushed unless the device
+//!     holds them) and asks for the sessions (below). A fetch that finds the
 //!     provider still reconnecting times out and is retried by the engine.
 //!   - *a restart of the CMX itself* while devices stay connected to KPC: at start
-//!     (and after every reconnect) the driver publishes a
+//!     (and after every reconnect, both [`kaa_cmp::Input::BusConnected`]) the
+//!     engine asks the driver to publish a
 //!     [`kaa_elce::SessionsRequest`] (naming its instance) to
 //!     `kaa.v1.service.<communication service>.elce.SessionsRequest`
 //!     ([`kaa_elce::sessions_request_subject`]; every replica answers) with
@@ -79,7 +82,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use kaa_bus::{Bus, MemoryBus};
-//! use kaa_examples::cmx::{CmxService, config::CmxServiceConfig};
+//! use kaa_cmx::{CmxService, config::CmxServiceConfig};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
 //! let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
@@ -119,9 +122,9 @@ use kaa_bus::{Bus, BusError};
 use kaa_cmp::Cmx;
 use kaa_ism::UnixMillis;
 
-use crate::service::ConfigError;
 use config::{BusKind, CmxServiceConfig};
 use driver::{Driver, Inputs};
+use kaa_service::ConfigError;
 use metrics::CmxMetrics;
 
 /// Why the CMX service could not start.
@@ -238,7 +241,7 @@ impl Health {
 #[derive(Clone, Debug)]
 pub struct CmxStatus {
     health: Arc<Health>,
-    metrics: crate::service::Metrics,
+    metrics: kaa_service::Metrics,
 }
 
 impl CmxStatus {
@@ -333,10 +336,10 @@ impl CmxService {
     /// listener (`cmx.http.listen`, if set).
     pub async fn bind(config: &CmxServiceConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
         config.validate()?;
-        crate::service::check_fits_bus(
+        kaa_service::check_fits_bus(
             "cmx.limits.max-config-size",
             config.max_config_size(),
-            crate::service::CMP_WRAPPER_ROOM + crate::service::BUS_ENVELOPE_ROOM,
+            kaa_service::CMP_WRAPPER_ROOM + kaa_service::BUS_ENVELOPE_ROOM,
             bus.max_payload(),
         )?;
         let engine = Cmx::new(config.engine_config())?;

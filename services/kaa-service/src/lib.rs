@@ -1,4 +1,5 @@
-//! The small toolkit every example service binary shares.
+//! The small toolkit the kaa-rs services (`kaa-cmx`, `kaa-ecr`, `kaa-kpc`) and their
+//! binaries share.
 //!
 //! - Configuration: [`load_yaml`] / [`parse_yaml`] read a YAML file into a typed serde
 //!   struct and turn every problem into a [`ConfigError`] that names the file, the
@@ -15,9 +16,11 @@
 //!   [`http_metrics`], a middleware that counts HTTP requests by method, route and
 //!   status and times them.
 //! - Shutdown: [`shutdown_signal`] resolves on SIGTERM or ctrl-c.
+//! - Byte sizes in configuration files (`1048576`, `"512KiB"`, `"1MiB"`):
+//!   [`parse_byte_size`], and [`de_byte_size`] / [`de_opt_byte_size`] for serde.
 //!
 //! ```
-//! use kaa_examples::service::{Metrics, ops_router, parse_yaml};
+//! use kaa_service::{Metrics, ops_router, parse_yaml};
 //!
 //! #[derive(Debug, serde::Deserialize)]
 //! #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -262,7 +265,7 @@ pub const DEFAULT_MAX_CONFIG_SIZE: usize = 1024 * 1024 - CMP_WRAPPER_ROOM - BUS_
 /// sizes and what to change.
 ///
 /// ```
-/// use kaa_examples::service::{check_fits_bus, DEFAULT_MAX_CONFIG_SIZE};
+/// use kaa_service::{check_fits_bus, DEFAULT_MAX_CONFIG_SIZE};
 /// assert!(check_fits_bus("ecr.http.body-limit", DEFAULT_MAX_CONFIG_SIZE, 16 * 1024, Some(1 << 20)).is_ok());
 /// let err = check_fits_bus("ecr.http.body-limit", 1 << 20, 16 * 1024, Some(1 << 20)).unwrap_err();
 /// assert!(err.to_string().contains("at most 1032192"), "{err}");
@@ -552,4 +555,61 @@ mod tests {
         let text = m.render();
         assert!(text.contains("svc_things_total 1"), "{text}");
     }
+}
+
+// ------------------------------------------------------------------ byte sizes
+
+/// Deserializes an optional byte size written as a number or as text
+/// ([`parse_byte_size`]), e.g. with `#[serde(deserialize_with = …)]`; shared by the
+/// ECR, CMX and KPC configurations.
+pub fn de_opt_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match Option::<ByteSize>::deserialize(d)? {
+        None => Ok(None),
+        Some(size) => size.bytes().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Deserializes a required byte size written as a number or as text.
+pub fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    ByteSize::deserialize(d)?
+        .bytes()
+        .map_err(serde::de::Error::custom)
+}
+
+/// A byte size as written in YAML: `1048576` or `"1MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSize {
+    Number(usize),
+    Text(String),
+}
+
+impl ByteSize {
+    fn bytes(self) -> Result<usize, String> {
+        match self {
+            ByteSize::Number(n) => Ok(n),
+            ByteSize::Text(t) => parse_byte_size(&t),
+        }
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `1MiB`, `2 MiB`.
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (expected e.g. 1048576, 512KiB, 1MiB)"))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "invalid size unit in {text:?} (expected B, KiB or MiB)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::service::Metrics;
+use kaa_service::Metrics;
 
 /// A label with one value.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
