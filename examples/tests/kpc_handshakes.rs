@@ -559,8 +559,18 @@ async fn an_address_past_its_share_is_closed_and_a_full_pool_evicts_the_busiest_
     // The device is established: it no longer counts as a handshake.
     assert_eq!(kpc.metrics().handshakes(), 3);
     assert_eq!(kpc.metrics().open_connections(), 4);
-    drop(device);
+    // Shutdown does not wait for handshakes to time out.
+    let stopping = Instant::now();
     kpc.shutdown().await.unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopping.elapsed()
+    );
+    for s in &mut silent[1..] {
+        assert!(closed_within(s, WAIT).await);
+    }
+    drop(device);
 }
 
 /// `connect-timeout` is the handshake deadline: a socket that sends nothing is

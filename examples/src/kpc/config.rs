@@ -675,6 +675,14 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.kpc.extension_instances, ["cmx", "cmx_ota"]);
         assert!(c.nats.is_some());
+        // The sample states the defaults of the handshake limits.
+        let mqtt = &c.kpc.mqtt;
+        assert_eq!(mqtt.max_handshakes, Some(DEFAULT_MAX_HANDSHAKES));
+        assert_eq!(
+            mqtt.max_handshakes_per_address,
+            Some(DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)
+        );
+        assert_eq!(mqtt.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         let auth = c.kpc.mqtt.auth.as_ref().unwrap();
         assert_eq!(
             auth.users[0].password.to_string(),

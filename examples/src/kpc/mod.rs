@@ -461,11 +461,13 @@ impl KpcServer {
                             // connection still counts as a handshake.
                             if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
                                 let timeout = shared.settings.connect_timeout;
+                                let mut stop = stop_rx.clone();
                                 sessions.spawn(async move {
                                     let evicted = admission.eviction();
                                     tokio::select! {
                                         () = session::refuse_unavailable(stream, timeout) => {}
                                         () = evicted => {}
+                                        _ = stop.changed() => {}
                                     }
                                     drop(admission);
                                     drop(refusal);

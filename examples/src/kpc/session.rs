@@ -300,6 +300,7 @@ impl Session {
     async fn run(&mut self) -> End {
         let connect_timeout = self.shared.settings.connect_timeout;
         let evicted = self.admission.eviction();
+        let mut shutdown = self.shutdown.clone();
         let connect = tokio::select! {
             read = tokio::time::timeout(connect_timeout, self.read_connect()) => match read {
                 Ok(Ok(connect)) => connect,
@@ -310,6 +311,7 @@ impl Session {
                 }
             },
             () = evicted => return End::Evicted,
+            _ = shutdown.changed() => return End::Shutdown,
         };
         if let Err(end) = self.accept_connect(connect).await {
             return end;
