@@ -72,7 +72,7 @@
 //!     again;
 //!   - `max-handshakes-per-address` (default 256, or `max-handshakes` when lower):
 //!     a connection from an address (an IPv6 /64) that has that many running is
-//!     closed at once, nothing read (`reason="address_limit"`);
+//!     reset at once, nothing read (`reason="address_limit"`);
 //!   - `connect-timeout` (default 5 s) is the handshake deadline: no complete
 //!     CONNECT by then, the connection is closed (`reason="timeout"`).
 //!

@@ -43,16 +43,16 @@
 //! adds the checks a server owes that a client codec leaves out (see below).
 //!
 //! - **CONNECT** must be the first packet, complete within `connect-timeout`;
-//!   anything else closes the connection. Until CONNECT is accepted, a connection
-//!   counts against the handshake limits, not `max-connections` (see *Limits*
-//!   below). Protocol levels other than 4 (MQTT 3.1
+//!   anything else closes the connection. Protocol levels other than 4 (MQTT 3.1
 //!   `MQIsdp`, MQTT 5) get CONNACK 0x01. With `kpc.mqtt.auth.enabled`, a CONNECT
 //!   without credentials gets 0x05 (not authorized), wrong ones 0x04 (bad user name
 //!   or password). An empty client ID with clean session is assigned one; without
 //!   clean session it gets 0x02. A second connection with the same client ID closes
 //!   the first (MQTT 3.1.4-2). Sessions are never persisted: clean session 0 is
 //!   accepted and CONNACK always says session present 0. A Will message is accepted
-//!   and ignored (KPC is not a broker: there is nobody to publish it to).
+//!   and ignored (KPC is not a broker: there is nobody to publish it to). Until
+//!   its CONNECT is accepted, a connection counts against the handshake limits,
+//!   not `max-connections` (see *Limits and observability*).
 //! - **Keep-alive**: no packet for 1.5 × the client's keep-alive ends the session;
 //!   keep-alive 0 disables the check, as MQTT says.
 //! - **PUBLISH** at QoS 0, 1 (PUBACK after the ClientData is on the bus) and 2
@@ -160,7 +160,8 @@
 //! per-address cap and the `connect-timeout` deadline, and a full handshake pool
 //! evicts the oldest handshake of the busiest address rather than refusing the
 //! newcomer. The accept loop never waits on a connection; out of file
-//! descriptors, it evicts a handshake and pauses briefly instead of spinning. Every session runs in a tracing span `mqtt_session` with its
+//! descriptors, it evicts a handshake and pauses briefly instead of spinning.
+//! Every session runs in a tracing span `mqtt_session` with its
 //! number, peer address and client ID; [`metrics`] lists the counters served on
 //! `/metrics` (with `/health`) when `kpc.http.listen` is set.
 
