@@ -433,7 +433,7 @@ async fn lockout_scenario(label: &str, sources: &[&'static str]) -> Outcome {
         &failures[..failures.len().min(5)]
     );
     assert!(
-        attempts_during >= 1_000,
+        attempts_during >= 200,
         "the silent sockets kept reconnecting while the devices connected ({attempts_during})"
     );
     assert_eq!(

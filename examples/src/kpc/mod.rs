@@ -431,7 +431,14 @@ impl KpcServer {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut warnings = LoadWarnings::default();
         tokio::pin!(shutdown);
+        // Polled once before anything else: a signal-based `shutdown` installs its
+        // handlers on its first poll, and a select may pick a waiting connection
+        // first (a SIGTERM right after start then killed the process).
+        let stopped_early = futures::FutureExt::now_or_never(&mut shutdown).is_some();
         let result = loop {
+            if stopped_early {
+                break Ok(());
+            }
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
