@@ -121,7 +121,9 @@ struct LoadArgs {
     /// Configuration name (default: the default configuration).
     #[arg(long)]
     name: Option<String>,
-    /// Connections opened at the same time.
+    /// Connections opened at the same time. KPC takes at most
+    /// `kpc.mqtt.max-handshakes-per-address` (default 256) unfinished connections
+    /// from one address: above that, raise it there.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Seconds before a request counts as timed out.

@@ -21,11 +21,13 @@
 //!       users:
 //!         - username: devices
 //!           password: { env: KPC_MQTT_PASSWORD }
-//!     max-connections: 10000      # the next CONNECT gets CONNACK 0x03 (server unavailable)
+//!     max-connections: 10000      # established sessions; the next CONNECT gets CONNACK 0x03 (server unavailable)
+//!     max-handshakes: 1000        # connections that have not completed CONNECT + auth (default 1000, at most max-connections)
+//!     max-handshakes-per-address: 256  # of those, per source address (IPv6: per /64)
 //!     max-inflight: 64            # per session: requests waiting for an extension, QoS 1 deliveries waiting for PUBACK
 //!     max-endpoints-per-session: 1000  # endpoint tokens one session (a gateway) may use
 //!     max-payload: 1016KiB        # PUBLISH payloads both ways (default 1 MiB − 8 KiB): see Limits below
-//!     connect-timeout: 10s        # from TCP accept to CONNECT
+//!     connect-timeout: 5s         # from TCP accept to CONNECT (the handshake deadline)
 //!     request-timeout: 60s        # ClientData timeout; how long a request waits for its answer
 //!     write-timeout: 10s          # a client that does not read for this long is disconnected
 //!   http:
@@ -52,11 +54,34 @@
 //!   start-up `max-payload` + 8 KiB (the 4/ESP envelope of the forwarded
 //!   ClientData) must fit the bus's `max_payload` (NATS: the server's), or KPC
 //!   refuses to start and names the largest value that fits.
-//! - `max-connections`: the next connection is read up to its CONNECT (within
-//!   `connect-timeout`) and answered with CONNACK 0x03, server unavailable, then
-//!   closed, as MQTT 3.1.1 (3.2.2.3) prescribes; at most 64 such refusals run at
-//!   once, beyond that connections are closed at once. Both are counted in
-//!   `kpc_connections_rejected_total`.
+//! - `max-connections` bounds **established** sessions: those that sent CONNECT
+//!   and passed authentication. While it is reached, a new connection is read up
+//!   to its CONNECT (within `connect-timeout`) and answered with CONNACK 0x03,
+//!   server unavailable, then closed, as MQTT 3.1.1 (3.2.2.3) prescribes; at most
+//!   64 such refusals run at once, beyond that connections are closed at once. A
+//!   CONNECT that completes when the last permit was just taken also gets 0x03.
+//!   All are counted in `kpc_connections_rejected_total`.
+//! - **Handshakes** (accepted connections that have not completed CONNECT and
+//!   authentication) have their own budget, so sockets that never speak cannot
+//!   use up `max-connections` and lock devices out:
+//!   - `max-handshakes` (default 1,000, or `max-connections` when lower; at most
+//!     `max-connections`): when that many are running, the oldest handshake of
+//!     the source address holding the most is closed to make room for the new
+//!     connection (`kpc_handshakes_dropped_total{reason="evicted"}`); refusing
+//!     instead would let sockets from a few dozen addresses lock everyone out
+//!     again;
+//!   - `max-handshakes-per-address` (default 256, or `max-handshakes` when lower):
+//!     a connection from an address (an IPv6 /64) that has that many running is
+//!     reset at once, nothing read (`reason="address_limit"`);
+//!   - `connect-timeout` (default 5 s) is the handshake deadline: no complete
+//!     CONNECT by then, the connection is closed (`reason="timeout"`).
+//!
+//!   KPC needs up to `max-connections` + `max-handshakes` + 64 sockets. At start
+//!   it raises the process's soft open-file limit (`RLIMIT_NOFILE`) to that plus
+//!   room for its own files, within the hard limit, and warns when the hard
+//!   limit is lower. Out of file descriptors anyway (`EMFILE`), it evicts a
+//!   handshake as above and pauses accepting (5 ms, doubling to 500 ms while it
+//!   lasts) instead of spinning; the listener stays up.
 //! - `max-inflight`: per session, a request beyond it gets a 1/KP 429 error; a
 //!   QoS 1 delivery beyond it is dropped (counted as
 //!   `kpc_extension_data_total{outcome="inflight_full"}`) until PUBACKs arrive.
@@ -89,8 +114,13 @@ pub const DEFAULT_MAX_ENDPOINTS_PER_SESSION: usize = 1_000;
 /// ([`kaa_service::CMP_WRAPPER_ROOM`]).
 pub const DEFAULT_MAX_PAYLOAD: usize =
     kaa_service::DEFAULT_MAX_CONFIG_SIZE + kaa_service::CMP_WRAPPER_ROOM;
+/// Default `kpc.mqtt.max-handshakes` (or `max-connections` when that is lower).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1_000;
+/// Default `kpc.mqtt.max-handshakes-per-address` (or `max-handshakes` when that
+/// is lower).
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 256;
 /// Default `kpc.mqtt.connect-timeout`.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `kpc.mqtt.request-timeout`.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `kpc.mqtt.write-timeout`.
@@ -195,9 +225,19 @@ pub struct MqttSection {
     /// `kpc.mqtt.auth`; absent: anonymous clients are accepted.
     #[serde(default)]
     pub auth: Option<MqttAuthSection>,
-    /// `kpc.mqtt.max-connections`.
+    /// `kpc.mqtt.max-connections`: established sessions (CONNECT accepted).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// `kpc.mqtt.max-handshakes`: connections that have not completed CONNECT and
+    /// authentication; absent: [`DEFAULT_MAX_HANDSHAKES`] or `max-connections`
+    /// when lower ([`MqttSection::max_handshakes`]).
+    #[serde(default)]
+    pub max_handshakes: Option<usize>,
+    /// `kpc.mqtt.max-handshakes-per-address`: of those, from one source address
+    /// (IPv6: one /64); absent: [`DEFAULT_MAX_HANDSHAKES_PER_ADDRESS`] or
+    /// `max-handshakes` when lower ([`MqttSection::max_handshakes_per_address`]).
+    #[serde(default)]
+    pub max_handshakes_per_address: Option<usize>,
     /// `kpc.mqtt.max-inflight`: per session, the most requests waiting for an
     /// extension's answer and the most QoS 1 deliveries waiting for PUBACK.
     #[serde(default = "default_max_inflight")]
@@ -213,7 +253,8 @@ pub struct MqttSection {
         deserialize_with = "kaa_service::de_byte_size"
     )]
     pub max_payload: usize,
-    /// `kpc.mqtt.connect-timeout`: from TCP accept to a complete CONNECT.
+    /// `kpc.mqtt.connect-timeout`: from TCP accept to a complete CONNECT (the
+    /// handshake deadline).
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
     /// `kpc.mqtt.request-timeout`: the 4/ESP `ClientData.timeout`, and how long
@@ -224,6 +265,20 @@ pub struct MqttSection {
     /// this long is disconnected.
     #[serde(default = "default_write_timeout", deserialize_with = "de_duration")]
     pub write_timeout: Duration,
+}
+
+impl MqttSection {
+    /// The effective `max-handshakes`.
+    pub fn max_handshakes(&self) -> usize {
+        self.max_handshakes
+            .unwrap_or_else(|| DEFAULT_MAX_HANDSHAKES.min(self.max_connections))
+    }
+
+    /// The effective `max-handshakes-per-address`.
+    pub fn max_handshakes_per_address(&self) -> usize {
+        self.max_handshakes_per_address
+            .unwrap_or_else(|| DEFAULT_MAX_HANDSHAKES_PER_ADDRESS.min(self.max_handshakes()))
+    }
 }
 
 fn default_max_connections() -> usize {
@@ -424,6 +479,8 @@ impl KpcConfig {
                     listen,
                     auth: None,
                     max_connections: DEFAULT_MAX_CONNECTIONS,
+                    max_handshakes: None,
+                    max_handshakes_per_address: None,
                     max_inflight: DEFAULT_MAX_INFLIGHT,
                     max_endpoints_per_session: DEFAULT_MAX_ENDPOINTS_PER_SESSION,
                     max_payload: DEFAULT_MAX_PAYLOAD,
@@ -499,6 +556,19 @@ impl KpcConfig {
                 "kpc.mqtt.max-connections must be > 0".into(),
             ));
         }
+        if mqtt.max_handshakes() == 0 || mqtt.max_handshakes() > mqtt.max_connections {
+            return Err(ConfigError::Invalid(
+                "kpc.mqtt.max-handshakes must be between 1 and kpc.mqtt.max-connections".into(),
+            ));
+        }
+        if mqtt.max_handshakes_per_address() == 0
+            || mqtt.max_handshakes_per_address() > mqtt.max_handshakes()
+        {
+            return Err(ConfigError::Invalid(
+                "kpc.mqtt.max-handshakes-per-address must be between 1 and kpc.mqtt.max-handshakes"
+                    .into(),
+            ));
+        }
         if mqtt.max_inflight == 0 || mqtt.max_inflight > usize::from(u16::MAX) {
             return Err(ConfigError::Invalid(
                 "kpc.mqtt.max-inflight must be between 1 and 65535".into(),
@@ -561,7 +631,42 @@ mod tests {
         assert_eq!(c.replica_id(), "kpc-1");
         assert_eq!(c.kpc.mqtt.max_payload, DEFAULT_MAX_PAYLOAD);
         assert_eq!(c.kpc.mqtt.request_timeout, DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(c.kpc.mqtt.max_handshakes(), DEFAULT_MAX_HANDSHAKES);
+        assert_eq!(
+            c.kpc.mqtt.max_handshakes_per_address(),
+            DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
+        );
         assert!(c.credentials().unwrap().is_anonymous());
+    }
+
+    #[test]
+    fn handshake_limits_default_within_max_connections() {
+        let small = format!("{MINIMAL}    max-connections: 100\n");
+        let c: KpcConfig = parse_yaml(&small, "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kpc.mqtt.max_handshakes(), 100);
+        assert_eq!(c.kpc.mqtt.max_handshakes_per_address(), 100);
+        let set = format!("{MINIMAL}    max-handshakes: 50\n    max-handshakes-per-address: 5\n");
+        let c: KpcConfig = parse_yaml(&set, "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kpc.mqtt.max_handshakes(), 50);
+        assert_eq!(c.kpc.mqtt.max_handshakes_per_address(), 5);
+        for (extra, key) in [
+            ("    max-handshakes: 0\n", "max-handshakes must"),
+            (
+                "    max-connections: 10\n    max-handshakes: 11\n",
+                "max-handshakes must",
+            ),
+            ("    max-handshakes-per-address: 0\n", "per-address"),
+            (
+                "    max-handshakes: 5\n    max-handshakes-per-address: 6\n",
+                "per-address",
+            ),
+        ] {
+            let c: KpcConfig = parse_yaml(&format!("{MINIMAL}{extra}"), "t").unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err} (expected {key})");
+        }
     }
 
     #[test]
@@ -574,6 +679,14 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.kpc.extension_instances, ["cmx", "cmx_ota"]);
         assert!(c.nats.is_some());
+        // The sample states the defaults of the handshake limits.
+        let mqtt = &c.kpc.mqtt;
+        assert_eq!(mqtt.max_handshakes, Some(DEFAULT_MAX_HANDSHAKES));
+        assert_eq!(
+            mqtt.max_handshakes_per_address,
+            Some(DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)
+        );
+        assert_eq!(mqtt.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         let auth = c.kpc.mqtt.auth.as_ref().unwrap();
         assert_eq!(
             auth.users[0].password.to_string(),

@@ -50,7 +50,9 @@
 //!   clean session it gets 0x02. A second connection with the same client ID closes
 //!   the first (MQTT 3.1.4-2). Sessions are never persisted: clean session 0 is
 //!   accepted and CONNACK always says session present 0. A Will message is accepted
-//!   and ignored (KPC is not a broker: there is nobody to publish it to).
+//!   and ignored (KPC is not a broker: there is nobody to publish it to). Until
+//!   its CONNECT is accepted, a connection counts against the handshake limits,
+//!   not `max-connections` (see *Limits and observability*).
 //! - **Keep-alive**: no packet for 1.5 × the client's keep-alive ends the session;
 //!   keep-alive 0 disables the check, as MQTT says.
 //! - **PUBLISH** at QoS 0, 1 (PUBACK after the ClientData is on the bus) and 2
@@ -149,9 +151,17 @@
 //! # Limits and observability
 //!
 //! `max-connections` (the next CONNECT gets CONNACK 0x03, server unavailable),
+//! `max-handshakes`, `max-handshakes-per-address`,
 //! `max-inflight`,
 //! `max-endpoints-per-session`, `max-payload`, `connect-timeout`, `request-timeout`, `write-timeout`: see
-//! [`config`]. Every session runs in a tracing span `mqtt_session` with its
+//! [`config`]. Established sessions and connections that have not completed
+//! CONNECT (handshakes) are accounted separately, so sockets that never speak
+//! cannot take the room of devices that do: handshakes have their own cap, a
+//! per-address cap and the `connect-timeout` deadline, and a full handshake pool
+//! evicts the oldest handshake of the busiest address rather than refusing the
+//! newcomer. The accept loop never waits on a connection; out of file
+//! descriptors, it evicts a handshake and pauses briefly instead of spinning.
+//! Every session runs in a tracing span `mqtt_session` with its
 //! number, peer address and client ID; [`metrics`] lists the counters served on
 //! `/metrics` (with `/health`) when `kpc.http.listen` is set.
 
@@ -160,6 +170,7 @@ pub mod metrics;
 pub mod resolver;
 pub mod route;
 
+mod admission;
 mod bus;
 mod hub;
 mod session;
@@ -173,6 +184,7 @@ use kaa_bus::{Bus, BusError};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use config::{Credentials, KpcConfig};
@@ -186,6 +198,17 @@ const MAX_CONCURRENT_REFUSALS: usize = 64;
 
 /// How long shutdown waits for sessions to end and their events to be published.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The first pause after a failed `accept`; it doubles while failures go on.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// The longest pause after failed `accept`s.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// At most one warning per this interval for connections KPC drops under load
+/// (the rest are counted, and logged at debug level).
+const LOAD_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// File descriptors KPC keeps for itself on top of its connection limits (bus,
+/// listeners, logs) when it raises `RLIMIT_NOFILE`.
+const FD_ROOM: u64 = 256;
 
 /// Why KPC could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +263,8 @@ pub struct KpcServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     max_connections: usize,
+    max_handshakes: usize,
+    max_handshakes_per_address: usize,
     ops: Option<(TcpListener, SocketAddr)>,
     bus_tasks: bus::BusTasks,
 }
@@ -335,11 +360,15 @@ impl KpcServer {
             None => None,
         };
         let bus_tasks = bus::start(Arc::clone(&shared), events_tx, events_rx).await?;
+        let sockets = mqtt.max_connections + mqtt.max_handshakes() + MAX_CONCURRENT_REFUSALS;
+        raise_open_file_limit(u64::try_from(sockets).unwrap_or(u64::MAX));
         Ok(KpcServer {
             shared,
             listener,
             local_addr,
             max_connections: mqtt.max_connections,
+            max_handshakes: mqtt.max_handshakes(),
+            max_handshakes_per_address: mqtt.max_handshakes_per_address(),
             ops,
             bus_tasks,
         })
@@ -372,6 +401,8 @@ impl KpcServer {
             listener,
             local_addr,
             max_connections,
+            max_handshakes,
+            max_handshakes_per_address,
             ops,
             bus_tasks,
         } = self;
@@ -389,28 +420,69 @@ impl KpcServer {
         });
         let permits = Arc::new(Semaphore::new(max_connections));
         let refusals = Arc::new(Semaphore::new(MAX_CONCURRENT_REFUSALS));
+        let handshakes = Arc::new(admission::Handshakes::new(
+            max_handshakes,
+            max_handshakes_per_address,
+            shared.metrics.clone(),
+        ));
         let mut sessions = JoinSet::new();
+        // After a failed accept: no accepting until then, and the next pause.
+        let mut paused_until: Option<Instant> = None;
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut warnings = LoadWarnings::default();
         tokio::pin!(shutdown);
+        // Polled once before anything else: a signal-based `shutdown` installs its
+        // handlers on its first poll, and a select may pick a waiting connection
+        // first (a SIGTERM right after start then killed the process).
+        let stopped_early = futures::FutureExt::now_or_never(&mut shutdown).is_some();
         let result = loop {
+            if stopped_early {
+                break Ok(());
+            }
             tokio::select! {
                 () = &mut shutdown => break Ok(()),
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                accepted = listener.accept() => match accepted {
+                () = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)),
+                    if paused_until.is_some() => paused_until = None,
+                accepted = listener.accept(), if paused_until.is_none() => match accepted {
                     Ok((stream, peer)) => {
-                        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                        backoff = ACCEPT_BACKOFF_MIN;
+                        // Nothing here waits on the connection: the accept loop
+                        // only does bookkeeping and spawns.
+                        let Some((mut admission, displaced)) = handshakes.admit(peer.ip(), &permits)
+                        else {
+                            // Its address holds its share of handshakes: closed at
+                            // once (reset, so no TIME_WAIT piles up here).
+                            let _ = stream.set_zero_linger();
+                            drop(stream);
+                            warnings.note(&peer, "address_limit");
+                            continue;
+                        };
+                        if displaced {
+                            warnings.note(&peer, "evicted");
+                        }
+                        if permits.available_permits() == 0 {
                             shared.metrics.connection_rejected();
-                            tracing::warn!(%peer, max_connections, "connection limit reached; CONNECT refused");
+                            warnings.note(&peer, "max_connections");
                             // Read the CONNECT and answer CONNACK 0x03 (server
-                            // unavailable), a bounded number at a time.
+                            // unavailable), a bounded number at a time; the
+                            // connection still counts as a handshake.
                             if let Ok(refusal) = Arc::clone(&refusals).try_acquire_owned() {
                                 let timeout = shared.settings.connect_timeout;
+                                let mut stop = stop_rx.clone();
                                 sessions.spawn(async move {
-                                    session::refuse_unavailable(stream, timeout).await;
+                                    let evicted = admission.eviction();
+                                    tokio::select! {
+                                        () = session::refuse_unavailable(stream, timeout) => {}
+                                        () = evicted => {}
+                                        _ = stop.changed() => {}
+                                    }
+                                    drop(admission);
                                     drop(refusal);
                                 });
                             }
                             continue;
-                        };
+                        }
                         let span = tracing::info_span!(
                             "mqtt_session",
                             session = tracing::field::Empty,
@@ -420,17 +492,30 @@ impl KpcServer {
                         let shared = Arc::clone(&shared);
                         let stop = stop_rx.clone();
                         sessions.spawn(
-                            async move {
-                                session::serve(shared, stream, peer, stop).await;
-                                drop(permit);
-                            }
-                            .instrument(span),
+                            session::serve(shared, stream, peer, stop, admission).instrument(span),
                         );
                     }
                     Err(e) => {
-                        // Out of file descriptors and the like: back off a little.
-                        tracing::warn!(error = %e, addr = %local_addr, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // Out of file descriptors (or socket memory): the listener
+                        // stays readable, so retrying at once would spin. Free a
+                        // descriptor by evicting a handshake, and pause.
+                        let exhausted = is_resource_exhaustion(&e);
+                        let evicted = exhausted && handshakes.evict_one();
+                        shared
+                            .metrics
+                            .accept_error(if exhausted { "fd_exhausted" } else { "other" });
+                        if let Some(suppressed) = warnings.ready("accept") {
+                            tracing::warn!(
+                                error = %e,
+                                addr = %local_addr,
+                                evicted_a_handshake = evicted,
+                                pause_ms = backoff.as_millis(),
+                                suppressed,
+                                "accept failed; pausing"
+                            );
+                        }
+                        paused_until = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     }
                 },
             }
@@ -470,6 +555,104 @@ impl KpcServer {
         }
     }
 }
+
+/// `accept` failed for want of file descriptors or kernel memory (as opposed to a
+/// connection that failed before it was accepted).
+fn is_resource_exhaustion(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        use rustix::io::Errno;
+        if let Some(errno) = Errno::from_io_error(e) {
+            return [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].contains(&errno);
+        }
+    }
+    e.kind() == std::io::ErrorKind::OutOfMemory
+}
+
+/// Warnings for connections dropped under load, at most one per
+/// [`LOAD_WARNING_INTERVAL`] per kind; each says how many went unlogged since.
+#[derive(Debug, Default)]
+struct LoadWarnings {
+    last: std::collections::HashMap<&'static str, (Instant, u64)>,
+}
+
+impl LoadWarnings {
+    /// `Some(suppressed since the last warning)` when a warning of `kind` is due.
+    fn ready(&mut self, kind: &'static str) -> Option<u64> {
+        let now = Instant::now();
+        match self.last.get_mut(kind) {
+            Some((at, suppressed)) if now.duration_since(*at) < LOAD_WARNING_INTERVAL => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                self.last.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// A connection from `peer` dropped or refused for `kind`.
+    fn note(&mut self, peer: &SocketAddr, kind: &'static str) {
+        let what = match kind {
+            "address_limit" => {
+                "connection closed: its address holds kpc.mqtt.max-handshakes-per-address handshakes"
+            }
+            "evicted" => {
+                "kpc.mqtt.max-handshakes reached: the oldest handshake of the busiest address was closed"
+            }
+            _ => "kpc.mqtt.max-connections reached; CONNECT refused",
+        };
+        match self.ready(kind) {
+            Some(suppressed) => tracing::warn!(%peer, suppressed, "{what}"),
+            None => tracing::debug!(%peer, "{what}"),
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to `sockets` plus [`FD_ROOM`] when it is lower,
+/// within the hard limit; warns when the hard limit does not allow it.
+#[cfg(unix)]
+fn raise_open_file_limit(sockets: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let want = sockets.saturating_add(FD_ROOM);
+    let limit = getrlimit(Resource::Nofile);
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return;
+    }
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let new = want.min(hard);
+    if new > soft {
+        let raised = Rlimit {
+            current: Some(new),
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::info!(
+                from = soft,
+                to = new,
+                "raised the open-file limit (RLIMIT_NOFILE)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
+    if new < want {
+        tracing::warn!(
+            limit = new,
+            needed = want,
+            "the open-file limit is below what kpc.mqtt.max-connections + max-handshakes need; \
+             connections past it wait in the listen queue (KPC evicts handshakes and pauses accepting)"
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit(_sockets: u64) {}
 
 /// A KPC running in the background ([`KpcServer::spawn`]).
 #[derive(Debug)]

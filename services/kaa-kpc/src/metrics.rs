@@ -5,8 +5,11 @@
 //! | --- | --- | --- |
 //! | `kpc_connections` | | open MQTT connections (gauge) |
 //! | `kpc_connections_accepted_total` | | TCP connections accepted |
-//! | `kpc_connections_closed_total` | `reason` | sessions ended: `disconnect`, `dropped`, `keep_alive`, `protocol_violation`, `taken_over`, `write_timeout`, `shutdown`, `refused` |
+//! | `kpc_connections_closed_total` | `reason` | sessions ended: `disconnect`, `dropped`, `keep_alive`, `protocol_violation`, `taken_over`, `write_timeout`, `shutdown`, `refused`, `connect_timeout` (no CONNECT within `connect-timeout`), `evicted` (handshake evicted for a newcomer) |
 //! | `kpc_connections_rejected_total` | | connections over `max-connections` (answered CONNACK 0x03, or closed at once when 64 refusals are already running) |
+//! | `kpc_handshakes` | | connections accepted that have not completed CONNECT and authentication (gauge) |
+//! | `kpc_handshakes_dropped_total` | `reason` | handshakes ended by KPC's limits: `address_limit` (closed at accept: the source holds `max-handshakes-per-address`), `evicted` (the oldest of the source holding the most, closed for a newcomer when `max-handshakes` are running or file descriptors ran out), `timeout` (no CONNECT within `connect-timeout`) |
+//! | `kpc_accept_errors_total` | `kind` | failed `accept` calls: `fd_exhausted` (out of file descriptors or socket memory: one handshake is evicted and accepting pauses), `other` |
 //! | `kpc_messages_in_total` | `kind` | PUBLISH received: `request` (forwarded as ClientData), `rejected` (answered or dropped by KPC) |
 //! | `kpc_messages_out_total` | `kind` | PUBLISH sent: `response`, `error`, `push` |
 //! | `kpc_extension_data_total` | `outcome` | ExtensionData received: `delivered`, `no_session`, `unmatched`, `expired`, `malformed`, `no_responders` (a NATS "no responders" status: the ClientData found no extension instance subscribed), `queue_full`, `inflight_full`, `too_large` (payload over `max-payload`: a 413 went to the device instead) |
@@ -49,6 +52,9 @@ pub struct KpcMetrics {
     accepted: Counter,
     closed: Family<Reason, Counter>,
     rejected: Counter,
+    handshakes: Gauge,
+    handshakes_dropped: Family<Reason, Counter>,
+    accept_errors: Family<Kind, Counter>,
     messages_in: Family<Kind, Counter>,
     messages_out: Family<Kind, Counter>,
     extension_data: Family<Outcome, Counter>,
@@ -71,6 +77,9 @@ impl KpcMetrics {
             accepted: Counter::default(),
             closed: Family::default(),
             rejected: Counter::default(),
+            handshakes: Gauge::default(),
+            handshakes_dropped: Family::default(),
+            accept_errors: Family::default(),
             messages_in: Family::default(),
             messages_out: Family::default(),
             extension_data: Family::default(),
@@ -97,6 +106,21 @@ impl KpcMetrics {
             "connections_rejected",
             "Connections closed at once (over max-connections)",
             m.rejected.clone(),
+        );
+        r.register(
+            "handshakes",
+            "Connections that have not completed CONNECT and authentication",
+            m.handshakes.clone(),
+        );
+        r.register(
+            "handshakes_dropped",
+            "Handshakes ended by KPC's limits, by reason",
+            m.handshakes_dropped.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Failed accept calls, by kind",
+            m.accept_errors.clone(),
         );
         r.register(
             "messages_in",
@@ -137,6 +161,20 @@ impl KpcMetrics {
         self.rejected.inc();
     }
 
+    pub(crate) fn set_handshakes(&self, n: i64) {
+        self.handshakes.set(n);
+    }
+
+    pub(crate) fn handshake_dropped(&self, reason: &'static str) {
+        self.handshakes_dropped
+            .get_or_create(&Reason { reason })
+            .inc();
+    }
+
+    pub(crate) fn accept_error(&self, kind: &'static str) {
+        self.accept_errors.get_or_create(&Kind { kind }).inc();
+    }
+
     pub(crate) fn message_in(&self, kind: &'static str) {
         self.messages_in.get_or_create(&Kind { kind }).inc();
     }
@@ -162,6 +200,25 @@ impl KpcMetrics {
     /// Current number of open MQTT connections.
     pub fn open_connections(&self) -> i64 {
         self.connections.get()
+    }
+
+    /// Current number of connections that have not completed CONNECT and
+    /// authentication.
+    pub fn handshakes(&self) -> i64 {
+        self.handshakes.get()
+    }
+
+    /// Handshakes ended for this reason so far (`address_limit`, `evicted`,
+    /// `timeout`).
+    pub fn handshakes_dropped_count(&self, reason: &'static str) -> u64 {
+        self.handshakes_dropped
+            .get_or_create(&Reason { reason })
+            .get()
+    }
+
+    /// Failed `accept` calls of this kind so far (`fd_exhausted`, `other`).
+    pub fn accept_error_count(&self, kind: &'static str) -> u64 {
+        self.accept_errors.get_or_create(&Kind { kind }).get()
     }
 
     /// ExtensionData messages received with this outcome so far (see the table in

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use super::Shared;
+use super::admission::Admission;
 use super::hub::{Claim, Command, SessionHandle};
 use super::route::{self, Rejection, RouteLimits};
 
@@ -57,6 +58,10 @@ pub(crate) enum End {
     Shutdown,
     /// CONNECT was refused (CONNACK with an error code was sent).
     Refused(&'static str),
+    /// No CONNECT within `connect-timeout`.
+    ConnectTimeout,
+    /// The handshake was evicted to make room for a newer connection.
+    Evicted,
 }
 
 impl End {
@@ -70,6 +75,8 @@ impl End {
             End::WriteTimeout => "write_timeout",
             End::Shutdown => "shutdown",
             End::Refused(_) => "refused",
+            End::ConnectTimeout => "connect_timeout",
+            End::Evicted => "evicted",
         }
     }
 }
@@ -102,6 +109,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: watch::Receiver<bool>,
+    admission: Admission,
 ) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connection_opened();
@@ -116,6 +124,7 @@ pub(crate) async fn serve(
     let max_packet = shared.settings.max_payload.saturating_add(PUBLISH_OVERHEAD);
     let mut session = Session {
         shared: Arc::clone(&shared),
+        admission,
         handle,
         rx,
         shutdown,
@@ -151,6 +160,10 @@ pub(crate) async fn serve(
             tracing::info!(%peer, reason = %why, endpoints = released.len(), "protocol violation; connection closed")
         }
         End::Refused(why) => tracing::info!(%peer, reason = why, "CONNECT refused"),
+        // Counted; one line each would flood the log under a flood of sockets.
+        End::ConnectTimeout | End::Evicted => {
+            tracing::debug!(%peer, reason = end.reason(), "handshake ended")
+        }
         End::Disconnect => {
             tracing::debug!(%peer, endpoints = released.len(), "session ended by DISCONNECT")
         }
@@ -198,6 +211,8 @@ pub(crate) async fn refuse_unavailable(mut stream: TcpStream, timeout: Duration)
 
 struct Session {
     shared: Arc<Shared>,
+    /// The handshake slot, then the `max-connections` permit.
+    admission: Admission,
     handle: SessionHandle,
     rx: mpsc::Receiver<Command>,
     shutdown: watch::Receiver<bool>,
@@ -284,10 +299,19 @@ fn default_reason(status_code: i32) -> String {
 impl Session {
     async fn run(&mut self) -> End {
         let connect_timeout = self.shared.settings.connect_timeout;
-        let connect = match tokio::time::timeout(connect_timeout, self.read_connect()).await {
-            Ok(Ok(connect)) => connect,
-            Ok(Err(end)) => return end,
-            Err(_) => return End::Violation("no CONNECT within the connect timeout".into()),
+        let evicted = self.admission.eviction();
+        let mut shutdown = self.shutdown.clone();
+        let connect = tokio::select! {
+            read = tokio::time::timeout(connect_timeout, self.read_connect()) => match read {
+                Ok(Ok(connect)) => connect,
+                Ok(Err(end)) => return end,
+                Err(_) => {
+                    self.shared.metrics.handshake_dropped("timeout");
+                    return End::ConnectTimeout;
+                }
+            },
+            () = evicted => return End::Evicted,
+            _ = shutdown.changed() => return End::Shutdown,
         };
         if let Err(end) = self.accept_connect(connect).await {
             return end;
@@ -403,6 +427,15 @@ impl Session {
             self.client_id = connect.client_id;
         }
         tracing::Span::current().record("client_id", self.client_id.as_str());
+        // CONNECT and authentication done: the handshake slot becomes one of the
+        // `max-connections` permits, if one is left.
+        if !self.admission.establish() {
+            shared.metrics.connection_rejected();
+            return self.refuse(
+                ConnectReturnCode::ServiceUnavailable,
+                "kpc.mqtt.max-connections reached",
+            );
+        }
         self.keep_alive = (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         // No session state survives a connection: session present is always 0.
