@@ -271,6 +271,9 @@ async fn refused_fire_and_forget_request_is_counted_and_logged() {
     ] {
         assert!(line.contains(&needle), "{needle} missing: {line}");
     }
-    assert!(!text.contains("s3cr3t"), "the payload is never logged:\n{text}");
+    assert!(
+        !text.contains("s3cr3t"),
+        "the payload is never logged:\n{text}"
+    );
     assert_eq!(text.matches("device request refused").count(), 1, "{text}");
 }
