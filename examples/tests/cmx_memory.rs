@@ -164,7 +164,9 @@ async fn logs_carry_the_correlation_id_of_the_message_being_handled() {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_examples=debug,kaa_cmx=debug,kaa_ecr=debug,kaa_kpc=debug"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "kaa_examples=debug,kaa_cmx=debug,kaa_ecr=debug,kaa_kpc=debug",
+        ))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
@@ -219,7 +221,7 @@ async fn refused_fire_and_forget_request_is_counted_and_logged() {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_examples=info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_cmx=info"))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();

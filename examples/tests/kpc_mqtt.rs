@@ -263,7 +263,7 @@ async fn unknown_extension_connects_the_endpoint_before_it_is_refused() {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_examples=info"))
+        .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_kpc=info"))
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();

@@ -1,5 +1,5 @@
 //! What Kaa's own device clients send and expect, and what this crate (with the
-//! example KPC in `kaa-examples`) accepts. Documentation only.
+//! KPC service, `services/kaa-kpc`) accepts. Documentation only.
 //!
 //! Read from the clients' public sources:
 //!
