@@ -688,7 +688,9 @@ impl Stack {
         if std::env::var_os("CMX_TEST_LOG").is_some() {
             // Debugging aid: CMX logs to stderr (run with --nocapture).
             let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_examples=debug,kaa_cmx=debug,kaa_ecr=debug,kaa_kpc=debug"))
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    "kaa_examples=debug,kaa_cmx=debug,kaa_ecr=debug,kaa_kpc=debug",
+                ))
                 .with_writer(std::io::stderr)
                 .try_init();
         }
