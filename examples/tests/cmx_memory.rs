@@ -211,3 +211,71 @@ async fn logs_carry_the_correlation_id_of_the_message_being_handled() {
         "{text}"
     );
 }
+
+/// A request the engine refuses that has no request ID (here an applied report
+/// without a usable `configId`) cannot be answered (1/KP), so it is counted by
+/// reason and logged with its correlation ID, endpoint and reason, never its
+/// payload; the device gets nothing.
+#[tokio::test]
+async fn refused_fire_and_forget_request_is_counted_and_logged() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_cmx=info"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let names = Names::unique("cmx_memory::refused_fire_and_forget");
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let mut s = Stack::start(names, None, Arc::clone(&bus), bus, "").await;
+    let ep = s.names.endpoint(1);
+    let refused = s
+        .kpc
+        .send(
+            &ep,
+            APP_V1,
+            "/applied/json",
+            None,
+            br#"{"configId": null, "statusCode": 500, "reasonPhrase": "s3cr3t"}"#,
+        )
+        .await;
+    s.kpc.expect_nothing().await;
+    let sample = r#"cmx_refused_without_request_id_total{reason="malformed_payload"}"#;
+    assert_eq!(s.cmx.metric(sample), 1.0);
+    // Kaa's official client's success report is no refusal.
+    s.kpc
+        .send(
+            &ep,
+            APP_V1,
+            "/applied/json",
+            None,
+            br#"{"configId": "c1", "statusCode": null, "reasonPhrase": null}"#,
+        )
+        .await;
+    let applied = s.kpc.next_applied().await;
+    assert_eq!((&*applied.config_id, applied.status_code), ("c1", 200));
+    assert_eq!(s.cmx.metric(sample), 1.0);
+    s.cmx.stop().await;
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("device request refused"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{text}"));
+    for needle in [
+        format!("correlationId={refused}"),
+        format!("endpointId={ep}"),
+        "resourcePath=/applied/json".to_owned(),
+        "reason=\"malformed_payload\"".to_owned(),
+        "status=400".to_owned(),
+    ] {
+        assert!(line.contains(&needle), "{needle} missing: {line}");
+    }
+    assert!(
+        !text.contains("s3cr3t"),
+        "the payload is never logged:\n{text}"
+    );
+    assert_eq!(text.matches("device request refused").count(), 1, "{text}");
+}

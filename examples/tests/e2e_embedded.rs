@@ -51,4 +51,5 @@ e2e!(
     app_version_change,
     garbage_gets_errors,
     no_subscribe_delivery,
+    official_python_client,
 );

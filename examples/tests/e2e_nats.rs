@@ -7,6 +7,10 @@
 //! (so tests sharing the NATS server never answer each other), on ephemeral ports,
 //! with its own database (dropped afterwards). Without NATS or PostgreSQL the test
 //! prints `SKIPPED: …` and passes, unless `KAA_REQUIRE_SERVICES=1`.
+//!
+//! `official_python_client` needs the instance names `scripts/stack-nats.sh` uses
+//! (`ecr`, `cmx`, `kpc`: Kaa's official client writes `cmx` into its topics), so it
+//! runs on a private `nats-server` of its own, where those names meet nobody else.
 
 mod e2e_common;
 
@@ -17,7 +21,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use e2e_common::{System, unique};
-use kaa_bus::test_support::{NATS, POSTGRES};
+use kaa_bus::test_support::{NATS, POSTGRES, PrivateNatsServer};
 
 /// How long a binary may take to print its start banner.
 const START: Duration = Duration::from_secs(30);
@@ -28,6 +32,8 @@ struct Processes {
     admin_url: String,
     database: String,
     dir: tempfile::TempDir,
+    /// The test's own NATS server, if it has one (stopped after the processes).
+    _nats: Option<PrivateNatsServer>,
 }
 
 impl Drop for Processes {
@@ -110,10 +116,35 @@ fn addr_after(line: &str, scheme: &str) -> std::net::SocketAddr {
         .unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
 
-/// Starts ECR, CMX and KPC as separate processes, or returns `None` (after a
-/// visible `SKIPPED:` line) when NATS or PostgreSQL is down.
+/// Starts ECR, CMX and KPC as separate processes on the machine's NATS, with
+/// instance names unique to the test, or returns `None` (after a visible
+/// `SKIPPED:` line) when NATS or PostgreSQL is down.
 async fn start(test: &str) -> Option<(Processes, System)> {
     let nats = NATS.require(test)?;
+    let tag = unique(test).replace('_', "-");
+    let names = [
+        format!("ecr-{tag}"),
+        format!("cmx-{tag}"),
+        format!("kpc-{tag}"),
+    ];
+    start_on(test, nats, names, None).await
+}
+
+/// Starts ECR, CMX and KPC named `ecr`, `cmx` and `kpc` (as
+/// `scripts/stack-nats.sh` names them) on a private `nats-server`, or returns
+/// `None` (after a visible `SKIPPED:` line) when it or PostgreSQL is unavailable.
+async fn start_private(test: &str) -> Option<(Processes, System)> {
+    let server = PrivateNatsServer::start(test)?;
+    let names = ["ecr".to_owned(), "cmx".to_owned(), "kpc".to_owned()];
+    start_on(test, server.url(), names, Some(server)).await
+}
+
+async fn start_on(
+    test: &str,
+    nats: String,
+    [ecr, cmx, kpc]: [String; 3],
+    private_nats: Option<PrivateNatsServer>,
+) -> Option<(Processes, System)> {
     let admin_url = POSTGRES.require(test)?;
     let database = unique("e2e").replace('-', "_");
     let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
@@ -131,17 +162,12 @@ async fn start(test: &str) -> Option<(Processes, System)> {
         None => panic!("PostgreSQL URL without a database: {admin_url}"),
     };
 
-    let tag = unique(test).replace('_', "-");
-    let (ecr, cmx, kpc) = (
-        format!("ecr-{tag}"),
-        format!("cmx-{tag}"),
-        format!("kpc-{tag}"),
-    );
     let mut p = Processes {
         children: Vec::new(),
         admin_url,
         database,
         dir: tempfile::tempdir().expect("temp dir"),
+        _nats: private_nats,
     };
     let ecr_yaml = format!(
         "service:\n  instance:\n    name: {ecr}\n    replica:\n      id: {ecr}-1\n\
@@ -217,3 +243,14 @@ e2e!(
     garbage_gets_errors,
     no_subscribe_delivery,
 );
+
+/// Kaa's official Python client against the processes configured as
+/// `scripts/stack-nats.sh` configures them (`extension-instances: [cmx]`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_python_client() {
+    let Some((processes, sys)) = start_private("official_python_client").await else {
+        return;
+    };
+    e2e_common::official_python_client(sys).await;
+    drop(processes);
+}

@@ -250,6 +250,131 @@ async fn malformed_topics_get_400_where_a_request_id_allows_it() {
     assert!(dev.recv().await.topic.ends_with("/9/status"));
 }
 
+/// Kaa's official Python client (kaaproject/mqtt-client-python,
+/// `kaa_mqtt_client/kaa_mqtt_client.py`, `connect`) first publishes to the
+/// binary-data extension, `kp1/<appVersion>/bcx/<token>/token` with no payload
+/// and no request ID. A KPC that serves only `cmx` must still connect the
+/// endpoint (or CMX never pushes it its configuration), then refuse the request:
+/// counted and logged, since the device cannot be told.
+#[tokio::test]
+async fn unknown_extension_connects_the_endpoint_before_it_is_refused() {
+    // A current-thread runtime: the sessions run on this thread, under this
+    // thread's default subscriber.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("kaa_kpc=info"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut cfg = config();
+    cfg.kpc.extension_instances = vec!["cmx".into()];
+    let mut s = stack_with(cfg, default_behavior()).await;
+    let mut dev = Client::connect(s.kpc.local_addr(), "dev-1").await;
+    dev.publish(&format!("kp1/{APP}/bcx/tok-1/token"), QoS::AtMostOnce, b"")
+        .await;
+    assert_eq!(
+        s.events.next().await,
+        Connectivity::Connected(eps(&[("ep-1", APP)]))
+    );
+    dev.no_publish_within(QUIET).await;
+    s.cmx.none_within(Duration::from_millis(10)).await;
+    let metrics = s.kpc.metrics();
+    assert_eq!(metrics.refused_count("unknown_extension"), 1);
+    assert_eq!(metrics.error_count("unknown_extension"), 1);
+    // The session owns the endpoint: CMX's push on connect reaches it.
+    push(
+        &s.bus,
+        "kpc",
+        "ep-1",
+        "/config/json",
+        200,
+        br#"{"configId":"c1","config":1}"#,
+    )
+    .await;
+    let p = dev.recv().await;
+    assert_eq!(p.topic, topic("tok-1", "config/json/status"));
+    assert_eq!(&p.payload[..], br#"{"configId":"c1","config":1}"#);
+    // With a request ID the device is told, and it is no silent refusal.
+    let request = format!("kp1/{APP}/bcx/tok-1/token/5");
+    dev.publish(&request, QoS::AtMostOnce, b"").await;
+    let r = dev.recv().await;
+    assert_eq!(r.topic, format!("{request}/error"));
+    assert_eq!(error_payload(&r).status_code, 404);
+    assert_eq!(metrics.refused_count("unknown_extension"), 1);
+    assert_eq!(metrics.error_count("unknown_extension"), 2);
+    // An unknown token connects nothing, extension or not.
+    dev.publish(&format!("kp1/{APP}/bcx/nobody/token"), QoS::AtMostOnce, b"")
+        .await;
+    dev.no_publish_within(QUIET).await;
+    s.events.none_within(Duration::from_millis(10)).await;
+    assert_eq!(metrics.refused_count("unknown_token"), 1);
+    // No second `connected` for the same endpoint.
+    dev.publish(&topic("tok-1", "config/json/9"), QoS::AtMostOnce, b"{}")
+        .await;
+    assert_eq!(s.cmx.next().await.data.request_id, Some(9));
+    assert!(dev.recv().await.topic.ends_with("/9/status"));
+    s.events.none_within(QUIET).await;
+    // examples/simple_client reports its software version to `cmx_ota`.
+    dev.publish(
+        &format!("kp1/{APP}/cmx_ota/tok-1/applied/json"),
+        QoS::AtMostOnce,
+        br#"{"configId": "s3cr3t"}"#,
+    )
+    .await;
+    dev.no_publish_within(QUIET).await;
+    assert_eq!(metrics.refused_count("unknown_extension"), 2);
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let refusals: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("device request refused"))
+        .collect();
+    assert_eq!(refusals.len(), 3, "{text}");
+    for (line, needles) in refusals.iter().zip([
+        [
+            "endpointId=ep-1 ",
+            "reason=\"unknown_extension\"",
+            "\\\"bcx\\\"",
+        ],
+        ["endpointId= ", "reason=\"unknown_token\"", "status=401"],
+        [
+            "endpointId=ep-1 ",
+            "reason=\"unknown_extension\"",
+            "\\\"cmx_ota\\\"",
+        ],
+    ]) {
+        for needle in needles {
+            assert!(line.contains(needle), "{needle} missing: {line}");
+        }
+        let id = line
+            .split("correlationId=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or_default();
+        assert_eq!(id.len(), 36, "a correlation ID (UUID): {line}");
+    }
+    assert!(
+        !text.contains("s3cr3t"),
+        "the payload is never logged:\n{text}"
+    );
+}
+
+/// A writer for a `tracing` subscriber that keeps everything in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn connected_on_first_use_and_one_disconnected_listing_every_endpoint() {
     let mut s = stack().await;

@@ -8,7 +8,10 @@
 //! round-trips through Avro; a rejection is a well-formed 1/KP error
 //! (`{"statusCode", "reasonPhrase"}`, a 4xx/5xx status and a reason) on the
 //! request topic + `/error` when the topic ends with a request ID, and a
-//! documented drop (no response) otherwise.
+//! documented drop (no response) otherwise; the extension instance is checked
+//! only after the token resolved (a session that used a token has connected
+//! the endpoint, whatever extension it named), and a `ClientData` is only ever
+//! built for an allowed extension instance.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -181,6 +184,12 @@ fuzz_target!(|input: Input| {
         }
     };
     assert_eq!(endpoint.endpoint_id, expected);
+    if let Err(r) = route::check_extension(&topic, &limits) {
+        assert!(input.restrict_extensions, "no list, yet {r:?}");
+        assert_eq!((r.status_code, r.kind), (404, "unknown_extension"));
+        return check_rejection(&raw_topic, &r);
+    }
+    assert!(allowed.is_empty() || allowed.iter().any(|a| a == topic.extension_instance_name()));
     let routed = route::client_data(
         &topic,
         &endpoint.endpoint_id,

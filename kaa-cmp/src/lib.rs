@@ -13,7 +13,9 @@
 //!   as a state machine: decoded 4/ESP, 6/CDTP and 9/ELCE messages in, messages
 //!   to publish out. People build custom CMX services on it;
 //! - [`device`]: [`device::Device`], the device side over 1/KP MQTT topics, for
-//!   firmware and simulators.
+//!   firmware and simulators;
+//! - [`interop`]: what Kaa's own device clients (the official Python client and
+//!   Kaa's device examples) send and expect, and which of it is accepted.
 //!
 //! # Building a custom CMX
 //!
@@ -122,10 +124,13 @@
 //!     while let Some(out) = cmx.poll_output() {
 //!         bus.publish_message(out.subject(), out.reply_to(), out.to_datum().into()).await?;
 //!     }
+//!     while let Some(refusal) = cmx.poll_refusal() { log(refusal) }
 //! }
 //! ```
 //!
-//! Nothing the engine receives makes it panic.
+//! Nothing the engine receives makes it panic. A device request the engine
+//! refuses and cannot answer (it has no request ID) comes out of
+//! [`Cmx::poll_refusal`]: log it, or the device's mistake goes unseen.
 //!
 //! ## Outputs
 //!
@@ -154,6 +159,7 @@
 pub mod device;
 pub mod engine;
 mod intern;
+pub mod interop;
 pub mod message;
 pub mod resource;
 

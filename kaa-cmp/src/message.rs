@@ -21,13 +21,17 @@
 //!   whitespace), or the JSON `null`, is `{}`: "send me the current
 //!   configuration". `"configId": null` and `"observe": null` are the same as the
 //!   property being absent.
-//! - **Applied request**: `"reasonPhrase": null` is the same as absent. A
-//!   `statusCode` written as an integral float (`200.0`) is that integer.
+//! - **Applied request**: `"statusCode": null` means "not set", the schema's
+//!   default 200, and `"reasonPhrase": null` is the same as absent. Kaa's official
+//!   Python client reports every success as `{"configId": "<id>", "statusCode":
+//!   null, "reasonPhrase": null}` (see [`crate::interop`]).
+//!   A `statusCode` written as an integral float (`200.0`) is that integer.
 //!
 //! Everything that could make the server record or apply the wrong thing stays
-//! an error: an applied request without `configId` (or with `"configId": null`),
-//! `"statusCode": null`, a fractional or out-of-range status code, a wrong type
-//! anywhere, an unknown property.
+//! an error: an applied request without `configId` (or with `"configId": null`:
+//! which configuration was applied is unknown), a `statusCode` that is a string,
+//! a boolean, fractional or out of range, a wrong type anywhere, an unknown
+//! property.
 //!
 //! The configuration response is what a server produces and a device decodes;
 //! it is decoded strictly: `configId` and `config` come in a pair or not at all.
@@ -90,16 +94,35 @@ pub enum PayloadError {
     Invalid {
         /// The message the payload was decoded as.
         kind: MessageKind,
-        /// What is wrong, with the position in the payload when known.
+        /// What is wrong, with the position in the payload when known. It may
+        /// quote the payload (an unknown property's name, a value of the wrong
+        /// type): right for the device's error response, not for a log.
         detail: String,
+        /// What is wrong without any text from the payload, for logs: the class
+        /// of problem and where, e.g. `wrong, missing or unknown property at line 1
+        /// column 58`.
+        summary: String,
     },
 }
 
 impl PayloadError {
     fn new(kind: MessageKind, error: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        let class = match error.classify() {
+            Category::Syntax => "not JSON",
+            Category::Data => "wrong, missing or unknown property",
+            Category::Eof => "incomplete JSON",
+            Category::Io => "unreadable",
+        };
+        let summary = if error.line() == 0 {
+            class.to_owned()
+        } else {
+            format!("{class} at line {} column {}", error.line(), error.column())
+        };
         PayloadError::Invalid {
             kind,
             detail: error.to_string(),
+            summary,
         }
     }
 
@@ -107,6 +130,23 @@ impl PayloadError {
     pub fn kind(&self) -> MessageKind {
         match self {
             PayloadError::Invalid { kind, .. } => *kind,
+        }
+    }
+
+    /// What is wrong, without any text from the payload (safe to log), e.g.
+    /// `invalid 7/CMP applied request: not JSON at line 1 column 2`.
+    ///
+    /// ```
+    /// use kaa_cmp::message::ConfigRequest;
+    /// let err = ConfigRequest::from_json(br#"{"observe":"my-secret"}"#).unwrap_err();
+    /// assert!(err.to_string().contains("my-secret"));
+    /// assert!(!err.summary().contains("my-secret"));
+    /// ```
+    pub fn summary(&self) -> String {
+        match self {
+            PayloadError::Invalid { kind, summary, .. } => {
+                format!("invalid 7/CMP {kind}: {summary}")
+            }
         }
     }
 }
@@ -406,9 +446,11 @@ impl<'a> AppliedRequest<'a> {
     /// [module docs](self) for what is accepted.
     pub fn from_json(payload: &'a [u8]) -> Result<Self, PayloadError> {
         if is_blank(payload) {
+            let detail = "the payload is empty; `configId` is required".to_owned();
             return Err(PayloadError::Invalid {
                 kind: MessageKind::AppliedRequest,
-                detail: "the payload is empty; `configId` is required".to_owned(),
+                summary: detail.clone(),
+                detail,
             });
         }
         decode(payload, MessageKind::AppliedRequest, AppliedRequestSeed)
@@ -454,7 +496,7 @@ impl<'de> Visitor<'de> for AppliedRequestSeed {
         let mut config_id = None;
         let mut status_code = None;
         let mut reason_phrase = None;
-        let mut seen_reason = false;
+        let (mut seen_status, mut seen_reason) = (false, false);
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match &*key.0 {
                 "configId" => {
@@ -464,10 +506,8 @@ impl<'de> Visitor<'de> for AppliedRequestSeed {
                     config_id = Some(map.next_value_seed(Str("configId"))?);
                 }
                 "statusCode" => {
-                    if status_code.is_some() {
-                        return Err(de::Error::duplicate_field("statusCode"));
-                    }
-                    status_code = Some(map.next_value_seed(StatusCode)?);
+                    once(&mut seen_status, "statusCode")?;
+                    status_code = map.next_value_seed(OptStatusCode)?;
                 }
                 "reasonPhrase" => {
                     once(&mut seen_reason, "reasonPhrase")?;
@@ -586,6 +626,33 @@ impl<'de> Visitor<'de> for OptBool {
     }
 }
 
+/// `statusCode`: a JSON number that is an integer in `i32` range, or `null`
+/// (not set).
+struct OptStatusCode;
+
+impl<'de> DeserializeSeed<'de> for OptStatusCode {
+    type Value = Option<i32>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OptStatusCode {
+    type Value = Option<i32>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        StatusCode.expecting(f)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        StatusCode.deserialize(d).map(Some)
+    }
+}
+
 /// `statusCode`: a JSON number that is an integer in `i32` range.
 struct StatusCode;
 
@@ -683,6 +750,50 @@ mod tests {
         assert!(e.contains("trailing"), "{e}");
         let e = err(ConfigRequest::from_json(b"{\"configId\":\"\xff\"}"));
         assert!(e.contains("configuration request"), "{e}");
+    }
+
+    #[test]
+    fn summaries_quote_nothing_from_the_payload() {
+        let payloads: [&[u8]; 6] = [
+            br#"{"s3cr3t":1}"#,
+            br#"{"observe":"s3cr3t"}"#,
+            br#"{"configId":5,"s3cr3t":1}"#,
+            br#"s3cr3t"#,
+            br#"{"observe":true"#,
+            b"{\"configId\":\"s3cr3t\xff\"}",
+        ];
+        for payload in payloads {
+            let e = ConfigRequest::from_json(payload).unwrap_err();
+            assert!(
+                e.summary()
+                    .starts_with("invalid 7/CMP configuration request: "),
+                "{e:?}"
+            );
+            assert!(
+                !e.summary().contains("s3cr3t"),
+                "{payload:?}: {}",
+                e.summary()
+            );
+            let e = AppliedRequest::from_json(payload).unwrap_err();
+            assert!(
+                !e.summary().contains("s3cr3t"),
+                "{payload:?}: {}",
+                e.summary()
+            );
+        }
+        let e =
+            AppliedRequest::from_json(br#"{"configId":"x","statusCode":"s3cr3t"}"#).unwrap_err();
+        assert!(e.to_string().contains("s3cr3t"), "the device is told");
+        assert_eq!(
+            e.summary(),
+            "invalid 7/CMP applied request: wrong, missing or unknown property at line 1 column 37"
+        );
+        let e = AppliedRequest::from_json(b"").unwrap_err();
+        assert!(
+            e.summary().contains("`configId` is required"),
+            "{}",
+            e.summary()
+        );
     }
 
     #[test]
@@ -814,17 +925,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!((a.status_code, a.reason_phrase), (201, None));
+        // `"statusCode": null` is "not set": the default, 200.
+        let a = AppliedRequest::from_json(br#"{"configId":"x","statusCode":null}"#).unwrap();
+        assert_eq!((a.status_code, a.reason_phrase), (200, None));
         for (payload, needle) in [
             (&b""[..], "`configId` is required"),
             (b"{}", "missing field `configId`"),
             (br#"{"configId":null}"#, "`configId` as a string"),
             (
-                br#"{"configId":"x","statusCode":null}"#,
-                "`statusCode` as an integer",
+                br#"{"configId":null,"statusCode":null,"reasonPhrase":null}"#,
+                "`configId` as a string",
             ),
             (
                 br#"{"configId":"x","statusCode":"200"}"#,
                 "`statusCode` as an integer",
+            ),
+            (
+                br#"{"configId":"x","statusCode":true}"#,
+                "`statusCode` as an integer",
+            ),
+            (
+                br#"{"configId":"x","statusCode":{}}"#,
+                "`statusCode` as an integer",
+            ),
+            (
+                br#"{"configId":"x","statusCode":null,"statusCode":400}"#,
+                "duplicate field `statusCode`",
+            ),
+            (
+                br#"{"configId":"x","statusCode":400,"statusCode":null}"#,
+                "duplicate field `statusCode`",
             ),
             (br#"{"configId":"x","statusCode":200.5}"#, "not an integer"),
             (
@@ -855,6 +985,47 @@ mod tests {
                 "{payload:?}: {e}"
             );
         }
+    }
+
+    /// The reports of Kaa's official Python client (kaaproject/mqtt-client-python,
+    /// `kaa_mqtt_client/configuration.py`, `ConfigurationResponse.to_json`), byte
+    /// for byte: `json.dumps` with its default separators.
+    #[test]
+    fn official_python_client_reports() {
+        // `ConfigurationResponse(config_id)`: the library's success.
+        let a = AppliedRequest::from_json(
+            br#"{"configId": "97016dbe", "statusCode": null, "reasonPhrase": null}"#,
+        )
+        .unwrap();
+        assert_eq!(a, AppliedRequest::applied("97016dbe"));
+        assert!(a.is_success());
+        // `apply_configuration`: a handler that raised is a 500 with `str(e)`.
+        let a = AppliedRequest::from_json(
+            br#"{"configId": "97016dbe", "statusCode": 500, "reasonPhrase": "'interval'"}"#,
+        )
+        .unwrap();
+        assert_eq!(a, AppliedRequest::rejected("97016dbe", 500, "'interval'"));
+        // examples/fleet_simulator: `ConfigurationResponse(c.config_id, 200)`.
+        let a = AppliedRequest::from_json(
+            br#"{"configId": "97016dbe", "statusCode": 200, "reasonPhrase": null}"#,
+        )
+        .unwrap();
+        assert_eq!(a, AppliedRequest::applied("97016dbe"));
+        // examples/simple_client: `ConfigurationResponse(c.config_id, 200, "applied")`.
+        let a = AppliedRequest::from_json(
+            br#"{"configId": "97016dbe", "statusCode": 200, "reasonPhrase": "applied"}"#,
+        )
+        .unwrap();
+        assert!(a.is_success());
+        assert_eq!(a.reason_phrase.as_deref(), Some("applied"));
+        // A push without `configId` would make the library report `"configId":
+        // null`: which configuration that was is unknown, so it stays an error.
+        assert!(
+            AppliedRequest::from_json(
+                br#"{"configId": null, "statusCode": null, "reasonPhrase": null}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use kaa_cmp::engine::{Cmx, Output};
+use kaa_cmp::engine::{Cmx, Output, RefusalReason};
 use kaa_ism::UnixMillis;
 use serde_json::json;
 use support::*;
@@ -154,6 +154,86 @@ fn request_without_request_id_gets_a_push_and_no_error() {
     w.send(EP, "/config/json", None, "not json");
     assert!(w.take(EP).is_empty());
     assert_eq!(w.cmx.stats().errors_without_request_id, 1);
+}
+
+#[test]
+fn refused_requests_without_request_id_are_counted_by_reason_and_kept() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    // An applied report that cannot be recorded (which configuration?), as Kaa's
+    // official client would send it for a push without `configId`.
+    w.send(
+        EP,
+        "/applied/json",
+        None,
+        r#"{"configId": null, "statusCode": 500, "reasonPhrase": "s3cr3t"}"#,
+    );
+    assert!(w.applied.is_empty() && w.take(EP).is_empty());
+    let r = w.cmx.poll_refusal().expect("a refusal");
+    assert_eq!(r.reason, RefusalReason::MalformedPayload);
+    assert_eq!(r.status_code, 400);
+    assert_eq!(r.correlation_id, "kpc-1", "the ClientData's");
+    assert_eq!(r.endpoint_id.as_deref(), Some(EP));
+    assert_eq!(
+        (&*r.app_version_name, &*r.resource_path),
+        (AV, "/applied/json")
+    );
+    assert!(
+        r.detail.starts_with("invalid 7/CMP applied request") && !r.detail.contains("s3cr3t"),
+        "nothing of the payload: {}",
+        r.detail
+    );
+    assert_eq!(w.cmx.poll_refusal(), None);
+    // Not a 7/CMP resource.
+    w.send(EP, "/applied/xml", None, "{}");
+    assert_eq!(
+        w.cmx.poll_refusal().map(|r| (r.reason, r.status_code)),
+        Some((RefusalReason::UnknownResource, 404))
+    );
+    // A configuration request the provider never answers: no 504 to send.
+    w.send(EP, "/config/json", None, "{}");
+    w.advance(5_001);
+    assert!(w.take(EP).is_empty());
+    let r = w.cmx.poll_refusal().expect("a refusal");
+    assert_eq!(
+        (r.reason, r.status_code),
+        (RefusalReason::ProviderTimeout, 504)
+    );
+    assert_eq!(r.correlation_id, "kpc-3");
+    // With a request ID the device is answered instead: no refusal.
+    w.send(EP, "/applied/json", Some(4), "{}");
+    assert_eq!(w.take_one(EP).status_code, 400);
+    assert_eq!(w.cmx.poll_refusal(), None);
+
+    let stats = w.cmx.stats();
+    let counts = &stats.refused_without_request_id;
+    assert_eq!(counts.get(RefusalReason::MalformedPayload), 1);
+    assert_eq!(counts.get(RefusalReason::UnknownResource), 1);
+    assert_eq!(counts.get(RefusalReason::ProviderTimeout), 1);
+    assert_eq!(counts.total(), 3);
+    assert_eq!(stats.errors_without_request_id, 3);
+    assert_eq!(stats.refusals_not_kept, 0);
+}
+
+#[test]
+fn refusals_not_taken_are_bounded() {
+    let mut w = World::new();
+    for _ in 0..1100 {
+        w.send(EP, "/applied/json", None, "not json");
+    }
+    let stats = w.cmx.stats().clone();
+    assert_eq!(
+        stats
+            .refused_without_request_id
+            .get(RefusalReason::MalformedPayload),
+        1100,
+        "every refusal is counted"
+    );
+    assert_eq!(stats.refusals_not_kept, 1100 - 1024);
+    let kept: Vec<_> = std::iter::from_fn(|| w.cmx.poll_refusal()).collect();
+    assert_eq!(kept.len(), 1024);
+    assert_eq!(kept[0].correlation_id, "kpc-77", "the latest are kept");
+    assert_eq!(kept[1023].correlation_id, "kpc-1100");
 }
 
 // ---------------------------------------------------------------------------
@@ -408,6 +488,41 @@ fn late_and_duplicated_responses_are_ignored() {
 // ---------------------------------------------------------------------------
 // Applied reports
 // ---------------------------------------------------------------------------
+
+/// Kaa's official Python client (kaaproject/mqtt-client-python,
+/// `kaa_mqtt_client/configuration.py`, `ConfigurationResponse.to_json`) reports a
+/// success with both optional properties `null`, and without a request ID.
+#[test]
+fn official_python_client_success_report_is_applied() {
+    let mut w = World::new();
+    w.send(
+        EP,
+        "/applied/json",
+        None,
+        r#"{"configId": "cfg-1", "statusCode": null, "reasonPhrase": null}"#,
+    );
+    let a = w.applied.pop().expect("a ConfigApplied broadcast");
+    assert_eq!(
+        (&*a.config_id, a.status_code, a.reason_phrase.as_deref()),
+        ("cfg-1", 200, None)
+    );
+    assert!(w.take(EP).is_empty(), "no request ID, no response");
+    assert_eq!(w.cmx.poll_refusal(), None);
+    assert_eq!(w.cmx.stats().errors_without_request_id, 0);
+    // Its failure report: 500 and the exception text.
+    w.send(
+        EP,
+        "/applied/json",
+        None,
+        r#"{"configId": "cfg-2", "statusCode": 500, "reasonPhrase": "'interval'"}"#,
+    );
+    let a = w.applied.pop().expect("a ConfigApplied broadcast");
+    assert_eq!(
+        (&*a.config_id, a.status_code, a.reason_phrase.as_deref()),
+        ("cfg-2", 500, Some("'interval'"))
+    );
+    assert!(!a.is_success());
+}
 
 #[test]
 fn applied_report_is_broadcast_and_answered_empty() {

@@ -88,6 +88,13 @@ async fn publish(cmx: &mut Cmx, bus: &dyn Bus) {
             eprintln!("custom_cmx: publish to {} failed: {e}", output.subject());
         }
     }
+    // Requests refused without a request ID: the device cannot be told.
+    while let Some(r) = cmx.poll_refusal() {
+        eprintln!(
+            "custom_cmx: refused {} from {:?} on {} ({}, {}): {}",
+            r.correlation_id, r.endpoint_id, r.resource_path, r.status_code, r.reason, r.detail
+        );
+    }
 }
 
 /// The engine never reads the clock: its driver does.

@@ -13,8 +13,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+#[path = "../mini_mqtt/mod.rs"]
+mod mini_mqtt;
 #[path = "../mqtt_device/mod.rs"]
 mod mqtt_device;
+mod official_python;
 use mqtt_device::MqttConnection;
 
 use rumqttc::MqttOptions;
@@ -564,4 +567,93 @@ pub async fn no_subscribe_delivery(sys: System) {
     let id2 = rest.put_endpoint(&ep, &app, None, &json!({"x": 2})).await;
     let push = dev.expect(&dev.push_topic(None)).await;
     assert_eq!(push.json, json!({"configId": id2, "config": {"x": 2}}));
+}
+
+/// A device built on Kaa's official Python MQTT client (kaaproject/mqtt-client-python),
+/// with exactly its topics and payloads (see `official_python`): it never
+/// subscribes and never requests, so it gets its configuration as the push on
+/// connect, and answers every push on `…/applied/json` without a request ID,
+/// `"statusCode": null` for a success and 500 with the exception text for a
+/// failure. Both answers must reach `/statuses`.
+///
+/// The client's topics name the extension instance `cmx` literally, so the system
+/// must run its CMX under that name.
+pub async fn official_python_client(sys: System) {
+    use official_python::*;
+    assert_eq!(sys.cmx, "cmx", "the official client's topics say `cmx`");
+    let rest = Rest::new(sys);
+    let app = unique("app-official");
+    let token = unique("ep");
+    let first = rest
+        .put_default(&app, None, &json!({"default_increment": 2}))
+        .await;
+
+    // KaaMqttClient.connect(): CONNECT, then the binary-data token request.
+    let mut dev = OfficialClient::connect(sys).await;
+    dev.publish(&binary_token_topic(&app, &token), b"").await;
+    // examples/simple_client/main.py reports its software version to `cmx_ota`.
+    dev.publish(
+        &ota_configuration_status_reply_topic(&app, &token),
+        OTA_REPORT.as_bytes(),
+    )
+    .await;
+
+    // The push on connect, on the one topic `configuration_handler` listens on.
+    let push = dev.expect(&configuration_status_topic(&app, &token)).await;
+    let push: Value = serde_json::from_slice(&push.payload).expect("JSON push");
+    assert_eq!(
+        push,
+        json!({"configId": first, "config": {"default_increment": 2}})
+    );
+    dev.publish(
+        &configuration_status_reply_topic(&app, &token),
+        applied_default(&first).as_bytes(),
+    )
+    .await;
+    let row = rest
+        .wait_status(&token, |r| {
+            r["configId"] == first.as_str() && r["status"] == "APPLIED"
+        })
+        .await;
+    assert_eq!(row["statusCode"], 200, "{row}");
+    assert_eq!(row["appVersionName"], app.as_str(), "{row}");
+
+    // A change is pushed; the device's handler raises and the library reports 500.
+    let second = rest
+        .put_endpoint(&token, &app, None, &json!({"default_increment": "fast"}))
+        .await;
+    let push = dev.expect(&configuration_status_topic(&app, &token)).await;
+    let push: Value = serde_json::from_slice(&push.payload).expect("JSON push");
+    assert_eq!(
+        push,
+        json!({"configId": second, "config": {"default_increment": "fast"}})
+    );
+    let exception = "invalid literal for int() with base 10: 'fast'";
+    dev.publish(
+        &configuration_status_reply_topic(&app, &token),
+        applied_failed(&second, exception).as_bytes(),
+    )
+    .await;
+    let row = rest
+        .wait_status(&token, |r| {
+            r["configId"] == second.as_str() && r["status"] == "REJECTED"
+        })
+        .await;
+    assert_eq!(row["statusCode"], 500, "{row}");
+    assert_eq!(row["reasonPhrase"], exception, "{row}");
+    // The success is still on record, and nothing else was pushed (a rejected
+    // configuration is not pushed again).
+    let rows = rest.statuses(&token).await;
+    assert!(
+        rows.iter()
+            .any(|r| r["configId"] == first.as_str() && r["status"] == "APPLIED"),
+        "{rows:?}"
+    );
+    let extra: Vec<_> = dev
+        .drain(QUIET)
+        .await
+        .into_iter()
+        .filter(|m| m.topic == configuration_status_topic(&app, &token))
+        .collect();
+    assert!(extra.is_empty(), "{extra:?}");
 }

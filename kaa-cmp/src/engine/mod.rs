@@ -17,7 +17,9 @@
 //!    handle in one call.)
 //! 2. **Out**: [`Cmx::poll_output`] until `None`; publish each [`Output`] on its
 //!    subject with its `replyTo` ([`Output::encode`] writes the datum into the
-//!    caller's buffer). Outputs must be drained after every input.
+//!    caller's buffer). Outputs must be drained after every input. Then
+//!    [`Cmx::poll_refusal`] until `None`: device requests refused without an
+//!    answer (no request ID), to log; the engine keeps the latest 1,024.
 //! 3. **Timer**: [`Cmx::poll_timeout`] says when to feed [`Input::Timeout`]
 //!    next; ask again after every input.
 //! 4. **Look**: [`Cmx::stats`], [`Cmx::endpoint`], [`Cmx::tracked_endpoints`],
@@ -142,6 +144,16 @@
 //! did not answer by the deadline, the provider's 4xx/5xx otherwise (502 for an
 //! unusable answer). Nothing panics on any input.
 //!
+//! **Refusals without a request ID** (an applied report, a fire-and-forget
+//! configuration request) get no answer: 1/KP says a request without a request
+//! ID gets no response, and an error response is a response (its topic,
+//! `<request topic>/error`, exists only for requests; 7/CMP's applied resource
+//! has an empty response). The device cannot be told, so the operator is: each
+//! one is counted by [`RefusalReason`] in [`Stats::refused_without_request_id`]
+//! and kept as a [`Refusal`] (correlation ID, endpoint, resource path, status,
+//! reason; nothing of the payload) for the driver to take with
+//! [`Cmx::poll_refusal`] and log.
+//!
 //! **Memory** is bounded: at most `max_endpoints` endpoints (the least recently
 //! active is forgotten first, disconnected ones before connected ones), a
 //! disconnected endpoint is forgotten `endpoint_ttl` after its last activity, at
@@ -162,7 +174,7 @@ pub use config::{CmxConfig, ConfigError};
 pub use input::{Input, InputError, InputKind};
 pub use output::{
     OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData, OutgoingSessionsRequest,
-    Output, Stats,
+    Output, Refusal, RefusalCounts, RefusalReason, Stats,
 };
 
 use std::borrow::Cow;
@@ -184,11 +196,13 @@ use kaa_ism::common::CommonFields;
 use kaa_ism::subject::{ServiceSubject, Subject, SubjectFilter, Token};
 
 use crate::intern::{Interner, NONE};
-use crate::message::{AppliedRequest, ConfigRequest, ConfigResponse, UNCHANGED_JSON};
+use crate::message::{AppliedRequest, ConfigRequest, ConfigResponse, PayloadError, UNCHANGED_JSON};
 use crate::resource::{self, CONFIG_JSON, ResourceKind, ResourcePath};
 use state::{Endpoint, Endpoints, NameState, Observe, PushMode};
 
 const EXTENSION_DATA: &str = "ExtensionData";
+/// The most refusals kept for [`Cmx::poll_refusal`] until the driver takes them.
+const MAX_KEPT_REFUSALS: usize = 1024;
 const ABSENT_JSON: &[u8] = br#"{"configId":"","config":null}"#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -385,6 +399,7 @@ pub struct Cmx {
     in_flight: HashMap<(u32, u32), u64>,
     timers: BinaryHeap<Reverse<(UnixMillis, Timer)>>,
     out: VecDeque<Output>,
+    refusals: VecDeque<Refusal>,
     next_seq: u64,
     next_incarnation: u32,
     /// How many times the bus connected ([`Input::BusConnected`]).
@@ -488,6 +503,7 @@ impl Cmx {
             in_flight: HashMap::new(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
+            refusals: VecDeque::new(),
             next_seq: 1,
             next_incarnation: 0,
             bus_connections: 0,
@@ -509,6 +525,15 @@ impl Cmx {
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
+    }
+
+    /// The next device request the engine refused without an answer because it
+    /// had no request ID, if any: for the driver to log (1/KP sends such a device
+    /// nothing, not even on `…/error`). Counted by reason in
+    /// [`Stats::refused_without_request_id`] whether or not it is taken; the
+    /// engine keeps the latest 1,024 that were not taken.
+    pub fn poll_refusal(&mut self) -> Option<Refusal> {
+        self.refusals.pop_front()
     }
 
     /// When [`Cmx::handle_timeout`] should next be called; `None` when nothing is
@@ -696,6 +721,7 @@ impl Cmx {
                 return self.reply_error(
                     &r,
                     400,
+                    RefusalReason::NoEndpoint,
                     "`endpointId` is required: 7/CMP configurations belong to endpoints",
                     now,
                 );
@@ -705,15 +731,25 @@ impl Cmx {
             && !known.contains(&*msg.app_version_name)
         {
             let reason = format!("unknown application version {:?}", msg.app_version_name);
-            return self.reply_error(&r, 404, reason, now);
+            return self.reply_error(&r, 404, RefusalReason::UnknownAppVersion, reason, now);
         }
         let path = match ResourcePath::parse(&msg.resource_path) {
             Ok(p) => p,
-            Err(e) => return self.reply_error(&r, 404, e.to_string(), now),
+            Err(e) => {
+                return self.reply_error(
+                    &r,
+                    404,
+                    RefusalReason::UnknownResource,
+                    e.to_string(),
+                    now,
+                );
+            }
         };
         let written = match resolve_name(path.name(), msg.config_name.as_deref()) {
             Ok(n) => n,
-            Err(reason) => return self.reply_error(&r, 400, reason, now),
+            Err(reason) => {
+                return self.reply_error(&r, 400, RefusalReason::ConfigNameMismatch, reason, now);
+            }
         };
         match path.kind() {
             ResourceKind::Config => {
@@ -989,7 +1025,7 @@ impl Cmx {
     ) {
         let request = match ConfigRequest::from_json(payload) {
             Ok(x) => x,
-            Err(e) => return self.reply_error(r, 400, e.to_string(), now),
+            Err(e) => return self.reply_malformed(r, &e, now),
         };
         if let Some(id) = &request.config_id
             && id.len() > self.s.config.max_config_id_len
@@ -998,12 +1034,13 @@ impl Cmx {
                 "`configId` is longer than {} bytes",
                 self.s.config.max_config_id_len
             );
-            return self.reply_error(r, 400, reason, now);
+            return self.reply_error(r, 400, RefusalReason::ConfigIdTooLong, reason, now);
         }
         let Some(slot) = self.track_session(endpoint_id, r, now) else {
             return self.reply_error(
                 r,
                 503,
+                RefusalReason::Limit,
                 "this CMX tracks no endpoints (max_endpoints is 0)",
                 now,
             );
@@ -1014,7 +1051,7 @@ impl Cmx {
                 "the endpoint already uses {} named configurations",
                 self.s.config.max_names_per_endpoint
             );
-            return self.reply_error(r, 503, reason, now);
+            return self.reply_error(r, 503, RefusalReason::Limit, reason, now);
         };
         let Self {
             eps,
@@ -1080,14 +1117,14 @@ impl Cmx {
     ) {
         let report = match AppliedRequest::from_json(payload) {
             Ok(x) => x,
-            Err(e) => return self.reply_error(r, 400, e.to_string(), now),
+            Err(e) => return self.reply_malformed(r, &e, now),
         };
         if report.config_id.len() > self.s.config.max_config_id_len {
             let reason = format!(
                 "`configId` is longer than {} bytes",
                 self.s.config.max_config_id_len
             );
-            return self.reply_error(r, 400, reason, now);
+            return self.reply_error(r, 400, RefusalReason::ConfigIdTooLong, reason, now);
         }
         let slot = self.track_session(endpoint_id, r, now);
         // Bookkeeping, when the endpoint and name can be tracked.
@@ -1173,6 +1210,7 @@ impl Cmx {
                 self.answer_error(
                     &waiter,
                     503,
+                    RefusalReason::Limit,
                     "too many requests for this configuration are waiting; retry later",
                     now,
                 );
@@ -1185,6 +1223,7 @@ impl Cmx {
                 self.answer_error(
                     w,
                     503,
+                    RefusalReason::Limit,
                     "too many configuration requests in flight; retry later",
                     now,
                 );
@@ -1271,6 +1310,7 @@ impl Cmx {
                 self.answer_error(
                     w,
                     503,
+                    RefusalReason::Limit,
                     "too many configuration requests in flight; retry later",
                     now,
                 );
@@ -1316,8 +1356,13 @@ impl Cmx {
     }
 
     fn fetch_failed(&mut self, p: Pending, status: i32, reason: &str, now: UnixMillis) {
+        let why = if status == 504 {
+            RefusalReason::ProviderTimeout
+        } else {
+            RefusalReason::ProviderError
+        };
         for w in &p.waiters {
-            self.answer_error(w, status, reason.to_owned(), now);
+            self.answer_error(w, status, why, reason.to_owned(), now);
         }
         if self.push_wanted(p.slot, p.name) {
             self.schedule_retry(p.slot, p.name, now);
@@ -1721,7 +1766,7 @@ impl Cmx {
                 && let Some(p) = self.pending.remove(&seq)
             {
                 for w in &p.waiters {
-                    self.answer_error(w, status, reason, now);
+                    self.answer_error(w, status, RefusalReason::EndpointRemoved, reason, now);
                 }
             }
             self.names.release(ns.name);
@@ -1774,15 +1819,26 @@ impl Cmx {
         }
     }
 
+    /// Answers `r` with an error; without a request ID, records a [`Refusal`]
+    /// instead. `reason` must hold nothing of the payload (it may be logged).
     fn reply_error(
         &mut self,
         r: &Reply<'_>,
         status: i32,
+        why: RefusalReason,
         reason: impl Into<Cow<'static, str>>,
         now: UnixMillis,
     ) {
         if r.request_id.is_none() {
-            self.stats.errors_without_request_id += 1;
+            self.refuse(Refusal {
+                correlation_id: r.correlation_id.to_owned(),
+                endpoint_id: r.endpoint_id.map(Arc::from),
+                app_version_name: r.app_version.into(),
+                resource_path: r.resource_path.into(),
+                status_code: status,
+                reason: why,
+                detail: reason.into(),
+            });
             return;
         }
         self.emit(
@@ -1821,18 +1877,50 @@ impl Cmx {
         );
     }
 
+    /// A malformed payload: the device is told what is wrong (the error may
+    /// quote its payload); a refusal records only [`PayloadError::summary`].
+    fn reply_malformed(&mut self, r: &Reply<'_>, e: &PayloadError, now: UnixMillis) {
+        let reason = if r.request_id.is_some() {
+            e.to_string()
+        } else {
+            e.summary()
+        };
+        self.reply_error(r, 400, RefusalReason::MalformedPayload, reason, now);
+    }
+
+    /// Like [`Cmx::reply_error`], for a request that waited for the provider.
     fn answer_error(
         &mut self,
         w: &Waiter,
         status: i32,
+        why: RefusalReason,
         reason: impl Into<Cow<'static, str>>,
         now: UnixMillis,
     ) {
         if w.request_id.is_none() {
-            self.stats.errors_without_request_id += 1;
+            self.refuse(Refusal {
+                correlation_id: w.correlation_id.to_string(),
+                endpoint_id: Some(w.endpoint_id.clone()),
+                app_version_name: w.app_version.clone(),
+                resource_path: w.resource_path.clone(),
+                status_code: status,
+                reason: why,
+                detail: reason.into(),
+            });
             return;
         }
         self.answer(w, status, Some(reason.into()), None, now);
+    }
+
+    /// Counts a refusal and keeps it for [`Cmx::poll_refusal`].
+    fn refuse(&mut self, refusal: Refusal) {
+        self.stats.errors_without_request_id += 1;
+        self.stats.refused_without_request_id.add(refusal.reason);
+        if self.refusals.len() >= MAX_KEPT_REFUSALS {
+            self.refusals.pop_front();
+            self.stats.refusals_not_kept += 1;
+        }
+        self.refusals.push_back(refusal);
     }
 
     #[allow(clippy::too_many_arguments)]

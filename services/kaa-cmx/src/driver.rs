@@ -58,6 +58,8 @@ pub(crate) struct Driver {
     wakeup: Wakeup,
     /// The bus's connection epoch last seen (a change means it reconnected).
     epoch: u64,
+    /// `Stats::refusals_not_kept` last seen.
+    refusals_not_kept: u64,
 }
 
 /// How often the driver looks whether the bus reconnected.
@@ -118,6 +120,7 @@ impl Driver {
             outbox: Vec::new(),
             wakeup: Wakeup::new(),
             epoch: 0,
+            refusals_not_kept: 0,
         }
     }
 
@@ -462,6 +465,33 @@ impl Driver {
             }
         }
         self.outbox = outbox;
+        self.log_refusals();
+    }
+
+    /// Logs the device requests the engine refused without an answer (no request
+    /// ID: the device cannot be told). Never their payload. Counted in
+    /// `cmx_refused_without_request_id_total` by [`Driver::sync_metrics`].
+    fn log_refusals(&mut self) {
+        while let Some(r) = self.engine.poll_refusal() {
+            tracing::info!(
+                "correlationId" = %r.correlation_id,
+                endpointId = %r.endpoint_id.as_deref().unwrap_or(""),
+                appVersionName = %r.app_version_name,
+                resourcePath = %r.resource_path,
+                status = r.status_code,
+                reason = r.reason.as_str(),
+                detail = %r.detail,
+                "device request refused; no request ID, so the device is not told"
+            );
+        }
+        let not_kept = self.engine.stats().refusals_not_kept;
+        if not_kept > self.refusals_not_kept {
+            tracing::warn!(
+                count = not_kept - self.refusals_not_kept,
+                "device requests refused without request ID and not logged (too many at once; counted in cmx_refused_without_request_id_total)"
+            );
+            self.refusals_not_kept = not_kept;
+        }
     }
 
     fn sync_metrics(&mut self) {

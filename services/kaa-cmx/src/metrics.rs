@@ -12,6 +12,7 @@
 //! | `cmx_provider_errors_total` | counter | provider answers that were errors or unusable |
 //! | `cmx_cdtp_latency_seconds` | histogram | from publishing a 6/CDTP request to handling its response |
 //! | `cmx_backpressure_rejections_total` | counter | device requests refused with 503 by an engine limit |
+//! | `cmx_refused_without_request_id_total{reason}` | counter | device requests refused without an answer because they had no request ID (e.g. a malformed applied report), by [`RefusalReason`](kaa_cmp::engine::RefusalReason) label; each is also logged at INFO with its correlation ID, endpoint and reason |
 //! | `cmx_config_updates_total` | counter | `endpoint.config.updated` events handled |
 //! | `cmx_endpoints_expired_total`, `cmx_endpoints_evicted_total` | counter | endpoints forgotten after the TTL / past `max-endpoints` |
 //! | `cmx_malformed_messages_total{kind}` | counter | bus messages that could not be decoded (dropped) |
@@ -35,6 +36,12 @@ use kaa_service::Metrics;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: i32,
+}
+
+/// `reason` label of `cmx_refused_without_request_id_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
 }
 
 /// `result` label of `cmx_config_applied_total`.
@@ -99,6 +106,7 @@ pub(crate) struct CmxMetrics {
     provider_errors: Counter,
     cdtp_latency: Histogram,
     backpressure: Counter,
+    refused: Family<ReasonLabel, Counter>,
     config_updates: Counter,
     endpoints_expired: Counter,
     endpoints_evicted: Counter,
@@ -127,6 +135,7 @@ impl CmxMetrics {
             provider_errors: Counter::default(),
             cdtp_latency: Histogram::new(exponential_buckets(0.000_25, 2.0, 16)),
             backpressure: Counter::default(),
+            refused: Family::default(),
             config_updates: Counter::default(),
             endpoints_expired: Counter::default(),
             endpoints_evicted: Counter::default(),
@@ -187,6 +196,11 @@ impl CmxMetrics {
             "backpressure_rejections",
             "Device requests refused with 503 by an engine limit",
             m.backpressure.clone(),
+        );
+        r.register(
+            "refused_without_request_id",
+            "Device requests refused without an answer because they had no request ID, by reason",
+            m.refused.clone(),
         );
         r.register(
             "config_updates",
@@ -272,6 +286,17 @@ impl CmxMetrics {
             stats.backpressure_rejections,
             &mut seen.backpressure_rejections,
         );
+        for (reason, now) in stats.refused_without_request_id.iter() {
+            let before = seen.refused_without_request_id.get(reason);
+            if now > before {
+                self.refused
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.as_str(),
+                    })
+                    .inc_by(now - before);
+            }
+        }
+        seen.refused_without_request_id = stats.refused_without_request_id.clone();
         add(
             &self.config_updates,
             stats.config_updates,

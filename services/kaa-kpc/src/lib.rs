@@ -84,15 +84,18 @@
 //! makes `configName` optional).
 //!
 //! Requests KPC refuses itself get a 1/KP error response on `<topic>/error`,
-//! `{"statusCode", "reasonPhrase"}`, when the topic ends in a request ID, and are
-//! dropped (counted) otherwise; no ClientData is published for them:
+//! `{"statusCode", "reasonPhrase"}`, when the topic ends in a request ID; without
+//! one the device is not told (1/KP: no response), so the refusal is counted in
+//! `kpc_refused_without_request_id_total{reason}` and logged at INFO with its
+//! correlation ID and endpoint (never the payload). No ClientData is published
+//! for them:
 //!
 //! | case | status |
 //! | --- | --- |
 //! | not a 1/KP topic (not `kp1`, empty level, no token, invalid request ID…), or a name that cannot be a NATS subject token (`.`, `*`, `>`, whitespace) | 400 |
 //! | unknown endpoint token | 401 |
 //! | token not valid for the topic's app version | 403 |
-//! | extension instance not in `kpc.extension-instances` (when that list is set) | 404 |
+//! | extension instance not in `kpc.extension-instances` (when that list is set); checked after the token, so the endpoint is connected first | 404 |
 //! | payload larger than `max-payload` | 413 |
 //! | more than `max-inflight` requests of the session waiting for an answer, or a token beyond `max-endpoints-per-session` | 429 |
 //! | token resolver unavailable, or the bus refuses the ClientData | 503 |
@@ -132,7 +135,10 @@
 //! - A session's first use of a token resolves it ([`resolver`]) and makes the
 //!   session the owner of the endpoint: KPC publishes `connected` (one endpoint)
 //!   and waits for it to be on the bus before forwarding the request, so that
-//!   extensions see the session before its first request.
+//!   extensions see the session before its first request. This holds whatever
+//!   extension the request names: a request to an extension instance KPC does not
+//!   serve connects the endpoint and is then refused (Kaa's official Python
+//!   client's first PUBLISH goes to `bcx`; CMX must still learn of the device).
 //! - **One owner per endpoint; the latest session wins.** When a second session
 //!   uses a token of an endpoint another session owns, it takes the endpoint over
 //!   (a device that reconnects after a half-open TCP connection must not be locked

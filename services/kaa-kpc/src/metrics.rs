@@ -13,7 +13,8 @@
 //! | `kpc_messages_in_total` | `kind` | PUBLISH received: `request` (forwarded as ClientData), `rejected` (answered or dropped by KPC) |
 //! | `kpc_messages_out_total` | `kind` | PUBLISH sent: `response`, `error`, `push` |
 //! | `kpc_extension_data_total` | `outcome` | ExtensionData received: `delivered`, `no_session`, `unmatched`, `expired`, `malformed`, `no_responders` (a NATS "no responders" status: the ClientData found no extension instance subscribed), `queue_full`, `inflight_full`, `too_large` (payload over `max-payload`: a 413 went to the device instead) |
-//! | `kpc_errors_total` | `kind` | `bad_topic`, `unknown_token`, `token_resolution`, `too_large`, `too_many_requests`, `bus`, `auth` |
+//! | `kpc_errors_total` | `kind` | `bad_topic`, `unknown_extension` (not in `kpc.extension-instances`), `unknown_token`, `token_resolution`, `too_large`, `too_many_requests`, `bus`, `auth` |
+//! | `kpc_refused_without_request_id_total` | `reason` | requests KPC refused that had no request ID, so the device was not told (1/KP: no response); `reason` is the `kind` of `kpc_errors_total`. Each is also logged at INFO with its correlation ID and endpoint |
 //! | `kpc_elce_events_total` | `event` | `connected`, `disconnected` published |
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -59,6 +60,7 @@ pub struct KpcMetrics {
     messages_out: Family<Kind, Counter>,
     extension_data: Family<Outcome, Counter>,
     errors: Family<Kind, Counter>,
+    refused: Family<Reason, Counter>,
     events: Family<EventType, Counter>,
 }
 
@@ -84,6 +86,7 @@ impl KpcMetrics {
             messages_out: Family::default(),
             extension_data: Family::default(),
             errors: Family::default(),
+            refused: Family::default(),
             events: Family::default(),
         };
         let r = &m.registry;
@@ -138,6 +141,11 @@ impl KpcMetrics {
             m.extension_data.clone(),
         );
         r.register("errors", "Errors, by kind", m.errors.clone());
+        r.register(
+            "refused_without_request_id",
+            "Requests refused without a response because they had no request ID, by reason",
+            m.refused.clone(),
+        );
         r.register("elce_events", "9/ELCE events published", m.events.clone());
         m
     }
@@ -193,6 +201,10 @@ impl KpcMetrics {
         self.errors.get_or_create(&Kind { kind }).inc();
     }
 
+    pub(crate) fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&Reason { reason }).inc();
+    }
+
     pub(crate) fn event(&self, event: &'static str) {
         self.events.get_or_create(&EventType { event }).inc();
     }
@@ -232,6 +244,12 @@ impl KpcMetrics {
     /// Errors of this kind so far.
     pub fn error_count(&self, kind: &'static str) -> u64 {
         self.errors.get_or_create(&Kind { kind }).get()
+    }
+
+    /// Requests refused without a request ID for this reason (a `kpc_errors_total`
+    /// kind) so far.
+    pub fn refused_count(&self, reason: &'static str) -> u64 {
+        self.refused.get_or_create(&Reason { reason }).get()
     }
 
     /// Sessions ended for this reason so far.

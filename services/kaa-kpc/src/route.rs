@@ -3,7 +3,11 @@
 //!
 //! A session runs [`check_request`] on the PUBLISH, resolves the endpoint token
 //! (asynchronously, through its [`EndpointTokenResolver`](super::resolver::EndpointTokenResolver)),
-//! then builds the message with [`client_data`]. Nothing here does I/O, reads a
+//! which connects the endpoint, runs [`check_extension`], then builds the message
+//! with [`client_data`]. The extension is checked after the token on purpose: a
+//! token a session has used is connected whatever extension the request named
+//! (Kaa's official Python client's first PUBLISH goes to the `bcx` extension; a
+//! KPC serving only `cmx` must still tell CMX the endpoint is there). Nothing here does I/O, reads a
 //! clock or keeps state, so the fuzz target `kpc_route` drives exactly the code a
 //! session runs.
 
@@ -22,15 +26,16 @@ pub struct RouteLimits<'a> {
 }
 
 /// A request KPC does not forward: answered on the request's `/error` topic
-/// when the topic carries a request ID, dropped otherwise (1/KP: no request ID,
-/// no response).
+/// when the topic carries a request ID, otherwise counted and logged but not
+/// answered (1/KP: no request ID, no response).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// The 1/KP error status code.
     pub status_code: i32,
     /// The reason phrase sent to the device.
     pub reason: String,
-    /// The metrics label (`bad_topic`, `too_large`, `too_many_requests`, …).
+    /// The metrics label (`bad_topic`, `unknown_extension`, `too_large`,
+    /// `too_many_requests`, …).
     pub kind: &'static str,
 }
 
@@ -64,10 +69,10 @@ pub fn trailing_request_id(topic: &str) -> Option<RequestId> {
 }
 
 /// Checks a PUBLISH before its endpoint token is resolved: a valid 1/KP request
-/// topic whose names can be NATS subject tokens, an allowed extension instance,
-/// a payload within `max_payload`, and room for the token in the session
-/// (`known_token`: the session already uses it; `session_endpoints`: how many
-/// tokens it uses).
+/// topic whose names can be NATS subject tokens, a payload within `max_payload`,
+/// and room for the token in the session (`known_token`: the session already
+/// uses it; `session_endpoints`: how many tokens it uses). The extension instance
+/// is checked after the token resolved, by [`check_extension`].
 pub fn check_request<'t>(
     raw_topic: &'t str,
     payload_len: usize,
@@ -80,12 +85,6 @@ pub fn check_request<'t>(
     };
     let topic = Topic::parse_request(raw_topic).map_err(|e| bad_topic(&e))?;
     topic.validate_subject_tokens().map_err(|e| bad_topic(&e))?;
-    let ext = topic.extension_instance_name();
-    let allowed = limits.extension_instances;
-    if !allowed.is_empty() && !allowed.iter().any(|a| a == ext) {
-        let reason = format!("unknown extension instance {ext:?}");
-        return Err(Rejection::new(404, reason, "bad_topic"));
-    }
     if payload_len > limits.max_payload {
         let reason = format!(
             "payload of {payload_len} bytes exceeds the limit of {} bytes",
@@ -101,6 +100,19 @@ pub fn check_request<'t>(
         return Err(Rejection::new(429, reason, "too_many_requests"));
     }
     Ok(topic)
+}
+
+/// Checks that a request's extension instance is one KPC serves
+/// (`kpc.extension-instances`; empty: any). Runs after the token resolved and the
+/// endpoint is connected.
+pub fn check_extension(topic: &Topic<'_>, limits: &RouteLimits<'_>) -> Result<(), Rejection> {
+    let ext = topic.extension_instance_name();
+    let allowed = limits.extension_instances;
+    if !allowed.is_empty() && !allowed.iter().any(|a| a == ext) {
+        let reason = format!("unknown extension instance {ext:?}");
+        return Err(Rejection::new(404, reason, "unknown_extension"));
+    }
+    Ok(())
 }
 
 /// The `ClientData` for a checked request from endpoint `endpoint_id` (what the

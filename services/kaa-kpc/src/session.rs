@@ -574,16 +574,30 @@ impl Session {
     }
 
     /// Answers a request KPC rejects itself, when its topic carries a request ID.
-    fn reject(&mut self, topic: &str, qos: QoS, rejection: &Rejection) {
+    /// Without one the device cannot be told (1/KP: no response): the refusal is
+    /// counted in `kpc_refused_without_request_id_total` and logged with the
+    /// request's correlation ID and endpoint (when the token resolved), never the
+    /// payload.
+    fn reject(
+        &mut self,
+        topic: &str,
+        qos: QoS,
+        rejection: &Rejection,
+        correlation_id: &str,
+        endpoint_id: Option<&str>,
+    ) {
         self.shared.metrics.message_in("rejected");
         self.shared.metrics.error(rejection.kind);
         let (status_code, reason) = (rejection.status_code, rejection.reason.as_str());
         let Some((response, payload)) = rejection.response(topic) else {
-            tracing::debug!(
-                topic,
-                status_code,
-                reason,
-                "request rejected (no request ID, no response)"
+            self.shared.metrics.refused(rejection.kind);
+            tracing::info!(
+                "correlationId" = %correlation_id,
+                endpointId = %endpoint_id.unwrap_or(""),
+                status = status_code,
+                reason = rejection.kind,
+                detail = reason,
+                "device request refused; no request ID, so the device is not told"
             );
             return;
         };
@@ -600,6 +614,8 @@ impl Session {
             max_payload: shared.settings.max_payload,
             max_endpoints: shared.settings.max_endpoints,
         };
+        // The ClientData's, and the refusal's in the log when there is none.
+        let correlation_id = uuid::Uuid::new_v4().to_string();
         let topic = match route::check_request(
             raw_topic,
             publish.payload.len(),
@@ -608,7 +624,7 @@ impl Session {
             self.tokens.len(),
         ) {
             Ok(t) => t,
-            Err(r) => return self.reject(raw_topic, qos, &r),
+            Err(r) => return self.reject(raw_topic, qos, &r, &correlation_id, None),
         };
         let ext = topic.extension_instance_name();
         let endpoint = match self
@@ -623,7 +639,7 @@ impl Session {
                     "unknown_token"
                 };
                 let r = Rejection::new(e.status_code(), e.to_string(), kind);
-                return self.reject(raw_topic, qos, &r);
+                return self.reject(raw_topic, qos, &r, &correlation_id, None);
             }
         };
         if let Claim::New(published) =
@@ -635,6 +651,12 @@ impl Session {
             // the session before its first request.
             let _ = tokio::time::timeout(CONNECTED_EVENT_WAIT, published).await;
         }
+        let endpoint_id = Arc::clone(&endpoint.endpoint_id);
+        // After the token: a token the session used is connected, whatever
+        // extension the request named.
+        if let Err(r) = route::check_extension(&topic, &limits) {
+            return self.reject(raw_topic, qos, &r, &correlation_id, Some(&endpoint_id));
+        }
         let request_id = topic.request_id();
         let now = Instant::now();
         if request_id.is_some() && self.pending.len() >= shared.settings.max_inflight {
@@ -645,7 +667,7 @@ impl Session {
                     shared.settings.max_inflight
                 );
                 let r = Rejection::new(429, reason, "too_many_requests");
-                return self.reject(raw_topic, qos, &r);
+                return self.reject(raw_topic, qos, &r, &correlation_id, Some(&endpoint_id));
             }
         }
         let timeout = shared.settings.request_timeout;
@@ -653,13 +675,15 @@ impl Session {
             &topic,
             &endpoint.endpoint_id,
             &publish.payload,
-            uuid::Uuid::new_v4().to_string(),
+            correlation_id.clone(),
             now_millis(),
             i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
         );
         let (subject, data) = match routed {
             Ok(x) => x,
-            Err(r) => return self.reject(raw_topic, qos, &r),
+            Err(r) => {
+                return self.reject(raw_topic, qos, &r, &correlation_id, Some(&endpoint_id));
+            }
         };
         let datum = bytes::Bytes::from(data.to_vec());
         if let Err(e) = self
@@ -670,10 +694,9 @@ impl Session {
         {
             tracing::warn!(error = %e, subject, "could not forward ClientData");
             let r = Rejection::new(503, "the extension service is unreachable", "bus");
-            return self.reject(raw_topic, qos, &r);
+            return self.reject(raw_topic, qos, &r, &correlation_id, Some(&endpoint_id));
         }
         shared.metrics.message_in("request");
-        let endpoint_id = Arc::clone(&endpoint.endpoint_id);
         if let Some(id) = request_id {
             self.pending.insert(
                 (Arc::clone(&endpoint_id), ext.to_owned(), id.get()),
