@@ -1,0 +1,380 @@
+//! CDTP fetch bookkeeping: one request in flight per endpoint and name, the
+//! devices waiting on it, and what its answer comes to.
+
+use super::*;
+
+/// A device request waiting for a CDTP answer.
+pub(super) struct Waiter {
+    pub(super) endpoint_id: Arc<str>,
+    pub(super) request_id: Option<i32>,
+    pub(super) correlation_id: Box<str>,
+    pub(super) subject: Arc<str>,
+    pub(super) resource_path: Arc<str>,
+    pub(super) app_version: Arc<str>,
+    /// The `configId` the device sent.
+    pub(super) config_id: Option<Arc<str>>,
+}
+
+/// A CDTP request in flight.
+pub(super) struct Pending {
+    pub(super) slot: u32,
+    pub(super) name: u32,
+    pub(super) endpoint_id: Arc<str>,
+    pub(super) app_version: Arc<str>,
+    /// The `configId` sent.
+    pub(super) asked: Option<Arc<str>>,
+    /// A change arrived after the request was sent: the answer may be older.
+    pub(super) stale: bool,
+    pub(super) waiters: Vec<Waiter>,
+}
+
+/// What a CDTP answer (or its absence) comes to.
+pub(super) enum Fetched {
+    /// The current configuration; `payload` is the 7/CMP response JSON.
+    Config { id: Box<str>, payload: Bytes },
+    /// The configuration asked about is current.
+    Unchanged,
+    /// No usable answer.
+    Failed { status: i32, reason: String },
+}
+
+impl Cmx {
+    /// Sends a CDTP request for (`slot`, `name`) with `waiters`; `full` asks for
+    /// the content whatever the device holds. Gives the waiters back when
+    /// `max_pending_requests` is reached.
+    pub(super) fn send_request(
+        &mut self,
+        slot: u32,
+        name: u32,
+        full: bool,
+        waiters: Vec<Waiter>,
+        now: UnixMillis,
+    ) -> Result<(), Vec<Waiter>> {
+        if self.pending.len() >= self.settings.config.max_pending_requests {
+            return Err(waiters);
+        }
+        let Some(e) = self.endpoints.get(slot) else {
+            return Err(waiters);
+        };
+        let Some(ns) = e.name(name) else {
+            return Err(waiters);
+        };
+        let asked = if full {
+            None
+        } else {
+            self.config_ids.get(ns.confirmed).cloned()
+        };
+        let app_version = self
+            .app_versions
+            .get(e.app_version)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""));
+        let config_name = self.names.get(name).cloned();
+        let endpoint_id = e.id.clone();
+        let (seq, correlation_id) = self.next_correlation_id();
+        let deadline = now.saturating_add(self.settings.config.cdtp_timeout);
+        self.out
+            .push_back(Output::ConfigRequest(OutgoingConfigRequest {
+                subject: self.settings.request_subject.clone(),
+                reply_to: self.settings.response_subject.clone(),
+                correlation_id,
+                timestamp: now,
+                timeout: self.settings.cdtp_timeout_ms,
+                app_version_name: app_version.clone(),
+                endpoint_id: endpoint_id.clone(),
+                config_id: asked.clone(),
+                config_name,
+                deadline,
+            }));
+        self.pending.insert(
+            seq,
+            Pending {
+                slot,
+                name,
+                endpoint_id,
+                app_version,
+                asked,
+                stale: false,
+                waiters,
+            },
+        );
+        self.in_flight.insert((slot, name), seq);
+        self.prune_timers();
+        self.timers.push(Reverse((deadline, Timer::Deadline(seq))));
+        self.stats.cdtp_requests += 1;
+        Ok(())
+    }
+
+    /// Sends a CDTP request again for `waiters` and any push wanted; on
+    /// backpressure the waiters get a 503 and the push is retried later.
+    pub(super) fn refetch(
+        &mut self,
+        slot: u32,
+        name: u32,
+        full: bool,
+        waiters: Vec<Waiter>,
+        now: UnixMillis,
+    ) {
+        if let Err(waiters) = self.send_request(slot, name, full, waiters, now) {
+            for w in &waiters {
+                self.stats.backpressure_rejections += 1;
+                self.answer_error(
+                    w,
+                    503,
+                    RefusalReason::Limit,
+                    "too many configuration requests in flight; retry later",
+                    now,
+                );
+            }
+            if self.push_wanted(slot, name) {
+                self.schedule_retry(slot, name, now);
+            }
+        }
+    }
+
+    /// Ends the CDTP request `seq` with `fetched`.
+    pub(super) fn complete(&mut self, seq: u64, fetched: Fetched, now: UnixMillis) {
+        let Some(mut p) = self.pending.remove(&seq) else {
+            return;
+        };
+        if self.in_flight.get(&(p.slot, p.name)) == Some(&seq) {
+            self.in_flight.remove(&(p.slot, p.name));
+        }
+        let current_version = self
+            .endpoints
+            .get(p.slot)
+            .and_then(|e| self.app_versions.get(e.app_version));
+        if p.stale || current_version.is_none_or(|a| **a != *p.app_version) {
+            // The answer may predate a change the engine has heard of: ask again.
+            self.stats.cdtp_responses_stale += 1;
+            let waiters = std::mem::take(&mut p.waiters);
+            self.refetch(p.slot, p.name, false, waiters, now);
+            return;
+        }
+        match fetched {
+            Fetched::Failed { status, reason } => self.fetch_failed(p, status, &reason, now),
+            Fetched::Unchanged => match p.asked.clone() {
+                Some(asked) => self.deliver(p, &asked, None, now),
+                None => self.fetch_failed(
+                    p,
+                    502,
+                    "the configuration provider answered \"unchanged\" to a request without configId",
+                    now,
+                ),
+            },
+            Fetched::Config { id, payload } => self.deliver(p, &id, Some(payload), now),
+        }
+    }
+
+    pub(super) fn fetch_failed(&mut self, p: Pending, status: i32, reason: &str, now: UnixMillis) {
+        let why = if status == 504 {
+            RefusalReason::ProviderTimeout
+        } else {
+            RefusalReason::ProviderError
+        };
+        for w in &p.waiters {
+            self.answer_error(w, status, why, reason.to_owned(), now);
+        }
+        if self.push_wanted(p.slot, p.name) {
+            self.schedule_retry(p.slot, p.name, now);
+        }
+    }
+
+    /// Delivers the current configuration `id` (with its 7/CMP response
+    /// `payload`, or `None` when the provider said "unchanged") to the waiting
+    /// devices and, if wanted, as a push.
+    pub(super) fn deliver(
+        &mut self,
+        p: Pending,
+        id: &str,
+        payload: Option<Bytes>,
+        now: UnixMillis,
+    ) {
+        let mut need_content = Vec::new();
+        let mut device_has_it = false;
+        let mut implicit: Option<(Box<str>, Arc<str>)> = None;
+        for mut w in p.waiters {
+            // The configuration is the one of the app version it was fetched for.
+            w.app_version = p.app_version.clone();
+            if w.config_id.as_deref() == Some(id) {
+                device_has_it = true;
+                if self.settings.config.broadcast_implicit_applied && implicit.is_none() {
+                    implicit = Some((w.correlation_id.clone(), w.app_version.clone()));
+                }
+                if w.request_id.is_some() {
+                    self.answer(&w, 200, None, Some(Bytes::from_static(UNCHANGED_JSON)), now);
+                }
+            } else if let Some(payload) = &payload {
+                device_has_it = true;
+                // Without a request ID this goes out as a push.
+                self.answer(&w, 200, None, Some(payload.clone()), now);
+            } else {
+                need_content.push(w);
+            }
+        }
+        let Self {
+            endpoints: eps,
+            config_ids,
+            ..
+        } = self;
+        let Some(e) = eps.get_mut(p.slot) else {
+            return;
+        };
+        let connected = e.connected;
+        let Some(ns) = e.name_mut(p.name) else {
+            return;
+        };
+        let h = config_ids.acquire(id);
+        if device_has_it {
+            config_ids.set(&mut ns.holds, h);
+        }
+        let absent = id.is_empty();
+        let want_push = connected
+            && ns.observe != Observe::Off
+            && !device_has_it
+            && match ns.push {
+                PushMode::None => false,
+                PushMode::IfNotHeld => {
+                    h != ns.holds && h != ns.rejected && !(absent && ns.holds == NONE)
+                }
+                PushMode::IfNotApplied => {
+                    h != ns.confirmed && h != ns.rejected && !(absent && ns.confirmed == NONE)
+                }
+            };
+        if !need_content.is_empty() || (want_push && payload.is_none()) {
+            // Someone needs the content the provider left out: ask for it.
+            config_ids.release(h);
+            self.refetch(p.slot, p.name, true, need_content, now);
+            return;
+        }
+        ns.push = PushMode::None;
+        ns.attempts = 0;
+        if want_push {
+            config_ids.set(&mut ns.holds, h);
+        }
+        config_ids.release(h);
+        if want_push && let Some(payload) = payload {
+            self.push(p.slot, p.name, payload, now);
+        }
+        if let Some((correlation_id, app_version)) = implicit {
+            let config_name = self.names.get(p.name).cloned();
+            self.out
+                .push_back(Output::ConfigApplied(OutgoingConfigApplied {
+                    subject: self.settings.applied_subject.clone(),
+                    correlation_id: correlation_id.into(),
+                    timestamp: now,
+                    timeout: self.settings.message_timeout_ms,
+                    app_version_name: app_version,
+                    endpoint_id: p.endpoint_id.clone(),
+                    config_id: id.into(),
+                    originator_replica_id: self.settings.replica.clone(),
+                    status_code: 200,
+                    reason_phrase: Some("Implicitly applied".into()),
+                    config_name,
+                }));
+        }
+    }
+}
+
+pub(super) fn absent() -> Fetched {
+    Fetched::Config {
+        id: "".into(),
+        payload: Bytes::from_static(ABSENT_JSON),
+    }
+}
+
+pub(super) fn bad_answer(reason: impl Into<String>) -> Fetched {
+    Fetched::Failed {
+        status: 502,
+        reason: reason.into(),
+    }
+}
+
+/// What a CDTP response means for a request that asked about `asked` (the
+/// 6/CDTP rules are `kaa_cdtp`'s [`CdtpResponse::read`]; 7/CMP adds that the
+/// content must be JSON).
+pub(super) fn interpret(msg: &CdtpResponse<'_>, asked: Option<&str>) -> Fetched {
+    match msg.read(asked) {
+        ConfigAnswer::Unchanged => Fetched::Unchanged,
+        // The provider has no configuration for the endpoint: 7/CMP's absent
+        // configuration.
+        ConfigAnswer::Absent => absent(),
+        ConfigAnswer::Error {
+            status_code,
+            reason,
+        } => {
+            let reason = match reason {
+                Some(r) => format!("configuration provider: {r}"),
+                None => format!("the configuration provider answered {status_code}"),
+            };
+            let status = if (400..600).contains(&status_code) {
+                status_code
+            } else {
+                502
+            };
+            Fetched::Failed { status, reason }
+        }
+        ConfigAnswer::Invalid(InvalidAnswer::ContentType) => bad_answer(format!(
+            "unsupported configuration content type {:?}",
+            msg.content_type
+        )),
+        ConfigAnswer::Invalid(e) => bad_answer(e.to_string()),
+        ConfigAnswer::Config { config_id, content } => {
+            if serde_json::from_slice::<JsonCheck>(content).is_err() {
+                return bad_answer("the configuration provider sent content that is not JSON");
+            }
+            Fetched::Config {
+                id: config_id.into(),
+                payload: Bytes::from(ConfigResponse::encode_raw(config_id, content)),
+            }
+        }
+        _ => bad_answer("the configuration provider's answer is not understood"),
+    }
+}
+
+/// Checks that a configuration is JSON a 7/CMP decoder accepts, without building
+/// it: every value goes through `deserialize_any`, as it does when decoding into
+/// `serde_json::Value` (so a number out of `f64` range is refused here too).
+struct JsonCheck;
+
+impl<'de> serde::Deserialize<'de> for JsonCheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonCheck)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCheck {
+    type Value = JsonCheck;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(JsonCheck)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(JsonCheck)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_key::<JsonCheck>()?.is_some() {
+            map.next_value::<JsonCheck>()?;
+        }
+        Ok(JsonCheck)
+    }
+}

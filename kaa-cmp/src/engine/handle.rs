@@ -1,0 +1,372 @@
+//! The engine's inputs: one `handle_*` method per message it subscribes to,
+//! and the recovery calls (`resync`, `adopt_session`). `Cmx::handle_input`
+//! dispatches to them.
+
+use super::*;
+
+impl Cmx {
+    /// Decodes a message received on `subject` (one of [`Cmx::subscriptions`]) into
+    /// an [`Input`], applying every decoding limit of the configuration
+    /// (`max_endpoints_per_event` for 9/ELCE events and sessions lists). The input
+    /// borrows from `datum`. Skip NATS no-responders statuses before calling it:
+    /// they are not messages.
+    pub fn decode_input<'a>(
+        &self,
+        subject: &str,
+        reply_to: Option<&'a str>,
+        datum: &'a [u8],
+    ) -> Result<Input<'a>, InputError> {
+        input::decode(
+            &self.settings.subscriptions,
+            self.settings.decode_limits,
+            subject,
+            reply_to,
+            datum,
+        )
+    }
+
+    /// The engine's one way in: handles an [`Input`] at `now`. Drain
+    /// [`Cmx::poll_output`] afterwards and look at [`Cmx::poll_timeout`] again.
+    pub fn handle_input(&mut self, input: Input<'_>, now: UnixMillis) {
+        match input {
+            Input::ClientData { message, reply_to } => {
+                self.handle_client_data(&message, reply_to, now)
+            }
+            Input::ConfigResponse(m) => self.handle_config_response(&m, now),
+            Input::ConfigUpdated(m) => self.handle_config_updated(&m, now),
+            Input::Event(e) => self.handle_elce_event(&e, now),
+            Input::Sessions(m) => self.handle_sessions(&m, now),
+            Input::ProviderStarted(_) => self.resync(now),
+            Input::Timeout => self.handle_timeout(now),
+            Input::BusConnected => self.handle_bus_connected(now),
+        }
+    }
+
+    /// [`Cmx::decode_input`] and [`Cmx::handle_input`] in one call. An error is a
+    /// message that could not be used (nothing was handled): log it and go on.
+    pub fn handle_message(
+        &mut self,
+        subject: &str,
+        reply_to: Option<&str>,
+        datum: &[u8],
+        now: UnixMillis,
+    ) -> Result<(), InputError> {
+        let input = self.decode_input(subject, reply_to, datum)?;
+        self.handle_input(input, now);
+        Ok(())
+    }
+
+    /// [`Input::BusConnected`]: asks the communication service for its sessions,
+    /// and after a reconnect re-synchronizes ([`Cmx::resync`]) first.
+    pub(super) fn handle_bus_connected(&mut self, now: UnixMillis) {
+        self.bus_connections += 1;
+        if self.bus_connections > 1 {
+            self.resync(now);
+        }
+        self.stats.sessions_requests += 1;
+        let correlation_id = format!("{}-sessions-{}", self.settings.prefix, self.bus_connections);
+        self.out
+            .push_back(Output::SessionsRequest(OutgoingSessionsRequest {
+                subject: Arc::clone(&self.settings.sessions_request_subject),
+                reply_to: Arc::clone(&self.settings.sessions_response_subject),
+                correlation_id,
+                timestamp: now,
+                extension_instance_name: Arc::clone(&self.settings.instance),
+            }));
+    }
+
+    /// [`Input::Sessions`]: [`Cmx::adopt_session`] for every endpoint listed.
+    pub(super) fn handle_sessions(&mut self, msg: &SessionsResponse<'_>, now: UnixMillis) {
+        self.stats.sessions_responses += 1;
+        let mut paths: Vec<&str> = Vec::new();
+        for s in &msg.endpoints {
+            paths.clear();
+            paths.extend(s.resource_paths.iter().map(|p| &**p));
+            self.adopt_session(&s.endpoint_id, &s.app_version_name, &paths, now);
+        }
+    }
+
+    /// Handles any 9/ELCE event (`registered` and traffic reports are ignored).
+    pub fn handle_elce_event(&mut self, event: &ElceEvent<'_>, now: UnixMillis) {
+        match event {
+            ElceEvent::Connected(e) => self.handle_connected(e, now),
+            ElceEvent::Disconnected(e) => self.handle_disconnected(e, now),
+            ElceEvent::AppVersionUpdated(e) => self.handle_app_version_updated(e, now),
+            ElceEvent::Unregistered(e) => self.handle_unregistered(e, now),
+            _ => {}
+        }
+    }
+
+    /// A device's message, forwarded by a communication service, with the NATS
+    /// `replyTo` it came with (session affinity for the answer).
+    pub fn handle_client_data(
+        &mut self,
+        msg: &ClientData<'_>,
+        reply_to: Option<&str>,
+        now: UnixMillis,
+    ) {
+        self.stats.client_data += 1;
+        if msg.is_expired(now) {
+            self.stats.client_data_expired += 1;
+            return;
+        }
+        let subject = self.reply_subject(reply_to);
+        let r = Reply {
+            subject,
+            timestamp: msg.timestamp,
+            correlation_id: &msg.correlation_id,
+            app_version: &msg.app_version_name,
+            endpoint_id: msg.endpoint_id.as_deref(),
+            resource_path: &msg.resource_path,
+            request_id: msg.request_id,
+        };
+        let endpoint_id = match msg.endpoint_id.as_deref() {
+            Some(id) if !id.is_empty() => id,
+            _ => {
+                return self.reply_error(
+                    &r,
+                    400,
+                    RefusalReason::NoEndpoint,
+                    "`endpointId` is required: 7/CMP configurations belong to endpoints",
+                    now,
+                );
+            }
+        };
+        if let Some(known) = &self.settings.config.app_versions
+            && !known.contains(&*msg.app_version_name)
+        {
+            let reason = format!("unknown application version {:?}", msg.app_version_name);
+            return self.reply_error(&r, 404, RefusalReason::UnknownAppVersion, reason, now);
+        }
+        let path = match ResourcePath::parse(&msg.resource_path) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.reply_error(
+                    &r,
+                    404,
+                    RefusalReason::UnknownResource,
+                    e.to_string(),
+                    now,
+                );
+            }
+        };
+        let written = match resolve_name(path.name(), msg.config_name.as_deref()) {
+            Ok(n) => n,
+            Err(reason) => {
+                return self.reply_error(&r, 400, RefusalReason::ConfigNameMismatch, reason, now);
+            }
+        };
+        match path.kind() {
+            ResourceKind::Config => {
+                self.config_request(&r, endpoint_id, written, &msg.payload, now)
+            }
+            ResourceKind::Applied => {
+                self.applied_request(&r, endpoint_id, written, &msg.payload, now)
+            }
+        }
+    }
+
+    /// The provider's answer to a CDTP request (on the `replyTo` the engine set).
+    pub fn handle_config_response(&mut self, msg: &CdtpResponse<'_>, now: UnixMillis) {
+        let Some(seq) = self
+            .parse_seq(&msg.correlation_id)
+            .filter(|s| self.pending.contains_key(s))
+        else {
+            self.stats.cdtp_responses_unmatched += 1;
+            return;
+        };
+        self.stats.cdtp_responses += 1;
+        let Some(p) = self.pending.get(&seq) else {
+            return;
+        };
+        let fetched = if *p.endpoint_id != *msg.endpoint_id {
+            Fetched::Failed {
+                status: 502,
+                reason: format!(
+                    "the configuration provider answered for endpoint {:?}",
+                    msg.endpoint_id
+                ),
+            }
+        } else {
+            interpret(msg, p.asked.as_deref())
+        };
+        if matches!(fetched, Fetched::Failed { .. }) {
+            self.stats.provider_errors += 1;
+        }
+        self.complete(seq, fetched, now);
+    }
+
+    /// The provider's broadcast that an endpoint's configuration changed. It is a
+    /// notification: the engine fetches the current configuration before pushing
+    /// (see the module docs for why).
+    pub fn handle_config_updated(&mut self, msg: &ConfigUpdated<'_>, now: UnixMillis) {
+        self.stats.config_updates += 1;
+        let same_version = |cmx: &Self, slot: u32| {
+            cmx.endpoints.get(slot).is_some_and(|e| {
+                cmx.app_versions
+                    .get(e.app_version)
+                    .is_some_and(|a| **a == *msg.app_version_name)
+            })
+        };
+        let slot = self
+            .endpoints
+            .find(&msg.endpoint_id)
+            .filter(|slot| same_version(self, *slot));
+        let name = slot.and_then(|slot| {
+            let e = self.endpoints.get(slot)?;
+            match resource::canonical_config_name(msg.config_name.as_deref()) {
+                None => Some(NONE),
+                Some(n) => match self.names.find(n).filter(|h| e.name(*h).is_some()) {
+                    Some(h) => Some(h),
+                    // An adopted endpoint's names are unknown: the provider's word
+                    // that this one changed for it is taken as a sign it is used.
+                    None if e.adopted && e.connected => self.name_of(slot, Some(n), false),
+                    None => None,
+                },
+            }
+        });
+        let (Some(slot), Some(name)) = (slot, name) else {
+            self.stats.config_updates_ignored += 1;
+            return;
+        };
+        if let Some(seq) = self.in_flight.get(&(slot, name))
+            && let Some(p) = self.pending.get_mut(seq)
+        {
+            p.stale = true;
+        }
+        self.trigger_push(slot, name, PushMode::IfNotHeld, now);
+    }
+
+    /// Re-synchronizes after an outage of the bus: updates broadcast while this
+    /// engine was cut off (`ConfigUpdated`, `connected`) may be lost for good, so
+    /// the current configuration of every connected endpoint is fetched again, for
+    /// every name it observes, and pushed unless the device already holds it.
+    /// Answers in flight count as stale. The driver calls it once its
+    /// subscriptions are back after a reconnect.
+    pub fn resync(&mut self, now: UnixMillis) {
+        self.stats.resyncs += 1;
+        for p in self.pending.values_mut() {
+            p.stale = true;
+        }
+        for slot in self.endpoints.connected_slots() {
+            self.trigger_all(slot, PushMode::IfNotHeld, now);
+        }
+    }
+
+    /// A communication service's list of the sessions it holds (a 9/ELCE
+    /// `connected` event it sends on request, not a broadcast), e.g. to an engine
+    /// that restarted while the sessions stayed up: [`Cmx::adopt_session`] for
+    /// each endpoint, with no resource paths.
+    pub fn adopt_sessions(&mut self, msg: &ConnectedEvent<'_>, now: UnixMillis) {
+        for (endpoint_id, app_version) in &msg.endpoints {
+            self.adopt_session(endpoint_id, app_version, &[], now);
+        }
+    }
+
+    /// One endpoint a communication service holds a session for, with the
+    /// resource paths the session has used with this extension (e.g.
+    /// `/config/json`, `/config/json/network`), e.g. for an engine that restarted
+    /// while the session stayed up. The endpoint counts as connected, as by
+    /// [`Cmx::handle_connected`], and the configuration names in the paths count as
+    /// used, so it gets every one of them it has not reported applied. One this
+    /// engine did not know is *adopted*: which names its device observes may not
+    /// all be listed, so a `ConfigUpdated` for any name is pushed to it (to other
+    /// endpoints only for the names they used).
+    pub fn adopt_session(
+        &mut self,
+        endpoint_id: &str,
+        app_version: &str,
+        resource_paths: &[&str],
+        now: UnixMillis,
+    ) {
+        if endpoint_id.is_empty() {
+            return;
+        }
+        let new = self.endpoints.find(endpoint_id).is_none();
+        let Some(slot) = self.track(endpoint_id, app_version, AppVersionStamp::event(now.0), now)
+        else {
+            return;
+        };
+        for path in resource_paths {
+            if let Ok(r) = ResourcePath::parse(path)
+                && r.kind() == ResourceKind::Config
+            {
+                let _ = self.name_of(slot, r.name(), true);
+            }
+        }
+        // A session the engine did not see start: the affinity it knew is stale.
+        self.set_reply(slot, NONE);
+        self.endpoints.set_connected(slot, true, now);
+        if new && let Some(e) = self.endpoints.get_mut(slot) {
+            e.adopted = true;
+        }
+        self.trigger_all(slot, PushMode::IfNotApplied, now);
+    }
+
+    /// Endpoints opened a communication session: push what they have not applied.
+    pub fn handle_connected(&mut self, msg: &ConnectedEvent<'_>, now: UnixMillis) {
+        for (endpoint_id, app_version) in &msg.endpoints {
+            if endpoint_id.is_empty() {
+                continue;
+            }
+            let Some(slot) = self.track(
+                endpoint_id,
+                app_version,
+                AppVersionStamp::event(msg.timestamp),
+                now,
+            ) else {
+                continue;
+            };
+            // A new session: the affinity of the previous one is gone.
+            self.set_reply(slot, NONE);
+            self.endpoints.set_connected(slot, true, now);
+            self.trigger_all(slot, PushMode::IfNotApplied, now);
+        }
+    }
+
+    /// Endpoints' communication sessions ended.
+    pub fn handle_disconnected(&mut self, msg: &DisconnectedEvent<'_>, now: UnixMillis) {
+        for (endpoint_id, _) in &msg.endpoints {
+            let Some(slot) = self.endpoints.find(endpoint_id) else {
+                continue;
+            };
+            self.set_reply(slot, NONE);
+            self.endpoints.set_connected(slot, false, now);
+            if let Some(e) = self.endpoints.get_mut(slot) {
+                for i in 0..=e.named_count() {
+                    if let Some(n) = e.name_at(i).and_then(|h| e.name_mut(h)) {
+                        n.push = PushMode::None;
+                        n.attempts = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// An endpoint moved to another application version: push its configurations
+    /// for the new one.
+    pub fn handle_app_version_updated(
+        &mut self,
+        msg: &AppVersionUpdatedEvent<'_>,
+        now: UnixMillis,
+    ) {
+        let Some(slot) = self.endpoints.find(&msg.endpoint_id) else {
+            return;
+        };
+        self.set_app_version(
+            slot,
+            &msg.app_version_name,
+            AppVersionStamp::event(msg.timestamp),
+        );
+        // What was delivered under the previous app version may not have been
+        // kept: compare with what the device reported applied.
+        self.trigger_all(slot, PushMode::IfNotApplied, now);
+    }
+
+    /// An endpoint was unregistered: forget it.
+    pub fn handle_unregistered(&mut self, msg: &UnregisteredEvent<'_>, now: UnixMillis) {
+        if let Some(slot) = self.endpoints.find(&msg.endpoint_id) {
+            self.remove_endpoint(slot, Removal::Unregistered, now);
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Replies: where an answer goes, error answers and refusals, and the
+//! correlation IDs of what the engine sends.
+
+use super::*;
+
+/// Where to send a response to one `ClientData`.
+pub(super) struct Reply<'m> {
+    pub(super) subject: Arc<str>,
+    /// The `ClientData` timestamp.
+    pub(super) timestamp: i64,
+    pub(super) correlation_id: &'m str,
+    pub(super) app_version: &'m str,
+    pub(super) endpoint_id: Option<&'m str>,
+    pub(super) resource_path: &'m str,
+    pub(super) request_id: Option<i32>,
+}
+
+impl Cmx {
+    /// The `ExtensionData` subject for a `ClientData` `replyTo`: the same replica
+    /// (or instance) with message type `ExtensionData`; the communication
+    /// service's instance-wide subject when there is none or it is not a 3/ISM
+    /// targeted subject.
+    pub(super) fn reply_subject(&self, reply_to: Option<&str>) -> Arc<str> {
+        let normalized: Option<Cow<'_, str>> = reply_to.and_then(|raw| match Subject::parse(raw) {
+            Ok(Subject::Replica(r)) if r.message_type() == EXTENSION_DATA => {
+                Some(Cow::Borrowed(raw))
+            }
+            Ok(Subject::Replica(r)) => r
+                .with_message_type(EXTENSION_DATA)
+                .ok()
+                .map(|s| Cow::Owned(s.to_string())),
+            Ok(Subject::Service(s)) if s.message_type() == EXTENSION_DATA => {
+                Some(Cow::Borrowed(raw))
+            }
+            Ok(Subject::Service(s)) => {
+                ServiceSubject::new(s.instance(), s.protocol(), EXTENSION_DATA)
+                    .ok()
+                    .map(|s| Cow::Owned(s.to_string()))
+            }
+            _ => None,
+        });
+        match normalized {
+            None => self.settings.extension_data_subject.clone(),
+            Some(s) if *s == *self.settings.extension_data_subject => {
+                self.settings.extension_data_subject.clone()
+            }
+            Some(s) => self
+                .replies
+                .find(&s)
+                .and_then(|h| self.replies.get(h))
+                .cloned()
+                .unwrap_or_else(|| Arc::from(&*s)),
+        }
+    }
+
+    /// Answers `r` with an error; without a request ID, records a [`Refusal`]
+    /// instead. `reason` must hold nothing of the payload (it may be logged).
+    pub(super) fn reply_error(
+        &mut self,
+        r: &Reply<'_>,
+        status: i32,
+        why: RefusalReason,
+        reason: impl Into<Cow<'static, str>>,
+        now: UnixMillis,
+    ) {
+        if r.request_id.is_none() {
+            self.refuse(Refusal {
+                correlation_id: r.correlation_id.to_owned(),
+                endpoint_id: r.endpoint_id.map(Arc::from),
+                app_version_name: r.app_version.into(),
+                resource_path: r.resource_path.into(),
+                status_code: status,
+                reason: why,
+                detail: reason.into(),
+            });
+            return;
+        }
+        self.emit(
+            r.subject.clone(),
+            r.correlation_id.to_owned(),
+            r.app_version.into(),
+            r.endpoint_id.map(Arc::from),
+            r.resource_path.into(),
+            r.request_id,
+            None,
+            status,
+            Some(reason.into()),
+            now,
+        );
+    }
+
+    pub(super) fn answer(
+        &mut self,
+        w: &Waiter,
+        status: i32,
+        reason: Option<Cow<'static, str>>,
+        payload: Option<Bytes>,
+        now: UnixMillis,
+    ) {
+        self.emit(
+            w.subject.clone(),
+            w.correlation_id.to_string(),
+            w.app_version.clone(),
+            Some(w.endpoint_id.clone()),
+            w.resource_path.clone(),
+            w.request_id,
+            payload,
+            status,
+            reason,
+            now,
+        );
+    }
+
+    /// A malformed payload: the device is told what is wrong (the error may
+    /// quote its payload); a refusal records only [`PayloadError::summary`].
+    pub(super) fn reply_malformed(&mut self, r: &Reply<'_>, e: &PayloadError, now: UnixMillis) {
+        let reason = if r.request_id.is_some() {
+            e.to_string()
+        } else {
+            e.summary()
+        };
+        self.reply_error(r, 400, RefusalReason::MalformedPayload, reason, now);
+    }
+
+    /// Like [`Cmx::reply_error`], for a request that waited for the provider.
+    pub(super) fn answer_error(
+        &mut self,
+        w: &Waiter,
+        status: i32,
+        why: RefusalReason,
+        reason: impl Into<Cow<'static, str>>,
+        now: UnixMillis,
+    ) {
+        if w.request_id.is_none() {
+            self.refuse(Refusal {
+                correlation_id: w.correlation_id.to_string(),
+                endpoint_id: Some(w.endpoint_id.clone()),
+                app_version_name: w.app_version.clone(),
+                resource_path: w.resource_path.clone(),
+                status_code: status,
+                reason: why,
+                detail: reason.into(),
+            });
+            return;
+        }
+        self.answer(w, status, Some(reason.into()), None, now);
+    }
+
+    /// Counts a refusal and keeps it for [`Cmx::poll_refusal`].
+    pub(super) fn refuse(&mut self, refusal: Refusal) {
+        self.stats.errors_without_request_id += 1;
+        self.stats.refused_without_request_id.add(refusal.reason);
+        if self.refusals.len() >= MAX_KEPT_REFUSALS {
+            self.refusals.pop_front();
+            self.stats.refusals_not_kept += 1;
+        }
+        self.refusals.push_back(refusal);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn emit(
+        &mut self,
+        subject: Arc<str>,
+        correlation_id: String,
+        app_version_name: Arc<str>,
+        endpoint_id: Option<Arc<str>>,
+        resource_path: Arc<str>,
+        request_id: Option<i32>,
+        payload: Option<Bytes>,
+        status_code: i32,
+        reason_phrase: Option<Cow<'static, str>>,
+        now: UnixMillis,
+    ) {
+        self.out
+            .push_back(Output::ExtensionData(OutgoingExtensionData {
+                subject,
+                correlation_id,
+                timestamp: now,
+                timeout: self.settings.message_timeout_ms,
+                app_version_name,
+                extension_instance_name: self.settings.instance.clone(),
+                endpoint_id,
+                resource_path,
+                request_id,
+                payload,
+                status_code,
+                reason_phrase,
+            }));
+    }
+
+    pub(super) fn next_correlation_id(&mut self) -> (u64, String) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        (seq, format!("{}-{seq}", self.settings.prefix))
+    }
+
+    pub(super) fn parse_seq(&self, correlation_id: &str) -> Option<u64> {
+        let digits = correlation_id
+            .strip_prefix(self.settings.prefix.as_str())?
+            .strip_prefix('-')?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+}
