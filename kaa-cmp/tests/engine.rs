@@ -649,12 +649,20 @@ fn a_named_config_name_on_the_default_path_is_refused() {
         assert_eq!(&*m.resource_path, path);
         let reason = m.reason_phrase.as_deref().unwrap();
         assert!(
-            reason.contains(r#"`configName` "network" does not match the configuration name "default""#),
+            reason.contains(
+                r#"`configName` "network" does not match the configuration name "default""#
+            ),
             "{reason}"
         );
     }
-    assert!(w.requests.is_empty(), "nothing fetched for a refused request");
-    assert!(w.applied.is_empty(), "nothing recorded for a refused report");
+    assert!(
+        w.requests.is_empty(),
+        "nothing fetched for a refused request"
+    );
+    assert!(
+        w.applied.is_empty(),
+        "nothing recorded for a refused report"
+    );
 }
 
 /// The `cmx_sequence` fuzz finding of issue 21, step by step: a device pushed
