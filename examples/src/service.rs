@@ -92,12 +92,33 @@ pub fn load_yaml<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T, Confi
 }
 
 /// Parses YAML `text` into `T`; `origin` (e.g. the file name) prefixes error messages.
+///
+/// An error names the origin, the line and column, the key path and what is wrong:
+/// `cmx.yaml: line 12 column 22: cmx.limits.max-config-size: invalid size "lots" …`.
+///
+/// # Which YAML crate, and why
+///
+/// `serde_yaml` 0.9 is archived upstream (March 2024). The candidates compared on
+/// crates.io, for what the services need (maintenance, soundness, a `Value` tree
+/// for the flat-key expansion of [`crate::cmx::config::parse_kaa_yaml`], errors
+/// with key path and position, MSRV 1.88):
+///
+/// | crate | maintenance | soundness | `Value` | errors | note |
+/// |---|---|---|---|---|---|
+/// | `serde_norway` 0.9.42 (chosen) | fork of serde_yaml 0.9 with its own libyaml fork (`unsafe-libyaml-norway`); releases through 0.9.42 (Dec 2024), packaged by Fedora | c2rust-translated libyaml (unsafe code, as in serde_yaml), no advisory | yes | key path, line, column | drop-in: same YAML 1.2 scalars, same messages; MIT OR Apache-2.0 |
+/// | `serde_yaml_ng` 0.10 | fork of serde_yaml, commits in 2025 | built on `unsafe-libyaml`, archived and flagged unmaintained (RUSTSEC-2024-0449) | yes | key path, line, column | MIT only |
+/// | `serde-saphyr` | pure Rust, very active | `forbid(unsafe_code)` | no (by design; `serde_json::Value` only) | line and column, but no key path (`invalid u64`) | 2.x needs Rust 1.89; YAML 1.1 booleans (`no` → false) into `bool` fields, type-driven scalars: accepted files would change meaning |
+/// | `serde_yml` | deprecated shim to `noyalib` | RUSTSEC-2025-0068 (unsound, unmaintained) | — | — | excluded |
+///
+/// `serde_norway` keeps every sample configuration and every error message as it
+/// was; `serde-saphyr` is the way to unsafe-free parsing once the project can take
+/// Rust 1.89 and the behaviour changes above.
 pub fn parse_yaml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| {
+    serde_norway::from_str(text).map_err(|e| {
         let message = match e.location() {
             Some(loc) => {
                 let detail = e.to_string();
-                // serde_yaml appends " at line L column C"; keep the position in front.
+                // serde_norway appends " at line L column C"; keep the position in front.
                 let detail = detail
                     .rsplit_once(" at line ")
                     .map_or(detail.as_str(), |(head, _)| head)

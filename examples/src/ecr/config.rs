@@ -315,33 +315,44 @@ pub enum Access {
 pub(crate) fn de_opt_byte_size<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<usize>, D::Error> {
-    match Option::<ByteSize>::deserialize(d)? {
-        None => Ok(None),
-        Some(size) => size.bytes().map(Some).map_err(serde::de::Error::custom),
-    }
+    Ok(Option::<ByteSize>::deserialize(d)?.map(|size| size.0))
 }
 
 /// Deserializes a required byte size written as a number or as text.
 pub(crate) fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    ByteSize::deserialize(d)?
-        .bytes()
-        .map_err(serde::de::Error::custom)
+    Ok(ByteSize::deserialize(d)?.0)
 }
 
 /// A byte size as written in YAML: `1048576` or `"1MiB"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ByteSize {
-    Number(usize),
-    Text(String),
-}
+///
+/// Checked while the value is read, not after: an error then carries the key path
+/// and the position of the value (`cmx.limits.max-config-size: invalid size "lots" …
+/// at line 12 column 22`), which an error raised once the field is done would not.
+struct ByteSize(usize);
 
-impl ByteSize {
-    fn bytes(self) -> Result<usize, String> {
-        match self {
-            ByteSize::Number(n) => Ok(n),
-            ByteSize::Text(t) => parse_byte_size(&t),
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte size (e.g. 1048576, 512KiB, 1MiB)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                usize::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("size {v} is too large")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("invalid size {v} (a size cannot be negative)")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_byte_size(v).map(ByteSize).map_err(E::custom)
+            }
         }
+        d.deserialize_any(SizeVisitor)
     }
 }
 
