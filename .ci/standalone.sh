@@ -13,8 +13,13 @@
 #    in there; dependencies are fetched first, outside.
 #
 # The clone builds into the caller's target directory (CARGO_TARGET_DIR, default
-# `<repo>/target`) so registry dependencies are not compiled again; the workspace's
-# own crates are (their sources are new files).
+# `<repo>/target`) so registry dependencies are not compiled again. Our own crates
+# get the same artifact names there as the caller's (cargo hashes a path package by
+# its place in the workspace, not by its absolute path), and cargo decides by file
+# times whether they are fresh. So their fingerprints are removed before the run
+# (the clone must not reuse binaries built from the caller's tree, which read
+# schemas and vectors through the caller's CARGO_MANIFEST_DIR) and after it (the
+# caller must not reuse the clone's, whose paths point into a deleted directory).
 #
 # Needs root or unprivileged user namespaces (then `unshare -r -n`), and `ip`.
 # Uncommitted changes are not tested: commit first.
@@ -49,6 +54,18 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/kaa-rs-standalone.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 clone=$tmp/kaa-rs
 log=$tmp/test.log
+
+mapfile -t members < <(cargo metadata --no-deps --format-version 1 --offline |
+  python3 -c 'import json, sys; print("\n".join(p["name"] for p in json.load(sys.stdin)["packages"]))')
+[ "${#members[@]}" -gt 0 ] || { echo "standalone: no workspace member found" >&2; exit 1; }
+forget_our_builds() {
+  local name
+  for name in "${members[@]}"; do
+    rm -rf "$target_dir"/debug/.fingerprint/"$name"-*
+  done
+}
+trap 'forget_our_builds; rm -rf "$tmp"' EXIT
+forget_our_builds
 
 git clone --quiet --no-checkout "$repo" "$clone"
 git -C "$clone" checkout --quiet --detach "$head"
