@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The protocol crates are sans-IO: their normal dependency tree must hold no async
-# runtime, NATS, MQTT, HTTP or database crate (ARCHITECTURE.md, "Rules").
+# runtime, NATS, MQTT, HTTP or database crate (README.md, "Crate map").
 # Fails the run if one does. It also checks itself against an edge crate that
 # is supposed to have such dependencies, so a broken check cannot pass silently.
 set -euo pipefail

@@ -2,7 +2,7 @@
 //! `CommonFields` for [`ConfigRequest`], [`ConfigResponse`], [`ConfigUpdated`] and
 //! [`ConfigApplied`].
 //!
-//! Field order and union branch order follow the RFC schemas (`0006-*.avsc`)
+//! Field order and union branch order follow the RFC schemas (`schemas/0006-*.avsc`)
 //! exactly, plus the trailing `configName` extension of `ConfigUpdated` and
 //! `ConfigApplied` (`schemas/config-*-ext.avsc`); see the crate docs for the
 //! evolution policy.

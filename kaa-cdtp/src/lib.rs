@@ -10,7 +10,8 @@
 //! - the four messages, [`ConfigRequest`], [`ConfigResponse`], [`ConfigUpdated`]
 //!   and [`ConfigApplied`], and their Avro binary codec through
 //!   [`kaa_ism::avro::Encode`] and [`kaa_ism::avro::Decode`], byte-exact with Apache
-//!   Avro for the RFC schemas (`0006-*.avsc`);
+//!   Avro for the RFC schemas (`schemas/0006-*.avsc` in this crate, copies of the
+//!   kaa-rfcs files);
 //! - the NATS subjects they travel on and the filters listeners subscribe with
 //!   ([`subject`]);
 //! - the 3/ISM common fields and expiry check ([`kaa_ism::common::CommonFields`],

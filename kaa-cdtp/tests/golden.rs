@@ -1,5 +1,5 @@
 //! Golden vectors written by Apache Avro's Python implementation
-//! (`tests/golden/generate.py`; RFC schemas from `shared/kaa-rfcs/0006`, named
+//! (`tests/golden/generate.py`; RFC schemas from `schemas/0006-*.avsc`, named
 //! `ConfigUpdated`/`ConfigApplied` from `schemas/config-*-ext.avsc`): our encoding
 //! is byte-identical, our decoding gives the same values, every prefix of every
 //! datum is a typed error or (only right before trailing defaulted fields) the

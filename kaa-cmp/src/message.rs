@@ -8,7 +8,7 @@
 //!
 //! # Strict, and where liberal
 //!
-//! Decoding follows the RFC JSON schemas (`0007-*.schema.json`): an object, only
+//! Decoding follows the RFC JSON schemas (`schemas/0007-*.schema.json`): an object, only
 //! the listed properties (`additionalProperties: false`), each of its type. An
 //! error is a [`PayloadError`] whose message names the problem, e.g.
 //! `invalid 7/CMP configuration request: unknown field `obsrve`, expected `configId` or `observe` at line 1 column 9`.

@@ -70,7 +70,7 @@ fn mirror_of<'a>(e: &'a ConnectedEvent<'_>) -> ConnectedMirror<&'a str> {
 fn connected(c: &mut Criterion) {
     let schema_path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/kaa-rfcs/0009/0009-ep-connected.avsc"
+        "/schemas/0009-ep-connected.avsc"
     );
     let schema_text = std::fs::read_to_string(schema_path).expect("RFC schema");
     let schema = Schema::parse_str(&schema_text).expect("schema parses");

@@ -13,7 +13,8 @@
 //! - the six event records ([`ConnectedEvent`], [`DisconnectedEvent`],
 //!   [`RegisteredEvent`], [`AppVersionUpdatedEvent`], [`UnregisteredEvent`],
 //!   [`TrafficReportEvent`]) with an Avro binary codec byte-exact with Apache Avro for
-//!   the RFC schemas ([`Encode`](kaa_ism::avro::Encode) /
+//!   the RFC schemas (`schemas/0009-*.avsc` in this crate, copies of the kaa-rfcs
+//!   files; [`Encode`](kaa_ism::avro::Encode) /
 //!   [`Decode`](kaa_ism::avro::Decode) from `kaa-ism`);
 //! - their subjects `kaa.v1.events.{originator}.endpoint.{group}.{type}` and the
 //!   wildcard filters listeners subscribe with ([`EventKind`], [`EventGroup`],

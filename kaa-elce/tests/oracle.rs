@@ -36,7 +36,7 @@ fn schema_file(kind: EventKind) -> &'static str {
     }
 }
 
-/// The RFC schemas, from `<repo>/../shared/kaa-rfcs/0009`.
+/// The RFC schemas, from this crate's `schemas/` (copies of kaa-rfcs `0009/`).
 fn schema(kind: EventKind) -> &'static Schema {
     static SCHEMAS: OnceLock<Vec<(EventKind, Schema)>> = OnceLock::new();
     let schemas = SCHEMAS.get_or_init(|| {
@@ -44,7 +44,7 @@ fn schema(kind: EventKind) -> &'static Schema {
             .into_iter()
             .map(|kind| {
                 let path = format!(
-                    "{}/../../shared/kaa-rfcs/0009/{}",
+                    "{}/schemas/{}",
                     env!("CARGO_MANIFEST_DIR"),
                     schema_file(kind)
                 );

@@ -26,10 +26,7 @@ use kaa_ism::avro::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 fn rfc_schema(file: &str) -> Schema {
-    let path = format!(
-        "{}/../../shared/kaa-rfcs/0004/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/schemas/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     Schema::parse_str(&text).expect("RFC schema parses")
 }

@@ -2,7 +2,7 @@
 //! `CommonFields` for [`ClientData`] and [`ExtensionData`].
 //!
 //! Field order and union branch order follow the RFC schemas
-//! (`0004-client-data.avsc`, `0004-extension-data.avsc`) exactly; see the crate
+//! (`schemas/0004-client-data.avsc`, `schemas/0004-extension-data.avsc`) exactly; see the crate
 //! docs for the evolution policy.
 
 use std::borrow::Cow;

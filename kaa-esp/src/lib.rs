@@ -8,8 +8,9 @@
 //! - the two messages, [`ClientData`] (device → extension) and [`ExtensionData`]
 //!   (extension → device), and their Avro binary codec through
 //!   [`kaa_ism::avro::Encode`] and [`kaa_ism::avro::Decode`], byte-exact with
-//!   Apache Avro for the RFC schemas (`0004-client-data.avsc`,
-//!   `0004-extension-data.avsc`);
+//!   Apache Avro for the RFC schemas (`schemas/0004-client-data.avsc`,
+//!   `schemas/0004-extension-data.avsc` in this crate, copies of the kaa-rfcs
+//!   files);
 //! - the NATS subjects they travel on and the filters listeners subscribe with
 //!   ([`subject`]);
 //! - the 3/ISM common fields and expiry check ([`kaa_ism::common::CommonFields`],

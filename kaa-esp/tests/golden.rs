@@ -1,5 +1,5 @@
 //! Golden vectors written by Apache Avro's Python implementation
-//! (`tests/golden/generate.py`, RFC schemas from `shared/kaa-rfcs/0004`): our
+//! (`tests/golden/generate.py`, RFC schemas from `schemas/0004-*.avsc`): our
 //! encoding is byte-identical, our decoding gives the same values, every prefix of
 //! every datum is a typed error or (only right before trailing defaulted fields) the
 //! defaulted value, and malformed input is rejected with the right error.

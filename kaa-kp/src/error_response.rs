@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The 1/KP error response: a UTF-8 JSON object with exactly the fields
 /// `statusCode` (an integer, HTTP-style) and `reasonPhrase` (a string), both
-/// required, nothing else (`0001-error-response.schema.json`).
+/// required, nothing else (the RFC's `schemas/0001-error-response.schema.json`).
 ///
 /// ```
 /// use kaa_kp::ErrorResponse;

@@ -2,7 +2,11 @@
 //! `Topic::parse`, `Topic::parse_request` and every accessor.
 //!
 //! The counter is process-wide, so this file holds a single test: no other test
-//! thread can allocate while it measures.
+//! thread can allocate while it measures. The harness's main thread can, though:
+//! right after it starts the test's thread it does some bookkeeping of its own
+//! (a few allocations, seen in about half the runs on a busy machine). So the
+//! measurement is taken a few times and the cleanest run counts; a parse path that
+//! allocates allocates in every run.
 
 use std::alloc::System;
 use std::hint::black_box;
@@ -58,18 +62,29 @@ fn parse_does_not_allocate() {
         "the counting allocator is not installed"
     );
 
-    let region = Region::new(GLOBAL);
-    let mut total = 0;
-    for _ in 0..100 {
-        for topic in &inputs {
-            total += parse_all(black_box(topic));
+    let measure = || {
+        let region = Region::new(GLOBAL);
+        let mut total = 0;
+        for _ in 0..100 {
+            for topic in &inputs {
+                total += parse_all(black_box(topic));
+            }
+            for text in request_id_texts {
+                total += black_box(text).parse::<RequestId>().unwrap().get() as usize;
+            }
         }
-        for text in request_id_texts {
-            total += black_box(text).parse::<RequestId>().unwrap().get() as usize;
-        }
-    }
-    let stats = region.change();
-    assert!(total > 0);
-    assert_eq!(stats.allocations, 0, "parse path allocated: {stats:?}");
-    assert_eq!(stats.reallocations, 0, "parse path reallocated: {stats:?}");
+        let stats = region.change();
+        assert!(total > 0);
+        stats
+    };
+    let runs: Vec<_> = (0..5).map(|_| measure()).collect();
+    let cleanest = runs
+        .iter()
+        .min_by_key(|s| (s.allocations, s.reallocations))
+        .expect("five runs");
+    assert_eq!(cleanest.allocations, 0, "parse path allocated: {runs:?}");
+    assert_eq!(
+        cleanest.reallocations, 0,
+        "parse path reallocated: {runs:?}"
+    );
 }

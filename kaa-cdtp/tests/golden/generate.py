@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 """Golden vectors for the 6/CDTP codec, written by Apache Avro's Python implementation.
 
-Reads the RFC schemas from <repo>/../shared/kaa-rfcs/0006, this crate's extended
-schemas (kaa-cdtp/schemas/config-*-ext.avsc, the named-configuration extension) and
-its kaa-rs extension message (kaa-cdtp/schemas/provider-started.avsc, not an RFC
-message) and
-writes vectors.json beside this script: a list of {"message", "name", "value",
-"hex"} where "value" uses Avro field names, bytes as lowercase hex, unions as plain
-values (null or the value), and "hex" is the Avro binary datum that `avro` 1.12
-writes for it.
+Reads the RFC schemas (kaa-cdtp/schemas/0006-*.avsc, copies of kaa-rfcs 0006/), this
+crate's extended schemas (kaa-cdtp/schemas/config-*-ext.avsc, the named-configuration
+extension) and its kaa-rs extension message (kaa-cdtp/schemas/provider-started.avsc,
+not an RFC message) and writes vectors.json beside this script: a list of
+{"message", "name", "value", "hex"} where "value" uses Avro field names, bytes as
+lowercase hex, unions as plain values (null or the value), and "hex" is the Avro
+binary datum that `avro` 1.12 writes for it.
 
 ConfigUpdated / ConfigApplied cases without a configName are written with the RFC
 schema (the extension writes nothing for an absent name, so the bytes must be the
@@ -28,7 +27,7 @@ import avro.schema
 HERE = os.path.dirname(os.path.abspath(__file__))
 CRATE = os.path.dirname(os.path.dirname(HERE))
 REPO = os.path.dirname(CRATE)
-RFCS = os.path.join(os.path.dirname(REPO), "shared", "kaa-rfcs")
+SCHEMAS = os.path.join(CRATE, "schemas")
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
@@ -65,19 +64,19 @@ def to_json(value):
 
 def main():
     rfc = {
-        "ConfigRequest": load(os.path.join(RFCS, "0006", "0006-config-request.avsc")),
-        "ConfigResponse": load(os.path.join(RFCS, "0006", "0006-config-response.avsc")),
-        "ConfigUpdated": load(os.path.join(RFCS, "0006", "0006-config-updated.avsc")),
-        "ConfigApplied": load(os.path.join(RFCS, "0006", "0006-config-applied.avsc")),
+        "ConfigRequest": load(os.path.join(SCHEMAS, "0006-config-request.avsc")),
+        "ConfigResponse": load(os.path.join(SCHEMAS, "0006-config-response.avsc")),
+        "ConfigUpdated": load(os.path.join(SCHEMAS, "0006-config-updated.avsc")),
+        "ConfigApplied": load(os.path.join(SCHEMAS, "0006-config-applied.avsc")),
     }
     ext = {
-        "ConfigUpdated": load(os.path.join(CRATE, "schemas", "config-updated-ext.avsc")),
-        "ConfigApplied": load(os.path.join(CRATE, "schemas", "config-applied-ext.avsc")),
+        "ConfigUpdated": load(os.path.join(SCHEMAS, "config-updated-ext.avsc")),
+        "ConfigApplied": load(os.path.join(SCHEMAS, "config-applied-ext.avsc")),
     }
 
     # kaa-rs extension messages (not in the RFC), from this crate's schemas/.
     kaa_rs = {
-        "ProviderStarted": load(os.path.join(CRATE, "schemas", "provider-started.avsc")),
+        "ProviderStarted": load(os.path.join(SCHEMAS, "provider-started.avsc")),
     }
 
     request = {

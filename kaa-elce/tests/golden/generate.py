@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Writes vectors.json: golden Avro datums of the 9/ELCE records, made by Apache Avro.
 
-The schemas are the RFC .avsc files, read from <repo>/../shared/kaa-rfcs/0009, and
-this crate's kaa-rs extension schemas (kaa-elce/schemas/sessions-*.avsc: the sessions
-request and response, not RFC messages).
+The schemas are the RFC .avsc files (kaa-elce/schemas/0009-*.avsc, copies of kaa-rfcs
+0009/) and this crate's kaa-rs extension schemas (kaa-elce/schemas/sessions-*.avsc: the
+sessions request and response, not RFC messages), all from this crate's schemas/.
 Run from anywhere: python3 kaa-elce/tests/golden/generate.py (needs `avro` 1.12.2).
 
 Each vector is {"message", "name", "value", "hex"}:
@@ -27,8 +27,7 @@ import avro.schema
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
-RFC_DIR = os.path.join(REPO, "..", "shared", "kaa-rfcs", "0009")
-EXT_DIR = os.path.join(REPO, "kaa-elce", "schemas")
+SCHEMA_DIR = os.path.join(REPO, "kaa-elce", "schemas")
 OUT = os.path.join(HERE, "vectors.json")
 
 SCHEMA_FILES = {
@@ -53,9 +52,9 @@ LARGE = 64 * 1024
 
 def load_json(message):
     if message in EXT_SCHEMA_FILES:
-        path = os.path.join(EXT_DIR, EXT_SCHEMA_FILES[message])
+        path = os.path.join(SCHEMA_DIR, EXT_SCHEMA_FILES[message])
     else:
-        path = os.path.join(RFC_DIR, SCHEMA_FILES[message])
+        path = os.path.join(SCHEMA_DIR, SCHEMA_FILES[message])
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Golden vectors for the 4/ESP codec, written by Apache Avro's Python implementation.
 
-Reads the RFC schemas from <repo>/../shared/kaa-rfcs/0004 and writes vectors.json
-beside this script: a list of {"message", "name", "value", "hex"} where "value"
-uses Avro field names, bytes as lowercase hex, unions as plain values (null or the
-value), and "hex" is the Avro binary datum that `avro` 1.12 writes for it.
+Reads the RFC schemas from kaa-esp/schemas/0004-*.avsc (copies of kaa-rfcs 0004/)
+and writes vectors.json beside this script: a list of {"message", "name", "value",
+"hex"} where "value" uses Avro field names, bytes as lowercase hex, unions as plain
+values (null or the value), and "hex" is the Avro binary datum that `avro` 1.12
+writes for it.
 
 Run: python3 kaa-esp/tests/golden/generate.py (from anywhere). Deterministic: CI
 regenerates the file and fails if it differs from the committed one.
@@ -18,8 +19,9 @@ import avro.io
 import avro.schema
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-RFCS = os.path.join(os.path.dirname(REPO), "shared", "kaa-rfcs")
+CRATE = os.path.dirname(os.path.dirname(HERE))
+REPO = os.path.dirname(CRATE)
+SCHEMAS = os.path.join(CRATE, "schemas")
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
@@ -55,8 +57,8 @@ def to_json(value):
 
 def main():
     schemas = {
-        "ClientData": load(os.path.join(RFCS, "0004", "0004-client-data.avsc")),
-        "ExtensionData": load(os.path.join(RFCS, "0004", "0004-extension-data.avsc")),
+        "ClientData": load(os.path.join(SCHEMAS, "0004-client-data.avsc")),
+        "ExtensionData": load(os.path.join(SCHEMAS, "0004-extension-data.avsc")),
     }
 
     client_base = {

@@ -614,13 +614,15 @@ impl CmxServiceConfig {
 /// Parses YAML into `T`, first expanding Spring-style flat keys
 /// (`kaa.cmx.endpoint-state-persistence.ttl: 60`) into nested mappings.
 ///
-/// Without flat keys the text is parsed directly, so errors carry line and column;
-/// with them, errors name the key but not the line.
+/// Without flat keys the text is parsed directly, so errors carry the key path, the
+/// line and the column. With them, the expanded tree has no positions: an error
+/// names the key path and the line where that key is written (found in the text,
+/// flat or nested under a flat prefix), without the column.
 pub fn parse_kaa_yaml<T: serde::de::DeserializeOwned>(
     text: &str,
     origin: &str,
 ) -> Result<T, ConfigError> {
-    let value: serde_yaml::Value = kaa_service::parse_yaml(text, origin)?;
+    let value: serde_norway::Value = kaa_service::parse_yaml(text, origin)?;
     if !has_dotted_keys(&value) {
         return kaa_service::parse_yaml(text, origin);
     }
@@ -628,23 +630,75 @@ pub fn parse_kaa_yaml<T: serde::de::DeserializeOwned>(
         origin: origin.to_owned(),
         message,
     })?;
-    serde_yaml::from_value(expanded).map_err(|e| ConfigError::Parse {
-        origin: origin.to_owned(),
-        message: e.to_string(),
+    serde_path_to_error::deserialize(expanded).map_err(|e| {
+        let path = e.path().to_string();
+        let message = match line_of_key(text, &path) {
+            Some(line) => format!("line {line}: {path}: {}", e.inner()),
+            None => format!("{path}: {}", e.inner()),
+        };
+        ConfigError::Parse {
+            origin: origin.to_owned(),
+            message,
+        }
     })
 }
 
-fn has_dotted_keys(value: &serde_yaml::Value) -> bool {
+/// The line (1-based) where the key `path` (`a.b.c`) is written in block-style
+/// YAML `text`: as one flat key (`a.b.c:`), or nested under a flat or plain prefix
+/// (`a.b:` then `c:` on a later, more indented line). `None` when it is not found
+/// that way (e.g. flow style).
+fn line_of_key(text: &str, path: &str) -> Option<usize> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let lines: Vec<&str> = text.lines().collect();
+    // (line index, indentation) of the key found so far, and how many parts it covers.
+    let mut found: Option<(usize, usize)> = None;
+    let mut covered = 0;
+    while covered < parts.len() {
+        let (start, min_indent) = match found {
+            Some((at, indent)) => (at + 1, indent + 1),
+            None => (0, 0),
+        };
+        // The longest run of the remaining parts written as one key.
+        let next = (covered + 1..=parts.len()).rev().find_map(|end| {
+            let key = parts[covered..end].join(".");
+            lines
+                .iter()
+                .enumerate()
+                .skip(start)
+                .take_while(|(i, l)| {
+                    // Stay inside the block of the key found so far.
+                    *i == start || found.is_none() || l.trim().is_empty() || indent(l) >= min_indent
+                })
+                .find(|(_, l)| {
+                    indent(l) >= min_indent
+                        && l.trim_start()
+                            .strip_prefix(key.as_str())
+                            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+                })
+                .map(|(i, l)| (end, i, indent(l)))
+        });
+        let (end, at, ind) = next?;
+        found = Some((at, ind));
+        covered = end;
+    }
+    found.map(|(at, _)| at + 1)
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+fn has_dotted_keys(value: &serde_norway::Value) -> bool {
     match value {
-        serde_yaml::Value::Mapping(m) => m
+        serde_norway::Value::Mapping(m) => m
             .iter()
             .any(|(k, v)| k.as_str().is_some_and(|k| k.contains('.')) || has_dotted_keys(v)),
         _ => false,
     }
 }
 
-fn expand_dotted_keys(value: serde_yaml::Value) -> Result<serde_yaml::Value, String> {
-    use serde_yaml::{Mapping, Value};
+fn expand_dotted_keys(value: serde_norway::Value) -> Result<serde_norway::Value, String> {
+    use serde_norway::{Mapping, Value};
     let Value::Mapping(map) = value else {
         return Ok(value);
     };
@@ -670,11 +724,11 @@ fn expand_dotted_keys(value: serde_yaml::Value) -> Result<serde_yaml::Value, Str
 }
 
 fn merge(
-    into: &mut serde_yaml::Mapping,
-    key: serde_yaml::Value,
-    value: serde_yaml::Value,
+    into: &mut serde_norway::Mapping,
+    key: serde_norway::Value,
+    value: serde_norway::Value,
 ) -> Result<(), String> {
-    use serde_yaml::Value;
+    use serde_norway::Value;
     match (into.get_mut(&key), value) {
         (None, value) => {
             into.insert(key, value);
@@ -804,6 +858,69 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("line 4"), "{err}");
+    }
+
+    /// A mistyped or unknown value of a nested key: the error names the file, the
+    /// line and column, the key path and what is wrong — nested or flat keys alike.
+    #[test]
+    fn nested_key_errors_name_the_key_path_and_the_line() {
+        let text =
+            "cmx:\n  bus: memory\n  limits:\n    max-endpoints: 10\n    max-config-size: lots\n";
+        let err = CmxServiceConfig::parse(text, "cmx.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cmx.yaml: line 5 column 22: cmx.limits.max-config-size: "),
+            "{err}"
+        );
+        assert!(err.contains("\"lots\""), "{err}");
+
+        let text = "cmx:\n  limits:\n    max-endpoints: many\n";
+        let err = CmxServiceConfig::parse(text, "cmx.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cmx.yaml: line 3 column 20: cmx.limits.max-endpoints: invalid type: string \"many\""),
+            "{err}"
+        );
+
+        let text = "cmx:\n  limits:\n    max-endpointz: 10\n";
+        let err = CmxServiceConfig::parse(text, "cmx.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cmx.yaml: line 3 column 5: cmx.limits: unknown field `max-endpointz`"),
+            "{err}"
+        );
+
+        // Spring-style flat keys: the same key path and line.
+        let text = "kaa.cmx.endpoint-state-persistence.ttl: 60\ncmx.limits.max-endpoints: many\n";
+        let err = CmxServiceConfig::parse(text, "cmx.yaml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "cmx.yaml: line 2: cmx.limits.max-endpoints: invalid type: string \"many\", expected usize"
+        );
+        let text = "kaa.cmx.endpoint-state-persistence.ttl: 60\ncmx.limits:\n  max-endpoints: 5\n  max-config-size: 1MiB\n  max-pending-requests: -3\n";
+        let err = CmxServiceConfig::parse(text, "cmx.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "cmx.yaml: line 5: cmx.limits.max-pending-requests: invalid value: integer `-3`"
+            ),
+            "{err}"
+        );
+        let text =
+            "kaa.cmx.endpoint-state-persistence.ttl: 60\ncmx:\n  limits.max-config-size: lots\n";
+        let err = CmxServiceConfig::parse(text, "cmx.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cmx.yaml: line 3: cmx.limits.max-config-size: invalid size \"lots\""),
+            "{err}"
+        );
     }
 
     #[test]

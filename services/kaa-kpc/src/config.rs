@@ -422,17 +422,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A duration written as seconds or as text ([`parse_duration`]), checked while the
+/// value is read so that an error carries the key path and the value's position.
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Value {
-        Seconds(u64),
-        Text(String),
+    struct DurationVisitor;
+    impl serde::de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration (seconds, or e.g. 500ms, 10s, 2m, 1h)")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("invalid duration {v} (it cannot be negative)")))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_duration(v).map_err(E::custom)
+        }
     }
-    match Value::deserialize(d)? {
-        Value::Seconds(n) => Ok(Duration::from_secs(n)),
-        Value::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-    }
+    d.deserialize_any(DurationVisitor)
 }
 
 /// Parses `30` (seconds), `500ms`, `10s`, `2m`, `1h`.

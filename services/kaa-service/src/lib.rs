@@ -95,12 +95,33 @@ pub fn load_yaml<T: DeserializeOwned>(path: impl AsRef<Path>) -> Result<T, Confi
 }
 
 /// Parses YAML `text` into `T`; `origin` (e.g. the file name) prefixes error messages.
+///
+/// An error names the origin, the line and column, the key path and what is wrong:
+/// `cmx.yaml: line 12 column 22: cmx.limits.max-config-size: invalid size "lots" …`.
+///
+/// # Which YAML crate, and why
+///
+/// `serde_yaml` 0.9 is archived upstream (March 2024). The candidates compared on
+/// crates.io, for what the services need (maintenance, soundness, a `Value` tree
+/// for the flat-key expansion of `kaa_cmx::config::parse_kaa_yaml`, errors
+/// with key path and position, MSRV 1.88):
+///
+/// | crate | maintenance | soundness | `Value` | errors | note |
+/// |---|---|---|---|---|---|
+/// | `serde_norway` 0.9.42 (chosen) | fork of serde_yaml 0.9 with its own libyaml fork (`unsafe-libyaml-norway`); releases through 0.9.42 (Dec 2024), packaged by Fedora | c2rust-translated libyaml (unsafe code, as in serde_yaml), no advisory | yes | key path, line, column | drop-in: same YAML 1.2 scalars, same messages; MIT OR Apache-2.0 |
+/// | `serde_yaml_ng` 0.10 | fork of serde_yaml, commits in 2025 | built on `unsafe-libyaml`, archived and flagged unmaintained (RUSTSEC-2024-0449) | yes | key path, line, column | MIT only |
+/// | `serde-saphyr` | pure Rust, very active | `forbid(unsafe_code)` | no (by design; `serde_json::Value` only) | line and column, but no key path (`invalid u64`) | 2.x needs Rust 1.89; YAML 1.1 booleans (`no` → false) into `bool` fields, type-driven scalars: accepted files would change meaning |
+/// | `serde_yml` | deprecated shim to `noyalib` | RUSTSEC-2025-0068 (unsound, unmaintained) | — | — | excluded |
+///
+/// `serde_norway` keeps every sample configuration and every error message as it
+/// was; `serde-saphyr` is the way to unsafe-free parsing once the project can take
+/// Rust 1.89 and the behaviour changes above.
 pub fn parse_yaml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
-    serde_yaml::from_str(text).map_err(|e| {
+    serde_norway::from_str(text).map_err(|e| {
         let message = match e.location() {
             Some(loc) => {
                 let detail = e.to_string();
-                // serde_yaml appends " at line L column C"; keep the position in front.
+                // serde_norway appends " at line L column C"; keep the position in front.
                 let detail = detail
                     .rsplit_once(" at line ")
                     .map_or(detail.as_str(), |(head, _)| head)
@@ -459,6 +480,74 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+// ------------------------------------------------------------------ byte sizes
+
+/// Deserializes an optional byte size written as a number or as text
+/// ([`parse_byte_size`]), e.g. with `#[serde(deserialize_with = …)]`; shared by the
+/// ECR, CMX and KPC configurations.
+pub fn de_opt_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    Ok(Option::<ByteSize>::deserialize(d)?.map(|size| size.0))
+}
+
+/// Deserializes a required byte size written as a number or as text.
+pub fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    Ok(ByteSize::deserialize(d)?.0)
+}
+
+/// A byte size as written in YAML: `1048576` or `"1MiB"`.
+///
+/// Checked while the value is read, not after: an error then carries the key path
+/// and the position of the value (`cmx.limits.max-config-size: invalid size "lots" …
+/// at line 12 column 22`), which an error raised once the field is done would not.
+struct ByteSize(usize);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte size (e.g. 1048576, 512KiB, 1MiB)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                usize::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("size {v} is too large")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("invalid size {v} (a size cannot be negative)")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_byte_size(v).map(ByteSize).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(SizeVisitor)
+    }
+}
+
+/// Parses `1048576`, `512KiB`, `1MiB`, `2 MiB`.
+pub fn parse_byte_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?} (expected e.g. 1048576, 512KiB, 1MiB)"))?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        _ => {
+            return Err(format!(
+                "invalid size unit in {text:?} (expected B, KiB or MiB)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,61 +644,4 @@ mod tests {
         let text = m.render();
         assert!(text.contains("svc_things_total 1"), "{text}");
     }
-}
-
-// ------------------------------------------------------------------ byte sizes
-
-/// Deserializes an optional byte size written as a number or as text
-/// ([`parse_byte_size`]), e.g. with `#[serde(deserialize_with = …)]`; shared by the
-/// ECR, CMX and KPC configurations.
-pub fn de_opt_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-    match Option::<ByteSize>::deserialize(d)? {
-        None => Ok(None),
-        Some(size) => size.bytes().map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
-/// Deserializes a required byte size written as a number or as text.
-pub fn de_byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    ByteSize::deserialize(d)?
-        .bytes()
-        .map_err(serde::de::Error::custom)
-}
-
-/// A byte size as written in YAML: `1048576` or `"1MiB"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ByteSize {
-    Number(usize),
-    Text(String),
-}
-
-impl ByteSize {
-    fn bytes(self) -> Result<usize, String> {
-        match self {
-            ByteSize::Number(n) => Ok(n),
-            ByteSize::Text(t) => parse_byte_size(&t),
-        }
-    }
-}
-
-/// Parses `1048576`, `512KiB`, `1MiB`, `2 MiB`.
-pub fn parse_byte_size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: usize = digits
-        .parse()
-        .map_err(|_| format!("invalid size {text:?} (expected e.g. 1048576, 512KiB, 1MiB)"))?;
-    let factor = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1024,
-        "MiB" => 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "invalid size unit in {text:?} (expected B, KiB or MiB)"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("size {text:?} is too large"))
 }
