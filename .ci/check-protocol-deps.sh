@@ -25,9 +25,35 @@ for crate in "${PROTOCOL_CRATES[@]}"; do
   fi
 done
 
+# The layers above: the CMX and KPC service crates hold no database or OpenAPI
+# crate (ECR's store and REST API stay in kaa-ecr), and the fuzz crate depends on
+# the libraries it fuzzes, not on the example binaries' crate.
+STORE_AND_REST='^(rusqlite|libsqlite3-sys|tokio-postgres|deadpool-postgres|postgres|utoipa) '
+for crate in kaa-cmx kaa-kpc; do
+  found=$(cargo tree -q -e normal -p "$crate" --prefix none --format '{p}' | sort -u | grep -E "$STORE_AND_REST" || true)
+  if [ -n "$found" ]; then
+    echo "service-deps: $crate depends on ECR's store or REST crates:" >&2
+    echo "$found" | sed 's/^/  /' >&2
+    status=1
+  else
+    echo "service-deps: $crate ok (no database, no utoipa)"
+  fi
+done
+if cargo tree -q -e normal --manifest-path fuzz/Cargo.toml --prefix none --format '{p}' | grep -q '^kaa-examples '; then
+  echo "fuzz-deps: the fuzz crate depends on kaa-examples; depend on the library it fuzzes" >&2
+  status=1
+else
+  echo "fuzz-deps: fuzz depends on the libraries it fuzzes only"
+fi
+
 # Self-check: kaa-bus is an edge crate built on tokio and async-nats.
 if [ -z "$(offenders kaa-bus)" ]; then
   echo "protocol-deps: self-check failed: no forbidden crate found in kaa-bus, the check is broken" >&2
+  status=1
+fi
+# Self-check: kaa-ecr does hold the store and REST crates.
+if ! cargo tree -q -e normal -p kaa-ecr --prefix none --format '{p}' | grep -qE "$STORE_AND_REST"; then
+  echo "service-deps: self-check failed: no store or REST crate found in kaa-ecr, the check is broken" >&2
   status=1
 fi
 exit $status
