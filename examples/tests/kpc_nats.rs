@@ -33,9 +33,7 @@ async fn kpc_routes_requests_pushes_and_events_over_nats() {
     let mut cfg = config();
     cfg.service.instance = InstanceSection {
         name: kpc_name.clone(),
-        replica: Some(ReplicaSection {
-            id: format!("{kpc_name}-r1"),
-        }),
+        replica: Some(ReplicaSection::new(format!("{kpc_name}-r1"))),
     };
     let behavior = default_behavior();
     let cmx_answers: Behavior = {

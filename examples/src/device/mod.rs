@@ -34,11 +34,11 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kaa_cmp::device::{Device, DeviceConfig, DeviceError, DeviceEvent, Publish};
 use kaa_cmp::resource::ResourceKind;
-use kaa_ism::UnixMillis;
+use kaa_service::now;
 use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS};
 
 /// Why the simulator stopped with an error.
@@ -198,14 +198,6 @@ pub struct RunSummary {
     pub applied: usize,
     /// Rejected reports sent.
     pub rejected: usize,
-}
-
-fn now() -> UnixMillis {
-    UnixMillis(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-    )
 }
 
 fn name_of(name: &Option<String>) -> &str {

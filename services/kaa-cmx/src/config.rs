@@ -65,6 +65,7 @@
 //! so one file can configure several services. The value under an app version
 //! (`{}` above) is not read by CMX (ECR keeps a JSON Schema there).
 
+pub use kaa_service::{NatsSection, ReplicaSection};
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -136,24 +137,6 @@ impl Default for InstanceSection {
 
 fn default_instance_name() -> String {
     "cmx".to_owned()
-}
-
-/// `service.instance.replica`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ReplicaSection {
-    /// `service.instance.replica.id`.
-    pub id: String,
-}
-
-/// `nats`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct NatsSection {
-    /// `nats.urls`. Credentials come from the environment only (see `kaa_bus::nats`).
-    pub urls: Vec<String>,
 }
 
 /// `kaa`.
@@ -344,9 +327,7 @@ impl CmxServiceConfig {
             service: ServiceSection {
                 instance: InstanceSection {
                     name: instance_name.to_owned(),
-                    replica: Some(ReplicaSection {
-                        id: replica_id.to_owned(),
-                    }),
+                    replica: Some(ReplicaSection::new(replica_id)),
                 },
             },
             kaa: KaaSection {
@@ -467,12 +448,10 @@ impl CmxServiceConfig {
     /// The NATS client configuration (`nats.urls`, connection name = replica ID).
     /// Credentials are not here: `kaa_bus::NatsBus::connect` reads the environment.
     pub fn nats_config(&self) -> kaa_bus::NatsConfig {
-        let urls = self
-            .nats
-            .as_ref()
-            .map(|n| n.urls.clone())
-            .unwrap_or_default();
-        kaa_bus::NatsConfig::new(urls).with_connection_name(self.replica_id())
+        self.nats
+            .clone()
+            .unwrap_or_else(|| NatsSection::new(Vec::<String>::new()))
+            .nats_config(&self.replica_id())
     }
 
     /// `cmx.limits.max-config-size`, default

@@ -120,7 +120,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use kaa_bus::{Bus, BusError};
 use kaa_cmp::Cmx;
-use kaa_ism::UnixMillis;
 
 use config::{BusKind, CmxServiceConfig};
 use driver::{Driver, Inputs};
@@ -323,13 +322,7 @@ impl std::fmt::Debug for CmxService {
     }
 }
 
-/// The wall clock as [`UnixMillis`] (the service reads the clock; the engine does not).
-pub fn now() -> UnixMillis {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    UnixMillis(ms)
-}
+pub use kaa_service::now;
 
 impl CmxService {
     /// Validates `config`, builds the engine, subscribes on `bus` and binds the HTTP

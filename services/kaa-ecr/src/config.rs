@@ -55,6 +55,7 @@
 //! When `kaa.applications` lists app versions, ECR accepts only those (REST and
 //! 6/CDTP); when it lists none, any valid app version name is accepted.
 
+pub use kaa_service::{NatsSection, ReplicaSection};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -131,22 +132,6 @@ impl Default for InstanceSection {
 
 fn default_instance_name() -> String {
     "ecr".to_owned()
-}
-
-/// `service.instance.replica`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ReplicaSection {
-    /// `service.instance.replica.id`.
-    pub id: String,
-}
-
-/// `nats`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct NatsSection {
-    /// `nats.urls`. Credentials come from the environment (see `kaa_bus::nats`).
-    pub urls: Vec<String>,
 }
 
 /// `kaa`.

@@ -184,8 +184,7 @@ impl EcrServer {
 pub async fn connect_bus(config: &EcrConfig) -> Result<Arc<dyn Bus>, StartError> {
     match &config.nats {
         Some(nats) => {
-            let nats_config = kaa_bus::NatsConfig::new(nats.urls.iter().cloned())
-                .with_connection_name(config.replica_id());
+            let nats_config = nats.nats_config(&config.replica_id());
             Ok(Arc::new(kaa_bus::NatsBus::connect(&nats_config).await?))
         }
         None => Ok(Arc::new(kaa_bus::MemoryBus::new())),

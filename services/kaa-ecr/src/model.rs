@@ -464,13 +464,7 @@ pub fn format_iso8601(t: UnixMillis) -> String {
     )
 }
 
-/// The wall clock as [`UnixMillis`] (services read the clock; protocol crates do not).
-pub fn now() -> UnixMillis {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    UnixMillis(ms)
-}
+pub use kaa_service::now;
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -36,7 +35,6 @@ use kaa_elce::{
 };
 use kaa_esp::ExtensionData;
 use kaa_esp::subject::{ListenerFilters, MessageType};
-use kaa_ism::UnixMillis;
 use kaa_ism::avro::{Decode, Encode};
 use kaa_ism::common::CommonFields;
 use tokio::sync::{mpsc, oneshot};
@@ -45,13 +43,7 @@ use tokio::task::JoinHandle;
 use super::Shared;
 use super::hub::{Command, EndpointEntry, EventOut};
 
-fn now() -> UnixMillis {
-    UnixMillis(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-    )
-}
+use kaa_service::now;
 
 /// The most endpoints one answer to a sessions request lists.
 pub(crate) const SESSIONS_PER_ANSWER: usize = 500;

@@ -95,6 +95,7 @@
 //! Durations are a number of seconds or a number with `ms`, `s`, `m` or `h`; sizes a
 //! number of bytes or a number with `KiB` or `MiB`.
 
+pub use kaa_service::{NatsSection, ReplicaSection};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -175,22 +176,6 @@ impl Default for InstanceSection {
 
 fn default_instance_name() -> String {
     "kpc".to_owned()
-}
-
-/// `service.instance.replica`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ReplicaSection {
-    /// `service.instance.replica.id`.
-    pub id: String,
-}
-
-/// `nats`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct NatsSection {
-    /// `nats.urls`. Credentials come from the environment (see `kaa_bus::nats`).
-    pub urls: Vec<String>,
 }
 
 /// `kpc`.

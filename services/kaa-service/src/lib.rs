@@ -16,6 +16,8 @@
 //!   [`http_metrics`], a middleware that counts HTTP requests by method, route and
 //!   status and times them.
 //! - Shutdown: [`shutdown_signal`] resolves on SIGTERM or ctrl-c.
+//! - What every service's configuration shares: [`ReplicaSection`] and
+//!   [`NatsSection`] (with [`NatsSection::nats_config`]), and the wall clock [`now`].
 //! - Byte sizes in configuration files (`1048576`, `"512KiB"`, `"1MiB"`):
 //!   [`parse_byte_size`], and [`de_byte_size`] / [`de_opt_byte_size`] for serde.
 //!
@@ -478,6 +480,57 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
         Json(serde_json::json!({ "message": message.into() })),
     )
         .into_response()
+}
+
+// ------------------------------------------------------- shared config sections
+
+/// `service.instance.replica` of every service's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReplicaSection {
+    /// `service.instance.replica.id`.
+    pub id: String,
+}
+
+/// `nats` of every service's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NatsSection {
+    /// `nats.urls`. Credentials come from the environment only (see `kaa_bus::nats`).
+    pub urls: Vec<String>,
+}
+
+impl ReplicaSection {
+    /// `service.instance.replica.id: <id>`.
+    pub fn new(id: impl Into<String>) -> Self {
+        ReplicaSection { id: id.into() }
+    }
+}
+
+impl NatsSection {
+    /// `nats.urls: [<urls>]`.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(urls: I) -> Self {
+        NatsSection {
+            urls: urls.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The NATS client configuration for these URLs, with the service replica as
+    /// the connection name (shown by the server's monitoring).
+    pub fn nats_config(&self, replica_id: &str) -> kaa_bus::NatsConfig {
+        kaa_bus::NatsConfig::new(self.urls.iter().cloned()).with_connection_name(replica_id)
+    }
+}
+
+/// The wall clock as [`UnixMillis`](kaa_ism::UnixMillis): services read the clock,
+/// the protocol crates take the time as an argument.
+pub fn now() -> kaa_ism::UnixMillis {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    kaa_ism::UnixMillis(ms)
 }
 
 // ------------------------------------------------------------------ byte sizes
