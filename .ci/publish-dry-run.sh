@@ -65,6 +65,26 @@ if not ((p.get("metadata") or {}).get("docs") or {}).get("rs"):
 done
 [ "$status" = 0 ] || exit 1
 
+# The dry run verifies each crate against the packages of the others through a local
+# registry, which cargo unpacks under $CARGO_HOME/registry/src/<registry>/<name>-<version>
+# and caches under registry/cache; an existing directory of the same name and version
+# is reused as it is. A previous run's packages (same version, older sources) would
+# then be built instead of this run's: remove our crates' unpacked copies first.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+version=$(python3 -c '
+import json, sys
+print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p.get("publish") != []))
+' <<<"$metadata")
+# The verification builds (in the target directory's debug/) fingerprint registry
+# crates by name and version only, so their compiled copies of our crates go too
+# (the workspace's own builds of them are rebuilt when next needed).
+target_dir=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])' <<<"$metadata")
+for entry in "${crates[@]}"; do
+  name=${entry%% *}
+  rm -rf "$cargo_home"/registry/src/*/"$name-$version" "$cargo_home"/registry/cache/*/"$name-$version.crate" \
+    "$target_dir"/debug/.fingerprint/"$name"-*
+done
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # --allow-dirty: earlier CI steps may leave files behind; what is checked here is
