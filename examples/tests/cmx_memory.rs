@@ -3,6 +3,7 @@
 //! the same bus. No server needed.
 
 mod cmx_common;
+mod log_capture;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use kaa_examples::ecr;
 use kaa_examples::ecr::model::{AppVersionName, ConfigName, EndpointId, Scope};
 use kaa_examples::ecr::store::Precondition;
 use kaa_examples::service::parse_yaml;
+use log_capture::Captured;
 use serde_json::json;
 
 #[tokio::test]
@@ -143,20 +145,6 @@ async fn cmx_and_the_real_ecr_share_one_memory_bus() {
     drop(ecr_server);
 }
 
-/// A writer for a `tracing` subscriber that keeps everything in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn logs_carry_the_correlation_id_of_the_message_being_handled() {
     // A current-thread runtime: the service task runs on this thread, under this
@@ -191,7 +179,7 @@ async fn logs_carry_the_correlation_id_of_the_message_being_handled() {
     assert_eq!(s.kpc.next().await.message.status_code, 200);
     s.cmx.stop().await;
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let line_with = |needle: &str, message: &str| {
         text.lines()
             .any(|l| l.contains(needle) && l.contains(message))
@@ -259,7 +247,7 @@ async fn refused_fire_and_forget_request_is_counted_and_logged() {
     assert_eq!(s.cmx.metric(sample), 1.0);
     s.cmx.stop().await;
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let line = text
         .lines()
         .find(|l| l.contains("device request refused"))

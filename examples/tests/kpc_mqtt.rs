@@ -3,6 +3,7 @@
 //! answering 4/ESP ClientData.
 
 mod kpc_common;
+mod log_capture;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use kaa_examples::kpc::config::MqttUser;
 use kaa_examples::service::Secret;
 use kaa_kp::ErrorResponse;
 use kpc_common::*;
+use log_capture::Captured;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Packet, PubRel, Subscribe, SubscribeFilter, Unsubscribe};
 use rumqttc::{ConnectReturnCode, ConnectionError, SubscribeReasonCode};
@@ -326,7 +328,7 @@ async fn unknown_extension_connects_the_endpoint_before_it_is_refused() {
     dev.no_publish_within(QUIET).await;
     assert_eq!(metrics.refused_count("unknown_extension"), 2);
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     let refusals: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("device request refused"))
@@ -359,20 +361,6 @@ async fn unknown_extension_connects_the_endpoint_before_it_is_refused() {
         !text.contains("s3cr3t"),
         "the payload is never logged:\n{text}"
     );
-}
-
-/// A writer for a `tracing` subscriber that keeps everything in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test]
