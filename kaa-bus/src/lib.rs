@@ -130,14 +130,155 @@ pub async fn subscription_barrier(
     Ok(confirmed)
 }
 
+/// A subject as a received [`Message`] carries it: a string (it derefs to
+/// `str`) held in shared bytes, so that taking it from the NATS client and
+/// cloning it copy nothing (a `String` per subject and `replyTo` was two
+/// allocations per message on a service's hot path).
+///
+/// ```
+/// use kaa_bus::MessageSubject;
+///
+/// let subject = MessageSubject::from("kaa.v1.service.cmx.esp.ClientData");
+/// assert!(subject.ends_with(".ClientData"));
+/// assert_eq!(subject, "kaa.v1.service.cmx.esp.ClientData");
+/// let s: &str = &subject;
+/// assert_eq!(s.len(), 33);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct MessageSubject(async_nats::Subject);
+
+// As `str` does (`Borrow<str>` requires it).
+impl std::hash::Hash for MessageSubject {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for MessageSubject {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MessageSubject {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl MessageSubject {
+    /// The subject as a string slice.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::ops::Deref for MessageSubject {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl AsRef<str> for MessageSubject {
+    fn as_ref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for MessageSubject {
+    fn borrow(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::fmt::Debug for MessageSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.0.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for MessageSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+impl From<&str> for MessageSubject {
+    fn from(subject: &str) -> Self {
+        MessageSubject(async_nats::Subject::from(subject))
+    }
+}
+
+impl From<String> for MessageSubject {
+    fn from(subject: String) -> Self {
+        MessageSubject(async_nats::Subject::from(subject))
+    }
+}
+
+impl From<&String> for MessageSubject {
+    fn from(subject: &String) -> Self {
+        MessageSubject(async_nats::Subject::from(subject.as_str()))
+    }
+}
+
+impl From<async_nats::Subject> for MessageSubject {
+    fn from(subject: async_nats::Subject) -> Self {
+        MessageSubject(subject)
+    }
+}
+
+impl From<MessageSubject> for String {
+    fn from(subject: MessageSubject) -> Self {
+        subject.0.into_string()
+    }
+}
+
+impl PartialEq<str> for MessageSubject {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for MessageSubject {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for MessageSubject {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<MessageSubject> for str {
+    fn eq(&self, other: &MessageSubject) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<MessageSubject> for &str {
+    fn eq(&self, other: &MessageSubject) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<MessageSubject> for String {
+    fn eq(&self, other: &MessageSubject) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// One message as a subscriber receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Message {
     /// The concrete subject the message was published to (never a wildcard).
-    pub subject: String,
+    pub subject: MessageSubject,
     /// The subject to reply to, when the publisher set one (`replyTo` in NATS).
-    pub reply_to: Option<String>,
+    pub reply_to: Option<MessageSubject>,
     /// The payload, shared and cheap to clone.
     pub payload: Bytes,
     /// True when this is the NATS server's "no responders" status (503) rather than a
@@ -152,10 +293,14 @@ pub struct Message {
 
 impl Message {
     /// A message, for [`Bus`] implementations and tests.
-    pub fn new(subject: impl Into<String>, reply_to: Option<String>, payload: Bytes) -> Self {
+    pub fn new(
+        subject: impl Into<MessageSubject>,
+        reply_to: Option<impl Into<MessageSubject>>,
+        payload: Bytes,
+    ) -> Self {
         Message {
             subject: subject.into(),
-            reply_to,
+            reply_to: reply_to.map(Into::into),
             payload,
             no_responders: false,
         }
@@ -248,15 +393,27 @@ pub trait Bus: Send + Sync + fmt::Debug {
     }
 }
 
+/// Forwards to the bus inside. A method call on an `Arc<dyn Bus>` resolves to
+/// this impl before it derefs to `dyn Bus`, so the hot method hands back the
+/// inner bus's future itself instead of boxing a second future around it (an
+/// `async fn` here cost one more allocation and poll layer per publish).
 #[async_trait]
 impl<T: Bus + ?Sized> Bus for Arc<T> {
-    async fn publish_message(
-        &self,
-        subject: &str,
-        reply_to: Option<&str>,
+    fn publish_message<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        subject: &'life1 str,
+        reply_to: Option<&'life2 str>,
         payload: Bytes,
-    ) -> Result<(), BusError> {
-        (**self).publish_message(subject, reply_to, payload).await
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), BusError>> + Send + 'async_trait>,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        (**self).publish_message(subject, reply_to, payload)
     }
 
     async fn subscribe(

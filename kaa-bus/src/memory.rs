@@ -237,8 +237,8 @@ impl MemoryBus {
             });
         }
         let message = Message {
-            subject: subject.to_owned(),
-            reply_to: reply_to.map(str::to_owned),
+            subject: subject.into(),
+            reply_to: reply_to.map(Into::into),
             payload,
             no_responders: false,
         };

@@ -39,8 +39,8 @@ use std::{
 };
 
 use async_nats::{
-    ConnectOptions, Event, PublishErrorKind, RequestErrorKind, ServerAddr, SubscribeErrorKind,
-    connection::State,
+    ConnectOptions, Event, PublishErrorKind, RequestErrorKind, ServerAddr, Subject,
+    SubscribeErrorKind, connection::State,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -421,8 +421,8 @@ fn record_event(stats: &Stats, urls: &str, event: &Event) {
 pub(crate) fn message_from_nats(message: async_nats::Message) -> Message {
     Message {
         no_responders: message.status == Some(async_nats::StatusCode::NO_RESPONDERS),
-        subject: message.subject.to_string(),
-        reply_to: message.reply.map(|r| r.to_string()),
+        subject: message.subject.into(),
+        reply_to: message.reply.map(Into::into),
         payload: message.payload,
     }
 }
@@ -440,11 +440,13 @@ impl Bus for NatsBus {
         let result = match reply_to {
             Some(reply_to) => {
                 validate_subject(reply_to)?;
+                // A `Subject` made from the `&str` is one copy; a `String` would
+                // be copied again by async-nats.
                 self.client
-                    .publish_with_reply(subject.to_owned(), reply_to.to_owned(), payload)
+                    .publish_with_reply(Subject::from(subject), Subject::from(reply_to), payload)
                     .await
             }
-            None => self.client.publish(subject.to_owned(), payload).await,
+            None => self.client.publish(Subject::from(subject), payload).await,
         };
         result.map_err(|e| match e.kind() {
             PublishErrorKind::MaxPayloadExceeded => BusError::PayloadTooLarge {
@@ -522,7 +524,15 @@ impl Bus for NatsBus {
     }
 
     fn connection_epoch(&self) -> u64 {
-        self.connections()
+        // async-nats reports `Connected` through the event callback, which runs
+        // on a task of its own: right after `connect` returns (or a reconnect
+        // succeeds) the state is already up while the event is not yet counted.
+        // Counting the live connection closes that window, so the epoch a
+        // service reads at start never changes later without a reconnect (a
+        // CMX used to take its own first connection for a reconnect and
+        // re-push configurations).
+        let live = u64::from(self.is_connected());
+        self.connections().max(live)
     }
 
     async fn flush(&self) -> Result<(), BusError> {

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use kaa_bus::{
     Bus, BusError, Message, NatsBus, NatsConfig, Subscription,
     nats::NatsAuth,
-    test_support::{NATS, PrivateNatsServer, conformance::unique_subject},
+    test_support::{NATS, PrivateNatsCluster, PrivateNatsServer, conformance::unique_subject},
 };
 
 /// Fast reconnects for tests.
@@ -169,6 +169,29 @@ async fn subscriptions_and_request_reply_survive_a_server_restart() {
     )
     .await;
     echo.abort();
+}
+
+/// The epoch a service reads right after connecting is the one it keeps until a
+/// reconnect: async-nats counts the first `Connected` event on a task of its own,
+/// and a CMX that read 0 there took its own first connection for a reconnect and
+/// re-pushed configurations (seen in CI as duplicate pushes).
+#[tokio::test]
+async fn the_first_connection_epoch_is_stable() {
+    let test = "kaa-bus nats::the_first_connection_epoch_is_stable";
+    let Some(server) = PrivateNatsServer::start(test) else {
+        return;
+    };
+    let config = config(&server.url()).with_retry_on_initial_connect(false);
+    for _ in 0..20 {
+        let bus = NatsBus::connect_with_auth(&config, &NatsAuth::None)
+            .await
+            .expect("connect");
+        let at_start = bus.connection_epoch();
+        assert_eq!(at_start, 1, "a connected bus is in its first epoch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(bus.connection_epoch(), at_start, "no reconnect happened");
+        assert_eq!(bus.connections(), 1);
+    }
 }
 
 #[tokio::test]
@@ -353,4 +376,170 @@ async fn no_responders_statuses_are_flagged() {
         .unwrap();
     assert!(!reply.no_responders);
     assert_eq!(reply.payload, "reply");
+}
+
+/// Several server URLs (Kaa's `nats.urls`) and a cluster: when the node a bus is
+/// connected to dies (SIGKILL), the bus moves to another node by itself, its
+/// subscriptions (plain and queue group) receive again through it without a new
+/// subscribe, and request/reply works again, within a few seconds.
+#[tokio::test]
+async fn a_bus_fails_over_to_another_cluster_node_without_resubscribing() {
+    let test = "kaa-bus nats::a_bus_fails_over_to_another_cluster_node_without_resubscribing";
+    let Some(mut cluster) = PrivateNatsCluster::start(test) else {
+        return;
+    };
+    let urls = cluster.urls();
+    let cluster_config = || {
+        NatsConfig::new(urls.clone())
+            .with_reconnect_delay_max(Duration::from_millis(200))
+            .with_connection_timeout(Duration::from_secs(2))
+    };
+    let bus = NatsBus::connect_with_auth(&cluster_config(), &NatsAuth::None)
+        .await
+        .expect("connect");
+    let other = NatsBus::connect_with_auth(&cluster_config(), &NatsAuth::None)
+        .await
+        .expect("connect");
+    assert!(bus.wait_connected(Duration::from_secs(5)).await);
+    assert!(other.wait_connected(Duration::from_secs(5)).await);
+
+    let events = unique_subject("cluster.events");
+    let service = unique_subject("cluster.service");
+    let mut plain = bus.subscribe(&events, None).await.unwrap();
+    let mut queued = bus
+        .subscribe(&format!("{events}.q"), Some("grp"))
+        .await
+        .unwrap();
+    let echo = spawn_echo(
+        bus.clone(),
+        bus.subscribe(&service, Some("svc")).await.unwrap(),
+    );
+    bus.flush().await.unwrap();
+    publish_until_received(
+        &other,
+        &mut plain,
+        &events,
+        "before",
+        Duration::from_secs(5),
+    )
+    .await;
+    publish_until_received(
+        &other,
+        &mut queued,
+        &format!("{events}.q"),
+        "before",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        request_until_answered(&other, &service, Duration::from_secs(5))
+            .await
+            .payload,
+        "ping"
+    );
+
+    // Kill the node the subscribing bus is on.
+    let server = bus.client().server_info();
+    let node = cluster
+        .node_named(&server.server_name)
+        .unwrap_or_else(|| panic!("connected to an unknown server {server:?}"));
+    eprintln!("the bus is on {}; killing it", server.server_name);
+    let killed_at = Instant::now();
+    cluster.kill(node);
+
+    // Back on another node within a few seconds, same subscriptions.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now_on = bus.client().server_info().server_name;
+        if bus.is_connected() && bus.disconnections() >= 1 && now_on != server.server_name {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no fail-over within 10 s (connected: {}, on {now_on})",
+            bus.is_connected()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let within = Duration::from_secs(5);
+    publish_until_received(&other, &mut plain, &events, "after", within).await;
+    publish_until_received(&other, &mut queued, &format!("{events}.q"), "after", within).await;
+    assert_eq!(
+        request_until_answered(&other, &service, within)
+            .await
+            .payload,
+        "ping"
+    );
+    eprintln!(
+        "fail-over from {} to {} and traffic again after {:?}",
+        server.server_name,
+        bus.client().server_info().server_name,
+        killed_at.elapsed()
+    );
+
+    // The killed node comes back into the cluster.
+    cluster.restart(node).expect("restart the node");
+    publish_until_received(&other, &mut plain, &events, "rejoined", within).await;
+    echo.abort();
+}
+
+/// The private cluster runs JetStream: a key-value bucket replicated on the three
+/// nodes keeps its data and takes writes while one node is down.
+#[tokio::test]
+async fn the_private_cluster_runs_replicated_jetstream() {
+    let test = "kaa-bus nats::the_private_cluster_runs_replicated_jetstream";
+    let Some(mut cluster) = PrivateNatsCluster::start(test) else {
+        return;
+    };
+    assert_eq!(cluster.len(), PrivateNatsCluster::DEFAULT_SIZE);
+    // Connect through node 0 only, then kill node 2.
+    let client = async_nats::connect(cluster.url(0)).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    // async-nats 0.51's `create_key_value` cannot read the account info of
+    // nats-server 2.9 (Debian's): create the bucket's stream as it would, then open
+    // the bucket.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KV_kaa_test".into(),
+        subjects: vec!["$KV.kaa_test.>".into()],
+        max_messages_per_subject: 1,
+        num_replicas: 3,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .expect("create a replicated KV stream");
+    let kv = js.get_key_value("kaa_test").await.expect("open the bucket");
+    kv.put("a", "1".into()).await.expect("put");
+    cluster.kill(2);
+    // A write while one node of three is down still has a quorum (retried while
+    // the stream's leadership moves).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = kv.put("b", "2".into()).await {
+        assert!(Instant::now() < deadline, "no write with 2 of 3 nodes: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.restart(2).expect("restart node 2");
+    let direct = async_nats::connect(cluster.url(2))
+        .await
+        .expect("connect to n2");
+    let kv2 = async_nats::jetstream::new(direct)
+        .get_key_value("kaa_test")
+        .await
+        .expect("the bucket");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let a = kv2.get("a").await.ok().flatten();
+        let b = kv2.get("b").await.ok().flatten();
+        if a.as_deref() == Some(b"1".as_slice()) && b.as_deref() == Some(b"2".as_slice()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n2 does not serve the bucket: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,5 +1,6 @@
 //! The rules of a 6/CDTP answer, written once for both sides: what a provider
-//! answers for a [`ConfigRequest`] ([`ConfigResponse::answer`],
+//! answers for a [`ConfigRequest`] ([`ConfigResponse::answer`], which picks
+//! [`ConfigResponse::current`] or [`ConfigResponse::unchanged`], and
 //! [`ConfigResponse::error`]) and what a consumer makes of a [`ConfigResponse`]
 //! ([`ConfigResponse::read`]).
 //!
@@ -132,21 +133,41 @@ impl<'a> ConfigResponse<'a> {
     ///
     /// Strings and content are borrowed where `request` and `current` allow.
     pub fn answer(request: &ConfigRequest<'a>, current: Current<'a>, timestamp: i64) -> Self {
+        let (config_id, _) = current.id_and_content();
+        if request.config_id.as_deref() == Some(config_id) {
+            Self::unchanged(request, timestamp)
+        } else {
+            Self::current(request, current, timestamp)
+        }
+    }
+
+    /// Provider side: the 200 answer that carries `current` whatever `request`
+    /// named: its `configId` and content ("OK"), or [`ABSENT_CONFIG_ID`] with
+    /// [`ABSENT_CONTENT`] ("No configuration"). [`ConfigResponse::answer`] sends
+    /// it unless the request names `current`; a provider that does not compare
+    /// (or a test that plays one) sends it directly.
+    pub fn current(request: &ConfigRequest<'a>, current: Current<'a>, timestamp: i64) -> Self {
         let (config_id, content) = current.id_and_content();
         let mut response = Self::to_request(request, 200, timestamp);
-        if request.config_id.as_deref() == Some(config_id) {
-            response.reason_phrase = Some("Not Modified".into());
-        } else {
-            response.config_id = Some(config_id.into());
-            response.content = Some(content.into());
-            response.reason_phrase = Some(
-                match current {
-                    Current::Config { .. } => "OK",
-                    Current::Absent => "No configuration",
-                }
-                .into(),
-            );
-        }
+        response.config_id = Some(config_id.into());
+        response.content = Some(content.into());
+        response.reason_phrase = Some(
+            match current {
+                Current::Config { .. } => "OK",
+                Current::Absent => "No configuration",
+            }
+            .into(),
+        );
+        response
+    }
+
+    /// Provider side: the 200 "Not Modified" answer, with no `configId` and no
+    /// content: the configuration `request` named is current.
+    /// [`ConfigResponse::answer`] sends it when the request names what the
+    /// provider holds.
+    pub fn unchanged(request: &ConfigRequest<'a>, timestamp: i64) -> Self {
+        let mut response = Self::to_request(request, 200, timestamp);
+        response.reason_phrase = Some("Not Modified".into());
         response
     }
 
@@ -282,6 +303,32 @@ mod tests {
             assert_eq!(response.endpoint_id, "ep");
             assert_eq!(response.read(asked), expected, "{asked:?} {current:?}");
         }
+    }
+
+    #[test]
+    fn current_and_unchanged_are_sent_whatever_the_request_named() {
+        let req = request(Some("v2"));
+        let full = ConfigResponse::current(&req, CURRENT, 5);
+        assert_eq!(
+            full.read(Some("v2")),
+            ConfigAnswer::Config {
+                config_id: "v2",
+                content: b"{}"
+            }
+        );
+        assert_eq!(full.reason_phrase.as_deref(), Some("OK"));
+        let none = ConfigResponse::current(&req, Current::Absent, 5);
+        assert_eq!(
+            (none.config_id.as_deref(), none.content.as_deref()),
+            (Some(ABSENT_CONFIG_ID), Some(ABSENT_CONTENT))
+        );
+        let req = request(None);
+        let same = ConfigResponse::unchanged(&req, 5);
+        assert_eq!(same.read(None), ConfigAnswer::Unchanged);
+        assert_eq!(
+            (same.status_code, same.reason_phrase.as_deref()),
+            (200, Some("Not Modified"))
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! | `KAA_TEST_NATS_URL` | NATS for tests | `nats://127.0.0.1:4222` |
 //! | `KAA_TEST_POSTGRES_URL` | PostgreSQL for tests | `postgres://postgres@127.0.0.1:5432/test` |
 //! | `KAA_TEST_MQTT_URL` | an MQTT server for tests | `mqtt://127.0.0.1:1883` |
-//! | `KAA_TEST_NATS_SERVER` | the `nats-server` binary [`PrivateNatsServer`] runs | `/usr/sbin/nats-server`, else `nats-server` on `PATH` |
+//! | `KAA_TEST_NATS_SERVER` | the `nats-server` binary [`PrivateNatsServer`] and [`PrivateNatsCluster`] run | `/usr/sbin/nats-server`, else `nats-server` on `PATH` |
 //!
 //! ```no_run
 //! use kaa_bus::test_support::NATS;
@@ -41,7 +41,10 @@
 //! ```
 //!
 //! Fault tests that stop and restart a server use their own [`PrivateNatsServer`]
-//! on an ephemeral port, never the machine's shared one.
+//! on an ephemeral port, never the machine's shared one. Tests of replicas and
+//! fail-over on a NATS cluster run a [`PrivateNatsCluster`]: three `nats-server`s with
+//! JetStream, routed to each other on loopback ephemeral ports, any node of which can
+//! be killed and restarted.
 //!
 //! The [`conformance`] module holds the suite every [`Bus`](crate::Bus)
 //! implementation must pass.
@@ -55,7 +58,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod cluster;
 pub mod conformance;
+
+pub use cluster::{CLUSTER_FORM_TIMEOUT, PrivateNatsCluster};
 
 /// `KAA_REQUIRE_SERVICES`: when `1`, a test whose live service is unreachable fails
 /// instead of skipping.
