@@ -32,6 +32,7 @@ fn request_answered(c: &mut Criterion) {
         id: "6046b576591c75fd68ab67f7e4475311".into(),
         per_endpoint: false,
     };
+    check_answers(&provider);
     let endpoints: Vec<String> = (0..10_000).map(endpoint_id).collect();
     let requests: Vec<_> = endpoints
         .iter()
@@ -78,6 +79,7 @@ fn push_fan_out(c: &mut Criterion) {
         id: "v0".into(),
         per_endpoint: false,
     };
+    check_answers(&provider);
     let endpoints: Vec<String> = (0..N).map(endpoint_id).collect();
     let mut cmx = Cmx::new(config()).unwrap();
     for ep in &endpoints {

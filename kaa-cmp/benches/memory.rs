@@ -40,6 +40,7 @@ fn measure(per_endpoint: bool) -> (i64, usize) {
         id: "6046b576591c75fd68ab67f7e4475311".into(),
         per_endpoint,
     };
+    check_answers(&provider);
     // IDs are built outside the measured region, as a bus would hand them in.
     let endpoints: Vec<String> = (0..N).map(endpoint_id).collect();
     let now = UnixMillis(1_000_000);

@@ -14,7 +14,7 @@
 //!
 //! The Python client's exact bytes are replayed end to end, on the all-in-one
 //! stack and on the separate processes over NATS, by the `official_python_client`
-//! test in `examples/tests/e2e_common`.
+//! test in `examples/testkit/src/e2e.rs`.
 //!
 //! # Connection
 //!

@@ -141,6 +141,14 @@
 //! [`Output::encode`] writes one into the caller's buffer; `message()` on each
 //! variant lends the wire struct to encode yourself.
 //!
+//! ## Replicas
+//!
+//! Several replicas of one CMX instance share the work by endpoint (kaa-rs
+//! extension): the driver feeds the live members ([`Input::Members`]), each
+//! endpoint is served by its rendezvous-hash owner, and `ClientData` reaching
+//! another replica is handed over ([`Output::HandOver`]). See "Replicas" in the
+//! [`engine`] docs.
+//!
 //! ## Configuration
 //!
 //! [`CmxConfig`]: names (instance, replica, provider, communication service),
@@ -151,6 +159,16 @@
 //! applied reports, errors, memory. Measured speed and memory per endpoint:
 //! `benches/engine.rs` and `benches/memory.rs`, figures in the repository's
 //! `BENCHMARKS.md`.
+//!
+//! ## Testing a CMX
+//!
+//! With the `test-support` cargo feature the crate also exports
+//! `test_support`: a fake 6/CDTP provider that answers by kaa-cdtp's rules (and
+//! can be told to answer errors, "no configuration" or late) and the engine's
+//! invariants as checks (never an older configuration after a newer one, one
+//! CDTP request in flight per endpoint and name, the shape of every response,
+//! limits and timers), which this crate's tests and benchmarks and the
+//! `cmx_sequence` fuzz target share.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -162,5 +180,7 @@ mod intern;
 pub mod interop;
 pub mod message;
 pub mod resource;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 pub use engine::{Cmx, CmxConfig, Input, InputError, Output};

@@ -131,11 +131,120 @@ fn replies_follow_session_affinity_else_the_instance_subject() {
     w.take(EP);
     w.update(EP, None, "2");
     assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
-    // ...until a new session starts (the connect push re-sends cfg-2: the device
-    // never reported it applied).
-    w.connect(&[EP]);
+    // ...until a new session starts on another replica (the connect push re-sends
+    // cfg-2: the device never reported it applied).
+    w.cmx
+        .handle_connected(&connected_from(EP, "kpc-2", w.now), w.now);
+    w.drain();
     assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
     w.update(EP, None, "3");
+    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+}
+
+/// Found by the fault test (`kpc-kill`): the `connected` event of a new session
+/// can reach CMX after the session's first request. The request's replica stays
+/// the push subject: a push on the instance-wide subject can overtake an answer
+/// on the replica subject.
+#[test]
+fn a_connected_event_older_than_the_sessions_request_keeps_its_replica() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    let stamp = w.now.0;
+    w.advance(5);
+    w.send(EP, "/config/json", Some(1), r#"{"observe":true}"#);
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+    let late = kaa_elce::ConnectedEvent {
+        correlation_id: "conn".into(),
+        timestamp: stamp,
+        timeout: 0,
+        endpoints: vec![(EP.into(), AV.into())],
+        originator_replica_id: "kpc-1".into(),
+    };
+    w.cmx.handle_connected(&late, w.now);
+    w.drain();
+    // Answered and not reported applied: the connect push goes out, to the replica.
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+    w.update(EP, None, "2");
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+}
+
+fn connected_from(ep: &str, replica: &str, at: UnixMillis) -> kaa_elce::ConnectedEvent<'static> {
+    kaa_elce::ConnectedEvent {
+        correlation_id: "conn".into(),
+        timestamp: at.0,
+        timeout: 0,
+        endpoints: vec![(ep.to_owned().into(), AV.into())],
+        originator_replica_id: replica.to_owned().into(),
+    }
+}
+
+/// A `connected` event that arrives after the session's first request, from the
+/// replica the request came through, or from another one but stamped before the
+/// request (it took another path: with CMX replicas the request may be handed over
+/// to the owner first), keeps the request's replica subject: a push on the
+/// instance-wide subject could overtake the answer still queued on the replica's
+/// (seen in `fault_replicas`, kpc-kill: a device got the newer configuration by
+/// push, then the older one as the answer).
+#[test]
+fn a_connected_event_of_the_requests_session_keeps_its_affinity() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    let connected_at = w.now;
+    w.advance(5);
+    w.send(EP, "/config/json", Some(1), "{}");
+    let answer = w.take_one(EP);
+    assert_eq!(&*answer.subject, KPC_REPLICA);
+    assert_eq!(config_id(&answer).as_deref(), Some("cfg-1"));
+    // From the request's replica (`kpc-1`), stamped in the same millisecond as
+    // the request or before it.
+    for at in [w.now, connected_at] {
+        w.cmx
+            .handle_connected(&connected_from(EP, "kpc-1", at), w.now);
+        w.drain();
+        // The connect push (cfg-1 not yet reported applied) keeps the subject.
+        for m in w.take(EP) {
+            assert_eq!(&*m.subject, KPC_REPLICA, "{m:?}");
+        }
+    }
+    // From another replica, stamped before the request.
+    w.cmx
+        .handle_connected(&connected_from(EP, "kpc-2", connected_at), w.now);
+    w.drain();
+    for m in w.take(EP) {
+        assert_eq!(&*m.subject, KPC_REPLICA, "{m:?}");
+    }
+    w.update(EP, None, "2");
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+    // A later session on another replica still resets it.
+    w.advance(5);
+    w.cmx
+        .handle_connected(&connected_from(EP, "kpc-2", w.now), w.now);
+    w.drain();
+    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+}
+
+/// The same for sessions a communication service replica lists again (CMX asks
+/// after its bus reconnected; seen in `fault_replicas`, nats-node-kill: the reset
+/// let a push overtake the one queued on the replica subject).
+#[test]
+fn sessions_listed_by_the_requests_replica_keep_its_affinity() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), "{}");
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+    w.advance(5);
+    w.cmx
+        .adopt_sessions(&connected_from(EP, "kpc-1", w.now), w.now);
+    w.drain();
+    for m in w.take(EP) {
+        assert_eq!(&*m.subject, KPC_REPLICA, "{m:?}");
+    }
+    w.update(EP, None, "2");
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+    // Listed by another replica: that session's, the subject is stale.
+    w.cmx
+        .adopt_sessions(&connected_from(EP, "kpc-2", w.now), w.now);
+    w.drain();
     assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
 }
 
@@ -424,7 +533,7 @@ fn response_issued_before_an_update_but_arriving_after_it_is_not_delivered() {
     w.send(EP, "/config/json", Some(1), r#"{"observe":true}"#);
     // The provider answers with cfg-1...
     let req = w.held.pop_front().unwrap();
-    let stale = w.provider.answer(&req.message());
+    let stale = w.provider.answer(&req.message(), w.now);
     // ...then the configuration changes and the broadcast overtakes the answer.
     w.update(EP, None, "2");
     assert!(w.take(EP).is_empty(), "nothing delivered before the fetch");
@@ -462,7 +571,7 @@ fn late_and_duplicated_responses_are_ignored() {
     w.provider.set(EP, AV, None, "1");
     w.send(EP, "/config/json", Some(1), "{}");
     let req = w.held.pop_front().unwrap();
-    let resp = w.provider.answer(&req.message());
+    let resp = w.provider.answer(&req.message(), w.now);
     w.cmx.handle_config_response(&resp, w.now);
     w.cmx.handle_config_response(&resp, w.now);
     w.drain();
@@ -474,7 +583,7 @@ fn late_and_duplicated_responses_are_ignored() {
     w.advance(5_001);
     let m = w.take_one(EP);
     assert_eq!((m.request_id, m.status_code), (Some(2), 504));
-    let late = w.provider.answer(&req.message());
+    let late = w.provider.answer(&req.message(), w.now);
     w.cmx.handle_config_response(&late, w.now);
     w.drain();
     assert!(w.take(EP).is_empty());
@@ -485,9 +594,100 @@ fn late_and_duplicated_responses_are_ignored() {
     assert_eq!(w.cmx.stats().cdtp_responses_unmatched, 3);
 }
 
+#[test]
+fn a_slow_provider_is_504_then_its_late_answer_reaches_nobody() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.provider.delay(Duration::from_millis(6_000));
+    w.send(EP, "/config/json", Some(1), "{}");
+    assert_eq!(w.provider.held(), 1);
+    w.advance(5_000);
+    let m = w.take_one(EP);
+    assert_eq!((m.request_id, m.status_code), (Some(1), 504));
+    w.advance(1_000);
+    assert_eq!((w.provider.held(), w.provider.answered()), (0, 1));
+    assert!(w.take(EP).is_empty(), "the late answer reaches nobody");
+    assert_eq!(w.cmx.stats().cdtp_responses_unmatched, 1);
+    // Within the timeout a slow answer is an answer.
+    w.provider.delay(Duration::from_millis(4_999));
+    w.send(EP, "/config/json", Some(2), "{}");
+    w.advance(4_999);
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-1"));
+}
+
 // ---------------------------------------------------------------------------
 // Applied reports
 // ---------------------------------------------------------------------------
+
+/// Found by the fault test (`kpc-kill`): after a KPC restart a device's answer
+/// (on the replica subject) reached it after a push of a newer configuration
+/// (on the instance-wide subject); the device reported the newer one applied,
+/// then the older one, and kept it. The report shows the device is behind.
+#[test]
+fn a_device_that_applied_an_older_configuration_after_a_newer_one_gets_the_current_pushed() {
+    let mut w = observing(r#"{"observe":true}"#);
+    w.update(EP, None, "2");
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-2"));
+    w.advance(10);
+    // The answer (cfg-1) arrived after the push (cfg-2).
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-2"}"#);
+    assert!(w.take(EP).is_empty());
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-1"}"#);
+    assert_eq!(w.cmx.stats().applied_behind_delivery, 1);
+    // It may have crossed the push: the engine waits a push retry delay.
+    w.advance(999);
+    assert!(w.take(EP).is_empty());
+    w.advance(1);
+    let m = w.take_one(EP);
+    assert!(m.is_push(), "{m:?}");
+    assert_eq!(config_id(&m).as_deref(), Some("cfg-2"));
+    // Reported applied: nothing more.
+    w.advance(10);
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-2"}"#);
+    assert!(w.take(EP).is_empty());
+    assert_eq!(w.cmx.stats().applied_behind_delivery, 1);
+}
+
+/// Found by the e2e test `named_independent`: the device's report of the
+/// configuration it had crossed the push of the next one on its way (stamped by
+/// KPC after the push), then the device reported the pushed one.
+#[test]
+fn a_report_that_crossed_a_push_does_not_push_again() {
+    let mut w = observing(r#"{"observe":true}"#);
+    w.update(EP, None, "2");
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-2"));
+    w.advance(5);
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-1"}"#);
+    w.advance(5);
+    w.send(EP, "/applied/json", None, r#"{"configId":"cfg-2"}"#);
+    w.advance(10_000);
+    assert!(w.take(EP).is_empty());
+    assert_eq!(w.cmx.stats().applied_behind_delivery, 1);
+    assert_eq!(w.cmx.stats().pushes, 1);
+}
+
+#[test]
+fn a_late_report_of_an_older_configuration_does_not_push_again() {
+    let mut w = observing(r#"{"observe":true}"#);
+    // Stamped before the push, arriving after it.
+    let late = w.client_data(EP, "/applied/json", None, r#"{"configId":"cfg-1"}"#);
+    w.advance(10);
+    w.update(EP, None, "2");
+    assert_eq!(config_id(&w.take_one(EP)).as_deref(), Some("cfg-2"));
+    w.send_msg(&late, Some(KPC_REPLICA));
+    assert!(w.take(EP).is_empty());
+    assert_eq!(w.cmx.stats().applied_behind_delivery, 0);
+    // Nor does a rejection of the newer one: the device keeps the older.
+    w.advance(10);
+    w.send(
+        EP,
+        "/applied/json",
+        None,
+        r#"{"configId":"cfg-2","statusCode":400,"reasonPhrase":"no"}"#,
+    );
+    assert!(w.take(EP).is_empty());
+    assert_eq!(w.cmx.stats().applied_behind_delivery, 0);
+}
 
 /// Kaa's official Python client (kaaproject/mqtt-client-python,
 /// `kaa_mqtt_client/configuration.py`, `ConfigurationResponse.to_json`) reports a
@@ -909,6 +1109,44 @@ fn provider_timeout_is_504() {
     assert_eq!(w.cmx.stats().cdtp_timeouts, 1);
 }
 
+/// Found by `kaa-conformance cmx-fuzz` (seed 20261206): a `ConfigUpdated` that
+/// arrived while the provider stayed silent made the timed-out request count as
+/// stale and be asked again, so the device waited two CDTP timeouts (and one more
+/// for every further update). A timeout is answered when it falls due.
+#[test]
+fn a_silent_provider_is_a_504_after_one_timeout_even_when_updates_arrive() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.provider.set(EP, AV, None, "1");
+    w.connect(&[EP]);
+    w.held.clear();
+    w.sent.clear();
+    w.send(EP, "/config/json", Some(1), "{}");
+    let asked = w.requests.len();
+    w.advance(1_000);
+    // Changes announced while the provider does not answer.
+    w.update(EP, None, "2");
+    w.advance(2_000);
+    w.update(EP, None, "3");
+    w.advance(1_999);
+    assert!(w.take(EP).is_empty());
+    w.advance(1);
+    let m = w.take_one(EP);
+    assert_eq!(m.request_id, Some(1));
+    assert_eq!(m.status_code, 504);
+    assert_eq!(w.requests.len(), asked, "not asked again for the device");
+    // The push the updates want is retried later, and the device gets it.
+    w.auto_answer = true;
+    w.held.clear();
+    w.advance(60_000);
+    let pushed: Vec<_> = w.take(EP).iter().map(config_id).collect();
+    assert_eq!(
+        pushed.last().cloned().flatten().as_deref(),
+        Some("cfg-3"),
+        "{pushed:?}"
+    );
+}
+
 #[test]
 fn provider_errors_are_passed_on() {
     let mut w = World::new();
@@ -923,7 +1161,7 @@ fn provider_errors_are_passed_on() {
     ] {
         w.send(EP, "/config/json", Some(1), "{}");
         let req = w.held.pop_front().unwrap();
-        let mut resp = w.provider.answer(&req.message());
+        let mut resp = w.provider.answer(&req.message(), w.now);
         resp.status_code = status;
         resp.reason_phrase = reason.map(Into::into);
         if let Some(c) = content {
@@ -948,7 +1186,7 @@ fn provider_answer_for_another_content_type_or_endpoint_is_502() {
     w.provider.set(EP, AV, None, "1");
     w.send(EP, "/config/json", Some(1), "{}");
     let req = w.held.pop_front().unwrap();
-    let mut resp = w.provider.answer(&req.message());
+    let mut resp = w.provider.answer(&req.message(), w.now);
     resp.content_type = "application/x-protobuf".into();
     w.cmx.handle_config_response(&resp, w.now);
     w.drain();
@@ -958,11 +1196,58 @@ fn provider_answer_for_another_content_type_or_endpoint_is_502() {
 
     w.send(EP, "/config/json", Some(2), "{}");
     let req = w.held.pop_front().unwrap();
-    let mut resp = w.provider.answer(&req.message());
+    let mut resp = w.provider.answer(&req.message(), w.now);
     resp.endpoint_id = "someone-else".into();
     w.cmx.handle_config_response(&resp, w.now);
     w.drain();
     assert_eq!(w.take_one(EP).status_code, 502);
+}
+
+/// The engine keeps the last configurations it checked (most of a fleet holds
+/// the same few): a repeat is answered from them only when the config ID *and*
+/// the content are the same. A provider that reuses an ID for other content,
+/// or for content that is not JSON, is not covered up by the earlier answer.
+#[test]
+fn a_config_id_seen_before_does_not_vouch_for_other_content() {
+    let mut w = World::new();
+    w.auto_answer = false;
+    w.provider.set(EP, AV, None, r#"{"v":1}"#);
+    let answer = |w: &mut World, request_id: i32, content: &[u8]| {
+        w.send(EP, "/config/json", Some(request_id), "{}");
+        let req = w.held.pop_front().unwrap();
+        let mut resp = w.provider.answer(&req.message(), w.now);
+        resp.config_id = Some("same-id".into());
+        resp.content = Some(content.to_vec().into());
+        w.cmx.handle_config_response(&resp, w.now);
+        w.drain();
+        w.take_one(EP)
+    };
+    let first = answer(&mut w, 1, br#"{"v":1}"#);
+    assert_eq!(
+        json(&first),
+        serde_json::json!({"configId": "same-id", "config": {"v": 1}})
+    );
+    // The same ID and content again: the same answer.
+    let again = answer(&mut w, 2, br#"{"v":1}"#);
+    assert_eq!(again.payload, first.payload);
+    // The same ID with other content: that content.
+    let other = answer(&mut w, 3, br#"{"v":2}"#);
+    assert_eq!(
+        json(&other),
+        serde_json::json!({"configId": "same-id", "config": {"v": 2}})
+    );
+    // The same ID with content that is not JSON: refused, as the first time.
+    let bad = answer(&mut w, 4, br#"{"v":1"#);
+    assert_eq!(bad.status_code, 502);
+    assert!(bad.reason_phrase.unwrap().contains("not JSON"));
+    // More configurations than the engine keeps: each still answered right.
+    for n in 0..40 {
+        let content = format!(r#"{{"n":{n}}}"#);
+        let m = answer(&mut w, 10 + n, content.as_bytes());
+        assert_eq!(json(&m)["config"]["n"], n);
+    }
+    let bad = answer(&mut w, 99, b"not json");
+    assert_eq!(bad.status_code, 502);
 }
 
 #[test]
@@ -1151,7 +1436,7 @@ fn handle_message_decodes_by_subject() {
     let datum = out.to_datum();
     let decoded = <kaa_cdtp::ConfigRequest as kaa_ism::avro::Decode>::decode(&datum).unwrap();
     assert_eq!(decoded, req.message());
-    let resp = w.provider.answer(&decoded);
+    let resp = w.provider.answer(&decoded, w.now);
     w.cmx
         .handle_message(
             "kaa.v1.replica.cmx-1.cdtp.response",
@@ -1172,6 +1457,70 @@ fn handle_message_decodes_by_subject() {
             .handle_message("kaa.v1.service.other.x.y", None, b"", w.now)
             .is_err()
     );
+}
+
+/// `decode_input` compares the engine's own subjects exactly before parsing
+/// any subject: both ways must name the same kind of input, and a subject of the
+/// same shape that is not the engine's own still decodes by its shape.
+#[test]
+fn decode_input_classifies_own_and_foreign_subjects_alike() {
+    use kaa_cmp::engine::InputKind;
+    use kaa_ism::avro::Encode;
+    let mut w = World::new();
+    let cd = w.client_data(EP, "/config/json", Some(3), "{}").to_vec();
+    let resp = w
+        .provider
+        .answer(
+            &kaa_cdtp::ConfigRequest {
+                correlation_id: "c".into(),
+                timestamp: 1,
+                timeout: 0,
+                app_version_name: AV.into(),
+                endpoint_id: EP.into(),
+                config_id: None,
+                config_name: None,
+            },
+            w.now,
+        )
+        .to_vec();
+    for (subject, datum, kind) in [
+        (
+            "kaa.v1.service.cmx.esp.ClientData",
+            &cd,
+            InputKind::ClientData,
+        ),
+        (
+            "kaa.v1.replica.cmx-1.esp.ClientData",
+            &cd,
+            InputKind::ClientData,
+        ),
+        (
+            "kaa.v1.replica.cmx-2.esp.ClientData",
+            &cd,
+            InputKind::ClientData,
+        ),
+        (
+            "kaa.v1.replica.cmx-1.cdtp.response",
+            &resp,
+            InputKind::ConfigResponse,
+        ),
+        (
+            "kaa.v1.replica.cmx-2.cdtp.response",
+            &resp,
+            InputKind::ConfigResponse,
+        ),
+    ] {
+        let input = w.cmx.decode_input(subject, None, datum).unwrap();
+        assert_eq!(input.kind(), kind, "{subject}");
+        // A datum of the wrong kind on the subject is malformed as that kind.
+        let wrong = if kind == InputKind::ClientData {
+            &resp
+        } else {
+            &cd
+        };
+        let err = w.cmx.decode_input(subject, None, &wrong[..1]).unwrap_err();
+        assert_eq!(err.kind(), Some(kind), "{subject}");
+    }
 }
 
 #[test]
@@ -1299,7 +1648,7 @@ fn resync_treats_answers_in_flight_as_stale() {
         .handle_config_updated(&w.provider.set(EP, AV, None, "2"), w.now);
     w.drain();
     let stale = w.held.pop_front().unwrap();
-    let old = w.provider.answer(&stale.message());
+    let old = w.provider.answer(&stale.message(), w.now);
     let latest = w.provider.set(EP, AV, None, "3").config_id.to_string();
     w.cmx.resync(w.now);
     w.cmx.handle_config_response(&old, w.now);
@@ -1397,7 +1746,7 @@ fn an_answer_fetched_across_an_app_version_round_trip_is_fetched_again() {
     w.auto_answer = false;
     w.update(EP, None, "2");
     let request = w.held.pop_front().expect("a CDTP request for cfg-2");
-    let answer = w.provider.answer(&request.message());
+    let answer = w.provider.answer(&request.message(), w.now);
     w.advance(1);
     w.app_version_updated(EP, AV, AV2);
     // Ignored: the endpoint is on AV2 now.

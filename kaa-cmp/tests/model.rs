@@ -22,8 +22,12 @@
 //! 1. **Never older after newer** (checked on every `ExtensionData` the engine
 //!    publishes, at any time): for each endpoint, app version and configuration
 //!    name, the configurations the engine sends have non-decreasing provider
-//!    creation order. The engine does not know that order (config IDs are opaque
-//!    to it); the test does.
+//!    creation order, and each is one the provider created. The engine does not
+//!    know that order (config IDs are opaque to it); the test does. With it, on
+//!    every output and step, the other checks of `kaa_cmp::test_support` that
+//!    hold here: at most one CDTP request in flight per endpoint and name (with
+//!    the configured deadline), responses of a documented shape (status, reason,
+//!    valid 7/CMP JSON), limits, and timers after `handle_timeout`.
 //! 2. **Convergence** (checked once the system is quiet): every connected
 //!    device holds the provider's latest configuration for its app version, for
 //!    the default configuration and every named configuration it has requested,
@@ -67,11 +71,12 @@ use kaa_cmp::engine::{Cmx, OutgoingExtensionData, Output};
 use kaa_cmp::message::{
     AppliedRequest, ConfigRequest as CmpRequest, ConfigResponse as CmpResponse,
 };
+use kaa_cmp::test_support::{FakeProvider, Invariants, Violation, check_after_timeout};
 use kaa_elce::{AppVersionUpdatedEvent, ConnectedEvent, DisconnectedEvent};
 use kaa_esp::ClientData;
 use kaa_ism::UnixMillis;
 use proptest::prelude::*;
-use support::{AV, AV2, KPC_REPLICA, Provider};
+use support::{AV, AV2, KPC_REPLICA};
 
 const ENDPOINTS: usize = 3;
 const NAMES: [Option<&str>; 2] = [None, Some("net")];
@@ -188,7 +193,7 @@ impl Device {
 
 struct Sim {
     cmx: Cmx,
-    provider: Provider,
+    provider: FakeProvider,
     now: i64,
     /// Loss everywhere and 9/ELCE events unordered (else no loss, events in order).
     lossy: bool,
@@ -197,13 +202,17 @@ struct Sim {
     to_cmx: Vec<VecDeque<ClientData<'static>>>,
     to_device: Vec<VecDeque<OutgoingExtensionData>>,
     devices: Vec<Device>,
-    /// Highest provider order sent per (endpoint, app version, name).
-    sent_order: HashMap<(String, String, usize), u64>,
+    /// The invariants of `kaa_cmp::test_support` (ordering among them).
+    inv: Invariants,
     correlation: u64,
 }
 
 fn ep_id(ep: usize) -> String {
     format!("ep-{ep}")
+}
+
+fn violated(v: Violation) -> TestCaseError {
+    TestCaseError::fail(v.to_string())
 }
 
 fn name_index(path: &str) -> Option<usize> {
@@ -221,8 +230,9 @@ impl Sim {
         config.push_retry_delay = Duration::from_millis(200);
         config.push_retry_attempts = 255;
         Sim {
+            inv: Invariants::new(&config),
             cmx: Cmx::new(config).unwrap(),
-            provider: Provider::default(),
+            provider: FakeProvider::new(),
             now: 1_000_000,
             lossy,
             bag: Vec::new(),
@@ -230,7 +240,6 @@ impl Sim {
             to_cmx: (0..ENDPOINTS).map(|_| VecDeque::new()).collect(),
             to_device: (0..ENDPOINTS).map(|_| VecDeque::new()).collect(),
             devices: (0..ENDPOINTS).map(|_| Device::default()).collect(),
-            sent_order: HashMap::new(),
             correlation: 0,
         }
     }
@@ -239,11 +248,14 @@ impl Sim {
         UnixMillis(self.now)
     }
 
-    /// Publishes the engine's outputs, checking invariant 1 on the way.
+    /// Publishes the engine's outputs, checking invariant 1 (and the other
+    /// checks) on the way.
     fn drain(&mut self) -> Result<(), TestCaseError> {
+        let forgetting = self.inv.forgetting(&self.cmx);
         while let Some(out) = self.cmx.poll_output() {
             match out {
                 Output::ConfigRequest(r) => {
+                    self.inv.check_request(&r, forgetting).map_err(violated)?;
                     self.bag.push(Msg::CdtpRequest(r.message().into_owned()))
                 }
                 Output::ExtensionData(m) => {
@@ -257,26 +269,22 @@ impl Sim {
                             "ExtensionData without endpoint: {m:?}"
                         )));
                     };
-                    if let (Some(name), Some(payload)) = (name_index(&m.resource_path), &m.payload)
-                        && let Ok(CmpResponse::Config { config_id, .. }) =
-                            CmpResponse::from_json(payload)
-                    {
-                        let key = (ep_id(ep), m.app_version_name.to_string(), name);
-                        let order = Provider::order(&config_id);
-                        let last = self.sent_order.entry(key.clone()).or_default();
-                        prop_assert!(
-                            order >= *last,
-                            "older configuration after a newer one: {key:?} got {config_id} after order {last}"
-                        );
-                        *last = order;
-                    }
+                    self.inv
+                        .check_extension_data(&m, &self.provider)
+                        .map_err(violated)?;
                     self.to_device[ep].push_back(m);
                 }
                 Output::ConfigApplied(_) => {}
                 other => return Err(TestCaseError::fail(format!("unexpected output {other:?}"))),
             }
         }
-        Ok(())
+        if forgetting {
+            // The engine forgot endpoints: their requests in flight ended.
+            for ep in 0..ENDPOINTS {
+                self.inv.in_flight.forget(&ep_id(ep));
+            }
+        }
+        self.inv.check_limits(&mut self.cmx).map_err(violated)
     }
 
     fn emit_elce(&mut self, msg: Msg) {
@@ -377,10 +385,13 @@ impl Sim {
         let now = self.now();
         match msg {
             Msg::CdtpRequest(r) => {
-                let resp = self.provider.answer(&r);
+                let resp = self.provider.answer(&r, now);
                 self.bag.push(Msg::CdtpResponse(resp));
             }
-            Msg::CdtpResponse(r) => self.cmx.handle_config_response(&r, now),
+            Msg::CdtpResponse(r) => {
+                self.inv.answer_delivered(&r);
+                self.cmx.handle_config_response(&r, now);
+            }
             Msg::Updated(u) => self.cmx.handle_config_updated(&u, now),
             Msg::Connected(e) => self.cmx.handle_connected(&e, now),
             Msg::Disconnected(e) => self.cmx.handle_disconnected(&e, now),
@@ -401,7 +412,9 @@ impl Sim {
 
     fn tick(&mut self, ms: i64) -> Result<(), TestCaseError> {
         self.now += ms;
+        self.inv.timeout(self.now());
         self.cmx.handle_timeout(self.now());
+        check_after_timeout(&mut self.cmx, UnixMillis(self.now)).map_err(violated)?;
         self.drain()?;
         // Devices retry requests that got no (successful) answer.
         for ep in 0..ENDPOINTS {
@@ -433,7 +446,7 @@ impl Sim {
                     &ep_id(ep),
                     av,
                     NAMES[name],
-                    &format!("{{\"n\":{}}}", self.now),
+                    format!("{{\"n\":{}}}", self.now),
                 );
                 self.bag.push(Msg::Updated(u));
             }
@@ -657,22 +670,40 @@ proptest! {
     }
 }
 
+/// ep's device asks for its default configuration and the provider answers
+/// at once; the result is the check of what the engine sent.
+fn fetch(sim: &mut Sim, ep: usize) -> Result<(), TestCaseError> {
+    sim.send_request(ep, 0, None);
+    let cd = sim.to_cmx[ep].pop_front().unwrap();
+    sim.cmx.handle_client_data(&cd, None, sim.now());
+    sim.drain().unwrap();
+    let Some(Msg::CdtpRequest(r)) = sim.bag.pop() else {
+        panic!("a CDTP request")
+    };
+    let resp = sim.provider.answer(&r, sim.now());
+    sim.cmx.handle_config_response(&resp, sim.now());
+    sim.drain()
+}
+
 /// The invariant checks can fail: an engine that delivered an older
 /// configuration would be caught by the same check.
 #[test]
 fn the_ordering_check_catches_an_older_configuration() {
     let mut sim = Sim::new(false);
-    sim.sent_order.insert((ep_id(0), AV.to_owned(), 0), 5);
     sim.devices[0].connected = true;
+    sim.devices[1].connected = true;
     sim.provider.set(&ep_id(0), AV, None, "1");
-    sim.send_request(0, 0, None);
-    let cd = sim.to_cmx[0].pop_front().unwrap();
-    sim.cmx.handle_client_data(&cd, None, sim.now());
-    sim.drain().unwrap();
-    let Some(Msg::CdtpRequest(r)) = sim.bag.pop() else {
-        panic!()
-    };
-    let resp = sim.provider.answer(&r);
-    sim.cmx.handle_config_response(&resp, sim.now());
-    assert!(sim.drain().is_err(), "cfg-1 after order 5 must be reported");
+    for n in 2..=5 {
+        sim.provider.set(&ep_id(1), AV, None, n.to_string());
+    }
+    // ep-1 gets cfg-5; the same message, as if sent to ep-0, is checked too.
+    fetch(&mut sim, 1).unwrap();
+    let mut newer = sim.to_device[1].pop_front().expect("cfg-5 for ep-1");
+    newer.endpoint_id = Some(ep_id(0).into());
+    sim.inv.order.check(&newer, &sim.provider).unwrap();
+    // ep-0 gets cfg-1: older than what ep-0 "got" before.
+    assert!(
+        fetch(&mut sim, 0).is_err(),
+        "cfg-1 after order 5 must be reported"
+    );
 }

@@ -1,10 +1,14 @@
 //! Shared by the benchmarks: an in-memory provider, endpoint IDs, and a driver
-//! that runs a request through the engine and the provider.
+//! that runs a request through the engine and the provider (which answers by
+//! kaa-cdtp's rules, `ConfigResponse::answer`), checked once before measuring
+//! with the engine's invariants from `kaa_cmp::test_support`.
 
 use std::borrow::Cow;
 
-use kaa_cdtp::ConfigResponse;
-use kaa_cmp::engine::{Cmx, CmxConfig, OutgoingConfigRequest, Output};
+use kaa_cdtp::{ConfigResponse, Current};
+use kaa_cmp::engine::{Cmx, CmxConfig, OutgoingExtensionData, Output};
+use kaa_cmp::message::ConfigResponse as CmpResponse;
+use kaa_cmp::test_support::check_response;
 use kaa_esp::ClientData;
 use kaa_ism::UnixMillis;
 
@@ -25,7 +29,9 @@ pub(crate) fn endpoint_id(i: usize) -> String {
 }
 
 /// The provider: one configuration per endpoint, `id` for all of them unless
-/// `per_endpoint` is set (then `<id>-<endpoint>`).
+/// `per_endpoint` is set (then `<id>-<endpoint>`). Computed, not stored (a store
+/// would count in the memory benchmark's figure); the answer borrows, so the
+/// driver allocates nothing for it.
 pub(crate) struct Provider {
     pub(crate) id: String,
     pub(crate) per_endpoint: bool,
@@ -37,23 +43,6 @@ impl Provider {
             Cow::Owned(format!("{}-{endpoint}", self.id))
         } else {
             Cow::Borrowed(&self.id)
-        }
-    }
-
-    pub(crate) fn answer<'a>(&'a self, req: &'a OutgoingConfigRequest) -> ConfigResponse<'a> {
-        let id = self.config_id(&req.endpoint_id);
-        let unchanged = req.config_id.as_deref() == Some(&*id);
-        ConfigResponse {
-            correlation_id: Cow::Borrowed(&req.correlation_id),
-            timestamp: req.timestamp.0,
-            timeout: 0,
-            app_version_name: Cow::Borrowed(&req.app_version_name),
-            endpoint_id: Cow::Borrowed(&req.endpoint_id),
-            config_id: (!unchanged).then_some(id),
-            content_type: Cow::Borrowed(kaa_cdtp::APPLICATION_JSON),
-            content: (!unchanged).then_some(Cow::Borrowed(CONFIG)),
-            status_code: 200,
-            reason_phrase: None,
         }
     }
 }
@@ -79,15 +68,31 @@ pub(crate) fn client_data<'a>(
 /// Drains the engine, answering CDTP requests from `provider`; returns how
 /// many `ExtensionData` came out.
 pub(crate) fn drain(cmx: &mut Cmx, provider: &Provider, now: UnixMillis) -> usize {
+    drain_with(cmx, provider, now, |m| {
+        std::hint::black_box(m);
+    })
+}
+
+fn drain_with(
+    cmx: &mut Cmx,
+    provider: &Provider,
+    now: UnixMillis,
+    mut on_data: impl FnMut(&OutgoingExtensionData),
+) -> usize {
     let mut sent = 0;
     while let Some(out) = cmx.poll_output() {
         match out {
             Output::ConfigRequest(req) => {
-                let resp = provider.answer(&req);
+                let id = provider.config_id(&req.endpoint_id);
+                let current = Current::Config {
+                    config_id: &id,
+                    content: CONFIG,
+                };
+                let resp = ConfigResponse::answer(&req.message(), current, req.timestamp.0);
                 cmx.handle_config_response(&resp, now);
             }
             Output::ExtensionData(m) => {
-                std::hint::black_box(&m);
+                on_data(&m);
                 sent += 1;
             }
             other => {
@@ -96,4 +101,24 @@ pub(crate) fn drain(cmx: &mut Cmx, provider: &Provider, now: UnixMillis) -> usiz
         }
     }
     sent
+}
+
+/// Before measuring: a device request through a fresh engine and `provider`
+/// gets one response, of the shape the engine's invariants require, carrying
+/// the provider's configuration (a benchmark of an engine that answers errors
+/// would measure nothing).
+pub(crate) fn check_answers(provider: &Provider) {
+    let now = UnixMillis(1_000_000);
+    let mut cmx = Cmx::new(config()).expect("a valid configuration");
+    let ep = endpoint_id(0);
+    let cd = client_data(&ep, "/config/json", br#"{"observe":true}"#);
+    cmx.handle_client_data(&cd, Some(REPLY_TO), now);
+    let sent = drain_with(&mut cmx, provider, now, |m| {
+        let config = check_response(m, |_| false).unwrap_or_else(|v| panic!("{v}"));
+        assert!(
+            matches!(&config, Some(CmpResponse::Config { config_id, .. }) if *config_id == provider.config_id(&ep)),
+            "not the provider's configuration: {m:?}"
+        );
+    });
+    assert_eq!(sent, 1, "one response to one request");
 }

@@ -79,6 +79,13 @@ pub struct CmxConfig {
     /// The application versions served; `None` serves any. A request for another
     /// app version is answered 404.
     pub app_versions: Option<HashSet<String>>,
+    /// Replicas (kaa-rs extension): for this long after a membership change,
+    /// endpoints the engine starts tracking count as *adopted* (a
+    /// `ConfigUpdated` for any name is pushed to them), because while the
+    /// replicas' views differ another replica may have served names of theirs
+    /// it then let go. Should exceed how long replicas' views of a change can
+    /// differ. Default 10 s.
+    pub membership_settle: Duration,
 }
 
 impl CmxConfig {
@@ -108,6 +115,7 @@ impl CmxConfig {
             correlation_prefix: None,
             broadcast_implicit_applied: false,
             app_versions: None,
+            membership_settle: Duration::from_secs(10),
         }
     }
 

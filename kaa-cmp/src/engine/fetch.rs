@@ -31,11 +31,13 @@ pub(super) struct Pending {
 /// What a CDTP answer (or its absence) comes to.
 pub(super) enum Fetched {
     /// The current configuration; `payload` is the 7/CMP response JSON.
-    Config { id: Box<str>, payload: Bytes },
+    Config { id: Arc<str>, payload: Bytes },
     /// The configuration asked about is current.
     Unchanged,
     /// No usable answer.
     Failed { status: i32, reason: String },
+    /// No answer within the CDTP timeout (a 504 to whoever waits).
+    TimedOut { reason: String },
 }
 
 impl Cmx {
@@ -144,7 +146,12 @@ impl Cmx {
             .endpoints
             .get(p.slot)
             .and_then(|e| self.app_versions.get(e.app_version));
-        if p.stale || current_version.is_none_or(|a| **a != *p.app_version) {
+        // A timeout is never asked again for staleness: there is no answer that
+        // could predate a change, and the devices waiting were promised an answer
+        // within the CDTP timeout (a `ConfigUpdated` during every wait would
+        // otherwise keep them waiting for ever). A wanted push is retried.
+        let timed_out = matches!(fetched, Fetched::TimedOut { .. });
+        if !timed_out && (p.stale || current_version.is_none_or(|a| **a != *p.app_version)) {
             // The answer may predate a change the engine has heard of: ask again.
             self.stats.cdtp_responses_stale += 1;
             let waiters = std::mem::take(&mut p.waiters);
@@ -153,6 +160,7 @@ impl Cmx {
         }
         match fetched {
             Fetched::Failed { status, reason } => self.fetch_failed(p, status, &reason, now),
+            Fetched::TimedOut { reason } => self.fetch_failed(p, 504, &reason, now),
             Fetched::Unchanged => match p.asked.clone() {
                 Some(asked) => self.deliver(p, &asked, None, now),
                 None => self.fetch_failed(
@@ -202,12 +210,12 @@ impl Cmx {
                     implicit = Some((w.correlation_id.clone(), w.app_version.clone()));
                 }
                 if w.request_id.is_some() {
-                    self.answer(&w, 200, None, Some(Bytes::from_static(UNCHANGED_JSON)), now);
+                    self.answer(w, 200, None, Some(Bytes::from_static(UNCHANGED_JSON)), now);
                 }
             } else if let Some(payload) = &payload {
                 device_has_it = true;
                 // Without a request ID this goes out as a push.
-                self.answer(&w, 200, None, Some(payload.clone()), now);
+                self.answer(w, 200, None, Some(payload.clone()), now);
             } else {
                 need_content.push(w);
             }
@@ -227,6 +235,7 @@ impl Cmx {
         let h = config_ids.acquire(id);
         if device_has_it {
             config_ids.set(&mut ns.holds, h);
+            ns.delivered_at = now.0 as u32;
         }
         let absent = id.is_empty();
         let want_push = connected
@@ -251,6 +260,7 @@ impl Cmx {
         ns.attempts = 0;
         if want_push {
             config_ids.set(&mut ns.holds, h);
+            ns.delivered_at = now.0 as u32;
         }
         config_ids.release(h);
         if want_push && let Some(payload) = payload {
@@ -292,8 +302,13 @@ pub(super) fn bad_answer(reason: impl Into<String>) -> Fetched {
 
 /// What a CDTP response means for a request that asked about `asked` (the
 /// 6/CDTP rules are `kaa_cdtp`'s [`CdtpResponse::read`]; 7/CMP adds that the
-/// content must be JSON).
-pub(super) fn interpret(msg: &CdtpResponse<'_>, asked: Option<&str>) -> Fetched {
+/// content must be JSON). `recent` spares the JSON check and the building of the
+/// 7/CMP answer when the same configuration came a moment ago.
+pub(super) fn interpret(
+    msg: &CdtpResponse<'_>,
+    asked: Option<&str>,
+    recent: &mut RecentConfigs,
+) -> Fetched {
     match msg.read(asked) {
         ConfigAnswer::Unchanged => Fetched::Unchanged,
         // The provider has no configuration for the endpoint: 7/CMP's absent
@@ -320,15 +335,79 @@ pub(super) fn interpret(msg: &CdtpResponse<'_>, asked: Option<&str>) -> Fetched 
         )),
         ConfigAnswer::Invalid(e) => bad_answer(e.to_string()),
         ConfigAnswer::Config { config_id, content } => {
+            if let Some(hit) = recent.get(config_id, content) {
+                return hit;
+            }
             if serde_json::from_slice::<JsonCheck>(content).is_err() {
                 return bad_answer("the configuration provider sent content that is not JSON");
             }
-            Fetched::Config {
-                id: config_id.into(),
-                payload: Bytes::from(ConfigResponse::encode_raw(config_id, content)),
-            }
+            let id: Arc<str> = config_id.into();
+            let payload = Bytes::from(ConfigResponse::encode_raw(config_id, content));
+            recent.insert(&id, &payload, content.len());
+            Fetched::Config { id, payload }
         }
         _ => bad_answer("the configuration provider's answer is not understood"),
+    }
+}
+
+/// The last few configurations the provider sent, checked and built into 7/CMP
+/// answers: most endpoints of a fleet hold the same few configurations (their
+/// app version's default), so most answers are a configuration checked a moment
+/// ago. A hit needs the same config ID *and* byte-for-byte the same content (the
+/// content is compared, not trusted by its ID), and gives the same answer the
+/// check and the build would: the JSON check and the answer's allocation are
+/// skipped. Bounded: [`RECENT_CONFIGS`] entries of at most
+/// [`RECENT_CONFIG_MAX_BYTES`] content each, replaced round-robin.
+#[derive(Default)]
+pub(super) struct RecentConfigs {
+    entries: Vec<RecentConfig>,
+    next: usize,
+}
+
+struct RecentConfig {
+    id: Arc<str>,
+    /// The 7/CMP answer; the content is its `content` range.
+    payload: Bytes,
+    content: std::ops::Range<usize>,
+}
+
+/// How many configurations [`RecentConfigs`] keeps.
+pub(super) const RECENT_CONFIGS: usize = 16;
+/// The largest configuration [`RecentConfigs`] keeps (larger ones are checked
+/// every time; comparing them would cost about as much).
+pub(super) const RECENT_CONFIG_MAX_BYTES: usize = 64 * 1024;
+
+impl RecentConfigs {
+    fn get(&self, id: &str, content: &[u8]) -> Option<Fetched> {
+        if content.len() > RECENT_CONFIG_MAX_BYTES {
+            return None;
+        }
+        self.entries
+            .iter()
+            .find(|e| *e.id == *id && e.payload.get(e.content.clone()) == Some(content))
+            .map(|e| Fetched::Config {
+                id: Arc::clone(&e.id),
+                payload: e.payload.clone(),
+            })
+    }
+
+    fn insert(&mut self, id: &Arc<str>, payload: &Bytes, content_len: usize) {
+        if content_len > RECENT_CONFIG_MAX_BYTES {
+            return;
+        }
+        // `encode_raw` ends the answer with the content and one `}`.
+        let end = payload.len() - 1;
+        let entry = RecentConfig {
+            id: Arc::clone(id),
+            payload: payload.clone(),
+            content: end - content_len..end,
+        };
+        if self.entries.len() < RECENT_CONFIGS {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % RECENT_CONFIGS;
+        }
     }
 }
 

@@ -32,6 +32,10 @@ impl Cmx {
             Input::ClientData { message, reply_to } => {
                 self.handle_client_data(&message, reply_to, now)
             }
+            Input::HandedOver { message, reply_to } => {
+                self.handle_handed_over(&message, reply_to, now)
+            }
+            Input::Members(replicas) => self.set_members(replicas, now),
             Input::ConfigResponse(m) => self.handle_config_response(&m, now),
             Input::ConfigUpdated(m) => self.handle_config_updated(&m, now),
             Input::Event(e) => self.handle_elce_event(&e, now),
@@ -63,8 +67,25 @@ impl Cmx {
         if self.bus_connections > 1 {
             self.resync(now);
         }
+        self.send_sessions_request(SessionsPurpose::BusConnected, now);
+    }
+
+    /// Asks the communication service for its sessions: `<prefix>-sessions-<n>`
+    /// after a bus connect, `<prefix>-takeover-<n>` after a membership change
+    /// (the answers carry the request's correlation ID back).
+    pub(super) fn send_sessions_request(&mut self, purpose: SessionsPurpose, now: UnixMillis) {
         self.stats.sessions_requests += 1;
-        let correlation_id = format!("{}-sessions-{}", self.settings.prefix, self.bus_connections);
+        let correlation_id = match purpose {
+            SessionsPurpose::BusConnected => {
+                format!("{}-sessions-{}", self.settings.prefix, self.bus_connections)
+            }
+            // The number is the last endpoint incarnation before the request:
+            // endpoints the engine learns after it are taken over too.
+            SessionsPurpose::TakeOver => format!(
+                "{}-takeover-{}",
+                self.settings.prefix, self.next_incarnation
+            ),
+        };
         self.out
             .push_back(Output::SessionsRequest(OutgoingSessionsRequest {
                 subject: Arc::clone(&self.settings.sessions_request_subject),
@@ -76,13 +97,41 @@ impl Cmx {
     }
 
     /// [`Input::Sessions`]: [`Cmx::adopt_session`] for every endpoint listed.
+    /// With replicas, only the endpoints this replica owns are adopted, and an
+    /// answer to a take-over request (after a membership change) adopts only
+    /// the endpoints the engine did not know when it sent the request (it
+    /// serves the others already); one it learned since (e.g. from a device
+    /// request) is adopted, as its `connected` may have gone to the previous
+    /// owner.
     pub(super) fn handle_sessions(&mut self, msg: &SessionsResponse<'_>, now: UnixMillis) {
         self.stats.sessions_responses += 1;
+        // An answer to a take-over request: the endpoints known when it was
+        // sent are served already.
+        let known_before: Option<u32> = msg
+            .correlation_id
+            .strip_prefix(self.settings.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix("-takeover-"))
+            .and_then(|n| n.parse().ok());
         let mut paths: Vec<&str> = Vec::new();
         for s in &msg.endpoints {
+            if let Some(before) = known_before
+                && self
+                    .endpoints
+                    .find(&s.endpoint_id)
+                    .and_then(|slot| self.endpoints.get(slot))
+                    .is_some_and(|e| e.incarnation <= before)
+            {
+                continue;
+            }
             paths.clear();
             paths.extend(s.resource_paths.iter().map(|p| &**p));
-            self.adopt_session(&s.endpoint_id, &s.app_version_name, &paths, now);
+            self.adopt_session_from(
+                &s.endpoint_id,
+                &s.app_version_name,
+                &paths,
+                Some(&msg.originator_replica_id),
+                now,
+            );
         }
     }
 
@@ -98,8 +147,28 @@ impl Cmx {
     }
 
     /// A device's message, forwarded by a communication service, with the NATS
-    /// `replyTo` it came with (session affinity for the answer).
+    /// `replyTo` it came with (session affinity for the answer). With replicas
+    /// (kaa-rs extension), a message about an endpoint another replica owns is
+    /// handed over to it ([`Output::HandOver`]) and not counted in
+    /// [`Stats::client_data`] here.
     pub fn handle_client_data(
+        &mut self,
+        msg: &ClientData<'_>,
+        reply_to: Option<&str>,
+        now: UnixMillis,
+    ) {
+        if let Some(id) = msg.endpoint_id.as_deref()
+            && !id.is_empty()
+            && !msg.is_expired(now)
+            && self.hand_over(msg, reply_to, id, now)
+        {
+            return;
+        }
+        self.serve_client_data(msg, reply_to, now);
+    }
+
+    /// [`Cmx::handle_client_data`] on this replica.
+    pub(super) fn serve_client_data(
         &mut self,
         msg: &ClientData<'_>,
         reply_to: Option<&str>,
@@ -161,7 +230,7 @@ impl Cmx {
                 self.config_request(&r, endpoint_id, written, &msg.payload, now)
             }
             ResourceKind::Applied => {
-                self.applied_request(&r, endpoint_id, written, &msg.payload, now)
+                self.applied_request(&r, endpoint_id, written, &msg.payload, true, now)
             }
         }
     }
@@ -188,7 +257,7 @@ impl Cmx {
                 ),
             }
         } else {
-            interpret(msg, p.asked.as_deref())
+            interpret(msg, p.asked.as_deref(), &mut self.recent_configs)
         };
         if matches!(fetched, Fetched::Failed { .. }) {
             self.stats.provider_errors += 1;
@@ -201,6 +270,11 @@ impl Cmx {
     /// (see the module docs for why).
     pub fn handle_config_updated(&mut self, msg: &ConfigUpdated<'_>, now: UnixMillis) {
         self.stats.config_updates += 1;
+        if !self.owns(&msg.endpoint_id) {
+            self.stats.not_owned_ignored += 1;
+            self.stats.config_updates_ignored += 1;
+            return;
+        }
         let same_version = |cmx: &Self, slot: u32| {
             cmx.endpoints.get(slot).is_some_and(|e| {
                 cmx.app_versions
@@ -259,13 +333,21 @@ impl Cmx {
     /// each endpoint, with no resource paths.
     pub fn adopt_sessions(&mut self, msg: &ConnectedEvent<'_>, now: UnixMillis) {
         for (endpoint_id, app_version) in &msg.endpoints {
-            self.adopt_session(endpoint_id, app_version, &[], now);
+            self.adopt_session_from(
+                endpoint_id,
+                app_version,
+                &[],
+                Some(&msg.originator_replica_id),
+                now,
+            );
         }
     }
 
     /// One endpoint a communication service holds a session for, with the
     /// resource paths the session has used with this extension (e.g.
-    /// `/config/json`, `/config/json/network`), e.g. for an engine that restarted
+    /// `/config/json`, `/config/json/network`, `/applied/json/network`: a
+    /// configuration request or an applied report names a configuration the
+    /// device uses), e.g. for an engine that restarted
     /// while the session stayed up. The endpoint counts as connected, as by
     /// [`Cmx::handle_connected`], and the configuration names in the paths count as
     /// used, so it gets every one of them it has not reported applied. One this
@@ -279,7 +361,25 @@ impl Cmx {
         resource_paths: &[&str],
         now: UnixMillis,
     ) {
+        self.adopt_session_from(endpoint_id, app_version, resource_paths, None, now);
+    }
+
+    /// [`Cmx::adopt_session`] for a session communication service replica
+    /// `replica` reported: when the endpoint's replica subject names that
+    /// replica, it stays (see [`Cmx::handle_connected`]).
+    fn adopt_session_from(
+        &mut self,
+        endpoint_id: &str,
+        app_version: &str,
+        resource_paths: &[&str],
+        replica: Option<&str>,
+        now: UnixMillis,
+    ) {
         if endpoint_id.is_empty() {
+            return;
+        }
+        if !self.owns(endpoint_id) {
+            self.stats.not_owned_ignored += 1;
             return;
         }
         let new = self.endpoints.find(endpoint_id).is_none();
@@ -288,14 +388,19 @@ impl Cmx {
             return;
         };
         for path in resource_paths {
-            if let Ok(r) = ResourcePath::parse(path)
-                && r.kind() == ResourceKind::Config
-            {
-                let _ = self.name_of(slot, r.name(), true);
+            // A configuration request or an applied report: either way the
+            // device uses that configuration.
+            if let Ok(r) = ResourcePath::parse(path) {
+                let _ = self.name_of(slot, r.name(), r.kind() == ResourceKind::Config);
             }
         }
-        // A session the engine did not see start: the affinity it knew is stale.
-        self.set_reply(slot, NONE);
+        // A session the engine did not see start: the affinity it knew is stale,
+        // unless it names the replica that reported the session (dropping it
+        // would let the next push overtake what is queued on it: seen in
+        // `fault_replicas`, nats-node-kill, after CMX's re-synchronization).
+        if !replica.is_some_and(|r| self.affinity_names(slot, r)) {
+            self.set_reply(slot, NONE);
+        }
         self.endpoints.set_connected(slot, true, now);
         if new && let Some(e) = self.endpoints.get_mut(slot) {
             e.adopted = true;
@@ -309,6 +414,10 @@ impl Cmx {
             if endpoint_id.is_empty() {
                 continue;
             }
+            if !self.owns(endpoint_id) {
+                self.stats.not_owned_ignored += 1;
+                continue;
+            }
             let Some(slot) = self.track(
                 endpoint_id,
                 app_version,
@@ -317,11 +426,37 @@ impl Cmx {
             ) else {
                 continue;
             };
-            // A new session: the affinity of the previous one is gone.
-            self.set_reply(slot, NONE);
+            // A new session: the affinity of the previous one is gone. Unless
+            // the session is on the replica the affinity names, or the event is
+            // older than the device message that set it: `connected` and the
+            // device's first request take different paths (with replicas, the
+            // request may be handed over first), so the request of this very
+            // session can arrive first; dropping its replica subject then sends
+            // the next push on the instance-wide subject, where it can overtake
+            // the answer still queued on the replica subject (found by the
+            // `fault_replicas` test, kpc-kill).
+            let keep = self.affinity_names(slot, &msg.originator_replica_id)
+                || self
+                    .endpoints
+                    .get(slot)
+                    .is_some_and(|e| e.reply_to != NONE && msg.timestamp < e.reply_at);
+            if !keep {
+                self.set_reply(slot, NONE);
+            }
             self.endpoints.set_connected(slot, true, now);
             self.trigger_all(slot, PushMode::IfNotApplied, now);
         }
+    }
+
+    /// Whether the endpoint's replica subject (session affinity) is communication
+    /// service replica `replica`'s.
+    fn affinity_names(&self, slot: u32, replica: &str) -> bool {
+        self.endpoints.get(slot).is_some_and(|e| {
+            e.reply_to != NONE
+                && self.replies.get(e.reply_to).is_some_and(|s| {
+                    matches!(Subject::parse(s), Ok(Subject::Replica(r)) if r.replica() == replica)
+                })
+        })
     }
 
     /// Endpoints' communication sessions ended.

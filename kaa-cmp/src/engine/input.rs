@@ -25,6 +25,19 @@ pub enum Input<'a> {
         /// The NATS `replyTo`.
         reply_to: Option<&'a str>,
     },
+    /// 4/ESP `ClientData` on this replica's own subject
+    /// (`kaa.v1.replica.<replica>.esp.ClientData`): handed over by another
+    /// replica of this CMX instance that does not own the endpoint (kaa-rs
+    /// extension, see "Replicas" in the [engine docs](super)), with the
+    /// communication service's original `replyTo`. Served here and never
+    /// handed over again ([`Cmx::handle_handed_over`](super::Cmx::handle_handed_over)).
+    /// Its [`Input::kind`] is [`InputKind::ClientData`].
+    HandedOver {
+        /// The message.
+        message: ClientData<'a>,
+        /// The NATS `replyTo` (the communication service's, carried over).
+        reply_to: Option<&'a str>,
+    },
     /// 6/CDTP `ConfigResponse` on this replica's response subject.
     ConfigResponse(ConfigResponse<'a>),
     /// 6/CDTP `ConfigUpdated` broadcast by the provider.
@@ -39,6 +52,11 @@ pub enum Input<'a> {
     /// The provider (re)started and may have lost `ConfigUpdated` broadcasts
     /// (kaa-rs extension, [`kaa_cdtp::ProviderStarted`]).
     ProviderStarted(ProviderStarted<'a>),
+    /// The live replicas of this CMX instance changed (kaa-rs extension, from
+    /// the driver: e.g. a JetStream key-value bucket of heartbeats); see
+    /// [`Cmx::set_members`](super::Cmx::set_members). Replica IDs; an empty
+    /// list turns membership off (this replica serves every endpoint).
+    Members(&'a [&'a str]),
     /// The engine's deadline ([`Cmx::poll_timeout`](super::Cmx::poll_timeout))
     /// passed.
     Timeout,
@@ -54,12 +72,13 @@ impl Input<'_> {
     /// Which kind of input this is.
     pub fn kind(&self) -> InputKind {
         match self {
-            Input::ClientData { .. } => InputKind::ClientData,
+            Input::ClientData { .. } | Input::HandedOver { .. } => InputKind::ClientData,
             Input::ConfigResponse(_) => InputKind::ConfigResponse,
             Input::ConfigUpdated(_) => InputKind::ConfigUpdated,
             Input::Event(_) => InputKind::Event,
             Input::Sessions(_) => InputKind::Sessions,
             Input::ProviderStarted(_) => InputKind::ProviderStarted,
+            Input::Members(_) => InputKind::Members,
             Input::Timeout => InputKind::Timeout,
             Input::BusConnected => InputKind::BusConnected,
         }
@@ -69,13 +88,15 @@ impl Input<'_> {
     /// inputs).
     pub fn correlation_id(&self) -> Option<&str> {
         match self {
-            Input::ClientData { message, .. } => Some(&message.correlation_id),
+            Input::ClientData { message, .. } | Input::HandedOver { message, .. } => {
+                Some(&message.correlation_id)
+            }
             Input::ConfigResponse(m) => Some(&m.correlation_id),
             Input::ConfigUpdated(m) => Some(&m.correlation_id),
             Input::Event(e) => Some(e.correlation_id()),
             Input::Sessions(m) => Some(&m.correlation_id),
             Input::ProviderStarted(m) => Some(&m.correlation_id),
-            Input::Timeout | Input::BusConnected => None,
+            Input::Members(_) | Input::Timeout | Input::BusConnected => None,
         }
     }
 }
@@ -96,6 +117,8 @@ pub enum InputKind {
     Sessions,
     /// [`Input::ProviderStarted`].
     ProviderStarted,
+    /// [`Input::Members`].
+    Members,
     /// [`Input::Timeout`].
     Timeout,
     /// [`Input::BusConnected`].
@@ -112,6 +135,7 @@ impl InputKind {
             InputKind::Event => "elce_event",
             InputKind::Sessions => "sessions_response",
             InputKind::ProviderStarted => "provider_started",
+            InputKind::Members => "members",
             InputKind::Timeout => "timeout",
             InputKind::BusConnected => "bus_connected",
         }
@@ -171,6 +195,23 @@ pub(super) fn decode<'a>(
     use kaa_cdtp::subject::MessageType as Cdtp;
     use kaa_esp::subject::MessageType as Esp;
     let malformed = |kind| move |source| InputError::Malformed { kind, source };
+    // The hot subjects first, by exact comparison with this engine's own
+    // (literal) subjects: one comparison instead of parsing the subject up to
+    // four times. Any other subject takes the general path below, which
+    // classifies these the same way.
+    if subject == subs.cdtp_responses.as_str() {
+        return ConfigResponse::decode(datum)
+            .map(Input::ConfigResponse)
+            .map_err(malformed(InputKind::ConfigResponse));
+    }
+    if subject == subs.client_data.instance_wide.as_str() {
+        let message = ClientData::decode(datum).map_err(malformed(InputKind::ClientData))?;
+        return Ok(Input::ClientData { message, reply_to });
+    }
+    if subject == subs.client_data.replica.as_str() {
+        let message = ClientData::decode(datum).map_err(malformed(InputKind::ClientData))?;
+        return Ok(Input::HandedOver { message, reply_to });
+    }
     if Esp::of_subject(subject) == Some(Esp::ClientData) {
         let message = ClientData::decode(datum).map_err(malformed(InputKind::ClientData))?;
         return Ok(Input::ClientData { message, reply_to });

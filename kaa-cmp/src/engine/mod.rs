@@ -34,7 +34,7 @@
 //!
 //! | input | subject | from | handled by |
 //! |---|---|---|---|
-//! | 4/ESP `ClientData` (+ NATS `replyTo`) | `kaa.v1.service.<cmx>.esp.ClientData` (queue group `<cmx>`), `kaa.v1.replica.<replica>.esp.ClientData` | communication service (KPC) | [`Cmx::handle_client_data`] |
+//! | 4/ESP `ClientData` (+ NATS `replyTo`) | `kaa.v1.service.<cmx>.esp.ClientData` (queue group `<cmx>`) | communication service (KPC) | [`Cmx::handle_client_data`] |
 //! | 6/CDTP `ConfigResponse` | `kaa.v1.replica.<replica>.cdtp.response` | provider (ECR), on the request's `replyTo` | [`Cmx::handle_config_response`] |
 //! | 6/CDTP `ConfigUpdated` | `kaa.v1.events.<provider>.endpoint.config.updated` | provider broadcast | [`Cmx::handle_config_updated`] |
 //! | 9/ELCE `connected`, `disconnected` | `kaa.v1.events.*.endpoint.connectivity.*` | communication service broadcast | [`Cmx::handle_connected`], [`Cmx::handle_disconnected`] |
@@ -43,6 +43,8 @@
 //! | kaa-rs `ProviderStarted` | `kaa.v1.events.<provider>.provider.started` | provider broadcast | [`Cmx::resync`] |
 //! | [`Input::Timeout`] | — | the driver's timer at [`Cmx::poll_timeout`] | [`Cmx::handle_timeout`] |
 //! | [`Input::BusConnected`] | — | the driver: subscriptions in effect (start, reconnect) | [`Output::SessionsRequest`]; [`Cmx::resync`] after a reconnect |
+//! | [`Input::HandedOver`]: 4/ESP `ClientData` (+ NATS `replyTo`) | `kaa.v1.replica.<replica>.esp.ClientData` | another replica of this CMX instance handing over (kaa-rs), or a communication service addressing this replica | [`Cmx::handle_handed_over`]: served here, never handed on (without members, exactly as [`Cmx::handle_client_data`]) |
+//! | [`Input::Members`] (kaa-rs) | — | the driver: the live replicas of this instance changed | [`Cmx::set_members`] |
 //!
 //! 9/ELCE `registered` and traffic reports decode and are ignored; endpoint
 //! event types this version does not know are [`InputError::UnusedEvent`].
@@ -61,6 +63,9 @@
 //! - [`Output::SessionsRequest`] (kaa-rs extension): published to
 //!   `kaa.v1.service.<kpc>.elce.SessionsRequest` with `replyTo`
 //!   `kaa.v1.replica.<replica>.elce.SessionsResponse`.
+//! - [`Output::HandOver`] (kaa-rs extension): a device's `ClientData` as it
+//!   came, to `kaa.v1.replica.<owner>.esp.ClientData` with the `replyTo` it
+//!   came with.
 //!
 //! # Behaviour
 //!
@@ -101,7 +106,11 @@
 //! [`Cmx::adopt_session`]: such *adopted* endpoints count as connected, the names
 //! in the paths count as used, and they get what they have not reported applied;
 //! in case the list is incomplete, a `ConfigUpdated` for any name is pushed to
-//! them (to other endpoints only for the names they used).
+//! them (to other endpoints only for the names they used). The sessions answer
+//! after a reconnect lists endpoints the engine already knows, too: they are
+//! pushed again what they have not reported applied (a push sent around the
+//! outage may be lost), so a real reconnect may repeat a push; a driver must
+//! not signal a reconnect that did not happen.
 //!
 //! **Never older after newer.** Config IDs are opaque, and on NATS a
 //! `ConfigUpdated` broadcast, a CDTP response, a redelivery and a late answer
@@ -114,8 +123,83 @@
 //! latest `ConfigUpdated` (or app version change) is not delivered: the
 //! configuration is requested again and the device gets the newer answer. A
 //! response that comes after its deadline, or twice, matches nothing and is
-//! dropped. (This assumes one CMX replica serves a given endpoint at a time, as
-//! session affinity arranges.)
+//! dropped. This needs one CMX replica serving a given endpoint at a time:
+//! with several replicas, membership arranges it (next section).
+//!
+//! **Replicas** (kaa-rs extension). A communication service as Kaa ships it
+//! publishes every `ClientData` on the instance-wide subject, and the NATS
+//! queue group hands it to any replica; broadcasts reach every replica. Each
+//! replica keeping its own endpoint state would break every guarantee above,
+//! so replicas of one instance share the work *by endpoint*: each endpoint is
+//! served by exactly one live replica at a time, its **owner**.
+//!
+//! - *Members.* The driver tells the engine the live replicas of its instance
+//!   ([`Input::Members`], [`Cmx::set_members`]) whenever they change; the
+//!   engine keeps no clock and no consensus of its own (kaa-cmx keeps the
+//!   members in a NATS JetStream key-value bucket with heartbeats and expiry).
+//!   No members (the default) or an empty list: this replica serves every
+//!   endpoint, exactly as a single CMX.
+//! - *Owner.* Rendezvous (highest-random-weight) hashing: the owner of an
+//!   endpoint is the member with the highest
+//!   `w(replica, endpoint) = splitmix64_finalize(fnv1a_64(replica ‖ 0xFF ‖ endpoint))`
+//!   over the UTF-8 bytes of the IDs (ties: the greater replica ID);
+//!   [`rendezvous_weight`] and [`rendezvous_owner`] are that function. Every
+//!   replica with the same member list computes the same owner; when a member
+//!   joins only the endpoints it now owns move (to it), when one leaves only
+//!   its endpoints move.
+//! - *Hand-over.* `ClientData` about an endpoint another replica owns is not
+//!   served: it becomes an [`Output::HandOver`], the same datum to the owner's
+//!   replica subject with the communication service's `replyTo`, so the
+//!   owner's answer goes straight to the communication service replica.
+//!   `ClientData` on a replica's own subject ([`Input::HandedOver`]) is never
+//!   handed over again (no forwarding loops): the owner serves it; a replica
+//!   that does not own the endpoint in its view (the members' views differ for
+//!   a moment) does not take the endpoint's state, which would put two
+//!   replicas' CDTP requests in flight for it: it answers a configuration
+//!   request 503 (the device retries and reaches the owner) and broadcasts an
+//!   applied report without bookkeeping ([`Stats::handed_over_not_owned`]).
+//! - *Filters.* `connected` events (per endpoint listed), `ConfigUpdated` and
+//!   sessions answers about endpoints another replica owns are ignored
+//!   ([`Stats::not_owned_ignored`]); the other events only concern endpoints
+//!   the engine tracks, which it owns.
+//! - *Membership changes.* Endpoints another replica owns now are forgotten:
+//!   devices still waiting on them get a 503 (their retry reaches the new
+//!   owner) and CDTP answers still to come for them match nothing. If the
+//!   replica may have gained endpoints (a member left, it joined, or
+//!   membership turned off) it asks the communication service for its
+//!   sessions ([`Output::SessionsRequest`], correlation ID
+//!   `<prefix>-takeover-<n>`) and adopts the sessions it owns that it did not
+//!   know when it asked ([`Cmx::adopt_session`]): a fresh fetch, and a push of
+//!   what the device has not reported applied. The new owner knows what a
+//!   restarted CMX knows: the sessions and the paths they used, not what each
+//!   device reported applied (so a device may get a configuration it holds
+//!   once more; counted by the model test), nor a configuration it rejected,
+//!   nor an earlier `observe: false` (so such a device may get one push after
+//!   a move, as after a restart).
+//! - *While views differ.* Replicas learn a membership change at about the
+//!   same time, not at the same instant; for that moment two replicas may
+//!   both act on an endpoint (a duplicate fetch or push), which the model's
+//!   lagging-views property counts; once they agree the guarantees hold again.
+//!   A replica that was behind may have served names of an endpoint it then
+//!   lets go, so for [`CmxConfig::membership_settle`] after a change the
+//!   endpoints an engine starts tracking count as adopted (a `ConfigUpdated`
+//!   for any name is pushed to them). The driver must hand over every
+//!   membership change, in order: a replica that joined and left in between
+//!   may have served endpoints, and seeing it leave is what makes the others
+//!   take them over.
+//! - *Order of a device's requests.* A device's requests may reach the owner
+//!   out of order (one handed over, the next direct): with more than one
+//!   member, `observe` is taken from the newest request by `ClientData`
+//!   timestamp (the communication service's clock; KPC replicas' clocks should
+//!   agree within the time between a device's requests),
+//!   [`Stats::observe_out_of_order`].
+//!
+//! With these, the guarantees above hold across replicas between membership
+//! changes (the model test `tests/replicas_model.rs` checks them with two and
+//! three engines, a router playing NATS and replicas stopping, crashing and
+//! starting at arbitrary points): at most one CDTP request in flight per
+//! endpoint and name over all replicas, never an older configuration after a
+//! newer one to a device, pushes only from the owner.
 //!
 //! **App versions.** An endpoint's app version comes from its requests
 //! (`ClientData.appVersionName`), `connected` and `appversion-updated`. These
@@ -129,6 +213,31 @@
 //! 200 response. A `configId` in a configuration request counts as applied for the
 //! engine's bookkeeping (implicit application); broadcasting it is optional
 //! ([`CmxConfig::broadcast_implicit_applied`]).
+//!
+//! **Deliveries overtaking each other.** An answer goes to the replica that
+//! forwarded the request, a push to the replica the engine last heard from or,
+//! after a new session, to the communication service's instance-wide subject;
+//! the two can reach the device in the other order (seen after a KPC restart:
+//! the answer with the older configuration arrived after the push of the newer
+//! one). A 2xx applied report stamped (`ClientData` timestamp) after the engine's
+//! last delivery of that configuration, naming another configuration than the
+//! one delivered, may show it, or may merely have crossed the delivery on its
+//! way: after a push retry delay ([`CmxConfig::push_retry_delay`]) the engine
+//! fetches the current configuration and pushes it unless the device has
+//! reported it applied by then ([`Stats::applied_behind_delivery`]). The stamp is the communication
+//! service's clock against the engine's; with clocks apart by more than the
+//! reordering, a reordered delivery is not noticed this way (and a report
+//! that crossed a delivery costs one redundant fetch).
+//! A `connected` event from the replica the endpoint's replica subject names,
+//! or stamped before the device message that set that subject (the session's
+//! own request, handed over or simply faster than the event), leaves that
+//! subject in place, so the pushes that follow take the same subject as the
+//! answer and cannot overtake it (seen with two KPC replicas when one was
+//! killed and its devices moved to the other:
+//! `examples/tests/fault_replicas.rs`); a `connected` event from another
+//! replica, stamped at or after that message, still resets it. Sessions a
+//! replica lists again ([`Cmx::adopt_sessions`], a sessions response) keep the
+//! subject when it names that replica.
 //!
 //! **Which configuration.** The resource path names it: the 1/KP topic after
 //! the token, so it is what the device addressed, and the answer goes back on
@@ -169,6 +278,7 @@ mod config;
 mod fetch;
 mod handle;
 mod input;
+mod members;
 mod output;
 mod push;
 mod reply;
@@ -180,9 +290,10 @@ mod tracking;
 
 pub use config::{CmxConfig, ConfigError};
 pub use input::{Input, InputError, InputKind};
+pub use members::{rendezvous_owner, rendezvous_weight};
 pub use output::{
-    OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData, OutgoingSessionsRequest,
-    Output,
+    OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData, OutgoingHandOver,
+    OutgoingSessionsRequest, Output,
 };
 pub use stats::{Refusal, RefusalCounts, RefusalReason, Stats};
 
@@ -207,7 +318,8 @@ use kaa_ism::subject::{ServiceSubject, Subject, SubjectFilter, Token};
 use crate::intern::{Interner, NONE};
 use crate::message::{AppliedRequest, ConfigRequest, ConfigResponse, PayloadError, UNCHANGED_JSON};
 use crate::resource::{self, CONFIG_JSON, ResourceKind, ResourcePath};
-use fetch::{Fetched, Pending, Waiter, interpret};
+use fetch::{Fetched, Pending, RecentConfigs, Waiter, interpret};
+use members::{Membership, SessionsPurpose};
 use reply::Reply;
 use requests::resolve_name;
 use state::{Endpoint, Endpoints, NameState, Observe, PushMode};
@@ -329,6 +441,10 @@ pub struct Cmx {
     next_incarnation: u32,
     /// How many times the bus connected ([`Input::BusConnected`]).
     bus_connections: u64,
+    /// Configurations checked and built into 7/CMP answers a moment ago.
+    recent_configs: RecentConfigs,
+    /// The live replicas of this instance (kaa-rs extension).
+    membership: Membership,
     stats: Stats,
 }
 
@@ -432,6 +548,8 @@ impl Cmx {
             next_seq: 1,
             next_incarnation: 0,
             bus_connections: 0,
+            recent_configs: RecentConfigs::default(),
+            membership: Membership::default(),
             stats: Stats::default(),
         })
     }

@@ -30,6 +30,11 @@ pub enum Output {
     /// `reply_to`. The answers come back as
     /// [`Input::Sessions`](super::Input::Sessions).
     SessionsRequest(OutgoingSessionsRequest),
+    /// A device's `ClientData` about an endpoint another replica of this CMX
+    /// instance owns, handed over to that replica's subject with the same
+    /// datum and the communication service's `replyTo` (kaa-rs extension, see
+    /// "Replicas" in the [engine docs](super)).
+    HandOver(OutgoingHandOver),
 }
 
 impl Output {
@@ -40,14 +45,17 @@ impl Output {
             Output::ConfigRequest(m) => &m.subject,
             Output::ConfigApplied(m) => &m.subject,
             Output::SessionsRequest(m) => &m.subject,
+            Output::HandOver(m) => &m.subject,
         }
     }
 
-    /// The NATS `replyTo` to publish with (CDTP and sessions requests have one).
+    /// The NATS `replyTo` to publish with (CDTP and sessions requests have
+    /// one; a hand-over carries the device request's).
     pub fn reply_to(&self) -> Option<&str> {
         match self {
             Output::ConfigRequest(m) => Some(&m.reply_to),
             Output::SessionsRequest(m) => Some(&m.reply_to),
+            Output::HandOver(m) => m.reply_to.as_deref(),
             _ => None,
         }
     }
@@ -59,6 +67,7 @@ impl Output {
             Output::ConfigRequest(m) => m.message().encoded_len(),
             Output::ConfigApplied(m) => m.message().encoded_len(),
             Output::SessionsRequest(m) => m.message().encoded_len(),
+            Output::HandOver(m) => m.datum.len(),
         }
     }
 
@@ -71,6 +80,7 @@ impl Output {
             Output::ConfigRequest(m) => m.message().encode(buf),
             Output::ConfigApplied(m) => m.message().encode(buf),
             Output::SessionsRequest(m) => m.message().encode(buf),
+            Output::HandOver(m) => buf.put_slice(&m.datum),
         }
     }
 
@@ -259,4 +269,26 @@ impl OutgoingSessionsRequest {
             extension_instance_name: Cow::Borrowed(&self.extension_instance_name),
         }
     }
+}
+
+/// A device's `ClientData` handed over to the replica that owns its endpoint
+/// (see [`Output::HandOver`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutgoingHandOver {
+    /// `kaa.v1.replica.<owner>.esp.ClientData`.
+    pub subject: Arc<str>,
+    /// The `replyTo` the `ClientData` came with: the owner answers the
+    /// communication service replica directly.
+    pub reply_to: Option<Arc<str>>,
+    /// The owner's replica ID.
+    pub owner: Arc<str>,
+    /// The endpoint.
+    pub endpoint_id: Arc<str>,
+    /// The `ClientData`'s correlation ID (for logs).
+    pub correlation_id: String,
+    /// When the engine handed it over.
+    pub timestamp: UnixMillis,
+    /// The `ClientData` Avro datum, to publish as is.
+    pub datum: Bytes,
 }

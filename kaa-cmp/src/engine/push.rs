@@ -75,6 +75,28 @@ impl Cmx {
         )));
     }
 
+    /// Wants a push of (`slot`, `name`) unless the device reports the current
+    /// configuration applied within a push retry delay (the first retry of
+    /// [`PushMode::IfNotApplied`]); nothing when a push or a retry is already
+    /// wanted. True if it scheduled the check.
+    pub(super) fn verify_later(&mut self, slot: u32, name: u32, now: UnixMillis) -> bool {
+        let Some(ns) = self
+            .endpoints
+            .get_mut(slot)
+            .filter(|e| e.connected)
+            .and_then(|e| e.name_mut(name))
+        else {
+            return false;
+        };
+        if ns.observe == Observe::Off || ns.push != PushMode::None {
+            return false;
+        }
+        ns.push = PushMode::IfNotApplied;
+        ns.attempts = 0;
+        self.schedule_retry(slot, name, now);
+        true
+    }
+
     pub(super) fn retry_push(&mut self, slot: u32, incarnation: u32, name: u32, now: UnixMillis) {
         let current = self
             .endpoints

@@ -89,20 +89,22 @@ impl Cmx {
         );
     }
 
+    /// Answers a waiting device request, taking the waiter (its strings move
+    /// into the answer).
     pub(super) fn answer(
         &mut self,
-        w: &Waiter,
+        w: Waiter,
         status: i32,
         reason: Option<Cow<'static, str>>,
         payload: Option<Bytes>,
         now: UnixMillis,
     ) {
         self.emit(
-            w.subject.clone(),
-            w.correlation_id.to_string(),
-            w.app_version.clone(),
-            Some(w.endpoint_id.clone()),
-            w.resource_path.clone(),
+            w.subject,
+            w.correlation_id.into_string(),
+            w.app_version,
+            Some(w.endpoint_id),
+            w.resource_path,
             w.request_id,
             payload,
             status,
@@ -143,7 +145,18 @@ impl Cmx {
             });
             return;
         }
-        self.answer(w, status, Some(reason.into()), None, now);
+        self.emit(
+            w.subject.clone(),
+            w.correlation_id.to_string(),
+            w.app_version.clone(),
+            Some(w.endpoint_id.clone()),
+            w.resource_path.clone(),
+            w.request_id,
+            None,
+            status,
+            Some(reason.into()),
+            now,
+        );
     }
 
     /// Counts a refusal and keeps it for [`Cmx::poll_refusal`].
@@ -191,7 +204,22 @@ impl Cmx {
     pub(super) fn next_correlation_id(&mut self) -> (u64, String) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        (seq, format!("{}-{seq}", self.settings.prefix))
+        // Sized once: `format!` would grow the string two or three times.
+        let mut id = String::with_capacity(self.settings.prefix.len() + 21);
+        id.push_str(&self.settings.prefix);
+        id.push('-');
+        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{seq}"));
+        (seq, id)
+    }
+
+    /// The engine's number for a 6/CDTP request it sent, read from the
+    /// correlation ID of the request ([`Output::ConfigRequest`]) or of its
+    /// answer; `None` for a correlation ID the engine did not make. Numbers are
+    /// unique for the engine's life, so a driver can key what it keeps per
+    /// request (e.g. the send time, for a latency histogram) by this number
+    /// instead of copying the correlation ID.
+    pub fn request_seq(&self, correlation_id: &str) -> Option<u64> {
+        self.parse_seq(correlation_id)
     }
 
     pub(super) fn parse_seq(&self, correlation_id: &str) -> Option<u64> {

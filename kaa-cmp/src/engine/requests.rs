@@ -64,6 +64,7 @@ impl Cmx {
             );
             return self.reply_error(r, 503, RefusalReason::Limit, reason, now);
         };
+        let shared = self.membership.members.len() > 1;
         let Self {
             endpoints: eps,
             config_ids,
@@ -81,11 +82,21 @@ impl Cmx {
         let Some(ns) = e.name_mut(name) else {
             return;
         };
-        ns.observe = match request.observe {
-            None => Observe::Absent,
-            Some(true) => Observe::On,
-            Some(false) => Observe::Off,
-        };
+        // The request's timestamp, low 32 bits (see `NameState::observe_at`).
+        let at = r.timestamp as u32;
+        let first = ns.observe == Observe::Absent && ns.observe_at == 0;
+        // Only with several replicas can a device's requests arrive out of
+        // order; a single CMX takes them as they come (as before).
+        if !shared || first || at.wrapping_sub(ns.observe_at) as i32 >= 0 {
+            ns.observe_at = at;
+            ns.observe = match request.observe {
+                None => Observe::Absent,
+                Some(true) => Observe::On,
+                Some(false) => Observe::Off,
+            };
+        } else {
+            self.stats.observe_out_of_order += 1;
+        }
         if ns.observe == Observe::Off {
             ns.push = PushMode::None;
         }
@@ -124,6 +135,7 @@ impl Cmx {
         endpoint_id: &str,
         written: Option<&str>,
         payload: &[u8],
+        bookkeeping: bool,
         now: UnixMillis,
     ) {
         let report = match AppliedRequest::from_json(payload) {
@@ -137,8 +149,13 @@ impl Cmx {
             );
             return self.reply_error(r, 400, RefusalReason::ConfigIdTooLong, reason, now);
         }
-        let slot = self.track_session(endpoint_id, r, now);
+        let slot = if bookkeeping {
+            self.track_session(endpoint_id, r, now)
+        } else {
+            None
+        };
         // Bookkeeping, when the endpoint and name can be tracked.
+        let mut behind = None;
         if let Some(slot) = slot
             && let Some(name) = self.name_of(slot, written, false)
         {
@@ -150,6 +167,21 @@ impl Cmx {
             if let Some(ns) = eps.get_mut(slot).and_then(|e| e.name_mut(name)) {
                 let h = config_ids.acquire(&report.config_id);
                 if report.is_success() {
+                    // Applied after the engine's last delivery, yet not what it
+                    // delivered: either the report crossed the delivery (the
+                    // device reports the delivered one next), or the deliveries
+                    // were reordered on the way (an answer on the replica
+                    // subject overtaken by a push on the instance-wide one) and
+                    // the device ended on an older configuration. After a push
+                    // retry delay, what is current is pushed unless reported
+                    // applied by then.
+                    let at = r.timestamp as u32;
+                    if ns.holds != NONE
+                        && ns.holds != h
+                        && at.wrapping_sub(ns.delivered_at) as i32 > 0
+                    {
+                        behind = Some(name);
+                    }
                     config_ids.set(&mut ns.confirmed, h);
                     config_ids.set(&mut ns.holds, h);
                     if ns.rejected == h {
@@ -208,6 +240,11 @@ impl Cmx {
                 now,
             );
         }
+        if let (Some(slot), Some(name)) = (slot, behind)
+            && self.verify_later(slot, name, now)
+        {
+            self.stats.applied_behind_delivery += 1;
+        }
     }
 
     /// Adds a device request to the CDTP request in flight for its name, or
@@ -242,5 +279,20 @@ impl Cmx {
                 );
             }
         }
+    }
+}
+
+impl Cmx {
+    /// An applied report about an endpoint this replica does not own: the
+    /// broadcast and the answer, without bookkeeping.
+    pub(super) fn applied_report_only(
+        &mut self,
+        r: &Reply<'_>,
+        endpoint_id: &str,
+        written: Option<&str>,
+        payload: &[u8],
+        now: UnixMillis,
+    ) {
+        self.applied_request(r, endpoint_id, written, payload, false, now);
     }
 }

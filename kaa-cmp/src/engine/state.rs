@@ -53,6 +53,18 @@ pub(crate) struct NameState {
     /// The last configuration the device rejected (applied resource, non-2xx).
     pub(crate) rejected: u32,
     pub(crate) observe: Observe,
+    /// The low 32 bits of the `ClientData` timestamp (ms) of the request that
+    /// set `observe`: with several replicas, a device's requests can reach the
+    /// owner out of order (one directly, one handed over), so an older request
+    /// does not overwrite a newer one's `observe` (a single CMX takes requests
+    /// in the order they come). Compared wrapping (good for ±24
+    /// days); 32 bits keep the idle footprint.
+    pub(crate) observe_at: u32,
+    /// The low 32 bits of the engine's clock (ms) when it last delivered a
+    /// configuration of this name (an answer or a push that set `holds`): an
+    /// applied report stamped later that names another configuration means the
+    /// deliveries reached the device out of order (see `applied_request`).
+    pub(crate) delivered_at: u32,
     pub(crate) push: PushMode,
     /// The device addresses the default configuration as `…/json/default`.
     pub(crate) explicit_default: bool,
@@ -68,6 +80,8 @@ impl NameState {
             confirmed: NONE,
             rejected: NONE,
             observe: Observe::Absent,
+            observe_at: 0,
+            delivered_at: 0,
             push: PushMode::None,
             explicit_default: false,
             attempts: 0,
@@ -93,6 +107,10 @@ pub(crate) struct Endpoint {
     pub(crate) app_version: u32,
     /// Handle into the reply subject table ([`NONE`]: instance-wide subject).
     pub(crate) reply_to: u32,
+    /// The timestamp of the device message that set `reply_to` (`i64::MIN`:
+    /// none): a `connected` event stamped before it is of that session or an
+    /// older one and leaves the affinity alone.
+    pub(crate) reply_at: i64,
     prev: u32,
     next: u32,
     /// Distinguishes this endpoint from a later one in the same slot.
@@ -115,6 +133,7 @@ impl Endpoint {
             app_version_from_event: false,
             app_version,
             reply_to: NONE,
+            reply_at: i64::MIN,
             prev: NIL,
             next: NIL,
             incarnation,
@@ -212,6 +231,14 @@ impl Endpoints {
 
     pub(crate) fn get_mut(&mut self, slot: u32) -> Option<&mut Endpoint> {
         self.slots.get_mut(slot as usize)?.as_mut()
+    }
+
+    /// Every tracked endpoint with its slot, in slot order.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (u32, &Endpoint)> {
+        self.slots.iter().enumerate().filter_map(|(i, e)| {
+            let e = e.as_ref()?;
+            Some((u32::try_from(i).ok()?, e))
+        })
     }
 
     /// The least recently active disconnected endpoint.

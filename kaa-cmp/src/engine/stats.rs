@@ -30,7 +30,9 @@ pub enum RefusalReason {
     /// unusable (its 4xx/5xx, or 502).
     ProviderError,
     /// `endpoint_removed`: the endpoint was evicted, expired or unregistered
-    /// while the request waited (503 or 404).
+    /// while the request waited (503 or 404), or is served by another replica
+    /// of this CMX instance (503: moved while the request waited, or handed
+    /// over to a replica that no longer owns it; the retry reaches the owner).
     EndpointRemoved,
 }
 
@@ -178,6 +180,38 @@ pub struct Stats {
     pub sessions_requests: u64,
     /// Sessions lists handled ([`Input::Sessions`](super::Input::Sessions)).
     pub sessions_responses: u64,
+    /// Replicas (kaa-rs extension): times the member list changed
+    /// ([`Input::Members`](super::Input::Members)).
+    pub membership_changes: u64,
+    /// Replicas: `ClientData` about endpoints another replica owns, handed
+    /// over to it ([`Output::HandOver`](super::Output::HandOver)).
+    pub handed_over: u64,
+    /// Replicas: `ClientData` received on this replica's own subject
+    /// ([`Input::HandedOver`](super::Input::HandedOver)).
+    pub handed_over_received: u64,
+    /// Replicas: of those, about endpoints this replica does not own in its
+    /// view (the members' views differed for a moment): answered 503, or an
+    /// applied report broadcast without bookkeeping.
+    pub handed_over_not_owned: u64,
+    /// Replicas: events, `ConfigUpdated` broadcasts and listed sessions about
+    /// endpoints another replica owns, ignored (counted per endpoint).
+    pub not_owned_ignored: u64,
+    /// Replicas: endpoints forgotten because another replica owns them now.
+    pub endpoints_moved: u64,
+    /// Configuration requests whose `observe` was not taken because the
+    /// engine had already seen a newer request (by `ClientData` timestamp) for
+    /// the same configuration: with replicas, one handed over and one direct
+    /// can arrive out of order.
+    pub observe_out_of_order: u64,
+    /// Applied reports (2xx) stamped after the engine's last delivery of that
+    /// configuration that name another one than the engine last delivered or
+    /// the device last reported (counted when a check is scheduled, not while
+    /// one is pending): the report crossed the delivery,
+    /// or the device received the engine's answers and pushes out of order and
+    /// holds an older configuration. After a push retry delay each starts a
+    /// fetch and a push of the current configuration unless the device has
+    /// reported it applied by then.
+    pub applied_behind_delivery: u64,
 }
 
 #[cfg(test)]

@@ -31,14 +31,7 @@ impl Cmx {
                             "the configuration provider did not answer within {} ms",
                             self.settings.cdtp_timeout_ms
                         );
-                        self.complete(
-                            seq,
-                            Fetched::Failed {
-                                status: 504,
-                                reason,
-                            },
-                            now,
-                        );
+                        self.complete(seq, Fetched::TimedOut { reason }, now);
                     }
                 }
                 Timer::Retry {

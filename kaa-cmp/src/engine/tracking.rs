@@ -31,6 +31,8 @@ pub(super) enum Removal {
     Evicted,
     Expired,
     Unregistered,
+    /// Another replica owns it now ([`Cmx::set_members`]).
+    Moved,
 }
 
 impl Cmx {
@@ -78,6 +80,11 @@ impl Cmx {
         let mut endpoint = Endpoint::new(endpoint_id.into(), av, self.next_incarnation, now);
         endpoint.app_version_at = at.timestamp;
         endpoint.app_version_from_event = at.from_event;
+        // Replicas: just after a membership change another replica may have
+        // served names of this endpoint (see `CmxConfig::membership_settle`).
+        endpoint.adopted = self
+            .membership
+            .unsettled(now, self.settings.config.membership_settle);
         let slot = self.endpoints.insert(endpoint);
         Some((slot, false))
     }
@@ -103,6 +110,9 @@ impl Cmx {
         };
         self.set_reply(slot, reply);
         self.replies.release(reply);
+        if let Some(e) = self.endpoints.get_mut(slot) {
+            e.reply_at = r.timestamp;
+        }
         if self.endpoints.get(slot).is_some_and(|e| !e.connected) {
             self.endpoints.set_connected(slot, true, now);
         }
@@ -227,6 +237,13 @@ impl Cmx {
                 (503, "the endpoint's state expired; retry")
             }
             Removal::Unregistered => (404, "the endpoint was unregistered"),
+            Removal::Moved => {
+                self.stats.endpoints_moved += 1;
+                (
+                    503,
+                    "the endpoint moved to another CMX replica while the request waited; retry",
+                )
+            }
         };
         for ns in e.names() {
             if let Some(seq) = self.in_flight.remove(&(slot, ns.name))

@@ -1,16 +1,16 @@
-//! Test harness: a CMX engine, an in-memory configuration provider, and helpers
-//! that play the communication service and the event originators, all on
-//! simulated time.
+//! Test harness: a CMX engine, the fake configuration provider of
+//! `kaa_cmp::test_support`, and helpers that play the communication service and
+//! the event originators, all on simulated time.
 #![allow(dead_code, unreachable_pub)]
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use kaa_cdtp::{ConfigRequest, ConfigResponse, ConfigUpdated, Current};
 use kaa_cmp::engine::{
     Cmx, CmxConfig, OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData,
     OutgoingSessionsRequest, Output,
 };
+use kaa_cmp::test_support::FakeProvider;
 use kaa_elce::{AppVersionUpdatedEvent, ConnectedEvent, DisconnectedEvent, UnregisteredEvent};
 use kaa_esp::ClientData;
 use kaa_ism::UnixMillis;
@@ -20,93 +20,13 @@ pub const AV2: &str = "kettle-v2";
 pub const KPC_REPLICA: &str = "kaa.v1.replica.kpc-1.esp.ExtensionData";
 pub const KPC_INSTANCE: &str = "kaa.v1.service.kpc.esp.ExtensionData";
 
-/// The in-memory configuration store of a fake provider (ECR): endpoint-specific
-/// configurations per (endpoint, app version, name), IDs `cfg-<n>` in creation
-/// order (the tests know the order; the engine must not rely on it).
-/// (endpoint, app version, name) → (config ID, content).
-type Store = HashMap<(String, String, Option<String>), (String, Vec<u8>)>;
-
-#[derive(Default)]
-pub struct Provider {
-    configs: Store,
-    next: u64,
-    pub answered: usize,
-}
-
-impl Provider {
-    /// Stores a configuration and returns the broadcast announcing it.
-    pub fn set(
-        &mut self,
-        ep: &str,
-        av: &str,
-        name: Option<&str>,
-        json: &str,
-    ) -> ConfigUpdated<'static> {
-        self.next += 1;
-        let id = format!("cfg-{}", self.next);
-        self.configs.insert(
-            (ep.into(), av.into(), name.map(Into::into)),
-            (id.clone(), json.as_bytes().to_vec()),
-        );
-        ConfigUpdated {
-            correlation_id: format!("upd-{}", self.next).into(),
-            timestamp: 0,
-            timeout: 0,
-            app_version_name: av.to_owned().into(),
-            endpoint_id: ep.to_owned().into(),
-            config_id: id.into(),
-            content_type: kaa_cdtp::APPLICATION_JSON.into(),
-            content: json.as_bytes().to_vec().into(),
-            originator_replica_id: Some("ecr-1".into()),
-            config_name: name.map(|n| n.to_owned().into()),
-        }
-    }
-
-    pub fn current(&self, ep: &str, av: &str, name: Option<&str>) -> Option<&str> {
-        self.configs
-            .get(&(ep.into(), av.into(), name.map(Into::into)))
-            .map(|(id, _)| id.as_str())
-    }
-
-    /// Answers a CDTP request by the 6/CDTP rules (`kaa_cdtp`'s
-    /// `ConfigResponse::answer`): "unchanged" when the request names the current
-    /// configuration, else its content; without a configuration, a 404 (the
-    /// other form of "no configuration" a provider may send; ECR's form,
-    /// `configId` `""` with `null`, is covered by kaa-cdtp's tests and the
-    /// end-to-end tests).
-    pub fn answer(&mut self, req: &ConfigRequest<'_>) -> ConfigResponse<'static> {
-        self.answered += 1;
-        let key = (
-            req.endpoint_id.to_string(),
-            req.app_version_name.to_string(),
-            req.config_name.as_deref().map(str::to_owned),
-        );
-        match self.configs.get(&key) {
-            None => ConfigResponse::error(Some(req), 404, "no configuration", 0).into_owned(),
-            Some((id, content)) => {
-                let current = Current::Config {
-                    config_id: id,
-                    content,
-                };
-                ConfigResponse::answer(req, current, 0).into_owned()
-            }
-        }
-    }
-
-    /// The order in which the provider created a configuration ID.
-    pub fn order(id: &str) -> u64 {
-        id.strip_prefix("cfg-")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
 /// The engine with its surroundings.
 pub struct World {
     pub cmx: Cmx,
     pub now: UnixMillis,
-    pub provider: Provider,
-    /// Answer CDTP requests as soon as they are published.
+    pub provider: FakeProvider,
+    /// Hand CDTP requests to the provider as soon as they are published (it
+    /// answers at once unless told to delay).
     pub auto_answer: bool,
     /// CDTP requests published and not yet answered (when `auto_answer` is off).
     pub held: VecDeque<OutgoingConfigRequest>,
@@ -134,7 +54,7 @@ impl World {
         World {
             cmx: Cmx::new(config).unwrap(),
             now: UnixMillis(1_000_000),
-            provider: Provider::default(),
+            provider: FakeProvider::new(),
             auto_answer: true,
             held: VecDeque::new(),
             sent: Vec::new(),
@@ -146,7 +66,7 @@ impl World {
     }
 
     /// Drains the engine; with `auto_answer`, lets the provider answer until
-    /// nothing is left.
+    /// nothing is left (answers it holds back come when they are due).
     pub fn drain(&mut self) {
         loop {
             let mut answered = false;
@@ -164,10 +84,12 @@ impl World {
             }
             if self.auto_answer {
                 while let Some(req) = self.held.pop_front() {
-                    let resp = self.provider.answer(&req.message());
-                    self.cmx.handle_config_response(&resp, self.now);
-                    answered = true;
+                    self.provider.receive(&req.message(), self.now);
                 }
+            }
+            while let Some(resp) = self.provider.poll_answer(self.now) {
+                self.cmx.handle_config_response(&resp, self.now);
+                answered = true;
             }
             if !answered {
                 break;
@@ -178,7 +100,7 @@ impl World {
     /// Answers the oldest held CDTP request now, from the provider's current state.
     pub fn answer_next(&mut self) {
         let req = self.held.pop_front().expect("a held CDTP request");
-        let resp = self.provider.answer(&req.message());
+        let resp = self.provider.answer(&req.message(), self.now);
         self.cmx.handle_config_response(&resp, self.now);
         self.drain();
     }
