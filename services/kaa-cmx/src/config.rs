@@ -43,6 +43,12 @@
 //!     max-config-id-len: 256
 //!     max-endpoints-per-event: 10000  # 9/ELCE connected/disconnected events listing more are dropped
 //!     max-config-size: 1032192    # the stack's maximum configuration size (1 MiB − 16 KiB)
+//!   replicas:                     # kaa-rs extension, NATS only: replicas share the endpoints
+//!     enabled: false
+//!     bucket: kaa_cmx_cmx         # JetStream key-value bucket (default kaa_cmx_<instance>)
+//!     heartbeat-ms: 1000
+//!     expiry-ms: 5000             # a crashed replica's endpoints move after at most this
+//!     stream-replicas: 1
 //! ```
 //!
 //! **Limits.** `cmx.limits.max-pending-requests` bounds the CDTP requests in
@@ -101,43 +107,23 @@ pub struct CmxServiceConfig {
     pub cmx: CmxSection,
 }
 
-/// `service`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct ServiceSection {
-    /// `service.instance`.
-    #[serde(default)]
-    pub instance: InstanceSection,
+/// The CMX service's [`ServiceKind`](kaa_service::ServiceKind):
+/// `service.instance.name` defaults to `cmx`.
+#[derive(Debug, Clone, Copy)]
+pub enum CmxServiceKind {}
+
+impl kaa_service::ServiceKind for CmxServiceKind {
+    const DEFAULT_INSTANCE_NAME: &'static str = "cmx";
 }
 
-/// `service.instance`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[non_exhaustive]
-pub struct InstanceSection {
-    /// `service.instance.name`, default `cmx`: the extension instance name in device
-    /// topics, the `ClientData` subject and queue group, the originator of
-    /// `endpoint.config.applied`.
-    #[serde(default = "default_instance_name")]
-    pub name: String,
-    /// `service.instance.replica`; default ID `<name>-1`.
-    #[serde(default)]
-    pub replica: Option<ReplicaSection>,
-}
+/// `service`: [`kaa_service::ServiceSection`] with `service.instance.name`
+/// defaulting to `cmx`.
+pub type ServiceSection = kaa_service::ServiceSection<CmxServiceKind>;
 
-impl Default for InstanceSection {
-    fn default() -> Self {
-        InstanceSection {
-            name: default_instance_name(),
-            replica: None,
-        }
-    }
-}
-
-fn default_instance_name() -> String {
-    "cmx".to_owned()
-}
+/// `service.instance`: the extension instance name (default `cmx`: in device
+/// topics, the `ClientData` subject and queue group, the originator of
+/// `endpoint.config.applied`) and the replica (default ID `<name>-1`).
+pub type InstanceSection = kaa_service::InstanceSection<CmxServiceKind>;
 
 /// `kaa`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -253,6 +239,38 @@ pub struct CmxSection {
     /// `cmx.limits`.
     #[serde(default)]
     pub limits: Option<LimitsSection>,
+    /// `cmx.replicas`: replicas of this instance sharing the endpoints (kaa-rs
+    /// extension; NATS bus only). Off by default.
+    #[serde(default)]
+    pub replicas: Option<ReplicasSection>,
+}
+
+/// `cmx.replicas`: the membership of this instance's replicas in a NATS
+/// JetStream key-value bucket (see [`crate::membership`]). With it, any number
+/// of replicas of one instance behave as one CMX: each endpoint is served by
+/// one live replica. Without it, run one replica per instance.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReplicasSection {
+    /// `enabled` (default false).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// `bucket`: the key-value bucket (default `kaa_cmx_<instance>`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// `heartbeat-ms`: how often a replica renews its key (default 1000).
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
+    /// `expiry-ms`: how long a key lives without renewal (default 5000; at
+    /// least twice the heartbeat): a crashed replica's endpoints move after
+    /// at most this.
+    #[serde(default)]
+    pub expiry_ms: Option<u64>,
+    /// `stream-replicas`: copies of the bucket's stream in a NATS cluster
+    /// (default 1).
+    #[serde(default)]
+    pub stream_replicas: Option<usize>,
 }
 
 /// `cmx.http`.
@@ -324,12 +342,9 @@ impl CmxServiceConfig {
             })
         };
         CmxServiceConfig {
-            service: ServiceSection {
-                instance: InstanceSection {
-                    name: instance_name.to_owned(),
-                    replica: Some(ReplicaSection::new(replica_id)),
-                },
-            },
+            service: ServiceSection::new(
+                InstanceSection::new(instance_name).with_replica(replica_id),
+            ),
             kaa: KaaSection {
                 cmx: KaaCmxSection {
                     configuration_data_provider: reference(provider),
@@ -370,10 +385,7 @@ impl CmxServiceConfig {
 
     /// `service.instance.replica.id`, default `<name>-1`.
     pub fn replica_id(&self) -> String {
-        self.service.instance.replica.as_ref().map_or_else(
-            || format!("{}-1", self.service.instance.name),
-            |r| r.id.clone(),
-        )
+        self.service.instance.replica_id()
     }
 
     /// `kaa.cmx.configuration-data-provider.service-instance.name`, default `ecr`.
@@ -509,6 +521,28 @@ impl CmxServiceConfig {
         c
     }
 
+    /// The replicas' membership settings when `cmx.replicas.enabled` is true.
+    pub fn membership(&self) -> Option<crate::membership::MembershipConfig> {
+        let r = self.cmx.replicas.as_ref()?;
+        if r.enabled != Some(true) {
+            return None;
+        }
+        let mut m = crate::membership::MembershipConfig::new(self.instance_name());
+        if let Some(bucket) = &r.bucket {
+            m.bucket = bucket.clone();
+        }
+        if let Some(ms) = r.heartbeat_ms {
+            m.heartbeat = Duration::from_millis(ms);
+        }
+        if let Some(ms) = r.expiry_ms {
+            m.expiry = Duration::from_millis(ms);
+        }
+        if let Some(n) = r.stream_replicas {
+            m.stream_replicas = n;
+        }
+        Some(m)
+    }
+
     /// Checks what serde cannot, naming the Kaa key of every problem: names that
     /// become NATS subject tokens, positive durations and limits, a bus that can be
     /// built.
@@ -582,6 +616,32 @@ impl CmxServiceConfig {
                 }
             }
             (BusKind::Memory, _) => {}
+        }
+        if let Some(m) = self.membership() {
+            if self.bus_kind() != BusKind::Nats {
+                return invalid(
+                    "cmx.replicas needs the NATS bus (JetStream key-value); the in-memory bus runs one replica"
+                        .into(),
+                );
+            }
+            if !crate::membership::is_valid_bucket(&m.bucket) {
+                return invalid(format!(
+                    "cmx.replicas.bucket: {:?} is not a key-value bucket name ([A-Za-z0-9_-]+)",
+                    m.bucket
+                ));
+            }
+            if m.heartbeat.is_zero() {
+                return invalid("cmx.replicas.heartbeat-ms must be greater than 0".into());
+            }
+            if m.expiry < m.heartbeat * 2 {
+                return invalid(
+                    "cmx.replicas.expiry-ms must be at least twice cmx.replicas.heartbeat-ms"
+                        .into(),
+                );
+            }
+            if m.stream_replicas == 0 {
+                return invalid("cmx.replicas.stream-replicas must be greater than 0".into());
+            }
         }
         // The engine's own checks, as a backstop.
         kaa_cmp::Cmx::new(self.engine_config())
@@ -787,6 +847,22 @@ mod tests {
     }
 
     #[test]
+    fn replicas_are_off_by_default_and_read_when_enabled() {
+        let off = CmxServiceConfig::parse("nats:\n  urls: [nats://h:4222]\n", "f.yaml").unwrap();
+        assert!(off.membership().is_none());
+        let on = CmxServiceConfig::parse(
+            "service:\n  instance:\n    name: cfg\nnats:\n  urls: [nats://h:4222]\ncmx:\n  replicas:\n    enabled: true\n    heartbeat-ms: 200\n    expiry-ms: 1000\n",
+            "f.yaml",
+        )
+        .unwrap();
+        let m = on.membership().unwrap();
+        assert_eq!(m.bucket, "kaa_cmx_cfg");
+        assert_eq!(m.heartbeat, Duration::from_millis(200));
+        assert_eq!(m.expiry, Duration::from_secs(1));
+        assert_eq!(m.stream_replicas, 1);
+    }
+
+    #[test]
     fn invalid_configs_name_the_key() {
         let cases = [
             (
@@ -812,6 +888,18 @@ mod tests {
             ),
             ("cmx:\n  bus: nats\n", "nats section"),
             ("nats:\n  urls: []\n", "nats.urls"),
+            (
+                "cmx:\n  replicas:\n    enabled: true\n",
+                "cmx.replicas needs the NATS bus",
+            ),
+            (
+                "nats:\n  urls: [nats://h:4222]\ncmx:\n  replicas:\n    enabled: true\n    bucket: a.b\n",
+                "cmx.replicas.bucket",
+            ),
+            (
+                "nats:\n  urls: [nats://h:4222]\ncmx:\n  replicas:\n    enabled: true\n    heartbeat-ms: 1000\n    expiry-ms: 1500\n",
+                "cmx.replicas.expiry-ms",
+            ),
         ];
         for (text, needle) in cases {
             let err = CmxServiceConfig::parse(text, "f.yaml")

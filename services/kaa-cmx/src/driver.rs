@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use kaa_bus::{Bus, Message, Subscription};
 use kaa_cmp::{Cmx, Input, Output};
@@ -14,6 +14,9 @@ use kaa_ism::UnixMillis;
 use kaa_ism::common::CommonFields;
 use tracing::{Instrument, Span};
 
+use tokio::sync::mpsc;
+
+use super::membership::Membership;
 use super::metrics::{CmxMetrics, MessageKind};
 use super::{Health, RunError, RunReport, now};
 
@@ -51,16 +54,44 @@ pub(crate) struct Driver {
     pub(crate) metrics: CmxMetrics,
     pub(crate) health: Arc<Health>,
     pub(crate) shutdown_grace: Duration,
-    /// When each CDTP request in flight was published, by correlation ID.
-    sent: HashMap<String, Instant>,
+    /// When each CDTP request in flight was published, by the engine's number
+    /// for it ([`Cmx::request_seq`]).
+    sent: HashMap<u64, Instant>,
     /// Outputs drained from the engine, reused between messages.
     outbox: Vec<Output>,
+    /// Where outputs are encoded: each datum is split off and frozen, so one
+    /// allocation serves many messages (see [`ENCODE_CHUNK`]).
+    encode_buf: BytesMut,
     wakeup: Wakeup,
     /// The bus's connection epoch last seen (a change means it reconnected).
     epoch: u64,
     /// `Stats::refusals_not_kept` last seen.
     refusals_not_kept: u64,
+    /// This replica's membership of its instance's replicas (kaa-rs
+    /// extension), if configured.
+    pub(crate) membership: Option<Membership>,
 }
+
+/// The next change of the live members (every one, in order); never, without
+/// membership.
+async fn members_changed(rx: &mut Option<mpsc::UnboundedReceiver<Vec<String>>>) -> Vec<String> {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(members) => members,
+            // The membership task ended: no more changes.
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The room the encode buffer takes at a time: outputs are encoded into it and
+/// split off, so one allocation serves many messages instead of one each.
+const ENCODE_CHUNK: usize = 64 * 1024;
+
+/// The most messages handled after one wake-up before the driver looks at its
+/// timer, shutdown and events again.
+const MAX_BATCH: usize = 64;
 
 /// How often the driver looks whether the bus reconnected.
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
@@ -118,9 +149,11 @@ impl Driver {
             shutdown_grace,
             sent: HashMap::new(),
             outbox: Vec::new(),
+            encode_buf: BytesMut::new(),
             wakeup: Wakeup::new(),
             epoch: 0,
             refusals_not_kept: 0,
+            membership: None,
         }
     }
 
@@ -139,6 +172,15 @@ impl Driver {
             replica = %self.engine.config().replica_id,
             "CMX engine running"
         );
+        // Replicas: the engine learns the live members before it adopts any
+        // session, so it adopts only the ones it owns.
+        let mut members_rx = self.membership.as_mut().and_then(Membership::take_changes);
+        if let Some(rx) = members_rx.as_mut() {
+            // The list read on joining and any change since.
+            while let Ok(members) = rx.try_recv() {
+                self.on_members(&members).await;
+            }
+        }
         // The subscriptions are in effect: the engine asks the communication
         // service for its sessions (a restarted CMX knows none).
         self.epoch = self.bus.connection_epoch();
@@ -179,6 +221,10 @@ impl Driver {
                         self.check_reconnect().await;
                         continue;
                     }
+                    members = members_changed(&mut members_rx) => {
+                        self.on_members(&members).await;
+                        continue;
+                    }
                     m = events.next() => m,
                     m = devices.next() => m,
                 };
@@ -187,16 +233,40 @@ impl Driver {
                 };
                 self.on_message(&message).await;
                 // Take whatever else is already buffered before looking at the
-                // timer again (cheaper than a full select per message).
-                for _ in 0..64 {
-                    let Some(Some(message)) = responses.next().now_or_never() else {
-                        break;
+                // timer again (cheaper than a full select per message): answers
+                // first, then device requests.
+                for _ in 0..MAX_BATCH {
+                    let message = match responses.next().now_or_never() {
+                        Some(Some(message)) => message,
+                        _ => match devices.next().now_or_never() {
+                            Some(Some(message)) => message,
+                            _ => break,
+                        },
                     };
                     self.on_message(&message).await;
                 }
             }
         };
         self.health.set_draining();
+        // Leave first: the other replicas take this one's endpoints over at
+        // once. If there are others, the engine lets its endpoints go too (so
+        // that two replicas never push to one device): devices still waiting
+        // get a 503 and their retry reaches the new owner. The last replica
+        // finishes what it has in flight, as a single CMX does.
+        if let Some(membership) = self.membership.take() {
+            let me = self.engine.config().replica_id.clone();
+            let others: Vec<String> = membership
+                .members()
+                .into_iter()
+                .filter(|m| *m != me)
+                .collect();
+            if let Err(e) = membership.leave().await {
+                tracing::warn!(error = %e, "could not leave the CMX replicas (the key expires)");
+            }
+            if !others.is_empty() {
+                self.on_members(&others).await;
+            }
+        }
         let report = self.drain(inputs).await;
         self.health.set_stopped();
         served.map(|()| report)
@@ -323,11 +393,18 @@ impl Driver {
         }
     }
 
+    /// The live members changed: endpoints move (kaa-rs extension).
+    async fn on_members(&mut self, members: &[String]) {
+        let ids: Vec<&str> = members.iter().map(String::as_str).collect();
+        tracing::info!(members = ?ids, "CMX replicas: members changed");
+        self.on_input(Input::Members(&ids)).await;
+    }
+
     /// One of the driver's own inputs (no message behind it).
     async fn on_input(&mut self, input: Input<'_>) {
         self.engine.handle_input(input, now());
-        self.publish_outputs(false).await;
         self.sync_metrics();
+        self.publish_outputs(false).await;
     }
 
     /// Decodes one bus message ([`kaa_cmp::Cmx::decode_input`], with the
@@ -371,7 +448,8 @@ impl Driver {
             }
         };
         if let Input::ConfigResponse(msg) = &input
-            && let Some(sent) = self.sent.remove(&*msg.correlation_id)
+            && let Some(seq) = self.engine.request_seq(&msg.correlation_id)
+            && let Some(sent) = self.sent.remove(&seq)
         {
             self.metrics.cdtp_latency(sent.elapsed());
         }
@@ -380,6 +458,9 @@ impl Driver {
             match &input {
                 Input::ClientData { reply_to, .. } => {
                     tracing::debug!(reply_to = reply_to.as_deref(), "ClientData");
+                }
+                Input::HandedOver { reply_to, .. } => {
+                    tracing::debug!(reply_to = reply_to.as_deref(), "ClientData handed over");
                 }
                 Input::ProviderStarted(started) => tracing::info!(
                     replica = %started.originator_replica_id,
@@ -394,8 +475,10 @@ impl Driver {
             }
             self.engine.handle_input(input, now);
         });
-        self.publish_outputs(false).instrument(span).await;
+        // Before publishing: whoever sees an answer sees the metrics that
+        // count it.
         self.sync_metrics();
+        self.publish_outputs(false).instrument(span).await;
     }
 
     /// Publishes every output the engine has queued. With `final_flush`, CDTP
@@ -435,13 +518,23 @@ impl Driver {
                     if final_flush {
                         continue;
                     }
-                    self.sent.insert(m.correlation_id.clone(), Instant::now());
+                    if let Some(seq) = self.engine.request_seq(&m.correlation_id) {
+                        self.sent.insert(seq, Instant::now());
+                    }
                 }
                 Output::SessionsRequest(m) => {
                     tracing::debug!(
                         "correlationId" = %m.correlation_id,
                         subject = %m.subject,
                         "asking for the sessions"
+                    );
+                }
+                Output::HandOver(m) => {
+                    tracing::debug!(
+                        deviceCorrelationId = %m.correlation_id,
+                        endpointId = %m.endpoint_id,
+                        owner = %m.owner,
+                        "handed over to the owner"
                     );
                 }
                 Output::ConfigApplied(m) => {
@@ -454,7 +547,7 @@ impl Driver {
                 }
                 _ => {}
             }
-            let datum = Bytes::from(output.to_datum());
+            let datum = self.encode(&output);
             if let Err(e) = self
                 .bus
                 .publish_message(output.subject(), output.reply_to(), datum)
@@ -466,6 +559,16 @@ impl Driver {
         }
         self.outbox = outbox;
         self.log_refusals();
+    }
+
+    /// The Avro datum of `output`, split off the shared encode buffer.
+    fn encode(&mut self, output: &Output) -> Bytes {
+        let len = output.encoded_len();
+        if self.encode_buf.capacity() < len {
+            self.encode_buf.reserve(len.max(ENCODE_CHUNK));
+        }
+        output.encode(&mut self.encode_buf);
+        self.encode_buf.split().freeze()
     }
 
     /// Logs the device requests the engine refused without an answer (no request
@@ -504,14 +607,16 @@ impl Driver {
 /// The span one input is handled in, with the fields that identify it.
 fn span_for(input: &Input<'_>) -> Span {
     match input {
-        Input::ClientData { message: msg, .. } => tracing::info_span!(
-            "client_data",
-            "correlationId" = %msg.correlation_id,
-            endpointId = %msg.endpoint_id.as_deref().unwrap_or(""),
-            appVersionName = %msg.app_version_name,
-            resourcePath = %msg.resource_path,
-            requestId = msg.request_id,
-        ),
+        Input::ClientData { message: msg, .. } | Input::HandedOver { message: msg, .. } => {
+            tracing::info_span!(
+                "client_data",
+                "correlationId" = %msg.correlation_id,
+                endpointId = %msg.endpoint_id.as_deref().unwrap_or(""),
+                appVersionName = %msg.app_version_name,
+                resourcePath = %msg.resource_path,
+                requestId = msg.request_id,
+            )
+        }
         Input::ConfigResponse(msg) => tracing::info_span!(
             "cdtp_response",
             "correlationId" = %msg.correlation_id,

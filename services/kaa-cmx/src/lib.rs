@@ -65,6 +65,21 @@
 //!     ([`kaa_cdtp::subject::provider_started_subject`]); the CMX then calls
 //!     [`kaa_cmp::Cmx::resync`] as after a reconnect.
 //!
+//!   *Replicas* (kaa-rs extension, `cmx.replicas.enabled`, NATS only): any number
+//!   of replicas of one instance behave as one CMX. Each keeps a heartbeat key in
+//!   a JetStream key-value bucket and watches it ([`membership`]); the live
+//!   members go to the engine ([`kaa_cmp::Input::Members`]), which serves only the
+//!   endpoints it owns by rendezvous hashing and hands `ClientData` about the
+//!   others to their owner's replica subject with KPC's `replyTo`
+//!   ([`kaa_cmp::Output::HandOver`]); KPC is unchanged. A replica that stops
+//!   deletes its key before draining, so its endpoints move at once (it lets them
+//!   go too, answering 503 to devices still waiting, unless it is the last
+//!   replica, which drains as a single CMX does); a crashed
+//!   one's key expires (`cmx.replicas.expiry-ms`). The new owner takes the
+//!   endpoints over by the sessions exchange below and a fresh fetch. Without
+//!   membership (the default, and always on the in-memory bus) run one replica
+//!   per instance. See "Replicas" in the [`kaa_cmp::engine`] docs.
+//!
 //!   The sessions request and response and the provider's start announcement are
 //!   this project's additions to the Kaa protocols (kaa-rs extensions, not RFC
 //!   messages), with Avro schemas in `kaa-elce/schemas/` and `kaa-cdtp/schemas/` so
@@ -106,6 +121,7 @@
 
 pub mod config;
 mod driver;
+pub mod membership;
 pub mod metrics;
 
 use std::future::Future;
@@ -124,6 +140,7 @@ use kaa_cmp::Cmx;
 use config::{BusKind, CmxServiceConfig};
 use driver::{Driver, Inputs};
 use kaa_service::ConfigError;
+use membership::{Membership, MembershipError};
 use metrics::CmxMetrics;
 
 /// Why the CMX service could not start.
@@ -139,6 +156,9 @@ pub enum StartError {
     /// Subscribing or connecting failed.
     #[error("bus: {0}")]
     Bus(#[from] BusError),
+    /// Replicas' membership could not be set up (JetStream key-value).
+    #[error("replicas: {0}")]
+    Membership(#[from] MembershipError),
     /// The HTTP listener could not be bound.
     #[error("HTTP listener on {addr}: {source}")]
     Http {
@@ -400,6 +420,16 @@ impl CmxService {
         })
     }
 
+    /// Shares the endpoints with the other replicas of this CMX instance
+    /// (kaa-rs extension, see [`membership`]): the engine learns the live
+    /// members before it starts and on every change, and on shutdown the
+    /// replica leaves first (its key is deleted, so its endpoints move at
+    /// once).
+    pub fn with_membership(mut self, membership: Membership) -> Self {
+        self.driver.membership = Some(membership);
+        self
+    }
+
     /// Makes `/health` report DOWN whenever `probe` returns false (e.g. NATS
     /// disconnected).
     pub fn with_bus_probe(self, probe: BusProbe) -> Self {
@@ -483,4 +513,25 @@ pub async fn connect_bus(
         }
         BusKind::Memory => Ok((Arc::new(kaa_bus::MemoryBus::new()), None)),
     }
+}
+
+/// Joins the replicas of this CMX instance when `cmx.replicas.enabled` is set
+/// (kaa-rs extension, NATS bus only): a NATS connection of its own (so
+/// heartbeats do not queue behind device traffic), the bucket, this replica's
+/// key. `None` when replicas are off. Give it to [`CmxService::with_membership`].
+pub async fn connect_membership(
+    config: &CmxServiceConfig,
+) -> Result<Option<Membership>, StartError> {
+    let Some(members) = config.membership() else {
+        return Ok(None);
+    };
+    let nats = kaa_bus::NatsBus::connect(
+        &config
+            .nats_config()
+            .with_connection_name(format!("{}-membership", config.replica_id())),
+    )
+    .await?;
+    let membership =
+        Membership::join(nats.client().clone(), &config.replica_id(), &members).await?;
+    Ok(Some(membership))
 }

@@ -17,6 +17,9 @@
 //! | `cmx_endpoints_expired_total`, `cmx_endpoints_evicted_total` | counter | endpoints forgotten after the TTL / past `max-endpoints` |
 //! | `cmx_malformed_messages_total{kind}` | counter | bus messages that could not be decoded (dropped) |
 //! | `cmx_publish_errors_total` | counter | outputs the bus refused to publish |
+//! | `cmx_handed_over_total`, `cmx_handed_over_received_total`, `cmx_handed_over_not_owned_total` | counter | replicas (kaa-rs extension): `ClientData` handed over to the owner replica, received handed over, and received about an endpoint this replica does not own |
+//! | `cmx_endpoints_moved_total`, `cmx_membership_changes_total` | counter | replicas: endpoints forgotten because another replica owns them now; changes of the live members |
+//! | `cmx_applied_behind_delivery_total` | counter | applied reports naming an older configuration than the one last delivered (answers and pushes reached the device out of order); each makes CMX push the current one again ([`Stats::applied_behind_delivery`](kaa_cmp::engine::Stats::applied_behind_delivery)) |
 //! | `cmx_no_responders_total` | counter | NATS "no responders" statuses on the 6/CDTP reply subject: a request found no provider subscribed (it then runs into its timeout) |
 //! | `cmx_tracked_endpoints` | gauge | endpoints the engine tracks |
 //! | `cmx_pending_cdtp_requests` | gauge | 6/CDTP requests in flight |
@@ -99,6 +102,10 @@ pub(crate) struct CmxMetrics {
     client_data: Counter,
     client_data_expired: Counter,
     responses: Family<StatusLabel, Counter>,
+    /// `responses{status="200"}`, looked up once (the family's lock and hash are
+    /// otherwise paid on every answer); created on the first 200, as the family
+    /// would.
+    responses_ok: std::sync::OnceLock<Counter>,
     pushes: Counter,
     applied: Family<ResultLabel, Counter>,
     cdtp_requests: Counter,
@@ -113,6 +120,12 @@ pub(crate) struct CmxMetrics {
     malformed: Family<KindLabel, Counter>,
     publish_errors: Counter,
     no_responders: Counter,
+    handed_over: Counter,
+    handed_over_received: Counter,
+    handed_over_not_owned: Counter,
+    endpoints_moved: Counter,
+    membership_changes: Counter,
+    applied_behind_delivery: Counter,
     tracked_endpoints: Gauge,
     pending_requests: Gauge,
     /// The engine counters already added to the Prometheus counters.
@@ -128,6 +141,7 @@ impl CmxMetrics {
             client_data: Counter::default(),
             client_data_expired: Counter::default(),
             responses: Family::default(),
+            responses_ok: std::sync::OnceLock::new(),
             pushes: Counter::default(),
             applied: Family::default(),
             cdtp_requests: Counter::default(),
@@ -142,6 +156,12 @@ impl CmxMetrics {
             malformed: Family::default(),
             publish_errors: Counter::default(),
             no_responders: Counter::default(),
+            handed_over: Counter::default(),
+            handed_over_received: Counter::default(),
+            handed_over_not_owned: Counter::default(),
+            endpoints_moved: Counter::default(),
+            membership_changes: Counter::default(),
+            applied_behind_delivery: Counter::default(),
             tracked_endpoints: Gauge::default(),
             pending_requests: Gauge::default(),
             seen: Stats::default(),
@@ -233,6 +253,36 @@ impl CmxMetrics {
             m.no_responders.clone(),
         );
         r.register(
+            "handed_over",
+            "Replicas: ClientData about endpoints another replica owns, handed over to it",
+            m.handed_over.clone(),
+        );
+        r.register(
+            "handed_over_received",
+            "Replicas: ClientData received on this replica's own subject (handed over)",
+            m.handed_over_received.clone(),
+        );
+        r.register(
+            "handed_over_not_owned",
+            "Replicas: handed-over ClientData about endpoints this replica does not own in its view (answered 503, or an applied report broadcast)",
+            m.handed_over_not_owned.clone(),
+        );
+        r.register(
+            "endpoints_moved",
+            "Replicas: endpoints forgotten because another replica owns them now",
+            m.endpoints_moved.clone(),
+        );
+        r.register(
+            "membership_changes",
+            "Replicas: changes of the live members of this CMX instance",
+            m.membership_changes.clone(),
+        );
+        r.register(
+            "applied_behind_delivery",
+            "Applied reports naming an older configuration than the one last delivered (deliveries reordered); each makes CMX push the current one again",
+            m.applied_behind_delivery.clone(),
+        );
+        r.register(
             "tracked_endpoints",
             "Endpoints the engine tracks",
             m.tracked_endpoints.clone(),
@@ -260,6 +310,32 @@ impl CmxMetrics {
         }
         let seen = &mut self.seen;
         add(&self.client_data, stats.client_data, &mut seen.client_data);
+        add(&self.handed_over, stats.handed_over, &mut seen.handed_over);
+        add(
+            &self.handed_over_received,
+            stats.handed_over_received,
+            &mut seen.handed_over_received,
+        );
+        add(
+            &self.handed_over_not_owned,
+            stats.handed_over_not_owned,
+            &mut seen.handed_over_not_owned,
+        );
+        add(
+            &self.endpoints_moved,
+            stats.endpoints_moved,
+            &mut seen.endpoints_moved,
+        );
+        add(
+            &self.membership_changes,
+            stats.membership_changes,
+            &mut seen.membership_changes,
+        );
+        add(
+            &self.applied_behind_delivery,
+            stats.applied_behind_delivery,
+            &mut seen.applied_behind_delivery,
+        );
         add(
             &self.client_data_expired,
             stats.client_data_expired,
@@ -320,7 +396,17 @@ impl CmxMetrics {
 
     /// A response to a device request was published.
     pub(crate) fn response(&self, status: i32) {
-        self.responses.get_or_create(&StatusLabel { status }).inc();
+        if status == 200 {
+            self.responses_ok
+                .get_or_init(|| {
+                    self.responses
+                        .get_or_create(&StatusLabel { status })
+                        .clone()
+                })
+                .inc();
+        } else {
+            self.responses.get_or_create(&StatusLabel { status }).inc();
+        }
     }
 
     /// An `endpoint.config.applied` broadcast was published.

@@ -39,7 +39,7 @@ use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -51,13 +51,12 @@ use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use super::config::{Access, AuthConfig};
 use super::core::{BatchOutcome, Ecr, EcrError};
 use super::model::{
     self, AppVersionName, ConfigName, EndpointId, Scope, StatusQuery, StatusRecord, StoredConfig,
 };
 use super::store::{Precondition, StoreError};
-use kaa_service::{ConfigError, Metrics, http_metrics, json_error, ops_router};
+use kaa_service::{Metrics, http_metrics, json_error, ops_router};
 
 /// The API prefix.
 pub const API_PREFIX: &str = "/api/v1";
@@ -920,122 +919,8 @@ pub fn openapi_json() -> Value {
     serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null)
 }
 
-/// Bearer-token authentication (see the module docs).
-#[derive(Clone)]
-pub struct Authenticator {
-    enabled: bool,
-    tokens: Arc<Vec<(String, Vec<u8>, Access)>>,
-}
-
-impl std::fmt::Debug for Authenticator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator")
-            .field("enabled", &self.enabled)
-            .field(
-                "tokens",
-                &self.tokens.iter().map(|t| (&t.0, t.2)).collect::<Vec<_>>(),
-            )
-            .finish()
-    }
-}
-
-impl Authenticator {
-    /// No authentication (`auth.enabled: false`).
-    pub fn disabled() -> Self {
-        Self {
-            enabled: false,
-            tokens: Arc::new(Vec::new()),
-        }
-    }
-
-    /// Tokens given directly: `(name, token, access)`.
-    pub fn with_tokens(tokens: impl IntoIterator<Item = (String, String, Access)>) -> Self {
-        Self {
-            enabled: true,
-            tokens: Arc::new(
-                tokens
-                    .into_iter()
-                    .map(|(n, t, a)| (n, t.into_bytes(), a))
-                    .collect(),
-            ),
-        }
-    }
-
-    /// From `auth`, resolving tokens given by environment variable.
-    pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
-        if !config.enabled {
-            return Ok(Self::disabled());
-        }
-        let mut tokens = Vec::new();
-        for t in &config.tokens {
-            let value = t
-                .token
-                .resolve()
-                .map_err(|e| ConfigError::Invalid(format!("auth.tokens[{}].token: {e}", t.name)))?;
-            tokens.push((t.name.clone(), value, t.access));
-        }
-        Ok(Self::with_tokens(tokens))
-    }
-
-    /// Whether authentication is on.
-    pub fn is_enabled(&self) -> bool {
-        self.enabled
-    }
-
-    fn lookup(&self, presented: &[u8]) -> Option<(&str, Access)> {
-        // Compare against every token without stopping early (constant time per token).
-        let mut found = None;
-        for (name, token, access) in self.tokens.iter() {
-            let same_len = token.len() == presented.len();
-            let diff = token
-                .iter()
-                .zip(presented)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if same_len && diff == 0 && found.is_none() {
-                found = Some((name.as_str(), *access));
-            }
-        }
-        found
-    }
-
-    fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
-        if !self.enabled {
-            return Ok(());
-        }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing bearer token (Authorization: Bearer <token>)",
-                )
-            })?;
-        let (name, access) = self
-            .lookup(token.as_bytes())
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown bearer token"))?;
-        let write = !matches!(*method, Method::GET | Method::HEAD);
-        if write && access == Access::Read {
-            tracing::debug!(token = name, %method, "read-only token refused a write");
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("token {name:?} is read-only; {method} needs read-write access"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-async fn authenticate(State(auth): State<Authenticator>, request: Request, next: Next) -> Response {
-    match auth.check(request.method(), request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    }
-}
+pub use kaa_service::auth::Authenticator;
+use kaa_service::auth::authenticate;
 
 /// Gives every error answer the `{"message"}` body, including axum's own (unknown
 /// route 404, 405, extractor rejections), keeping their headers (e.g. `Allow`).
@@ -1085,6 +970,7 @@ async fn normalise_errors(request: Request, next: Next) -> Response {
 /// limit), `/health` and `/metrics` (no authentication), HTTP metrics, and the
 /// `{"message"}` error normalisation over everything, unknown routes included.
 pub fn app(ecr: Arc<Ecr>, auth: Authenticator, body_limit: usize, metrics: Metrics) -> Router {
+    let auth = auth.with_realm("ecr");
     let state = ApiState { ecr };
     let api = Router::new()
         .route("/endpoints/batch", put(put_batch))

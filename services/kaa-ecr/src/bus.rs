@@ -48,13 +48,45 @@
 //! `originatorReplicaId` = the replica ID and `configName` set for names other than
 //! `default`). When the effective configuration disappears the event carries
 //! `configId` `""` and content `null`, the absent configuration of the table above.
-//! Events are published after the write commits, so a replica killed with events
-//! still queued never announces those changes; to repair that, every replica
+//! With the SQLite store events are queued in memory after the write commits, so a
+//! replica killed with events still queued never announces those changes (the
+//! PostgreSQL store keeps them in an outbox instead, see below); to repair that, every replica
 //! publishes a [`kaa_cdtp::ProviderStarted`] (`originatorReplicaId` = its replica
 //! ID) on `kaa.v1.events.<instance>.provider.started`
 //! ([`kaa_cdtp::subject::provider_started_subject`], a kaa-rs extension to 6/CDTP)
 //! once its subscriptions are in place, and a CMX re-fetches the configurations of
 //! its connected endpoints on it.
+//!
+//! ## Replicas on PostgreSQL: durable, ordered announcements
+//!
+//! With a store that has durable announcements (PostgreSQL; the ECR service turns
+//! them on, see [`ConfigStore::enable_durable_announcements`](crate::store::ConfigStore::enable_durable_announcements))
+//! events do not come from the in-memory queue above but from the store: every write
+//! that changes a configuration records, in its own transaction, that an
+//! announcement is due, and each replica runs an announcer that takes due
+//! announcements (its own at once, woken by its writes; any replica's within
+//! [`ANNOUNCE_POLL`]), publishes the **current** effective configuration of every
+//! endpoint concerned, flushes, and only then removes them
+//! ([`ConfigStore::announce_pending`](crate::store::ConfigStore::announce_pending)
+//! has the locking). So, for ECR replicas sharing one database:
+//!
+//! - every committed write is announced at least once, even when the replica that
+//!   committed it dies before announcing it (another replica announces it within
+//!   about [`ANNOUNCE_POLL`]), or NATS is down for a while (retried);
+//! - per endpoint, an older configuration is never announced after a newer one:
+//!   announcements of one (app version, configuration name) are made by one replica
+//!   at a time, each with the state read after the previous one was flushed to the
+//!   server. A configuration overwritten before it was announced may be skipped; one
+//!   may be announced twice. The order is the order in which the NATS server(s)
+//!   received the events: with one server, subscribers receive them in that order;
+//!   on a cluster whose nodes the replicas reach through different nodes, NATS does
+//!   not order messages of different connections, and an event may in a rare race
+//!   overtake one flushed just before it on another node;
+//! - the announcer does not compare with what the endpoint had before: a write that
+//!   leaves an endpoint's effective config ID as it was (e.g. an endpoint given its
+//!   default's content) is announced too; an extra event costs the CMX one
+//!   "unchanged" exchange.
+//!
 //! `endpoint.config.applied` from the configured CMX instance goes into the status
 //! history. Event listeners use the queue group `<instance>` too: replicas share one
 //! store, so each event is handled once.
@@ -90,6 +122,20 @@ pub use kaa_cdtp::answer::ABSENT_CONTENT;
 pub const IMPLICITLY_APPLIED: &str = "Implicitly applied";
 /// How many 6/CDTP requests one replica handles at the same time.
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+/// The most due announcements the durable announcer takes at a time
+/// ([`ConfigStore::announce_pending`](crate::store::ConfigStore::announce_pending)).
+pub const ANNOUNCE_BATCH: usize = 256;
+/// How often the durable announcer looks for due announcements it was not woken
+/// for: those of other replicas (e.g. one that died between its commit and its
+/// announcement) and its own that failed. This bounds how late such an announcement
+/// comes.
+pub const ANNOUNCE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the durable announcer waits for the bus to take (publish and flush) one
+/// batch before it gives up and leaves the batch due. Events of a batch given up may
+/// still reach the server later (the client re-sends what it buffered when it
+/// reconnects), possibly after newer ones another replica announced meanwhile: the
+/// ordering guarantee holds while the replicas' NATS connections work.
+pub const ANNOUNCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Names on the bus.
 #[derive(Debug, Clone)]
@@ -375,6 +421,86 @@ pub async fn handle_elce(
     Ok(())
 }
 
+/// Publishes the announcements of the durable announcer as `endpoint.config.updated`
+/// and flushes them before the store releases its locks.
+struct BusSink {
+    bus: Arc<dyn Bus>,
+    subject: String,
+    replica_id: String,
+    published: Counter,
+}
+
+#[async_trait::async_trait]
+impl crate::store::AnnouncementSink for BusSink {
+    async fn announce(&self, changes: &[EffectiveChange]) -> Result<(), String> {
+        // The store holds its locks meanwhile: a bus that does not take the events
+        // (e.g. NATS unreachable) must not stall the other replicas' announcers.
+        tokio::time::timeout(ANNOUNCE_TIMEOUT, self.publish_all(changes))
+            .await
+            .map_err(|_| {
+                format!("endpoint.config.updated not flushed within {ANNOUNCE_TIMEOUT:?}")
+            })?
+    }
+}
+
+impl BusSink {
+    async fn publish_all(&self, changes: &[EffectiveChange]) -> Result<(), String> {
+        for change in changes {
+            let event = config_updated(change, &self.replica_id, model::now());
+            self.bus
+                .publish(&self.subject, Bytes::from(event.to_vec()))
+                .await
+                .map_err(|e| format!("publishing endpoint.config.updated: {e}"))?;
+        }
+        // On the server before the next replica may announce the same endpoints. A
+        // flush only hands the bytes to the socket; another replica's connection
+        // could still be read by the server first (seen as a rare inversion in
+        // `replicas_announce_every_write_in_commit_order`). A round trip through
+        // the server proves it processed them, in order, before the lock goes.
+        self.bus
+            .flush()
+            .await
+            .map_err(|e| format!("flushing endpoint.config.updated: {e}"))?;
+        match kaa_bus::subscription_barrier(self.bus.as_ref(), ANNOUNCE_TIMEOUT).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err("endpoint.config.updated not confirmed by the server".into());
+            }
+            Err(e) => return Err(format!("confirming endpoint.config.updated: {e}")),
+        }
+        self.published.inc_by(changes.len() as u64);
+        Ok(())
+    }
+}
+
+/// The durable announcer: announces what the store holds as due
+/// ([`ConfigStore::announce_pending`](crate::store::ConfigStore::announce_pending)),
+/// woken by this replica's writes and every [`ANNOUNCE_POLL`].
+async fn durable_announcer(ecr: Arc<Ecr>, sink: BusSink) {
+    let store = Arc::clone(ecr.store());
+    let mut failures = 0u32;
+    loop {
+        match store.announce_pending(ANNOUNCE_BATCH, &sink).await {
+            // A full batch: there may be more.
+            Ok(n) if n >= ANNOUNCE_BATCH => continue,
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "announcing committed writes failed; retrying");
+            }
+        }
+        let wait = if failures == 0 {
+            ANNOUNCE_POLL
+        } else {
+            (ANNOUNCE_POLL / 4 * failures.min(8)).min(std::time::Duration::from_secs(2))
+        };
+        tokio::select! {
+            () = store.announcements_written(), if failures == 0 => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 /// The running bus side of ECR; dropping it stops every task.
 #[derive(Debug)]
 pub struct BusTasks {
@@ -450,6 +576,15 @@ pub async fn start(
 
     let metrics = BusMetrics::register(&settings.metrics);
     let mut tasks = JoinSet::new();
+    if ecr.store().durable_announcements() {
+        let sink = BusSink {
+            bus: Arc::clone(&bus),
+            subject: updated_subject.clone(),
+            replica_id: settings.replica_id.clone(),
+            published: metrics.published.clone(),
+        };
+        tasks.spawn(durable_announcer(Arc::clone(&ecr), sink));
+    }
     {
         let (ecr, bus, metrics) = (Arc::clone(&ecr), Arc::clone(&bus), metrics.clone());
         tasks.spawn(async move {

@@ -62,7 +62,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use kaa_service::{ConfigError, Secret};
+use kaa_service::ConfigError;
 
 /// The default request body limit, which is the stack's maximum configuration size:
 /// 1 MiB − 16 KiB ([`kaa_service::DEFAULT_MAX_CONFIG_SIZE`]), so that the
@@ -100,39 +100,22 @@ pub struct EcrConfig {
     pub auth: AuthConfig,
 }
 
-/// `service`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ServiceSection {
-    /// `service.instance`.
-    #[serde(default)]
-    pub instance: InstanceSection,
+/// The ECR service's [`ServiceKind`](kaa_service::ServiceKind):
+/// `service.instance.name` defaults to `ecr`.
+#[derive(Debug, Clone, Copy)]
+pub enum EcrServiceKind {}
+
+impl kaa_service::ServiceKind for EcrServiceKind {
+    const DEFAULT_INSTANCE_NAME: &'static str = "ecr";
 }
 
-/// `service.instance`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct InstanceSection {
-    /// `service.instance.name`, default `ecr`.
-    #[serde(default = "default_instance_name")]
-    pub name: String,
-    /// `service.instance.replica.id`, default `<name>-1`.
-    #[serde(default)]
-    pub replica: Option<ReplicaSection>,
-}
+/// `service`: [`kaa_service::ServiceSection`] with `service.instance.name`
+/// defaulting to `ecr`.
+pub type ServiceSection = kaa_service::ServiceSection<EcrServiceKind>;
 
-impl Default for InstanceSection {
-    fn default() -> Self {
-        Self {
-            name: default_instance_name(),
-            replica: None,
-        }
-    }
-}
-
-fn default_instance_name() -> String {
-    "ecr".to_owned()
-}
+/// `service.instance`: the extension instance name (default `ecr`) and the
+/// replica (default ID `<name>-1`).
+pub type InstanceSection = kaa_service::InstanceSection<EcrServiceKind>;
 
 /// `kaa`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -261,39 +244,7 @@ fn default_cmx() -> String {
     "cmx".to_owned()
 }
 
-/// `auth`: bearer tokens for the REST API.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct AuthConfig {
-    /// `auth.enabled`: must be said explicitly; `false` opens the API to anyone who
-    /// can reach it (local use only).
-    pub enabled: bool,
-    /// `auth.tokens`.
-    #[serde(default)]
-    pub tokens: Vec<TokenConfig>,
-}
-
-/// One API token.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct TokenConfig {
-    /// A name for logs (the token itself is never logged).
-    pub name: String,
-    /// The token, preferably `{ env: VAR }`.
-    pub token: Secret,
-    /// What it may do.
-    pub access: Access,
-}
-
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Access {
-    /// GET only.
-    Read,
-    /// Everything.
-    ReadWrite,
-}
+pub use kaa_service::auth::{Access, AuthConfig, TokenConfig};
 
 pub use kaa_service::{de_byte_size, de_opt_byte_size, parse_byte_size};
 
@@ -341,10 +292,7 @@ impl EcrConfig {
 
     /// The replica ID (`service.instance.replica.id`, default `<name>-1`).
     pub fn replica_id(&self) -> String {
-        self.service.instance.replica.as_ref().map_or_else(
-            || format!("{}-1", self.service.instance.name),
-            |r| r.id.clone(),
-        )
+        self.service.instance.replica_id()
     }
 
     /// Checks what serde cannot: names that become subject tokens, a usable auth

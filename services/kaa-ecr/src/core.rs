@@ -376,6 +376,9 @@ impl Ecr {
         after: Option<StoredConfig>,
         prefetched_default: Option<Option<StoredConfig>>,
     ) -> Result<(), EcrError> {
+        if self.changes.is_none() {
+            return Ok(());
+        }
         self.retry_announce(|| async {
             match scope {
                 Scope::Endpoint {
@@ -499,6 +502,9 @@ impl Ecr {
         for (target, outcome) in targets.iter().zip(&outcomes) {
             if outcome.changed {
                 changed += 1;
+                if self.changes.is_none() {
+                    continue;
+                }
                 // Committed already: announced with the same retry as a single put.
                 self.retry_announce(|| {
                     self.endpoint_changed(

@@ -105,7 +105,7 @@ impl EcrServer {
     /// HTTP listener (`ecr.http.listen`; port 0 picks a free port).
     pub async fn bind(config: &EcrConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
         config.validate()?;
-        let auth = api::Authenticator::from_config(&config.auth)?;
+        let auth = api::Authenticator::from_config(&config.auth)?.with_realm("ecr");
         let apps = core::AppVersions::from_config(&config.kaa)?;
         kaa_service::check_fits_bus(
             "ecr.http.body-limit",
@@ -115,7 +115,14 @@ impl EcrServer {
         )?;
         let store = store::open(&config.store_url()?).await?;
         let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
-        let ecr = Arc::new(core::Ecr::new(store, apps, Some(changes_tx)));
+        // PostgreSQL: announcements go through the store's outbox (durable, ordered
+        // across replicas; see `bus`), not the in-memory queue.
+        let durable = store.enable_durable_announcements();
+        let ecr = Arc::new(core::Ecr::new(
+            store,
+            apps,
+            (!durable).then_some(changes_tx),
+        ));
         let metrics = Metrics::new("ecr");
         metrics.register(
             "status_write_failures",

@@ -38,7 +38,12 @@
 //!     kettle-42:                                               # or with the app version it is valid for
 //!       endpoint-id: 2f1c5a70-9b7e-4c4e-8c1a-0d4f3c1f0e42
 //!       app-version: smart-kettle-v3
-//!   accept-any-token: false       # true: an unknown token is its own endpoint ID (development, load tests)
+//!   accept-any-token: false       # true: an unknown token is its own endpoint ID (development, load tests; with token-validation: unknown to the provider)
+//!   token-validation:             # tokens not in endpoint-tokens: ask a 16/ECAP provider (an endpoint register)
+//!     provider: epr               # its service instance name
+//!     timeout: 5s                 # no answer: 503 to the device
+//!     app-names: {}               # app version -> 16/ECAP appName (default: the app version name)
+//!     cache: { max-entries: 100000, ttl: 5m }  # valid answers; a revocation event drops them at once
 //! ```
 //!
 //! # Limits
@@ -144,39 +149,22 @@ pub struct KpcConfig {
     pub kpc: KpcSection,
 }
 
-/// `service`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ServiceSection {
-    /// `service.instance`.
-    #[serde(default)]
-    pub instance: InstanceSection,
+/// The KPC service's [`ServiceKind`](kaa_service::ServiceKind):
+/// `service.instance.name` defaults to `kpc`.
+#[derive(Debug, Clone, Copy)]
+pub enum KpcServiceKind {}
+
+impl kaa_service::ServiceKind for KpcServiceKind {
+    const DEFAULT_INSTANCE_NAME: &'static str = "kpc";
 }
 
-/// `service.instance`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct InstanceSection {
-    /// `service.instance.name`, default `kpc`.
-    #[serde(default = "default_instance_name")]
-    pub name: String,
-    /// `service.instance.replica.id`, default `<name>-1`.
-    #[serde(default)]
-    pub replica: Option<ReplicaSection>,
-}
+/// `service`: [`kaa_service::ServiceSection`] with `service.instance.name`
+/// defaulting to `kpc`.
+pub type ServiceSection = kaa_service::ServiceSection<KpcServiceKind>;
 
-impl Default for InstanceSection {
-    fn default() -> Self {
-        Self {
-            name: default_instance_name(),
-            replica: None,
-        }
-    }
-}
-
-fn default_instance_name() -> String {
-    "kpc".to_owned()
-}
+/// `service.instance`: the extension instance name (default `kpc`) and the
+/// replica (default ID `<name>-1`).
+pub type InstanceSection = kaa_service::InstanceSection<KpcServiceKind>;
 
 /// `kpc`.
 #[derive(Debug, Clone, Deserialize)]
@@ -196,9 +184,75 @@ pub struct KpcSection {
     #[serde(default)]
     pub endpoint_tokens: BTreeMap<String, TokenEntry>,
     /// `kpc.accept-any-token`: an unknown token resolves to an endpoint ID equal to
-    /// the token. For development and load tests only.
+    /// the token. For development and load tests only. With
+    /// `kpc.token-validation`, "unknown" means unknown to the provider (404):
+    /// tokens it revoked or refuses stay refused (see
+    /// [`crate::resolver`], *Development mode with a register*).
     #[serde(default)]
     pub accept_any_token: bool,
+    /// `kpc.token-validation`: validate tokens that are not in
+    /// `kpc.endpoint-tokens` with a 16/ECAP provider (an endpoint register);
+    /// absent: the table only.
+    #[serde(default)]
+    pub token_validation: Option<TokenValidationSection>,
+}
+
+/// `kpc.token-validation`: the 16/ECAP provider that validates endpoint tokens
+/// (see [`crate::resolver::EcapResolver`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TokenValidationSection {
+    /// `provider`: the provider's service instance name (e.g. `epr`).
+    pub provider: String,
+    /// `timeout`: how long a validation request waits (default 5 s); no answer
+    /// is 503 for the device, which retries.
+    #[serde(
+        default = "default_validation_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub timeout: Duration,
+    /// `app-names`: app version name → application name sent as 16/ECAP
+    /// `appName`; an app version not listed is sent as it is.
+    #[serde(default)]
+    pub app_names: BTreeMap<String, String>,
+    /// `cache`: answers kept in memory.
+    #[serde(default)]
+    pub cache: ValidationCacheSection,
+}
+
+/// `kpc.token-validation.cache`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValidationCacheSection {
+    /// `max-entries`: the most valid tokens remembered (default 100,000; 0: no
+    /// cache). When full, the oldest answer goes.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// `ttl`: how long a valid answer is reused (default 5 min). A revocation
+    /// event drops it at once, whatever the TTL.
+    #[serde(default = "default_cache_ttl", deserialize_with = "de_duration")]
+    pub ttl: Duration,
+}
+
+impl Default for ValidationCacheSection {
+    fn default() -> Self {
+        Self {
+            max_entries: default_cache_entries(),
+            ttl: default_cache_ttl(),
+        }
+    }
+}
+
+fn default_validation_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_cache_entries() -> usize {
+    100_000
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// `kpc.mqtt`.
@@ -488,6 +542,7 @@ impl KpcConfig {
                 extension_instances: Vec::new(),
                 endpoint_tokens: BTreeMap::new(),
                 accept_any_token: false,
+                token_validation: None,
             },
         }
     }
@@ -499,10 +554,7 @@ impl KpcConfig {
 
     /// The replica ID (`service.instance.replica.id`, default `<name>-1`).
     pub fn replica_id(&self) -> String {
-        self.service.instance.replica.as_ref().map_or_else(
-            || format!("{}-1", self.service.instance.name),
-            |r| r.id.clone(),
-        )
+        self.service.instance.replica_id()
     }
 
     /// Resolves the MQTT credentials (secrets from the environment).
@@ -544,6 +596,14 @@ impl KpcConfig {
             token(entry.endpoint_id(), "kpc.endpoint-tokens endpoint ID")?;
             if let Some(v) = entry.app_version() {
                 token(v, "kpc.endpoint-tokens app version")?;
+            }
+        }
+        if let Some(v) = &self.kpc.token_validation {
+            token(&v.provider, "kpc.token-validation.provider")?;
+            if v.timeout.is_zero() {
+                return Err(ConfigError::Invalid(
+                    "kpc.token-validation.timeout must be > 0".into(),
+                ));
             }
         }
         let mqtt = &self.kpc.mqtt;

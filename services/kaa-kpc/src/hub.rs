@@ -19,8 +19,13 @@ pub(crate) type EndpointEntry = (Arc<str>, Arc<str>);
 /// What the bus side sends to a session.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// An ExtensionData for an endpoint this session owns.
-    Deliver(ExtensionData<'static>),
+    /// An ExtensionData for an endpoint this session owns. Boxed: a session's
+    /// queue allocates its first block of 32 slots up front, even for an idle
+    /// session (tokio's `mpsc`), and a slot is as large as a `Command`.
+    Deliver(Box<ExtensionData<'static>>),
+    /// The endpoint's tokens were revoked: forget them (the next use is
+    /// resolved again, and refused).
+    Revoke(Arc<str>),
 }
 
 /// How to reach a session.
@@ -40,6 +45,10 @@ pub(crate) enum EventOut {
     /// `connected`; `done` fires once it is published (or failed).
     Connected {
         endpoints: Vec<EndpointEntry>,
+        /// When the session took the endpoints (Unix ms): the event's
+        /// `timestamp`, which other replicas compare with their own sessions
+        /// (see [`Hub::yield_to`]).
+        timestamp: i64,
         done: oneshot::Sender<()>,
     },
     /// `disconnected`.
@@ -52,6 +61,9 @@ pub(crate) enum EventOut {
 struct Owner {
     session: SessionHandle,
     app_version: Arc<str>,
+    /// When the session took the endpoint (Unix ms; the `timestamp` of its
+    /// `connected` event).
+    since: i64,
     /// (extension instance, resource path) the owning session has used, for a
     /// CMX's sessions request; at most [`MAX_RESOURCES_PER_ENDPOINT`].
     resources: Vec<(Box<str>, Box<str>)>,
@@ -133,11 +145,13 @@ impl Hub {
         {
             return Claim::Owned;
         }
+        let since = kaa_service::now().0;
         state.owners.insert(
             Arc::clone(endpoint_id),
             Owner {
                 session: session.clone(),
                 app_version: Arc::clone(app_version),
+                since,
                 resources: Vec::new(),
             },
         );
@@ -145,6 +159,7 @@ impl Hub {
         // Queued under the lock: ordered with every other ownership change.
         let _ = self.events.send(EventOut::Connected {
             endpoints: vec![(Arc::clone(endpoint_id), Arc::clone(app_version))],
+            timestamp: since,
             done,
         });
         Claim::New(rx)
@@ -184,6 +199,89 @@ impl Hub {
             });
         }
         released
+    }
+
+    /// Another replica of this KPC instance, `replica`, reports (9/ELCE
+    /// `connected` with `timestamp`) that a session of its own took
+    /// `endpoint_id`. When that session is newer than the local owner's, the
+    /// local session loses the endpoint silently, as to a newer session of this
+    /// replica ([`Hub::claim`]): no event (the other replica has published
+    /// `connected`), and the local session's `disconnected` will not list it.
+    ///
+    /// Newer means a greater (`timestamp`, replica ID) pair, the local one being
+    /// (the local claim's time, `local_replica`): every replica compares the same
+    /// pairs, so exactly one session wins, whatever order the events arrive in.
+    /// Returns whether the local session lost the endpoint.
+    pub(crate) fn yield_to(
+        &self,
+        endpoint_id: &str,
+        timestamp: i64,
+        replica: &str,
+        local_replica: &str,
+    ) -> bool {
+        let mut state = self.lock();
+        let newer = state
+            .owners
+            .get(endpoint_id)
+            .is_some_and(|o| (timestamp, replica) > (o.since, local_replica));
+        if newer {
+            state.owners.remove(endpoint_id);
+        }
+        newer
+    }
+
+    /// Another replica of this KPC instance published `disconnected` listing
+    /// `endpoint_id` while a session here owns it: that replica's session ended
+    /// before it learned of ours, and an extension that receives its
+    /// `disconnected` after our `connected` would take the device for offline.
+    /// Queues our `connected` again, with the timestamp of the original claim (so
+    /// that other replicas compare the same session). Returns whether it did.
+    pub(crate) fn reannounce(&self, endpoint_id: &str) -> bool {
+        let state = self.lock();
+        let Some((id, owner)) = state.owners.get_key_value(endpoint_id) else {
+            return false;
+        };
+        let (done, _) = oneshot::channel();
+        // Queued under the lock: ordered with every other ownership change.
+        let _ = self.events.send(EventOut::Connected {
+            endpoints: vec![(Arc::clone(id), Arc::clone(&owner.app_version))],
+            timestamp: owner.since,
+            done,
+        });
+        true
+    }
+
+    /// This replica's bus connection came back after an outage: whatever the
+    /// extensions sent its sessions meanwhile was lost (NATS drops messages for a
+    /// subscriber that is not connected), and an extension whose own connection
+    /// stayed up does not know. Queues `connected` again for every endpoint a
+    /// session here owns, each with the timestamp of its claim (as
+    /// [`Hub::reannounce`]), so that CMX pushes what its devices have not
+    /// reported applied. Returns how many.
+    pub(crate) fn reannounce_all(&self) -> usize {
+        let state = self.lock();
+        for (id, owner) in &state.owners {
+            let (done, _) = oneshot::channel();
+            // Queued under the lock: ordered with every other ownership change.
+            let _ = self.events.send(EventOut::Connected {
+                endpoints: vec![(Arc::clone(id), Arc::clone(&owner.app_version))],
+                timestamp: owner.since,
+                done,
+            });
+        }
+        state.owners.len()
+    }
+
+    /// The endpoint's tokens were revoked: no session of this replica owns it any
+    /// more (a `disconnected` event is queued when one did). Returns the session
+    /// that owned it, to be told to forget the endpoint's tokens.
+    pub(crate) fn revoke(&self, endpoint_id: &str) -> Option<SessionHandle> {
+        let mut state = self.lock();
+        let (id, owner) = state.owners.remove_entry(endpoint_id)?;
+        let _ = self.events.send(EventOut::Disconnected {
+            endpoints: vec![(id, owner.app_version)],
+        });
+        Some(owner.session)
     }
 
     /// The session that owns `endpoint_id`, if any.
@@ -300,6 +398,85 @@ mod tests {
         assert_eq!(hub.end_session(b.id, "b", [&ep1]).len(), 1);
         assert!(hub.end_session(b.id, "b", [&ep1]).is_empty());
         assert!(hub.route("ep-1").is_none());
+    }
+
+    #[test]
+    fn a_newer_session_on_another_replica_takes_the_endpoint() {
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        let hub = Hub::new(etx);
+        let (a, _ra) = handle(&hub);
+        let ep: Arc<str> = "ep-1".into();
+        let v: Arc<str> = "v1".into();
+        assert!(matches!(hub.claim(&ep, &v, &a), Claim::New(_)));
+        let Some(EventOut::Connected { timestamp, .. }) = erx.try_recv().ok() else {
+            panic!("a connected event");
+        };
+        // An older session elsewhere (or the same time, a smaller replica ID):
+        // ours stays.
+        assert!(!hub.yield_to("ep-1", timestamp - 1, "r-b", "r-a"));
+        assert!(!hub.yield_to("ep-1", timestamp, "r-0", "r-a"));
+        assert!(!hub.yield_to("ep-other", timestamp + 1, "r-b", "r-a"));
+        assert_eq!(hub.route("ep-1").unwrap().id, a.id);
+        // A newer one: ours loses the endpoint, silently.
+        assert!(hub.yield_to("ep-1", timestamp, "r-b", "r-a"));
+        assert!(hub.route("ep-1").is_none());
+        assert!(hub.end_session(a.id, "a", [&ep]).is_empty());
+        assert!(erx.try_recv().is_err(), "no disconnected event");
+        // Using the token again takes it back.
+        assert!(matches!(hub.claim(&ep, &v, &a), Claim::New(_)));
+        let Some(EventOut::Connected {
+            timestamp: claimed, ..
+        }) = erx.try_recv().ok()
+        else {
+            panic!("a connected event");
+        };
+        // Another replica's `disconnected` for it: `connected` again, same claim.
+        assert!(!hub.reannounce("ep-other"));
+        assert!(hub.reannounce("ep-1"));
+        match erx.try_recv() {
+            Ok(EventOut::Connected {
+                endpoints,
+                timestamp,
+                ..
+            }) => {
+                assert_eq!(endpoints, vec![(ep.clone(), v.clone())]);
+                assert_eq!(timestamp, claimed);
+            }
+            other => panic!("expected connected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn after_a_bus_outage_every_owned_endpoint_is_announced_again() {
+        let (etx, mut erx) = mpsc::unbounded_channel();
+        let hub = Hub::new(etx);
+        let (a, _ra) = handle(&hub);
+        let v: Arc<str> = "v1".into();
+        let mut claimed = std::collections::BTreeMap::new();
+        for ep in ["ep-1", "ep-2"] {
+            let ep: Arc<str> = ep.into();
+            assert!(matches!(hub.claim(&ep, &v, &a), Claim::New(_)));
+            let Some(EventOut::Connected { timestamp, .. }) = erx.try_recv().ok() else {
+                panic!("a connected event");
+            };
+            claimed.insert(ep, timestamp);
+        }
+        assert_eq!(hub.reannounce_all(), 2);
+        let mut again = std::collections::BTreeMap::new();
+        while let Ok(EventOut::Connected {
+            endpoints,
+            timestamp,
+            ..
+        }) = erx.try_recv()
+        {
+            assert_eq!(endpoints.len(), 1);
+            assert_eq!(endpoints[0].1, v);
+            again.insert(endpoints[0].0.clone(), timestamp);
+        }
+        assert_eq!(
+            again, claimed,
+            "each endpoint once, with its claim's timestamp"
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,11 @@
 //!   with the configuration's token table as the implementation, and how a 16/ECAP
 //!   provider plugs in).
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`route`] and [`session`]: what a session does, sans-IO: the checks and
+//!   4/ESP `ClientData` of a device request, and [`session::SessionCore`], the
+//!   state machine of one MQTT session (token ownership, pending requests, QoS,
+//!   packet identifiers, the routing of deliveries), which the crate drives over
+//!   a socket.
 //! - [`KpcServer`]: binds the listener, subscribes on the bus and runs; the `kpc`
 //!   binary, the all-in-one binary and the tests compose it.
 //!
@@ -123,15 +128,22 @@
 //!   retransmitted); at most `max-inflight` may wait for PUBACK, further QoS 1
 //!   deliveries are dropped (counted) until PUBACKs arrive.
 //! - Dropped and counted in `kpc_extension_data_total{outcome}`: undecodable
-//!   datums, expired ones (3/ISM `timestamp` + `timeout`), endpoint-unaware ones
-//!   (`endpointId` null), and those for endpoints with no session on this replica
-//!   (the device is offline: CMX pushes again on the next `connected`). With several
-//!   KPC replicas, an instance-wide push may reach a replica that does not hold the
-//!   session; extensions that follow session affinity (kaa-cmp does) answer on the
-//!   replica subject instead.
+//!   datums, expired ones (3/ISM `timestamp` + `timeout`) and endpoint-unaware ones
+//!   (`endpointId` null). One for an endpoint with no session on this replica is
+//!   counted `no_session` and handed over to the other replicas of the instance
+//!   (see *Several replicas*); when no replica holds the endpoint (the device is
+//!   offline: CMX pushes again on the next `connected`) it is dropped there and
+//!   counted undeliverable.
 //!
 //! # Endpoints, sessions and 9/ELCE events
 //!
+//! - Tokens resolve through the configuration's table, or with
+//!   `kpc.token-validation` through a 16/ECAP provider (an endpoint register,
+//!   [`resolver::EcapResolver`]). When the provider revokes an endpoint's tokens
+//!   (`kaa.v1.events.<provider>.endpoint.token.revoked`, heard by every replica),
+//!   KPC drops its cached answers, releases the endpoint (`disconnected`) and the
+//!   session that used it forgets its tokens: nothing more is pushed for it, and
+//!   the next request with a revoked token is resolved again and refused (401).
 //! - A session's first use of a token resolves it ([`resolver`]) and makes the
 //!   session the owner of the endpoint: KPC publishes `connected` (one endpoint)
 //!   and waits for it to be on the bus before forwarding the request, so that
@@ -154,6 +166,70 @@
 //! - Ownership changes and their events are serialized by one lock and published
 //!   by one task, so they reach the bus in the order they happened.
 //!
+//! # Several replicas
+//!
+//! Replicas of one KPC instance (same `service.instance.name`, different
+//! `service.instance.replica.id`) on one NATS (a server or a cluster) behave as
+//! one KPC: a device may connect to any of them (and reconnect to another), and an
+//! extension may send to the instance-wide subject, to the replica subject of the
+//! replica the device last spoke through, or to a stale one. What kaa-rs adds for
+//! this goes beyond the RFCs (1/KP, 3/ISM, 4/ESP and 9/ELCE say nothing about
+//! several replicas of a communication service sharing devices) and needs nothing
+//! of the extensions: CMX, or any 4/ESP extension, works as with one replica.
+//!
+//! - **Handover (kaa-rs extension).** Every replica also subscribes, without a
+//!   queue group, to [`handover_subject`] `kaa.v1.service.<instance>.kpc.handover`.
+//!   An `ExtensionData` that arrives on the instance-wide or the replica subject
+//!   for an endpoint with no session on this replica is published there unchanged
+//!   (the same Avro datum), as a NATS request. Each replica that receives it
+//!   delivers it when a session of its own owns the endpoint, exactly as a direct
+//!   one, and answers the request; the others ignore it. A handed-over message is
+//!   never handed over again, so nothing loops. No answer within 1 s means no
+//!   replica holds the endpoint: the message is dropped, counted
+//!   (`kpc_handovers_total{outcome="undeliverable"}`) and logged at INFO with its
+//!   endpoint. At most 1,024 handovers wait for their answer at once; beyond that
+//!   a message is dropped and counted `overflow`. A message for an endpoint whose
+//!   session is on this replica never takes this path: it costs nothing when
+//!   extensions follow session affinity, and only the misrouted messages cross the
+//!   bus twice. With one replica the outcome is the same as before (the message is
+//!   dropped), one second later in `kpc_handovers_total`.
+//! - **Latest session wins across replicas (kaa-rs extension).** Every replica
+//!   listens to its own instance's 9/ELCE connectivity events
+//!   (`kaa.v1.events.<instance>.endpoint.connectivity.*`, no queue group). The `timestamp` of a
+//!   `connected` KPC publishes is the moment its session took the endpoint. When
+//!   one from another replica (`originatorReplicaId`) lists an endpoint a session
+//!   here owns, the newer session keeps it: the one with the greater
+//!   (`timestamp`, replica ID) pair, the replica ID breaking a tie of the same
+//!   millisecond. Every replica compares the same pairs, so exactly one session
+//!   wins whatever order the events arrive in, and an event about a session older
+//!   than the local one (late, or from a replica whose device came back here)
+//!   changes nothing. A session that loses the endpoint loses it as to a newer
+//!   session on the same replica (above): silently, its connection stays open, no
+//!   event is published (the winner published `connected`), its `disconnected`
+//!   will not list the endpoint, its later pushes and answers are handed over to
+//!   the winner, and using the token again takes the endpoint back (publishing
+//!   `connected`, which the other replica yields to in turn). Counted in
+//!   `kpc_endpoints_moved_total`. The rule assumes the replicas' clocks agree to
+//!   well within the time a device takes to reconnect (NTP does); with a larger
+//!   skew two sessions may both keep an endpoint until one of them uses it again.
+//! - **No false `disconnected` (kaa-rs extension).** If the old session ends
+//!   before its replica saw the new session's `connected`, its `disconnected`
+//!   lists the endpoint, and an extension that receives it after the new
+//!   `connected` (events of two replicas have no order between them) would take
+//!   the device for offline (kaa-cmp would push nothing until the device's next
+//!   request). So a replica whose session holds an endpoint that another replica
+//!   reports `disconnected` publishes `connected` for it again, with the
+//!   timestamp of its original claim (so the rule above compares the same
+//!   session); counted in `kpc_endpoints_reannounced_total`. Extensions see one
+//!   more `connected` (kaa-cmp: it drops its reply-subject affinity and pushes
+//!   what the endpoint has not applied), only in this race.
+//! - **Limits.** Until the other replica's `connected` reaches the old one (the
+//!   bus's latency), both sessions hold the endpoint, and a message may go to
+//!   either; if that `connected` is lost (a bus outage), until the old session
+//!   ends or uses the token again. A handed-over message takes one more hop than
+//!   a direct one, so two messages for one endpoint that took different paths may
+//!   reach the device in the other order.
+//!
 //! # Limits and observability
 //!
 //! `max-connections` (the next CONNECT gets CONNACK 0x03, server unavailable),
@@ -175,11 +251,15 @@ pub mod config;
 pub mod metrics;
 pub mod resolver;
 pub mod route;
+pub mod session;
+
+/// The MQTT 3.1.1 packet codec of [`rumqttc`] (default features off), whose
+/// packets a [`session::SessionCore`] takes and gives.
+pub use rumqttc::mqttbytes;
 
 mod admission;
 mod bus;
 mod hub;
-mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -243,13 +323,12 @@ pub(crate) struct Settings {
     pub(crate) replica_id: String,
     /// `kaa.v1.replica.<replica>.esp.ExtensionData`.
     pub(crate) reply_to: String,
+    /// [`handover_subject`] of the instance.
+    pub(crate) handover_subject: String,
     pub(crate) credentials: Credentials,
-    pub(crate) extension_instances: Vec<String>,
-    pub(crate) max_inflight: usize,
-    pub(crate) max_endpoints: usize,
-    pub(crate) max_payload: usize,
+    /// What every session applies.
+    pub(crate) session: Arc<session::SessionSettings>,
     pub(crate) connect_timeout: Duration,
-    pub(crate) request_timeout: Duration,
     pub(crate) write_timeout: Duration,
 }
 
@@ -273,6 +352,8 @@ pub struct KpcServer {
     max_handshakes_per_address: usize,
     ops: Option<(TcpListener, SocketAddr)>,
     bus_tasks: bus::BusTasks,
+    /// The 16/ECAP revocation listener, with `kpc.token-validation`.
+    revocations: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for KpcServer {
@@ -289,6 +370,13 @@ impl KpcServer {
     /// the MQTT listener (`kpc.mqtt.listen`; port 0 picks a free port) and, when
     /// configured, the `/health` + `/metrics` listener. Tokens resolve through the
     /// configuration's table ([`TokenTable`]).
+    ///
+    /// With `kpc.token-validation`, tokens not in the table are validated by the
+    /// 16/ECAP provider it names ([`resolver::EcapResolver`]), and the provider's
+    /// `endpoint.token.revoked` events take the endpoint from the session using
+    /// it at once: its cached answers are dropped, it is released (`disconnected`),
+    /// nothing more is pushed for it, and the session's next request with a
+    /// revoked token is resolved again and refused (401).
     pub async fn bind(config: &KpcConfig, bus: Arc<dyn Bus>) -> Result<Self, StartError> {
         let table = TokenTable::new(
             config
@@ -298,7 +386,34 @@ impl KpcServer {
                 .map(|(t, e)| (t.clone(), e.clone())),
             config.kpc.accept_any_token,
         );
-        Self::bind_with_resolver(config, bus, Arc::new(table)).await
+        let Some(validation) = &config.kpc.token_validation else {
+            return Self::bind_with_resolver(config, bus, Arc::new(table)).await;
+        };
+        config.validate()?;
+        let ecap = Arc::new(resolver::EcapResolver::from_config(
+            Arc::clone(&bus),
+            validation,
+            table,
+            config.kpc.accept_any_token,
+        ));
+        // Subscribed before devices are accepted: no revocation can slip by.
+        let filter = kaa_ecap::subject::endpoint_token_revoked_filter(
+            kaa_ism::subject::Token::Name(&validation.provider),
+        )
+        .map_err(|e| ConfigError::Invalid(format!("kpc.token-validation.provider: {e}")))?;
+        let revocations = bus.subscribe(filter.as_str(), None).await?;
+        let mut server = Self::bind_with_resolver(
+            config,
+            bus,
+            Arc::clone(&ecap) as Arc<dyn EndpointTokenResolver>,
+        )
+        .await?;
+        server.revocations = Some(tokio::spawn(bus::revocations(
+            Arc::clone(&server.shared),
+            ecap,
+            revocations,
+        )));
+        Ok(server)
     }
 
     /// [`KpcServer::bind`] with another token resolver (e.g. a 16/ECAP client);
@@ -324,17 +439,23 @@ impl KpcServer {
             .map_err(|e| ConfigError::Invalid(format!("service.instance.replica.id: {e}")))?
             .to_string();
         let mqtt = &config.kpc.mqtt;
+        let handover_subject = handover_subject(config.instance_name());
+        kaa_bus::validate_subject(&handover_subject)
+            .map_err(|e| ConfigError::Invalid(format!("service.instance.name: {e}")))?;
         let settings = Settings {
             instance: config.instance_name().to_owned(),
             replica_id,
             reply_to,
+            handover_subject,
             credentials,
-            extension_instances: config.kpc.extension_instances.clone(),
-            max_inflight: mqtt.max_inflight,
-            max_endpoints: mqtt.max_endpoints_per_session,
-            max_payload: mqtt.max_payload,
+            session: Arc::new(session::SessionSettings {
+                extension_instances: config.kpc.extension_instances.clone(),
+                max_inflight: mqtt.max_inflight,
+                max_endpoints: mqtt.max_endpoints_per_session,
+                max_payload: mqtt.max_payload,
+                request_timeout: mqtt.request_timeout,
+            }),
             connect_timeout: mqtt.connect_timeout,
-            request_timeout: mqtt.request_timeout,
             write_timeout: mqtt.write_timeout,
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -377,6 +498,7 @@ impl KpcServer {
             max_handshakes_per_address: mqtt.max_handshakes_per_address(),
             ops,
             bus_tasks,
+            revocations: None,
         })
     }
 
@@ -411,6 +533,7 @@ impl KpcServer {
             max_handshakes_per_address,
             ops,
             bus_tasks,
+            revocations,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let ops_task = ops.map(|(l, _)| {
@@ -479,7 +602,7 @@ impl KpcServer {
                                 sessions.spawn(async move {
                                     let evicted = admission.eviction();
                                     tokio::select! {
-                                        () = session::refuse_unavailable(stream, timeout) => {}
+                                        () = session::driver::refuse_unavailable(stream, timeout) => {}
                                         () = evicted => {}
                                         _ = stop.changed() => {}
                                     }
@@ -498,7 +621,7 @@ impl KpcServer {
                         let shared = Arc::clone(&shared);
                         let stop = stop_rx.clone();
                         sessions.spawn(
-                            session::serve(shared, stream, peer, stop, admission).instrument(span),
+                            session::driver::serve(shared, stream, peer, stop, admission).instrument(span),
                         );
                     }
                     Err(e) => {
@@ -537,6 +660,9 @@ impl KpcServer {
             sessions.abort_all();
         }
         bus_tasks.shutdown().await;
+        if let Some(t) = revocations {
+            t.abort();
+        }
         if let Some(t) = ops_task {
             let _ = t.await;
         }
@@ -698,6 +824,14 @@ impl KpcHandle {
             }),
         }
     }
+}
+
+/// `kaa.v1.service.<instance>.kpc.handover`: where a replica of KPC instance
+/// `instance` hands over an ExtensionData for an endpoint it holds no session for,
+/// to every replica of the instance (a kaa-rs extension; see *Several replicas* in
+/// the [crate docs](crate)).
+pub fn handover_subject(instance: &str) -> String {
+    format!("kaa.v1.service.{instance}.kpc.handover")
 }
 
 /// The bus named by the configuration: NATS when `nats.urls` is set (credentials

@@ -12,10 +12,14 @@
 //! | `kpc_accept_errors_total` | `kind` | failed `accept` calls: `fd_exhausted` (out of file descriptors or socket memory: one handshake is evicted and accepting pauses), `other` |
 //! | `kpc_messages_in_total` | `kind` | PUBLISH received: `request` (forwarded as ClientData), `rejected` (answered or dropped by KPC) |
 //! | `kpc_messages_out_total` | `kind` | PUBLISH sent: `response`, `error`, `push` |
-//! | `kpc_extension_data_total` | `outcome` | ExtensionData received: `delivered`, `no_session`, `unmatched`, `expired`, `malformed`, `no_responders` (a NATS "no responders" status: the ClientData found no extension instance subscribed), `queue_full`, `inflight_full`, `too_large` (payload over `max-payload`: a 413 went to the device instead) |
+//! | `kpc_extension_data_total` | `outcome` | ExtensionData received on the instance-wide or the replica subject (and `delivered`: by a session, handed-over ones included): `delivered`, `no_session` (no session on this replica: handed over, see `kpc_handovers_total`), `unmatched`, `expired`, `malformed`, `no_responders` (a NATS "no responders" status: the ClientData found no extension instance subscribed), `queue_full`, `inflight_full`, `too_large` (payload over `max-payload`: a 413 went to the device instead) |
 //! | `kpc_errors_total` | `kind` | `bad_topic`, `unknown_extension` (not in `kpc.extension-instances`), `unknown_token`, `token_resolution`, `too_large`, `too_many_requests`, `bus`, `auth` |
 //! | `kpc_refused_without_request_id_total` | `reason` | requests KPC refused that had no request ID, so the device was not told (1/KP: no response); `reason` is the `kind` of `kpc_errors_total`. Each is also logged at INFO with its correlation ID and endpoint |
 //! | `kpc_elce_events_total` | `event` | `connected`, `disconnected` published |
+//! | `kpc_handovers_total` | `outcome` | ExtensionData this replica handed over to the other replicas of its instance because no session here owned the endpoint (also counted as `kpc_extension_data_total{outcome="no_session"}`): `taken` (a replica's session took it), `undeliverable` (no replica answered within 1 s: no session anywhere owns the endpoint, or its queue was full), `overflow` (1,024 handovers were already waiting: dropped without a handover), `failed` (the bus refused it). Each undeliverable one is logged at INFO with its endpoint |
+//! | `kpc_handovers_received_total` | `outcome` | handed-over ExtensionData this replica received (its own included): `taken` (a session here owns the endpoint and took it), `no_session` (none here; another replica may hold it), `expired`, `malformed`, `queue_full` |
+//! | `kpc_endpoints_moved_total` | | endpoints a session here lost to a newer session on another replica (9/ELCE `connected` from that replica) |
+//! | `kpc_endpoints_reannounced_total` | | `connected` events published again because another replica reported `disconnected` for an endpoint a session here holds |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -62,6 +66,10 @@ pub struct KpcMetrics {
     errors: Family<Kind, Counter>,
     refused: Family<Reason, Counter>,
     events: Family<EventType, Counter>,
+    handovers: Family<Outcome, Counter>,
+    handovers_received: Family<Outcome, Counter>,
+    endpoints_moved: Counter,
+    endpoints_reannounced: Counter,
 }
 
 impl Default for KpcMetrics {
@@ -88,6 +96,10 @@ impl KpcMetrics {
             errors: Family::default(),
             refused: Family::default(),
             events: Family::default(),
+            handovers: Family::default(),
+            handovers_received: Family::default(),
+            endpoints_moved: Counter::default(),
+            endpoints_reannounced: Counter::default(),
         };
         let r = &m.registry;
         r.register(
@@ -147,6 +159,26 @@ impl KpcMetrics {
             m.refused.clone(),
         );
         r.register("elce_events", "9/ELCE events published", m.events.clone());
+        r.register(
+            "handovers",
+            "ExtensionData handed over to the other replicas (no session here), by outcome",
+            m.handovers.clone(),
+        );
+        r.register(
+            "handovers_received",
+            "Handed-over ExtensionData received, by outcome",
+            m.handovers_received.clone(),
+        );
+        r.register(
+            "endpoints_moved",
+            "Endpoints lost to a newer session on another replica",
+            m.endpoints_moved.clone(),
+        );
+        r.register(
+            "endpoints_reannounced",
+            "connected events published again after another replica reported disconnected",
+            m.endpoints_reannounced.clone(),
+        );
         m
     }
 
@@ -205,8 +237,63 @@ impl KpcMetrics {
         self.refused.get_or_create(&Reason { reason }).inc();
     }
 
+    /// One more of what a session counted.
+    pub(crate) fn count(&self, count: crate::session::Count) {
+        use crate::session::Count;
+        match count {
+            Count::MessageIn(kind) => self.message_in(kind),
+            Count::MessageOut(kind) => self.message_out(kind),
+            Count::ExtensionData(outcome) => self.extension_data(outcome),
+            Count::Error(kind) => self.error(kind),
+            Count::Refused(reason) => self.refused(reason),
+        }
+    }
+
     pub(crate) fn event(&self, event: &'static str) {
         self.events.get_or_create(&EventType { event }).inc();
+    }
+
+    pub(crate) fn handover(&self, outcome: &'static str) {
+        self.handovers.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub(crate) fn handover_received(&self, outcome: &'static str) {
+        self.handovers_received
+            .get_or_create(&Outcome { outcome })
+            .inc();
+    }
+
+    pub(crate) fn endpoint_moved(&self) {
+        self.endpoints_moved.inc();
+    }
+
+    /// ExtensionData handed over with this outcome so far (`taken`,
+    /// `undeliverable`, `overflow`, `failed`).
+    pub fn handover_count(&self, outcome: &'static str) -> u64 {
+        self.handovers.get_or_create(&Outcome { outcome }).get()
+    }
+
+    /// Handed-over ExtensionData received with this outcome so far (`taken`,
+    /// `no_session`, `expired`, `malformed`, `queue_full`).
+    pub fn handover_received_count(&self, outcome: &'static str) -> u64 {
+        self.handovers_received
+            .get_or_create(&Outcome { outcome })
+            .get()
+    }
+
+    pub(crate) fn endpoint_reannounced(&self) {
+        self.endpoints_reannounced.inc();
+    }
+
+    /// `connected` events published again so far because another replica
+    /// reported `disconnected` for an endpoint a session here holds.
+    pub fn endpoints_reannounced_count(&self) -> u64 {
+        self.endpoints_reannounced.get()
+    }
+
+    /// Endpoints lost to a newer session on another replica so far.
+    pub fn endpoints_moved_count(&self) -> u64 {
+        self.endpoints_moved.get()
     }
 
     /// Current number of open MQTT connections.

@@ -9,7 +9,8 @@
 //! (Kaa's official Python client's first PUBLISH goes to the `bcx` extension; a
 //! KPC serving only `cmx` must still tell CMX the endpoint is there). Nothing here does I/O, reads a
 //! clock or keeps state, so the fuzz target `kpc_route` drives exactly the code a
-//! session runs.
+//! session runs; the session around it is [`SessionCore`](crate::session::SessionCore)
+//! (fuzz target `kpc_session`).
 
 use kaa_esp::ClientData;
 use kaa_kp::{ErrorResponse, RequestId, ResponseKind, Topic};

@@ -16,10 +16,16 @@
 //!   [`http_metrics`], a middleware that counts HTTP requests by method, route and
 //!   status and times them.
 //! - Shutdown: [`shutdown_signal`] resolves on SIGTERM or ctrl-c.
-//! - What every service's configuration shares: [`ReplicaSection`] and
+//! - Command line: [`ServiceArgs`], the one argument every service binary takes
+//!   (`<config.yaml>` or `--config <config.yaml>`), parsed by clap.
+//! - What every service's configuration shares: [`ServiceSection`] /
+//!   [`InstanceSection`] (named by a [`ServiceKind`]), [`ReplicaSection`] and
 //!   [`NatsSection`] (with [`NatsSection::nats_config`]), and the wall clock [`now`].
 //! - Byte sizes in configuration files (`1048576`, `"512KiB"`, `"1MiB"`):
 //!   [`parse_byte_size`], and [`de_byte_size`] / [`de_opt_byte_size`] for serde.
+//!
+//! - REST authentication: [`auth`] (bearer tokens with read or read-write access).
+//! - Names: [`names`] (validated app version names and endpoint IDs).
 //!
 //! ```
 //! use kaa_service::{Metrics, ops_router, parse_yaml};
@@ -41,6 +47,9 @@
 //! # let _ = router;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+pub mod auth;
+pub mod names;
 
 use std::fmt;
 use std::path::Path;
@@ -484,6 +493,146 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
 
 // ------------------------------------------------------- shared config sections
 
+/// What tells one service's `service` section from another's: the default instance
+/// name. Each service crate has a kind (`kaa_cmx::config::CmxServiceKind`, …) and
+/// names [`ServiceSection`] and [`InstanceSection`] of it.
+pub trait ServiceKind {
+    /// `service.instance.name` when the file gives none (`cmx`, `ecr`, `kpc`).
+    const DEFAULT_INSTANCE_NAME: &'static str;
+}
+
+/// `service` of every service's configuration.
+///
+/// ```
+/// use kaa_service::{ServiceKind, ServiceSection, parse_yaml};
+///
+/// struct Demo;
+/// impl ServiceKind for Demo {
+///     const DEFAULT_INSTANCE_NAME: &'static str = "demo";
+/// }
+///
+/// #[derive(serde::Deserialize)]
+/// struct Config {
+///     #[serde(default)]
+///     service: ServiceSection<Demo>,
+/// }
+///
+/// let c: Config = parse_yaml("{}", "inline")?;
+/// assert_eq!(c.service.instance.name, "demo");
+/// assert_eq!(c.service.instance.replica_id(), "demo-1");
+/// let c: Config = parse_yaml("service: { instance: { name: d2, replica: { id: d2-eu } } }", "inline")?;
+/// assert_eq!(c.service.instance.replica_id(), "d2-eu");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, bound = "")]
+#[non_exhaustive]
+pub struct ServiceSection<K: ServiceKind> {
+    /// `service.instance`.
+    #[serde(default)]
+    pub instance: InstanceSection<K>,
+}
+
+impl<K: ServiceKind> ServiceSection<K> {
+    /// `service.instance: <instance>`.
+    pub fn new(instance: InstanceSection<K>) -> Self {
+        ServiceSection { instance }
+    }
+}
+
+impl<K: ServiceKind> Default for ServiceSection<K> {
+    fn default() -> Self {
+        ServiceSection {
+            instance: InstanceSection::default(),
+        }
+    }
+}
+
+impl<K: ServiceKind> Clone for ServiceSection<K> {
+    fn clone(&self) -> Self {
+        ServiceSection {
+            instance: self.instance.clone(),
+        }
+    }
+}
+
+impl<K: ServiceKind> fmt::Debug for ServiceSection<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceSection")
+            .field("instance", &self.instance)
+            .finish()
+    }
+}
+
+/// `service.instance` of every service's configuration: the extension instance name
+/// (in device topics and subjects) and this process's replica.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, bound = "")]
+#[non_exhaustive]
+pub struct InstanceSection<K: ServiceKind> {
+    /// `service.instance.name`, default [`ServiceKind::DEFAULT_INSTANCE_NAME`].
+    #[serde(default = "default_instance_name::<K>")]
+    pub name: String,
+    /// `service.instance.replica`; default ID `<name>-1`.
+    #[serde(default)]
+    pub replica: Option<ReplicaSection>,
+    #[serde(skip)]
+    kind: std::marker::PhantomData<fn() -> K>,
+}
+
+fn default_instance_name<K: ServiceKind>() -> String {
+    K::DEFAULT_INSTANCE_NAME.to_owned()
+}
+
+impl<K: ServiceKind> InstanceSection<K> {
+    /// `service.instance.name: <name>`, no replica section.
+    pub fn new(name: impl Into<String>) -> Self {
+        InstanceSection {
+            name: name.into(),
+            replica: None,
+            kind: std::marker::PhantomData,
+        }
+    }
+
+    /// The same with `service.instance.replica.id: <id>`.
+    pub fn with_replica(mut self, id: impl Into<String>) -> Self {
+        self.replica = Some(ReplicaSection::new(id));
+        self
+    }
+
+    /// `service.instance.replica.id`, default `<name>-1`.
+    pub fn replica_id(&self) -> String {
+        self.replica
+            .as_ref()
+            .map_or_else(|| format!("{}-1", self.name), |r| r.id.clone())
+    }
+}
+
+impl<K: ServiceKind> Default for InstanceSection<K> {
+    fn default() -> Self {
+        InstanceSection::new(K::DEFAULT_INSTANCE_NAME)
+    }
+}
+
+impl<K: ServiceKind> Clone for InstanceSection<K> {
+    fn clone(&self) -> Self {
+        InstanceSection {
+            name: self.name.clone(),
+            replica: self.replica.clone(),
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K: ServiceKind> fmt::Debug for InstanceSection<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstanceSection")
+            .field("name", &self.name)
+            .field("replica", &self.replica)
+            .finish()
+    }
+}
+
 /// `service.instance.replica` of every service's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -521,6 +670,49 @@ impl NatsSection {
     /// the connection name (shown by the server's monitoring).
     pub fn nats_config(&self, replica_id: &str) -> kaa_bus::NatsConfig {
         kaa_bus::NatsConfig::new(self.urls.iter().cloned()).with_connection_name(replica_id)
+    }
+}
+
+/// The command line of a service binary (`cmx`, `ecr`, `kpc`): the path of its YAML
+/// configuration file, given as the one positional argument or as `--config`/`-c`.
+///
+/// A missing or doubled path is a usage error: clap prints the usage on stderr and
+/// the process exits with status 2, as it does for an invalid configuration.
+///
+/// ```
+/// use clap::Parser;
+/// use kaa_service::ServiceArgs;
+///
+/// let args = ServiceArgs::try_parse_from(["cmx", "cmx.yaml"])?;
+/// assert_eq!(args.config_path(), std::path::Path::new("cmx.yaml"));
+/// let args = ServiceArgs::try_parse_from(["cmx", "--config", "other.yaml"])?;
+/// assert_eq!(args.config_path(), std::path::Path::new("other.yaml"));
+/// assert!(ServiceArgs::try_parse_from(["cmx"]).is_err());
+/// assert!(ServiceArgs::try_parse_from(["cmx", "a.yaml", "--config", "b.yaml"]).is_err());
+/// # Ok::<(), clap::Error>(())
+/// ```
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    version,
+    about = "A kaa-rs service: reads its YAML configuration and runs until SIGTERM or ctrl-c"
+)]
+#[group(id = "configuration", required = true, multiple = false, args = ["path", "config"])]
+pub struct ServiceArgs {
+    /// The YAML configuration file.
+    #[arg(value_name = "CONFIG")]
+    path: Option<std::path::PathBuf>,
+    /// The YAML configuration file (the same as the positional argument).
+    #[arg(short, long, value_name = "CONFIG")]
+    config: Option<std::path::PathBuf>,
+}
+
+impl ServiceArgs {
+    /// The configuration file named on the command line.
+    pub fn config_path(&self) -> &Path {
+        self.config
+            .as_deref()
+            .or(self.path.as_deref())
+            .expect("clap requires one of the two arguments")
     }
 }
 

@@ -28,6 +28,7 @@
 mod postgres;
 mod sqlite;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -61,6 +62,19 @@ pub enum StoreError {
     /// The database holds something this version cannot read.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// The SQLite database is already open in another ECR (or another store in this
+    /// process): the embedded store serves one replica.
+    #[error(
+        "the SQLite store {} is in use by another ECR process (it holds {}); the embedded store serves one replica: run ECR replicas on PostgreSQL",
+        path.display(),
+        lock.display()
+    )]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+        /// The lock file another process holds.
+        lock: PathBuf,
+    },
 }
 
 impl StoreError {
@@ -295,6 +309,62 @@ pub trait ConfigStore: Send + Sync + 'static {
 
     /// One page of an endpoint's status history, most recent activity first.
     async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, StoreError>;
+
+    /// Turns on durable announcements (see [`ConfigStore::announce_pending`]) and
+    /// returns whether the store has them: from now on every write that changes a
+    /// configuration also records, in the same transaction, that the change is due
+    /// to be announced. The PostgreSQL store has them; the default (and the SQLite
+    /// store, which serves one replica) returns `false` and changes nothing.
+    fn enable_durable_announcements(&self) -> bool {
+        false
+    }
+
+    /// Whether durable announcements are on ([`ConfigStore::enable_durable_announcements`]).
+    fn durable_announcements(&self) -> bool {
+        false
+    }
+
+    /// Resolves when a write of this store object recorded a due announcement since
+    /// the last call (a wake-up for the announcer; announcements recorded by other
+    /// replicas are found by polling [`ConfigStore::announce_pending`]). The default
+    /// never resolves.
+    async fn announcements_written(&self) {
+        std::future::pending::<()>().await
+    }
+
+    /// Announces due announcements, at most `limit` of them, oldest first, through
+    /// `sink`, and returns how many were taken (0: none was due). Each is removed only
+    /// after `sink` accepted it, so one that fails, or whose replica dies first, stays
+    /// due and is taken again (by any replica): every committed change is announced
+    /// at least once.
+    ///
+    /// What is announced is the current effective configuration of each endpoint
+    /// concerned (the endpoint of an endpoint write; every endpoint following the
+    /// default for a default write), read after taking a lock per (app version,
+    /// configuration name) that every replica's announcer takes, and released only
+    /// after `sink` returned. Announcements of one endpoint are therefore made one
+    /// at a time across replicas, each with a state no older than the one before:
+    /// an older configuration is never announced after a newer one (one may be
+    /// skipped, when a newer one was committed before it was announced, or repeated).
+    ///
+    /// The default takes nothing.
+    async fn announce_pending(
+        &self,
+        limit: usize,
+        sink: &dyn AnnouncementSink,
+    ) -> Result<usize, StoreError> {
+        let _ = (limit, sink);
+        Ok(0)
+    }
+}
+
+/// Where [`ConfigStore::announce_pending`] hands the announcements: ECR's bus side
+/// publishes them as `endpoint.config.updated` and returns once the bus has them
+/// (flushed to the server).
+#[async_trait]
+pub trait AnnouncementSink: Send + Sync {
+    /// Publishes `changes`, in order; an error leaves them due.
+    async fn announce(&self, changes: &[crate::core::EffectiveChange]) -> Result<(), String>;
 }
 
 /// Opens the store named by `url`: `sqlite://<path>` (relative or, with a third slash,
@@ -336,7 +406,10 @@ pub fn redact_url(url: &str) -> String {
 pub(crate) mod sql {
     /// Schema migrations, in order; migration `i` brings the schema to version `i + 1`.
     /// Each is a batch of statements that both SQLite and PostgreSQL accept.
-    pub(crate) const MIGRATIONS: &[&str] = &["\
+    /// Version 2 adds the announcement outbox of the PostgreSQL store (see
+    /// [`super::ConfigStore::announce_pending`]); the SQLite store leaves it empty.
+    pub(crate) const MIGRATIONS: &[&str] = &[
+        "\
         CREATE TABLE configs (
             endpoint_id TEXT NOT NULL,
             app_version TEXT NOT NULL,
@@ -368,7 +441,17 @@ pub(crate) mod sql {
             PRIMARY KEY (endpoint_id, app_version, name, config_id)
         );
         CREATE INDEX statuses_by_activity ON statuses (endpoint_id, activity_ms);
-    "];
+    ",
+        "\
+        CREATE TABLE announce_outbox (
+            seq BIGSERIAL PRIMARY KEY,
+            endpoint_id TEXT NOT NULL,
+            app_version TEXT NOT NULL,
+            name TEXT NOT NULL,
+            created_ms BIGINT NOT NULL
+        );
+    ",
+    ];
     /// The table holding the schema version (one row).
     pub(crate) const VERSION_TABLE: &str =
         "CREATE TABLE IF NOT EXISTS ecr_schema_version (version INTEGER NOT NULL)";

@@ -1,6 +1,8 @@
 //! The PostgreSQL store: tokio-postgres with a deadpool pool.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -10,8 +12,10 @@ use kaa_ism::UnixMillis;
 
 use super::sqlite::{StatusRow, confirmed_status, status_record};
 use super::{
-    BatchTarget, ConfigStore, EffectiveKey, Precondition, PutOutcome, StatusWrite, StoreError, sql,
+    AnnouncementSink, BatchTarget, ConfigStore, EffectiveKey, Precondition, PutOutcome,
+    StatusWrite, StoreError, sql,
 };
+use crate::core::EffectiveChange;
 use crate::model::{
     AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StatusEvent, StatusQuery,
     StatusRecord, StoredConfig,
@@ -26,9 +30,26 @@ const MIGRATION_LOCK: i64 = 0x6563_725f_7363_6865; // "ecr_sche"
 /// The PostgreSQL store. Connections come from a pool of 16; the schema is created or
 /// migrated when the store connects. TLS is not configured (`NoTls`): run it on a
 /// trusted network or a local socket.
+///
+/// # Replicas
+///
+/// Several ECR replicas may share one database. With durable announcements on
+/// ([`ConfigStore::enable_durable_announcements`]; the ECR service turns them on)
+/// every write that changes a configuration inserts a row into `announce_outbox` in
+/// its own transaction: (endpoint ID, or `''` for a default, app version, name). The
+/// announcer of every replica ([`ConfigStore::announce_pending`]) takes the oldest
+/// rows with `FOR UPDATE SKIP LOCKED` (so each row is taken by one replica at a
+/// time), then a transaction-scoped advisory lock per (app version, name) of those
+/// rows, in ascending order (no deadlock between replicas), reads the current
+/// effective configurations concerned, hands them to the sink (which publishes and
+/// flushes them), deletes the rows and commits, releasing the locks. A replica that
+/// dies before the commit leaves its rows (its transaction is rolled back when its
+/// connection drops), and another replica's announcer takes them on its next poll.
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    outbox: Arc<AtomicBool>,
+    written: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -133,6 +154,65 @@ const EFFECTIVE_MANY: &str = "SELECT q.i, c.name, c.config_id, \
      FROM configs WHERE endpoint_id IN (q.ep, '') AND app_version = q.av AND name = q.nm \
      ORDER BY endpoint_id DESC LIMIT 1) c";
 
+/// [`ConfigStore::effective_many`] on `client` (a pooled connection, or the
+/// announcer's transaction).
+async fn effective_many_on(
+    client: &impl GenericClient,
+    keys: &[EffectiveKey],
+) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
+    let s = client
+        .prepare_cached(EFFECTIVE_MANY)
+        .await
+        .map_err(pg_err)?;
+    let column = |f: fn(&EffectiveKey) -> &str| keys.iter().map(f).collect::<Vec<_>>();
+    let endpoints = column(|k| k.endpoint_id.as_str());
+    let versions = column(|k| k.app_version.as_str());
+    let names = column(|k| k.name.as_str());
+    let rows = client
+        .query(&s, &[&endpoints, &versions, &names])
+        .await
+        .map_err(pg_err)?;
+    // The content of a config ID comes once per batch (it is derived from the
+    // content, so every row with that ID has the same).
+    let mut contents: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let i: i64 = row.try_get(0).map_err(pg_err)?;
+        let name: String = row.try_get(1).map_err(pg_err)?;
+        let config_id: String = row.try_get(2).map_err(pg_err)?;
+        if let Some(content) = row.try_get::<_, Option<String>>(3).map_err(pg_err)? {
+            contents.insert(config_id.clone(), content);
+        }
+        let endpoint: String = row.try_get(6).map_err(pg_err)?;
+        let source = if endpoint.is_empty() {
+            Source::Default
+        } else {
+            Source::Endpoint
+        };
+        let config = StoredConfig {
+            name: ConfigName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            config_id,
+            content: String::new(),
+            created: UnixMillis(row.try_get(4).map_err(pg_err)?),
+            updated: UnixMillis(row.try_get(5).map_err(pg_err)?),
+        };
+        found.push((i, config, source));
+    }
+    let mut out: Vec<Option<(StoredConfig, Source)>> = keys.iter().map(|_| None).collect();
+    for (i, mut config, source) in found {
+        let slot = usize::try_from(i - 1)
+            .ok()
+            .and_then(|i| out.get_mut(i))
+            .ok_or_else(|| StoreError::Corrupt(format!("row {i} of {} keys", keys.len())))?;
+        config.content = contents
+            .get(&config.config_id)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt("content missing from the batch".into()))?;
+        *slot = Some((config, source));
+    }
+    Ok(out)
+}
+
 fn to_config(row: &Row) -> Result<StoredConfig, StoreError> {
     let name: String = row.try_get(0).map_err(pg_err)?;
     Ok(StoredConfig {
@@ -168,6 +248,52 @@ async fn select_one(
         .transpose()
 }
 
+/// Records in `tx` that the change of (`endpoint_key`, `app_version`, `name`) is due
+/// to be announced.
+async fn outbox_insert(
+    tx: &impl GenericClient,
+    endpoint_key: &str,
+    app_version: &str,
+    name: &str,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
+    let s = tx.prepare_cached(OUTBOX_INSERT).await.map_err(pg_err)?;
+    tx.execute(&s, &[&endpoint_key, &app_version, &name, &now.0])
+        .await
+        .map_err(pg_err)?;
+    Ok(())
+}
+
+const OUTBOX_INSERT: &str = "INSERT INTO announce_outbox (endpoint_id, app_version, name, created_ms) \
+     VALUES ($1, $2, $3, $4)";
+
+/// The oldest due announcements, each taken by one replica at a time.
+const OUTBOX_TAKE: &str = "SELECT seq, endpoint_id, app_version, name FROM announce_outbox \
+     ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED";
+
+/// Every known endpoint of `$1` following the default `$2`, with that default (NULL
+/// columns when there is none): one statement, one snapshot.
+const FOLLOWERS_WITH_DEFAULT: &str = "SELECT k.endpoint_id, d.name, d.config_id, d.content, d.created_ms, d.updated_ms \
+     FROM known_endpoints k LEFT JOIN configs d ON d.endpoint_id = '' AND d.app_version = k.app_version AND d.name = $2 \
+     WHERE k.app_version = $1 AND NOT EXISTS (SELECT 1 FROM configs c WHERE c.endpoint_id = k.endpoint_id \
+     AND c.app_version = k.app_version AND c.name = $2) ORDER BY k.endpoint_id";
+
+/// The advisory lock key of the announcements of (app version, name): the first 8
+/// bytes of SHA-256 over both, the same in every replica.
+fn announce_lock(app_version: &str, name: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"kaa-ecr announce\0")
+        .chain_update(app_version.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(name.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn put_in(
     tx: &impl GenericClient,
     scope: &Scope,
@@ -175,6 +301,7 @@ async fn put_in(
     content: &Content,
     precondition: &Precondition,
     now: UnixMillis,
+    outbox: bool,
 ) -> Result<PutOutcome, StoreError> {
     let endpoint_key = scope.endpoint_key();
     let app_version = scope.app_version().as_str();
@@ -219,6 +346,9 @@ async fn put_in(
     )
     .await
     .map_err(pg_err)?;
+    if outbox {
+        outbox_insert(tx, endpoint_key, app_version, name.as_str(), now).await?;
+    }
     let config = StoredConfig {
         name: name.clone(),
         config_id: content.config_id.clone(),
@@ -250,7 +380,11 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(pg_err)?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            outbox: Arc::new(AtomicBool::new(false)),
+            written: Arc::new(tokio::sync::Notify::new()),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -311,9 +445,13 @@ impl ConfigStore for PostgresStore {
     ) -> Result<PutOutcome, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        let outcome = put_in(&tx, scope, name, content, precondition, now).await?;
+        let outbox = self.outbox.load(Ordering::Relaxed);
+        let outcome = put_in(&tx, scope, name, content, precondition, now, outbox).await?;
         if outcome.changed || scope.endpoint_id().is_some() {
             tx.commit().await.map_err(pg_err)?;
+        }
+        if outbox && outcome.changed {
+            self.written.notify_one();
         }
         Ok(outcome)
     }
@@ -365,7 +503,15 @@ impl ConfigStore for PostgresStore {
             tx.execute(&s, &[&endpoint_key, &app_version, &name.as_str()])
                 .await
                 .map_err(pg_err)?;
+            let outbox = self.outbox.load(Ordering::Relaxed);
+            if outbox {
+                let now = crate::model::now();
+                outbox_insert(&tx, endpoint_key, app_version, name.as_str(), now).await?;
+            }
             tx.commit().await.map_err(pg_err)?;
+            if outbox {
+                self.written.notify_one();
+            }
         }
         Ok(previous)
     }
@@ -380,14 +526,19 @@ impl ConfigStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let mut outcomes = Vec::with_capacity(targets.len());
+        let outbox = self.outbox.load(Ordering::Relaxed);
         for t in targets {
             let scope = Scope::Endpoint {
                 endpoint_id: t.endpoint_id.clone(),
                 app_version: t.app_version.clone(),
             };
-            outcomes.push(put_in(&tx, &scope, name, content, &Precondition::None, now).await?);
+            outcomes
+                .push(put_in(&tx, &scope, name, content, &Precondition::None, now, outbox).await?);
         }
         tx.commit().await.map_err(pg_err)?;
+        if outbox && outcomes.iter().any(|o| o.changed) {
+            self.written.notify_one();
+        }
         Ok(outcomes)
     }
 
@@ -438,58 +589,7 @@ impl ConfigStore for PostgresStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
-        let s = client
-            .prepare_cached(EFFECTIVE_MANY)
-            .await
-            .map_err(pg_err)?;
-        let column = |f: fn(&EffectiveKey) -> &str| keys.iter().map(f).collect::<Vec<_>>();
-        let endpoints = column(|k| k.endpoint_id.as_str());
-        let versions = column(|k| k.app_version.as_str());
-        let names = column(|k| k.name.as_str());
-        let rows = client
-            .query(&s, &[&endpoints, &versions, &names])
-            .await
-            .map_err(pg_err)?;
-        // The content of a config ID comes once per batch (it is derived from the
-        // content, so every row with that ID has the same).
-        let mut contents: std::collections::HashMap<String, String> =
-            std::collections::HashMap::new();
-        let mut found = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let i: i64 = row.try_get(0).map_err(pg_err)?;
-            let name: String = row.try_get(1).map_err(pg_err)?;
-            let config_id: String = row.try_get(2).map_err(pg_err)?;
-            if let Some(content) = row.try_get::<_, Option<String>>(3).map_err(pg_err)? {
-                contents.insert(config_id.clone(), content);
-            }
-            let endpoint: String = row.try_get(6).map_err(pg_err)?;
-            let source = if endpoint.is_empty() {
-                Source::Default
-            } else {
-                Source::Endpoint
-            };
-            let config = StoredConfig {
-                name: ConfigName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                config_id,
-                content: String::new(),
-                created: UnixMillis(row.try_get(4).map_err(pg_err)?),
-                updated: UnixMillis(row.try_get(5).map_err(pg_err)?),
-            };
-            found.push((i, config, source));
-        }
-        let mut out: Vec<Option<(StoredConfig, Source)>> = keys.iter().map(|_| None).collect();
-        for (i, mut config, source) in found {
-            let slot = usize::try_from(i - 1)
-                .ok()
-                .and_then(|i| out.get_mut(i))
-                .ok_or_else(|| StoreError::Corrupt(format!("row {i} of {} keys", keys.len())))?;
-            config.content = contents
-                .get(&config.config_id)
-                .cloned()
-                .ok_or_else(|| StoreError::Corrupt("content missing from the batch".into()))?;
-            *slot = Some((config, source));
-        }
-        Ok(out)
+        effective_many_on(&client, keys).await
     }
 
     async fn delete_endpoint(&self, endpoint_id: &EndpointId) -> Result<u64, StoreError> {
@@ -606,6 +706,128 @@ impl ConfigStore for PostgresStore {
         .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)
+    }
+
+    fn enable_durable_announcements(&self) -> bool {
+        self.outbox.store(true, Ordering::Relaxed);
+        true
+    }
+
+    fn durable_announcements(&self) -> bool {
+        self.outbox.load(Ordering::Relaxed)
+    }
+
+    async fn announcements_written(&self) {
+        self.written.notified().await;
+    }
+
+    async fn announce_pending(
+        &self,
+        limit: usize,
+        sink: &dyn AnnouncementSink,
+    ) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let s = tx.prepare_cached(OUTBOX_TAKE).await.map_err(pg_err)?;
+        let rows = tx.query(&s, &[&limit]).await.map_err(pg_err)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut endpoint_keys: Vec<EffectiveKey> = Vec::new();
+        let mut defaults: std::collections::BTreeSet<(String, String)> = Default::default();
+        let mut locks = std::collections::BTreeSet::new();
+        for row in &rows {
+            seqs.push(row.try_get::<_, i64>(0).map_err(pg_err)?);
+            let endpoint: String = row.try_get(1).map_err(pg_err)?;
+            let app_version: String = row.try_get(2).map_err(pg_err)?;
+            let name: String = row.try_get(3).map_err(pg_err)?;
+            locks.insert(announce_lock(&app_version, &name));
+            let corrupt = |e: crate::model::NameError| StoreError::Corrupt(e.to_string());
+            if endpoint.is_empty() {
+                defaults.insert((app_version, name));
+            } else {
+                let key = EffectiveKey {
+                    endpoint_id: EndpointId::new(endpoint).map_err(corrupt)?,
+                    app_version: AppVersionName::new(app_version).map_err(corrupt)?,
+                    name: ConfigName::new(name).map_err(corrupt)?,
+                };
+                if !endpoint_keys.contains(&key) {
+                    endpoint_keys.push(key);
+                }
+            }
+        }
+        // One announcer per (app version, name) at a time, across replicas; taken in
+        // ascending order so that two announcers never wait for each other in a ring.
+        for lock in &locks {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[lock])
+                .await
+                .map_err(pg_err)?;
+        }
+        // The current states, read after the locks: no older than what the previous
+        // holder announced. A later read of an endpoint replaces an earlier one.
+        let mut changes: Vec<EffectiveChange> = Vec::new();
+        let mut index: std::collections::HashMap<(String, String, String), usize> =
+            Default::default();
+        let mut add = |change: EffectiveChange| {
+            let key = (
+                change.endpoint_id.to_string(),
+                change.app_version.to_string(),
+                change.name.to_string(),
+            );
+            match index.get(&key) {
+                Some(&i) => changes[i] = change,
+                None => {
+                    index.insert(key, changes.len());
+                    changes.push(change);
+                }
+            }
+        };
+        let current = effective_many_on(&tx, &endpoint_keys).await?;
+        for (key, found) in endpoint_keys.into_iter().zip(current) {
+            add(EffectiveChange {
+                endpoint_id: key.endpoint_id,
+                app_version: key.app_version,
+                name: key.name,
+                config: found.map(|(config, _)| config),
+            });
+        }
+        let s = tx
+            .prepare_cached(FOLLOWERS_WITH_DEFAULT)
+            .await
+            .map_err(pg_err)?;
+        for (app_version, name) in &defaults {
+            let corrupt = |e: crate::model::NameError| StoreError::Corrupt(e.to_string());
+            let app = AppVersionName::new(app_version.as_str()).map_err(corrupt)?;
+            let config_name = ConfigName::new(name.as_str()).map_err(corrupt)?;
+            for row in tx.query(&s, &[app_version, name]).await.map_err(pg_err)? {
+                let endpoint: String = row.try_get(0).map_err(pg_err)?;
+                let config = match row.try_get::<_, Option<String>>(2).map_err(pg_err)? {
+                    Some(config_id) => Some(StoredConfig {
+                        name: config_name.clone(),
+                        config_id,
+                        content: row.try_get(3).map_err(pg_err)?,
+                        created: UnixMillis(row.try_get(4).map_err(pg_err)?),
+                        updated: UnixMillis(row.try_get(5).map_err(pg_err)?),
+                    }),
+                    None => None,
+                };
+                add(EffectiveChange {
+                    endpoint_id: EndpointId::new(endpoint).map_err(corrupt)?,
+                    app_version: app.clone(),
+                    name: config_name.clone(),
+                    config,
+                });
+            }
+        }
+        // Published (and flushed) while the locks are held; on failure the rows stay.
+        sink.announce(&changes).await.map_err(StoreError::Backend)?;
+        tx.execute("DELETE FROM announce_outbox WHERE seq = ANY($1)", &[&seqs])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(rows.len())
     }
 
     async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, StoreError> {

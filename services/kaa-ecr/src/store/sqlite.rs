@@ -32,6 +32,8 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    /// Held for the store's lifetime: see [`ReplicaLock`].
+    _lock: ReplicaLock,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
     read_slots: tokio::sync::Semaphore,
@@ -43,6 +45,65 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
+}
+
+/// An exclusive advisory lock (`flock`) on `<database>.lock`, held while the store is
+/// open, so that a second ECR on the same file refuses to start instead of serving
+/// beside the first: two replicas on one SQLite file would each announce only their
+/// own writes and cache what the other changes (the embedded store serves one
+/// replica; replicas share PostgreSQL). The kernel releases the lock when the process
+/// ends, however it ends; the lock file stays, like SQLite's `-wal` and `-shm`.
+/// Elsewhere than Unix the file is created but not locked.
+struct ReplicaLock {
+    _file: std::fs::File,
+}
+
+/// How long opening waits for the replica lock before the file counts as taken.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The lock file of the database at `path`.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+fn lock_replica(path: &Path) -> Result<ReplicaLock, StoreError> {
+    let lock = lock_path(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", lock.display())))?;
+    #[cfg(unix)]
+    {
+        // A store dropped in this process a moment ago may still be held by the
+        // tasks of the server that used it (they end as their channels close):
+        // wait a little before calling the file taken.
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(StoreError::InUse {
+                        path: path.to_path_buf(),
+                        lock,
+                    });
+                }
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "{}: cannot lock: {e}",
+                        lock.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(ReplicaLock { _file: file })
 }
 
 fn sqlite_err(e: rusqlite::Error) -> StoreError {
@@ -200,14 +261,21 @@ fn put_in(
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path` and migrates its schema.
+    ///
+    /// The store serves one ECR: while it is open, opening the same file again (in
+    /// another process or in this one) fails with [`StoreError::InUse`], after
+    /// waiting up to 2 s for the other to close (a server dropped a moment ago in
+    /// this process may still be letting go of it).
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         tokio::task::spawn_blocking(move || {
+            let lock = lock_replica(&path)?;
             let mut writer = open_connection(&path)?;
             migrate(&mut writer)?;
             Ok(Self {
                 inner: Arc::new(Inner {
                     path,
+                    _lock: lock,
                     writer: Mutex::new(writer),
                     readers: Mutex::new(Vec::new()),
                     read_slots: tokio::sync::Semaphore::new(MAX_READERS),
@@ -592,4 +660,40 @@ pub(crate) fn status_record(
         status_code: code,
         reason_phrase: reason,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_file_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecr.db");
+        let first = SqliteStore::open(&path).await.unwrap();
+        let err = SqliteStore::open(&path).await.unwrap_err();
+        match &err {
+            StoreError::InUse { path: p, lock } => {
+                assert_eq!(p, &path);
+                assert_eq!(lock, &dir.path().join("ecr.db.lock"));
+            }
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains("in use by another ECR process"),
+            "{message}"
+        );
+        assert!(
+            message.contains("run ECR replicas on PostgreSQL"),
+            "{message}"
+        );
+        // Another file is not affected.
+        let other = SqliteStore::open(dir.path().join("other.db"))
+            .await
+            .unwrap();
+        drop(other);
+        drop(first);
+        SqliteStore::open(&path).await.unwrap();
+    }
 }

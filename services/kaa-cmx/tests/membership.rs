@@ -1,0 +1,99 @@
+//! CMX replicas' membership on a live NATS with JetStream (the shared server,
+//! `KAA_TEST_NATS_URL`): joining, leaving (the key deleted: seen at once) and
+//! crashing (the key expires). Skips visibly without NATS unless
+//! `KAA_REQUIRE_SERVICES=1`.
+
+use std::time::{Duration, Instant};
+
+use kaa_bus::test_support::NATS;
+use kaa_cmx::membership::{Membership, MembershipConfig};
+use tokio::sync::watch;
+
+fn config(bucket: &str) -> MembershipConfig {
+    let mut c = MembershipConfig::new("cmx");
+    c.bucket = bucket.to_owned();
+    c.heartbeat = Duration::from_millis(100);
+    c.expiry = Duration::from_millis(600);
+    c
+}
+
+/// Waits until `rx` shows `want`; returns how long it took.
+async fn until(rx: &mut watch::Receiver<Vec<String>>, want: &[&str], within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if rx
+            .borrow_and_update()
+            .iter()
+            .map(String::as_str)
+            .eq(want.iter().copied())
+        {
+            return start.elapsed();
+        }
+        let left = within.saturating_sub(start.elapsed());
+        assert!(
+            tokio::time::timeout(left, rx.changed()).await.is_ok(),
+            "members {:?}, want {want:?} within {within:?}",
+            rx.borrow().as_slice()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_join_leave_and_expire() {
+    let test = "kaa-cmx membership::replicas_join_leave_and_expire";
+    let Some(url) = NATS.require(test) else {
+        return;
+    };
+    let client = async_nats::connect(&url).await.expect("connect");
+    let bucket = format!("kaa_cmx_test_{}", std::process::id());
+    let c = config(&bucket);
+
+    let mut a = Membership::join(client.clone(), "cmx-a", &c)
+        .await
+        .expect("a joins");
+    assert_eq!(a.members(), ["cmx-a"]);
+    let mut changes = a.take_changes().expect("the changes");
+    assert!(a.take_changes().is_none(), "taken once");
+    let mut seen_by_a = a.subscribe();
+    let b = Membership::join(client.clone(), "cmx-b", &c)
+        .await
+        .expect("b joins");
+    assert_eq!(
+        b.members(),
+        ["cmx-a", "cmx-b"],
+        "b reads the bucket on joining"
+    );
+    until(&mut seen_by_a, &["cmx-a", "cmx-b"], Duration::from_secs(2)).await;
+
+    // A graceful stop deletes the key: seen at once, not after the expiry.
+    b.leave().await.expect("b leaves");
+    let took = until(&mut seen_by_a, &["cmx-a"], Duration::from_secs(2)).await;
+    assert!(took < Duration::from_millis(500), "leave took {took:?}");
+
+    // A crash leaves the key to expire.
+    let c2 = Membership::join(client.clone(), "cmx-c", &c)
+        .await
+        .expect("c joins");
+    until(&mut seen_by_a, &["cmx-a", "cmx-c"], Duration::from_secs(2)).await;
+    c2.abandon().await;
+    let took = until(&mut seen_by_a, &["cmx-a"], Duration::from_secs(3)).await;
+    assert!(
+        took >= Duration::from_millis(300),
+        "expired too soon: {took:?}"
+    );
+
+    // The engine's feed: the list read on joining, then every change in
+    // order, none skipped.
+    let mut feed = Vec::new();
+    while let Ok(m) = changes.try_recv() {
+        feed.push(m.join(","));
+    }
+    assert_eq!(
+        feed,
+        ["cmx-a", "cmx-a,cmx-b", "cmx-a", "cmx-a,cmx-c", "cmx-a"],
+        "every change"
+    );
+    a.leave().await.expect("a leaves");
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(format!("KV_{bucket}")).await;
+}

@@ -1,0 +1,473 @@
+//! The embedded SQLite store.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use kaa_ism::UnixMillis;
+
+use super::{EndpointStore, StoreError, TokenOwner, Transition, Unregistered};
+use crate::model::{
+    AppVersionName, Endpoint, EndpointId, Metadata, NewEndpoint, TokenRecord, TokenStatus,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS endpoints (
+    endpoint_id TEXT PRIMARY KEY,
+    app_version TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tokens_by_endpoint ON tokens (endpoint_id, created);
+";
+
+/// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, one
+/// connection, every call on tokio's blocking pool (see [the module docs](super)).
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    _lock: ReplicaLock,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An exclusive `flock` on `<database>.lock` while the store is open.
+struct ReplicaLock {
+    _file: std::fs::File,
+}
+
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn lock_replica(path: &Path) -> Result<ReplicaLock, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", lock.display())))?;
+    #[cfg(unix)]
+    {
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => break,
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(StoreError::InUse {
+                        path: path.to_path_buf(),
+                        lock,
+                    });
+                }
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "{}: cannot lock: {e}",
+                        lock.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(ReplicaLock { _file: file })
+}
+
+fn sqlite_err(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(sqlite_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(sqlite_err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(sqlite_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "{}: could not switch to WAL (journal_mode={mode})",
+            path.display()
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL;")
+        .map_err(sqlite_err)?;
+    conn.execute_batch(SCHEMA).map_err(sqlite_err)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`. Fails with
+    /// [`StoreError::InUse`] while another store holds it (after waiting up to 2 s).
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let lock = lock_replica(&path)?;
+            let conn = open_connection(&path)?;
+            Ok(Self {
+                inner: Arc::new(Inner {
+                    path,
+                    _lock: lock,
+                    conn: Mutex::new(conn),
+                }),
+            })
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits when it returns `Ok`.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .conn
+                .lock()
+                .map_err(|_| StoreError::Backend("store connection poisoned".into()))?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sqlite_err)?;
+            let value = f(&tx)?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(value)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .conn
+                .lock()
+                .map_err(|_| StoreError::Backend("store connection poisoned".into()))?;
+            f(&conn)
+        })
+        .await
+        .map_err(StoreError::backend)?
+    }
+}
+
+type EndpointRow = (String, String, String, i64, i64);
+
+fn endpoint_from_row(row: EndpointRow) -> Result<Endpoint, StoreError> {
+    let (id, app, metadata, created, updated) = row;
+    let metadata: Metadata = serde_json::from_str(&metadata)
+        .map_err(|e| StoreError::Corrupt(format!("metadata of {id:?}: {e}")))?;
+    Ok(Endpoint {
+        endpoint_id: EndpointId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        app_version: AppVersionName::new(app).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        metadata,
+        created: UnixMillis(created),
+        updated: UnixMillis(updated),
+    })
+}
+
+fn load_endpoint(conn: &Connection, id: &str) -> Result<Option<Endpoint>, StoreError> {
+    conn.query_row(
+        "SELECT endpoint_id, app_version, metadata, created, updated FROM endpoints WHERE endpoint_id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )
+    .optional()
+    .map_err(sqlite_err)?
+    .map(endpoint_from_row)
+    .transpose()
+}
+
+type TokenRow = (String, String, String, i64, i64);
+
+fn token_from_row(row: TokenRow) -> Result<TokenRecord, StoreError> {
+    let (token_id, endpoint_id, status, created, updated) = row;
+    Ok(TokenRecord {
+        status: TokenStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("token {token_id}: status {status:?}")))?,
+        token_id,
+        endpoint_id: EndpointId::new(endpoint_id)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        created: UnixMillis(created),
+        updated: UnixMillis(updated),
+    })
+}
+
+const TOKEN_COLUMNS: &str = "token_id, endpoint_id, status, created, updated";
+
+fn load_token(conn: &Connection, token_id: &str) -> Result<Option<TokenRecord>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_id = ?1"),
+        [token_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )
+    .optional()
+    .map_err(sqlite_err)?
+    .map(token_from_row)
+    .transpose()
+}
+
+fn load_tokens(conn: &Connection, endpoint_id: &str) -> Result<Vec<TokenRecord>, StoreError> {
+    let mut statement = conn
+        .prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE endpoint_id = ?1 ORDER BY created, token_id"
+        ))
+        .map_err(sqlite_err)?;
+    let rows = statement
+        .query_map([endpoint_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .map_err(sqlite_err)?;
+    rows.map(|r| r.map_err(sqlite_err).and_then(token_from_row))
+        .collect()
+}
+
+#[async_trait]
+impl EndpointStore for SqliteStore {
+    async fn register(
+        &self,
+        endpoints: Vec<NewEndpoint>,
+        tokens: Vec<(usize, String, String)>,
+        now: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO endpoints (endpoint_id, app_version, metadata, created, updated)
+                         VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (endpoint_id) DO NOTHING",
+                    )
+                    .map_err(sqlite_err)?;
+                for e in &endpoints {
+                    let metadata = serde_json::to_string(&e.metadata).map_err(StoreError::backend)?;
+                    let inserted = insert
+                        .execute(params![
+                            e.endpoint_id.as_str(),
+                            e.app_version.as_str(),
+                            metadata,
+                            now.0
+                        ])
+                        .map_err(sqlite_err)?;
+                    if inserted == 0 {
+                        return Err(StoreError::AlreadyRegistered(e.endpoint_id.to_string()));
+                    }
+                }
+            }
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO tokens (token_id, endpoint_id, token_hash, status, created, updated)
+                     VALUES (?1, ?2, ?3, 'active', ?4, ?4)",
+                )
+                .map_err(sqlite_err)?;
+            for (index, token_id, hash) in &tokens {
+                let endpoint = endpoints
+                    .get(*index)
+                    .ok_or_else(|| StoreError::Backend("token for no endpoint".into()))?;
+                insert
+                    .execute(params![token_id, endpoint.endpoint_id.as_str(), hash, now.0])
+                    .map_err(sqlite_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn endpoint(&self, id: &EndpointId) -> Result<Option<Endpoint>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| load_endpoint(conn, &id)).await
+    }
+
+    async fn unregister(&self, id: &EndpointId) -> Result<Option<Unregistered>, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let Some(endpoint) = load_endpoint(tx, &id)? else {
+                return Ok(None);
+            };
+            let live_token_ids = load_tokens(tx, &id)?
+                .into_iter()
+                .filter(|t| t.status != TokenStatus::Revoked)
+                .map(|t| t.token_id)
+                .collect();
+            tx.execute("DELETE FROM tokens WHERE endpoint_id = ?1", [&id])
+                .map_err(sqlite_err)?;
+            tx.execute("DELETE FROM endpoints WHERE endpoint_id = ?1", [&id])
+                .map_err(sqlite_err)?;
+            Ok(Some(Unregistered {
+                endpoint,
+                live_token_ids,
+            }))
+        })
+        .await
+    }
+
+    async fn set_app_version(
+        &self,
+        id: &EndpointId,
+        app_version: &AppVersionName,
+        now: UnixMillis,
+    ) -> Result<Option<AppVersionName>, StoreError> {
+        let (id, app) = (id.to_string(), app_version.to_string());
+        self.write(move |tx| {
+            let Some(endpoint) = load_endpoint(tx, &id)? else {
+                return Ok(None);
+            };
+            if endpoint.app_version.as_str() != app {
+                tx.execute(
+                    "UPDATE endpoints SET app_version = ?2, updated = ?3 WHERE endpoint_id = ?1",
+                    params![id, app, now.0],
+                )
+                .map_err(sqlite_err)?;
+            }
+            Ok(Some(endpoint.app_version))
+        })
+        .await
+    }
+
+    async fn set_metadata(
+        &self,
+        id: &EndpointId,
+        metadata: &Metadata,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let metadata = serde_json::to_string(metadata).map_err(StoreError::backend)?;
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE endpoints SET metadata = ?2, updated = ?3 WHERE endpoint_id = ?1",
+                    params![id, metadata, now.0],
+                )
+                .map_err(sqlite_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn add_token(
+        &self,
+        id: &EndpointId,
+        token_id: &str,
+        hash: &str,
+        now: UnixMillis,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let (id, token_id, hash) = (id.to_string(), token_id.to_owned(), hash.to_owned());
+        self.write(move |tx| {
+            if load_endpoint(tx, &id)?.is_none() {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO tokens (token_id, endpoint_id, token_hash, status, created, updated)
+                 VALUES (?1, ?2, ?3, 'active', ?4, ?4)",
+                params![token_id, id, hash, now.0],
+            )
+            .map_err(sqlite_err)?;
+            load_token(tx, &token_id)
+        })
+        .await
+    }
+
+    async fn tokens(&self, id: &EndpointId) -> Result<Option<Vec<TokenRecord>>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            if load_endpoint(conn, &id)?.is_none() {
+                return Ok(None);
+            }
+            load_tokens(conn, &id).map(Some)
+        })
+        .await
+    }
+
+    async fn set_token_status(
+        &self,
+        token_id: &str,
+        target: TokenStatus,
+        now: UnixMillis,
+    ) -> Result<Option<Transition>, StoreError> {
+        let token_id = token_id.to_owned();
+        self.write(move |tx| {
+            let Some(mut token) = load_token(tx, &token_id)? else {
+                return Ok(None);
+            };
+            if !token.status.can_move_to(target) {
+                return Ok(Some(Transition::Final(token)));
+            }
+            let endpoint = load_endpoint(tx, token.endpoint_id.as_str())?
+                .ok_or_else(|| StoreError::Corrupt(format!("token {token_id} has no endpoint")))?;
+            let changed = token.status != target;
+            if changed {
+                tx.execute(
+                    "UPDATE tokens SET status = ?2, updated = ?3 WHERE token_id = ?1",
+                    params![token_id, target.as_str(), now.0],
+                )
+                .map_err(sqlite_err)?;
+                token.status = target;
+                token.updated = now;
+            }
+            Ok(Some(Transition::Done {
+                token,
+                app_version: endpoint.app_version,
+                changed,
+            }))
+        })
+        .await
+    }
+
+    async fn find_token(&self, hash: &str) -> Result<Option<TokenOwner>, StoreError> {
+        let hash = hash.to_owned();
+        self.read(move |conn| {
+            let row: Option<TokenRow> = conn
+                .prepare_cached(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?1"
+                ))
+                .map_err(sqlite_err)?
+                .query_row([&hash], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .optional()
+                .map_err(sqlite_err)?;
+            let Some(token) = row.map(token_from_row).transpose()? else {
+                return Ok(None);
+            };
+            let endpoint = load_endpoint(conn, token.endpoint_id.as_str())?.ok_or_else(|| {
+                StoreError::Corrupt(format!("token {} has no endpoint", token.token_id))
+            })?;
+            Ok(Some(TokenOwner { token, endpoint }))
+        })
+        .await
+    }
+}
