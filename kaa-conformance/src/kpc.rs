@@ -1,0 +1,818 @@
+//! The communication service (KPC) under test: the kit plays MQTT devices on one
+//! side and the extension the KPC forwards to on the other (it answers the 4/ESP
+//! `ClientData` it receives with `ExtensionData`, and pushes), listens to the
+//! KPC's 9/ELCE connectivity events, and checks 1/KP behaviour as a device sees
+//! it.
+//!
+//! What the kit needs from the KPC:
+//!
+//! - its MQTT address ([`KpcTarget::mqtt`]) and its service instance name
+//!   ([`KpcTarget::kpc_instance`]: the originator of its 9/ELCE events, and the
+//!   subject `kaa.v1.service.<kpc>.esp.ExtensionData` it takes pushes on);
+//! - an extension instance name it forwards to that nothing else serves on the
+//!   NATS server while the kit runs ([`KpcTarget::extension`]): the kit subscribes
+//!   to `kaa.v1.service.<extension>.esp.ClientData` and answers as that extension;
+//! - endpoint tokens valid for the kit's app version: either the KPC accepts any
+//!   token (our KPC's `kpc.accept-any-token: true`, the default here: the kit
+//!   makes fresh ones), or a list of tokens ([`KpcTarget::tokens`]), each a
+//!   different endpoint, at least [`TOKENS_NEEDED`] of them.
+//!
+//! Required cases check 1/KP, 4/ESP and 9/ELCE, and what kaa-notes documents of
+//! Kaa's KPC (delivery to the session without SUBSCRIBE, one disconnected event
+//! per session); extensions check what only our KPC documents (refusals of
+//! malformed topics with a 1/KP error, the latest session winning an endpoint).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kaa_bus::{Bus, BusError};
+use kaa_elce::{ElceEvent, EventKind};
+use kaa_esp::{ClientData, ExtensionData};
+use kaa_ism::avro::{Decode, Encode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cmx::SuiteOptions;
+use crate::mqtt::{Device, Incoming};
+use crate::report::{CaseInfo, CaseResult, Outcome, Report};
+
+/// How many tokens the suite uses when they are given ([`KpcTarget::tokens`]).
+pub const TOKENS_NEEDED: usize = 14;
+
+/// The KPC to check and the names the kit plays.
+#[derive(Debug, Clone)]
+pub struct KpcTarget {
+    /// The KPC's service instance name.
+    pub kpc_instance: String,
+    /// Its MQTT listener, `host:port`.
+    pub mqtt: String,
+    /// The extension instance name the kit plays (it must be one the KPC
+    /// forwards to).
+    pub extension: String,
+    /// The app version in the kit's topics.
+    pub app_version: String,
+    /// Endpoint tokens valid for the app version, each a different endpoint;
+    /// empty when the KPC accepts any token (the kit then makes its own).
+    pub tokens: Vec<String>,
+}
+
+impl KpcTarget {
+    /// A target for a KPC that accepts any token, with app version
+    /// `conformance-v1`.
+    pub fn new(
+        kpc_instance: impl Into<String>,
+        mqtt: impl Into<String>,
+        extension: impl Into<String>,
+    ) -> Self {
+        KpcTarget {
+            kpc_instance: kpc_instance.into(),
+            mqtt: mqtt.into(),
+            extension: extension.into(),
+            app_version: "conformance-v1".into(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// Every case of the KPC suite, in the order they run.
+pub const CASES: &[CaseInfo] = &[
+    CaseInfo {
+        id: "KP-REQ-1",
+        title: "a request becomes a ClientData: app version, resource path without the request ID, request ID, payload, replyTo",
+        cites: "1/KP Resource path format, Request ID; 4/ESP ClientData",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-REQ-2",
+        title: "a 2xx answer reaches the device on <request topic>/status with the extension's payload",
+        cites: "1/KP Response topic: successful responses MUST be published to <request topic>/status",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-REQ-3",
+        title: "a non-2xx answer reaches the device on <request topic>/error as {statusCode, reasonPhrase}",
+        cites: "1/KP Response topic; Error response format (0001-error-response.schema.json)",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-REQ-4",
+        title: "two requests in flight answered in reverse order: each answer on its own request ID's topic",
+        cites: "1/KP Request ID (MUST NOT use Packet Identifiers to match responses)",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-REQ-5",
+        title: "a request without request ID is forwarded with requestId null and gets no response",
+        cites: "1/KP Request ID: without one, a response SHOULD NOT be published; 4/ESP ClientData.requestId",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-QOS-1",
+        title: "a QoS 1 request is acknowledged (PUBACK) and answered at QoS 1",
+        cites: "MQTT 3.1.1 4.3.2; kaa-notes KPC (responses at the request's QoS)",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-PUSH-1",
+        title: "a push (no requestId) reaches the session on <…>/<token><resource path>/status without any SUBSCRIBE",
+        cites: "kaa-notes KPC (delivers to the session that owns the token; devices never subscribe); 4/ESP ExtensionData",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-ERR-1",
+        title: "a malformed 1/KP topic with a request ID gets <topic>/error 400 and no ClientData; the session goes on",
+        cites: "kaa-rs KPC docs (requests KPC refuses itself); 1/KP Resource path format, Error response format",
+        extension: true,
+    },
+    CaseInfo {
+        id: "ELCE-CON-1",
+        title: "a session's first use of a token publishes connected with its endpoint and app version",
+        cites: "9/ELCE Endpoint connected; kaa-notes KPC (connected when a session first uses a token)",
+        extension: false,
+    },
+    CaseInfo {
+        id: "ELCE-DIS-1",
+        title: "DISCONNECT publishes one disconnected event listing every endpoint of the session",
+        cites: "9/ELCE Endpoint disconnected (SHOULD be one event with all endpoints); kaa-notes KPC",
+        extension: false,
+    },
+    CaseInfo {
+        id: "ELCE-DIS-2",
+        title: "a connection dropped without DISCONNECT publishes disconnected",
+        cites: "9/ELCE Endpoint disconnected (disconnect, timeout, or other reasons); kaa-notes KPC",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-TOK-1",
+        title: "a token used from a second session: pushes go to the new session, and the old one's disconnect does not list it",
+        cites: "kaa-rs KPC docs (one owner per endpoint; the latest session wins)",
+        extension: true,
+    },
+];
+
+/// A ClientData the kit's extension received.
+#[derive(Debug, Clone)]
+struct Received {
+    data: ClientData<'static>,
+    reply_to: Option<String>,
+}
+
+/// A connectivity event of the KPC.
+#[derive(Debug, Clone)]
+struct Connectivity {
+    connected: bool,
+    endpoints: Vec<(String, String)>,
+}
+
+struct Harness {
+    bus: Arc<dyn Bus>,
+    target: KpcTarget,
+    options: SuiteOptions,
+    tag: String,
+    client_data: mpsc::UnboundedReceiver<Received>,
+    events: mpsc::UnboundedReceiver<Connectivity>,
+    /// Events already read while looking for another.
+    seen_events: Vec<Connectivity>,
+    tokens: std::vec::IntoIter<String>,
+    tasks: Vec<JoinHandle<()>>,
+    next: u32,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn subject_error(e: kaa_ism::subject::SubjectError) -> BusError {
+    BusError::InvalidSubject {
+        subject: e.to_string(),
+        reason: "an instance name given to the kit",
+    }
+}
+
+fn kaa_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Harness {
+    async fn start(
+        bus: Arc<dyn Bus>,
+        target: &KpcTarget,
+        options: &SuiteOptions,
+    ) -> Result<Self, BusError> {
+        let tag = format!(
+            "kpcconf{}x{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() % 1_000_000)
+                .unwrap_or(0)
+        );
+        let mut tasks = Vec::new();
+        let subject = kaa_esp::subject::client_data_subject(&target.extension)
+            .map_err(subject_error)?
+            .to_string();
+        let mut sub = bus.subscribe(&subject, Some(&target.extension)).await?;
+        let (tx, client_data) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Ok(data) = ClientData::decode(&m.payload)
+                    && tx
+                        .send(Received {
+                            data: data.into_owned(),
+                            reply_to: m.reply_to.as_deref().map(str::to_owned),
+                        })
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+        let (tx, events) = mpsc::unbounded_channel();
+        for kind in [EventKind::Connected, EventKind::Disconnected] {
+            let subject = kind
+                .subject(&target.kpc_instance)
+                .map_err(subject_error)?
+                .to_string();
+            let mut sub = bus.subscribe(&subject, None).await?;
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    let event = match ElceEvent::decode(&m.subject, &m.payload) {
+                        Ok(ElceEvent::Connected(e)) => Connectivity {
+                            connected: true,
+                            endpoints: pairs(&e.endpoints),
+                        },
+                        Ok(ElceEvent::Disconnected(e)) => Connectivity {
+                            connected: false,
+                            endpoints: pairs(&e.endpoints),
+                        },
+                        _ => continue,
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        kaa_bus::subscription_barrier(bus.as_ref(), Duration::from_secs(5)).await?;
+        let tokens = if target.tokens.is_empty() {
+            (1..=TOKENS_NEEDED)
+                .map(|n| format!("{tag}-tok{n}"))
+                .collect::<Vec<_>>()
+        } else {
+            target.tokens.clone()
+        };
+        Ok(Harness {
+            bus,
+            target: target.clone(),
+            options: options.clone(),
+            tag,
+            client_data,
+            events,
+            seen_events: Vec::new(),
+            tokens: tokens.into_iter(),
+            tasks,
+            next: 0,
+        })
+    }
+
+    fn token(&mut self) -> Result<String, String> {
+        self.tokens.next().ok_or_else(|| {
+            format!("out of endpoint tokens: give the kit at least {TOKENS_NEEDED} (--token)")
+        })
+    }
+
+    async fn device(&mut self) -> Result<Device, String> {
+        self.next += 1;
+        let client_id = format!("{}-dev{}", self.tag, self.next);
+        Device::connect(&self.target.mqtt, &client_id, self.options.wait).await
+    }
+
+    fn topic(&self, token: &str, rest: &str) -> String {
+        format!(
+            "kp1/{}/{}/{token}/{rest}",
+            self.target.app_version, self.target.extension
+        )
+    }
+
+    /// The next ClientData the kit's extension received.
+    async fn next_client_data(&mut self) -> Result<Received, String> {
+        tokio::time::timeout(self.options.wait, self.client_data.recv())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                format!(
+                    "no ClientData on kaa.v1.service.{}.esp.ClientData within {:?}",
+                    self.target.extension, self.options.wait
+                )
+            })
+    }
+
+    /// Answers `to` as the extension.
+    async fn answer(
+        &self,
+        to: &Received,
+        status: i32,
+        reason: Option<&str>,
+        payload: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let reply_to = to
+            .reply_to
+            .as_deref()
+            .ok_or("the ClientData had no replyTo")?;
+        let e = ExtensionData {
+            correlation_id: to.data.correlation_id.clone(),
+            timestamp: kaa_now(),
+            timeout: 0,
+            app_version_name: Some(to.data.app_version_name.clone()),
+            extension_instance_name: Some(self.target.extension.clone().into()),
+            endpoint_id: to.data.endpoint_id.clone(),
+            resource_path: to.data.resource_path.clone(),
+            request_id: to.data.request_id,
+            payload: payload.map(|p| p.to_vec().into()),
+            status_code: status,
+            reason_phrase: reason.map(|r| r.to_owned().into()),
+        };
+        self.bus
+            .publish(reply_to, Bytes::from(e.to_vec()))
+            .await
+            .map_err(|e| format!("publishing to {reply_to}: {e}"))
+    }
+
+    /// A push (no request ID) to `endpoint` on `resource_path`, on the KPC's
+    /// instance-wide subject.
+    async fn push(
+        &self,
+        endpoint: &str,
+        resource_path: &str,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let e = ExtensionData {
+            correlation_id: format!("{}-push", self.tag).into(),
+            timestamp: kaa_now(),
+            timeout: 0,
+            app_version_name: Some(self.target.app_version.clone().into()),
+            extension_instance_name: Some(self.target.extension.clone().into()),
+            endpoint_id: Some(endpoint.to_owned().into()),
+            resource_path: resource_path.to_owned().into(),
+            request_id: None,
+            payload: Some(payload.to_vec().into()),
+            status_code: 200,
+            reason_phrase: None,
+        };
+        let subject = kaa_esp::subject::extension_data_subject(&self.target.kpc_instance)
+            .map_err(|e| e.to_string())?
+            .to_string();
+        self.bus
+            .publish(&subject, Bytes::from(e.to_vec()))
+            .await
+            .map_err(|e| format!("publishing to {subject}: {e}"))
+    }
+
+    /// Sends `rest` (request ID included) for `token` from `device`, and takes
+    /// the ClientData it becomes.
+    async fn request(
+        &mut self,
+        device: &mut Device,
+        token: &str,
+        rest: &str,
+        payload: &[u8],
+    ) -> Result<(String, Received), String> {
+        let topic = self.topic(token, rest);
+        device.publish(&topic, payload, 0).await?;
+        match self.next_client_data().await {
+            Ok(got) => Ok((topic, got)),
+            // The device may have been told why (an unknown token: 401).
+            Err(e) => match device.recv(Duration::from_millis(100)).await {
+                Some(p) => Err(format!(
+                    "{e}; the device got {} {}",
+                    p.topic,
+                    String::from_utf8_lossy(&p.payload)
+                )),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Makes `token` known to the KPC from `device` (one answered request) and
+    /// returns its endpoint ID.
+    async fn bind(&mut self, device: &mut Device, token: &str) -> Result<String, String> {
+        let (topic, got) = self.request(device, token, "config/json/1", b"{}").await?;
+        self.answer(&got, 200, None, Some(b"{}")).await?;
+        expect_publish(device, &format!("{topic}/status"), self.options.wait).await?;
+        got.data
+            .endpoint_id
+            .as_deref()
+            .map(str::to_owned)
+            .ok_or_else(|| "the ClientData had no endpointId".to_owned())
+    }
+
+    /// The next connectivity event (`connected` or not) listing `endpoint`.
+    async fn expect_event(
+        &mut self,
+        connected: bool,
+        endpoint: &str,
+    ) -> Result<Connectivity, String> {
+        let lists = |e: &Connectivity| {
+            e.connected == connected && e.endpoints.iter().any(|(id, _)| id == endpoint)
+        };
+        if let Some(i) = self.seen_events.iter().position(lists) {
+            return Ok(self.seen_events.remove(i));
+        }
+        let deadline = tokio::time::Instant::now() + self.options.wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) if lists(&e) => return Ok(e),
+                Ok(Some(e)) => self.seen_events.push(e),
+                _ => {
+                    return Err(format!(
+                        "no {} event listing {endpoint} within {:?}",
+                        if connected {
+                            "connected"
+                        } else {
+                            "disconnected"
+                        },
+                        self.options.wait
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn pairs(map: &kaa_elce::Map<'_, std::borrow::Cow<'_, str>>) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The next PUBLISH to `device`, which must be on `topic`.
+async fn expect_publish(
+    device: &mut Device,
+    topic: &str,
+    within: Duration,
+) -> Result<Incoming, String> {
+    match device.recv(within).await {
+        Some(p) if p.topic == topic => Ok(p),
+        Some(p) => Err(format!(
+            "expected a PUBLISH on {topic}, got one on {} ({})",
+            p.topic,
+            String::from_utf8_lossy(&p.payload)
+        )),
+        None => Err(format!("no PUBLISH on {topic} within {within:?}")),
+    }
+}
+
+async fn expect_silence(device: &mut Device, within: Duration) -> Result<(), String> {
+    match device.recv(within).await {
+        None => Ok(()),
+        Some(p) => Err(format!(
+            "expected nothing, got a PUBLISH on {} ({})",
+            p.topic,
+            String::from_utf8_lossy(&p.payload)
+        )),
+    }
+}
+
+/// Runs the KPC suite against the KPC named in `target`, calling `progress`
+/// after each case.
+pub async fn run_kpc_suite(
+    bus: Arc<dyn Bus>,
+    target: &KpcTarget,
+    options: &SuiteOptions,
+    mut progress: impl FnMut(&CaseResult),
+) -> Result<Report, BusError> {
+    let mut h = Harness::start(bus, target, options).await?;
+    let mut report = Report {
+        suite: format!("kpc {}", target.kpc_instance),
+        results: Vec::new(),
+    };
+    for case in CASES {
+        let started = Instant::now();
+        let outcome = match options.skip(case) {
+            Some(skipped) => skipped,
+            None => match run_case(case.id, &mut h).await {
+                Ok(()) => Outcome::Passed,
+                Err(why) => Outcome::Failed(why),
+            },
+        };
+        let result = CaseResult {
+            case: *case,
+            outcome,
+            elapsed: started.elapsed(),
+        };
+        progress(&result);
+        report.results.push(result);
+        // What a failed case left behind must not leak into the next one.
+        while h.client_data.try_recv().is_ok() {}
+        while h.events.try_recv().is_ok() {}
+        h.seen_events.clear();
+    }
+    Ok(report)
+}
+
+async fn run_case(id: &str, h: &mut Harness) -> Result<(), String> {
+    match id {
+        "KP-REQ-1" => req_forwarded(h).await,
+        "KP-REQ-2" => req_status(h).await,
+        "KP-REQ-3" => req_error(h).await,
+        "KP-REQ-4" => req_two_in_flight(h).await,
+        "KP-REQ-5" => req_without_id(h).await,
+        "KP-QOS-1" => qos_1(h).await,
+        "KP-PUSH-1" => push_without_subscribe(h).await,
+        "KP-ERR-1" => malformed_topic(h).await,
+        "ELCE-CON-1" => connected(h).await,
+        "ELCE-DIS-1" => disconnected(h).await,
+        "ELCE-DIS-2" => dropped(h).await,
+        "KP-TOK-1" => latest_session_wins(h).await,
+        other => Err(format!("unknown case {other}")),
+    }
+}
+
+async fn req_forwarded(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let payload = br#"{"observe":true}"#;
+    let (_, got) = h
+        .request(&mut dev, &token, "config/json/network/7", payload)
+        .await?;
+    let d = &got.data;
+    let mut wrong = Vec::new();
+    if d.app_version_name != h.target.app_version {
+        wrong.push(format!("appVersionName {:?}", d.app_version_name));
+    }
+    if d.resource_path != "/config/json/network" {
+        wrong.push(format!(
+            "resourcePath {:?} (expected \"/config/json/network\")",
+            d.resource_path
+        ));
+    }
+    if d.request_id != Some(7) {
+        wrong.push(format!("requestId {:?} (expected 7)", d.request_id));
+    }
+    if d.payload.as_ref() != payload {
+        wrong.push(format!("payload {:?}", String::from_utf8_lossy(&d.payload)));
+    }
+    if d.endpoint_id.as_deref().is_none_or(str::is_empty) {
+        wrong.push("no endpointId".into());
+    }
+    if got.reply_to.is_none() {
+        wrong.push("no replyTo".into());
+    }
+    if d.correlation_id.is_empty() {
+        wrong.push("an empty correlationId".into());
+    }
+    dev.disconnect().await;
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("the ClientData has {}", wrong.join(", ")))
+    }
+}
+
+async fn req_status(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let (topic, got) = h.request(&mut dev, &token, "config/json/3", b"{}").await?;
+    let answer = br#"{"configId":"c-1","config":{"rate":5}}"#;
+    h.answer(&got, 200, Some("OK"), Some(answer)).await?;
+    let p = expect_publish(&mut dev, &format!("{topic}/status"), h.options.wait).await?;
+    dev.disconnect().await;
+    if p.payload != answer {
+        return Err(format!(
+            "the /status payload is {:?}, the extension sent {:?}",
+            String::from_utf8_lossy(&p.payload),
+            String::from_utf8_lossy(answer)
+        ));
+    }
+    Ok(())
+}
+
+async fn req_error(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let (topic, got) = h.request(&mut dev, &token, "config/json/4", b"{}").await?;
+    h.answer(&got, 404, Some("no such thing"), None).await?;
+    let p = expect_publish(&mut dev, &format!("{topic}/error"), h.options.wait).await?;
+    dev.disconnect().await;
+    let body: Value = serde_json::from_slice(&p.payload).map_err(|e| {
+        format!(
+            "the /error payload is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&p.payload)
+        )
+    })?;
+    if body != json!({"statusCode": 404, "reasonPhrase": "no such thing"}) {
+        return Err(format!(
+            "the /error payload is {body}, expected {{\"statusCode\":404,\"reasonPhrase\":\"no such thing\"}} (no other properties)"
+        ));
+    }
+    Ok(())
+}
+
+async fn req_two_in_flight(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let (first_topic, first) = h.request(&mut dev, &token, "config/json/11", b"{}").await?;
+    let (second_topic, second) = h.request(&mut dev, &token, "config/json/12", b"{}").await?;
+    h.answer(&second, 200, None, Some(b"\"second\"")).await?;
+    h.answer(&first, 200, None, Some(b"\"first\"")).await?;
+    let a = expect_publish(&mut dev, &format!("{second_topic}/status"), h.options.wait).await?;
+    let b = expect_publish(&mut dev, &format!("{first_topic}/status"), h.options.wait).await?;
+    dev.disconnect().await;
+    if a.payload != b"\"second\"" || b.payload != b"\"first\"" {
+        return Err(format!(
+            "answers mixed up: request 12 got {:?}, request 11 got {:?}",
+            String::from_utf8_lossy(&a.payload),
+            String::from_utf8_lossy(&b.payload)
+        ));
+    }
+    Ok(())
+}
+
+async fn req_without_id(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    h.bind(&mut dev, &token).await?;
+    let (_, got) = h
+        .request(&mut dev, &token, "applied/json", br#"{"configId":"c-1"}"#)
+        .await?;
+    if got.data.request_id.is_some() {
+        return Err(format!(
+            "forwarded with requestId {:?}",
+            got.data.request_id
+        ));
+    }
+    if got.data.resource_path != "/applied/json" {
+        return Err(format!(
+            "forwarded with resourcePath {:?}",
+            got.data.resource_path
+        ));
+    }
+    let quiet = h.options.quiet;
+    let r = expect_silence(&mut dev, quiet).await;
+    dev.disconnect().await;
+    r
+}
+
+async fn qos_1(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let topic = h.topic(&token, "config/json/21");
+    dev.publish(&topic, b"{}", 1).await?;
+    let got = h.next_client_data().await?;
+    h.answer(&got, 200, None, Some(b"{}")).await?;
+    let p = expect_publish(&mut dev, &format!("{topic}/status"), h.options.wait).await?;
+    dev.disconnect().await;
+    if p.qos != 1 {
+        return Err(format!("the answer came at QoS {}", p.qos));
+    }
+    Ok(())
+}
+
+async fn push_without_subscribe(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let endpoint = h.bind(&mut dev, &token).await?;
+    let pushed = br#"{"configId":"c-2","config":{"rate":6}}"#;
+    h.push(&endpoint, "/config/json", pushed).await?;
+    let topic = h.topic(&token, "config/json/status");
+    let p = expect_publish(&mut dev, &topic, h.options.wait).await?;
+    dev.disconnect().await;
+    if p.payload != pushed {
+        return Err(format!(
+            "the push's payload is {:?}",
+            String::from_utf8_lossy(&p.payload)
+        ));
+    }
+    Ok(())
+}
+
+async fn malformed_topic(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    for bad in [
+        format!(
+            "kp2/{}/{}/{token}/config/json/31",
+            h.target.app_version, h.target.extension
+        ),
+        format!("kp1/{}//{token}/config/json/32", h.target.app_version),
+    ] {
+        dev.publish(&bad, b"{}", 0).await?;
+        let p = expect_publish(&mut dev, &format!("{bad}/error"), h.options.wait).await?;
+        let body: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+        if body.get("statusCode").and_then(Value::as_i64) != Some(400)
+            || body.get("reasonPhrase").and_then(Value::as_str).is_none()
+        {
+            return Err(format!(
+                "{bad}/error carries {body}, expected statusCode 400 and a reasonPhrase"
+            ));
+        }
+    }
+    if let Ok(Some(r)) = tokio::time::timeout(h.options.quiet, h.client_data.recv()).await {
+        return Err(format!(
+            "a malformed topic was forwarded as a ClientData for {:?}",
+            r.data.resource_path
+        ));
+    }
+    h.bind(&mut dev, &token)
+        .await
+        .map_err(|e| format!("after the malformed topics: {e}"))?;
+    dev.disconnect().await;
+    Ok(())
+}
+
+async fn connected(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let endpoint = h.bind(&mut dev, &token).await?;
+    let e = h.expect_event(true, &endpoint).await?;
+    dev.disconnect().await;
+    let app = e
+        .endpoints
+        .iter()
+        .find(|(id, _)| *id == endpoint)
+        .map(|(_, app)| app.clone());
+    if app.as_deref() != Some(h.target.app_version.as_str()) {
+        return Err(format!(
+            "connected lists {endpoint} with app version {app:?}, expected {:?}",
+            h.target.app_version
+        ));
+    }
+    Ok(())
+}
+
+async fn disconnected(h: &mut Harness) -> Result<(), String> {
+    let (a, b) = (h.token()?, h.token()?);
+    let mut dev = h.device().await?;
+    let ea = h.bind(&mut dev, &a).await?;
+    let eb = h.bind(&mut dev, &b).await?;
+    dev.disconnect().await;
+    let e = h.expect_event(false, &ea).await?;
+    if !e.endpoints.iter().any(|(id, _)| *id == eb) {
+        return Err(format!(
+            "the disconnected event lists {:?}, not both of the session's endpoints ({ea}, {eb})",
+            e.endpoints
+        ));
+    }
+    Ok(())
+}
+
+async fn dropped(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let endpoint = h.bind(&mut dev, &token).await?;
+    dev.drop_connection().await;
+    h.expect_event(false, &endpoint).await.map(|_| ())
+}
+
+async fn latest_session_wins(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut old = h.device().await?;
+    let endpoint = h.bind(&mut old, &token).await?;
+    let mut new = h.device().await?;
+    h.bind(&mut new, &token).await?;
+    h.push(&endpoint, "/config/json", b"\"after takeover\"")
+        .await?;
+    let topic = h.topic(&token, "config/json/status");
+    expect_publish(&mut new, &topic, h.options.wait)
+        .await
+        .map_err(|e| format!("the new session: {e}"))?;
+    let quiet = h.options.quiet;
+    expect_silence(&mut old, quiet)
+        .await
+        .map_err(|e| format!("the old session: {e}"))?;
+    old.disconnect().await;
+    // The old session's end must not take the endpoint from the new one.
+    tokio::time::sleep(quiet).await;
+    while let Ok(e) = h.events.try_recv() {
+        h.seen_events.push(e);
+    }
+    if let Some(e) = h
+        .seen_events
+        .iter()
+        .find(|e| !e.connected && e.endpoints.iter().any(|(id, _)| *id == endpoint))
+    {
+        return Err(format!(
+            "the old session's disconnect listed {endpoint}: {:?}",
+            e.endpoints
+        ));
+    }
+    h.push(&endpoint, "/config/json", b"\"still there\"")
+        .await?;
+    let r = expect_publish(&mut new, &topic, h.options.wait)
+        .await
+        .map_err(|e| format!("the new session after the old one left: {e}"));
+    new.disconnect().await;
+    r.map(|_| ())
+}
