@@ -33,9 +33,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
-#[path = "../tests/mini_mqtt/mod.rs"]
-mod mini_mqtt;
-use mini_mqtt::{connect_packet, publish_packet, read_packet};
+use kaa_testkit::mini_mqtt::{connect_packet, publish_packet, read_packet};
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -9,7 +9,8 @@
 //! - Re-exported service crates, so that the binaries and tests name one crate:
 //!   [`cmx`] ([`kaa_cmx`]: the `kaa-cmp` engine on a message bus, `/health`,
 //!   `/metrics`, graceful shutdown), [`ecr`] ([`kaa_ecr`]: REST API, durable
-//!   store, 6/CDTP provider), [`kpc`] ([`kaa_kpc`]: the MQTT communication
+//!   store, 6/CDTP provider), [`epr`] ([`kaa_epr`]: the endpoint register:
+//!   provisioning REST API, hashed endpoint tokens, 16/ECAP provider), [`kpc`] ([`kaa_kpc`]: the MQTT communication
 //!   service, an MQTT 3.1.1 server that routes 1/KP requests to extensions over
 //!   4/ESP) and [`service`] ([`kaa_service`]: the toolkit they share).
 //!
@@ -41,6 +42,8 @@ pub mod stack;
 pub use kaa_cmx as cmx;
 /// The ECR service library, [`kaa_ecr`].
 pub use kaa_ecr as ecr;
+/// The endpoint register library, [`kaa_epr`].
+pub use kaa_epr as epr;
 /// The KPC service library, [`kaa_kpc`].
 pub use kaa_kpc as kpc;
 /// The service toolkit, [`kaa_service`].

@@ -1,5 +1,5 @@
-//! The whole system in one process: ECR + CMX + KPC on one in-memory bus, with the
-//! embedded SQLite store. This is what the `kaa-stack` binary runs and what the
+//! The whole system in one process: ECR + CMX + KPC + the endpoint register (EPR)
+//! on one in-memory bus, with the embedded SQLite stores. This is what the `kaa-stack` binary runs and what the
 //! end-to-end tests start.
 //!
 //! The three services are the same modules the separate binaries run; only the bus
@@ -9,9 +9,14 @@
 //!
 //! Local-use defaults, all printed on start:
 //! - the REST API without authentication (`auth.enabled: false`);
-//! - MQTT without a username/password, and **every endpoint token is its own endpoint
-//!   ID** (`kpc.accept-any-token: true`), so any device can start without
-//!   provisioning; deploy the separate services with a token table instead;
+//! - the register's REST API without authentication; KPC validates endpoint tokens
+//!   with it over 16/ECAP (`kpc.token-validation`), so a provisioned token
+//!   resolves to its endpoint and a revoked or suspended one is refused;
+//! - MQTT without a username/password, and **a token the register does not know is
+//!   its own endpoint ID** (`kpc.accept-any-token: true` beside the register; see
+//!   `kaa_kpc::resolver`, *Development mode with a register*), so any device can
+//!   start without provisioning; deploy the separate services without
+//!   `accept-any-token`;
 //! - any app version name is accepted (no `kaa.applications` list).
 //!
 //! ```no_run
@@ -22,6 +27,8 @@
 //!     http_listen: "127.0.0.1:0".parse()?,
 //!     mqtt_listen: "127.0.0.1:0".parse()?,
 //!     store_url: "sqlite://kaa-data/ecr.db".into(),
+//!     register_listen: "127.0.0.1:0".parse()?,
+//!     register_store_url: "sqlite://kaa-data/epr.db".into(),
 //! };
 //! let stack = Stack::start(&options).await?;
 //! println!("REST on {}, MQTT on {}", stack.http_addr(), stack.mqtt_addr());
@@ -39,6 +46,7 @@ use tokio::task::JoinHandle;
 
 use crate::cmx::{CmxService, config::CmxServiceConfig};
 use crate::ecr::{EcrServer, config::EcrConfig};
+use crate::epr::{EprServer, config::EprConfig};
 use crate::kpc::{KpcHandle, KpcServer, config::KpcConfig};
 use crate::service::{ConfigError, parse_yaml};
 
@@ -51,6 +59,10 @@ pub struct StackOptions {
     pub mqtt_listen: SocketAddr,
     /// The ECR store URL (`sqlite://<path>` or `postgres://…`).
     pub store_url: String,
+    /// The endpoint register's REST API (`/api/v1/endpoints`, `/api/v1/tokens`).
+    pub register_listen: SocketAddr,
+    /// The register's store URL (`sqlite://<path>` or `postgres://…`).
+    pub register_store_url: String,
 }
 
 /// Why the stack could not start or stopped with an error. Each message is one line
@@ -82,6 +94,9 @@ pub enum StackError {
     /// KPC failed to start or stopped with an error.
     #[error("KPC: {0}")]
     Kpc(crate::kpc::StartError),
+    /// The endpoint register failed to start or stopped with an error.
+    #[error("endpoint register: {0}")]
+    Epr(crate::epr::StartError),
 }
 
 /// A running stack. Dropping it without [`Stack::shutdown`] leaves the tasks running
@@ -90,8 +105,10 @@ pub enum StackError {
 pub struct Stack {
     http_addr: SocketAddr,
     mqtt_addr: SocketAddr,
+    register_addr: SocketAddr,
     stop: watch::Sender<bool>,
     ecr: JoinHandle<Result<(), crate::ecr::StartError>>,
+    epr: JoinHandle<Result<(), crate::epr::StartError>>,
     cmx: JoinHandle<Result<(), String>>,
     kpc: KpcHandle,
     bus: Arc<MemoryBus>,
@@ -104,10 +121,12 @@ pub const ECR_INSTANCE: &str = "ecr";
 pub const CMX_INSTANCE: &str = "cmx";
 /// The KPC instance name.
 pub const KPC_INSTANCE: &str = "kpc";
+/// The endpoint register's instance name (the 16/ECAP provider KPC asks).
+pub const EPR_INSTANCE: &str = "epr";
 
 impl Stack {
-    /// Starts ECR, CMX and KPC on one in-memory bus. Returns once every listener is
-    /// bound and every subscription is in place.
+    /// Starts ECR, CMX, the endpoint register and KPC on one in-memory bus.
+    /// Returns once every listener is bound and every subscription is in place.
     pub async fn start(options: &StackOptions) -> Result<Stack, StackError> {
         let memory = Arc::new(MemoryBus::new());
         let bus: Arc<dyn Bus> = memory.clone();
@@ -129,6 +148,19 @@ impl Stack {
             })?;
         let http_addr = ecr.local_addr();
 
+        let epr_config: EprConfig = parse_yaml(&epr_yaml(options), "kaa-stack (EPR)")?;
+        let epr = EprServer::bind(&epr_config, Arc::clone(&bus))
+            .await
+            .map_err(|e| match e {
+                crate::epr::StartError::Http { addr, source }
+                    if source.kind() == ErrorKind::AddrInUse =>
+                {
+                    port_in_use("register REST API", addr, "--register-listen")
+                }
+                e => StackError::Epr(e),
+            })?;
+        let register_addr = epr.local_addr();
+
         let cmx_config: CmxServiceConfig = parse_yaml(&cmx_yaml(), "kaa-stack (CMX)")?;
         let cmx = CmxService::bind(&cmx_config, Arc::clone(&bus))
             .await
@@ -149,6 +181,7 @@ impl Stack {
         let mqtt_addr = kpc.local_addr();
 
         let ecr = tokio::spawn(ecr.run(stopped(stop.subscribe())));
+        let epr = tokio::spawn(epr.run(stopped(stop.subscribe())));
         let cmx_stop = stopped(stop.subscribe());
         let cmx =
             tokio::spawn(
@@ -157,8 +190,10 @@ impl Stack {
         Ok(Stack {
             http_addr,
             mqtt_addr,
+            register_addr,
             stop,
             ecr,
+            epr,
             cmx,
             kpc,
             bus: memory,
@@ -175,13 +210,18 @@ impl Stack {
         self.mqtt_addr
     }
 
+    /// The bound address of the endpoint register's REST API.
+    pub fn register_addr(&self) -> SocketAddr {
+        self.register_addr
+    }
+
     /// The in-memory bus the services share (tests watch it).
     pub fn bus(&self) -> Arc<MemoryBus> {
         Arc::clone(&self.bus)
     }
 
     /// Stops KPC first (no new device traffic), then CMX (finishing requests in
-    /// flight), then ECR.
+    /// flight), then ECR and the register.
     pub async fn shutdown(self) -> Result<(), StackError> {
         let kpc = self.kpc.shutdown().await.map_err(StackError::Kpc);
         let _ = self.stop.send(true);
@@ -193,7 +233,11 @@ impl Stack {
             Ok(r) => r.map_err(StackError::Ecr),
             Err(e) => Err(StackError::Cmx(format!("ECR task: {e}"))),
         };
-        kpc.and(cmx).and(ecr)
+        let epr = match self.epr.await {
+            Ok(r) => r.map_err(StackError::Epr),
+            Err(e) => Err(StackError::Cmx(format!("register task: {e}"))),
+        };
+        kpc.and(cmx).and(ecr).and(epr)
     }
 }
 
@@ -222,6 +266,16 @@ fn ecr_yaml(options: &StackOptions) -> String {
     )
 }
 
+fn epr_yaml(options: &StackOptions) -> String {
+    format!(
+        "service:\n  instance:\n    name: {EPR_INSTANCE}\n    replica:\n      id: {EPR_INSTANCE}-1\n\
+         epr:\n  http:\n    listen: {http}\n  store:\n    url: {store}\n\
+         auth:\n  enabled: false\n",
+        http = quoted(&options.register_listen.to_string()),
+        store = quoted(&options.register_store_url),
+    )
+}
+
 fn cmx_yaml() -> String {
     format!(
         "service:\n  instance:\n    name: {CMX_INSTANCE}\n    replica:\n      id: {CMX_INSTANCE}-1\n\
@@ -235,7 +289,8 @@ fn kpc_yaml(options: &StackOptions) -> String {
     format!(
         "service:\n  instance:\n    name: {KPC_INSTANCE}\n    replica:\n      id: {KPC_INSTANCE}-1\n\
          kpc:\n  mqtt:\n    listen: {mqtt}\n    auth:\n      enabled: false\n\
-         \x20 accept-any-token: true\n",
+         \x20 accept-any-token: true\n\
+         \x20 token-validation:\n    provider: {EPR_INSTANCE}\n    timeout: 5s\n",
         mqtt = quoted(&options.mqtt_listen.to_string()),
     )
 }
@@ -249,6 +304,8 @@ mod tests {
             http_listen: "127.0.0.1:0".parse().unwrap(),
             mqtt_listen: "127.0.0.1:0".parse().unwrap(),
             store_url: "sqlite://a dir/with: colon #hash/ecr.db".into(),
+            register_listen: "127.0.0.1:0".parse().unwrap(),
+            register_store_url: "sqlite://a dir/with: colon #hash/epr.db".into(),
         }
     }
 
@@ -260,6 +317,13 @@ mod tests {
         let _: CmxServiceConfig = parse_yaml(&cmx_yaml(), "cmx").unwrap();
         let kpc: KpcConfig = parse_yaml(&kpc_yaml(&o), "kpc").unwrap();
         assert!(kpc.kpc.accept_any_token);
+        assert_eq!(
+            kpc.kpc.token_validation.as_ref().unwrap().provider,
+            EPR_INSTANCE
+        );
+        kpc.validate().unwrap();
+        let epr: EprConfig = parse_yaml(&epr_yaml(&o), "epr").unwrap();
+        epr.validate().unwrap();
     }
 
     #[tokio::test]
@@ -268,6 +332,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut o = options();
         o.store_url = format!("sqlite://{}", dir.path().join("ecr.db").display());
+        o.register_store_url = format!("sqlite://{}", dir.path().join("epr.db").display());
         o.mqtt_listen = taken.local_addr().unwrap();
         let err = Stack::start(&o).await.unwrap_err().to_string();
         assert!(err.contains("--mqtt-listen"), "{err}");
@@ -281,5 +346,10 @@ mod tests {
         o.http_listen = taken.local_addr().unwrap();
         let err = Stack::start(&o).await.unwrap_err().to_string();
         assert!(err.contains("--http-listen"), "{err}");
+
+        o.http_listen = "127.0.0.1:0".parse().unwrap();
+        o.register_listen = taken.local_addr().unwrap();
+        let err = Stack::start(&o).await.unwrap_err().to_string();
+        assert!(err.contains("--register-listen"), "{err}");
     }
 }

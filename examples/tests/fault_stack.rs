@@ -43,16 +43,14 @@
 //! fault (time to converge, writes acknowledged/failed/lost) to stderr; run with
 //! `--nocapture` to see them.
 
-mod fault_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use fault_common::{
-    Fleet, PrivatePostgres, Rest, ServiceProcess, Writer, lost_writes, signal, stale_devices,
-};
 use kaa_bus::test_support::{PrivateNatsServer, free_port};
 use kaa_bus::{Bus, NatsBus, NatsConfig};
+use kaa_testkit::fault::{
+    Fleet, PrivatePostgres, Rest, ServiceProcess, Writer, lost_writes, signal, stale_devices,
+};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -93,7 +91,7 @@ struct Stack {
     ecr: ServiceProcess,
     cmx: ServiceProcess,
     kpc: ServiceProcess,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Stack {
@@ -199,27 +197,9 @@ async fn every_device_converges_and_no_acknowledged_write_is_lost_after_each_fau
          \x20 extension-instances: [{cmx_name}]\n  accept-any-token: true\n"
     );
     let (ecr, cmx, kpc) = tokio::task::block_in_place(|| {
-        let ecr = ServiceProcess::start(
-            "ecr",
-            env!("CARGO_BIN_EXE_ecr"),
-            dir.path(),
-            &ecr_yaml,
-            "ecr listening on",
-        );
-        let cmx = ServiceProcess::start(
-            "cmx",
-            env!("CARGO_BIN_EXE_cmx"),
-            dir.path(),
-            &cmx_yaml,
-            "cmx running",
-        );
-        let kpc = ServiceProcess::start(
-            "kpc",
-            env!("CARGO_BIN_EXE_kpc"),
-            dir.path(),
-            &kpc_yaml,
-            "kpc listening on",
-        );
+        let ecr = ServiceProcess::start("ecr", dir.path(), &ecr_yaml, "ecr listening on");
+        let cmx = ServiceProcess::start("cmx", dir.path(), &cmx_yaml, "cmx running");
+        let kpc = ServiceProcess::start("kpc", dir.path(), &kpc_yaml, "kpc listening on");
         (ecr, cmx, kpc)
     });
     let mut stack = Stack {
@@ -228,7 +208,7 @@ async fn every_device_converges_and_no_acknowledged_write_is_lost_after_each_fau
         ecr,
         cmx,
         kpc,
-        _dir: dir,
+        dir: Some(dir),
     };
 
     // The test's own NATS connection, for asking ECR what it serves.
@@ -243,7 +223,7 @@ async fn every_device_converges_and_no_acknowledged_write_is_lost_after_each_fau
     let rest = Rest::new(([127, 0, 0, 1], http_port).into());
     let app = format!("{tag}-app");
     for key in [None, Some("network")] {
-        let k = fault_common::Key {
+        let k = kaa_testkit::fault::Key {
             endpoint: None,
             name: key,
         };
@@ -351,7 +331,17 @@ async fn every_device_converges_and_no_acknowledged_write_is_lost_after_each_fau
     writer.pause().await;
     if !failures.is_empty() {
         stack.dump_logs();
-        panic!("fault_stack failed:\n{}", failures.join("\n"));
+        // The services' whole logs stay for whoever investigates.
+        let kept = stack
+            .dir
+            .take()
+            .map(tempfile::TempDir::keep)
+            .unwrap_or_default();
+        panic!(
+            "fault_stack failed (the services' logs are kept in {}):\n{}",
+            kept.display(),
+            failures.join("\n")
+        );
     }
     assert!(
         writer.log.counts().0 > 0,

@@ -21,8 +21,6 @@
 //!   KPC neither spins nor stops listening.
 #![cfg(target_os = "linux")]
 
-mod mini_mqtt;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +34,7 @@ use kaa_examples::ecr::config::EcrConfig;
 use kaa_examples::kpc::config::KpcConfig;
 use kaa_examples::kpc::{KpcHandle, KpcServer};
 use kaa_examples::service::parse_yaml;
-use mini_mqtt::{connect_packet, publish_packet, read_packet};
+use kaa_testkit::mini_mqtt::{connect_packet, publish_packet, read_packet};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
@@ -643,7 +641,7 @@ async fn out_of_file_descriptors_kpc_neither_spins_nor_stops_listening() {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_kpc"))
+        .arg(kaa_testkit::service_binary("kpc"))
         .arg(&path)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

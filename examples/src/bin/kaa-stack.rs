@@ -1,9 +1,11 @@
 //! `kaa-stack`: the whole system in one process on embedded defaults — ECR (REST API
-//! and SQLite store), CMX and KPC (MQTT) on an in-memory bus. See
+//! and SQLite store), CMX, KPC (MQTT) and the endpoint register (REST API, SQLite
+//! store, 16/ECAP token validation) on an in-memory bus. See
 //! `kaa_examples::stack` for what it runs and its local-use defaults.
 //!
 //! ```text
-//! kaa-stack [--http-listen 127.0.0.1:8080] [--mqtt-listen 127.0.0.1:1883] [--data-dir kaa-data]
+//! kaa-stack [--http-listen 127.0.0.1:8080] [--mqtt-listen 127.0.0.1:1883]
+//!           [--register-listen 127.0.0.1:8082] [--data-dir kaa-data]
 //! ```
 //!
 //! Stops on SIGTERM or ctrl-c. A listen port already in use is a one-line error that
@@ -21,7 +23,7 @@ use kaa_examples::stack::{CMX_INSTANCE, Stack, StackOptions};
 #[command(
     name = "kaa-stack",
     version,
-    about = "ECR + CMX + KPC in one process: Kaa configuration management on embedded defaults"
+    about = "ECR + CMX + KPC + endpoint register in one process: Kaa configuration management on embedded defaults"
 )]
 struct Cli {
     /// REST API address (ECR: /api/v1, /health, /metrics).
@@ -30,7 +32,10 @@ struct Cli {
     /// MQTT address (KPC) devices connect to.
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt_listen: SocketAddr,
-    /// Directory of the embedded configuration store (created if missing).
+    /// Endpoint register REST API address (/api/v1/endpoints, /api/v1/tokens).
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    register_listen: SocketAddr,
+    /// Directory of the embedded stores (created if missing).
     #[arg(long, default_value = "kaa-data")]
     data_dir: PathBuf,
 }
@@ -51,6 +56,8 @@ async fn main() -> ExitCode {
         http_listen: cli.http_listen,
         mqtt_listen: cli.mqtt_listen,
         store_url: format!("sqlite://{}", store.display()),
+        register_listen: cli.register_listen,
+        register_store_url: format!("sqlite://{}", cli.data_dir.join("epr.db").display()),
     };
     let stack = match Stack::start(&options).await {
         Ok(s) => s,
@@ -59,7 +66,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    print_banner(&stack, &store);
+    print_banner(&stack, &cli.data_dir);
     shutdown_signal().await;
     eprintln!("kaa-stack: stopping");
     match stack.shutdown().await {
@@ -71,15 +78,18 @@ async fn main() -> ExitCode {
     }
 }
 
-fn print_banner(stack: &Stack, store: &std::path::Path) {
+fn print_banner(stack: &Stack, data_dir: &std::path::Path) {
     let http = stack.http_addr();
     let mqtt = stack.mqtt_addr();
+    let register = stack.register_addr();
     let (host, port) = (mqtt.ip(), mqtt.port());
     println!(
         "kaa-stack is running (ctrl-c to stop)
-  REST API (ECR)  http://{http}/api/v1   (no authentication: local use)
-  MQTT (KPC)      {mqtt}   (no MQTT credentials; every endpoint token is its own endpoint ID)
-  store           {store}
+  REST API (ECR)       http://{http}/api/v1   (no authentication: local use)
+  endpoint register    http://{register}/api/v1   (no authentication: local use)
+  MQTT (KPC)           {mqtt}   (no MQTT credentials; tokens checked with the register,
+                       a token it does not know is its own endpoint ID: development mode)
+  stores               {data_dir}
 
 Try it — set the default configuration of app version `demo-v1`:
   curl -X PUT http://{http}/api/v1/app-versions/demo-v1 \\
@@ -93,7 +103,15 @@ Then PUT another configuration and watch the push. Any MQTT client works as a de
 KPC answers on the session that used the token, subscribed or not. A fire-and-forget
 applied report with mosquitto_pub:
   mosquitto_pub -h {host} -p {port} -t 'kp1/demo-v1/{CMX_INSTANCE}/dev-1/applied/json' -m '{{\"configId\": \"<id>\"}}'
-and see it in   curl 'http://{http}/api/v1/statuses?endpointId=dev-1'",
-        store = store.display(),
+and see it in   curl 'http://{http}/api/v1/statuses?endpointId=dev-1'
+
+Provision a device and its token with one call (the token is shown this once):
+  curl -X POST http://{register}/api/v1/endpoints -H 'Content-Type: application/json' \\
+       -d '{{\"endpointId\": \"kettle-1\", \"appVersionName\": \"demo-v1\", \"issueToken\": true}}'
+and connect with it, or let the simulator provision its device itself:
+  cargo run -p kaa-examples --bin device -- --mqtt {mqtt} --app-version demo-v1 \\
+       --register http://{register} run --provision kettle-2
+Revoke a token (the device is cut off at once): POST http://{register}/api/v1/tokens/<tokenId>/revoke",
+        data_dir = data_dir.display(),
     );
 }

@@ -32,6 +32,9 @@
 //! error network config 404 No such configuration
 //! ```
 
+pub mod cli;
+pub mod provision;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -480,6 +483,9 @@ pub struct LoadOptions {
     pub extension: String,
     /// Endpoint tokens: `{}` is replaced by the device number (1…N), e.g. `dev-{}`.
     pub token_pattern: String,
+    /// Tokens given one by one (e.g. provisioned, [`provision`]): device `i`
+    /// uses the `i`-th; empty: [`token_pattern`](Self::token_pattern).
+    pub tokens: Vec<String>,
     /// How many devices (one MQTT connection each).
     pub devices: usize,
     /// Configuration requests per device, one after the other.
@@ -503,6 +509,7 @@ impl LoadOptions {
             app_version: app_version.into(),
             extension: "cmx".into(),
             token_pattern: "dev-{}".into(),
+            tokens: Vec::new(),
             devices,
             requests: 1,
             name: None,
@@ -514,6 +521,15 @@ impl LoadOptions {
 
     /// The token of device `i` (1-based).
     pub fn token(&self, i: usize) -> String {
+        if let Some(t) = i.checked_sub(1).and_then(|k| self.tokens.get(k)) {
+            return t.clone();
+        }
+        self.pattern_token(i)
+    }
+
+    /// Device `i`'s name from [`token_pattern`](Self::token_pattern) (1-based):
+    /// its token, or with `load --provision` its endpoint ID.
+    pub fn pattern_token(&self, i: usize) -> String {
         if self.token_pattern.contains("{}") {
             self.token_pattern.replace("{}", &i.to_string())
         } else {
@@ -631,7 +647,12 @@ pub async fn run_load(options: &LoadOptions) -> LoadReport {
                 let _permit = permits.acquire().await;
                 let c = tokio::time::timeout(
                     options.timeout,
-                    connect(&options.connection, &format!("load-{token}"), Vec::new()),
+                    connect(
+                        &options.connection,
+                        // Never a provisioned (secret) token in a client ID.
+                        &format!("load-{}", options.pattern_token(i)),
+                        Vec::new(),
+                    ),
                 )
                 .await;
                 bar.inc(1);

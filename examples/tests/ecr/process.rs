@@ -1,0 +1,275 @@
+//! The real `ecr` binary: durability under SIGKILL in the middle of a PUT storm
+//! (embedded SQLite store and PostgreSQL), graceful shutdown on SIGTERM, and a clear
+//! message with a non-zero exit for an invalid configuration.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The `ecr` binary (built on first use).
+fn bin() -> std::path::PathBuf {
+    kaa_testkit::service_binary("ecr")
+}
+
+fn write_config(dir: &Path, store_url: &str) -> std::path::PathBuf {
+    let path = dir.join("ecr.yaml");
+    let yaml = format!(
+        "service:\n  instance:\n    name: ecr\necr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: {store_url}\nauth:\n  enabled: false\n"
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Starts the binary and waits for its `ecr listening on http://…` line.
+async fn start(config: &Path) -> (Child, String) {
+    let mut child = Command::new(bin())
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn ecr");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("ecr started in time")
+        .unwrap()
+        .expect("a line on stdout");
+    let base = line
+        .strip_prefix("ecr listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
+
+/// Writes with several concurrent clients, each PUT to a new endpoint, kills the
+/// process with SIGKILL mid-storm, restarts it and checks every acknowledged PUT.
+async fn put_storm_survives_sigkill(store_url: &str, dir: &Path) {
+    let config = write_config(dir, store_url);
+    let (mut child, base) = start(&config).await;
+    let client = reqwest::Client::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (client, base, stop) = (client.clone(), base.clone(), Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let endpoint = format!("c{c}-{i}");
+                let body = format!("{{\"client\":{c},\"seq\":{i}}}");
+                let sent = client
+                    .put(format!(
+                        "{base}/api/v1/endpoints/{endpoint}/app-versions/v1"
+                    ))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => {
+                        let v: serde_json::Value = r.json().await.unwrap_or_default();
+                        if let Some(id) = v["configId"].as_str() {
+                            acked.push((endpoint, id.to_owned(), body));
+                        }
+                    }
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => break, // the server is gone
+                }
+                i += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    child.start_kill().expect("SIGKILL"); // tokio's kill is SIGKILL on Unix
+    child.wait().await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for c in clients {
+        acked.extend(c.await.unwrap());
+    }
+    assert!(
+        acked.len() >= 20,
+        "only {} PUTs were acknowledged before the kill",
+        acked.len()
+    );
+
+    let (mut child, base) = start(&config).await;
+    let mut missing = Vec::new();
+    for (endpoint, id, body) in &acked {
+        let r = client
+            .get(format!(
+                "{base}/api/v1/endpoints/{endpoint}/app-versions/v1"
+            ))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 {
+            missing.push(endpoint.clone());
+            continue;
+        }
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["configId"].as_str(), Some(id.as_str()), "{endpoint}");
+        assert_eq!(v["config"].as_str(), Some(body.as_str()), "{endpoint}");
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged PUTs lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+    println!(
+        "{store_url}: {} acknowledged PUTs all present after SIGKILL",
+        acked.len()
+    );
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_put_storm_survives_sigkill() {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    put_storm_survives_sigkill(&db.url, db.path.parent().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_put_storm_survives_sigkill() {
+    let Some(db) =
+        kaa_testkit::ecr::PgTestDb::create("ecr::process::postgres_put_storm_survives_sigkill")
+            .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    put_storm_survives_sigkill(&db.url, dir.path()).await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_gracefully() {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let config = write_config(db.path.parent().unwrap(), &db.url);
+    let (mut child, base) = start(&config).await;
+    let health: serde_json::Value = reqwest::get(format!("{base}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "UP");
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// A second `ecr` on the SQLite file a running one holds refuses to start (exit 1,
+/// a message that says why and what to do); once the first has stopped, it starts.
+#[tokio::test]
+async fn a_second_ecr_on_the_same_sqlite_file_refuses_to_start() {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let dir = db.path.parent().unwrap();
+    let (mut first, _) = start(&write_config(dir, &db.url)).await;
+    let other_dir = dir.join("second");
+    std::fs::create_dir(&other_dir).unwrap();
+    let second_config = write_config(&other_dir, &db.url);
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(bin()).arg(&second_config).output(),
+    )
+    .await
+    .expect("the second ecr exits in time")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use by another ECR process"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("run ECR replicas on PostgreSQL"),
+        "{stderr}"
+    );
+    let pid = first.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(10), first.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let (_again, _) = start(&second_config).await;
+}
+
+#[tokio::test]
+async fn invalid_configuration_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("ecr:\n  http:\n    listen: nowhere\n", "listen"),
+        (
+            "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: sqlite://x.db\n",
+            "auth",
+        ),
+        (
+            "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: sqlite://x.db\nauth:\n  enabled: true\n",
+            "auth.tokens",
+        ),
+        (
+            "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: sqlite://x.db\nauth:\n  enabled: true\n  tokens:\n    - name: a\n      token: {env: ECR_TEST_UNSET_VAR_X}\n      access: read\n",
+            "ECR_TEST_UNSET_VAR_X",
+        ),
+        (
+            "ecr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: mysql://x\nauth:\n  enabled: false\n",
+            "unsupported store URL",
+        ),
+        (
+            "service:\n  instance:\n    name: e.c.r\necr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: sqlite://x.db\nauth:\n  enabled: false\n",
+            "service.instance.name",
+        ),
+    ];
+    for (yaml, expect) in cases {
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = std::process::Command::new(bin())
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{yaml}");
+        assert!(stderr.contains(expect), "{expect:?} not in {stderr:?}");
+    }
+    let out = std::process::Command::new(bin())
+        .arg(dir.path().join("missing.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.yaml"));
+    let out = std::process::Command::new(bin()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("usage: ecr")
+    );
+}
