@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PROTOCOL_CRATES=(kaa-ism kaa-kp kaa-esp kaa-cdtp kaa-elce kaa-cmp)
+PROTOCOL_CRATES=(kaa-ism kaa-kp kaa-esp kaa-cdtp kaa-elce kaa-ecap kaa-cmp)
 FORBIDDEN='^(tokio|tokio-[a-z-]+|async-nats|nats|mio|async-std|smol|futures-io|hyper|axum|reqwest|rumqttc|rumqttd|mqttbytes|mqtt-[a-z-]+|paho-mqtt|ntex-mqtt|rusqlite|libsqlite3-sys|redb|postgres|tokio-postgres|sqlx|sqlx-[a-z-]+|deadpool-postgres|bb8|bb8-postgres|redis|lapin) '
 
 offenders() { # crate -> prints forbidden packages in its normal dependency tree
@@ -25,11 +25,12 @@ for crate in "${PROTOCOL_CRATES[@]}"; do
   fi
 done
 
-# The layers above: the CMX and KPC service crates hold no database or OpenAPI
-# crate (ECR's store and REST API stay in kaa-ecr), and the fuzz crate depends on
-# the libraries it fuzzes, not on the example binaries' crate.
+# The layers above: the CMX and KPC service crates, and the `cmx` and `kpc`
+# binaries' packages, hold no database or OpenAPI crate (ECR's store and REST API
+# stay in kaa-ecr), and the fuzz crate depends on the libraries it fuzzes, not on
+# the example binaries' crate.
 STORE_AND_REST='^(rusqlite|libsqlite3-sys|tokio-postgres|deadpool-postgres|postgres|utoipa) '
-for crate in kaa-cmx kaa-kpc; do
+for crate in kaa-cmx kaa-kpc kaa-example-cmx kaa-example-kpc; do
   found=$(cargo tree -q -e normal -p "$crate" --prefix none --format '{p}' | sort -u | grep -E "$STORE_AND_REST" || true)
   if [ -n "$found" ]; then
     echo "service-deps: $crate depends on ECR's store or REST crates:" >&2

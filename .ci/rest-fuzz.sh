@@ -34,7 +34,7 @@ if [[ ! -x "$VENV/bin/schemathesis" ]]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build -p kaa-examples --bin ecr
+cargo build -p kaa-example-ecr --bin ecr
 ECR_BIN="${CARGO_TARGET_DIR:-target}/debug/ecr"
 
 WORK=$(mktemp -d)

@@ -1,10 +1,12 @@
 //! kaa-cmp: the 7/CMP decoders, resource paths, the device state machine and
 //! the CMX engine driven by an arbitrary stream of operations. Nothing may
-//! panic, and every configuration response the engine sends must be valid 7/CMP
-//! JSON.
+//! panic, and every `ExtensionData` the engine sends must have the shape
+//! `kaa_cmp::test_support::check_response` checks (documented status, errors
+//! with a reason, configuration responses of valid 7/CMP JSON).
 #![no_main]
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use kaa_cdtp::{ConfigResponse as CdtpResponse, ConfigUpdated};
@@ -12,6 +14,7 @@ use kaa_cmp::device::{Device, DeviceConfig};
 use kaa_cmp::engine::{Cmx, CmxConfig, OutgoingConfigRequest, Output};
 use kaa_cmp::message::{AppliedRequest, ConfigRequest, ConfigResponse};
 use kaa_cmp::resource::ResourcePath;
+use kaa_cmp::test_support::check_response;
 use kaa_elce::{AppVersionUpdatedEvent, ConnectedEvent, DisconnectedEvent, UnregisteredEvent};
 use kaa_esp::ClientData;
 use kaa_ism::UnixMillis;
@@ -60,7 +63,11 @@ impl<'a> Input<'a> {
     }
 }
 
-fn drain(cmx: &mut Cmx, requests: &mut Vec<OutgoingConfigRequest>) {
+/// Takes the engine's outputs; every `ExtensionData` must have the shape
+/// `kaa_cmp::test_support::check_response` requires: a documented status (or
+/// a 4xx/5xx the provider sent, `statuses`), errors with a reason and no
+/// payload, a 200 configuration response with valid 7/CMP JSON.
+fn drain(cmx: &mut Cmx, requests: &mut Vec<OutgoingConfigRequest>, statuses: &HashSet<i32>) {
     while let Some(out) = cmx.poll_output() {
         let _ = out.to_datum();
         match out {
@@ -70,13 +77,7 @@ fn drain(cmx: &mut Cmx, requests: &mut Vec<OutgoingConfigRequest>) {
                 }
             }
             Output::ExtensionData(m) => {
-                if m.status_code == 200 && m.resource_path.starts_with("/config/json") {
-                    let payload = m.payload.as_deref().expect("a configuration response");
-                    ConfigResponse::from_json(payload).expect("valid 7/CMP JSON");
-                }
-                if !(200..300).contains(&m.status_code) {
-                    assert!(m.reason_phrase.is_some(), "errors carry a reason");
-                }
+                check_response(&m, |s| statuses.contains(&s)).unwrap_or_else(|v| panic!("{v}"));
             }
             _ => {}
         }
@@ -115,6 +116,8 @@ fuzz_target!(|data: &[u8]| {
     config.endpoint_ttl = Duration::from_secs(2);
     let mut cmx = Cmx::new(config).expect("a valid configuration");
     let mut requests: Vec<OutgoingConfigRequest> = Vec::new();
+    // Statuses of the provider answers fed in (passed on to devices).
+    let mut statuses: HashSet<i32> = HashSet::new();
     let mut now = 1_000_000i64;
 
     while !input.0.is_empty() {
@@ -187,6 +190,7 @@ fuzz_target!(|data: &[u8]| {
                         status_code: status,
                         reason_phrase: None,
                     };
+                    statuses.insert(resp.status_code);
                     cmx.handle_config_response(&resp, at);
                 }
             }
@@ -253,7 +257,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = cmx.poll_timeout();
             }
         }
-        drain(&mut cmx, &mut requests);
+        drain(&mut cmx, &mut requests, &statuses);
         assert!(cmx.tracked_endpoints() <= 3);
         assert!(cmx.pending_requests() <= 4);
     }
@@ -262,7 +266,7 @@ fuzz_target!(|data: &[u8]| {
     for _ in 0..16 {
         now += 1_000_000;
         cmx.handle_timeout(UnixMillis(now));
-        drain(&mut cmx, &mut requests);
+        drain(&mut cmx, &mut requests, &statuses);
     }
     assert_eq!(cmx.pending_requests(), 0);
     assert_eq!(cmx.poll_timeout(), None);
