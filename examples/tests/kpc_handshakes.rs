@@ -373,12 +373,23 @@ async fn lockout_scenario(label: &str, sources: &[&'static str]) -> Outcome {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let opened_in = started.elapsed();
-    // The attack is on: the handshakes KPC allows are taken.
+    // The attack is on: the handshakes KPC allows are taken and KPC has begun
+    // closing sockets past them (the address share, or a full pool evicting),
+    // which the silent sockets answer by reconnecting. Waiting only for the
+    // first 256 handshakes let the devices start (and finish) on a loaded
+    // machine while KPC was still accepting the first 1,000 from its listen
+    // queue, before any churn: the check below then saw no reconnections.
     let kpc = &sys.kpc;
-    wait_until("the silent sockets to take their handshakes", || {
-        kpc.metrics().handshakes() >= 256
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kpc.metrics().handshakes() < 256 || stats.closed_by_kpc.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the silent sockets did not fill their handshakes ({} held, {} closed by KPC)",
+            kpc.metrics().handshakes(),
+            stats.closed_by_kpc.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let attempts_before = stats.attempts.load(Ordering::Relaxed);
 
     let devices_started = Instant::now();
