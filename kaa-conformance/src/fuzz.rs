@@ -7,6 +7,16 @@
 //! seeded ChaCha generator, so a run is reproduced by its seed, and a failing
 //! sequence is shrunk to a short one by proptest's shrinking.
 //!
+//! **Lanes.** A generated case is up to [`FuzzOptions::lanes`] sequences, each on
+//! endpoints of its own, run at the same time and checked together after one
+//! settle. The settle (the CMX silent for [`FuzzOptions::settle`]) and the pauses
+//! are then paid once per case instead of once per sequence, which is what makes
+//! runs of millions of steps take an hour rather than a day; and the CMX sees the
+//! lanes' messages interleaved as a loaded bus delivers them. The invariants are
+//! per endpoint, so lanes cannot break each other's: a failing case shrinks to the
+//! lane that broke one (the others are dropped by shrinking), which
+//! [`replay_cmx_sequence`] replays alone.
+//!
 //! The invariants, checked on what the kit's communication service and provider
 //! saw (black box; timestamps are the CMX's own):
 //!
@@ -27,6 +37,7 @@
 //!    request in flight per endpoint and name: no request while an earlier one
 //!    the provider left unanswered is within its timeout.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,12 +55,15 @@ use crate::cmx::{Answer, CmxTarget, Delivered, Harness, SuiteOptions};
 pub struct FuzzOptions {
     /// The seed: the same seed generates the same sequences.
     pub seed: u64,
-    /// How many sequences to run.
+    /// How many cases to run (each up to [`lanes`](Self::lanes) sequences).
     pub sequences: u32,
     /// The longest sequence.
     pub max_actions: usize,
     /// How many endpoints a sequence uses.
     pub endpoints: u8,
+    /// The most sequences a case runs at the same time, each on endpoints of its
+    /// own (at least 1; 1 runs one sequence at a time).
+    pub lanes: usize,
     /// How many shrinking steps a failure may take.
     pub max_shrink_iters: u32,
     /// Skip the invariants that check kaa-rs extensions.
@@ -70,6 +84,7 @@ impl Default for FuzzOptions {
             sequences: 100,
             max_actions: 30,
             endpoints: 3,
+            lanes: 1,
             max_shrink_iters: 200,
             skip_extensions: false,
             settle: Duration::from_millis(300),
@@ -209,28 +224,34 @@ fn action(endpoints: u8) -> impl Strategy<Value = Action> {
 pub enum FuzzOutcome {
     /// Every sequence kept every invariant.
     Passed {
-        /// Sequences run.
+        /// Cases run.
         sequences: u32,
+        /// Actions run in all (the steps of every lane of every case).
+        steps: u64,
     },
     /// A sequence broke an invariant: the shrunk sequence and what broke.
     Failed {
         /// The violated invariant, with the messages that show it.
         reason: String,
-        /// The shortest failing sequence proptest found.
+        /// The shortest failing sequence proptest found (the lane that broke the
+        /// invariant; [`replay_cmx_sequence`] replays it).
         sequence: Vec<Action>,
+        /// The lanes that still ran beside it after shrinking (empty when the
+        /// failure needs none of them, as it does unless it depends on load).
+        beside: Vec<Vec<Action>>,
     },
 }
 
-/// Runs `options.sequences` generated sequences against the CMX named in
-/// `target`, calling `progress` after each sequence run (shrinking runs count
-/// too). Blocks: call it from a blocking thread (`tokio::task::spawn_blocking`)
-/// with a handle to the runtime the bus lives on.
+/// Runs `options.sequences` generated cases against the CMX named in `target`,
+/// calling `progress` with the number of steps after each case run (shrinking
+/// runs count too). Blocks: call it from a blocking thread
+/// (`tokio::task::spawn_blocking`) with a handle to the runtime the bus lives on.
 pub fn run_cmx_fuzz(
     runtime: tokio::runtime::Handle,
     bus: Arc<dyn Bus>,
     target: &CmxTarget,
     options: &FuzzOptions,
-    progress: impl Fn() + Sync,
+    progress: impl Fn(u64) + Sync,
 ) -> Result<FuzzOutcome, BusError> {
     let suite = SuiteOptions {
         skip_extensions: options.skip_extensions,
@@ -251,26 +272,48 @@ pub fn run_cmx_fuzz(
     }
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
-    let strategy = prop::collection::vec(action(options.endpoints.max(1)), 1..=options.max_actions);
-    let result = runner.run(&strategy, |actions| {
+    let sequence = prop::collection::vec(action(options.endpoints.max(1)), 1..=options.max_actions);
+    let strategy = prop::collection::vec(sequence, 1..=options.lanes.max(1));
+    let steps = std::sync::atomic::AtomicU64::new(0);
+    let result = runner.run(&strategy, |lanes| {
         let mut h = harness
             .lock()
             .map_err(|_| TestCaseError::fail("the harness lock was poisoned"))?;
-        let outcome = runtime.block_on(run_sequence(&mut h, &actions, options));
-        progress();
-        outcome.map_err(TestCaseError::fail)
+        let outcome = runtime.block_on(run_lanes(&mut h, &lanes, options));
+        let n = lanes.iter().map(|l| l.len() as u64).sum();
+        steps.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        progress(n);
+        outcome.map_err(|(lane, reason)| TestCaseError::fail(format!("lane {lane}: {reason}")))
     });
     Ok(match result {
         Ok(()) => FuzzOutcome::Passed {
             sequences: options.sequences,
+            steps: steps.into_inner(),
         },
-        Err(TestError::Fail(reason, sequence)) => FuzzOutcome::Failed {
-            reason: reason.message().to_owned(),
-            sequence,
-        },
+        Err(TestError::Fail(reason, mut lanes)) => {
+            // The message names the failing lane of the shrunk case.
+            let message = reason.message();
+            let lane = message
+                .strip_prefix("lane ")
+                .and_then(|rest| rest.split_once(':'))
+                .and_then(|(n, _)| n.parse::<usize>().ok())
+                .filter(|&n| n < lanes.len())
+                .unwrap_or(0);
+            let sequence = if lanes.is_empty() {
+                Vec::new()
+            } else {
+                lanes.remove(lane)
+            };
+            FuzzOutcome::Failed {
+                reason: message.to_owned(),
+                sequence,
+                beside: lanes,
+            }
+        }
         Err(TestError::Abort(reason)) => FuzzOutcome::Failed {
             reason: format!("aborted: {}", reason.message()),
             sequence: Vec::new(),
+            beside: Vec::new(),
         },
     })
 }
@@ -290,7 +333,9 @@ pub async fn replay_cmx_sequence(
         ..SuiteOptions::default()
     };
     let mut h = Harness::start(bus, target, &suite).await?;
-    Ok(run_sequence(&mut h, actions, options).await)
+    Ok(run_lanes(&mut h, &[actions.to_vec()], options)
+        .await
+        .map_err(|(_, reason)| reason))
 }
 
 /// What the kit did for one endpoint and name during a sequence.
@@ -324,40 +369,73 @@ fn applied_path(named: bool) -> &'static str {
     }
 }
 
-async fn run_sequence(
-    h: &mut Harness,
-    actions: &[Action],
-    options: &FuzzOptions,
-) -> Result<(), String> {
-    let endpoints: Vec<String> = (0..options.endpoints.max(1))
-        .map(|_| h.endpoint())
-        .collect();
-    let mut tracks: HashMap<(String, bool), Track> = HashMap::new();
-    for ep in &endpoints {
-        for named in [false, true] {
-            let t = tracks.entry(key(ep, named)).or_default();
-            t.version = 1;
-            let id = format!("{ep}-{}-v1", u8::from(named));
-            t.issued.insert(id.clone());
-            h.set_config(ep, named.then_some("network"), &id, &json!({"v": 1}));
+/// What one lane of a case did and saw.
+#[derive(Default)]
+struct Lane {
+    endpoints: Vec<String>,
+    tracks: HashMap<(String, bool), Track>,
+    /// (endpoint, request ID) → whether it was on the named configuration and
+    /// asked `observe: false`.
+    sent: HashMap<(String, i32), (bool, bool)>,
+    /// Every configuration request in the order sent: (endpoint, named, request ID).
+    order: Vec<(String, bool, Option<i32>)>,
+    delivered: Vec<Delivered>,
+    silent_used: bool,
+}
+
+impl Lane {
+    fn endpoint(&self, index: u8) -> String {
+        self.endpoints[usize::from(index) % self.endpoints.len()].clone()
+    }
+
+    fn deliver(&mut self, d: Delivered) {
+        note_delivery(&mut self.tracks, &d);
+        self.delivered.push(d);
+    }
+
+    /// Whether a request with a request ID has no answer yet.
+    fn outstanding(&self) -> bool {
+        let answered: HashSet<(&str, i32)> = self
+            .delivered
+            .iter()
+            .filter_map(|d| Some((d.endpoint_id.as_str(), d.request_id?)))
+            .collect();
+        self.sent
+            .keys()
+            .any(|(ep, id)| !answered.contains(&(ep.as_str(), *id)))
+    }
+}
+
+/// The lanes' state during a case, shared by the lanes' futures and the
+/// collector on one task (a `RefCell`, never borrowed across an await).
+struct Lanes {
+    lanes: Vec<Lane>,
+    /// Endpoint ID → its lane.
+    owner: HashMap<String, usize>,
+}
+
+impl Lanes {
+    fn route(&mut self, d: Delivered) -> bool {
+        // Late answers for an earlier case's endpoints are not this one's.
+        match self.owner.get(&d.endpoint_id) {
+            Some(&lane) => {
+                self.lanes[lane].deliver(d);
+                true
+            }
+            None => false,
         }
     }
+}
+
+/// Runs the actions of one lane; `state` holds what every lane saw so far.
+async fn run_lane(
+    h: &Harness,
+    state: &RefCell<Lanes>,
+    lane: usize,
+    actions: &[Action],
+) -> Result<(), String> {
     let mut next_request_id = 0i32;
-    // (endpoint, request ID) → the config path and whether it asked observe: false.
-    let mut sent: HashMap<(String, i32), (bool, bool)> = HashMap::new();
-    // Every configuration request in the order sent: (endpoint, named, request ID).
-    let mut order: Vec<(String, bool, Option<i32>)> = Vec::new();
-    let mut delivered: Vec<Delivered> = Vec::new();
-    let mut silent_used = false;
     for a in actions {
-        // Keep what arrived so far (the "held" config ID needs it).
-        while let Ok(d) = h.delivered.try_recv() {
-            // Late answers for an earlier sequence's endpoints are not this one's.
-            if endpoints.contains(&d.endpoint_id) {
-                note_delivery(&mut tracks, &d);
-                delivered.push(d);
-            }
-        }
         match *a {
             Action::Request {
                 endpoint,
@@ -365,34 +443,37 @@ async fn run_sequence(
                 with_request_id,
                 payload,
             } => {
-                let ep = &endpoints[usize::from(endpoint) % endpoints.len()];
-                let request_id = with_request_id.then(|| {
-                    next_request_id += 1;
-                    next_request_id
-                });
-                let held = tracks.get(&key(ep, named)).and_then(|t| t.held.clone());
-                let body: Vec<u8> = match payload {
-                    RequestPayload::ObserveOn => br#"{"observe":true}"#.to_vec(),
-                    RequestPayload::ObserveOff => br#"{"observe":false}"#.to_vec(),
-                    RequestPayload::Empty => b"{}".to_vec(),
-                    RequestPayload::Held => match held {
-                        Some(id) => json!({"configId": id}).to_string().into_bytes(),
-                        None => b"{}".to_vec(),
-                    },
-                    RequestPayload::Unknown => br#"{"configId":"never-issued"}"#.to_vec(),
-                    RequestPayload::Garbage => b"{\"observe\":tru".to_vec(),
-                    RequestPayload::WrongShape => br#"{"observe":"yes","x":1}"#.to_vec(),
+                let datum = {
+                    let mut s = state.borrow_mut();
+                    let l = &mut s.lanes[lane];
+                    let ep = l.endpoint(endpoint);
+                    let request_id = with_request_id.then(|| {
+                        next_request_id += 1;
+                        next_request_id
+                    });
+                    let held = l.tracks.get(&key(&ep, named)).and_then(|t| t.held.clone());
+                    let body: Vec<u8> = match payload {
+                        RequestPayload::ObserveOn => br#"{"observe":true}"#.to_vec(),
+                        RequestPayload::ObserveOff => br#"{"observe":false}"#.to_vec(),
+                        RequestPayload::Empty => b"{}".to_vec(),
+                        RequestPayload::Held => match held {
+                            Some(id) => json!({"configId": id}).to_string().into_bytes(),
+                            None => b"{}".to_vec(),
+                        },
+                        RequestPayload::Unknown => br#"{"configId":"never-issued"}"#.to_vec(),
+                        RequestPayload::Garbage => b"{\"observe\":tru".to_vec(),
+                        RequestPayload::WrongShape => br#"{"observe":"yes","x":1}"#.to_vec(),
+                    };
+                    l.order.push((ep.clone(), named, request_id));
+                    if let Some(id) = request_id {
+                        l.sent.insert(
+                            (ep.clone(), id),
+                            (named, payload == RequestPayload::ObserveOff),
+                        );
+                    }
+                    h.client_data(&ep, config_path(named), request_id, &body)
+                        .to_vec()
                 };
-                order.push((ep.clone(), named, request_id));
-                if let Some(id) = request_id {
-                    sent.insert(
-                        (ep.clone(), id),
-                        (named, payload == RequestPayload::ObserveOff),
-                    );
-                }
-                let datum = h
-                    .client_data(ep, config_path(named), request_id, &body)
-                    .to_vec();
                 h.send_datum(datum).await?;
             }
             Action::Applied {
@@ -400,8 +481,14 @@ async fn run_sequence(
                 named,
                 reject,
             } => {
-                let ep = &endpoints[usize::from(endpoint) % endpoints.len()];
-                let Some(id) = tracks.get(&key(ep, named)).and_then(|t| t.held.clone()) else {
+                let (ep, held) = {
+                    let s = state.borrow();
+                    let l = &s.lanes[lane];
+                    let ep = l.endpoint(endpoint);
+                    let held = l.tracks.get(&key(&ep, named)).and_then(|t| t.held.clone());
+                    (ep, held)
+                };
+                let Some(id) = held else {
                     continue;
                 };
                 let body = if reject {
@@ -409,16 +496,20 @@ async fn run_sequence(
                 } else {
                     json!({"configId": id})
                 };
-                h.send(ep, applied_path(named), None, &body).await?;
+                h.send(&ep, applied_path(named), None, &body).await?;
             }
             Action::Update { endpoint, named } => {
-                let ep = &endpoints[usize::from(endpoint) % endpoints.len()];
-                let t = tracks.entry(key(ep, named)).or_default();
-                t.version += 1;
-                let id = format!("{ep}-{}-v{}", u8::from(named), t.version);
-                t.issued.insert(id.clone());
-                let v = t.version;
-                h.update(ep, named.then_some("network"), &id, &json!({"v": v}))
+                let (ep, id, v) = {
+                    let mut s = state.borrow_mut();
+                    let l = &mut s.lanes[lane];
+                    let ep = l.endpoint(endpoint);
+                    let t = l.tracks.entry(key(&ep, named)).or_default();
+                    t.version += 1;
+                    let id = format!("{ep}-{}-v{}", u8::from(named), t.version);
+                    t.issued.insert(id.clone());
+                    (ep, id, t.version)
+                };
+                h.update(&ep, named.then_some("network"), &id, &json!({"v": v}))
                     .await?;
             }
             Action::Provider {
@@ -426,13 +517,14 @@ async fn run_sequence(
                 named,
                 mode,
             } => {
-                let ep = &endpoints[usize::from(endpoint) % endpoints.len()];
-                let name = named.then_some("network");
-                let t = tracks.entry(key(ep, named)).or_default();
+                let mut s = state.borrow_mut();
+                let l = &mut s.lanes[lane];
+                let ep = l.endpoint(endpoint);
+                let version = l.tracks.entry(key(&ep, named)).or_default().version;
                 let answer = match mode {
                     ProviderMode::Normal => Answer::Config {
-                        id: format!("{ep}-{}-v{}", u8::from(named), t.version),
-                        content: json!({"v": t.version}).to_string(),
+                        id: format!("{ep}-{}-v{version}", u8::from(named)),
+                        content: json!({"v": version}).to_string(),
                     },
                     ProviderMode::Error => Answer::Error {
                         status: 500,
@@ -440,54 +532,104 @@ async fn run_sequence(
                     },
                     ProviderMode::Absent => Answer::Absent,
                     ProviderMode::Silent => {
-                        silent_used = true;
+                        l.silent_used = true;
                         Answer::Silent
                     }
                 };
-                h.set(ep, name, answer);
+                h.set(&ep, named.then_some("network"), answer);
             }
             Action::Connect { endpoint } => {
-                let ep = &endpoints[usize::from(endpoint) % endpoints.len()];
-                h.connectivity(ep, true).await?;
+                let ep = state.borrow().lanes[lane].endpoint(endpoint);
+                h.connectivity(&ep, true).await?;
             }
             Action::Disconnect { endpoint } => {
-                let ep = &endpoints[usize::from(endpoint) % endpoints.len()];
-                h.connectivity(ep, false).await?;
+                let ep = state.borrow().lanes[lane].endpoint(endpoint);
+                h.connectivity(&ep, false).await?;
             }
             Action::Pause { ms } => {
                 tokio::time::sleep(Duration::from_millis(u64::from(ms))).await;
             }
         }
     }
+    Ok(())
+}
+
+/// Runs one case (its lanes at the same time), settles, and checks every lane.
+/// `Err` names the lane that broke an invariant, and how.
+async fn run_lanes(
+    h: &mut Harness,
+    lanes: &[Vec<Action>],
+    options: &FuzzOptions,
+) -> Result<(), (usize, String)> {
+    let mut state = Lanes {
+        lanes: Vec::with_capacity(lanes.len()),
+        owner: HashMap::new(),
+    };
+    for i in 0..lanes.len() {
+        let mut lane = Lane::default();
+        for _ in 0..options.endpoints.max(1) {
+            let ep = h.endpoint();
+            for named in [false, true] {
+                let t = lane.tracks.entry(key(&ep, named)).or_default();
+                t.version = 1;
+                let id = format!("{ep}-{}-v1", u8::from(named));
+                t.issued.insert(id.clone());
+                h.set_config(&ep, named.then_some("network"), &id, &json!({"v": 1}));
+            }
+            state.owner.insert(ep.clone(), i);
+            lane.endpoints.push(ep);
+        }
+        state.lanes.push(lane);
+    }
+    // The collector owns the deliveries' receiver while the lanes share the
+    // harness; it goes back at the end of the case.
+    let (_, placeholder) = tokio::sync::mpsc::unbounded_channel();
+    let mut delivered = std::mem::replace(&mut h.delivered, placeholder);
+    let state = RefCell::new(state);
+    let run = {
+        let h: &Harness = h;
+        let state = &state;
+        let mut all = std::pin::pin!(futures::future::join_all(
+            lanes
+                .iter()
+                .enumerate()
+                .map(|(i, actions)| async move { (i, run_lane(h, state, i, actions).await) }),
+        ));
+        loop {
+            tokio::select! {
+                results = &mut all => break results,
+                Some(d) = delivered.recv() => {
+                    state.borrow_mut().route(d);
+                }
+            }
+        }
+    };
+    if let Some((lane, Err(e))) = run.into_iter().find(|(_, r)| r.is_err()) {
+        h.delivered = delivered;
+        return Err((lane, e));
+    }
     // Settle: every request with a request ID answered (a silent provider makes
     // the CMX wait its 6/CDTP timeout; a loaded machine makes everything slow),
     // then nothing more for the settle time. Requests still unanswered at the
     // deadline (the CDTP timeout plus the settle time plus the grace) are left
     // to invariant 1.
+    let mut state = state.into_inner();
     let started = tokio::time::Instant::now();
     let deadline = started + h.target.cdtp_timeout + options.settle + options.grace;
     let mut quiet_until = started + options.settle;
-    if silent_used {
+    if state.lanes.iter().any(|l| l.silent_used) {
         quiet_until += h.target.cdtp_timeout;
     }
     loop {
-        let answered: HashSet<(&str, i32)> = delivered
-            .iter()
-            .filter_map(|d| Some((d.endpoint_id.as_str(), d.request_id?)))
-            .collect();
-        let outstanding = sent
-            .keys()
-            .any(|(ep, id)| !answered.contains(&(ep.as_str(), *id)));
+        let outstanding = state.lanes.iter().any(Lane::outstanding);
         let now = tokio::time::Instant::now();
         if now >= deadline || (!outstanding && now >= quiet_until) {
             break;
         }
         let wait_until = if outstanding { deadline } else { quiet_until };
-        match tokio::time::timeout_at(wait_until, h.delivered.recv()).await {
+        match tokio::time::timeout_at(wait_until, delivered.recv()).await {
             Ok(Some(d)) => {
-                if endpoints.contains(&d.endpoint_id) {
-                    note_delivery(&mut tracks, &d);
-                    delivered.push(d);
+                if state.route(d) {
                     quiet_until = quiet_until.max(tokio::time::Instant::now() + options.settle);
                 }
             }
@@ -495,16 +637,28 @@ async fn run_sequence(
             Err(_) => {}
         }
     }
-    let mut requests = Vec::new();
+    h.delivered = delivered;
+    let mut requests: Vec<Vec<(kaa_cdtp::ConfigRequest<'static>, bool)>> =
+        vec![Vec::new(); state.lanes.len()];
     while let Ok(r) = h.requests.try_recv() {
-        if endpoints.iter().any(|e| *e == *r.0.endpoint_id) {
-            requests.push(r);
+        if let Some(&lane) = state.owner.get(&*r.0.endpoint_id) {
+            requests[lane].push(r);
         }
     }
     while h.applied.try_recv().is_ok() {}
-    check(
-        &endpoints, &tracks, &sent, &order, &delivered, &requests, options,
-    )
+    for (i, (lane, requests)) in state.lanes.iter().zip(&requests).enumerate() {
+        check(
+            &lane.endpoints,
+            &lane.tracks,
+            &lane.sent,
+            &lane.order,
+            &lane.delivered,
+            requests,
+            options,
+        )
+        .map_err(|e| (i, e))?;
+    }
+    Ok(())
 }
 
 fn note_delivery(tracks: &mut HashMap<(String, bool), Track>, d: &Delivered) {

@@ -19,7 +19,8 @@
 //!   rejected reports, older writers of the 4/ESP schema.
 //! - **CMX fuzzing** ([`fuzz`], `kaa-conformance cmx-fuzz`): long generated
 //!   sequences against the CMX, the invariants a conformant CMX keeps checked after
-//!   each, reproducible from a seed, a failing sequence shrunk to a short one.
+//!   each, reproducible from a seed, a failing sequence shrunk to a short one;
+//!   many sequences at once (lanes) for runs of millions of steps.
 //! - **Configuration provider (ECR) under test** ([`ecr`], `kaa-conformance ecr`):
 //!   the kit plays the provider's consumer (6/CDTP requests, `ConfigUpdated`
 //!   listener) and an operator of its REST API, and checks 6/CDTP answers

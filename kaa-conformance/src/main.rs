@@ -3,7 +3,7 @@
 //! ```text
 //! kaa-conformance cmx --nats nats://127.0.0.1:4222 --cmx cmx --provider ecr --kpc kpc \
 //!     [--junit report.xml] [--skip-extensions] [--only CMP-REQ] [--cdtp-timeout-ms 5000]
-//! kaa-conformance cmx-fuzz --cmx cmx --provider ecr --kpc kpc --seed 1 --sequences 1000
+//! kaa-conformance cmx-fuzz --cmx cmx --provider ecr --kpc kpc --seed 1 --sequences 1000 --lanes 16
 //! kaa-conformance ecr --nats nats://127.0.0.1:4222 --provider ecr --http http://127.0.0.1:8080 \
 //!     [--token-env ECR_TOKEN] [--cmx cmx] [--app-version conformance-v1] [--junit report.xml]
 //! kaa-conformance kpc --nats nats://127.0.0.1:4222 --mqtt 127.0.0.1:1883 --kpc kpc \
@@ -145,9 +145,13 @@ struct CmxFuzzArgs {
     /// The seed: the same seed generates the same sequences.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// How many sequences to run.
+    /// How many cases to run (each up to `--lanes` sequences at the same time).
     #[arg(long, default_value_t = 100)]
     sequences: u32,
+    /// The most sequences a case runs at the same time, each on endpoints of its
+    /// own: the settle time is paid once per case (1: one sequence at a time).
+    #[arg(long, default_value_t = 16)]
+    lanes: usize,
     /// The longest sequence.
     #[arg(long, default_value_t = 30)]
     max_actions: usize,
@@ -261,38 +265,58 @@ async fn run_fuzz(args: CmxFuzzArgs) -> ExitCode {
         sequences: args.sequences,
         max_actions: args.max_actions,
         endpoints: args.endpoints,
+        lanes: args.lanes.max(1),
         skip_extensions: args.skip_extensions,
         settle: Duration::from_millis(args.settle_ms),
         grace: Duration::from_millis(args.grace_ms),
         ..FuzzOptions::default()
     };
     eprintln!(
-        "kaa-conformance cmx-fuzz: CMX {}, seed {}, {} sequences of up to {} actions",
-        target.cmx_instance, options.seed, options.sequences, options.max_actions
+        "kaa-conformance cmx-fuzz: CMX {}, seed {}, {} cases of up to {} sequences of up to {} actions",
+        target.cmx_instance, options.seed, options.sequences, options.lanes, options.max_actions
     );
     let bar = indicatif::ProgressBar::new(u64::from(options.sequences));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} sequence runs {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} case runs, {msg} steps {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    let steps = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let handle = tokio::runtime::Handle::current();
     let progress_bar = bar.clone();
     let seed = options.seed;
     let outcome = tokio::task::spawn_blocking(move || {
-        run_cmx_fuzz(handle, bus, &target, &options, || progress_bar.inc(1))
+        run_cmx_fuzz(handle, bus, &target, &options, |n| {
+            let total = steps.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            progress_bar.set_message(total.to_string());
+            progress_bar.inc(1);
+        })
     })
     .await;
     bar.finish_and_clear();
     match outcome {
-        Ok(Ok(FuzzOutcome::Passed { sequences })) => {
-            println!("cmx-fuzz: {sequences} sequences, every invariant kept (seed {seed})");
+        Ok(Ok(FuzzOutcome::Passed { sequences, steps })) => {
+            println!(
+                "cmx-fuzz: {sequences} cases, {steps} steps, every invariant kept (seed {seed})"
+            );
             ExitCode::SUCCESS
         }
-        Ok(Ok(FuzzOutcome::Failed { reason, sequence })) => {
+        Ok(Ok(FuzzOutcome::Failed {
+            reason,
+            sequence,
+            beside,
+        })) => {
             println!("cmx-fuzz: FAILED (seed {seed}): {reason}");
             println!("shortest failing sequence ({} actions):", sequence.len());
             for a in &sequence {
                 println!("  {a:?}");
+            }
+            for (i, lane) in beside.iter().enumerate() {
+                println!("run beside it, lane {i} ({} actions):", lane.len());
+                for a in lane {
+                    println!("  {a:?}");
+                }
             }
             ExitCode::FAILURE
         }

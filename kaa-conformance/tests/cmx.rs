@@ -165,27 +165,45 @@ fn fuzz_options(seed: u64, sequences: u32) -> FuzzOptions {
     }
 }
 
-/// Our CMX keeps every invariant over generated sequences (the long runs are
-/// `kaa-conformance cmx-fuzz`; this is a smoke run).
+/// Our CMX keeps every invariant over generated sequences, one at a time and
+/// in lanes (the long runs are `kaa-conformance cmx-fuzz`; this is a smoke run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_cmx_keeps_the_invariants_under_generated_sequences() {
-    let t = target(&format!("fuzz{}", std::process::id()));
-    let bus: Arc<dyn Bus> = Arc::new(kaa_bus::MemoryBus::new());
-    let (stop, task) = start_our_cmx(&bus, &t, None).await;
-    let handle = tokio::runtime::Handle::current();
-    let options = fuzz_options(7, 12);
-    let outcome = tokio::task::spawn_blocking(move || {
-        run_cmx_fuzz(handle, bus, &t, &options, || {}).expect("fuzz")
-    })
-    .await
-    .unwrap();
-    let _ = stop.send(());
-    let _ = task.await;
-    assert_eq!(outcome, FuzzOutcome::Passed { sequences: 12 });
+    for lanes in [1, 6] {
+        let t = target(&format!("fuzz{}l{lanes}", std::process::id()));
+        let bus: Arc<dyn Bus> = Arc::new(kaa_bus::MemoryBus::new());
+        let (stop, task) = start_our_cmx(&bus, &t, None).await;
+        let handle = tokio::runtime::Handle::current();
+        let options = FuzzOptions {
+            lanes,
+            ..fuzz_options(7, 12)
+        };
+        let reported = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = reported.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            run_cmx_fuzz(handle, bus, &t, &options, |n| {
+                counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            })
+            .expect("fuzz")
+        })
+        .await
+        .unwrap();
+        let _ = stop.send(());
+        let _ = task.await;
+        let FuzzOutcome::Passed { sequences, steps } = outcome else {
+            panic!("{lanes} lane(s): {outcome:?}");
+        };
+        assert_eq!(sequences, 12);
+        assert_eq!(steps, reported.load(std::sync::atomic::Ordering::Relaxed));
+        // At least one action per sequence; with lanes, more than one sequence
+        // per case on average.
+        assert!(steps >= 12 * lanes as u64 / 2, "{lanes} lane(s): {steps} steps");
+    }
 }
 
-/// With no CMX the first invariant breaks, and proptest shrinks the sequence to
-/// one request with a request ID: what a failure report looks like.
+/// With no CMX the first invariant breaks, and proptest shrinks the case to one
+/// lane of one request with a request ID (the lanes beside it are shrunk away):
+/// what a failure report looks like.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_is_shrunk_to_a_short_sequence() {
     let t = CmxTarget {
@@ -198,16 +216,23 @@ async fn a_failure_is_shrunk_to_a_short_sequence() {
         settle: Duration::from_millis(5),
         grace: Duration::from_millis(20),
         max_shrink_iters: 500,
+        lanes: 4,
         ..fuzz_options(3, 20)
     };
     let outcome = tokio::task::spawn_blocking(move || {
-        run_cmx_fuzz(handle, bus, &t, &options, || {}).expect("fuzz")
+        run_cmx_fuzz(handle, bus, &t, &options, |_| {}).expect("fuzz")
     })
     .await
     .unwrap();
-    let FuzzOutcome::Failed { reason, sequence } = outcome else {
+    let FuzzOutcome::Failed {
+        reason,
+        sequence,
+        beside,
+    } = outcome
+    else {
         panic!("no CMX cannot pass: {outcome:?}");
     };
+    assert!(beside.is_empty(), "the other lanes shrunk away: {beside:?}");
     assert!(reason.contains("invariant 1"), "{reason}");
     assert_eq!(sequence.len(), 1, "shrunk to one action: {sequence:?}");
     assert!(
