@@ -140,30 +140,42 @@ pub(crate) async fn serve(
         last_packet: Instant::now(),
     };
     let (end, core) = session.run().await;
-    // Counted first: whoever sees the connection close or the event may look.
-    shared.metrics.connection_closed(end.reason());
-    // Best effort: whatever is queued (e.g. a refusing CONNACK) goes out first.
-    let _ = session.flush().await;
-    let _ = session.writer.shutdown().await;
-    let released = shared.hub.end_session(
-        session.handle.id,
-        &session.client_id,
-        core.iter().flat_map(SessionCore::endpoint_ids),
-    );
-    match &end {
-        End::Violation(why) => {
-            tracing::info!(%peer, reason = %why, endpoints = released.len(), "protocol violation; connection closed")
-        }
-        End::Refused(why) => tracing::info!(%peer, reason = why, "CONNECT refused"),
-        // Counted; one line each would flood the log under a flood of sockets.
-        End::ConnectTimeout | End::Evicted => {
-            tracing::debug!(%peer, reason = end.reason(), "handshake ended")
-        }
-        End::Disconnect => {
-            tracing::debug!(%peer, endpoints = released.len(), "session ended by DISCONNECT")
-        }
-        other => {
-            tracing::info!(%peer, reason = other.reason(), endpoints = released.len(), "session ended")
+    // Boxed, like the handshake: the closing state is not part of every idle
+    // session's task.
+    Box::pin(session.close(end, core, peer)).await;
+}
+
+impl Session {
+    /// Ends the session: counts it, flushes what is queued, closes the socket and
+    /// releases its endpoints.
+    async fn close(&mut self, end: End, core: Option<SessionCore>, peer: SocketAddr) {
+        let shared = Arc::clone(&self.shared);
+        let session = self;
+        // Counted first: whoever sees the connection close or the event may look.
+        shared.metrics.connection_closed(end.reason());
+        // Best effort: whatever is queued (e.g. a refusing CONNACK) goes out first.
+        let _ = session.flush().await;
+        let _ = session.writer.shutdown().await;
+        let released = shared.hub.end_session(
+            session.handle.id,
+            &session.client_id,
+            core.iter().flat_map(SessionCore::endpoint_ids),
+        );
+        match &end {
+            End::Violation(why) => {
+                tracing::info!(%peer, reason = %why, endpoints = released.len(), "protocol violation; connection closed")
+            }
+            End::Refused(why) => tracing::info!(%peer, reason = why, "CONNECT refused"),
+            // Counted; one line each would flood the log under a flood of sockets.
+            End::ConnectTimeout | End::Evicted => {
+                tracing::debug!(%peer, reason = end.reason(), "handshake ended")
+            }
+            End::Disconnect => {
+                tracing::debug!(%peer, endpoints = released.len(), "session ended by DISCONNECT")
+            }
+            other => {
+                tracing::info!(%peer, reason = other.reason(), endpoints = released.len(), "session ended")
+            }
         }
     }
 }
@@ -257,28 +269,39 @@ fn connect_flags(frame: &[u8]) -> Option<u8> {
 
 impl Session {
     /// Runs the session; why it ended, and its core if CONNECT was accepted.
+    ///
+    /// The handshake (its timers, the CONNECT, the token's resolution) runs in a
+    /// future of its own on the heap, freed once the session is established:
+    /// the task of an idle session holds only what serving it needs (the
+    /// session's memory; `kpc_idle_memory` in BENCHMARKS.md measures it).
     async fn run(&mut self) -> (End, Option<SessionCore>) {
+        let mut core = match Box::pin(self.handshake()).await {
+            Ok(core) => core,
+            Err(end) => return (end, None),
+        };
+        let end = self.serve_packets(&mut core).await;
+        (end, Some(core))
+    }
+
+    /// Reads and answers the CONNECT, within the connect timeout, unless the
+    /// handshake is evicted or KPC stops first.
+    async fn handshake(&mut self) -> Result<SessionCore, End> {
         let connect_timeout = self.shared.settings.connect_timeout;
         let evicted = self.admission.eviction();
         let mut shutdown = self.shutdown.clone();
         let connect = tokio::select! {
             read = tokio::time::timeout(connect_timeout, self.read_connect()) => match read {
                 Ok(Ok(connect)) => connect,
-                Ok(Err(end)) => return (end, None),
+                Ok(Err(end)) => return Err(end),
                 Err(_) => {
                     self.shared.metrics.handshake_dropped("timeout");
-                    return (End::ConnectTimeout, None);
+                    return Err(End::ConnectTimeout);
                 }
             },
-            () = evicted => return (End::Evicted, None),
-            _ = shutdown.changed() => return (End::Shutdown, None),
+            () = evicted => return Err(End::Evicted),
+            _ = shutdown.changed() => return Err(End::Shutdown),
         };
-        let mut core = match self.accept_connect(connect).await {
-            Ok(core) => core,
-            Err(end) => return (end, None),
-        };
-        let end = self.serve_packets(&mut core).await;
-        (end, Some(core))
+        self.accept_connect(connect).await
     }
 
     /// Reads from the socket into the read buffer; `Err(Dropped)` at EOF.
@@ -425,12 +448,17 @@ impl Session {
         end
     }
 
+    /// Serves packets and deliveries until the session ends.
+    ///
+    /// `drive` (which may wait on the bus and the token resolver) runs boxed, so
+    /// that its state is on the heap only while it runs, not in every idle
+    /// session's task.
     async fn serve_core(&mut self, core: &mut SessionCore) -> Result<Infallible, End> {
         let kill = Arc::clone(&self.handle.kill);
         loop {
             while let Some(packet) = self.parse_buffered()? {
                 core.handle_input(Input::Packet(packet), now());
-                self.drive(core).await?;
+                Box::pin(self.drive(core)).await?;
             }
             self.flush().await?;
             let deadline = core.poll_timeout().map(Instant::from_std);
@@ -461,7 +489,7 @@ impl Session {
                     while let Ok(command) = self.rx.try_recv() {
                         handle_command(core, command);
                     }
-                    self.drive(core).await?;
+                    Box::pin(self.drive(core)).await?;
                 }
                 () = kill.notified() => return Err(End::TakenOver),
                 _ = self.shutdown.changed() => return Err(End::Shutdown),
@@ -472,7 +500,7 @@ impl Session {
                     }
                 } => {
                     core.handle_input(Input::Timeout, now());
-                    self.drive(core).await?;
+                    Box::pin(self.drive(core)).await?;
                 }
             }
         }

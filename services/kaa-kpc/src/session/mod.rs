@@ -279,8 +279,9 @@ pub struct SessionCore {
     outgoing: Outgoing,
     /// Packet identifiers of QoS 2 requests waiting for PUBREL.
     qos2_incoming: std::collections::HashSet<u16>,
-    /// The device request waiting for an answer to one of its questions.
-    request: Option<(Request, Stage)>,
+    /// The device request waiting for an answer to one of its questions (boxed:
+    /// an idle session holds none, and its memory is per connection).
+    request: Option<Box<(Request, Stage)>>,
     /// Device packets given while `request` was in progress.
     waiting: VecDeque<Packet>,
     outputs: VecDeque<Output>,
@@ -396,7 +397,7 @@ impl SessionCore {
 
     /// The topic of the device request whose question is outstanding, if any.
     pub fn request_topic(&self) -> Option<&str> {
-        self.request.as_ref().map(|(r, _)| r.topic_str())
+        self.request.as_ref().map(|pair| pair.0.topic_str())
     }
 
     /// Whether the session is over ([`Output::Close`] was given).

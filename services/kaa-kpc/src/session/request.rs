@@ -121,13 +121,14 @@ impl SessionCore {
             ),
         };
         self.outputs.push_back(ask);
-        self.request = Some((request, stage));
+        self.request = Some(Box::new((request, stage)));
     }
 
     pub(super) fn handle_resolved(&mut self, result: Result<ResolvedEndpoint, ResolveError>) {
         let Some((request, Stage::Resolving)) = self
             .request
-            .take_if(|(_, stage)| matches!(stage, Stage::Resolving))
+            .take_if(|pair| matches!(pair.1, Stage::Resolving))
+            .map(|pair| *pair)
         else {
             tracing::debug!("token resolution for no request ignored");
             return;
@@ -156,13 +157,14 @@ impl SessionCore {
             endpoint_id: Arc::clone(&endpoint.endpoint_id),
             app_version: Arc::clone(&endpoint.app_version),
         });
-        self.request = Some((request, Stage::Claiming(endpoint)));
+        self.request = Some(Box::new((request, Stage::Claiming(endpoint))));
     }
 
     pub(super) fn handle_claimed(&mut self, now: Now) {
         let Some((request, Stage::Claiming(endpoint))) = self
             .request
-            .take_if(|(_, stage)| matches!(stage, Stage::Claiming(_)))
+            .take_if(|pair| matches!(pair.1, Stage::Claiming(_)))
+            .map(|pair| *pair)
         else {
             tracing::debug!("claim for no request ignored");
             return;
@@ -174,7 +176,7 @@ impl SessionCore {
                     subject,
                     client_data,
                 });
-                self.request = Some((request, Stage::Forwarding(endpoint, pending)));
+                self.request = Some(Box::new((request, Stage::Forwarding(endpoint, pending))));
             }
             Err(r) => self.complete(request, Some((r, Some(endpoint.endpoint_id)))),
         }
@@ -216,7 +218,8 @@ impl SessionCore {
     pub(super) fn handle_forwarded(&mut self, on_the_bus: bool) {
         let Some((request, Stage::Forwarding(endpoint, pending))) = self
             .request
-            .take_if(|(_, stage)| matches!(stage, Stage::Forwarding(..)))
+            .take_if(|pair| matches!(pair.1, Stage::Forwarding(..)))
+            .map(|pair| *pair)
         else {
             tracing::debug!("forward result for no request ignored");
             return;
