@@ -52,6 +52,8 @@ use kaa_ism::avro::{Decode, Encode};
 use kaa_ism::common::CommonFields;
 use kaa_ism::subject::Token;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::mailbox::SendError;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::Shared;
@@ -285,7 +287,7 @@ fn route_extension_data(shared: &Shared, message: &Message) -> Option<String> {
         .try_send(Command::Deliver(Box::new(data.into_owned())))
     {
         Ok(()) => None,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(SendError::Full) => {
             tracing::warn!(
                 session = session.id,
                 "session queue full; ExtensionData dropped"
@@ -293,12 +295,12 @@ fn route_extension_data(shared: &Shared, message: &Message) -> Option<String> {
             metrics.extension_data("queue_full");
             None
         }
-        Err(mpsc::error::TrySendError::Closed(Command::Deliver(data))) => {
+        Err(SendError::Closed(Command::Deliver(data))) => {
             // The session ended since the lookup: its device may be elsewhere.
             metrics.extension_data("no_session");
             data.endpoint_id.map(|e| e.into_owned())
         }
-        Err(mpsc::error::TrySendError::Closed(Command::Revoke(_))) => None,
+        Err(SendError::Closed(Command::Revoke(_))) => None,
     }
 }
 
@@ -386,14 +388,14 @@ async fn take_over(shared: &Shared, message: &Message) {
                 tracing::debug!(error = %e, "could not answer a handover");
             }
         }
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(SendError::Full) => {
             tracing::warn!(
                 session = session.id,
                 "session queue full; handed-over ExtensionData dropped"
             );
             metrics.handover_received("queue_full");
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => metrics.handover_received("no_session"),
+        Err(SendError::Closed(_)) => metrics.handover_received("no_session"),
     }
 }
 
@@ -579,7 +581,7 @@ pub(crate) async fn revocations(
             "endpoint tokens revoked"
         );
         if let Some(session) = owner {
-            let _ = session.tx.send(Command::Revoke(endpoint_id.into())).await;
+            let _ = session.tx.try_send(Command::Revoke(endpoint_id.into()));
         }
     }
 }

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kaa_esp::ExtensionData;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::mailbox::Mailbox;
 
 /// An endpoint ID → app version pair as 9/ELCE events carry it.
 pub(crate) type EndpointEntry = (Arc<str>, Arc<str>);
@@ -19,9 +21,8 @@ pub(crate) type EndpointEntry = (Arc<str>, Arc<str>);
 /// What the bus side sends to a session.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// An ExtensionData for an endpoint this session owns. Boxed: a session's
-    /// queue allocates its first block of 32 slots up front, even for an idle
-    /// session (tokio's `mpsc`), and a slot is as large as a `Command`.
+    /// An ExtensionData for an endpoint this session owns (boxed: a queued
+    /// command is as large as the largest variant).
     Deliver(Box<ExtensionData<'static>>),
     /// The endpoint's tokens were revoked: forget them (the next use is
     /// resolved again, and refused).
@@ -33,10 +34,9 @@ pub(crate) enum Command {
 pub(crate) struct SessionHandle {
     /// Unique per process.
     pub(crate) id: u64,
-    /// Deliveries.
-    pub(crate) tx: mpsc::Sender<Command>,
-    /// Tells the session to close (its MQTT client ID was taken over).
-    pub(crate) kill: Arc<Notify>,
+    /// Deliveries, revocations and the order to close (its MQTT client ID was
+    /// taken over).
+    pub(crate) tx: Mailbox,
 }
 
 /// A 9/ELCE connectivity event to publish.
@@ -125,7 +125,7 @@ impl Hub {
         if let Some(previous) = previous
             && previous.id != session.id
         {
-            previous.kill.notify_one();
+            previous.tx.kill();
         }
     }
 
@@ -348,13 +348,12 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn handle(hub: &Hub) -> (SessionHandle, mpsc::Receiver<Command>) {
-        let (tx, rx) = mpsc::channel(4);
+    fn handle(hub: &Hub) -> (SessionHandle, crate::mailbox::Inbox) {
+        let (tx, rx) = crate::mailbox::mailbox();
         (
             SessionHandle {
                 id: hub.next_session_id(),
                 tx,
-                kill: Arc::new(Notify::new()),
             },
             rx,
         )
@@ -483,19 +482,22 @@ mod tests {
     async fn a_second_client_id_kills_the_first() {
         let (etx, _erx) = mpsc::unbounded_channel();
         let hub = Hub::new(etx);
-        let (a, _ra) = handle(&hub);
-        let (b, _rb) = handle(&hub);
+        let (a, mut ra) = handle(&hub);
+        let (b, mut rb) = handle(&hub);
         hub.register_client("dev", &a);
         hub.register_client("dev", &b);
-        // The permit is stored: A's next wait returns at once.
-        tokio::time::timeout(std::time::Duration::from_secs(1), a.kill.notified())
+        // The order is kept: A's next wait returns at once.
+        let killed = tokio::time::timeout(std::time::Duration::from_secs(1), ra.recv())
             .await
             .unwrap();
+        assert!(matches!(killed, crate::mailbox::Received::Kill));
+        assert!(rb.try_recv().is_none(), "B is not told to close");
         // A ending does not unregister B.
         hub.end_session(a.id, "dev", []);
         hub.register_client("dev", &a);
-        tokio::time::timeout(std::time::Duration::from_secs(1), b.kill.notified())
+        let killed = tokio::time::timeout(std::time::Duration::from_secs(1), rb.recv())
             .await
             .unwrap();
+        assert!(matches!(killed, crate::mailbox::Received::Kill));
     }
 }

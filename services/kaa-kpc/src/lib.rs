@@ -260,6 +260,7 @@ pub use rumqttc::mqttbytes;
 mod admission;
 mod bus;
 mod hub;
+mod mailbox;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -20,19 +20,18 @@ use rumqttc::mqttbytes::{Error as CodecError, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Close, Input, Now, Output, SessionCore};
 use crate::Shared;
 use crate::admission::Admission;
 use crate::hub::{Claim, Command, SessionHandle};
+use crate::mailbox::{Inbox, Received};
 
 /// Room for a PUBLISH's topic (2-byte length + up to 65,535 bytes) and packet
 /// identifier on top of `max-payload`.
 const PUBLISH_OVERHEAD: usize = 2 + kaa_kp::MAX_TOPIC_LEN + 2;
-/// Deliveries queued for one session before the bus side drops them.
-const COMMAND_QUEUE: usize = 256;
 /// How long a session waits for its `connected` event to be published before it
 /// forwards the request anyway.
 const CONNECTED_EVENT_WAIT: Duration = Duration::from_secs(5);
@@ -109,11 +108,10 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     shared.metrics.connection_opened();
     let (reader, writer) = stream.into_split();
-    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (tx, rx) = crate::mailbox::mailbox();
     let handle = SessionHandle {
         id: shared.hub.next_session_id(),
         tx,
-        kill: Arc::new(Notify::new()),
     };
     tracing::Span::current().record("session", handle.id);
     let max_packet = shared
@@ -223,7 +221,7 @@ struct Session {
     /// The handshake slot, then the `max-connections` permit.
     admission: Admission,
     handle: SessionHandle,
-    rx: mpsc::Receiver<Command>,
+    rx: Inbox,
     shutdown: watch::Receiver<bool>,
     client_id: String,
     reader: OwnedReadHalf,
@@ -454,7 +452,6 @@ impl Session {
     /// that its state is on the heap only while it runs, not in every idle
     /// session's task.
     async fn serve_core(&mut self, core: &mut SessionCore) -> Result<Infallible, End> {
-        let kill = Arc::clone(&self.handle.kill);
         loop {
             while let Some(packet) = self.parse_buffered()? {
                 core.handle_input(Input::Packet(packet), now());
@@ -483,15 +480,20 @@ impl Session {
                         Err(_) => return Err(End::Dropped),
                     }
                 },
-                Some(command) = self.rx.recv() => {
+                received = self.rx.recv() => {
+                    let Received::Command(command) = received else {
+                        return Err(End::TakenOver);
+                    };
                     handle_command(core, command);
                     // Take whatever else is queued before writing.
-                    while let Ok(command) = self.rx.try_recv() {
+                    while let Some(received) = self.rx.try_recv() {
+                        let Received::Command(command) = received else {
+                            return Err(End::TakenOver);
+                        };
                         handle_command(core, command);
                     }
                     Box::pin(self.drive(core)).await?;
                 }
-                () = kill.notified() => return Err(End::TakenOver),
                 _ = self.shutdown.changed() => return Err(End::Shutdown),
                 () = async {
                     match deadline {
