@@ -22,6 +22,8 @@
 #   KAA_BIN_DIR       where ecr, cmx, kpc are; set it to skip `cargo build`
 #                     [${CARGO_TARGET_DIR:-target}/debug, built first]
 #   KAA_REPLICAS      replicas of each service, 1-9                     [1]
+#   KAA_KPC_MAX_CONNECTIONS  MQTT sessions each KPC replica takes (a process
+#                     here may hold 20,000 open files)                  [10000]
 #
 # With KAA_REPLICAS=N > 1, replica i (2..N) of each service is `<service>-i`
 # (files `<service>-i.yaml`, `.log`, `.out`, `.pid`, replica ID `<service>-i`) and
@@ -48,6 +50,8 @@ MQTT_LISTEN="${KAA_MQTT_LISTEN:-127.0.0.1:1884}"
 CMX_HTTP="${KAA_CMX_HTTP:-127.0.0.1:8081}"
 KPC_HTTP="${KAA_KPC_HTTP:-127.0.0.1:8082}"
 REPLICAS="${KAA_REPLICAS:-1}"
+KPC_MAX_CONNECTIONS="${KAA_KPC_MAX_CONNECTIONS:-10000}"
+[[ "$KPC_MAX_CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || { echo "stack-nats: KAA_KPC_MAX_CONNECTIONS must be a positive number, not '$KPC_MAX_CONNECTIONS'" >&2; exit 2; }
 [[ "$REPLICAS" =~ ^[1-9]$ ]] || { echo "stack-nats: KAA_REPLICAS must be 1-9, not '$REPLICAS'" >&2; exit 2; }
 SERVICES=(ecr cmx kpc)
 # Every process: the service name for replica 1, `<service>-i` for replica i.
@@ -177,6 +181,7 @@ nats:
 kpc:
   mqtt:
     listen: "$(unit_addr "$unit" mqtt)"
+    max-connections: $KPC_MAX_CONNECTIONS
     auth:
       enabled: false
   http:

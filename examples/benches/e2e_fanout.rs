@@ -20,14 +20,25 @@
 //! E2E_DEVICES=1000 E2E_UPDATES=50 cargo bench -p kaa-examples --bench e2e_fanout
 //! # against the separate processes on NATS and PostgreSQL (scripts/stack-nats.sh):
 //! E2E_HTTP=127.0.0.1:8080 E2E_MQTT=127.0.0.1:1884 cargo bench -p kaa-examples --bench e2e_fanout
+//! # 50,000 devices over three KPC replicas (KAA_REPLICAS=3 scripts/stack-nats.sh start,
+//! # with KAA_KPC_MAX_CONNECTIONS=17000):
+//! E2E_DEVICES=50000 E2E_HTTP=127.0.0.1:8080 E2E_MQTT=127.0.0.1:1884,127.0.0.1:1885,127.0.0.1:1886 \
+//!     cargo bench -p kaa-examples --bench e2e_fanout
 //! ```
+//!
+//! `E2E_MQTT` may list several MQTT addresses (KPC replicas): device `i` connects to
+//! address `i mod n`. A process here may hold at most 20,000 open files, so past
+//! 15,000 devices (or with `E2E_PROCESSES=n`) the devices run in `n` child processes
+//! of this bench (itself, re-run with `E2E_CHILD=k/n`), which report each answer
+//! and push (with its wall-clock time) on their stdout; latencies are then
+//! measured on the wall clock, which the processes of one machine share.
 #![allow(missing_docs)]
 
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -87,11 +98,42 @@ fn start_stack(dir: &std::path::Path) -> (StackProcess, SocketAddr, SocketAddr) 
     (StackProcess(child), http, mqtt)
 }
 
+/// Nanoseconds since the Unix epoch: the clock every process of the bench shares.
+fn wall_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
 #[derive(Debug)]
 enum Ev {
     Response,
-    Push(usize, Instant),
+    /// Device `usize` got a push at this wall-clock time ([`wall_nanos`]).
+    Push(usize, u128),
     Failed(usize, String),
+}
+
+impl Ev {
+    /// One line on a child's stdout.
+    fn line(&self) -> String {
+        match self {
+            Ev::Response => "R".to_owned(),
+            Ev::Push(i, at) => format!("P {i} {at}"),
+            Ev::Failed(i, e) => format!("F {i} {}", e.replace('\n', " ")),
+        }
+    }
+
+    /// The event a child's line stands for.
+    fn parse(line: &str) -> Option<Ev> {
+        let mut parts = line.splitn(3, ' ');
+        match (parts.next()?, parts.next(), parts.next()) {
+            ("R", None, None) => Some(Ev::Response),
+            ("P", Some(i), Some(at)) => Some(Ev::Push(i.parse().ok()?, at.parse().ok()?)),
+            ("F", Some(i), e) => Some(Ev::Failed(i.parse().ok()?, e.unwrap_or("").to_owned())),
+            _ => None,
+        }
+    }
 }
 
 /// One device: connect, request with observe, report applied, then report every
@@ -141,7 +183,7 @@ async fn device(
                 return;
             }
             3 => {
-                let at = Instant::now();
+                let at = wall_nanos();
                 let qos = (first >> 1) & 3;
                 let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
                 let topic = &body[2..2 + tlen];
@@ -194,6 +236,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// The time from wall-clock `t0` to `at` (zero if `at` is earlier).
+fn since(t0: u128, at: u128) -> Duration {
+    Duration::from_nanos(u64::try_from(at.saturating_sub(t0)).unwrap_or(u64::MAX))
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
@@ -219,7 +266,107 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if let Ok(child) = std::env::var("E2E_CHILD") {
+        rt.block_on(run_child(&child, devices));
+        return;
+    }
     rt.block_on(run(devices, updates));
+}
+
+/// The MQTT addresses of `E2E_MQTT` (comma-separated).
+fn mqtt_addresses(list: &str) -> Vec<SocketAddr> {
+    list.split(',')
+        .map(|a| a.trim().parse().expect("E2E_MQTT: host:port[,host:port…]"))
+        .collect()
+}
+
+/// A child process's part: devices `i` with `i mod n == k`, their events as lines
+/// on stdout; runs until the parent kills it.
+async fn run_child(spec: &str, devices: usize) {
+    let (k, n) = spec
+        .split_once('/')
+        .and_then(|(k, n)| Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        .expect("E2E_CHILD=k/n");
+    let mqtt = mqtt_addresses(&std::env::var("E2E_MQTT").expect("E2E_MQTT"));
+    let app: Arc<str> = std::env::var("E2E_APP").expect("E2E_APP").into();
+    let prefix = std::env::var("E2E_TOKEN_PREFIX").expect("E2E_TOKEN_PREFIX");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(64));
+    for i in (k..devices).step_by(n) {
+        tokio::spawn(device(
+            i,
+            mqtt[i % mqtt.len()],
+            Arc::clone(&app),
+            format!("{prefix}-{i}"),
+            Arc::clone(&gate),
+            tx.clone(),
+        ));
+    }
+    drop(tx);
+    // Plain blocking writes: one short line per event, to a pipe the parent reads.
+    let mut out = std::io::stdout().lock();
+    while let Some(ev) = rx.recv().await {
+        use std::io::Write as _;
+        if writeln!(out, "{}", ev.line())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Child processes running the devices, killed when dropped.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `n` children of this bench for `devices` devices; their events arrive on `tx`.
+fn spawn_children(
+    n: usize,
+    devices: usize,
+    mqtt: &[SocketAddr],
+    app: &str,
+    prefix: &str,
+    tx: &mpsc::UnboundedSender<Ev>,
+) -> Children {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let list: Vec<String> = mqtt.iter().map(ToString::to_string).collect();
+    let mut children = Vec::with_capacity(n);
+    for k in 0..n {
+        let mut child = Command::new(&exe)
+            .arg("--bench")
+            .env("E2E_CHILD", format!("{k}/{n}"))
+            .env("E2E_DEVICES", devices.to_string())
+            .env("E2E_MQTT", list.join(","))
+            .env("E2E_APP", app)
+            .env("E2E_TOKEN_PREFIX", prefix)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("a device process starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(ev) = Ev::parse(&line) {
+                    let _ = tx.send(ev);
+                }
+            }
+        });
+        children.push(child);
+    }
+    Children(children)
 }
 
 async fn run(devices: usize, updates: usize) {
@@ -233,7 +380,7 @@ async fn run(devices: usize, updates: usize) {
         Some((h, m)) => (
             None,
             h.parse::<SocketAddr>().expect("E2E_HTTP host:port"),
-            m.parse::<SocketAddr>().expect("E2E_MQTT host:port"),
+            mqtt_addresses(&m),
             format!("the running system at http://{h} and mqtt://{m}"),
         ),
         None => {
@@ -241,7 +388,7 @@ async fn run(devices: usize, updates: usize) {
             (
                 Some(p),
                 h,
-                m,
+                vec![m],
                 "kaa-stack (in-memory bus, SQLite)".to_owned(),
             )
         }
@@ -256,20 +403,37 @@ async fn run(devices: usize, updates: usize) {
     )
     .await;
 
-    println!("e2e_fanout: {devices} devices, {updates} single-endpoint updates, {what}");
+    let processes = env_usize("E2E_PROCESSES", devices.div_ceil(15_000)).max(1);
+    println!(
+        "e2e_fanout: {devices} devices over {} MQTT address(es){}, {updates} single-endpoint updates, {what}",
+        mqtt.len(),
+        if processes > 1 {
+            format!(" from {processes} device processes")
+        } else {
+            String::new()
+        }
+    );
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let gate = Arc::new(Semaphore::new(64));
+    let prefix = format!("b{}", std::process::id());
     let started = Instant::now();
-    for i in 0..devices {
-        tokio::spawn(device(
-            i,
-            mqtt,
-            Arc::clone(&app),
-            format!("b{}-{i}", std::process::id()),
-            Arc::clone(&gate),
-            tx.clone(),
-        ));
-    }
+    let _children = if processes > 1 {
+        Some(spawn_children(
+            processes, devices, &mqtt, &app, &prefix, &tx,
+        ))
+    } else {
+        let gate = Arc::new(Semaphore::new(64));
+        for i in 0..devices {
+            tokio::spawn(device(
+                i,
+                mqtt[i % mqtt.len()],
+                Arc::clone(&app),
+                format!("{prefix}-{i}"),
+                Arc::clone(&gate),
+                tx.clone(),
+            ));
+        }
+        None
+    };
     let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
     let mut ready = 0;
     while ready < devices {
@@ -291,6 +455,7 @@ async fn run(devices: usize, updates: usize) {
 
     // Fan-out of a default change.
     let t0 = Instant::now();
+    let t0_wall = wall_nanos();
     put(
         &http,
         &format!("{base}/app-versions/{app}"),
@@ -305,7 +470,7 @@ async fn run(devices: usize, updates: usize) {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(Ev::Push(i, at))) => {
                 if got[i].is_none() {
-                    got[i] = Some(at - t0);
+                    got[i] = Some(since(t0_wall, at));
                     count += 1;
                 }
             }
@@ -335,8 +500,8 @@ async fn run(devices: usize, updates: usize) {
     let mut lat = Vec::with_capacity(updates);
     for k in 0..updates {
         let i = (k * 7919) % devices;
-        let ep = format!("b{}-{i}", std::process::id());
-        let t0 = Instant::now();
+        let ep = format!("{prefix}-{i}");
+        let t0 = wall_nanos();
         put(
             &http,
             &format!("{base}/endpoints/{ep}/app-versions/{app}"),
@@ -347,7 +512,7 @@ async fn run(devices: usize, updates: usize) {
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Ev::Push(j, at))) if j == i => {
-                    lat.push(at - t0);
+                    lat.push(since(t0, at));
                     break;
                 }
                 Ok(Some(Ev::Failed(j, e))) => panic!("device {j}: {e}"),

@@ -589,12 +589,10 @@ async fn run_lanes(
     let run = {
         let h: &Harness = h;
         let state = &state;
-        let mut all = std::pin::pin!(futures::future::join_all(
-            lanes
-                .iter()
-                .enumerate()
-                .map(|(i, actions)| async move { (i, run_lane(h, state, i, actions).await) }),
-        ));
+        let mut all =
+            std::pin::pin!(futures::future::join_all(lanes.iter().enumerate().map(
+                |(i, actions)| async move { (i, run_lane(h, state, i, actions).await) }
+            ),));
         loop {
             tokio::select! {
                 results = &mut all => break results,

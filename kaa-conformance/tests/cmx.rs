@@ -197,7 +197,10 @@ async fn our_cmx_keeps_the_invariants_under_generated_sequences() {
         assert_eq!(steps, reported.load(std::sync::atomic::Ordering::Relaxed));
         // At least one action per sequence; with lanes, more than one sequence
         // per case on average.
-        assert!(steps >= 12 * lanes as u64 / 2, "{lanes} lane(s): {steps} steps");
+        assert!(
+            steps >= 12 * lanes as u64 / 2,
+            "{lanes} lane(s): {steps} steps"
+        );
     }
 }
 
