@@ -81,8 +81,8 @@ use std::time::Duration;
 use kaa_bus::test_support::{PrivateNatsCluster, free_port};
 use kaa_bus::{Bus, NatsBus, NatsConfig};
 use kaa_testkit::fault::{
-    Fleet, Key, PrivatePostgres, Rest, ServiceProcess, Writer, lost_writes, nats_node_of,
-    stale_devices,
+    Fleet, Key, PrivatePostgres, Rest, ServiceProcess, Window, Writer, converge, converged_in,
+    fail_keeping_logs, lost_writes, nats_node_of,
 };
 use serde_json::json;
 use tokio::time::Instant;
@@ -369,8 +369,7 @@ async fn replicas_behave_as_one_through_each_fault() {
     let mut failures = Vec::new();
     let mut regressions_before = 0;
     for fault in &faults {
-        let (acked0, failed0) = writer.log.counts();
-        let totals0 = fleet.totals();
+        let window = Window::open(&writer.log, &fleet);
         let duplicates0 = fleet.duplicates();
         tokio::time::sleep(BEFORE).await;
         let t0 = Instant::now();
@@ -380,57 +379,22 @@ async fn replicas_behave_as_one_through_each_fault() {
         writer.pause().await;
         let paused = Instant::now();
 
-        let mut last = Vec::new();
-        let converged = loop {
-            match stale_devices(Arc::clone(&probe), &ecr_name, &fleet).await {
-                Ok(stale) if stale.is_empty() && fleet.connected() == devices => {
-                    break Some(paused.elapsed());
-                }
-                Ok(stale) if stale.is_empty() => {
-                    last = vec![format!("{} of {devices} connected", fleet.connected())];
-                }
-                Ok(stale) => {
-                    last = stale
-                        .into_iter()
-                        .take(5)
-                        .map(|s| format!("{s:?}"))
-                        .collect()
-                }
-                Err(e) => last = vec![format!("asking ECR: {e}")],
-            }
-            if paused.elapsed() > CONVERGE {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let converged = converge(&probe, &ecr_name, &fleet, devices, paused, CONVERGE).await;
         let lost = lost_writes(&rest, &app, &writer.log).await;
         let regressions = fleet.regressions();
         let new_regressions = &regressions[regressions_before.min(regressions.len())..];
-        let (acked1, failed1) = writer.log.counts();
-        let totals1 = fleet.totals();
+        let (writes, devices_did) = window.describe(&writer.log, &fleet, lost.len());
         let row = format!(
             "{fault} ({what}; {:.1}s in all): converged {} after the writer paused ({:.1}s after the restart); \
-             writes in window {} acknowledged, {} failed, {} lost (of {} acknowledged so far); \
-             devices back to an older write {}; duplicate deliveries {}; \
-             device reconnects {}, error answers {}, request timeouts {}",
+             {writes}; devices back to an older write {}; duplicate deliveries {}; {devices_did}",
             (restarted - t0).as_secs_f64(),
-            match converged {
-                Some(d) => format!("in {:.1}s", d.as_secs_f64()),
-                None => format!("NOT within {CONVERGE:?}"),
-            },
+            converged_in(&converged, CONVERGE),
             (paused - restarted).as_secs_f64(),
-            acked1 - acked0,
-            failed1 - failed0,
-            lost.len(),
-            acked1,
             new_regressions.len(),
             fleet.duplicates() - duplicates0,
-            totals1.0 - totals0.0,
-            totals1.1 - totals0.1,
-            totals1.2 - totals0.2,
         );
         eprintln!("fault_replicas: {row}");
-        if converged.is_none() {
+        if let Err(last) = &converged {
             failures.push(format!("{fault}: not converged; e.g. {last:?}"));
         }
         if !lost.is_empty() {
@@ -471,16 +435,7 @@ async fn replicas_behave_as_one_through_each_fault() {
     );
     if !failures.is_empty() {
         stack.dump_logs();
-        let kept = stack
-            .dir
-            .take()
-            .map(tempfile::TempDir::keep)
-            .unwrap_or_default();
-        panic!(
-            "fault_replicas failed (the services' logs are kept in {}):\n{}",
-            kept.display(),
-            failures.join("\n")
-        );
+        fail_keeping_logs("fault_replicas", stack.dir.take(), &failures);
     }
     assert!(
         by_address.len() == 2 && by_address.iter().all(|(acked, _)| *acked > 0),

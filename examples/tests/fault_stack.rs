@@ -49,7 +49,8 @@ use std::time::Duration;
 use kaa_bus::test_support::{PrivateNatsServer, free_port};
 use kaa_bus::{Bus, NatsBus, NatsConfig};
 use kaa_testkit::fault::{
-    Fleet, PrivatePostgres, Rest, ServiceProcess, Writer, lost_writes, signal, stale_devices,
+    Fleet, PrivatePostgres, Rest, ServiceProcess, Window, Writer, converge, converged_in,
+    fail_keeping_logs, lost_writes, signal,
 };
 use serde_json::json;
 use tokio::time::Instant;
@@ -260,8 +261,7 @@ async fn every_device_converges_and_no_acknowledged_write_is_lost_after_each_fau
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for fault in &faults {
-        let (acked0, failed0) = writer.log.counts();
-        let totals0 = fleet.totals();
+        let window = Window::open(&writer.log, &fleet);
         tokio::time::sleep(BEFORE).await;
         let t0 = Instant::now();
         stack.inject(fault).await;
@@ -271,52 +271,18 @@ async fn every_device_converges_and_no_acknowledged_write_is_lost_after_each_fau
         let paused = Instant::now();
 
         // Convergence: every device holds what ECR serves, per name.
-        let mut last = Vec::new();
-        let converged = loop {
-            match stale_devices(Arc::clone(&probe), &ecr_name, &fleet).await {
-                Ok(stale) if stale.is_empty() && fleet.connected() == devices => {
-                    break Some(paused.elapsed());
-                }
-                Ok(stale) if stale.is_empty() => {
-                    last = vec![format!("{} of {devices} connected", fleet.connected())];
-                }
-                Ok(stale) => {
-                    last = stale
-                        .into_iter()
-                        .take(5)
-                        .map(|s| format!("{s:?}"))
-                        .collect()
-                }
-                Err(e) => last = vec![format!("asking ECR: {e}")],
-            }
-            if paused.elapsed() > CONVERGE {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let converged = converge(&probe, &ecr_name, &fleet, devices, paused, CONVERGE).await;
         let lost = lost_writes(&rest, &app, &writer.log).await;
-        let (acked1, failed1) = writer.log.counts();
-        let totals1 = fleet.totals();
+        let (writes, devices_did) = window.describe(&writer.log, &fleet, lost.len());
         let row = format!(
             "{fault}: down {:.1}s; converged {} after the writer paused ({:.1}s after the restart); \
-             writes in window {} acknowledged, {} failed, {} lost (of {} acknowledged so far); \
-             device reconnects {}, error answers {}, request timeouts {}",
+             {writes}; {devices_did}",
             (restarted - t0).as_secs_f64(),
-            match converged {
-                Some(d) => format!("in {:.1}s", d.as_secs_f64()),
-                None => format!("NOT within {CONVERGE:?}"),
-            },
+            converged_in(&converged, CONVERGE),
             (paused - restarted).as_secs_f64(),
-            acked1 - acked0,
-            failed1 - failed0,
-            lost.len(),
-            acked1,
-            totals1.0 - totals0.0,
-            totals1.1 - totals0.1,
-            totals1.2 - totals0.2,
         );
         eprintln!("fault_stack: {row}");
-        if converged.is_none() {
+        if let Err(last) = &converged {
             failures.push(format!("{fault}: not converged; e.g. {last:?}"));
         }
         if !lost.is_empty() {
@@ -331,17 +297,7 @@ async fn every_device_converges_and_no_acknowledged_write_is_lost_after_each_fau
     writer.pause().await;
     if !failures.is_empty() {
         stack.dump_logs();
-        // The services' whole logs stay for whoever investigates.
-        let kept = stack
-            .dir
-            .take()
-            .map(tempfile::TempDir::keep)
-            .unwrap_or_default();
-        panic!(
-            "fault_stack failed (the services' logs are kept in {}):\n{}",
-            kept.display(),
-            failures.join("\n")
-        );
+        fail_keeping_logs("fault_stack", stack.dir.take(), &failures);
     }
     assert!(
         writer.log.counts().0 > 0,

@@ -1201,3 +1201,101 @@ pub async fn nats_node_of(monitors: &[String], name: &str) -> Option<usize> {
     }
     None
 }
+
+// ---------------------------------------------------------------------------
+// One fault's window: convergence, counts, the report
+// ---------------------------------------------------------------------------
+
+/// Waits until every device of `fleet` holds, per name, what the provider `ecr`
+/// serves ([`stale_devices`]) and all `devices` are connected, asking every 250 ms
+/// for up to `limit` after `since`. `Ok`: how long after `since`; `Err`: what was
+/// still wrong at the last look (at most five examples).
+pub async fn converge(
+    probe: &Arc<dyn Bus>,
+    ecr: &str,
+    fleet: &Fleet,
+    devices: usize,
+    since: Instant,
+    limit: Duration,
+) -> Result<Duration, Vec<String>> {
+    loop {
+        let last = match stale_devices(Arc::clone(probe), ecr, fleet).await {
+            Ok(stale) if stale.is_empty() && fleet.connected() == devices => {
+                return Ok(since.elapsed());
+            }
+            Ok(stale) if stale.is_empty() => {
+                vec![format!("{} of {devices} connected", fleet.connected())]
+            }
+            Ok(stale) => stale
+                .into_iter()
+                .take(5)
+                .map(|s| format!("{s:?}"))
+                .collect(),
+            Err(e) => vec![format!("asking ECR: {e}")],
+        };
+        if since.elapsed() > limit {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The writer's and the fleet's counters when a fault's window opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    acked: usize,
+    failed: usize,
+    totals: (u64, u64, u64),
+}
+
+impl Window {
+    /// Opens a window: remembers the counters now.
+    pub fn open(log: &WriteLog, fleet: &Fleet) -> Window {
+        let (acked, failed) = log.counts();
+        Window {
+            acked,
+            failed,
+            totals: fleet.totals(),
+        }
+    }
+
+    /// What happened in the window, for a report row: writes acknowledged,
+    /// failed and `lost` (of all acknowledged so far), then the devices'
+    /// reconnects, error answers and request timeouts.
+    pub fn describe(&self, log: &WriteLog, fleet: &Fleet, lost: usize) -> (String, String) {
+        let (acked, failed) = log.counts();
+        let totals = fleet.totals();
+        (
+            format!(
+                "writes in window {} acknowledged, {} failed, {lost} lost (of {acked} acknowledged so far)",
+                acked - self.acked,
+                failed - self.failed,
+            ),
+            format!(
+                "device reconnects {}, error answers {}, request timeouts {}",
+                totals.0 - self.totals.0,
+                totals.1 - self.totals.1,
+                totals.2 - self.totals.2,
+            ),
+        )
+    }
+}
+
+/// `converged` as a report says it: `in 1.2s` or `NOT within 30s`.
+pub fn converged_in(converged: &Result<Duration, Vec<String>>, limit: Duration) -> String {
+    match converged {
+        Ok(d) => format!("in {:.1}s", d.as_secs_f64()),
+        Err(_) => format!("NOT within {limit:?}"),
+    }
+}
+
+/// Fails the test named `test` with `failures`, keeping the services' logs (the
+/// temporary directory `dir`, which is not deleted) for whoever investigates.
+pub fn fail_keeping_logs(test: &str, dir: Option<tempfile::TempDir>, failures: &[String]) -> ! {
+    let kept = dir.map(tempfile::TempDir::keep).unwrap_or_default();
+    panic!(
+        "{test} failed (the services' logs are kept in {}):\n{}",
+        kept.display(),
+        failures.join("\n")
+    );
+}
