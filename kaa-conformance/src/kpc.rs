@@ -15,12 +15,30 @@
 //! - endpoint tokens valid for the kit's app version: either the KPC accepts any
 //!   token (our KPC's `kpc.accept-any-token: true`, the default here: the kit
 //!   makes fresh ones), or a list of tokens ([`KpcTarget::tokens`]), each a
-//!   different endpoint, at least [`TOKENS_NEEDED`] of them.
+//!   different endpoint, at least [`TOKENS_NEEDED`] of them;
+//! - for a KPC that requires MQTT credentials, a username and password it
+//!   accepts ([`KpcTarget::with_credentials`]; `--username` and `--password` or
+//!   `--password-env` on the command line): every CONNECT of the kit carries them,
+//!   and `KP-AUTH-1` checks that wrong ones are refused. Without them the kit
+//!   connects anonymously and `KP-AUTH-1` is skipped.
 //!
-//! Required cases check 1/KP, 4/ESP and 9/ELCE, and what kaa-notes documents of
-//! Kaa's KPC (delivery to the session without SUBSCRIBE, one disconnected event
-//! per session); extensions check what only our KPC documents (refusals of
-//! malformed topics with a 1/KP error, the latest session winning an endpoint).
+//! Required cases check 1/KP, 4/ESP and 9/ELCE, the MQTT 3.1.1 rules a device
+//! relies on (QoS 1 and 2 handshakes, no duplicate onward delivery, refused
+//! CONNECTs), and what kaa-notes documents of Kaa's KPC (delivery to the session
+//! without SUBSCRIBE, one disconnected event per session); extensions check what
+//! only our KPC documents (refusals of malformed topics with a 1/KP error, the
+//! latest session winning an endpoint).
+//!
+//! `KP-QOS-2` is required although 1/KP only RECOMMENDS answering at the
+//! request's QoS ("Response QoS level"). What it requires outright are MQTT
+//! 3.1.1's MUSTs (4.3.3): PUBREC for the QoS 2 request, PUBCOMP for its PUBREL,
+//! and, when the answer comes at QoS 2, PUBREL for the kit's PUBREC. For the
+//! answer's QoS it accepts 2 or 1: MQTT lets a server cap the QoS it sends (a
+//! SUBACK may grant less than asked, 3.9.3), and many servers, ours among them,
+//! never send QoS 2. It fails an answer at QoS 0: `KP-QOS-1` already requires a
+//! QoS 1 answer to a QoS 1 request (Kaa's KPC answers at the request's QoS,
+//! kaa-notes), and an answer that may be lost is not what a device that asked
+//! for exactly-once delivery can work with.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,14 +54,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cmx::SuiteOptions;
-use crate::mqtt::{Device, Incoming};
+use crate::mqtt::{
+    Device, Incoming, Login, PUBCOMP, PUBREC, PUBREL, Probe, packet_name, probe_refused_connect,
+    publish_packet, return_code_name,
+};
 use crate::report::{CaseInfo, CaseResult, Outcome, Report};
 
 /// How many tokens the suite uses when they are given ([`KpcTarget::tokens`]).
-pub const TOKENS_NEEDED: usize = 14;
+pub const TOKENS_NEEDED: usize = 17;
 
 /// The KPC to check and the names the kit plays.
-#[derive(Debug, Clone)]
+///
+/// `Debug` does not show the password.
+#[derive(Clone)]
 pub struct KpcTarget {
     /// The KPC's service instance name.
     pub kpc_instance: String,
@@ -57,6 +80,27 @@ pub struct KpcTarget {
     /// Endpoint tokens valid for the app version, each a different endpoint;
     /// empty when the KPC accepts any token (the kit then makes its own).
     pub tokens: Vec<String>,
+    /// The username every CONNECT of the kit carries, for a KPC that requires
+    /// credentials; `None`: the kit connects anonymously, and `KP-AUTH-1` is
+    /// skipped.
+    pub username: Option<String>,
+    /// The password every CONNECT of the kit carries (with [`KpcTarget::username`];
+    /// MQTT 3.1.1 has no password without a username).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for KpcTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KpcTarget")
+            .field("kpc_instance", &self.kpc_instance)
+            .field("mqtt", &self.mqtt)
+            .field("extension", &self.extension)
+            .field("app_version", &self.app_version)
+            .field("tokens", &self.tokens.len())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl KpcTarget {
@@ -73,12 +117,39 @@ impl KpcTarget {
             extension: extension.into(),
             app_version: "conformance-v1".into(),
             tokens: Vec::new(),
+            username: None,
+            password: None,
         }
+    }
+
+    /// The same target, for a KPC that requires this username and password in
+    /// every CONNECT (and `KP-AUTH-1` runs).
+    pub fn with_credentials(
+        mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.username = Some(username.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    fn login(&self) -> Option<Login<'_>> {
+        self.username.as_deref().map(|username| Login {
+            username,
+            password: self.password.as_deref(),
+        })
     }
 }
 
 /// Every case of the KPC suite, in the order they run.
 pub const CASES: &[CaseInfo] = &[
+    CaseInfo {
+        id: "KP-AUTH-1",
+        title: "with credentials given: they are accepted; a CONNECT with a wrong password (or none) is refused with CONNACK 4 or 5, the connection closed, and a PUBLISH sent behind it not processed",
+        cites: "MQTT 3.1.1 3.1.4 Response (a rejected CONNECT: nothing sent after it processed), 3.2.2.3 Connect Return code, 3.2.2 (close after a non-zero return code); 1/KP Security (CONNECT name and password)",
+        extension: false,
+    },
     CaseInfo {
         id: "KP-REQ-1",
         title: "a request becomes a ClientData: app version, resource path without the request ID, request ID, payload, replyTo",
@@ -113,6 +184,18 @@ pub const CASES: &[CaseInfo] = &[
         id: "KP-QOS-1",
         title: "a QoS 1 request is acknowledged (PUBACK) and answered at QoS 1",
         cites: "MQTT 3.1.1 4.3.2; kaa-notes KPC (responses at the request's QoS)",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-QOS-2",
+        title: "a QoS 2 request completes PUBREC, PUBREL, PUBCOMP and is answered at QoS 2 (or 1; not 0), a QoS 2 answer with PUBREL",
+        cites: "MQTT 3.1.1 4.3.3; 1/KP Response QoS level (RECOMMENDED: the request's QoS)",
+        extension: false,
+    },
+    CaseInfo {
+        id: "KP-QOS-3",
+        title: "a QoS 2 PUBLISH retransmitted (DUP, same packet ID) before PUBREL gets PUBREC again and is forwarded once; after PUBCOMP the packet ID is a new request",
+        cites: "MQTT 3.1.1 4.3.3 (MUST NOT deliver duplicates onward; after PUBCOMP a new publication)",
         extension: false,
     },
     CaseInfo {
@@ -288,14 +371,20 @@ impl Harness {
 
     fn token(&mut self) -> Result<String, String> {
         self.tokens.next().ok_or_else(|| {
-            format!("out of endpoint tokens: give the kit at least {TOKENS_NEEDED} (--token)")
+            format!("out of endpoint tokens: give the kit at least {TOKENS_NEEDED} (--tokens-file)")
         })
     }
 
     async fn device(&mut self) -> Result<Device, String> {
         self.next += 1;
         let client_id = format!("{}-dev{}", self.tag, self.next);
-        Device::connect(&self.target.mqtt, &client_id, self.options.wait).await
+        Device::connect(
+            &self.target.mqtt,
+            &client_id,
+            self.target.login(),
+            self.options.wait,
+        )
+        .await
     }
 
     fn topic(&self, token: &str, rest: &str) -> String {
@@ -500,7 +589,7 @@ pub async fn run_kpc_suite(
     };
     for case in CASES {
         let started = Instant::now();
-        let outcome = match options.skip(case) {
+        let outcome = match options.skip(case).or_else(|| not_applicable(case, target)) {
             Some(skipped) => skipped,
             None => match run_case(case.id, &mut h).await {
                 Ok(()) => Outcome::Passed,
@@ -522,14 +611,27 @@ pub async fn run_kpc_suite(
     Ok(report)
 }
 
+/// Why `case` does not apply to `target`, if it does not.
+fn not_applicable(case: &CaseInfo, target: &KpcTarget) -> Option<Outcome> {
+    (case.id == "KP-AUTH-1" && target.username.is_none()).then(|| {
+        Outcome::Skipped(
+            "no credentials given (--username, --password): the KPC is taken to accept anonymous devices"
+                .into(),
+        )
+    })
+}
+
 async fn run_case(id: &str, h: &mut Harness) -> Result<(), String> {
     match id {
+        "KP-AUTH-1" => credentials_required(h).await,
         "KP-REQ-1" => req_forwarded(h).await,
         "KP-REQ-2" => req_status(h).await,
         "KP-REQ-3" => req_error(h).await,
         "KP-REQ-4" => req_two_in_flight(h).await,
         "KP-REQ-5" => req_without_id(h).await,
         "KP-QOS-1" => qos_1(h).await,
+        "KP-QOS-2" => qos_2(h).await,
+        "KP-QOS-3" => qos_2_retransmitted(h).await,
         "KP-PUSH-1" => push_without_subscribe(h).await,
         "KP-ERR-1" => malformed_topic(h).await,
         "ELCE-CON-1" => connected(h).await,
@@ -676,6 +778,179 @@ async fn qos_1(h: &mut Harness) -> Result<(), String> {
     dev.disconnect().await;
     if p.qos != 1 {
         return Err(format!("the answer came at QoS {}", p.qos));
+    }
+    Ok(())
+}
+
+/// `KP-QOS-2`: required, QoS 1 or 2 accepted for the answer (why: the module
+/// docs).
+async fn qos_2(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let topic = h.topic(&token, "config/json/41");
+    dev.publish(&topic, b"{}", 2).await?;
+    let got = h.next_client_data().await?;
+    h.answer(&got, 200, None, Some(b"{}")).await?;
+    let wait = h.options.wait;
+    let p = expect_publish(&mut dev, &format!("{topic}/status"), wait).await?;
+    let r = match (p.qos, p.packet_id) {
+        (1, _) => Ok(()),
+        (2, Some(id)) => dev
+            .expect_ack(PUBREL, id, wait)
+            .await
+            .map_err(|e| format!("the QoS 2 answer's handshake: after the kit's PUBREC, {e}")),
+        (qos, _) => Err(format!(
+            "the answer to a QoS 2 request came at QoS {qos}: 1/KP recommends the request's QoS, \
+             the kit accepts 1 or 2"
+        )),
+    };
+    dev.disconnect().await;
+    r
+}
+
+/// `KP-QOS-3`: MQTT 3.1.1 4.3.3 (required): until PUBREL, a PUBLISH with the
+/// same packet identifier gets PUBREC again and is not delivered onward again;
+/// after PUBCOMP, one is a new publication.
+async fn qos_2_retransmitted(h: &mut Harness) -> Result<(), String> {
+    let token = h.token()?;
+    let mut dev = h.device().await?;
+    let wait = h.options.wait;
+    let quiet = h.options.quiet;
+    let topic = h.topic(&token, "config/json/42");
+    let id = dev.next_packet_id();
+    dev.send_raw(
+        &publish_packet(&topic, b"{}", 2, false, id),
+        "QoS 2 PUBLISH",
+    )
+    .await?;
+    dev.expect_ack(PUBREC, id, wait)
+        .await
+        .map_err(|e| format!("the QoS 2 PUBLISH: {e}"))?;
+    dev.send_raw(&publish_packet(&topic, b"{}", 2, true, id), "DUP PUBLISH")
+        .await?;
+    dev.expect_ack(PUBREC, id, wait).await.map_err(|e| {
+        format!("the same PUBLISH again (DUP, packet identifier {id}) before PUBREL: {e}")
+    })?;
+    let first = h.next_client_data().await?;
+    if let Ok(Some(again)) = tokio::time::timeout(quiet, h.client_data.recv()).await {
+        return Err(format!(
+            "a QoS 2 PUBLISH retransmitted (DUP, packet identifier {id}) before PUBREL was \
+             forwarded again: a second ClientData for {:?} (request ID {:?})",
+            again.data.resource_path, again.data.request_id
+        ));
+    }
+    dev.send_pubrel(id).await?;
+    dev.expect_ack(PUBCOMP, id, wait).await?;
+    h.answer(&first, 200, None, Some(b"{}")).await?;
+    expect_publish(&mut dev, &format!("{topic}/status"), wait).await?;
+    expect_silence(&mut dev, quiet)
+        .await
+        .map_err(|e| format!("one request, one answer: {e}"))?;
+    // After PUBCOMP the packet identifier is free: the same one is a new request.
+    let next = h.topic(&token, "config/json/43");
+    dev.send_raw(&publish_packet(&next, b"{}", 2, false, id), "QoS 2 PUBLISH")
+        .await?;
+    dev.expect_ack(PUBREC, id, wait)
+        .await
+        .map_err(|e| format!("a new PUBLISH with packet identifier {id} after PUBCOMP: {e}"))?;
+    let got = h.next_client_data().await.map_err(|e| {
+        format!("a new PUBLISH with packet identifier {id} after PUBCOMP was not forwarded: {e}")
+    })?;
+    if got.data.request_id != Some(43) {
+        return Err(format!(
+            "after PUBCOMP, a new PUBLISH with packet identifier {id} was forwarded with request ID {:?}, expected 43",
+            got.data.request_id
+        ));
+    }
+    dev.send_pubrel(id).await?;
+    dev.expect_ack(PUBCOMP, id, wait).await?;
+    dev.disconnect().await;
+    Ok(())
+}
+
+/// `KP-AUTH-1` (run only when credentials are given): the given ones open a
+/// session; a wrong password, and no credentials at all, are refused with
+/// CONNACK 4 or 5, the connection then closed (MQTT 3.1.1 3.2.2), and a request
+/// the device sent behind the CONNECT without waiting (3.1.4 allows it) is not
+/// processed: no ClientData, no PUBACK, no response.
+async fn credentials_required(h: &mut Harness) -> Result<(), String> {
+    let dev = h
+        .device()
+        .await
+        .map_err(|e| format!("the given credentials: {e}"))?;
+    dev.disconnect().await;
+    let token = h.token()?;
+    let username = h.target.username.clone().unwrap_or_default();
+    let wrong = match h.target.password.as_deref() {
+        Some(p) => format!("{p}-not-the-password"),
+        None => "kaa-conformance-not-the-password".to_owned(),
+    };
+    let wrong_login = Login {
+        username: &username,
+        password: Some(&wrong),
+    };
+    for (what, login) in [
+        ("a wrong password", Some(wrong_login)),
+        ("no credentials", None),
+    ] {
+        h.next += 1;
+        let client_id = format!("{}-dev{}", h.tag, h.next);
+        let topic = h.topic(&token, "config/json/51");
+        let behind = publish_packet(&topic, b"{}", 1, false, 1);
+        let probe =
+            probe_refused_connect(&h.target.mqtt, &client_id, login, &behind, h.options.wait)
+                .await?;
+        let at = |e: String| format!("a CONNECT with {what}: {e}");
+        match probe {
+            Probe::ConnAck {
+                return_code: 4 | 5,
+                session_present,
+                then,
+                closed,
+            } => {
+                if session_present {
+                    return Err(at("refused with session present 1 (MQTT 3.1.1 3.2.2.2: 0 with a non-zero return code)".into()));
+                }
+                if let Some(kind) = then.first() {
+                    let kinds: Vec<&str> = then.iter().map(|k| packet_name(*k)).collect();
+                    return Err(at(format!(
+                        "refused, then the device got {} ({}): nothing sent behind a refused CONNECT may be processed",
+                        packet_name(*kind),
+                        kinds.join(", ")
+                    )));
+                }
+                if !closed {
+                    return Err(at(format!(
+                        "refused, but the connection was still open {:?} later (MQTT 3.1.1 3.2.2: the server MUST close it)",
+                        h.options.wait
+                    )));
+                }
+            }
+            Probe::ConnAck { return_code, .. } => {
+                return Err(at(format!(
+                    "CONNACK return code {return_code} ({}); a KPC that requires credentials refuses it with 4 (bad user name or password) or 5 (not authorized)",
+                    return_code_name(return_code)
+                )));
+            }
+            Probe::Other(kind) => {
+                return Err(at(format!(
+                    "answered with {} instead of a CONNACK",
+                    packet_name(kind)
+                )));
+            }
+            Probe::ClosedWithoutConnAck => {
+                return Err(at(
+                    "the connection was closed without a CONNACK; MQTT 3.1.1 3.1.4 says to send CONNACK 4 or 5 first"
+                        .into(),
+                ));
+            }
+        }
+        if let Ok(Some(r)) = tokio::time::timeout(h.options.quiet, h.client_data.recv()).await {
+            return Err(at(format!(
+                "the PUBLISH sent behind it was forwarded as a ClientData for {:?}",
+                r.data.resource_path
+            )));
+        }
     }
     Ok(())
 }

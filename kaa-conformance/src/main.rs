@@ -7,7 +7,8 @@
 //! kaa-conformance ecr --nats nats://127.0.0.1:4222 --provider ecr --http http://127.0.0.1:8080 \
 //!     [--token-env ECR_TOKEN] [--cmx cmx] [--app-version conformance-v1] [--junit report.xml]
 //! kaa-conformance kpc --nats nats://127.0.0.1:4222 --mqtt 127.0.0.1:1883 --kpc kpc \
-//!     --extension cmx-conformance [--tokens-file tokens.txt] [--junit report.xml]
+//!     --extension cmx-conformance [--tokens-file tokens.txt] [--junit report.xml] \
+//!     [--username devices --password-env KPC_MQTT_PASSWORD]
 //! kaa-conformance list
 //! ```
 //!
@@ -76,6 +77,18 @@ struct KpcArgs {
     /// different endpoint; without it the KPC must accept any token.
     #[arg(long)]
     tokens_file: Option<std::path::PathBuf>,
+    /// The username every CONNECT carries, for a KPC that requires credentials
+    /// (KP-AUTH-1 then checks that it refuses wrong ones; without it KP-AUTH-1
+    /// is skipped).
+    #[arg(long)]
+    username: Option<String>,
+    /// The password every CONNECT carries (with --username). It stays in shell
+    /// history and process lists: prefer --password-env.
+    #[arg(long, requires = "username", conflicts_with = "password_env")]
+    password: Option<String>,
+    /// The environment variable holding the password (with --username).
+    #[arg(long, requires = "username")]
+    password_env: Option<String>,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -365,6 +378,19 @@ async fn run_ecr(args: EcrArgs) -> ExitCode {
 }
 
 async fn run_kpc(args: KpcArgs) -> ExitCode {
+    let password = match (&args.password, &args.password_env) {
+        (Some(password), _) => Some(password.clone()),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(password) => Some(password),
+            Err(_) => {
+                eprintln!(
+                    "kaa-conformance: the environment variable {var} (--password-env) is not set"
+                );
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+    };
     let tokens = match &args.tokens_file {
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => text
@@ -390,6 +416,8 @@ async fn run_kpc(args: KpcArgs) -> ExitCode {
         extension: args.extension,
         app_version: args.app_version,
         tokens,
+        username: args.username,
+        password,
     };
     let options = args.run.options();
     let cases = kaa_conformance::kpc::CASES.len();

@@ -1,9 +1,10 @@
 //! The kit's KPC mode against our own KPC (`kaa-kpc`, `accept-any-token`), in
 //! this process with its MQTT listener on an ephemeral port: on the in-memory bus
-//! (always), and on the machine's NATS (skipped visibly when NATS is not
-//! reachable, mandatory with `KAA_REQUIRE_SERVICES=1`). And against our KPC
-//! behind a bus that loses some of what it publishes: the kit must name the cases
-//! that catch it.
+//! (always; anonymous, and with MQTT credentials required), and on the machine's
+//! NATS (skipped visibly when NATS is not reachable, mandatory with
+//! `KAA_REQUIRE_SERVICES=1`). And against our KPC behind a bus that loses some of
+//! what it publishes, given wrong credentials, or taking any password while the
+//! kit was told it requires one: the kit must name the cases that catch it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use kaa_conformance::cmx::SuiteOptions;
 use kaa_conformance::kpc::{CASES, KpcTarget, run_kpc_suite};
 use kaa_conformance::{Outcome, Report};
 use kaa_kpc::KpcServer;
-use kaa_kpc::config::KpcConfig;
+use kaa_kpc::config::{KpcConfig, MqttAuthSection, MqttUser};
+use kaa_service::Secret;
 
 fn options() -> SuiteOptions {
     SuiteOptions {
@@ -26,6 +28,24 @@ fn options() -> SuiteOptions {
     }
 }
 
+/// MQTT credentials: what our KPC requires, and what the kit is given.
+#[derive(Debug, Clone, Copy, Default)]
+struct Credentials {
+    /// Our KPC requires this username and password (`kpc.mqtt.auth`); `None`:
+    /// anonymous devices are accepted.
+    kpc: Option<(&'static str, &'static str)>,
+    /// The kit connects with these (`--username`, `--password`).
+    kit: Option<(&'static str, &'static str)>,
+}
+
+const DEVICES: (&str, &str) = ("devices", "s3cret-kpc");
+
+/// Our KPC requires credentials and the kit has the right ones.
+const RIGHT: Credentials = Credentials {
+    kpc: Some(DEVICES),
+    kit: Some(DEVICES),
+};
+
 /// Runs the suite against our KPC, which publishes through `kpc_bus` (the kit
 /// uses `kit_bus`, the same bus or what it wraps).
 async fn run_against_our_kpc(
@@ -33,20 +53,33 @@ async fn run_against_our_kpc(
     kpc_bus: Arc<dyn Bus>,
     tag: &str,
     options: &SuiteOptions,
+    credentials: Credentials,
 ) -> Report {
     let instance = format!("kpc-{tag}");
     let mut config = KpcConfig::new("127.0.0.1:0".parse().unwrap());
     config.service.instance.name = instance.clone();
     config.kpc.accept_any_token = true;
+    if let Some((username, password)) = credentials.kpc {
+        config.kpc.mqtt.auth = Some(MqttAuthSection {
+            enabled: true,
+            users: vec![MqttUser {
+                username: username.into(),
+                password: Secret::Value(password.into()),
+            }],
+        });
+    }
     let kpc = KpcServer::bind(&config, kpc_bus)
         .await
         .expect("bind KPC")
         .spawn();
-    let target = KpcTarget::new(
+    let mut target = KpcTarget::new(
         &instance,
         kpc.local_addr().to_string(),
         format!("cmx-{tag}"),
     );
+    if let Some((username, password)) = credentials.kit {
+        target = target.with_credentials(username, password);
+    }
     let report = run_kpc_suite(kit_bus, &target, options, |_| {})
         .await
         .expect("suite");
@@ -66,12 +99,136 @@ fn assert_all_passed(report: &Report) {
     assert!(report.conformant());
 }
 
+/// Every case passed but `KP-AUTH-1`, skipped: the kit was given no
+/// credentials.
+fn assert_all_passed_anonymously(report: &Report) {
+    println!("{}", report.to_table());
+    assert_eq!(report.results.len(), CASES.len());
+    for r in &report.results {
+        match (&r.outcome, r.case.id) {
+            (Outcome::Skipped(why), "KP-AUTH-1") => {
+                assert!(why.contains("no credentials given"), "{why}");
+            }
+            (Outcome::Passed, id) if id != "KP-AUTH-1" => {}
+            (other, id) => panic!("{id}: {other:?}\n{}", report.to_table()),
+        }
+    }
+    assert!(report.conformant());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_kpc_passes_every_case_on_the_memory_bus() {
     let bus: Arc<dyn Bus> = Arc::new(kaa_bus::MemoryBus::new());
     let tag = format!("mem{}", std::process::id());
-    let report = run_against_our_kpc(Arc::clone(&bus), bus, &tag, &options()).await;
+    let report = run_against_our_kpc(
+        Arc::clone(&bus),
+        bus,
+        &tag,
+        &options(),
+        Credentials::default(),
+    )
+    .await;
+    assert_all_passed_anonymously(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_kpc_with_credentials_passes_every_case_on_the_memory_bus() {
+    let bus: Arc<dyn Bus> = Arc::new(kaa_bus::MemoryBus::new());
+    let tag = format!("memauth{}", std::process::id());
+    let report = run_against_our_kpc(Arc::clone(&bus), bus, &tag, &options(), RIGHT).await;
     assert_all_passed(&report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_wrong_password_every_case_fails_saying_the_kpc_refused() {
+    let bus: Arc<dyn Bus> = Arc::new(kaa_bus::MemoryBus::new());
+    let tag = format!("memwrong{}", std::process::id());
+    let credentials = Credentials {
+        kpc: Some(DEVICES),
+        kit: Some(("devices", "not-it")),
+    };
+    let report = run_against_our_kpc(Arc::clone(&bus), bus, &tag, &options(), credentials).await;
+    println!("{}", report.to_table());
+    assert!(!report.conformant());
+    for r in &report.results {
+        match &r.outcome {
+            Outcome::Failed(why) => assert!(
+                why.contains(
+                    "refused the connection: CONNACK return code 4 (bad user name or password)"
+                ),
+                "{}: {why}",
+                r.case.id
+            ),
+            other => panic!("{}: {other:?} with a wrong password", r.case.id),
+        }
+    }
+    let auth = report
+        .results
+        .iter()
+        .find(|r| r.case.id == "KP-AUTH-1")
+        .expect("KP-AUTH-1");
+    assert!(
+        matches!(&auth.outcome, Outcome::Failed(why) if why.starts_with("the given credentials")),
+        "{:?}",
+        auth.outcome
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_every_case_fails_saying_the_kpc_wants_them() {
+    let bus: Arc<dyn Bus> = Arc::new(kaa_bus::MemoryBus::new());
+    let tag = format!("memanon{}", std::process::id());
+    let credentials = Credentials {
+        kpc: Some(DEVICES),
+        kit: None,
+    };
+    let report = run_against_our_kpc(Arc::clone(&bus), bus, &tag, &options(), credentials).await;
+    println!("{}", report.to_table());
+    assert!(!report.conformant());
+    for r in &report.results {
+        match (&r.outcome, r.case.id) {
+            (Outcome::Skipped(_), "KP-AUTH-1") => {}
+            (Outcome::Failed(why), _) => assert!(
+                why.contains("CONNACK return code 5 (not authorized)")
+                    && why.contains("give them with --username and --password"),
+                "{}: {why}",
+                r.case.id
+            ),
+            (other, id) => panic!("{id}: {other:?} without credentials"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kpc_that_takes_any_password_is_caught() {
+    // The kit is told the KPC requires credentials; ours is left anonymous.
+    let bus: Arc<dyn Bus> = Arc::new(kaa_bus::MemoryBus::new());
+    let tag = format!("memopen{}", std::process::id());
+    let credentials = Credentials {
+        kpc: None,
+        kit: Some(DEVICES),
+    };
+    let options = SuiteOptions {
+        wait: Duration::from_secs(1),
+        ..options()
+    };
+    let report = run_against_our_kpc(Arc::clone(&bus), bus, &tag, &options, credentials).await;
+    println!("{}", report.to_table());
+    let failed: BTreeSet<&str> = report
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+        .map(|r| r.case.id)
+        .collect();
+    assert_eq!(failed, BTreeSet::from(["KP-AUTH-1"]));
+    let auth = &report.results[0];
+    assert!(
+        matches!(&auth.outcome, Outcome::Failed(why)
+            if why.contains("a wrong password: CONNACK return code 0 (connection accepted)")),
+        "{:?}",
+        auth.outcome
+    );
+    assert!(!report.conformant());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +240,7 @@ async fn our_kpc_passes_every_case_on_nats() {
     let kit: Arc<dyn Bus> = Arc::new(kaa_bus::NatsBus::connect(&config).await.expect("NATS"));
     let kpc: Arc<dyn Bus> = Arc::new(kaa_bus::NatsBus::connect(&config).await.expect("NATS"));
     let tag = format!("nats{}", std::process::id());
-    let report = run_against_our_kpc(kit, kpc, &tag, &options()).await;
+    let report = run_against_our_kpc(kit, kpc, &tag, &options(), RIGHT).await;
     assert_all_passed(&report);
 }
 
@@ -105,9 +262,11 @@ async fn with_no_kpc_the_cases_fail_with_a_reason() {
         .expect("suite");
     assert!(!report.conformant());
     for r in &report.results {
-        match &r.outcome {
-            Outcome::Failed(why) => assert!(why.contains("MQTT connect"), "{why}"),
-            other => panic!("{}: {other:?} with no KPC", r.case.id),
+        match (&r.outcome, r.case.id) {
+            (Outcome::Failed(why), _) => assert!(why.contains("MQTT connect"), "{why}"),
+            // No credentials given: the one case that needs them does not run.
+            (Outcome::Skipped(_), "KP-AUTH-1") => {}
+            (other, id) => panic!("{id}: {other:?} with no KPC"),
         }
     }
 }
@@ -198,7 +357,7 @@ async fn failing_with(flaw: Flaw) -> BTreeSet<&'static str> {
         wait: Duration::from_secs(1),
         ..options()
     };
-    let report = run_against_our_kpc(bus, flawed, &tag, &options).await;
+    let report = run_against_our_kpc(bus, flawed, &tag, &options, Credentials::default()).await;
     println!("{flaw:?}:\n{}", report.to_table());
     report
         .results
