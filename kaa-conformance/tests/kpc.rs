@@ -3,8 +3,10 @@
 //! (always; anonymous, and with MQTT credentials required), and on the machine's
 //! NATS (skipped visibly when NATS is not reachable, mandatory with
 //! `KAA_REQUIRE_SERVICES=1`). And against our KPC behind a bus that loses some of
-//! what it publishes, given wrong credentials, or taking any password while the
-//! kit was told it requires one: the kit must name the cases that catch it.
+//! what it publishes, behind an MQTT proxy that breaks QoS (a lost PUBCOMP, a
+//! retransmission forwarded again, answers downgraded to QoS 0), given wrong
+//! credentials or none, or taking any password while the kit was told it
+//! requires one: the kit must name the cases that catch it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -19,6 +21,8 @@ use kaa_conformance::{Outcome, Report};
 use kaa_kpc::KpcServer;
 use kaa_kpc::config::{KpcConfig, MqttAuthSection, MqttUser};
 use kaa_service::Secret;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 fn options() -> SuiteOptions {
     SuiteOptions {
@@ -55,6 +59,19 @@ async fn run_against_our_kpc(
     options: &SuiteOptions,
     credentials: Credentials,
 ) -> Report {
+    run_through(kit_bus, kpc_bus, tag, options, credentials, None).await
+}
+
+/// [`run_against_our_kpc`], the kit's devices reaching our KPC through a proxy
+/// with `flaw` when there is one.
+async fn run_through(
+    kit_bus: Arc<dyn Bus>,
+    kpc_bus: Arc<dyn Bus>,
+    tag: &str,
+    options: &SuiteOptions,
+    credentials: Credentials,
+    flaw: Option<MqttFlaw>,
+) -> Report {
     let instance = format!("kpc-{tag}");
     let mut config = KpcConfig::new("127.0.0.1:0".parse().unwrap());
     config.service.instance.name = instance.clone();
@@ -72,11 +89,11 @@ async fn run_against_our_kpc(
         .await
         .expect("bind KPC")
         .spawn();
-    let mut target = KpcTarget::new(
-        &instance,
-        kpc.local_addr().to_string(),
-        format!("cmx-{tag}"),
-    );
+    let mqtt = match flaw {
+        Some(flaw) => flawed_proxy(kpc.local_addr(), flaw).await.to_string(),
+        None => kpc.local_addr().to_string(),
+    };
+    let mut target = KpcTarget::new(&instance, mqtt, format!("cmx-{tag}"));
     if let Some((username, password)) = credentials.kit {
         target = target.with_credentials(username, password);
     }
@@ -388,5 +405,180 @@ async fn a_request_id_left_in_the_resource_path_is_caught() {
     assert_eq!(
         failing_with(Flaw::RequestIdInResourcePath).await,
         BTreeSet::from(["KP-REQ-1"])
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Our KPC behind an MQTT proxy that gets something wrong.
+
+/// What the proxy between the kit's devices and our KPC gets wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MqttFlaw {
+    /// PUBCOMP from KPC is lost: a QoS 2 request's handshake never completes.
+    DropsPubcomp,
+    /// A QoS 2 PUBLISH retransmitted with DUP reaches KPC with another packet
+    /// identifier (and its PUBREC comes back with the device's), so KPC takes it
+    /// for a new message and forwards it again: a server that delivers
+    /// duplicates onward.
+    ForwardsRetransmissions,
+    /// KPC's QoS 1 and 2 PUBLISHes reach the device at QoS 0.
+    AnswersAtQos0,
+}
+
+/// The high bit marks the packet identifiers the proxy made up.
+const MADE_UP: u16 = 0x8000;
+
+async fn read_packet(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<(u8, Vec<u8>)> {
+    let first = r.read_u8().await?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = r.read_u8().await?;
+        len |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).await?;
+    Ok((first, body))
+}
+
+fn write_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut n = body.len();
+    loop {
+        let b = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { b | 0x80 } else { b });
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// Where a PUBLISH's packet identifier is in its body (QoS 1 and 2).
+fn packet_id_at(body: &[u8]) -> usize {
+    2 + usize::from(u16::from_be_bytes([body[0], body[1]]))
+}
+
+/// A packet from the device on its way to KPC, as `flaw` changes it.
+fn to_kpc(flaw: MqttFlaw, first: u8, mut body: Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    let (kind, qos, dup) = (first >> 4, (first >> 1) & 3, first & 0x08 != 0);
+    if flaw == MqttFlaw::ForwardsRetransmissions && kind == 3 && qos == 2 && dup {
+        let at = packet_id_at(&body);
+        body[at] |= (MADE_UP >> 8) as u8;
+        return Some((first & !0x08, body));
+    }
+    Some((first, body))
+}
+
+/// A packet from KPC on its way to the device, as `flaw` changes it.
+fn to_device(flaw: MqttFlaw, first: u8, mut body: Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    let (kind, qos) = (first >> 4, (first >> 1) & 3);
+    match flaw {
+        MqttFlaw::DropsPubcomp if kind == 7 => None,
+        MqttFlaw::ForwardsRetransmissions if kind == 5 => {
+            body[0] &= !((MADE_UP >> 8) as u8);
+            Some((first, body))
+        }
+        MqttFlaw::AnswersAtQos0 if kind == 3 && qos > 0 => {
+            let at = packet_id_at(&body);
+            body.drain(at..at + 2);
+            Some((first & 0xf9, body))
+        }
+        _ => Some((first, body)),
+    }
+}
+
+/// How a flaw changes a packet (first byte, body) on its way; `None` drops it.
+type Change = fn(MqttFlaw, u8, Vec<u8>) -> Option<(u8, Vec<u8>)>;
+
+/// Copies packets from `from` to `to`, changed by `change`, until either side
+/// closes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    flaw: MqttFlaw,
+    change: Change,
+) {
+    while let Ok((first, body)) = read_packet(&mut from).await {
+        if let Some((first, body)) = change(flaw, first, body)
+            && to.write_all(&write_packet(first, &body)).await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A proxy to `kpc` with `flaw`: its address.
+async fn flawed_proxy(kpc: std::net::SocketAddr, flaw: MqttFlaw) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    tokio::spawn(async move {
+        while let Ok((device, _)) = listener.accept().await {
+            let Ok(upstream) = TcpStream::connect(kpc).await else {
+                continue;
+            };
+            let (device_read, device_write) = device.into_split();
+            let (kpc_read, kpc_write) = upstream.into_split();
+            tokio::spawn(pump(device_read, kpc_write, flaw, to_kpc));
+            tokio::spawn(pump(kpc_read, device_write, flaw, to_device));
+        }
+    });
+    addr
+}
+
+async fn failing_through(flaw: MqttFlaw) -> BTreeSet<&'static str> {
+    let bus: Arc<dyn Bus> = Arc::new(kaa_bus::MemoryBus::new());
+    let tag = format!("{flaw:?}").to_lowercase();
+    let options = SuiteOptions {
+        wait: Duration::from_secs(1),
+        ..options()
+    };
+    let report = run_through(
+        Arc::clone(&bus),
+        bus,
+        &tag,
+        &options,
+        Credentials::default(),
+        Some(flaw),
+    )
+    .await;
+    println!("{flaw:?}:\n{}", report.to_table());
+    report
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+        .map(|r| r.case.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retransmission_forwarded_again_is_caught() {
+    // Only KP-QOS-3 retransmits: every other case also shows that the proxy
+    // changes nothing it is not told to.
+    assert_eq!(
+        failing_through(MqttFlaw::ForwardsRetransmissions).await,
+        BTreeSet::from(["KP-QOS-3"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pubcomp_is_caught() {
+    assert_eq!(
+        failing_through(MqttFlaw::DropsPubcomp).await,
+        BTreeSet::from(["KP-QOS-2", "KP-QOS-3"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_downgraded_to_qos_0_are_caught() {
+    assert_eq!(
+        failing_through(MqttFlaw::AnswersAtQos0).await,
+        BTreeSet::from(["KP-QOS-1", "KP-QOS-2"])
     );
 }
