@@ -33,14 +33,18 @@
 //!   extension the KPC forwards to (4/ESP `ClientData` in, `ExtensionData` out),
 //!   listens to the KPC's 9/ELCE connectivity events, and checks 1/KP behaviour:
 //!   the `ClientData` a request becomes, request IDs, `/status` and `/error`
-//!   responses, QoS 1, pushes delivered without SUBSCRIBE, malformed topics,
-//!   `connected` and `disconnected` events, a token used from a second session.
+//!   responses, QoS 1 and QoS 2 (both handshakes, a retransmission forwarded
+//!   once), pushes delivered without SUBSCRIBE, malformed topics, `connected` and
+//!   `disconnected` events, a token used from a second session, and, for a KPC
+//!   that requires MQTT credentials (`--username`, `--password-env`), that wrong
+//!   ones are refused.
 //!
 //! The binary: `kaa-conformance cmx --nats nats://127.0.0.1:4222 --cmx cmx
 //! --provider ecr --kpc kpc [--junit report.xml]`, `kaa-conformance ecr --nats
 //! nats://127.0.0.1:4222 --provider ecr --http http://127.0.0.1:8080 [--cmx cmx]`
 //! or `kaa-conformance kpc --nats nats://127.0.0.1:4222 --mqtt 127.0.0.1:1883
-//! --kpc kpc --extension cmx-conformance [--tokens-file F]` prints a table, writes
+//! --kpc kpc --extension cmx-conformance [--tokens-file F] [--username U
+//! --password-env VAR]` prints a table, writes
 //! JUnit XML for CI, and exits 0 only when every required case passed.
 //! `kaa-conformance list` lists every mode's cases.
 //!
