@@ -65,7 +65,7 @@ pub const TOKENS_NEEDED: usize = 17;
 
 /// The KPC to check and the names the kit plays.
 ///
-/// `Debug` does not show the password.
+/// `Debug` shows neither the password nor the tokens (only how many there are).
 #[derive(Clone)]
 pub struct KpcTarget {
     /// The KPC's service instance name.

@@ -2,7 +2,8 @@
 //! else: CONNECT (with a username and password when the KPC requires them),
 //! PUBLISH at QoS 0, 1 (waiting for PUBACK) and 2 (PUBREC, PUBREL, PUBCOMP), the
 //! receiver's side of what the server sends at QoS 1 (PUBACK) and 2 (PUBREC, then
-//! PUBCOMP on PUBREL), DISCONNECT, and dropping the connection without one. It
+//! PUBCOMP on PUBREL; a retransmission before PUBREL is acknowledged again, not
+//! delivered again), DISCONNECT, and dropping the connection without one. It
 //! never subscribes: Kaa devices do not, and a KPC delivers to the session anyway.
 
 use std::sync::Arc;
@@ -323,24 +324,34 @@ impl Device {
         let reader = {
             let writer = Arc::clone(&writer);
             tokio::spawn(async move {
+                // QoS 2 PUBLISHes received, waiting for PUBREL: a retransmission
+                // of one gets PUBREC again and is not delivered again.
+                let mut awaiting_pubrel = std::collections::HashSet::new();
                 while let Ok((first, body)) = read_packet(&mut read).await {
                     match first >> 4 {
                         3 => {
                             let Some(incoming) = parse_publish(first, &body) else {
                                 return;
                             };
+                            let mut deliver = true;
                             if let Some(id) = incoming.packet_id {
                                 let [hi, lo] = id.to_be_bytes();
                                 // QoS 2: PUBREC now, PUBCOMP when PUBREL comes.
                                 let kind = if incoming.qos == 1 { PUBACK } else { PUBREC };
+                                if kind == PUBREC {
+                                    deliver = awaiting_pubrel.insert(id);
+                                }
                                 let ack = packet(kind << 4, &[hi, lo]);
                                 let _ = writer.lock().await.write_all(&ack).await;
                             }
-                            let _ = publishes_tx.send(incoming);
+                            if deliver {
+                                let _ = publishes_tx.send(incoming);
+                            }
                         }
                         kind @ (PUBACK | PUBREC | PUBREL | PUBCOMP) if body.len() >= 2 => {
                             let id = u16::from_be_bytes([body[0], body[1]]);
                             if kind == PUBREL {
+                                awaiting_pubrel.remove(&id);
                                 let [hi, lo] = id.to_be_bytes();
                                 let comp = packet(PUBCOMP << 4, &[hi, lo]);
                                 let _ = writer.lock().await.write_all(&comp).await;
