@@ -483,3 +483,106 @@ impl Device {
         let _ = self.writer.lock().await.shutdown().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A server that accepts one CONNECT; the kit's device connected to it, and
+    /// the server's side of the connection.
+    async fn connected() -> (Device, BufReader<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut server = BufReader::new(stream);
+            let (first, _) = read_packet(&mut server).await.expect("CONNECT");
+            assert_eq!(first, 0x10);
+            server
+                .get_mut()
+                .write_all(&packet(0x20, &[0, 0]))
+                .await
+                .expect("CONNACK");
+            server
+        });
+        let login = Login {
+            username: "u",
+            password: Some("p"),
+        };
+        let device = Device::connect(&addr, "c", Some(login), WAIT)
+            .await
+            .expect("connect");
+        (device, server.await.expect("server"))
+    }
+
+    async fn expect(server: &mut BufReader<TcpStream>, first: u8, id: u16) {
+        let (got, body) = tokio::time::timeout(WAIT, read_packet(server))
+            .await
+            .expect("in time")
+            .expect("a packet");
+        assert_eq!((got, body), (first, id.to_be_bytes().to_vec()));
+    }
+
+    #[test]
+    fn connect_carries_the_login() {
+        let login = Login {
+            username: "devices",
+            password: Some("pw"),
+        };
+        let p = connect_packet("c", Some(login));
+        // Flags: username, password, clean session.
+        assert_eq!(p[9], 0xc2);
+        assert!(p.ends_with(b"\x00\x07devices\x00\x02pw"));
+        assert_eq!(connect_packet("c", None)[9], 0x02);
+    }
+
+    #[tokio::test]
+    async fn a_qos_2_publish_from_the_server_is_delivered_once_and_completed() {
+        let (mut device, mut server) = connected().await;
+        let publish = publish_packet("t/1/status", b"x", 2, false, 7);
+        server.get_mut().write_all(&publish).await.expect("PUBLISH");
+        expect(&mut server, PUBREC << 4, 7).await;
+        let again = publish_packet("t/1/status", b"x", 2, true, 7);
+        server.get_mut().write_all(&again).await.expect("DUP");
+        expect(&mut server, PUBREC << 4, 7).await;
+        let rel = packet((PUBREL << 4) | 0x02, &7u16.to_be_bytes());
+        server.get_mut().write_all(&rel).await.expect("PUBREL");
+        expect(&mut server, PUBCOMP << 4, 7).await;
+        device
+            .expect_ack(PUBREL, 7, WAIT)
+            .await
+            .expect("PUBREL seen");
+        let p = device.recv(WAIT).await.expect("delivered");
+        assert_eq!(
+            (p.topic.as_str(), p.qos, p.packet_id),
+            ("t/1/status", 2, Some(7))
+        );
+        assert!(device.recv(Duration::from_millis(100)).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_qos_2_publish_from_the_device_waits_for_pubrec_and_pubcomp() {
+        let (mut device, mut server) = connected().await;
+        let serve = tokio::spawn(async move {
+            let (first, _) = read_packet(&mut server).await.expect("PUBLISH");
+            assert_eq!(first, 0x34);
+            let rec = packet(PUBREC << 4, &1u16.to_be_bytes());
+            server.get_mut().write_all(&rec).await.expect("PUBREC");
+            expect(&mut server, (PUBREL << 4) | 0x02, 1).await;
+            let comp = packet(PUBCOMP << 4, &1u16.to_be_bytes());
+            server.get_mut().write_all(&comp).await.expect("PUBCOMP");
+            server
+        });
+        device.publish("t/1", b"{}", 2).await.expect("published");
+        let _server = serve.await.expect("server");
+        // Without the server's PUBREC, the publish fails and says so.
+        device.timeout = Duration::from_millis(200);
+        let err = Device::publish(&mut device, "t/2", b"{}", 2)
+            .await
+            .map_err(|e| e.contains("no PUBREC for packet identifier 2"));
+        assert_eq!(err, Err(true));
+    }
+}
