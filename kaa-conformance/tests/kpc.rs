@@ -4,9 +4,11 @@
 //! NATS (skipped visibly when NATS is not reachable, mandatory with
 //! `KAA_REQUIRE_SERVICES=1`). And against our KPC behind a bus that loses some of
 //! what it publishes, behind an MQTT proxy that breaks QoS (a lost PUBCOMP, a
-//! retransmission forwarded again, answers downgraded to QoS 0), given wrong
-//! credentials or none, or taking any password while the kit was told it
-//! requires one: the kit must name the cases that catch it.
+//! retransmission forwarded again, answers downgraded to QoS 0, QoS 2 answers
+//! without PUBREL), given wrong credentials or none, or taking any password while
+//! the kit was told it requires one: the kit must name the cases that catch it.
+//! Through a proxy that answers QoS 2 requests at QoS 2 (what 1/KP recommends and
+//! our KPC does not do), every case passes.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -411,7 +413,7 @@ async fn a_request_id_left_in_the_resource_path_is_caught() {
 // ---------------------------------------------------------------------------
 // Our KPC behind an MQTT proxy that gets something wrong.
 
-/// What the proxy between the kit's devices and our KPC gets wrong.
+/// What the proxy between the kit's devices and our KPC changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MqttFlaw {
     /// PUBCOMP from KPC is lost: a QoS 2 request's handshake never completes.
@@ -423,10 +425,24 @@ enum MqttFlaw {
     ForwardsRetransmissions,
     /// KPC's QoS 1 and 2 PUBLISHes reach the device at QoS 0.
     AnswersAtQos0,
+    /// Not a flaw: answers to QoS 2 requests reach the device at QoS 2, as 1/KP
+    /// recommends (the proxy plays the sender's side: PUBREL for the device's
+    /// PUBREC, and PUBACK to KPC), so the kit's QoS 2 receiving side runs.
+    AnswersAtQos2,
+    /// Answers to QoS 2 requests reach the device at QoS 2, but its PUBREC never
+    /// gets a PUBREL.
+    AnswersAtQos2WithoutPubrel,
 }
 
 /// The high bit marks the packet identifiers the proxy made up.
 const MADE_UP: u16 = 0x8000;
+
+/// PUBLISH, PUBACK, PUBREC, PUBREL and PUBCOMP.
+const PUBLISH: u8 = 3;
+const PUBACK: u8 = 4;
+const PUBREC: u8 = 5;
+const PUBREL: u8 = 6;
+const PUBCOMP: u8 = 7;
 
 async fn read_packet(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<(u8, Vec<u8>)> {
     let first = r.read_u8().await?;
@@ -459,59 +475,124 @@ fn write_packet(first: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Where a PUBLISH's packet identifier is in its body (QoS 1 and 2).
-fn packet_id_at(body: &[u8]) -> usize {
-    2 + usize::from(u16::from_be_bytes([body[0], body[1]]))
+/// A PUBLISH's topic and where its packet identifier is in its body.
+fn publish_topic(body: &[u8]) -> (String, usize) {
+    let len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    (
+        String::from_utf8_lossy(&body[2..2 + len]).into_owned(),
+        2 + len,
+    )
 }
 
-/// A packet from the device on its way to KPC, as `flaw` changes it.
-fn to_kpc(flaw: MqttFlaw, first: u8, mut body: Vec<u8>) -> Option<(u8, Vec<u8>)> {
+fn packet_id(body: &[u8]) -> u16 {
+    u16::from_be_bytes([body[0], body[1]])
+}
+
+/// Which way a packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    ToKpc,
+    ToDevice,
+}
+
+/// What one proxied connection remembers.
+#[derive(Debug, Default)]
+struct Connection {
+    /// Topics of the device's QoS 2 requests.
+    qos2_requests: BTreeSet<String>,
+    /// Packet identifiers of KPC's QoS 1 answers the proxy sent on at QoS 2.
+    upgraded: BTreeSet<u16>,
+}
+
+/// A packet going `way` (fixed header's first byte, body), as `flaw` changes
+/// it: the packets to send instead, each with its way.
+fn change(
+    flaw: MqttFlaw,
+    c: &mut Connection,
+    way: Way,
+    first: u8,
+    mut body: Vec<u8>,
+) -> Vec<(Way, u8, Vec<u8>)> {
+    use MqttFlaw::*;
     let (kind, qos, dup) = (first >> 4, (first >> 1) & 3, first & 0x08 != 0);
-    if flaw == MqttFlaw::ForwardsRetransmissions && kind == 3 && qos == 2 && dup {
-        let at = packet_id_at(&body);
-        body[at] |= (MADE_UP >> 8) as u8;
-        return Some((first & !0x08, body));
-    }
-    Some((first, body))
-}
-
-/// A packet from KPC on its way to the device, as `flaw` changes it.
-fn to_device(flaw: MqttFlaw, first: u8, mut body: Vec<u8>) -> Option<(u8, Vec<u8>)> {
-    let (kind, qos) = (first >> 4, (first >> 1) & 3);
-    match flaw {
-        MqttFlaw::DropsPubcomp if kind == 7 => None,
-        MqttFlaw::ForwardsRetransmissions if kind == 5 => {
+    let qos2_answers = matches!(flaw, AnswersAtQos2 | AnswersAtQos2WithoutPubrel);
+    match (way, kind) {
+        (Way::ToKpc, PUBLISH) if flaw == ForwardsRetransmissions && qos == 2 && dup => {
+            let (_, at) = publish_topic(&body);
+            body[at] |= (MADE_UP >> 8) as u8;
+            vec![(way, first & !0x08, body)]
+        }
+        (Way::ToKpc, PUBLISH) if qos2_answers && qos == 2 => {
+            c.qos2_requests.insert(publish_topic(&body).0);
+            vec![(way, first, body)]
+        }
+        (Way::ToKpc, PUBREC) if c.upgraded.contains(&packet_id(&body)) => {
+            // KPC sent it at QoS 1: its PUBACK; the device's PUBREL (or not).
+            let mut out = vec![(Way::ToKpc, PUBACK << 4, body.clone())];
+            if flaw == AnswersAtQos2 {
+                out.push((Way::ToDevice, (PUBREL << 4) | 0x02, body));
+            }
+            out
+        }
+        (Way::ToKpc, PUBCOMP) if c.upgraded.remove(&packet_id(&body)) => Vec::new(),
+        (Way::ToDevice, PUBCOMP) if flaw == DropsPubcomp => Vec::new(),
+        (Way::ToDevice, PUBREC) if flaw == ForwardsRetransmissions => {
             body[0] &= !((MADE_UP >> 8) as u8);
-            Some((first, body))
+            vec![(way, first, body)]
         }
-        MqttFlaw::AnswersAtQos0 if kind == 3 && qos > 0 => {
-            let at = packet_id_at(&body);
+        (Way::ToDevice, PUBLISH) if flaw == AnswersAtQos0 && qos > 0 => {
+            let (_, at) = publish_topic(&body);
             body.drain(at..at + 2);
-            Some((first & 0xf9, body))
+            vec![(way, first & 0xf9, body)]
         }
-        _ => Some((first, body)),
+        (Way::ToDevice, PUBLISH) if qos2_answers && qos == 1 => {
+            let (topic, at) = publish_topic(&body);
+            let request = topic
+                .strip_suffix("/status")
+                .or_else(|| topic.strip_suffix("/error"));
+            if request.is_some_and(|r| c.qos2_requests.contains(r)) {
+                c.upgraded.insert(packet_id(&body[at..]));
+                vec![(way, (first & 0xf9) | 0x04, body)]
+            } else {
+                vec![(way, first, body)]
+            }
+        }
+        _ => vec![(way, first, body)],
     }
 }
 
-/// How a flaw changes a packet (first byte, body) on its way; `None` drops it.
-type Change = fn(MqttFlaw, u8, Vec<u8>) -> Option<(u8, Vec<u8>)>;
+type Writer = Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>;
 
-/// Copies packets from `from` to `to`, changed by `change`, until either side
-/// closes.
+/// Copies packets read from one side going `way`, changed by `flaw`, until
+/// either side closes.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    way: Way,
+    kpc: Writer,
+    device: Writer,
     flaw: MqttFlaw,
-    change: Change,
+    connection: Arc<std::sync::Mutex<Connection>>,
 ) {
     while let Ok((first, body)) = read_packet(&mut from).await {
-        if let Some((first, body)) = change(flaw, first, body)
-            && to.write_all(&write_packet(first, &body)).await.is_err()
-        {
-            break;
+        let out = {
+            let mut c = connection.lock().expect("connection state");
+            change(flaw, &mut c, way, first, body)
+        };
+        for (way, first, body) in out {
+            let to = if way == Way::ToKpc { &kpc } else { &device };
+            if to
+                .lock()
+                .await
+                .write_all(&write_packet(first, &body))
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
     }
-    let _ = to.shutdown().await;
+    let to = if way == Way::ToKpc { &kpc } else { &device };
+    let _ = to.lock().await.shutdown().await;
 }
 
 /// A proxy to `kpc` with `flaw`: its address.
@@ -525,8 +606,25 @@ async fn flawed_proxy(kpc: std::net::SocketAddr, flaw: MqttFlaw) -> std::net::So
             };
             let (device_read, device_write) = device.into_split();
             let (kpc_read, kpc_write) = upstream.into_split();
-            tokio::spawn(pump(device_read, kpc_write, flaw, to_kpc));
-            tokio::spawn(pump(kpc_read, device_write, flaw, to_device));
+            let kpc_write: Writer = Arc::new(tokio::sync::Mutex::new(kpc_write));
+            let device_write: Writer = Arc::new(tokio::sync::Mutex::new(device_write));
+            let connection = Arc::default();
+            tokio::spawn(pump(
+                device_read,
+                Way::ToKpc,
+                Arc::clone(&kpc_write),
+                Arc::clone(&device_write),
+                flaw,
+                Arc::clone(&connection),
+            ));
+            tokio::spawn(pump(
+                kpc_read,
+                Way::ToDevice,
+                kpc_write,
+                device_write,
+                flaw,
+                connection,
+            ));
         }
     });
     addr
@@ -580,5 +678,17 @@ async fn answers_downgraded_to_qos_0_are_caught() {
     assert_eq!(
         failing_through(MqttFlaw::AnswersAtQos0).await,
         BTreeSet::from(["KP-QOS-1", "KP-QOS-2"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_at_qos_2_pass_and_without_pubrel_are_caught() {
+    assert_eq!(
+        failing_through(MqttFlaw::AnswersAtQos2).await,
+        BTreeSet::new()
+    );
+    assert_eq!(
+        failing_through(MqttFlaw::AnswersAtQos2WithoutPubrel).await,
+        BTreeSet::from(["KP-QOS-2"])
     );
 }
