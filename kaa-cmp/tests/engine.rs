@@ -1093,6 +1093,27 @@ fn requests_need_an_endpoint_and_a_served_app_version() {
     assert_eq!(w.cmx.tracked_endpoints(), 0);
 }
 
+/// 9/ELCE events of every communication service reach every CMX. With
+/// `app_versions` set, a `connected` event naming another app version is not
+/// tracked, so nothing is fetched for it (found when a conformance campaign on a
+/// shared NATS server made a test's CMX, serving other app versions, fetch the
+/// configurations of 909 of the campaign's endpoints).
+#[test]
+fn events_for_an_app_version_not_served_are_not_tracked() {
+    let mut config = config();
+    config.app_versions = Some([AV.to_owned()].into());
+    let mut w = World::with(config);
+    w.auto_answer = false;
+    w.connect_av(&["ep-other-1", "ep-other-2"], "other-v1");
+    assert_eq!(w.cmx.tracked_endpoints(), 0);
+    assert_eq!(w.cmx.pending_requests(), 0);
+    assert_eq!(w.cmx.stats().unknown_app_version_ignored, 2);
+    // The app version it serves still is tracked.
+    w.connect(&[EP]);
+    assert_eq!(w.cmx.tracked_endpoints(), 1);
+    assert_eq!(w.cmx.stats().unknown_app_version_ignored, 2);
+}
+
 #[test]
 fn provider_timeout_is_504() {
     let mut w = World::new();

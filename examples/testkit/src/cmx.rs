@@ -226,6 +226,24 @@ impl RunningCmx {
     pub fn metric(&self, sample: &str) -> f64 {
         metric_value(&self.status.metrics_text(), sample)
     }
+
+    /// Waits until metric `sample` is `value` (for gauges that other tests on a
+    /// shared NATS server can move for a moment: 9/ELCE events of every
+    /// communication service reach every CMX); fails after a few seconds.
+    pub async fn wait_metric(&self, sample: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let now = self.metric(sample);
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} stayed {now}, not {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// The value of `sample` (metric name with its labels, as printed) in a

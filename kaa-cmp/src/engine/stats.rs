@@ -196,6 +196,11 @@ pub struct Stats {
     /// Replicas: events, `ConfigUpdated` broadcasts and listed sessions about
     /// endpoints another replica owns, ignored (counted per endpoint).
     pub not_owned_ignored: u64,
+    /// Endpoints of an app version not in [`CmxConfig::app_versions`](super::CmxConfig::app_versions)
+    /// that events or listed sessions named, not tracked (counted per endpoint and
+    /// message; their devices' own requests are refused with a 404 and counted
+    /// among the refusals).
+    pub unknown_app_version_ignored: u64,
     /// Replicas: endpoints forgotten because another replica owns them now.
     pub endpoints_moved: u64,
     /// Configuration requests whose `observe` was not taken because the

@@ -65,6 +65,16 @@ impl Cmx {
         if self.settings.config.max_endpoints == 0 {
             return None;
         }
+        // An endpoint of an app version this CMX does not serve (its device's
+        // requests get a 404) is not tracked from events or listed sessions
+        // either: 9/ELCE events of every communication service reach every CMX,
+        // and tracking them would fetch configurations nobody can receive.
+        if let Some(known) = &self.settings.config.app_versions
+            && !known.contains(app_version)
+        {
+            self.stats.unknown_app_version_ignored += 1;
+            return None;
+        }
         while self.endpoints.len() >= self.settings.config.max_endpoints {
             let Some(victim) = self
                 .endpoints

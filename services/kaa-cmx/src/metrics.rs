@@ -19,6 +19,7 @@
 //! | `cmx_publish_errors_total` | counter | outputs the bus refused to publish |
 //! | `cmx_handed_over_total`, `cmx_handed_over_received_total`, `cmx_handed_over_not_owned_total` | counter | replicas (kaa-rs extension): `ClientData` handed over to the owner replica, received handed over, and received about an endpoint this replica does not own |
 //! | `cmx_endpoints_moved_total`, `cmx_membership_changes_total` | counter | replicas: endpoints forgotten because another replica owns them now; changes of the live members |
+//! | `cmx_unknown_app_version_ignored_total` | counter | endpoints of an app version not in `kaa.applications` that 9/ELCE events or listed sessions named, not tracked ([`Stats::unknown_app_version_ignored`](kaa_cmp::engine::Stats::unknown_app_version_ignored)) |
 //! | `cmx_applied_behind_delivery_total` | counter | applied reports naming an older configuration than the one last delivered (answers and pushes reached the device out of order); each makes CMX push the current one again ([`Stats::applied_behind_delivery`](kaa_cmp::engine::Stats::applied_behind_delivery)) |
 //! | `cmx_no_responders_total` | counter | NATS "no responders" statuses on the 6/CDTP reply subject: a request found no provider subscribed (it then runs into its timeout) |
 //! | `cmx_tracked_endpoints` | gauge | endpoints the engine tracks |
@@ -126,6 +127,7 @@ pub(crate) struct CmxMetrics {
     endpoints_moved: Counter,
     membership_changes: Counter,
     applied_behind_delivery: Counter,
+    unknown_app_version_ignored: Counter,
     tracked_endpoints: Gauge,
     pending_requests: Gauge,
     /// The engine counters already added to the Prometheus counters.
@@ -162,6 +164,7 @@ impl CmxMetrics {
             endpoints_moved: Counter::default(),
             membership_changes: Counter::default(),
             applied_behind_delivery: Counter::default(),
+            unknown_app_version_ignored: Counter::default(),
             tracked_endpoints: Gauge::default(),
             pending_requests: Gauge::default(),
             seen: Stats::default(),
@@ -283,6 +286,11 @@ impl CmxMetrics {
             m.applied_behind_delivery.clone(),
         );
         r.register(
+            "unknown_app_version_ignored",
+            "Endpoints of an app version not in kaa.applications that events or listed sessions named, not tracked",
+            m.unknown_app_version_ignored.clone(),
+        );
+        r.register(
             "tracked_endpoints",
             "Endpoints the engine tracks",
             m.tracked_endpoints.clone(),
@@ -335,6 +343,11 @@ impl CmxMetrics {
             &self.applied_behind_delivery,
             stats.applied_behind_delivery,
             &mut seen.applied_behind_delivery,
+        );
+        add(
+            &self.unknown_app_version_ignored,
+            stats.unknown_app_version_ignored,
+            &mut seen.unknown_app_version_ignored,
         );
         add(
             &self.client_data_expired,
