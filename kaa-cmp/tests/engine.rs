@@ -1333,6 +1333,48 @@ fn max_endpoints_evicts_the_least_recently_active() {
     assert_eq!(w.cmx.stats().endpoints_evicted, 2);
 }
 
+/// At `max_endpoints`, an endpoint whose 6/CDTP request is still with the
+/// provider is not evicted while another can be: evicting it broke the rule of
+/// one request in flight per endpoint and name, since its next message tracked it
+/// anew and asked again (`kaa-conformance cmx-fuzz`, seed 20261206, invariant 6:
+/// a device disconnected a moment before was the oldest idle endpoint of a CMX
+/// holding a million).
+#[test]
+fn max_endpoints_passes_over_endpoints_with_a_request_in_flight() {
+    let mut config = config();
+    config.max_endpoints = 3;
+    let mut w = World::with(config);
+    w.auto_answer = false;
+    for ep in ["b", "c"] {
+        w.send(ep, "/config/json", Some(1), "{}");
+        w.answer_next();
+        w.take_one(ep);
+        w.advance(1);
+    }
+    // "a" asks; the provider has not answered when its session ends.
+    w.send("a", "/config/json", Some(1), "{}");
+    assert_eq!(w.held.len(), 1);
+    w.disconnect(&["a"]);
+    w.advance(1);
+    // A fourth endpoint: "a" is the only idle one, but waits for its answer.
+    w.send("d", "/config/json", Some(1), "{}");
+    assert!(w.cmx.endpoint("a").is_some(), "kept: its request is in flight");
+    assert!(w.cmx.endpoint("b").is_none(), "the oldest without one goes");
+    assert_eq!(w.cmx.stats().endpoints_evicted, 1);
+    // "a" asks again: still one request in flight for it.
+    w.send("a", "/config/json", Some(2), "{}");
+    let for_a = w
+        .requests
+        .iter()
+        .filter(|r| &*r.message().endpoint_id == "a")
+        .count();
+    assert_eq!(for_a, 1, "one 6/CDTP request for a, not two");
+    // When every endpoint waits, the oldest is evicted all the same.
+    w.send("e", "/config/json", Some(1), "{}");
+    assert_eq!(w.cmx.tracked_endpoints(), 3);
+    assert_eq!(w.cmx.stats().endpoints_evicted, 2);
+}
+
 #[test]
 fn too_many_pending_requests_is_503_and_pushes_are_retried() {
     let mut config = config();

@@ -241,6 +241,22 @@ impl Endpoints {
         })
     }
 
+    /// The endpoints of the connected or the idle list, least recently active
+    /// first.
+    pub(crate) fn least_recent(&self, connected: bool) -> impl Iterator<Item = u32> + '_ {
+        let mut slot = if connected {
+            self.connected.head
+        } else {
+            self.idle.head
+        };
+        std::iter::from_fn(move || {
+            let e = self.get(slot)?;
+            let this = slot;
+            slot = e.next;
+            Some(this)
+        })
+    }
+
     /// The least recently active disconnected endpoint.
     pub(crate) fn oldest_idle(&self) -> Option<u32> {
         (self.idle.head != NIL).then_some(self.idle.head)

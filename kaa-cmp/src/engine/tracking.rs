@@ -26,6 +26,10 @@ impl AppVersionStamp {
     }
 }
 
+/// How many endpoints of each list [`Cmx::eviction_victim`] looks at for one
+/// without a request in flight.
+const EVICTION_SCAN: usize = 64;
+
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Removal {
     Evicted,
@@ -47,6 +51,37 @@ impl Cmx {
     ) -> Option<u32> {
         self.track_changed(endpoint_id, app_version, at, now)
             .map(|(slot, _)| slot)
+    }
+
+    /// The endpoint to evict at `max_endpoints`: the least recently active
+    /// disconnected one, else the least recently active connected one, passing
+    /// over (among the first [`EVICTION_SCAN`] of each list) endpoints with a
+    /// 6/CDTP request in flight. Evicting one of those broke the rule of one
+    /// request in flight per endpoint and name: its next message tracked it anew
+    /// and asked the provider again while the first request was still there
+    /// (found by `kaa-conformance cmx-fuzz`, whose endpoints filled a CMX's
+    /// million: a device disconnected a moment ago was the oldest idle endpoint).
+    /// When every endpoint scanned has one, the oldest is evicted all the same.
+    fn eviction_victim(&self) -> Option<u32> {
+        let busy = |slot: u32| {
+            self.endpoints.get(slot).is_some_and(|e| {
+                e.names()
+                    .any(|n| self.in_flight.contains_key(&(slot, n.name)))
+            })
+        };
+        [false, true]
+            .into_iter()
+            .find_map(|connected| {
+                self.endpoints
+                    .least_recent(connected)
+                    .take(EVICTION_SCAN)
+                    .find(|slot| !busy(*slot))
+            })
+            .or_else(|| {
+                self.endpoints
+                    .oldest_idle()
+                    .or_else(|| self.endpoints.oldest_connected())
+            })
     }
 
     /// [`Cmx::track`], also telling whether a known endpoint's app version changed.
@@ -76,11 +111,7 @@ impl Cmx {
             return None;
         }
         while self.endpoints.len() >= self.settings.config.max_endpoints {
-            let Some(victim) = self
-                .endpoints
-                .oldest_idle()
-                .or_else(|| self.endpoints.oldest_connected())
-            else {
+            let Some(victim) = self.eviction_victim() else {
                 break;
             };
             self.remove_endpoint(victim, Removal::Evicted, now);
