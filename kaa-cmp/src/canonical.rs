@@ -162,16 +162,34 @@ mod tests {
         let cases = [
             (json!({}), "{}"),
             (json!([]), "[]"),
-            (json!({"b": 1, "a": [1, {"d": 2, "c": 3}]}), r#"{"a":[1,{"c":3,"d":2}],"b":1}"#),
-            (json!({"x": -0.0, "y": 1e20, "z": 1.5e-7, "w": 100.0}), r#"{"w":100.0,"x":-0.0,"y":1e+20,"z":1.5e-7}"#),
-            (json!({"é": "\u{7f}\u{1}\n\"\\/", "E": u64::MAX, "e": i64::MIN}), "{\"E\":18446744073709551615,\"e\":-9223372036854775808,\"é\":\"\u{7f}\\u0001\\n\\\"\\\\/\"}"),
+            (
+                json!({"b": 1, "a": [1, {"d": 2, "c": 3}]}),
+                r#"{"a":[1,{"c":3,"d":2}],"b":1}"#,
+            ),
+            (
+                json!({"x": -0.0, "y": 1e20, "z": 1.5e-7, "w": 100.0}),
+                r#"{"w":100.0,"x":-0.0,"y":1e+20,"z":1.5e-7}"#,
+            ),
+            (
+                json!({"é": "\u{7f}\u{1}\n\"\\/", "E": u64::MAX, "e": i64::MIN}),
+                "{\"E\":18446744073709551615,\"e\":-9223372036854775808,\"é\":\"\u{7f}\\u0001\\n\\\"\\\\/\"}",
+            ),
         ];
         for (value, text) in &cases {
             assert_eq!(&canonical_json(value), text);
             assert_eq!(config_id_of(value), config_id(text));
         }
         // Where plain decimals end and exponents begin.
-        let edges = [1e15, 1e16, 1.5e16, 123456789.125, 1e-5, 1e-6, 0.1, -2.5e-300];
+        let edges = [
+            1e15,
+            1e16,
+            1.5e16,
+            123456789.125,
+            1e-5,
+            1e-6,
+            0.1,
+            -2.5e-300,
+        ];
         let texts: Vec<String> = edges.iter().map(|f| canonical_json(&json!(f))).collect();
         assert_eq!(
             texts,
@@ -188,7 +206,10 @@ mod tests {
         );
         // Pinned (computed independently: Python's hashlib over the text above);
         // a change to the canonical form or the hash changes it.
-        assert_eq!(config_id_of(&cases[2].0), "e23f8d4197e06fb14090fd7ae275b6f9");
+        assert_eq!(
+            config_id_of(&cases[2].0),
+            "e23f8d4197e06fb14090fd7ae275b6f9"
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! - [`canonical`]: the canonical JSON form and the config ID derived from it
 //!   (SHA-256), as kaa-rs defines config IDs, so that a device can verify a
 //!   configuration it patched;
+//! - [`delta`]: configuration deltas (RFC 6902 JSON Patch) and partial
+//!   subscription (RFC 6901 JSON Pointers) on `/config/json-patch[/<name>]`, a
+//!   kaa-rs extension a device opts into; plain 7/CMP is unchanged;
 //! - [`interop`]: what Kaa's own device clients (the official Python client and
 //!   Kaa's device examples) send and expect, and which of it is accepted.
 //!
@@ -178,6 +181,7 @@
 )]
 
 pub mod canonical;
+pub mod delta;
 pub mod device;
 pub mod engine;
 mod intern;
