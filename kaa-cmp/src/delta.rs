@@ -312,6 +312,11 @@ pub enum DeltaError {
         /// The config ID of the result.
         actual: String,
     },
+    /// The answer is a view (`viewId`) where the whole configuration was asked
+    /// for, or the other way round: the server does not know the device's
+    /// pointers (it lost the subscription).
+    #[error("the answer does not match the pointers the device watches")]
+    ShapeMismatch,
     /// The patch starts from another configuration than the one the device holds.
     #[error("the patch starts from configuration {base:?}, the device holds {held:?}")]
     BaseMismatch {

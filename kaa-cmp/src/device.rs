@@ -56,7 +56,10 @@
 //! push it missed) makes it ask again with the config ID it holds; a patch that
 //! does not apply or gives another config ID makes it ask for the whole
 //! configuration (no `configId`); each is told as a
-//! [`DeviceEvent::DeltaRefused`]. A 4xx answer on the delta resource (a server
+//! [`DeviceEvent::DeltaRefused`]. A 7/CMP push on `/config/json`, or an answer
+//! without a view where it watches parts (or the other way round), comes from a
+//! CMX that lost its subscription (a restart, another replica): it asks again
+//! on the delta resource. A 4xx answer on the delta resource (a server
 //! without the extension answers 404) makes it fall back to plain 7/CMP for that
 //! name. Events carry what the application needs either way: the configuration
 //! ID (always the whole configuration's, which is what applied reports name)
@@ -526,6 +529,16 @@ impl Device {
                 let pushed = t.request_id().is_none();
                 self.handle_delta(key, DeltaResponse::from_json(payload)?, pushed, now)?;
             }
+            (ResponseKind::Status, ResourceKind::Config)
+                if self.config.deltas && !self.names.get(&key).is_some_and(|s| s.plain) =>
+            {
+                // A 7/CMP push to a device on the delta resource (a CMX that
+                // does not know its subscription yet, e.g. after a restart): a
+                // sign of a change; ask on the delta resource.
+                ConfigResponse::from_json(payload)?;
+                let observe = self.names.get(&key).and_then(|s| s.observe);
+                self.send_request(key.as_deref(), observe, true, now)?;
+            }
             (ResponseKind::Status, ResourceKind::Config) => {
                 match ConfigResponse::from_json(payload)? {
                     ConfigResponse::Unchanged => {
@@ -577,8 +590,17 @@ impl Device {
                 return Ok(());
             }
             DeltaResponse::Config {
-                config_id, config, ..
-            } => (config_id, config),
+                config_id,
+                config,
+                view_id,
+            } if view_id.is_some() == state.pointers.is_some() => (config_id, config),
+            DeltaResponse::Config { .. } => {
+                // A view where the whole configuration was asked for, or the
+                // other way round (a server that lost the subscription).
+                let observe = state.observe;
+                self.send_request(key.as_deref(), observe, false, now)?;
+                return Ok(());
+            }
             DeltaResponse::Patch {
                 config_id,
                 base_config_id,
@@ -586,6 +608,9 @@ impl Device {
                 patch,
             } => {
                 let result = match held {
+                    _ if view_id.is_some() != state.pointers.is_some() => {
+                        Err(DeltaError::ShapeMismatch)
+                    }
                     Some(held) if held.config_id == base_config_id => {
                         delta::apply(&held.config, &patch).and_then(|doc| {
                             delta::verify(view_id.as_deref().unwrap_or(&config_id), &doc)
@@ -1015,6 +1040,20 @@ mod tests {
             id2,
             "the held configuration stays"
         );
+        // A 7/CMP push (a CMX that lost the subscription): ask on the delta resource.
+        d.handle_publish(
+            &format!("{BASE}/config/json/net/status"),
+            br#"{"configId":"x","config":1}"#,
+            now,
+        )
+        .unwrap();
+        let asked = d.poll_publish().unwrap();
+        assert!(
+            asked
+                .topic
+                .starts_with(&format!("{BASE}/config/json-patch/net/"))
+        );
+        assert_eq!(d.configuration(Some("net")).unwrap().config_id, id2);
         // Applied reports name the whole configuration, on 7/CMP's resource.
         d.report_applied(Some("net"), &id2, now).unwrap();
         assert_eq!(

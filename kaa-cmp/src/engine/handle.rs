@@ -207,6 +207,9 @@ impl Cmx {
             let reason = format!("unknown application version {:?}", msg.app_version_name);
             return self.reply_error(&r, 404, RefusalReason::UnknownAppVersion, reason, now);
         }
+        if msg.resource_path.starts_with(CONFIG_JSON_PATCH) {
+            return self.serve_delta_request(&r, endpoint_id, msg, now);
+        }
         let path = match ResourcePath::parse(&msg.resource_path) {
             Ok(p) => p,
             Err(e) => {
@@ -233,6 +236,51 @@ impl Cmx {
                 self.applied_request(&r, endpoint_id, written, &msg.payload, true, now)
             }
         }
+    }
+
+    /// A request on the delta resource `/config/json-patch[/<name>]` (kaa-rs
+    /// extension): a configuration request that asks for patches.
+    fn serve_delta_request(
+        &mut self,
+        r: &Reply<'_>,
+        endpoint_id: &str,
+        msg: &ClientData<'_>,
+        now: UnixMillis,
+    ) {
+        let path = match DeltaPath::parse(&msg.resource_path) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.reply_error(
+                    r,
+                    404,
+                    RefusalReason::UnknownResource,
+                    e.to_string(),
+                    now,
+                );
+            }
+        };
+        let written = match resolve_name(path.name(), msg.config_name.as_deref()) {
+            Ok(n) => n,
+            Err(reason) => {
+                return self.reply_error(r, 400, RefusalReason::ConfigNameMismatch, reason, now);
+            }
+        };
+        let request = match DeltaRequest::from_json(&msg.payload) {
+            Ok(x) => x,
+            Err(e) => return self.reply_malformed(r, &e, now),
+        };
+        let wants = DeltaWants {
+            pointers: request.pointers.map(Arc::from),
+        };
+        self.config_request_with(
+            r,
+            endpoint_id,
+            written,
+            request.config_id.as_deref(),
+            request.observe,
+            Some(wants),
+            now,
+        );
     }
 
     /// The provider's answer to a CDTP request (on the `replyTo` the engine set).
