@@ -29,6 +29,10 @@
 //! an error (an unknown resource), and the device falls back to
 //! `/config/json`.
 //!
+//! The payloads' JSON schemas are `schemas/kaa-rs-config-patch-request.schema.json`
+//! and `schemas/kaa-rs-config-patch-response.schema.json` in this crate
+//! (`tests/rfc_schema.rs` checks the codecs against them).
+//!
 //! # The request ([`DeltaRequest`])
 //!
 //! ```json
