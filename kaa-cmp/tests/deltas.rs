@@ -301,3 +301,19 @@ fn malformed_delta_requests_are_refused_like_7cmp_ones() {
     w.send(EP, "/config/json-patches", Some(1), "{}");
     assert_eq!(w.take_one(EP).status_code, 404);
 }
+
+#[test]
+fn an_adopted_session_that_used_the_delta_resource_gets_delta_pushes() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, config(&[]));
+    // A restarted CMX learns the session and the paths it used.
+    w.cmx.adopt_session(EP, AV, &["/config/json-patch"], w.now);
+    w.drain();
+    let m = w.take_one(EP);
+    assert_eq!(&*m.resource_path, "/config/json-patch");
+    let held = apply(&Value::Null, &m);
+    w.update(EP, None, &config(&[("key8", json!(8))]));
+    let m = w.take_one(EP);
+    assert!(matches!(decode(&m), DeltaResponse::Patch { .. }), "{m:?}");
+    assert_eq!(apply(&held, &m), content(&w, EP));
+}

@@ -395,7 +395,8 @@ impl Cmx {
     /// resource paths the session has used with this extension (e.g.
     /// `/config/json`, `/config/json/network`, `/applied/json/network`: a
     /// configuration request or an applied report names a configuration the
-    /// device uses), e.g. for an engine that restarted
+    /// device uses; `/config/json-patch[/<name>]` also says it takes deltas),
+    /// e.g. for an engine that restarted
     /// while the session stayed up. The endpoint counts as connected, as by
     /// [`Cmx::handle_connected`], and the configuration names in the paths count as
     /// used, so it gets every one of them it has not reported applied. One this
@@ -440,6 +441,16 @@ impl Cmx {
             // device uses that configuration.
             if let Ok(r) = ResourcePath::parse(path) {
                 let _ = self.name_of(slot, r.name(), r.kind() == ResourceKind::Config);
+            } else if let Ok(d) = DeltaPath::parse(path)
+                && let Some(name) = self.name_of(slot, d.name(), true)
+                && let Some(incarnation) = self.endpoints.get(slot).map(|e| e.incarnation)
+                && self.deltas.get(slot, incarnation, name).is_none()
+            {
+                // The delta resource (kaa-rs extension): pushes go there, for
+                // the whole configuration (its pointers, if any, are unknown;
+                // such a device asks again with them).
+                self.deltas
+                    .set(slot, incarnation, name, Some(DeltaWants::default()));
             }
         }
         // A session the engine did not see start: the affinity it knew is stale,
