@@ -317,3 +317,162 @@ fn an_adopted_session_that_used_the_delta_resource_gets_delta_pushes() {
     assert!(matches!(decode(&m), DeltaResponse::Patch { .. }), "{m:?}");
     assert_eq!(apply(&held, &m), content(&w, EP));
 }
+
+// ---------------------------------------------------------------------------
+// The device state machine against the engine, over a lossy push path.
+// ---------------------------------------------------------------------------
+
+mod convergence {
+    use super::*;
+    use kaa_cmp::canonical::config_id_of;
+    use kaa_cmp::device::{Device, DeviceConfig};
+    use kaa_ism::UnixMillis;
+    use proptest::prelude::*;
+
+    const TOKEN: &str = "tok";
+
+    /// The device's publishes to the engine (as a communication service
+    /// would forward them), and the engine's messages to the device, pushes
+    /// dropped while `lose_pushes`.
+    fn exchange(w: &mut World, d: &mut Device, lose_pushes: bool) {
+        for _ in 0..32 {
+            let mut moved = false;
+            while let Some(p) = d.poll_publish() {
+                moved = true;
+                let t = kaa_kp::Topic::parse(&p.topic).unwrap();
+                let cd = {
+                    let mut cd =
+                        w.client_data(EP, t.resource_path(), t.request_id().map(|r| r.get()), "");
+                    cd.payload = p.payload.clone().into();
+                    cd
+                };
+                w.send_msg(&cd, Some(KPC_REPLICA));
+            }
+            for m in w.take(EP) {
+                moved = true;
+                if m.request_id.is_none() && lose_pushes {
+                    continue;
+                }
+                let request_id = m.request_id.map(|r| format!("/{r}")).unwrap_or_default();
+                let (kind, payload) = if (200..300).contains(&m.status_code) {
+                    ("status", m.payload.clone().unwrap_or_default().to_vec())
+                } else {
+                    let e = kaa_kp::ErrorResponse {
+                        status_code: m.status_code,
+                        reason_phrase: m.reason_phrase.as_deref().unwrap_or("x").to_owned(),
+                    };
+                    ("error", e.to_json())
+                };
+                let topic = format!("kp1/{AV}/cmx/{TOKEN}{}{request_id}/{kind}", m.resource_path);
+                if m.resource_path.starts_with("/applied") {
+                    continue;
+                }
+                d.handle_publish(&topic, &payload, UnixMillis(w.now.0))
+                    .unwrap();
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("the device and the engine keep talking");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// The configuration changes (one key), the push delivered or lost.
+        Update {
+            key: u8,
+            value: i64,
+            delivered: bool,
+        },
+        /// The device goes offline and comes back (its pushes while away are lost).
+        Reconnect { updates_while_away: u8 },
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        proptest::collection::vec(
+            prop_oneof![
+                4 => (0u8..40, -2i64..2, proptest::bool::weighted(0.5))
+                    .prop_map(|(key, value, delivered)| Step::Update { key, value, delivered }),
+                1 => (0u8..3).prop_map(|updates_while_away| Step::Reconnect { updates_while_away }),
+            ],
+            0..16,
+        )
+    }
+
+    fn set(w: &mut World, content: &Value) {
+        let id = config_id_of(content);
+        let u = w
+            .provider
+            .set_with_id(EP, AV, None, &id, content.to_string());
+        w.cmx.handle_config_updated(&u, w.now);
+        w.drain();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Issue #18: a device with deltas on that misses any number of
+        /// pushes (and the app's offline periods) still converges to the
+        /// latest configuration, checking every config ID on the way (the
+        /// provider's IDs are content hashes, as ECR's), at once when a later
+        /// push reaches it and at the latest on its next request.
+        #[test]
+        fn a_delta_device_missing_pushes_converges_through_the_engine(steps in steps(), small_cache in any::<bool>()) {
+            let mut c = support::config();
+            if small_cache {
+                c.delta_cache_bytes = 2_500; // about two configurations
+            }
+            let mut w = World::with(c);
+            let mut content: Value = serde_json::from_str(&config(&[])).unwrap();
+            set(&mut w, &content);
+            let mut dc = DeviceConfig::new(AV, "cmx", TOKEN);
+            dc.deltas = true;
+            dc.auto_report_applied = true;
+            let mut d = Device::new(dc).unwrap();
+            w.connect(&[EP]);
+            w.take(EP);
+            d.request_config(None, Some(true), UnixMillis(w.now.0)).unwrap();
+            exchange(&mut w, &mut d, false);
+            let converged = |d: &Device, content: &Value| {
+                d.configuration(None).map(|c| (c.config_id.clone(), c.config.clone()))
+                    == Some((config_id_of(content), content.clone()))
+            };
+            prop_assert!(converged(&d, &content));
+            for step in steps {
+                w.now = UnixMillis(w.now.0 + 1_000);
+                match step {
+                    Step::Update { key, value, delivered } => {
+                        let before = content.clone();
+                        content[format!("key{key}")] = json!(value);
+                        if content == before {
+                            // ECR stores identical content as no new version and
+                            // broadcasts nothing.
+                            continue;
+                        }
+                        set(&mut w, &content);
+                        exchange(&mut w, &mut d, !delivered);
+                        if delivered {
+                            prop_assert!(converged(&d, &content), "{:?}", d.configuration(None));
+                        }
+                    }
+                    Step::Reconnect { updates_while_away } => {
+                        w.disconnect(&[EP]);
+                        for _ in 0..updates_while_away {
+                            let away = content.get("away").and_then(Value::as_i64).unwrap_or(0);
+                            content["away"] = json!(away + 1);
+                            set(&mut w, &content);
+                        }
+                        w.connect(&[EP]);
+                        exchange(&mut w, &mut d, false);
+                        prop_assert!(converged(&d, &content), "{:?}", d.configuration(None));
+                    }
+                }
+            }
+            // The next request (a reconnect of the device's own) brings it up to date.
+            d.request_config(None, Some(true), UnixMillis(w.now.0)).unwrap();
+            exchange(&mut w, &mut d, false);
+            prop_assert!(converged(&d, &content), "{:?}", d.configuration(None));
+        }
+    }
+}
