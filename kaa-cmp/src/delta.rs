@@ -20,8 +20,8 @@
 //!
 //! Why a resource and not a request property: 7/CMP's request and response
 //! schemas say `"additionalProperties": false`, so a `"delta": true` property
-//! would be an invalid 7/CMP request (Kaa's own CMX answers it with a 400, and
-//! so does ours), and a patch in a response would be an invalid 7/CMP response
+//! would be an invalid 7/CMP request (Kaa's CMX accepts no other property, and
+//! ours answers such a request with a 400), and a patch in a response would be an invalid 7/CMP response
 //! that a plain device's decoder refuses. A resource of its own keeps both
 //! 7/CMP schemas untouched, keeps every byte on `/config/json` as it is, lets
 //! the answer have a schema of its own, and tells a device at once whether the
@@ -69,6 +69,13 @@
 //! configurations. A patch with no operation (`"patch": []`) says "a new
 //! configuration, and none of your parts changed"; the server pushes to a
 //! device with pointers only when one of its parts changed.
+//!
+//! Why a view keyed by pointer rather than the configuration pruned to the
+//! watched parts: a pruned array would renumber its elements (`/rules/3`
+//! alone is not an array of one), and a pruned document could not tell a
+//! missing part from a part that is an empty object. Keyed by pointer, every
+//! part has one place, the patch of a view is an ordinary RFC 6902 patch, and
+//! the view has a config ID of its own to check.
 //!
 //! # What the device checks
 //!
