@@ -45,6 +45,53 @@
 //!
 //! Names follow [`crate::resource`]: `None` and `Some("default")` are the
 //! default configuration, requested on `…/config/json`.
+//!
+//! # Deltas (kaa-rs extension)
+//!
+//! With [`DeviceConfig::deltas`] on, the device requests on
+//! `…/config/json-patch[/<name>]` ([`crate::delta`]) and, for each name, may
+//! watch only parts of the configuration ([`Device::set_pointers`]). It applies
+//! the patches it receives and checks the result's config ID
+//! ([`crate::canonical`]). A patch from another base than the one it holds (a
+//! push it missed) makes it ask again with the config ID it holds; a patch that
+//! does not apply or gives another config ID makes it ask for the whole
+//! configuration (no `configId`); each is told as a
+//! [`DeviceEvent::DeltaRefused`]. A 7/CMP push on `/config/json`, or an answer
+//! without a view where it watches parts (or the other way round), comes from a
+//! CMX that lost its subscription (a restart, another replica): it asks again
+//! on the delta resource. A 4xx answer on the delta resource (a server
+//! without the extension answers 404) makes it fall back to plain 7/CMP for that
+//! name. Events carry what the application needs either way: the configuration
+//! ID (always the whole configuration's, which is what applied reports name)
+//! and the document (the view, with pointers).
+//!
+//! ```
+//! use kaa_cmp::canonical::config_id_of;
+//! use kaa_cmp::device::{Device, DeviceConfig, DeviceEvent};
+//! use kaa_ism::UnixMillis;
+//! use serde_json::json;
+//!
+//! let mut config = DeviceConfig::new("smart-kettle-v3", "cmx", "JTjdbENzHh");
+//! config.deltas = true;
+//! let mut device = Device::new(config)?;
+//! let now = UnixMillis(0);
+//! device.request_config(None, Some(true), now)?;
+//! let publish = device.poll_publish().unwrap();
+//! assert_eq!(publish.topic, "kp1/smart-kettle-v3/cmx/JTjdbENzHh/config/json-patch/1");
+//!
+//! let (v1, v2) = (json!({"rate": 5, "mode": "AP"}), json!({"rate": 6, "mode": "AP"}));
+//! let (id1, id2) = (config_id_of(&v1), config_id_of(&v2));
+//! device.handle_publish(&format!("{}/status", publish.topic), format!(r#"{{"configId":"{id1}","config":{v1}}}"#).as_bytes(), now)?;
+//! // A push with a patch.
+//! device.handle_publish(
+//!     "kp1/smart-kettle-v3/cmx/JTjdbENzHh/config/json-patch/status",
+//!     format!(r#"{{"configId":"{id2}","baseConfigId":"{id1}","patch":[{{"op":"replace","path":"/rate","value":6}}]}}"#).as_bytes(),
+//!     now,
+//! )?;
+//! assert_eq!(device.configuration(None).unwrap().config, v2);
+//! assert_eq!(device.configuration(None).unwrap().config_id, id2);
+//! # Ok::<(), kaa_cmp::device::DeviceError>(())
+//! ```
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -52,6 +99,9 @@ use std::time::Duration;
 use kaa_ism::UnixMillis;
 use kaa_kp::{ErrorResponse, RequestId, ResponseKind, Topic, TopicError};
 
+use crate::delta::{
+    self, CONFIG_JSON_PATCH, DeltaError, DeltaPath, DeltaRequest, DeltaResponse, PointerBuf,
+};
 use crate::message::{AppliedRequest, ConfigRequest, ConfigResponse, PayloadError};
 use crate::resource::{ResourceError, ResourceKind, ResourcePath, canonical_config_name};
 
@@ -71,6 +121,9 @@ pub struct DeviceConfig {
     /// Report every new configuration applied as soon as it arrives (for
     /// simulators; a real device reports after applying). Default off.
     pub auto_report_applied: bool,
+    /// Ask for configuration deltas on `…/config/json-patch[/<name>]` (kaa-rs
+    /// extension, [`crate::delta`]). Default off: plain 7/CMP.
+    pub deltas: bool,
 }
 
 impl DeviceConfig {
@@ -86,6 +139,7 @@ impl DeviceConfig {
             endpoint_token: endpoint_token.into(),
             request_timeout: Duration::from_secs(10),
             auto_report_applied: false,
+            deltas: false,
         }
     }
 }
@@ -102,9 +156,11 @@ pub struct Publish {
 /// A configuration as the device holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Configuration {
-    /// The opaque configuration ID (`""`: no configuration).
+    /// The opaque configuration ID (`""`: no configuration). With deltas and
+    /// pointers, still the whole configuration's ID.
     pub config_id: String,
-    /// The configuration body (`null`: no configuration).
+    /// The configuration body (`null`: no configuration); with deltas and
+    /// pointers, the view ([`crate::delta::view`]).
     pub config: serde_json::Value,
 }
 
@@ -139,8 +195,17 @@ pub enum DeviceEvent {
         /// The reason phrase.
         reason_phrase: String,
         /// True when the request will be sent again (5xx on a configuration
-        /// request).
+        /// request, or a 4xx on the delta resource, sent again as plain 7/CMP).
         retrying: bool,
+    },
+    /// A delta answer could not be used; the device asked again (with the
+    /// config ID it holds for [`DeltaError::BaseMismatch`], for the whole
+    /// configuration otherwise).
+    DeltaRefused {
+        /// `None`: the default configuration.
+        name: Option<String>,
+        /// Why.
+        error: DeltaError,
     },
 }
 
@@ -170,6 +235,8 @@ pub enum DeviceError {
 struct Outstanding {
     request_id: RequestId,
     observe: Option<bool>,
+    /// Sent without the held `configId` (the whole configuration asked for).
+    whole: bool,
     sent_at: UnixMillis,
 }
 
@@ -177,6 +244,12 @@ struct Outstanding {
 struct NameState {
     current: Option<Configuration>,
     outstanding: Option<Outstanding>,
+    /// The parts watched with deltas (`None`: the whole configuration).
+    pointers: Option<Vec<PointerBuf>>,
+    /// The delta resource was refused with a 4xx: plain 7/CMP from now on.
+    plain: bool,
+    /// The last `observe` requested, for requests the device sends by itself.
+    observe: Option<bool>,
 }
 
 /// The device-side 7/CMP state machine. See the [module docs](self).
@@ -250,25 +323,81 @@ impl Device {
         observe: Option<bool>,
         now: UnixMillis,
     ) -> Result<RequestId, DeviceError> {
+        self.send_request(name, observe, true, now)
+    }
+
+    /// Watches only the parts of configuration `name` that `pointers` name
+    /// (RFC 6901), or the whole configuration with `None`. Takes effect with
+    /// [`DeviceConfig::deltas`] on, from the next request; the document held
+    /// for `name` is dropped, as it is of another shape.
+    pub fn set_pointers(
+        &mut self,
+        name: Option<&str>,
+        pointers: Option<Vec<PointerBuf>>,
+    ) -> Result<(), DeviceError> {
+        let path = ResourcePath::config(canonical_config_name(name))?;
+        let state = self
+            .names
+            .entry(path.config_name().map(str::to_owned))
+            .or_default();
+        if state.pointers != pointers {
+            state.pointers = pointers;
+            state.current = None;
+        }
+        Ok(())
+    }
+
+    fn send_request(
+        &mut self,
+        name: Option<&str>,
+        observe: Option<bool>,
+        with_config_id: bool,
+        now: UnixMillis,
+    ) -> Result<RequestId, DeviceError> {
         let path = ResourcePath::config(canonical_config_name(name))?;
         let key = path.config_name().map(str::to_owned);
         let request_id = self.take_request_id();
-        let config_id = self
-            .names
-            .get(&key)
-            .and_then(|n| n.current.as_ref())
+        let state = self.names.entry(key).or_default();
+        let config_id = state
+            .current
+            .as_ref()
+            .filter(|_| with_config_id)
             .map(|c| c.config_id.clone());
-        let topic = self.topic(&path, Some(request_id))?;
-        let payload = ConfigRequest {
-            config_id: config_id.map(Into::into),
-            observe,
-        }
-        .to_json();
-        self.names.entry(key).or_default().outstanding = Some(Outstanding {
+        let deltas = self.config.deltas && !state.plain;
+        let (resource, payload) = if deltas {
+            (
+                DeltaPath::new(path.name())?.to_string(),
+                DeltaRequest {
+                    config_id: config_id.map(Into::into),
+                    observe,
+                    pointers: state.pointers.clone(),
+                }
+                .to_json(),
+            )
+        } else {
+            (
+                path.to_string(),
+                ConfigRequest {
+                    config_id: config_id.map(Into::into),
+                    observe,
+                }
+                .to_json(),
+            )
+        };
+        state.outstanding = Some(Outstanding {
             request_id,
             observe,
+            whole: !with_config_id,
             sent_at: now,
         });
+        state.observe = observe;
+        let topic = kaa_kp::request_topic(
+            &self.config.app_version,
+            &self.config.extension_instance,
+            &self.config.endpoint_token,
+            &resource,
+            Some(request_id),
+        )?;
         self.out.push_back(Publish { topic, payload });
         Ok(request_id)
     }
@@ -340,7 +469,12 @@ impl Device {
         let Some(kind) = t.response() else {
             return Err(foreign());
         };
-        let path = ResourcePath::parse(t.resource_path())?;
+        let (path, on_delta) = if t.resource_path().starts_with(CONFIG_JSON_PATCH) {
+            let delta = DeltaPath::parse(t.resource_path())?;
+            (ResourcePath::config(delta.name())?, true)
+        } else {
+            (ResourcePath::parse(t.resource_path())?, false)
+        };
         let key = path.config_name().map(str::to_owned);
         // Is this the answer to the request still waiting for this name?
         let answered = {
@@ -360,9 +494,17 @@ impl Device {
             (ResponseKind::Error, resource) => {
                 let e = ErrorResponse::from_json(payload)
                     .map_err(|e| DeviceError::ErrorPayload(e.to_string()))?;
-                let retrying = answered && e.status_code >= 500;
+                // A 4xx on the delta resource: a server without the extension.
+                let fall_back = answered && on_delta && (400..500).contains(&e.status_code);
+                let retrying = answered && (e.status_code >= 500 || fall_back);
                 if answered && let Some(state) = self.names.get_mut(&key) {
-                    if retrying {
+                    if fall_back {
+                        state.plain = true;
+                        state.current = state.current.take().filter(|_| state.pointers.is_none());
+                        if let Some(o) = state.outstanding.as_mut() {
+                            o.sent_at = UnixMillis(i64::MIN / 2);
+                        }
+                    } else if retrying {
                         // Send again at the next `handle_timeout`.
                         if let Some(o) = state.outstanding.as_mut() {
                             o.sent_at = UnixMillis(i64::MIN / 2);
@@ -383,6 +525,20 @@ impl Device {
                 }
             }
             (ResponseKind::Status, ResourceKind::Applied) => {}
+            (ResponseKind::Status, ResourceKind::Config) if on_delta => {
+                let pushed = t.request_id().is_none();
+                self.handle_delta(key, DeltaResponse::from_json(payload)?, pushed, now)?;
+            }
+            (ResponseKind::Status, ResourceKind::Config)
+                if self.config.deltas && !self.names.get(&key).is_some_and(|s| s.plain) =>
+            {
+                // A 7/CMP push to a device on the delta resource (a CMX that
+                // does not know its subscription yet, e.g. after a restart): a
+                // sign of a change; ask on the delta resource.
+                ConfigResponse::from_json(payload)?;
+                let observe = self.names.get(&key).and_then(|s| s.observe);
+                self.send_request(key.as_deref(), observe, true, now)?;
+            }
             (ResponseKind::Status, ResourceKind::Config) => {
                 match ConfigResponse::from_json(payload)? {
                     ConfigResponse::Unchanged => {
@@ -419,20 +575,109 @@ impl Device {
         Ok(())
     }
 
+    fn handle_delta(
+        &mut self,
+        key: Option<String>,
+        response: DeltaResponse,
+        pushed: bool,
+        now: UnixMillis,
+    ) -> Result<(), DeviceError> {
+        let state = self.names.entry(key.clone()).or_default();
+        let held = state.current.as_ref();
+        let (config_id, config) = match response {
+            DeltaResponse::Unchanged => {
+                self.events.push_back(DeviceEvent::Unchanged { name: key });
+                return Ok(());
+            }
+            DeltaResponse::Config {
+                config_id,
+                config,
+                view_id,
+            } if view_id.is_some() == state.pointers.is_some() => (config_id, config),
+            DeltaResponse::Config { .. } => {
+                // A view where the whole configuration was asked for, or the
+                // other way round (a server that lost the subscription).
+                let observe = state.observe;
+                self.send_request(key.as_deref(), observe, false, now)?;
+                return Ok(());
+            }
+            DeltaResponse::Patch {
+                config_id,
+                base_config_id,
+                view_id,
+                patch,
+            } => {
+                let result = match held {
+                    _ if view_id.is_some() != state.pointers.is_some() => {
+                        Err(DeltaError::ShapeMismatch)
+                    }
+                    Some(held) if held.config_id == base_config_id => {
+                        delta::apply(&held.config, &patch).and_then(|doc| {
+                            delta::verify(view_id.as_deref().unwrap_or(&config_id), &doc)
+                                .map(|()| doc)
+                        })
+                    }
+                    _ => Err(DeltaError::BaseMismatch {
+                        base: base_config_id,
+                        held: held.map(|h| h.config_id.clone()),
+                    }),
+                };
+                match result {
+                    Ok(doc) => (config_id, doc),
+                    Err(error) => {
+                        // A missed push: ask from what is held; a wrong result:
+                        // ask for the whole configuration.
+                        let with_config_id = matches!(error, DeltaError::BaseMismatch { .. });
+                        let observe = state.observe;
+                        self.events.push_back(DeviceEvent::DeltaRefused {
+                            name: key.clone(),
+                            error,
+                        });
+                        self.send_request(key.as_deref(), observe, with_config_id, now)?;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.config_id == config_id && c.config == config)
+        {
+            self.events.push_back(DeviceEvent::Unchanged { name: key });
+            return Ok(());
+        }
+        state.current = Some(Configuration {
+            config_id: config_id.clone(),
+            config: config.clone(),
+        });
+        self.events.push_back(DeviceEvent::Configuration {
+            name: key.clone(),
+            config_id: config_id.clone(),
+            config,
+            pushed,
+        });
+        if self.config.auto_report_applied {
+            self.report_applied(key.as_deref(), &config_id, now)?;
+        }
+        Ok(())
+    }
+
     /// Sends again the configuration requests that got no answer in time.
     pub fn handle_timeout(&mut self, now: UnixMillis) {
         let timeout = self.config.request_timeout;
-        let due: Vec<(Option<String>, Option<bool>)> = self
+        let due: Vec<(Option<String>, Option<bool>, bool)> = self
             .names
             .iter()
             .filter_map(|(name, s)| {
                 let o = s.outstanding.as_ref()?;
-                (o.sent_at.saturating_add(timeout) <= now).then(|| (name.clone(), o.observe))
+                (o.sent_at.saturating_add(timeout) <= now)
+                    .then(|| (name.clone(), o.observe, o.whole))
             })
             .collect();
-        for (name, observe) in due {
+        for (name, observe, whole) in due {
             // The name was valid when first requested.
-            let _ = self.request_config(name.as_deref(), observe, now);
+            let _ = self.send_request(name.as_deref(), observe, !whole, now);
         }
     }
 
@@ -688,5 +933,320 @@ mod tests {
             Err(DeviceError::Resource(_))
         ));
         assert!(d.handle_publish("kp2/x", b"{}", UnixMillis(0)).is_err());
+    }
+
+    // -----------------------------------------------------------------------
+    // Deltas (kaa-rs extension)
+    // -----------------------------------------------------------------------
+
+    use crate::canonical::config_id_of;
+    use crate::delta::{DeltaRequest, DeltaResponse, answer, parse_pointer};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn delta_device() -> Device {
+        let mut config = DeviceConfig::new("kettle-v1", "cmx", "tok");
+        config.deltas = true;
+        Device::new(config).unwrap()
+    }
+
+    fn big(seed: i64) -> serde_json::Value {
+        (0..24)
+            .map(|i| (format!("key{i}"), json!(seed + i)))
+            .chain([(
+                "name".to_owned(),
+                json!("a kettle that boils water for tea"),
+            )])
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
+    #[test]
+    fn delta_requests_patches_and_refusals() {
+        let mut d = delta_device();
+        let now = UnixMillis(0);
+        d.request_config(Some("net"), Some(true), now).unwrap();
+        let p = d.poll_publish().unwrap();
+        assert_eq!(p.topic, format!("{BASE}/config/json-patch/net/1"));
+        assert_eq!(p.payload, br#"{"observe":true}"#);
+        let (v1, mut v2) = (big(0), big(0));
+        v2["key3"] = json!("three");
+        let (id1, id2) = (config_id_of(&v1), config_id_of(&v2));
+        let whole = answer(None, None, &id1, &v1, None);
+        d.handle_publish(&format!("{}/status", p.topic), &whole.to_json(), now)
+            .unwrap();
+        assert!(matches!(
+            &events(&mut d)[..],
+            [DeviceEvent::Configuration { pushed: false, .. }]
+        ));
+        // A push with a patch.
+        let push = answer(Some(&id1), None, &id2, &v2, Some(&v1));
+        assert!(matches!(push, DeltaResponse::Patch { .. }));
+        let push_topic = format!("{BASE}/config/json-patch/net/status");
+        d.handle_publish(&push_topic, &push.to_json(), now).unwrap();
+        assert_eq!(
+            events(&mut d),
+            [DeviceEvent::Configuration {
+                name: Some("net".into()),
+                config_id: id2.clone(),
+                config: v2.clone(),
+                pushed: true
+            }]
+        );
+        // The same patch again: its base is no longer held; ask from what is held.
+        d.handle_publish(&push_topic, &push.to_json(), now).unwrap();
+        assert!(matches!(
+            &events(&mut d)[..],
+            [DeviceEvent::DeltaRefused {
+                error: DeltaError::BaseMismatch { .. },
+                ..
+            }]
+        ));
+        let again = d.poll_publish().unwrap();
+        assert_eq!(
+            DeltaRequest::from_json(&again.payload)
+                .unwrap()
+                .config_id
+                .as_deref(),
+            Some(id2.as_str())
+        );
+        // A patch whose result has another config ID: ask for the whole configuration.
+        let mut v3 = v2.clone();
+        v3["key4"] = json!("four");
+        let DeltaResponse::Patch { patch, .. } =
+            answer(Some(&id2), None, &config_id_of(&v3), &v3, Some(&v2))
+        else {
+            panic!()
+        };
+        let lie = DeltaResponse::Patch {
+            config_id: "0000".into(),
+            base_config_id: id2.clone(),
+            view_id: None,
+            patch,
+        };
+        d.handle_publish(&format!("{}/status", again.topic), &lie.to_json(), now)
+            .unwrap();
+        assert!(matches!(
+            &events(&mut d)[..],
+            [DeviceEvent::DeltaRefused {
+                error: DeltaError::ConfigIdMismatch { .. },
+                ..
+            }]
+        ));
+        let whole_again = d.poll_publish().unwrap();
+        assert_eq!(whole_again.payload, br#"{"observe":true}"#);
+        assert_eq!(
+            d.configuration(Some("net")).unwrap().config_id,
+            id2,
+            "the held configuration stays"
+        );
+        // A 7/CMP push (a CMX that lost the subscription): ask on the delta resource.
+        d.handle_publish(
+            &format!("{BASE}/config/json/net/status"),
+            br#"{"configId":"x","config":1}"#,
+            now,
+        )
+        .unwrap();
+        let asked = d.poll_publish().unwrap();
+        assert!(
+            asked
+                .topic
+                .starts_with(&format!("{BASE}/config/json-patch/net/"))
+        );
+        assert_eq!(d.configuration(Some("net")).unwrap().config_id, id2);
+        // Applied reports name the whole configuration, on 7/CMP's resource.
+        d.report_applied(Some("net"), &id2, now).unwrap();
+        assert_eq!(
+            d.poll_publish().unwrap().topic,
+            format!("{BASE}/applied/json/net")
+        );
+    }
+
+    #[test]
+    fn pointers_and_the_fallback_to_plain_7cmp() {
+        let mut d = delta_device();
+        let now = UnixMillis(0);
+        let pointers = vec![parse_pointer("/key1").unwrap()];
+        d.set_pointers(None, Some(pointers.clone())).unwrap();
+        d.request_config(None, None, now).unwrap();
+        let p = d.poll_publish().unwrap();
+        assert_eq!(p.topic, format!("{BASE}/config/json-patch/1"));
+        assert_eq!(p.payload, br#"{"pointers":["/key1"]}"#);
+        let v1 = big(0);
+        let a = answer(None, Some(&pointers), &config_id_of(&v1), &v1, None);
+        d.handle_publish(&format!("{}/status", p.topic), &a.to_json(), now)
+            .unwrap();
+        assert_eq!(d.configuration(None).unwrap().config, json!({"/key1": 1}));
+        assert_eq!(d.configuration(None).unwrap().config_id, config_id_of(&v1));
+        // A server without the extension: 404, then plain 7/CMP.
+        d.request_config(None, None, now).unwrap();
+        let p = d.poll_publish().unwrap();
+        d.handle_publish(
+            &format!("{}/error", p.topic),
+            br#"{"statusCode":404,"reasonPhrase":"unknown resource"}"#,
+            now,
+        )
+        .unwrap();
+        assert!(matches!(
+            &events(&mut d)[..],
+            [
+                _,
+                DeviceEvent::Error {
+                    status_code: 404,
+                    retrying: true,
+                    ..
+                }
+            ]
+        ));
+        d.handle_timeout(now);
+        let plain = d.poll_publish().unwrap();
+        assert_eq!(plain.topic, format!("{BASE}/config/json/3"));
+        assert_eq!(
+            plain.payload, b"{}",
+            "the view is not a 7/CMP configuration"
+        );
+    }
+
+    /// What the server side of the model does: answers by `delta::answer`,
+    /// with bases from a cache that may have lost any of them.
+    struct Server {
+        current: (String, serde_json::Value),
+        cache: HashMap<String, serde_json::Value>,
+        pointers: Option<Vec<PointerBuf>>,
+        /// What the server believes the device holds.
+        believed: Option<String>,
+    }
+
+    impl Server {
+        fn answer(&self, held: Option<&str>) -> DeltaResponse {
+            let base = held.and_then(|h| self.cache.get(h));
+            answer(
+                held,
+                self.pointers.as_deref(),
+                &self.current.0,
+                &self.current.1,
+                base,
+            )
+        }
+
+        /// Answers every request the device published.
+        fn serve(&mut self, d: &mut Device) {
+            let mut rounds = 0;
+            while let Some(p) = d.poll_publish() {
+                rounds += 1;
+                assert!(rounds < 50, "the device keeps asking");
+                if !p.topic.contains("/config/json-patch") {
+                    continue; // applied reports
+                }
+                let request = DeltaRequest::from_json(&p.payload).unwrap().into_owned();
+                let response = self.answer(request.config_id.as_deref());
+                self.believed = Some(self.current.0.clone());
+                d.handle_publish(
+                    &format!("{}/status", p.topic),
+                    &response.to_json(),
+                    UnixMillis(0),
+                )
+                .unwrap();
+            }
+        }
+
+        fn converged(&self, d: &Device) -> bool {
+            let doc = match &self.pointers {
+                Some(p) => crate::delta::view(&self.current.1, p),
+                None => self.current.1.clone(),
+            };
+            d.configuration(None)
+                == Some(&Configuration {
+                    config_id: self.current.0.clone(),
+                    config: doc,
+                })
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Update {
+        key: u8,
+        value: i64,
+        remove: bool,
+        cached: bool,
+        delivered: bool,
+    }
+
+    fn updates() -> impl Strategy<Value = Vec<Update>> {
+        proptest::collection::vec(
+            (
+                0u8..24,
+                -3i64..3,
+                any::<bool>(),
+                proptest::bool::weighted(0.7),
+                proptest::bool::weighted(0.5),
+            )
+                .prop_map(|(key, value, remove, cached, delivered)| Update {
+                    key,
+                    value,
+                    remove,
+                    cached,
+                    delivered,
+                }),
+            0..24,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A device with deltas on that misses any number of pushes (and a
+        /// server that lost any of the bases) still ends with the latest
+        /// configuration: at once when a later push reaches it, and at the
+        /// latest on its next request (a reconnect).
+        #[test]
+        fn a_delta_device_missing_pushes_converges(updates in updates(), watch in any::<bool>()) {
+            let mut d = delta_device();
+            let pointers = watch.then(|| vec![parse_pointer("/key1").unwrap(), parse_pointer("/key5").unwrap()]);
+            d.set_pointers(None, pointers.clone()).unwrap();
+            let v0 = big(0);
+            let id0 = config_id_of(&v0);
+            let mut server = Server {
+                current: (id0.clone(), v0.clone()),
+                cache: HashMap::from([(id0, v0)]),
+                pointers,
+                believed: None,
+            };
+            d.request_config(None, Some(true), UnixMillis(0)).unwrap();
+            server.serve(&mut d);
+            prop_assert!(server.converged(&d));
+            for u in updates {
+                let mut next = server.current.1.clone();
+                let key = format!("key{}", u.key);
+                if u.remove {
+                    next.as_object_mut().unwrap().remove(&key);
+                } else {
+                    next[key.as_str()] = json!(u.value);
+                }
+                let id = config_id_of(&next);
+                if u.cached {
+                    server.cache.insert(id.clone(), next.clone());
+                }
+                server.current = (id, next);
+                let push = server.answer(server.believed.clone().as_deref());
+                let pushes = !matches!(push, DeltaResponse::Unchanged) && !push.is_quiet();
+                if pushes {
+                    server.believed = Some(server.current.0.clone());
+                    if u.delivered {
+                        d.handle_publish(&format!("{BASE}/config/json-patch/status"), &push.to_json(), UnixMillis(0))
+                            .unwrap();
+                        server.serve(&mut d);
+                        // Whatever it missed before, a push that arrives brings it up to date.
+                        let view_current = d.configuration(None).map(|c| &c.config)
+                            == server.pointers.as_ref().map(|p| crate::delta::view(&server.current.1, p)).as_ref().or(Some(&server.current.1));
+                        prop_assert!(view_current, "{:?}", d.configuration(None));
+                    }
+                }
+            }
+            // Reconnect: the device asks again.
+            d.request_config(None, Some(true), UnixMillis(0)).unwrap();
+            server.serve(&mut d);
+            prop_assert!(server.converged(&d), "{:?}", d.configuration(None));
+        }
     }
 }

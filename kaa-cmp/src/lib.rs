@@ -14,6 +14,12 @@
 //!   to publish out. People build custom CMX services on it;
 //! - [`device`]: [`device::Device`], the device side over 1/KP MQTT topics, for
 //!   firmware and simulators;
+//! - [`canonical`]: the canonical JSON form and the config ID derived from it
+//!   (SHA-256), as kaa-rs defines config IDs, so that a device can verify a
+//!   configuration it patched;
+//! - [`delta`]: configuration deltas (RFC 6902 JSON Patch) and partial
+//!   subscription (RFC 6901 JSON Pointers) on `/config/json-patch[/<name>]`, a
+//!   kaa-rs extension a device opts into; plain 7/CMP is unchanged;
 //! - [`interop`]: what Kaa's own device clients (the official Python client and
 //!   Kaa's device examples) send and expect, and which of it is accepted.
 //!
@@ -174,6 +180,8 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod canonical;
+pub mod delta;
 pub mod device;
 pub mod engine;
 mod intern;

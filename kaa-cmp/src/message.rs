@@ -73,6 +73,10 @@ pub enum MessageKind {
     ConfigResponse,
     /// `/applied/json` request.
     AppliedRequest,
+    /// `/config/json-patch` request (kaa-rs extension, [`crate::delta`]).
+    DeltaRequest,
+    /// `/config/json-patch` response (kaa-rs extension, [`crate::delta`]).
+    DeltaResponse,
 }
 
 impl fmt::Display for MessageKind {
@@ -81,6 +85,8 @@ impl fmt::Display for MessageKind {
             MessageKind::ConfigRequest => "configuration request",
             MessageKind::ConfigResponse => "configuration response",
             MessageKind::AppliedRequest => "applied request",
+            MessageKind::DeltaRequest => "configuration-delta request",
+            MessageKind::DeltaResponse => "configuration-delta response",
         })
     }
 }
@@ -106,7 +112,7 @@ pub enum PayloadError {
 }
 
 impl PayloadError {
-    fn new(kind: MessageKind, error: serde_json::Error) -> Self {
+    pub(crate) fn new(kind: MessageKind, error: serde_json::Error) -> Self {
         use serde_json::error::Category;
         let class = match error.classify() {
             Category::Syntax => "not JSON",
@@ -122,6 +128,26 @@ impl PayloadError {
         PayloadError::Invalid {
             kind,
             detail: error.to_string(),
+            summary,
+        }
+    }
+
+    /// A payload that is valid JSON of the right shape but breaks a rule; the
+    /// detail quotes nothing from the payload.
+    pub(crate) fn semantic(kind: MessageKind, detail: &str) -> Self {
+        PayloadError::Invalid {
+            kind,
+            detail: detail.to_owned(),
+            summary: detail.to_owned(),
+        }
+    }
+
+    /// A rule broken, with a detail that may quote the payload and a summary
+    /// that does not.
+    pub(crate) fn with_summary(kind: MessageKind, detail: String, summary: String) -> Self {
+        PayloadError::Invalid {
+            kind,
+            detail,
             summary,
         }
     }

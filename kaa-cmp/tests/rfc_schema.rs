@@ -8,7 +8,9 @@
 //!   schema accepts, apart from the leniencies and strictnesses the
 //!   [`kaa_cmp::message`] docs list (a `null` property is absent; a status code
 //!   must be an integer in `i32` range; a response's `configId` and `config` come
-//!   in a pair).
+//!   in a pair);
+//! - the configuration delta extension (kaa-rs) against its own schemas,
+//!   `schemas/kaa-rs-config-patch-*.schema.json`.
 
 use std::borrow::Cow;
 
@@ -209,4 +211,98 @@ fn the_rfc_schemas_reject_what_7_cmp_forbids() {
     assert!(!config_response_schema().is_valid(&json!({"configId": 1, "config": {}})));
     assert!(!applied_request_schema().is_valid(&json!({"statusCode": 200})));
     assert!(applied_request_schema().is_valid(&json!({"configId": "v1"})));
+}
+
+// ---------------------------------------------------------------------------
+// The configuration delta extension (kaa-rs, `kaa_cmp::delta`): its own
+// schemas, and 7/CMP's for the whole-configuration answer.
+// ---------------------------------------------------------------------------
+
+fn extension_schema(file: &str) -> Validator {
+    let path = format!("{}/schemas/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut schema: Value = serde_json::from_str(&text).expect("schema is JSON");
+    let meta = schema.as_object_mut().and_then(|o| o.remove("$schema"));
+    assert_eq!(meta, Some(json!("http://json-schema.org/draft-04/schema#")));
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn delta_payloads_follow_the_extension_schemas() {
+    use kaa_cmp::delta::{self, DeltaRequest, DeltaResponse, parse_pointer};
+    let request = extension_schema("kaa-rs-config-patch-request.schema.json");
+    let response = extension_schema("kaa-rs-config-patch-response.schema.json");
+    let plain_response = config_response_schema();
+
+    for payload in [
+        &br#"{}"#[..],
+        br#"{"configId":"c1","observe":true}"#,
+        br#"{"pointers":["","/a~1b/0"],"observe":null,"configId":null}"#,
+    ] {
+        assert!(DeltaRequest::from_json(payload).is_ok());
+        assert!(valid(&request, payload), "{payload:?}");
+        let r = DeltaRequest::from_json(payload).unwrap();
+        assert!(valid(&request, &r.to_json()));
+    }
+    for payload in [
+        &br#"{"pointers":[]}"#[..],
+        br#"{"pointers":["/a","/a"]}"#,
+        br#"{"delta":true}"#,
+        br#"{"pointers":"/a"}"#,
+    ] {
+        assert!(DeltaRequest::from_json(payload).is_err(), "{payload:?}");
+        assert!(!valid(&request, payload), "{payload:?}");
+    }
+
+    let base = json!({"a": 1, "b": [1, 2, 3], "c": {"d": "e"}});
+    let new = json!({"a": 2, "b": [1, 3], "c": {"d": "e", "f": null}});
+    let (base_id, new_id) = (
+        kaa_cmp::canonical::config_id_of(&base),
+        kaa_cmp::canonical::config_id_of(&new),
+    );
+    let pointers = [parse_pointer("/c").unwrap()];
+    let answers = [
+        DeltaResponse::Unchanged,
+        DeltaResponse::Config {
+            config_id: new_id.clone(),
+            view_id: None,
+            config: new.clone(),
+        },
+        DeltaResponse::Config {
+            config_id: String::new(),
+            view_id: None,
+            config: Value::Null,
+        },
+        DeltaResponse::Patch {
+            config_id: new_id.clone(),
+            base_config_id: base_id.clone(),
+            view_id: None,
+            patch: delta::diff(&base, &new),
+        },
+        delta::answer(Some(&base_id), Some(&pointers), &new_id, &new, Some(&base)),
+        delta::answer(None, Some(&pointers), &new_id, &new, None),
+    ];
+    for a in &answers {
+        let payload = a.to_json();
+        assert!(valid(&response, &payload), "{a:?}");
+        // A whole configuration without a view is 7/CMP's answer.
+        if matches!(
+            a,
+            DeltaResponse::Config { view_id: None, .. } | DeltaResponse::Unchanged
+        ) {
+            assert!(valid(&plain_response, &payload), "{a:?}");
+        }
+    }
+    for payload in [
+        &br#"{"configId":"c"}"#[..],
+        br#"{"configId":"c","config":1,"patch":[]}"#,
+        br#"{"configId":"c","patch":[]}"#,
+        br#"{"configId":"c","baseConfigId":"b","patch":[{"op":"copy","from":"","path":"/a"}]}"#,
+    ] {
+        assert!(DeltaResponse::from_json(payload).is_err(), "{payload:?}");
+        assert!(!valid(&response, payload), "{payload:?}");
+    }
 }

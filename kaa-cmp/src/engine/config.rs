@@ -86,6 +86,13 @@ pub struct CmxConfig {
     /// it then let go. Should exceed how long replicas' views of a change can
     /// differ. Default 10 s.
     pub membership_settle: Duration,
+    /// Configuration deltas (kaa-rs extension, [`crate::delta`]): the bound, in
+    /// bytes, of the cache of configurations that patches start from (config ID
+    /// plus the configuration's 7/CMP answer, least recently used out first).
+    /// A device whose base is not in it gets the whole configuration. Only
+    /// configurations delivered to devices on the delta resource enter it.
+    /// Default 16 MiB; 0 turns patches off (every delta answer is whole).
+    pub delta_cache_bytes: usize,
 }
 
 impl CmxConfig {
@@ -116,6 +123,7 @@ impl CmxConfig {
             broadcast_implicit_applied: false,
             app_versions: None,
             membership_settle: Duration::from_secs(10),
+            delta_cache_bytes: 16 * 1024 * 1024,
         }
     }
 

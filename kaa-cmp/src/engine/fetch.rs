@@ -13,6 +13,9 @@ pub(super) struct Waiter {
     pub(super) app_version: Arc<str>,
     /// The `configId` the device sent.
     pub(super) config_id: Option<Arc<str>>,
+    /// Asked on the delta resource (kaa-rs extension): answered with a patch
+    /// when one is clearly smaller.
+    pub(super) delta: Option<DeltaWants>,
 }
 
 /// A CDTP request in flight.
@@ -214,8 +217,24 @@ impl Cmx {
                 }
             } else if let Some(payload) = &payload {
                 device_has_it = true;
+                let body = match &w.delta {
+                    None => payload.clone(),
+                    Some(wants) => {
+                        let id: Arc<str> = id.into();
+                        self.deltas
+                            .answer(
+                                w.config_id.as_deref(),
+                                wants,
+                                &id,
+                                payload,
+                                false,
+                                &mut self.stats,
+                            )
+                            .unwrap_or_else(|| payload.clone())
+                    }
+                };
                 // Without a request ID this goes out as a push.
-                self.answer(w, 200, None, Some(payload.clone()), now);
+                self.answer(w, 200, None, Some(body), now);
             } else {
                 need_content.push(w);
             }
@@ -223,12 +242,15 @@ impl Cmx {
         let Self {
             endpoints: eps,
             config_ids,
+            deltas,
+            stats,
             ..
         } = self;
         let Some(e) = eps.get_mut(p.slot) else {
             return;
         };
         let connected = e.connected;
+        let incarnation = e.incarnation;
         let Some(ns) = e.name_mut(p.name) else {
             return;
         };
@@ -256,15 +278,37 @@ impl Cmx {
             self.refetch(p.slot, p.name, true, need_content, now);
             return;
         }
+        // What a push to a device on the delta resource starts from: what it
+        // holds, or after a connect what it reported applied (a push sent
+        // while it was away may be lost).
+        let base = match ns.push {
+            PushMode::IfNotApplied => ns.confirmed,
+            _ => ns.holds,
+        };
         ns.push = PushMode::None;
         ns.attempts = 0;
-        if want_push {
+        let mut push = None;
+        if want_push && let Some(payload) = &payload {
+            push = match deltas.get(p.slot, incarnation, p.name).cloned() {
+                None => Some((payload.clone(), false)),
+                Some(wants) => {
+                    let id = config_ids.get(h).cloned().unwrap_or_else(|| id.into());
+                    let base = config_ids.get(base).cloned();
+                    // `None`: none of the watched parts changed; no push, and
+                    // the device still holds what it held.
+                    deltas
+                        .answer(base.as_deref(), &wants, &id, payload, true, stats)
+                        .map(|body| (body, true))
+                }
+            };
+        }
+        if push.is_some() {
             config_ids.set(&mut ns.holds, h);
             ns.delivered_at = now.0 as u32;
         }
         config_ids.release(h);
-        if want_push && let Some(payload) = payload {
-            self.push(p.slot, p.name, payload, now);
+        if let Some((body, delta)) = push {
+            self.push(p.slot, p.name, body, delta, now);
         }
         if let Some((correlation_id, app_version)) = implicit {
             let config_name = self.names.get(p.name).cloned();

@@ -207,6 +207,9 @@ impl Cmx {
             let reason = format!("unknown application version {:?}", msg.app_version_name);
             return self.reply_error(&r, 404, RefusalReason::UnknownAppVersion, reason, now);
         }
+        if msg.resource_path.starts_with(CONFIG_JSON_PATCH) {
+            return self.serve_delta_request(&r, endpoint_id, msg, now);
+        }
         let path = match ResourcePath::parse(&msg.resource_path) {
             Ok(p) => p,
             Err(e) => {
@@ -233,6 +236,51 @@ impl Cmx {
                 self.applied_request(&r, endpoint_id, written, &msg.payload, true, now)
             }
         }
+    }
+
+    /// A request on the delta resource `/config/json-patch[/<name>]` (kaa-rs
+    /// extension): a configuration request that asks for patches.
+    fn serve_delta_request(
+        &mut self,
+        r: &Reply<'_>,
+        endpoint_id: &str,
+        msg: &ClientData<'_>,
+        now: UnixMillis,
+    ) {
+        let path = match DeltaPath::parse(&msg.resource_path) {
+            Ok(p) => p,
+            Err(e) => {
+                return self.reply_error(
+                    r,
+                    404,
+                    RefusalReason::UnknownResource,
+                    e.to_string(),
+                    now,
+                );
+            }
+        };
+        let written = match resolve_name(path.name(), msg.config_name.as_deref()) {
+            Ok(n) => n,
+            Err(reason) => {
+                return self.reply_error(r, 400, RefusalReason::ConfigNameMismatch, reason, now);
+            }
+        };
+        let request = match DeltaRequest::from_json(&msg.payload) {
+            Ok(x) => x,
+            Err(e) => return self.reply_malformed(r, &e, now),
+        };
+        let wants = DeltaWants {
+            pointers: request.pointers.map(Arc::from),
+        };
+        self.config_request_with(
+            r,
+            endpoint_id,
+            written,
+            request.config_id.as_deref(),
+            request.observe,
+            Some(wants),
+            now,
+        );
     }
 
     /// The provider's answer to a CDTP request (on the `replyTo` the engine set).
@@ -347,7 +395,8 @@ impl Cmx {
     /// resource paths the session has used with this extension (e.g.
     /// `/config/json`, `/config/json/network`, `/applied/json/network`: a
     /// configuration request or an applied report names a configuration the
-    /// device uses), e.g. for an engine that restarted
+    /// device uses; `/config/json-patch[/<name>]` also says it takes deltas),
+    /// e.g. for an engine that restarted
     /// while the session stayed up. The endpoint counts as connected, as by
     /// [`Cmx::handle_connected`], and the configuration names in the paths count as
     /// used, so it gets every one of them it has not reported applied. One this
@@ -392,6 +441,16 @@ impl Cmx {
             // device uses that configuration.
             if let Ok(r) = ResourcePath::parse(path) {
                 let _ = self.name_of(slot, r.name(), r.kind() == ResourceKind::Config);
+            } else if let Ok(d) = DeltaPath::parse(path)
+                && let Some(name) = self.name_of(slot, d.name(), true)
+                && let Some(incarnation) = self.endpoints.get(slot).map(|e| e.incarnation)
+                && self.deltas.get(slot, incarnation, name).is_none()
+            {
+                // The delta resource (kaa-rs extension): pushes go there, for
+                // the whole configuration (its pointers, if any, are unknown;
+                // such a device asks again with them).
+                self.deltas
+                    .set(slot, incarnation, name, Some(DeltaWants::default()));
             }
         }
         // A session the engine did not see start: the affinity it knew is stale,

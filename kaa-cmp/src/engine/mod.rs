@@ -239,6 +239,26 @@
 //! replica lists again ([`Cmx::adopt_sessions`], a sessions response) keep the
 //! subject when it names that replica.
 //!
+//! **Deltas** (kaa-rs extension, [`crate::delta`]). A request on
+//! `/config/json-patch[/<name>]` is a configuration request like the others
+//! (same CDTP fetch, `observe`, implicit application, errors), and the latest
+//! request per name decides how that name is served: on the delta resource
+//! after a delta request, on `/config/json` after a 7/CMP one. Answers and
+//! pushes for a delta device follow [`delta::answer`](crate::delta::answer)
+//! from the configuration it holds (for a request, its `configId`; for a push,
+//! what the engine last delivered to it, or after a connect or an app version
+//! change what it reported applied): a patch when the engine still has that
+//! base and the patch is clearly smaller, else the whole configuration, in
+//! 7/CMP's shape and bytes. A device watching parts (`pointers`) gets their
+//! view, and no push when none of its parts changed ([`Stats::delta_quiet`];
+//! the engine then still counts the device as holding what it held). Bases
+//! come from a cache of the configurations delivered to delta devices, keyed
+//! by config ID and bounded in bytes ([`CmxConfig::delta_cache_bytes`]; the
+//! provider is never asked for an old configuration, which 6/CDTP cannot
+//! express); one diff serves a fleet moving between the same two
+//! configurations. Devices that never use the delta resource cost nothing
+//! here and see every byte as before.
+//!
 //! **Which configuration.** The resource path names it: the 1/KP topic after
 //! the token, so it is what the device addressed, and the answer goes back on
 //! it. No name in the path is the default configuration. The 4/ESP
@@ -272,9 +292,13 @@
 //! than `max_endpoints_per_event` endpoints are refused when decoded. App
 //! version names, config IDs, configuration names and reply subjects are
 //! interned; an endpoint holds small handles (bytes per idle endpoint:
-//! `benches/memory.rs`).
+//! `benches/memory.rs`). The delta base cache holds at most
+//! `delta_cache_bytes`, and a delta device's pointers at most
+//! [`MAX_POINTERS`](crate::delta::MAX_POINTERS) of
+//! [`MAX_POINTER_LEN`](crate::delta::MAX_POINTER_LEN) bytes per name.
 
 mod config;
+mod deltas;
 mod fetch;
 mod handle;
 mod input;
@@ -315,9 +339,11 @@ use kaa_ism::UnixMillis;
 use kaa_ism::common::CommonFields;
 use kaa_ism::subject::{ServiceSubject, Subject, SubjectFilter, Token};
 
+use crate::delta::{CONFIG_JSON_PATCH, DeltaPath, DeltaRequest};
 use crate::intern::{Interner, NONE};
 use crate::message::{AppliedRequest, ConfigRequest, ConfigResponse, PayloadError, UNCHANGED_JSON};
 use crate::resource::{self, CONFIG_JSON, ResourceKind, ResourcePath};
+use deltas::{DeltaWants, Deltas};
 use fetch::{Fetched, Pending, RecentConfigs, Waiter, interpret};
 use members::{Membership, SessionsPurpose};
 use reply::Reply;
@@ -445,6 +471,8 @@ pub struct Cmx {
     recent_configs: RecentConfigs,
     /// The live replicas of this instance (kaa-rs extension).
     membership: Membership,
+    /// Delta subscriptions and bases (kaa-rs extension).
+    deltas: Deltas,
     stats: Stats,
 }
 
@@ -533,6 +561,7 @@ impl Cmx {
             message_timeout_ms: millis(config.message_timeout),
             config,
         };
+        let deltas = Deltas::new(settings.config.delta_cache_bytes);
         Ok(Cmx {
             settings,
             endpoints: Endpoints::new(),
@@ -550,6 +579,7 @@ impl Cmx {
             bus_connections: 0,
             recent_configs: RecentConfigs::default(),
             membership: Membership::default(),
+            deltas,
             stats: Stats::default(),
         })
     }
@@ -612,6 +642,12 @@ impl Cmx {
     /// How many CDTP requests are in flight.
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
+    }
+
+    /// How many bytes the cache of delta bases holds (kaa-rs extension; at
+    /// most [`CmxConfig::delta_cache_bytes`]).
+    pub fn delta_cache_bytes(&self) -> usize {
+        self.deltas.cached_bytes()
     }
 
     /// What the engine knows about an endpoint, if it tracks it.

@@ -113,7 +113,17 @@ impl Cmx {
         }
     }
 
-    pub(super) fn push(&mut self, slot: u32, name: u32, payload: Bytes, now: UnixMillis) {
+    /// Pushes `payload` to (`slot`, `name`), on the delta resource
+    /// `/config/json-patch[/<name>]` when `delta` (kaa-rs extension), else on
+    /// `/config/json[/<name>]`.
+    pub(super) fn push(
+        &mut self,
+        slot: u32,
+        name: u32,
+        payload: Bytes,
+        delta: bool,
+        now: UnixMillis,
+    ) {
         let Some(e) = self.endpoints.get(slot) else {
             return;
         };
@@ -126,6 +136,12 @@ impl Cmx {
             (Some(n), _) => format!("{CONFIG_JSON}/{n}").into(),
             (None, true) => format!("{CONFIG_JSON}/{}", resource::DEFAULT_NAME).into(),
             (None, false) => self.settings.config_path.clone(),
+        };
+        let resource_path = if delta {
+            let suffix = resource_path.strip_prefix(CONFIG_JSON).unwrap_or_default();
+            format!("{CONFIG_JSON_PATCH}{suffix}").into()
+        } else {
+            resource_path
         };
         let app_version = self
             .app_versions

@@ -38,7 +38,31 @@ impl Cmx {
             Ok(x) => x,
             Err(e) => return self.reply_malformed(r, &e, now),
         };
-        if let Some(id) = &request.config_id
+        self.config_request_with(
+            r,
+            endpoint_id,
+            written,
+            request.config_id.as_deref(),
+            request.observe,
+            None,
+            now,
+        );
+    }
+
+    /// A configuration request, decoded: 7/CMP's (`delta` `None`) or one on the
+    /// delta resource (kaa-rs extension).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn config_request_with(
+        &mut self,
+        r: &Reply<'_>,
+        endpoint_id: &str,
+        written: Option<&str>,
+        request_config_id: Option<&str>,
+        request_observe: Option<bool>,
+        delta: Option<DeltaWants>,
+        now: UnixMillis,
+    ) {
+        if let Some(id) = request_config_id
             && id.len() > self.settings.config.max_config_id_len
         {
             let reason = format!(
@@ -69,11 +93,15 @@ impl Cmx {
             endpoints: eps,
             config_ids,
             app_versions,
+            deltas,
             ..
         } = self;
         let Some(e) = eps.get_mut(slot) else {
             return;
         };
+        // The latest request decides: patches on the delta resource, 7/CMP on
+        // `/config/json`.
+        deltas.set(slot, e.incarnation, name, delta.clone());
         let app_version = app_versions
             .get(e.app_version)
             .cloned()
@@ -89,7 +117,7 @@ impl Cmx {
         // order; a single CMX takes them as they come (as before).
         if !shared || first || at.wrapping_sub(ns.observe_at) as i32 >= 0 {
             ns.observe_at = at;
-            ns.observe = match request.observe {
+            ns.observe = match request_observe {
                 None => Observe::Absent,
                 Some(true) => Observe::On,
                 Some(false) => Observe::Off,
@@ -100,7 +128,7 @@ impl Cmx {
         if ns.observe == Observe::Off {
             ns.push = PushMode::None;
         }
-        let config_id = request.config_id.as_deref().map(|id| {
+        let config_id = request_config_id.map(|id| {
             // Implicit application: the device says it holds this configuration.
             let h = config_ids.acquire(id);
             config_ids.set(&mut ns.confirmed, h);
@@ -125,6 +153,7 @@ impl Cmx {
             resource_path,
             app_version,
             config_id,
+            delta,
         };
         self.enqueue(slot, name, waiter, now);
     }

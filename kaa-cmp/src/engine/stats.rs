@@ -162,6 +162,16 @@ pub struct Stats {
     pub backpressure_rejections: u64,
     /// Configurations pushed.
     pub pushes: u64,
+    /// Answers and pushes on the delta resource (kaa-rs extension) that
+    /// carried an RFC 6902 patch.
+    pub delta_patches: u64,
+    /// Answers and pushes on the delta resource that carried the whole
+    /// configuration (first request, base not cached, patch not clearly
+    /// smaller, absent configuration).
+    pub delta_whole: u64,
+    /// Pushes not sent to a device watching parts of a configuration because
+    /// none of its parts changed.
+    pub delta_quiet: u64,
     /// Pushes abandoned after the configured retries.
     pub push_retries_exhausted: u64,
     /// `ConfigUpdated` broadcasts handled.

@@ -265,6 +265,7 @@ impl Cmx {
         let Some(e) = self.endpoints.remove(slot) else {
             return;
         };
+        self.deltas.forget(slot);
         let (status, reason) = match why {
             Removal::Evicted => {
                 self.stats.endpoints_evicted += 1;

@@ -95,8 +95,24 @@ impl FakeProvider {
         name: Option<&str>,
         content: impl AsRef<[u8]>,
     ) -> ConfigUpdated<'static> {
+        let id = format!("cfg-{}", self.created.len() + 1);
+        self.set_with_id(endpoint_id, app_version_name, name, &id, content)
+    }
+
+    /// [`FakeProvider::set`] with the config ID the caller gives, e.g. the
+    /// content hash ECR derives ([`crate::canonical::config_id_of`]) for a
+    /// device that verifies patched configurations. [`FakeProvider::order`]
+    /// knows only `cfg-<n>` IDs.
+    pub fn set_with_id(
+        &mut self,
+        endpoint_id: &str,
+        app_version_name: &str,
+        name: Option<&str>,
+        config_id: &str,
+        content: impl AsRef<[u8]>,
+    ) -> ConfigUpdated<'static> {
         let n = self.created.len() + 1;
-        let id = format!("cfg-{n}");
+        let id = config_id.to_owned();
         let content = content.as_ref().to_vec();
         self.created.push(id.clone());
         self.store.insert(

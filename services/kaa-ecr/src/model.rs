@@ -28,12 +28,13 @@
 //! insignificant whitespace, strings escaped as `serde_json` escapes them, numbers as
 //! `serde_json` prints them), as lowercase hex, truncated to the first 32 hex digits
 //! (128 bits). Storing identical content again therefore keeps the ID, creates no new
-//! version and emits no event. The ID is opaque to clients.
+//! version and emits no event. The ID is opaque to 7/CMP clients; the canonical form
+//! and the hash are kaa-cmp's ([`kaa_cmp::canonical`], where they are documented as
+//! protocol), so a device taking configuration deltas can verify a patched document.
 
 use std::fmt;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use kaa_ism::UnixMillis;
 
@@ -45,7 +46,7 @@ pub use kaa_service::names::{
 };
 
 /// How many hex digits of the SHA-256 make a config ID.
-pub const CONFIG_ID_HEX_LEN: usize = 32;
+pub use kaa_cmp::canonical::CONFIG_ID_HEX_LEN;
 
 const CONFIG_NAME_RULE: &str = "config names match ^[a-zA-Z0-9_-]+$";
 
@@ -166,53 +167,11 @@ impl Content {
     }
 }
 
-/// The canonical JSON serialisation used for config IDs and storage: object keys sorted
-/// by their UTF-8 bytes, no insignificant whitespace, strings and numbers as
-/// `serde_json` writes them.
-pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (i, (key, value)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(value, out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
-
-/// The config ID of canonical JSON text: the first [`CONFIG_ID_HEX_LEN`] lowercase hex
-/// digits of its SHA-256.
-pub fn config_id(canonical_json: &str) -> String {
-    let digest = Sha256::digest(canonical_json.as_bytes());
-    let mut id = hex::encode(digest);
-    id.truncate(CONFIG_ID_HEX_LEN);
-    id
-}
+/// The canonical JSON serialisation used for config IDs and storage, and the config
+/// ID of canonical JSON text: kaa-cmp's definitions, which are part of the protocol for
+/// devices that take configuration deltas ([`kaa_cmp::canonical`]). ECR has no copy of
+/// its own, so the IDs it stores are the IDs a device verifies.
+pub use kaa_cmp::canonical::{canonical_json, config_id};
 
 /// A stored configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,6 +336,20 @@ mod tests {
         );
         // SHA-256("null") starts with 74234e98afe7498fb5daf1f36ac2d78a.
         assert_eq!(config_id("null"), "74234e98afe7498fb5daf1f36ac2d78a");
+    }
+
+    /// IDs already stored must never change: this one was computed independently
+    /// (Python's `hashlib.sha256` over the canonical text, first 32 hex digits).
+    #[test]
+    fn stored_config_ids_are_pinned() {
+        let content = Content::from_value(&json!({"b": 1, "a": [1, {"d": 2, "c": 3}]}));
+        assert_eq!(content.json, r#"{"a":[1,{"c":3,"d":2}],"b":1}"#);
+        assert_eq!(content.config_id, "e23f8d4197e06fb14090fd7ae275b6f9");
+        let teapot = json!({"ssid": "Smart Teapot", "mode": "AP", "rate": 1.5, "tags": ["a", "b"]});
+        assert_eq!(
+            Content::from_value(&teapot).config_id,
+            "bd075b2e150a9987b4152cfaafc7230d"
+        );
     }
 
     #[test]
