@@ -26,6 +26,9 @@
 //!
 //! - REST authentication: [`auth`] (bearer tokens with read or read-write access).
 //! - Names: [`names`] (validated app version names and endpoint IDs).
+//! - Embedded stores (feature `sqlite`): `sqlite`, the SQLite file ECR's and the
+//!   register's stores share the plumbing of (replica lock, one writer connection, a
+//!   pool of read-only readers).
 //!
 //! ```
 //! use kaa_service::{Metrics, ops_router, parse_yaml};
@@ -50,6 +53,8 @@
 
 pub mod auth;
 pub mod names;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 use std::fmt;
 use std::path::Path;

@@ -4,7 +4,9 @@
 //! deadpool pool of 16; replicas may share it). `sqlite://<path>` opens
 //! [`SqliteStore`], the embedded store: one SQLite file
 //! (rusqlite, bundled library), WAL journal, `synchronous=FULL` (a commit is on
-//! disk before it returns), blocking calls on tokio's blocking pool, and an
+//! disk before it returns), one writer connection and a pool of up to 8 read-only
+//! reader connections (reads run beside writes and beside each other), blocking
+//! calls on tokio's blocking pool, and an
 //! exclusive `flock` on `<database>.lock` so that a second register on the same file
 //! refuses to start (the embedded store serves one replica). Every write is one
 //! transaction: a batch registration stores every endpoint and token or none.
