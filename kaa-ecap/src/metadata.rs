@@ -229,7 +229,12 @@ impl<'a> EndpointMetadata<'a> {
     fn encode<B: BufMut + ?Sized>(&self, buf: &mut B) {
         put_string(buf, &self.endpoint_id);
         put_int(buf, self.status_code);
-        put_optional(buf, self.app_version_name.as_deref(), NULL_FIRST, put_string);
+        put_optional(
+            buf,
+            self.app_version_name.as_deref(),
+            NULL_FIRST,
+            put_string,
+        );
         put_optional(buf, self.metadata.as_deref(), NULL_FIRST, put_string);
         put_optional(buf, self.reason_phrase.as_deref(), NULL_FIRST, put_string);
     }
@@ -562,8 +567,17 @@ mod tests {
         assert!(0 < kept && kept < 10, "{kept}");
         assert_eq!(half.endpoints[..], before.endpoints[..kept]);
         assert_eq!(half.status_code, PARTIAL);
-        assert!(half.reason_phrase.as_deref().unwrap().contains(&format!("first {kept} of 10")));
-        assert!(half.encoded_len() <= budget, "{} > {budget}", half.encoded_len());
+        assert!(
+            half.reason_phrase
+                .as_deref()
+                .unwrap()
+                .contains(&format!("first {kept} of 10"))
+        );
+        assert!(
+            half.encoded_len() <= budget,
+            "{} > {budget}",
+            half.encoded_len()
+        );
         assert!(half.is_success());
         // An entry too large alone loses its metadata (413) and the others stay.
         let mut one_big = response(3, 10);

@@ -903,7 +903,10 @@ fn metadata_every_prefix_is_an_error_or_the_defaulted_value() {
 #[test]
 fn metadata_large_strings_are_borrowed_from_the_input() {
     let mut seen = 0;
-    for v in metadata_vectors().iter().filter(|v| v.datum.len() > 64 * 1024) {
+    for v in metadata_vectors()
+        .iter()
+        .filter(|v| v.datum.len() > 64 * 1024)
+    {
         let decoded = v.decode(&v.datum).unwrap();
         let large: &Cow<'_, str> = match &decoded {
             Metadata::Request(m) => &m.endpoint_ids[1],
@@ -913,7 +916,11 @@ fn metadata_large_strings_are_borrowed_from_the_input() {
         let Cow::Borrowed(s) = large else {
             panic!("{}: copied", v.label())
         };
-        assert!(v.datum.as_ptr_range().contains(&s.as_ptr()), "{}", v.label());
+        assert!(
+            v.datum.as_ptr_range().contains(&s.as_ptr()),
+            "{}",
+            v.label()
+        );
         seen += 1;
     }
     assert!(seen >= 2, "{seen}");
@@ -946,5 +953,8 @@ fn metadata_arrays_in_other_block_forms() {
     put_long(&mut huge, 0);
     put_long(&mut huge, i64::MAX);
     let e = EndpointMetadataResponse::decode(&huge).unwrap_err();
-    assert_eq!((e.record, e.field), ("EndpointMetadataResponse", "endpoints"));
+    assert_eq!(
+        (e.record, e.field),
+        ("EndpointMetadataResponse", "endpoints")
+    );
 }

@@ -415,8 +415,8 @@ mod metadata {
         reason_phrase: Option<String>,
     }
 
-    fn s(c: &Cow<'_, str>) -> String {
-        c.to_string()
+    fn s(c: impl AsRef<str>) -> String {
+        c.as_ref().to_owned()
     }
 
     fn request_mirror(m: &EndpointMetadataRequest<'_>) -> RequestMirror {
@@ -481,15 +481,24 @@ mod metadata {
         M: Serialize + DeserializeOwned + PartialEq + Debug,
     {
         let writer = GenericDatumWriter::builder(schema).build().expect("writer");
-        let theirs = writer.write_ser_to_vec(&mirror).expect("apache-avro writes");
+        let theirs = writer
+            .write_ser_to_vec(&mirror)
+            .expect("apache-avro writes");
         prop_assert_eq!(&ours, &theirs);
         let reader = GenericDatumReader::builder(schema).build().expect("reader");
         let mut rest = &ours[..];
-        let read: M = reader.read_deser(&mut rest).expect("apache-avro reads ours");
-        prop_assert!(read == mirror, "apache-avro read {read:?}, expected {mirror:?}");
+        let read: M = reader
+            .read_deser(&mut rest)
+            .expect("apache-avro reads ours");
+        prop_assert!(
+            read == mirror,
+            "apache-avro read {read:?}, expected {mirror:?}"
+        );
         prop_assert!(rest.is_empty());
         let mut rest = &ours[..];
-        reader.read_value(&mut rest).expect("apache-avro reads ours (Value)");
+        reader
+            .read_value(&mut rest)
+            .expect("apache-avro reads ours (Value)");
         prop_assert!(rest.is_empty());
         let decoded = decode(&theirs);
         prop_assert_eq!(decoded.as_ref(), Ok(value));

@@ -227,11 +227,17 @@ pub struct IssuedTokenDto {
 pub struct RegisterRequest {
     /// The endpoint ID: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`, whitespace or
     /// control characters.
-    #[schema(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[schema(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     pub endpoint_id: String,
     /// Its app version (same rules as endpoint IDs; one of `kaa.applications` when
     /// the configuration lists some).
-    #[schema(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[schema(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     pub app_version_name: String,
     /// Its metadata: a JSON object (default `{}`).
     #[serde(default)]
@@ -284,10 +290,16 @@ pub struct BatchRequest {
 pub struct BatchEntry {
     /// The endpoint ID: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`, whitespace or
     /// control characters.
-    #[schema(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[schema(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     pub endpoint_id: String,
     /// Its app version (same rules as endpoint IDs).
-    #[schema(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[schema(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     pub app_version_name: String,
     /// Its metadata: a JSON object (default `{}`).
     #[schema(value_type = Option<Object>)]
@@ -324,7 +336,10 @@ pub struct BatchResultDto {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppVersionRequest {
     /// The app version to move to (same rules as endpoint IDs).
-    #[schema(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[schema(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     pub app_version_name: String,
 }
 
@@ -349,7 +364,10 @@ struct EndpointPath {
     /// Endpoint ID: 1 to 256 bytes; no `.`, `*`, `>`, `/`, `+`, `#`, whitespace or
     /// control characters.
     #[serde(rename = "endpointId")]
-    #[param(pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$", min_length = 1)]
+    #[param(
+        pattern = r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$",
+        min_length = 1
+    )]
     endpoint_id: String,
 }
 
@@ -705,7 +723,11 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Epr>>)> {
         (Method::POST, "/endpoints", post(register)),
         (Method::POST, "/endpoints/batch", post(register_batch)),
         (Method::GET, "/endpoints/{endpointId}", get(get_endpoint)),
-        (Method::DELETE, "/endpoints/{endpointId}", delete(unregister)),
+        (
+            Method::DELETE,
+            "/endpoints/{endpointId}",
+            delete(unregister),
+        ),
         (
             Method::PUT,
             "/endpoints/{endpointId}/app-version",
@@ -721,8 +743,16 @@ fn api_routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Epr>>)> {
             "/endpoints/{endpointId}/tokens",
             post(issue_token),
         ),
-        (Method::GET, "/endpoints/{endpointId}/tokens", get(list_tokens)),
-        (Method::POST, "/tokens/{tokenId}/suspend", post(suspend_token)),
+        (
+            Method::GET,
+            "/endpoints/{endpointId}/tokens",
+            get(list_tokens),
+        ),
+        (
+            Method::POST,
+            "/tokens/{tokenId}/suspend",
+            post(suspend_token),
+        ),
         (
             Method::POST,
             "/tokens/{tokenId}/reactivate",
@@ -777,7 +807,9 @@ pub fn app(epr: Arc<Epr>, auth: Authenticator, body_limit: usize, metrics: Metri
     let auth = auth.with_realm("epr");
     let api = api_routes()
         .into_iter()
-        .fold(Router::new(), |api, (_, path, route)| api.route(path, route))
+        .fold(Router::new(), |api, (_, path, route)| {
+            api.route(path, route)
+        })
         .route_layer(middleware::from_fn_with_state(auth, authenticate))
         .route_layer(middleware::from_fn_with_state(
             metrics.clone(),
@@ -826,7 +858,8 @@ mod tests {
     /// `(method, path)` of every operation in the document, paths without the
     /// prefix.
     fn documented() -> BTreeSet<(String, String)> {
-        let doc = oas3::from_json(openapi_json().to_string()).expect("a valid OpenAPI 3.1 document");
+        let doc =
+            oas3::from_json(openapi_json().to_string()).expect("a valid OpenAPI 3.1 document");
         assert!(doc.openapi.starts_with("3.1"), "{}", doc.openapi);
         let mut out = BTreeSet::new();
         for (path, item) in doc.paths.expect("paths") {
@@ -868,8 +901,14 @@ mod tests {
         let documented = documented();
         let undocumented: Vec<_> = served.difference(&documented).collect();
         let not_served: Vec<_> = documented.difference(&served).collect();
-        assert!(undocumented.is_empty(), "served but not documented: {undocumented:?}");
-        assert!(not_served.is_empty(), "documented but not served: {not_served:?}");
+        assert!(
+            undocumented.is_empty(),
+            "served but not documented: {undocumented:?}"
+        );
+        assert!(
+            not_served.is_empty(),
+            "documented but not served: {not_served:?}"
+        );
         assert_eq!(served.len(), 11);
     }
 
@@ -908,7 +947,10 @@ mod tests {
                     .to_owned();
                 if documented.contains(&(method.to_string(), path.clone())) {
                     assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
-                    assert!(!message.starts_with("no route"), "{method} {uri}: {message}");
+                    assert!(
+                        !message.starts_with("no route"),
+                        "{method} {uri}: {message}"
+                    );
                 } else {
                     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
                 }
@@ -977,7 +1019,11 @@ mod tests {
         while let Some(at) = text[start..].find("\"$ref\":\"#/components/schemas/") {
             let from = start + at + "\"$ref\":\"#/components/schemas/".len();
             let end = from + text[from..].find('"').unwrap();
-            assert!(schemas.contains_key(&text[from..end]), "{}", &text[from..end]);
+            assert!(
+                schemas.contains_key(&text[from..end]),
+                "{}",
+                &text[from..end]
+            );
             start = end;
         }
         assert_eq!(

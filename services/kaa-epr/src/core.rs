@@ -349,6 +349,12 @@ impl Epr {
             .ok_or_else(|| not_found_endpoint(id))
     }
 
+    /// The endpoints with these IDs that are registered, in any order, each once:
+    /// one store read however many IDs (the bus's metadata lookup).
+    pub async fn endpoints(&self, ids: &[EndpointId]) -> Result<Vec<Endpoint>, EprError> {
+        Ok(self.store.endpoints(ids).await?)
+    }
+
     /// Unregisters an endpoint: its tokens go with it (announced as revoked).
     pub async fn unregister(&self, id: &EndpointId) -> Result<Endpoint, EprError> {
         let gone = self

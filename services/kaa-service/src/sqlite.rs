@@ -398,7 +398,7 @@ mod tests {
         let (before, released, after) = read.await.unwrap().unwrap();
         assert!(released, "the write committed while the read was open");
         assert_eq!((before, after), (1, 1), "one snapshot for the whole read");
-        let now = db.read(|tx| count(tx)).await.unwrap();
+        let now = db.read(count).await.unwrap();
         assert_eq!(now, 2);
     }
 
@@ -442,7 +442,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, SqliteError::Task(_)), "{err}");
-        assert_eq!(db.read(|tx| count(tx)).await.unwrap(), 0);
+        assert_eq!(db.read(count).await.unwrap(), 0);
         assert_eq!(db.max_readers(), 1);
     }
 

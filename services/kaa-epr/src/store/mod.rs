@@ -117,6 +117,23 @@ pub trait EndpointStore: Send + Sync + std::fmt::Debug {
     /// The endpoint with this ID.
     async fn endpoint(&self, id: &EndpointId) -> Result<Option<Endpoint>, StoreError>;
 
+    /// The endpoints with these IDs that are registered, in any order, each once
+    /// (the bus's metadata lookup). The default asks [`EndpointStore::endpoint`]
+    /// for each; the stores read them all in one read.
+    async fn endpoints(&self, ids: &[EndpointId]) -> Result<Vec<Endpoint>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(endpoint) = self.endpoint(id).await?
+                && !found
+                    .iter()
+                    .any(|e: &Endpoint| e.endpoint_id == endpoint.endpoint_id)
+            {
+                found.push(endpoint);
+            }
+        }
+        Ok(found)
+    }
+
     /// Removes the endpoint and its tokens.
     async fn unregister(&self, id: &EndpointId) -> Result<Option<Unregistered>, StoreError>;
 

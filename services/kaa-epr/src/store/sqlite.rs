@@ -121,11 +121,13 @@ fn endpoint_from_row(row: EndpointRow) -> Result<Endpoint, StoreError> {
 }
 
 fn load_endpoint(conn: &Connection, id: &str) -> Result<Option<Endpoint>, StoreError> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT endpoint_id, app_version, metadata, created, updated FROM endpoints WHERE endpoint_id = ?1",
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )
+    .map_err(sqlite_err)?
+    .query_row([id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
     .optional()
     .map_err(sqlite_err)?
     .map(endpoint_from_row)
@@ -229,6 +231,24 @@ impl EndpointStore for SqliteStore {
     async fn endpoint(&self, id: &EndpointId) -> Result<Option<Endpoint>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| load_endpoint(conn, &id)).await
+    }
+
+    async fn endpoints(&self, ids: &[EndpointId]) -> Result<Vec<Endpoint>, StoreError> {
+        let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // One snapshot for all of them; point selects on the primary key with a
+        // cached statement (SQLite has no array parameter).
+        self.read(move |conn| {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(endpoint) = load_endpoint(conn, id)? {
+                    found.push(endpoint);
+                }
+            }
+            Ok(found)
+        })
+        .await
     }
 
     async fn unregister(&self, id: &EndpointId) -> Result<Option<Unregistered>, StoreError> {
@@ -465,7 +485,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path().join("epr.db")).await.unwrap();
         let n = 4;
-        let inside = std::sync::Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+        let inside =
+            std::sync::Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
         let reads: Vec<_> = (0..n)
             .map(|_| {
                 let (store, inside) = (store.clone(), std::sync::Arc::clone(&inside));
@@ -477,9 +498,8 @@ mod tests {
                             let mut count = count.lock().unwrap();
                             *count += 1;
                             all_in.notify_all();
-                            let (_count, waited) = all_in
-                                .wait_timeout_while(count, GUARD, |c| *c < n)
-                                .unwrap();
+                            let (_count, waited) =
+                                all_in.wait_timeout_while(count, GUARD, |c| *c < n).unwrap();
                             Ok((found, !waited.timed_out()))
                         })
                         .await
