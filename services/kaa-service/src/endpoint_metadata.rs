@@ -5,7 +5,7 @@
 //! A service that selects by metadata (ECR's groups and layers) asks the register
 //! with a [`MetadataClient`] instead of its REST API: [`MetadataClient::lookup`]
 //! takes any number of endpoint IDs, asks in requests of at most
-//! [`MAX_ENDPOINT_IDS`](kaa_ecap::metadata::MAX_ENDPOINT_IDS), follows answers that
+//! [`MAX_ENDPOINT_IDS`], follows answers that
 //! list only the first endpoints (206: the rest did not fit one message), and gives
 //! one [`Lookup`] per ID, in order. The client lives here, not in the register's
 //! crate, so that a service can call it without linking the register's store.
@@ -149,7 +149,7 @@ impl MetadataClient {
 
     /// Any number of endpoints: one [`Lookup`] per ID, in order (duplicates
     /// included), asking in requests of at most
-    /// [`MAX_ENDPOINT_IDS`](kaa_ecap::metadata::MAX_ENDPOINT_IDS) and again for what
+    /// [`MAX_ENDPOINT_IDS`] and again for what
     /// an answer could not hold.
     pub async fn lookup(&self, endpoint_ids: &[&str]) -> Result<Vec<Lookup>, MetadataError> {
         let mut out = Vec::with_capacity(endpoint_ids.len());
