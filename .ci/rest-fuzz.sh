@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# REST fuzzing of ECR with schemathesis, against ECR's own OpenAPI document
-# (/api/v1/openapi.json): every check (no 5xx, responses conform to the schema,
-# status codes and content types documented, ...) on a bounded number of
-# generated requests per operation.
+# REST fuzzing of ECR and of the endpoint register with schemathesis, each against
+# its own OpenAPI document (/api/v1/openapi.json): every check (no 5xx, responses
+# conform to the schema, status codes and content types documented, ...) on a
+# bounded number of generated requests per operation.
 #
-#   bash .ci/rest-fuzz.sh                       # CI default, about 2-3 minutes
+#   bash .ci/rest-fuzz.sh                              # CI default, about 3-4 minutes
 #   KAA_REST_FUZZ_EXAMPLES=500 bash .ci/rest-fuzz.sh   # a longer campaign
+#   KAA_REST_FUZZ_SERVICES=epr bash .ci/rest-fuzz.sh   # one of them (ecr, epr)
 #
 # The schemathesis venv lives outside the repository, under
 # ${XDG_CACHE_HOME:-$HOME/.cache}/kaa-rs/, and is reused. The script builds the
-# `ecr` binary, starts it on an ephemeral port with a temporary configuration
-# (embedded store in a temporary directory, a bearer token, in-memory bus) and
-# stops it on exit.
+# `ecr` and `epr` binaries, starts each in turn on an ephemeral port with a
+# temporary configuration (embedded store in a temporary directory, a bearer token,
+# in-memory bus) and stops it when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCHEMATHESIS_VERSION=4.32.5
 EXAMPLES=${KAA_REST_FUZZ_EXAMPLES:-250}
-# Checks to leave out (comma-separated), none by default. The OpenAPI document says
-# what ECR accepts (name patterns, page bounds, any JSON body), so schema-valid requests
-# must be accepted and schema-invalid ones refused; `.ci/schemathesis.toml` adds 412 to
+# Checks to leave out (comma-separated), none by default. Each OpenAPI document says
+# what its service accepts (ECR: name patterns, page bounds, any JSON body; the
+# register: name patterns, metadata objects, batches of at least one endpoint), so
+# schema-valid requests must be accepted and schema-invalid ones refused (409, an
+# endpoint registered already, is among schemathesis' accepted refusals); `.ci/schemathesis.toml` adds 412 to
 # what a valid request may get (If-Match naming another config ID). schemathesis may
 # warn "schema validation mismatch" on the DELETE operations: most generated If-Match
 # values name no current config ID, so most DELETEs get 412; it is a warning, not a
@@ -34,22 +37,26 @@ if [[ ! -x "$VENV/bin/schemathesis" ]]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build -p kaa-example-ecr --bin ecr
-ECR_BIN="${CARGO_TARGET_DIR:-target}/debug/ecr"
-
+SERVICES=${KAA_REST_FUZZ_SERVICES:-ecr epr}
 WORK=$(mktemp -d)
-ECR_PID=""
+PIDS=()
 cleanup() {
-  if [[ -n "$ECR_PID" ]] && kill -0 "$ECR_PID" 2>/dev/null; then
-    kill "$ECR_PID" 2>/dev/null || true
-    wait "$ECR_PID" 2>/dev/null || true
-  fi
+  for pid in "${PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 TOKEN="rest-fuzz-$RANDOM$RANDOM"
-cat >"$WORK/ecr.yaml" <<EOF
+
+# The configuration of service $1 (ecr or epr), on stdout.
+config() {
+  case "$1" in
+    ecr) cat <<EOF
 service:
   instance:
     name: ecr
@@ -68,42 +75,87 @@ auth:
       token: { env: KAA_REST_FUZZ_TOKEN }
       access: read-write
 EOF
-
-KAA_REST_FUZZ_TOKEN="$TOKEN" RUST_LOG=warn "$ECR_BIN" "$WORK/ecr.yaml" >"$WORK/stdout" 2>"$WORK/stderr" &
-ECR_PID=$!
-BASE=""
-for _ in $(seq 1 100); do
-  BASE=$(sed -n 's/^ecr listening on \(http:[^ ]*\).*/\1/p' "$WORK/stdout" | head -n 1)
-  [[ -n "$BASE" ]] && break
-  if ! kill -0 "$ECR_PID" 2>/dev/null; then
-    echo "rest-fuzz: ecr exited early:"; cat "$WORK/stderr"; exit 1
-  fi
-  sleep 0.1
-done
-if [[ -z "$BASE" ]]; then
-  echo "rest-fuzz: ecr did not say where it listens"; cat "$WORK/stderr"; exit 1
-fi
-echo "rest-fuzz: ecr on $BASE, $EXAMPLES examples per operation"
+    ;;
+    # No kaa.applications: any valid app version name may be registered. The
+    # default body limit (16 MiB): a schema-valid batch is not refused for its size.
+    epr) cat <<EOF
+service:
+  instance:
+    name: epr
+    replica:
+      id: epr-rest-fuzz
+epr:
+  http:
+    listen: 127.0.0.1:0
+  store:
+    url: sqlite://$WORK/epr.db
+auth:
+  enabled: true
+  tokens:
+    - name: fuzz
+      token: { env: KAA_REST_FUZZ_TOKEN }
+      access: read-write
+EOF
+    ;;
+    *) echo "rest-fuzz: unknown service $1 (ecr or epr)" >&2; return 1 ;;
+  esac
+}
 
 exclude=()
 if [[ -n "$EXCLUDE" ]]; then
   exclude=(--exclude-checks "$EXCLUDE")
   echo "rest-fuzz: checks left out: $EXCLUDE"
 fi
-set +e
-"$VENV/bin/schemathesis" --config-file .ci/schemathesis.toml run "$BASE/api/v1/openapi.json" \
-  --url "$BASE" \
-  --header "Authorization: Bearer $TOKEN" \
-  --checks all \
-  "${exclude[@]}" \
-  --max-examples "$EXAMPLES" \
-  --workers 1 \
-  --seed "${KAA_REST_FUZZ_SEED:-42}" \
-  --no-color
-status=$?
-set -e
-if [[ $status -ne 0 ]]; then
-  echo "rest-fuzz: schemathesis found problems (exit $status); ecr stderr tail:"
-  tail -n 20 "$WORK/stderr"
-fi
-exit $status
+
+# Starts service $1, waits for it to say where it listens, fuzzes it, stops it.
+fuzz_service() {
+  local name=$1 bin base pid status
+  bin="${CARGO_TARGET_DIR:-target}/debug/$name"
+  config "$name" >"$WORK/$name.yaml"
+  KAA_REST_FUZZ_TOKEN="$TOKEN" RUST_LOG=warn "$bin" "$WORK/$name.yaml" >"$WORK/$name.stdout" 2>"$WORK/$name.stderr" &
+  pid=$!
+  PIDS+=("$pid")
+  base=""
+  for _ in $(seq 1 100); do
+    base=$(sed -n "s/^$name listening on \(http:[^ ]*\).*/\1/p" "$WORK/$name.stdout" | head -n 1)
+    [[ -n "$base" ]] && break
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "rest-fuzz: $name exited early:"; cat "$WORK/$name.stderr"; return 1
+    fi
+    sleep 0.1
+  done
+  if [[ -z "$base" ]]; then
+    echo "rest-fuzz: $name did not say where it listens"; cat "$WORK/$name.stderr"; return 1
+  fi
+  echo "rest-fuzz: $name on $base, $EXAMPLES examples per operation"
+  set +e
+  "$VENV/bin/schemathesis" --config-file .ci/schemathesis.toml run "$base/api/v1/openapi.json" \
+    --url "$base" \
+    --header "Authorization: Bearer $TOKEN" \
+    --checks all \
+    "${exclude[@]}" \
+    --max-examples "$EXAMPLES" \
+    --workers 1 \
+    --seed "${KAA_REST_FUZZ_SEED:-42}" \
+    --no-color
+  status=$?
+  set -e
+  if [[ $status -ne 0 ]]; then
+    echo "rest-fuzz: schemathesis found problems in $name (exit $status); $name stderr tail:"
+    tail -n 20 "$WORK/$name.stderr"
+  fi
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  return $status
+}
+
+packages=()
+for name in $SERVICES; do
+  packages+=(-p "kaa-example-$name")
+done
+cargo build "${packages[@]}"
+failed=0
+for name in $SERVICES; do
+  fuzz_service "$name" || failed=1
+done
+exit $failed

@@ -31,6 +31,18 @@
 //!   `kaa.v1.events.{provider}.client.credential.revoked`);
 //! - [`EcapMessage`], any of the ten records, decoded by its [`MessageKind`] or by the
 //!   subject it arrived on.
+//! - **kaa-rs extension, not in the 16/ECAP RFC:** the endpoint [`metadata`] lookup.
+//!   [`EndpointMetadataRequest`](metadata::EndpointMetadataRequest) goes to
+//!   `kaa.v1.service.{register}.ecap.ep-metadata-request` and names up to 1000
+//!   endpoint IDs; the endpoint register answers on the request's `replyTo`
+//!   (recommended `kaa.v1.replica.{requester-replica}.ecap.ep-metadata-response`)
+//!   with an [`EndpointMetadataResponse`](metadata::EndpointMetadataResponse): each
+//!   endpoint's app version and metadata (a JSON object as text), or a status and
+//!   reason. Their Avro schemas are this crate's
+//!   `schemas/endpoint-metadata-request.avsc` and
+//!   `schemas/endpoint-metadata-response.avsc` (namespace `kaa_rs.ecap.v1`); golden
+//!   vectors from Apache Avro cover them like the RFC records. They are not
+//!   [`MessageKind`]s: [`MessageKind`] and [`EcapMessage`] are the RFC's records.
 //!
 //! ```
 //! use kaa_ecap::{EndpointTokenValidationRequest, EndpointTokenValidationResponse, Exchange};
@@ -118,6 +130,7 @@ use std::fmt;
 
 mod codec;
 mod message;
+pub mod metadata;
 pub mod subject;
 
 pub use message::{EcapMessage, MessageError};

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 
+use kaa_ecap::metadata::{EndpointMetadata, EndpointMetadataRequest, EndpointMetadataResponse};
 use kaa_ecap::subject::{client_credential_revoked_subject, endpoint_token_revoked_subject};
 use kaa_ecap::{
     ClientCertificateValidationRequest, ClientCertificateValidationResponse,
@@ -34,10 +35,16 @@ impl Vector {
     }
 }
 
+/// The kaa-rs extension records (not RFC messages): their vectors are read by
+/// [`metadata_vectors`].
+const EXTENSION_MESSAGES: [&str; 2] = ["EndpointMetadataRequest", "EndpointMetadataResponse"];
+
+/// The RFC records' vectors.
 fn vectors() -> Vec<Vector> {
     let text = include_str!("golden/vectors.json");
     let list: Vec<Value> = serde_json::from_str(text).expect("vectors.json is JSON");
     list.iter()
+        .filter(|v| !EXTENSION_MESSAGES.contains(&v["message"].as_str().expect("message")))
         .map(|v| {
             let message = v["message"].as_str().expect("message");
             let kind = MessageKind::from_record_name(message)
@@ -671,4 +678,283 @@ fn varints_that_lie() {
     let (field, got) = field_error(MessageKind::EndpointTokenStatusTransitionResponse, &d);
     assert_eq!(field, "EndpointTokenStatusTransitionResponse.statusCode");
     assert_eq!(got, DecodeErrorKind::IntOutOfRange(i64::from(i32::MIN) - 1));
+}
+
+// ------------------------------------------------------------------------------
+// kaa-rs extensions (not 16/ECAP RFC messages): the endpoint metadata request and
+// response, with vectors written by Apache Avro from
+// kaa-ecap/schemas/endpoint-metadata-*.avsc.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Metadata<'a> {
+    Request(EndpointMetadataRequest<'a>),
+    Response(EndpointMetadataResponse<'a>),
+}
+
+impl Metadata<'_> {
+    fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Metadata::Request(m) => m.to_vec(),
+            Metadata::Response(m) => m.to_vec(),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Metadata::Request(m) => m.encoded_len(),
+            Metadata::Response(m) => m.encoded_len(),
+        }
+    }
+
+    fn into_owned(self) -> Metadata<'static> {
+        match self {
+            Metadata::Request(m) => Metadata::Request(m.into_owned()),
+            Metadata::Response(m) => Metadata::Response(m.into_owned()),
+        }
+    }
+}
+
+struct MetadataVector {
+    message: String,
+    name: String,
+    value: Metadata<'static>,
+    datum: Vec<u8>,
+    decode_only: bool,
+}
+
+impl MetadataVector {
+    fn label(&self) -> String {
+        format!("{}/{}", self.message, self.name)
+    }
+
+    fn decode<'a>(&self, datum: &'a [u8]) -> Result<Metadata<'a>, DecodeError> {
+        decode_metadata(&self.message, datum)
+    }
+}
+
+fn decode_metadata<'a>(message: &str, datum: &'a [u8]) -> Result<Metadata<'a>, DecodeError> {
+    match message {
+        "EndpointMetadataRequest" => EndpointMetadataRequest::decode(datum).map(Metadata::Request),
+        "EndpointMetadataResponse" => {
+            EndpointMetadataResponse::decode(datum).map(Metadata::Response)
+        }
+        other => panic!("not an extension message: {other}"),
+    }
+}
+
+fn metadata_vectors() -> Vec<MetadataVector> {
+    let text = include_str!("golden/vectors.json");
+    let list: Vec<Value> = serde_json::from_str(text).expect("vectors.json is JSON");
+    list.iter()
+        .filter(|v| EXTENSION_MESSAGES.contains(&v["message"].as_str().expect("message")))
+        .map(|v| {
+            let message = v["message"].as_str().expect("message").to_owned();
+            let value = &v["value"];
+            let correlation_id = string(value, "correlationId");
+            let timestamp = long(value, "timestamp");
+            let timeout = long(value, "timeout");
+            let value = if message == "EndpointMetadataRequest" {
+                Metadata::Request(EndpointMetadataRequest {
+                    correlation_id,
+                    timestamp,
+                    timeout,
+                    endpoint_ids: value["endpointIds"]
+                        .as_array()
+                        .expect("endpointIds")
+                        .iter()
+                        .map(|id| Cow::Owned(id.as_str().expect("an ID").to_owned()))
+                        .collect(),
+                })
+            } else {
+                Metadata::Response(EndpointMetadataResponse {
+                    correlation_id,
+                    timestamp,
+                    timeout,
+                    endpoints: value["endpoints"]
+                        .as_array()
+                        .expect("endpoints")
+                        .iter()
+                        .map(|e| EndpointMetadata {
+                            endpoint_id: string(e, "endpointId"),
+                            status_code: int(e, "statusCode"),
+                            app_version_name: opt_string(e, "appVersionName"),
+                            metadata: opt_string(e, "metadata"),
+                            reason_phrase: opt_string(e, "reasonPhrase"),
+                        })
+                        .collect(),
+                    status_code: int(value, "statusCode"),
+                    reason_phrase: opt_string(value, "reasonPhrase"),
+                })
+            };
+            MetadataVector {
+                message,
+                name: v["name"].as_str().expect("name").to_owned(),
+                value,
+                datum: hex::decode(v["hex"].as_str().expect("hex")).expect("hex digits"),
+                decode_only: v
+                    .get("decode_only")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn metadata_messages_have_vectors() {
+    let vectors = metadata_vectors();
+    for message in EXTENSION_MESSAGES {
+        let of = |f: &dyn Fn(&MetadataVector) -> bool| {
+            vectors
+                .iter()
+                .filter(|v| v.message == message && f(v))
+                .count()
+        };
+        assert!(of(&|v| !v.decode_only) >= 8, "{message}");
+        assert_eq!(of(&|v| v.name.starts_with("newer writer")), 1, "{message}");
+        assert!(of(&|v| v.datum.len() > 64 * 1024) >= 1, "{message}");
+    }
+    assert_eq!(
+        vectors
+            .iter()
+            .filter(|v| v.name == "older writer without reasonPhrase")
+            .count(),
+        1
+    );
+    // Every entry status and both branches of every union.
+    assert!(vectors.iter().any(|v| matches!(
+        &v.value,
+        Metadata::Response(r) if r.endpoints.iter().map(|e| e.status_code).collect::<Vec<_>>() == [200, 400, 404, 413]
+    )));
+}
+
+#[test]
+fn metadata_encoding_is_the_golden_bytes() {
+    for v in metadata_vectors().iter().filter(|v| !v.decode_only) {
+        assert_eq!(v.value.encoded_len(), v.datum.len(), "{}", v.label());
+        assert_eq!(v.value.to_vec(), v.datum, "{}", v.label());
+    }
+}
+
+#[test]
+fn metadata_decoding_the_golden_bytes_gives_the_value() {
+    for v in metadata_vectors() {
+        let decoded = v
+            .decode(&v.datum)
+            .unwrap_or_else(|e| panic!("{}: {e}", v.label()));
+        assert_eq!(decoded, v.value, "{}", v.label());
+        let owned = {
+            let datum = v.datum.clone();
+            v.decode(&datum).unwrap().into_owned()
+        };
+        assert_eq!(owned, v.value, "{}", v.label());
+    }
+}
+
+/// Each proper prefix of each datum is a typed truncation error naming one of the
+/// records, except the response cut right before its trailing `reasonPhrase` (the
+/// defaulted value) and, for a newer writer's datum, any cut after the known fields.
+#[test]
+fn metadata_every_prefix_is_an_error_or_the_defaulted_value() {
+    let mut prefixes = 0;
+    let mut defaulted = 0;
+    for v in metadata_vectors() {
+        let canonical = v.value.to_vec();
+        let extends_canonical = v.datum.starts_with(&canonical);
+        assert!(extends_canonical || v.decode_only, "{}", v.label());
+        let before_reason = match &v.value {
+            Metadata::Response(r) => Some((
+                canonical.len() - optional_len(r.reason_phrase.as_deref(), string_len),
+                Metadata::Response(EndpointMetadataResponse {
+                    reason_phrase: None,
+                    ..r.clone()
+                }),
+            )),
+            Metadata::Request(_) => None,
+        };
+        for cut in 0..v.datum.len() {
+            prefixes += 1;
+            let expected = match &before_reason {
+                Some((at, value)) if extends_canonical && cut == *at => Some(value.clone()),
+                _ if extends_canonical && cut >= canonical.len() => Some(v.value.clone()),
+                _ => None,
+            };
+            match (v.decode(&v.datum[..cut]), expected) {
+                (Ok(got), Some(want)) => {
+                    defaulted += 1;
+                    assert_eq!(got, want, "{} cut at {cut}", v.label());
+                }
+                (Err(e), None) => {
+                    assert!(is_truncation(&e), "{} cut at {cut}: {e}", v.label());
+                    assert!(
+                        [v.message.as_str(), "EndpointMetadata"].contains(&e.record),
+                        "{} cut at {cut}: {e}",
+                        v.label()
+                    );
+                }
+                (got, want) => panic!("{} cut at {cut}: got {got:?}, want {want:?}", v.label()),
+            }
+        }
+    }
+    assert!(prefixes > 150_000, "{prefixes}");
+    assert!(defaulted >= 10, "{defaulted}");
+}
+
+#[test]
+fn metadata_large_strings_are_borrowed_from_the_input() {
+    let mut seen = 0;
+    for v in metadata_vectors()
+        .iter()
+        .filter(|v| v.datum.len() > 64 * 1024)
+    {
+        let decoded = v.decode(&v.datum).unwrap();
+        let large: &Cow<'_, str> = match &decoded {
+            Metadata::Request(m) => &m.endpoint_ids[1],
+            Metadata::Response(m) => m.endpoints[0].metadata.as_ref().expect("metadata"),
+        };
+        assert!(large.len() >= 64 * 1024, "{}", v.label());
+        let Cow::Borrowed(s) = large else {
+            panic!("{}: copied", v.label())
+        };
+        assert!(
+            v.datum.as_ptr_range().contains(&s.as_ptr()),
+            "{}",
+            v.label()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 2, "{seen}");
+}
+
+#[test]
+fn metadata_arrays_in_other_block_forms() {
+    // Two IDs as two blocks, the second with a negative count and its byte size.
+    let mut datum = Vec::new();
+    put_string(&mut datum, "c");
+    put_long(&mut datum, 1);
+    put_long(&mut datum, 0);
+    put_long(&mut datum, 1);
+    put_string(&mut datum, "a");
+    put_long(&mut datum, -1);
+    put_long(&mut datum, 2);
+    put_string(&mut datum, "b");
+    put_long(&mut datum, 0);
+    let decoded = EndpointMetadataRequest::decode(&datum).unwrap();
+    assert_eq!(decoded.endpoint_ids, ["a", "b"]);
+    // A byte size that lies is an error naming the array.
+    let at = datum.len() - 4;
+    datum[at] = 6;
+    let e = EndpointMetadataRequest::decode(&datum).unwrap_err();
+    assert_eq!(e.field, "endpointIds");
+    // A count that cannot fit the remaining bytes is refused before allocating.
+    let mut huge = Vec::new();
+    put_string(&mut huge, "c");
+    put_long(&mut huge, 1);
+    put_long(&mut huge, 0);
+    put_long(&mut huge, i64::MAX);
+    let e = EndpointMetadataResponse::decode(&huge).unwrap_err();
+    assert_eq!(
+        (e.record, e.field),
+        ("EndpointMetadataResponse", "endpoints")
+    );
 }

@@ -374,3 +374,210 @@ fn apache_blocked_arrays_are_read() {
     assert!(blocked.len() > ours.len() + 2, "more than one block");
     assert_eq!(kaa_ism::avro::Decode::decode(&blocked), Ok(event));
 }
+
+// ------------------------------------------------------------------------------
+// kaa-rs extensions (not 16/ECAP RFC messages): the endpoint metadata request and
+// response, against Apache Avro with this crate's schemas/endpoint-metadata-*.avsc.
+
+mod metadata {
+    use super::*;
+    use kaa_ecap::metadata::{EndpointMetadata, EndpointMetadataRequest, EndpointMetadataResponse};
+    use kaa_ism::avro::{Decode, DecodeError};
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename = "EndpointMetadataRequest", rename_all = "camelCase")]
+    struct RequestMirror {
+        correlation_id: String,
+        timestamp: i64,
+        timeout: i64,
+        endpoint_ids: Vec<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename = "EndpointMetadata", rename_all = "camelCase")]
+    struct EntryMirror {
+        endpoint_id: String,
+        status_code: i32,
+        app_version_name: Option<String>,
+        metadata: Option<String>,
+        reason_phrase: Option<String>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename = "EndpointMetadataResponse", rename_all = "camelCase")]
+    struct ResponseMirror {
+        correlation_id: String,
+        timestamp: i64,
+        timeout: i64,
+        endpoints: Vec<EntryMirror>,
+        status_code: i32,
+        reason_phrase: Option<String>,
+    }
+
+    fn s(c: impl AsRef<str>) -> String {
+        c.as_ref().to_owned()
+    }
+
+    fn request_mirror(m: &EndpointMetadataRequest<'_>) -> RequestMirror {
+        RequestMirror {
+            correlation_id: s(&m.correlation_id),
+            timestamp: m.timestamp,
+            timeout: m.timeout,
+            endpoint_ids: m.endpoint_ids.iter().map(s).collect(),
+        }
+    }
+
+    fn response_mirror(m: &EndpointMetadataResponse<'_>) -> ResponseMirror {
+        ResponseMirror {
+            correlation_id: s(&m.correlation_id),
+            timestamp: m.timestamp,
+            timeout: m.timeout,
+            endpoints: m
+                .endpoints
+                .iter()
+                .map(|e| EntryMirror {
+                    endpoint_id: s(&e.endpoint_id),
+                    status_code: e.status_code,
+                    app_version_name: e.app_version_name.as_ref().map(s),
+                    metadata: e.metadata.as_ref().map(s),
+                    reason_phrase: e.reason_phrase.as_ref().map(s),
+                })
+                .collect(),
+            status_code: m.status_code,
+            reason_phrase: m.reason_phrase.as_ref().map(s),
+        }
+    }
+
+    fn schema(file: &str) -> Schema {
+        let path = format!("{}/schemas/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read the schema {path}: {e}"));
+        Schema::parse_str(&text).expect("extension schema parses")
+    }
+
+    fn request_schema() -> &'static Schema {
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        SCHEMA.get_or_init(|| schema("endpoint-metadata-request.avsc"))
+    }
+
+    fn response_schema() -> &'static Schema {
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        SCHEMA.get_or_init(|| schema("endpoint-metadata-response.avsc"))
+    }
+
+    /// Apache Avro writes our bytes, reads them back (serde and generic `Value`,
+    /// consuming all of them), and we read what it writes, also in small blocks;
+    /// decoding our bytes round-trips.
+    fn cross_check<T, M>(
+        value: &T,
+        ours: Vec<u8>,
+        schema: &Schema,
+        mirror: M,
+        decode: impl Fn(&[u8]) -> Result<T, DecodeError>,
+    ) -> Result<(), TestCaseError>
+    where
+        T: PartialEq + Debug,
+        M: Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let writer = GenericDatumWriter::builder(schema).build().expect("writer");
+        let theirs = writer
+            .write_ser_to_vec(&mirror)
+            .expect("apache-avro writes");
+        prop_assert_eq!(&ours, &theirs);
+        let reader = GenericDatumReader::builder(schema).build().expect("reader");
+        let mut rest = &ours[..];
+        let read: M = reader
+            .read_deser(&mut rest)
+            .expect("apache-avro reads ours");
+        prop_assert!(
+            read == mirror,
+            "apache-avro read {read:?}, expected {mirror:?}"
+        );
+        prop_assert!(rest.is_empty());
+        let mut rest = &ours[..];
+        reader
+            .read_value(&mut rest)
+            .expect("apache-avro reads ours (Value)");
+        prop_assert!(rest.is_empty());
+        let decoded = decode(&theirs);
+        prop_assert_eq!(decoded.as_ref(), Ok(value));
+        let blocked = GenericDatumWriter::builder(schema)
+            .target_block_size(16)
+            .build()
+            .expect("writer")
+            .write_ser_to_vec(&mirror)
+            .expect("apache-avro writes blocks");
+        let decoded = decode(&blocked);
+        prop_assert_eq!(decoded.as_ref(), Ok(value));
+        Ok(())
+    }
+
+    prop_compose! {
+        fn request()(
+            correlation_id in text(), timestamp in long(), timeout in long(),
+            endpoint_ids in proptest::collection::vec(text(), 0..40),
+        ) -> EndpointMetadataRequest<'static> {
+            EndpointMetadataRequest { correlation_id, timestamp, timeout, endpoint_ids }
+        }
+    }
+
+    prop_compose! {
+        fn entry()(
+            endpoint_id in text(), status_code in int(), app_version_name in opt_text(),
+            metadata in proptest::option::of(text_up_to_4k()), reason_phrase in opt_text(),
+        ) -> EndpointMetadata<'static> {
+            EndpointMetadata { endpoint_id, status_code, app_version_name, metadata, reason_phrase }
+        }
+    }
+
+    prop_compose! {
+        fn response()(
+            correlation_id in text(), timestamp in long(), timeout in long(),
+            endpoints in proptest::collection::vec(entry(), 0..12),
+            status_code in int(), reason_phrase in opt_text(),
+        ) -> EndpointMetadataResponse<'static> {
+            EndpointMetadataResponse { correlation_id, timestamp, timeout, endpoints, status_code, reason_phrase }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn endpoint_metadata_request(m in request()) {
+            let ours = m.to_vec();
+            prop_assert_eq!(ours.len(), m.encoded_len());
+            cross_check(&m, ours, request_schema(), request_mirror(&m), |d| {
+                EndpointMetadataRequest::decode(d).map(EndpointMetadataRequest::into_owned)
+            })?;
+        }
+
+        #[test]
+        fn endpoint_metadata_response(m in response()) {
+            let ours = m.to_vec();
+            prop_assert_eq!(ours.len(), m.encoded_len());
+            cross_check(&m, ours, response_schema(), response_mirror(&m), |d| {
+                EndpointMetadataResponse::decode(d).map(EndpointMetadataResponse::into_owned)
+            })?;
+        }
+
+        /// Whatever `fit` keeps is a prefix of what was asked, within the budget,
+        /// and still round-trips.
+        #[test]
+        fn fit_keeps_a_prefix_within_the_budget(m in response(), budget in 0usize..20_000) {
+            let mut fitted = m.clone();
+            let kept = fitted.fit(budget);
+            prop_assert_eq!(fitted.endpoints.len(), kept);
+            for (after, before) in fitted.endpoints.iter().zip(&m.endpoints) {
+                prop_assert_eq!(&after.endpoint_id, &before.endpoint_id);
+            }
+            if kept > 0 {
+                prop_assert!(fitted.to_vec().len() <= budget);
+            }
+            if kept < m.endpoints.len() {
+                prop_assert_eq!(fitted.status_code, kaa_ecap::metadata::PARTIAL);
+            }
+            let datum = fitted.to_vec();
+            prop_assert_eq!(EndpointMetadataResponse::decode(&datum).map(|r| r.into_owned()), Ok(fitted));
+        }
+    }
+}

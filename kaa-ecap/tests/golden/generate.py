@@ -2,7 +2,9 @@
 """Writes vectors.json: golden Avro datums of the 16/ECAP records, made by Apache Avro.
 
 The schemas are the RFC .avsc files (kaa-ecap/schemas/0016-*.avsc, copies of kaa-rfcs
-0016/), read from this crate's schemas/.
+0016/) and this crate's kaa-rs extension schemas (kaa-ecap/schemas/endpoint-metadata-*.avsc:
+the endpoint metadata request and response, not RFC messages), all from this crate's
+schemas/.
 Run from anywhere: python3 kaa-ecap/tests/golden/generate.py (needs `avro` 1.12.2).
 
 Each vector is {"message", "name", "value", "hex"}:
@@ -42,6 +44,9 @@ SCHEMA_FILES = {
     "ClientCertificateValidationRequest": "0016-client-certificate-validation-request.avsc",
     "ClientCertificateValidationResponse": "0016-client-certificate-validation-response.avsc",
     "ClientCredentialRevokedEvent": "0016-client-credential-revoked.avsc",
+    # kaa-rs extensions, not RFC messages.
+    "EndpointMetadataRequest": "endpoint-metadata-request.avsc",
+    "EndpointMetadataResponse": "endpoint-metadata-response.avsc",
 }
 
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
@@ -256,6 +261,100 @@ response_cases("ClientCertificateValidationResponse", ["credentialId", "clientId
 
 credential_revoked = {**common(10), "credentialId": uuid(300), "originatorReplicaId": "epts-replica-2"}
 standard_cases("ClientCredentialRevokedEvent", credential_revoked, "credentialId")
+
+# --- kaa-rs extensions: the endpoint metadata request and response (not RFC messages). ---
+
+metadata_request = {**common(11), "endpointIds": ["kettle-1", uuid(200)]}
+add("EndpointMetadataRequest", "typical", metadata_request)
+add("EndpointMetadataRequest", "no timeout", {**metadata_request, "timeout": 0})
+add("EndpointMetadataRequest", "non-ASCII strings", {**metadata_request, "correlationId": NON_ASCII, "endpointIds": [NON_ASCII, "😀"]})
+add("EndpointMetadataRequest", "empty strings", {**metadata_request, "correlationId": "", "endpointIds": [""]})
+add("EndpointMetadataRequest", "extreme longs min/max", {**metadata_request, "timestamp": I64_MIN, "timeout": I64_MAX})
+add("EndpointMetadataRequest", "negative longs", {**metadata_request, "timestamp": -1, "timeout": -64})
+add("EndpointMetadataRequest", "no endpoints", {**metadata_request, "endpointIds": []})
+add(
+    "EndpointMetadataRequest",
+    "1000 endpoints in wire order with a duplicate",
+    {**metadata_request, "endpointIds": [uuid(i) for i in range(999)] + [uuid(3)]},
+)
+add("EndpointMetadataRequest", "64 KiB endpoint ID", {**metadata_request, "endpointIds": ["kettle-1", large("endpoint")]})
+
+
+def found(endpoint_id, app, metadata):
+    return {"endpointId": endpoint_id, "statusCode": 200, "appVersionName": app, "metadata": metadata, "reasonPhrase": None}
+
+
+def refused(endpoint_id, status, reason):
+    return {"endpointId": endpoint_id, "statusCode": status, "appVersionName": None, "metadata": None, "reasonPhrase": reason}
+
+
+metadata_response = {
+    **common(12),
+    "endpoints": [
+        found("kettle-1", "smartKettleV1", '{"room":"kitchen","floor":2}'),
+        refused(uuid(200), 404, "not registered"),
+    ],
+    "statusCode": 200,
+    "reasonPhrase": None,
+}
+add("EndpointMetadataResponse", "typical", metadata_response)
+add("EndpointMetadataResponse", "no timeout", {**metadata_response, "timeout": 0})
+add(
+    "EndpointMetadataResponse",
+    "non-ASCII strings",
+    {
+        **metadata_response,
+        "correlationId": NON_ASCII,
+        "endpoints": [found(NON_ASCII, "версія-1", '{"кімната":"кухня","🌡":21.5}')],
+        "reasonPhrase": NON_ASCII,
+    },
+)
+add(
+    "EndpointMetadataResponse",
+    "empty strings not null",
+    {
+        **metadata_response,
+        "correlationId": "",
+        "endpoints": [{"endpointId": "", "statusCode": 200, "appVersionName": "", "metadata": "", "reasonPhrase": ""}],
+        "reasonPhrase": "",
+    },
+)
+add("EndpointMetadataResponse", "extreme longs min/max", {**metadata_response, "timestamp": I64_MIN, "timeout": I64_MAX})
+add("EndpointMetadataResponse", "no endpoints", {**metadata_response, "endpoints": []})
+add(
+    "EndpointMetadataResponse",
+    "every entry status",
+    {
+        **metadata_response,
+        "endpoints": [
+            found("a", "v1", "{}"),
+            refused("b.c", 400, "endpoint ID \"b.c\" contains '.'"),
+            refused("d", 404, "not registered"),
+            {**refused("e", 413, "metadata of 2000000 bytes is larger than an answer may be"), "appVersionName": "v2"},
+        ],
+    },
+)
+add(
+    "EndpointMetadataResponse",
+    "partial",
+    {
+        **metadata_response,
+        "endpoints": [found(uuid(i), "v1", "{}") for i in range(100)],
+        "statusCode": 206,
+        "reasonPhrase": "the first 100 of 1000 endpoints fit in one answer: ask again for the rest",
+    },
+)
+add(
+    "EndpointMetadataResponse",
+    "refused request",
+    {**metadata_response, "endpoints": [], "statusCode": 400, "reasonPhrase": "at most 1000 endpoint IDs per request"},
+)
+add("EndpointMetadataResponse", "statusCode int extremes", {**metadata_response, "statusCode": I32_MIN, "endpoints": [{**refused("x", I32_MAX, "r")}]})
+add(
+    "EndpointMetadataResponse",
+    "64 KiB metadata",
+    {**metadata_response, "endpoints": [found("kettle-1", "v1", '{"blob":"' + large("metadata") + '"}')]},
+)
 
 # --- Schema evolution, written with other versions of the schemas. ---
 

@@ -292,8 +292,7 @@ fn batch_endpoints_schema() -> utoipa::openapi::Object {
 /// is not expressible in JSON Schema (`maxLength` counts characters); descriptions say
 /// it. The `#[param(pattern = …)]` attributes repeat this literal (they take no
 /// constant); a test checks they agree.
-const TOKEN_NAME_PATTERN: &str =
-    r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$";
+const TOKEN_NAME_PATTERN: &str = kaa_service::names::TOKEN_NAME_PATTERN;
 
 /// `PUT /endpoints/batch` answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

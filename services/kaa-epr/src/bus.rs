@@ -19,6 +19,18 @@
 //!   is final), 500 (store failure), each non-200 with a `reasonPhrase`. A
 //!   revocation is announced as through REST. The RFC leaves the status names to
 //!   the provider; these are the register's own (see [`crate::model::TokenStatus`]).
+//! - Requests on `kaa.v1.service.<instance>.ecap.ep-metadata-request` (queue group
+//!   `<instance>`; a **kaa-rs extension**, [`kaa_ecap::metadata`], not an RFC
+//!   message) name up to 1000 endpoint IDs and are answered with an
+//!   `EndpointMetadataResponse`: per ID, in request order, 200 with the app version
+//!   and the metadata (JSON object text), 404 (not registered), 400 (not a valid
+//!   endpoint ID) or 413 (metadata alone larger than an answer may be), each non-200
+//!   with a `reasonPhrase`. The answer is at most the bus's `max_payload` less 8 KiB
+//!   (headers, at least 4 KiB); when the endpoints do not all fit, it lists the first ones with
+//!   status 206 and the requester asks again for the rest. A request for more than
+//!   1000 IDs, or one that does not decode but has a readable `correlationId`, gets
+//!   400; a store failure 500; both with no endpoints.
+//!   [`kaa_service::endpoint_metadata::MetadataClient`] is the requesting side.
 //! - Committed changes become 9/ELCE `kaa.v1.events.<instance>.endpoint.lifecycle.
 //!   {registered, unregistered, appversion-updated}` and 16/ECAP
 //!   `kaa.v1.events.<instance>.endpoint.token.revoked` (token IDs only).
@@ -40,10 +52,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 
 use super::core::{Epr, EprError, Event, Validation};
-use super::model::now;
+use super::model::{EndpointId, now};
 use kaa_service::Metrics;
 
-/// The most validation requests answered at once.
+/// The most 16/ECAP and metadata requests answered at once.
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
 
 /// What the bus side needs besides the register.
@@ -200,6 +212,129 @@ pub async fn answer_status_transition(epr: &Epr, datum: &[u8]) -> Option<Vec<u8>
     )
 }
 
+/// The smallest answer budget, whatever the bus says: room for a few entries
+/// without metadata (an ID and an app version are at most 256 bytes each), so that
+/// an answer always makes progress.
+const MIN_METADATA_ANSWER: usize = 4 * 1024;
+
+/// The largest metadata answer on `bus`: its `max_payload` (1 MiB when it does not
+/// say) less [`kaa_service::BUS_ENVELOPE_ROOM`] for headers, at least 4 KiB.
+pub fn metadata_answer_budget(bus: &dyn Bus) -> usize {
+    bus.max_payload()
+        .unwrap_or(1024 * 1024)
+        .saturating_sub(kaa_service::BUS_ENVELOPE_ROOM)
+        .max(MIN_METADATA_ANSWER)
+}
+
+/// Answers one encoded endpoint metadata request (see the module docs) with an
+/// answer of at most `max_len` bytes: `None` when it is expired, or does not decode
+/// and has no readable correlation ID.
+pub async fn answer_metadata(epr: &Epr, datum: &[u8], max_len: usize) -> Option<Vec<u8>> {
+    use kaa_ecap::metadata::{
+        EndpointMetadata, EndpointMetadataRequest, EndpointMetadataResponse, MAX_ENDPOINT_IDS,
+    };
+    let now = now();
+    let refusal = |correlation_id: &str, timeout: i64, status_code: i32, reason: String| {
+        EndpointMetadataResponse {
+            correlation_id: correlation_id.into(),
+            timestamp: now.0,
+            timeout,
+            endpoints: Vec::new(),
+            status_code,
+            reason_phrase: Some(reason.into()),
+        }
+        .to_vec()
+    };
+    let request = match EndpointMetadataRequest::decode(datum) {
+        Ok(r) => r,
+        Err(e) => {
+            let Some(correlation_id) = EndpointMetadataRequest::correlation_id_of(datum) else {
+                tracing::debug!(error = %e, "undecodable endpoint metadata request dropped");
+                return None;
+            };
+            tracing::debug!(%correlation_id, error = %e, "undecodable endpoint metadata request refused");
+            return Some(refusal(
+                correlation_id,
+                0,
+                400,
+                format!("undecodable request: {e}"),
+            ));
+        }
+    };
+    if request.is_expired(now) {
+        return None;
+    }
+    let (correlation_id, timeout) = (request.correlation_id.as_ref(), request.timeout);
+    if request.endpoint_ids.len() > MAX_ENDPOINT_IDS {
+        return Some(refusal(
+            correlation_id,
+            timeout,
+            400,
+            format!(
+                "{} endpoint IDs: at most {MAX_ENDPOINT_IDS} per request",
+                request.endpoint_ids.len()
+            ),
+        ));
+    }
+    let ids: Vec<Result<EndpointId, String>> = request
+        .endpoint_ids
+        .iter()
+        .map(|raw| EndpointId::new(raw.as_ref()).map_err(|e| e.to_string()))
+        .collect();
+    let valid: Vec<EndpointId> = ids
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let found = match epr.endpoints(&valid).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(error = %e, "endpoint metadata lookup failed");
+            return Some(refusal(
+                correlation_id,
+                timeout,
+                500,
+                "endpoint register unavailable".to_owned(),
+            ));
+        }
+    };
+    let by_id: std::collections::HashMap<&str, &crate::model::Endpoint> =
+        found.iter().map(|e| (e.endpoint_id.as_str(), e)).collect();
+    let endpoints = request
+        .endpoint_ids
+        .iter()
+        .zip(&ids)
+        .map(|(raw, id)| match id {
+            Err(why) => EndpointMetadata::refused(raw.as_ref(), 400, why.as_str()),
+            Ok(id) => match by_id.get(id.as_str()) {
+                None => EndpointMetadata::refused(raw.as_ref(), 404, "not registered"),
+                Some(endpoint) => EndpointMetadata::found(
+                    raw.as_ref(),
+                    endpoint.app_version.as_str(),
+                    serde_json::Value::Object(endpoint.metadata.clone()).to_string(),
+                ),
+            },
+        })
+        .collect();
+    let mut response = EndpointMetadataResponse {
+        correlation_id: correlation_id.into(),
+        timestamp: now.0,
+        timeout,
+        endpoints,
+        status_code: 200,
+        reason_phrase: None,
+    };
+    let asked = request.endpoint_ids.len();
+    let listed = response.fit(max_len);
+    tracing::debug!(
+        %correlation_id,
+        asked,
+        listed,
+        found = found.len(),
+        "endpoint metadata answered"
+    );
+    Some(response.to_vec())
+}
+
 fn event_datum(event: &Event, replica: &str) -> (&'static str, Vec<u8>) {
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let timestamp = now().0;
@@ -297,12 +432,20 @@ pub async fn start(
         .request_subject(instance)
         .map_err(subject_err)?
         .to_string();
+    let metadata_subject = kaa_ecap::metadata::metadata_request_subject(instance)
+        .map_err(subject_err)?
+        .to_string();
     let requests = bus.subscribe(&request_subject, Some(instance)).await?;
     let transitions = bus.subscribe(&transition_subject, Some(instance)).await?;
+    let lookups = bus.subscribe(&metadata_subject, Some(instance)).await?;
     let mut requests = futures::stream::select(
-        requests.map(|m| (Exchange::Validation, m)),
-        transitions.map(|m| (Exchange::Transition, m)),
+        futures::stream::select(
+            requests.map(|m| (Exchange::Validation, m)),
+            transitions.map(|m| (Exchange::Transition, m)),
+        ),
+        lookups.map(|m| (Exchange::Metadata, m)),
     );
+    let metadata_budget = metadata_answer_budget(bus.as_ref());
     if !kaa_bus::subscription_barrier(bus.as_ref(), std::time::Duration::from_secs(5)).await? {
         tracing::warn!("bus did not confirm the register's subscription within 5 s");
     }
@@ -317,6 +460,12 @@ pub async fn start(
         "ecap_status_transitions",
         "16/ECAP endpoint token status transitions answered, by status code",
         transitioned.clone(),
+    );
+    let looked_up: Family<StatusLabel, Counter> = Family::default();
+    settings.metrics.register(
+        "metadata_lookups",
+        "Endpoint metadata requests (kaa-rs extension) answered, by status code",
+        looked_up.clone(),
     );
     let published: Family<EventLabel, Counter> = Family::default();
     settings.metrics.register(
@@ -341,7 +490,8 @@ pub async fn start(
                     break;
                 };
                 let (epr, bus) = (Arc::clone(&epr), Arc::clone(&bus));
-                let (answered, transitioned) = (answered.clone(), transitioned.clone());
+                let (answered, transitioned, looked_up) =
+                    (answered.clone(), transitioned.clone(), looked_up.clone());
                 tokio::spawn(async move {
                     let response = match exchange {
                         Exchange::Validation => {
@@ -359,6 +509,14 @@ pub async fn start(
                                 transitioned.get_or_create(&StatusLabel { status }).inc();
                             })
                         }
+                        Exchange::Metadata => answer_metadata(&epr, &payload, metadata_budget)
+                            .await
+                            .inspect(|r| {
+                                let status =
+                                    kaa_ecap::metadata::EndpointMetadataResponse::decode(r)
+                                        .map_or(0, |r| r.status_code);
+                                looked_up.get_or_create(&StatusLabel { status }).inc();
+                            }),
                     };
                     if let Some(response) = response
                         && let Err(e) = bus.publish(&reply_to, Bytes::from(response)).await
@@ -400,6 +558,8 @@ pub async fn start(
 enum Exchange {
     Validation,
     Transition,
+    /// The endpoint metadata lookup (kaa-rs extension).
+    Metadata,
 }
 
 struct EventSubjects {

@@ -299,8 +299,12 @@ impl Epr {
         let mut seen = std::collections::HashSet::with_capacity(endpoints.len());
         for e in &endpoints {
             self.apps.check(&e.app_version)?;
+            // Listed twice: the second registration would find the endpoint
+            // registered by the first (409, like one already in the store), and the
+            // batch is all or nothing. 409 rather than 400 also keeps the OpenAPI
+            // document true: JSON Schema cannot say "unique endpointId" of a list.
             if !seen.insert(e.endpoint_id.as_str()) {
-                return Err(EprError::Invalid(format!(
+                return Err(EprError::Conflict(format!(
                     "endpoint {:?} is listed twice",
                     e.endpoint_id.as_str()
                 )));
@@ -347,6 +351,12 @@ impl Epr {
             .endpoint(id)
             .await?
             .ok_or_else(|| not_found_endpoint(id))
+    }
+
+    /// The endpoints with these IDs that are registered, in any order, each once:
+    /// one store read however many IDs (the bus's metadata lookup).
+    pub async fn endpoints(&self, ids: &[EndpointId]) -> Result<Vec<Endpoint>, EprError> {
+        Ok(self.store.endpoints(ids).await?)
     }
 
     /// Unregisters an endpoint: its tokens go with it (announced as revoked).

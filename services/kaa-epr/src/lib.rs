@@ -1,7 +1,9 @@
 //! The endpoint register (EPR): which endpoints exist, the app version each runs,
 //! their metadata, and the endpoint tokens devices connect with. It provisions
 //! endpoints over REST, answers 16/ECAP token validation for communication
-//! services (KPC) and 16/ECAP token status transitions for any consumer, and announces changes with 9/ELCE lifecycle events
+//! services (KPC) and 16/ECAP token status transitions for any consumer, answers
+//! other services' endpoint metadata lookups over the bus (a kaa-rs extension,
+//! [`kaa_ecap::metadata`]), and announces changes with 9/ELCE lifecycle events
 //! (`registered`, `unregistered`, `appversion-updated`) and 16/ECAP
 //! `endpoint.token.revoked`.
 //!
@@ -9,13 +11,16 @@
 //!
 //! - [`model`]: endpoints, tokens (256-bit random, stored as SHA-256, shown once),
 //!   token statuses `active` / `suspended` / `revoked`.
-//! - [`store`]: the [`store::EndpointStore`] trait, the embedded SQLite store and a
-//!   PostgreSQL store, chosen by URL.
+//! - [`store`]: the [`store::EndpointStore`] trait, the embedded SQLite store (one
+//!   writer connection, a pool of read-only readers) and a PostgreSQL store, chosen
+//!   by URL.
 //! - [`core`]: [`core::Epr`], the operations REST and the bus share, and the app
 //!   version rule of token validation.
-//! - [`api`]: the REST API under `/api/v1` with bearer-token auth.
-//! - [`bus`]: the 16/ECAP provider (validation, status transitions) and the event
-//!   publisher.
+//! - [`api`]: the REST API under `/api/v1` with bearer-token auth, and its OpenAPI
+//!   document ([`api::ApiDoc`], served at `/api/v1/openapi.json`).
+//! - [`bus`]: the 16/ECAP provider (validation, status transitions), the endpoint
+//!   metadata lookup (asked with
+//!   [`kaa_service::endpoint_metadata::MetadataClient`]) and the event publisher.
 //! - [`config`]: the YAML configuration; [`EprServer`] composes everything from it.
 //!
 //! ```

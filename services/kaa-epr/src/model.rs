@@ -32,7 +32,7 @@ pub use kaa_service::now;
 pub const TOKEN_HEX_LEN: usize = 64;
 
 /// A token's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenStatus {
     /// Identifies its endpoint.

@@ -137,6 +137,47 @@ async fn sqlite_store() {
     drop(store);
 }
 
+/// `endpoints`: the registered ones among many IDs, each once, in one read.
+async fn many_at_once(store: Arc<dyn EndpointStore>) {
+    let t = UnixMillis(1_700_000_000_000);
+    let batch: Vec<NewEndpoint> = (0..300).map(|i| new(&format!("many-{i}"), "v7")).collect();
+    store.register(batch, vec![], t).await.unwrap();
+    let mut ids: Vec<EndpointId> = (0..400)
+        .step_by(2)
+        .map(|i| EndpointId::new(format!("many-{i}")).unwrap())
+        .collect();
+    ids.push(EndpointId::new("many-0").unwrap());
+    let mut found = store.endpoints(&ids).await.unwrap();
+    found.sort_by_key(|e| {
+        e.endpoint_id
+            .as_str()
+            .trim_start_matches("many-")
+            .parse::<u32>()
+            .unwrap()
+    });
+    let expected: Vec<String> = (0..300).step_by(2).map(|i| format!("many-{i}")).collect();
+    assert_eq!(
+        found
+            .iter()
+            .map(|e| e.endpoint_id.to_string())
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert!(found.iter().all(|e| e.app_version.as_str() == "v7"));
+    assert_eq!(
+        found[1].metadata,
+        json!({"id": "many-2"}).as_object().unwrap().clone()
+    );
+    assert!(store.endpoints(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_store_reads_many_endpoints_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("epr.db").display());
+    many_at_once(store::open(&url).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn unsupported_url_does_not_echo_it() {
     let err = store::open("mysql://user:secret@host/db")
@@ -162,6 +203,7 @@ async fn postgres_store() {
     let (base, _) = admin.rsplit_once('/').unwrap();
     let store = store::open(&format!("{base}/{name}")).await.unwrap();
     contract(Arc::clone(&store)).await;
+    many_at_once(Arc::clone(&store)).await;
     drop(store);
     let _ = client
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

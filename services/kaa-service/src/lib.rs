@@ -1,4 +1,4 @@
-//! The small toolkit the kaa-rs services (`kaa-cmx`, `kaa-ecr`, `kaa-kpc`) and their
+//! The small toolkit the kaa-rs services (`kaa-cmx`, `kaa-ecr`, `kaa-epr`, `kaa-kpc`) and their
 //! binaries share.
 //!
 //! - Configuration: [`load_yaml`] / [`parse_yaml`] read a YAML file into a typed serde
@@ -26,6 +26,11 @@
 //!
 //! - REST authentication: [`auth`] (bearer tokens with read or read-write access).
 //! - Names: [`names`] (validated app version names and endpoint IDs).
+//! - Endpoints from the register over the bus: [`endpoint_metadata`] (app versions
+//!   and metadata, the requesting side of the register's metadata lookup).
+//! - Embedded stores (feature `sqlite`): `sqlite`, the SQLite file ECR's and the
+//!   register's stores share the plumbing of (replica lock, one writer connection, a
+//!   pool of read-only readers).
 //!
 //! ```
 //! use kaa_service::{Metrics, ops_router, parse_yaml};
@@ -49,7 +54,10 @@
 //! ```
 
 pub mod auth;
+pub mod endpoint_metadata;
 pub mod names;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 use std::fmt;
 use std::path::Path;

@@ -66,6 +66,17 @@ pub fn check_len(name: &str, what: &'static str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// [`validate_token_name`]'s character rule as an ECMA-262 / JSON Schema regular
+/// expression, for OpenAPI documents: no `.`, `*`, `>`, `/`, `+`, `#`, whitespace
+/// (`char::is_whitespace`) or control character (`char::is_control`), spelled out
+/// as ranges because `\s` means different sets in the ECMA, Python and Rust
+/// dialects that read the documents. The byte-length limit ([`MAX_NAME_LEN`]) is not
+/// expressible in JSON Schema (`maxLength` counts characters). ECR's and the
+/// register's documents carry it; ECR's tests check it accepts exactly what
+/// [`validate_token_name`] accepts.
+pub const TOKEN_NAME_PATTERN: &str =
+    r"^[^.*>/+#\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$";
+
 /// Validates a name that becomes a NATS subject token and an MQTT topic level.
 pub fn validate_token_name(name: &str, what: &'static str) -> Result<(), NameError> {
     check_len(name, what)?;

@@ -1,9 +1,9 @@
 //! The embedded store: SQLite (bundled) in one file.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
 use async_trait::async_trait;
+use kaa_service::sqlite::{SqliteDb, SqliteError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use kaa_ism::UnixMillis;
@@ -14,118 +14,42 @@ use crate::model::{
     StatusEvent, StatusQuery, StatusRecord, StoredConfig,
 };
 
-/// How many reads run at the same time, each on its own connection (kept open
-/// between reads). More concurrent reads wait for a connection rather than opening
-/// new ones (opening one costs more than a point select).
+/// How many reads run at the same time, each on its own read-only connection (kept
+/// open between reads). More concurrent reads wait for a connection rather than
+/// opening new ones (opening one costs more than a point select).
 const MAX_READERS: usize = 8;
 
 /// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`.
 ///
 /// Writes go through one connection (SQLite has one writer at a time anyway) inside
-/// `BEGIN IMMEDIATE` transactions; reads use a small pool of at most 8 connections so
-/// they run beside writes (WAL readers do not block the writer). Every call runs on tokio's
-/// blocking pool.
+/// `BEGIN IMMEDIATE` transactions; reads use a small pool of at most 8 read-only
+/// connections so they run beside writes (WAL readers do not block the writer). Every
+/// call runs on tokio's blocking pool. The file, its replica lock and the pool are
+/// [`kaa_service::sqlite::SqliteDb`]'s, shared with the register's store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    path: PathBuf,
-    /// Held for the store's lifetime: see [`ReplicaLock`].
-    _lock: ReplicaLock,
-    writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
-    read_slots: tokio::sync::Semaphore,
+    db: SqliteDb,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.db.path())
             .finish_non_exhaustive()
     }
 }
 
-/// An exclusive advisory lock (`flock`) on `<database>.lock`, held while the store is
-/// open, so that a second ECR on the same file refuses to start instead of serving
-/// beside the first: two replicas on one SQLite file would each announce only their
-/// own writes and cache what the other changes (the embedded store serves one
-/// replica; replicas share PostgreSQL). The kernel releases the lock when the process
-/// ends, however it ends; the lock file stays, like SQLite's `-wal` and `-shm`.
-/// Elsewhere than Unix the file is created but not locked.
-struct ReplicaLock {
-    _file: std::fs::File,
-}
-
-/// How long opening waits for the replica lock before the file counts as taken.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The lock file of the database at `path`.
-fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
-}
-
-fn lock_replica(path: &Path) -> Result<ReplicaLock, StoreError> {
-    let lock = lock_path(path);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .map_err(|e| StoreError::Backend(format!("{}: {e}", lock.display())))?;
-    #[cfg(unix)]
-    {
-        // A store dropped in this process a moment ago may still be held by the
-        // tasks of the server that used it (they end as their channels close):
-        // wait a little before calling the file taken.
-        let give_up = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < give_up => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    return Err(StoreError::InUse {
-                        path: path.to_path_buf(),
-                        lock,
-                    });
-                }
-                Err(e) => {
-                    return Err(StoreError::Backend(format!(
-                        "{}: cannot lock: {e}",
-                        lock.display()
-                    )));
-                }
-            }
+impl From<SqliteError> for StoreError {
+    fn from(e: SqliteError) -> Self {
+        match e {
+            SqliteError::InUse { path, lock } => StoreError::InUse { path, lock },
+            other => StoreError::backend(other),
         }
     }
-    Ok(ReplicaLock { _file: file })
 }
 
 fn sqlite_err(e: rusqlite::Error) -> StoreError {
     StoreError::backend(e)
-}
-
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(sqlite_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(sqlite_err)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(sqlite_err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Backend(format!(
-            "{}: could not switch to WAL (journal_mode={mode})",
-            path.display()
-        )));
-    }
-    conn.execute_batch("PRAGMA synchronous=FULL;")
-        .map_err(sqlite_err)?;
-    Ok(conn)
 }
 
 /// The shared statement with its `$n` placeholders turned into SQLite's `?n`, once
@@ -267,28 +191,13 @@ impl SqliteStore {
     /// waiting up to 2 s for the other to close (a server dropped a moment ago in
     /// this process may still be letting go of it).
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let lock = lock_replica(&path)?;
-            let mut writer = open_connection(&path)?;
-            migrate(&mut writer)?;
-            Ok(Self {
-                inner: Arc::new(Inner {
-                    path,
-                    _lock: lock,
-                    writer: Mutex::new(writer),
-                    readers: Mutex::new(Vec::new()),
-                    read_slots: tokio::sync::Semaphore::new(MAX_READERS),
-                }),
-            })
-        })
-        .await
-        .map_err(StoreError::backend)?
+        let db = SqliteDb::open(path, MAX_READERS, migrate).await?;
+        Ok(Self { db })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.db.path()
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on the writer connection and commits
@@ -298,59 +207,16 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Backend("writer connection poisoned".into()))?;
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sqlite_err)?;
-            let value = f(&tx)?;
-            tx.commit().map_err(sqlite_err)?;
-            Ok(value)
-        })
-        .await
-        .map_err(StoreError::backend)?
+        self.db.write(f).await
     }
 
-    /// Runs `f` in a read transaction on a pooled reader connection.
+    /// Runs `f` in a read transaction on a pooled read-only connection.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        let _slot = self
-            .inner
-            .read_slots
-            .acquire()
-            .await
-            .map_err(StoreError::backend)?;
-        tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().ok().and_then(|mut pool| pool.pop());
-            let mut conn = match pooled {
-                Some(conn) => conn,
-                None => open_connection(&inner.path)?,
-            };
-            let result = (|| {
-                let tx = conn
-                    .transaction_with_behavior(TransactionBehavior::Deferred)
-                    .map_err(sqlite_err)?;
-                let value = f(&tx)?;
-                tx.commit().map_err(sqlite_err)?;
-                Ok(value)
-            })();
-            if let Ok(mut pool) = inner.readers.lock()
-                && pool.len() < MAX_READERS
-            {
-                pool.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(StoreError::backend)?
+        self.db.read(f).await
     }
 }
 

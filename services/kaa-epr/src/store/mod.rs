@@ -4,7 +4,9 @@
 //! deadpool pool of 16; replicas may share it). `sqlite://<path>` opens
 //! [`SqliteStore`], the embedded store: one SQLite file
 //! (rusqlite, bundled library), WAL journal, `synchronous=FULL` (a commit is on
-//! disk before it returns), blocking calls on tokio's blocking pool, and an
+//! disk before it returns), one writer connection and a pool of up to 8 read-only
+//! reader connections (reads run beside writes and beside each other), blocking
+//! calls on tokio's blocking pool, and an
 //! exclusive `flock` on `<database>.lock` so that a second register on the same file
 //! refuses to start (the embedded store serves one replica). Every write is one
 //! transaction: a batch registration stores every endpoint and token or none.
@@ -114,6 +116,23 @@ pub trait EndpointStore: Send + Sync + std::fmt::Debug {
 
     /// The endpoint with this ID.
     async fn endpoint(&self, id: &EndpointId) -> Result<Option<Endpoint>, StoreError>;
+
+    /// The endpoints with these IDs that are registered, in any order, each once
+    /// (the bus's metadata lookup). The default asks [`EndpointStore::endpoint`]
+    /// for each; the stores read them all in one read.
+    async fn endpoints(&self, ids: &[EndpointId]) -> Result<Vec<Endpoint>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(endpoint) = self.endpoint(id).await?
+                && !found
+                    .iter()
+                    .any(|e: &Endpoint| e.endpoint_id == endpoint.endpoint_id)
+            {
+                found.push(endpoint);
+            }
+        }
+        Ok(found)
+    }
 
     /// Removes the endpoint and its tokens.
     async fn unregister(&self, id: &EndpointId) -> Result<Option<Unregistered>, StoreError>;

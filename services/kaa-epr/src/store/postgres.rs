@@ -223,6 +223,23 @@ impl EndpointStore for PostgresStore {
         load_endpoint(&client, id.as_str(), false).await
     }
 
+    async fn endpoints(&self, ids: &[EndpointId]) -> Result<Vec<Endpoint>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(EndpointId::as_str).collect();
+        let client = self.client().await?;
+        client
+            .query(
+                &format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM epr_endpoints WHERE endpoint_id = ANY($1)"
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(endpoint_from_row)
+            .collect()
+    }
+
     async fn unregister(&self, id: &EndpointId) -> Result<Option<Unregistered>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;

@@ -1,9 +1,9 @@
 //! The embedded SQLite store.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
 use async_trait::async_trait;
+use kaa_service::sqlite::{SqliteDb, SqliteError};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use kaa_ism::UnixMillis;
@@ -32,117 +32,57 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE INDEX IF NOT EXISTS tokens_by_endpoint ON tokens (endpoint_id, created);
 ";
 
-/// The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, one
-/// connection, every call on tokio's blocking pool (see [the module docs](super)).
+/// How many reads run at the same time, each on its own read-only connection (kept
+/// open between reads); more wait for a connection.
+const MAX_READERS: usize = 8;
+
+/// The embedded store: one SQLite file in WAL mode with `synchronous=FULL` (see [the
+/// module docs](super)). Writes go through one connection inside `BEGIN IMMEDIATE`
+/// transactions; reads (token validation, endpoint and metadata lookups) use a pool
+/// of at most 8 read-only connections, so they run beside writes and beside each
+/// other (WAL readers do not block the writer). Every call runs on tokio's blocking
+/// pool. The file, its replica lock and the pool are
+/// [`kaa_service::sqlite::SqliteDb`]'s, shared with ECR's store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    path: PathBuf,
-    _lock: ReplicaLock,
-    conn: Mutex<Connection>,
+    db: SqliteDb,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.db.path())
             .finish_non_exhaustive()
     }
 }
 
-/// An exclusive `flock` on `<database>.lock` while the store is open.
-struct ReplicaLock {
-    _file: std::fs::File,
-}
-
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn lock_replica(path: &Path) -> Result<ReplicaLock, StoreError> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    let lock = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock)
-        .map_err(|e| StoreError::Backend(format!("{}: {e}", lock.display())))?;
-    #[cfg(unix)]
-    {
-        let give_up = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < give_up => {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    return Err(StoreError::InUse {
-                        path: path.to_path_buf(),
-                        lock,
-                    });
-                }
-                Err(e) => {
-                    return Err(StoreError::Backend(format!(
-                        "{}: cannot lock: {e}",
-                        lock.display()
-                    )));
-                }
-            }
+impl From<SqliteError> for StoreError {
+    fn from(e: SqliteError) -> Self {
+        match e {
+            SqliteError::InUse { path, lock } => StoreError::InUse { path, lock },
+            other => StoreError::backend(other),
         }
     }
-    Ok(ReplicaLock { _file: file })
 }
 
 fn sqlite_err(e: rusqlite::Error) -> StoreError {
     StoreError::backend(e)
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(sqlite_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(sqlite_err)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .map_err(sqlite_err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Backend(format!(
-            "{}: could not switch to WAL (journal_mode={mode})",
-            path.display()
-        )));
-    }
-    conn.execute_batch("PRAGMA synchronous=FULL;")
-        .map_err(sqlite_err)?;
-    conn.execute_batch(SCHEMA).map_err(sqlite_err)?;
-    Ok(conn)
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`. Fails with
     /// [`StoreError::InUse`] while another store holds it (after waiting up to 2 s).
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let lock = lock_replica(&path)?;
-            let conn = open_connection(&path)?;
-            Ok(Self {
-                inner: Arc::new(Inner {
-                    path,
-                    _lock: lock,
-                    conn: Mutex::new(conn),
-                }),
-            })
+        let db = SqliteDb::open(path, MAX_READERS, |conn: &mut Connection| {
+            conn.execute_batch(SCHEMA).map_err(sqlite_err)
         })
-        .await
-        .map_err(StoreError::backend)?
+        .await?;
+        Ok(Self { db })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.db.path()
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits when it returns `Ok`.
@@ -151,38 +91,17 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner
-                .conn
-                .lock()
-                .map_err(|_| StoreError::Backend("store connection poisoned".into()))?;
-            let tx = conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                .map_err(sqlite_err)?;
-            let value = f(&tx)?;
-            tx.commit().map_err(sqlite_err)?;
-            Ok(value)
-        })
-        .await
-        .map_err(StoreError::backend)?
+        self.db.write(f).await
     }
 
+    /// Runs `f` in a read transaction (one snapshot) on a pooled read-only
+    /// connection.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .conn
-                .lock()
-                .map_err(|_| StoreError::Backend("store connection poisoned".into()))?;
-            f(&conn)
-        })
-        .await
-        .map_err(StoreError::backend)?
+        self.db.read(f).await
     }
 }
 
@@ -202,11 +121,13 @@ fn endpoint_from_row(row: EndpointRow) -> Result<Endpoint, StoreError> {
 }
 
 fn load_endpoint(conn: &Connection, id: &str) -> Result<Option<Endpoint>, StoreError> {
-    conn.query_row(
+    conn.prepare_cached(
         "SELECT endpoint_id, app_version, metadata, created, updated FROM endpoints WHERE endpoint_id = ?1",
-        [id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )
+    .map_err(sqlite_err)?
+    .query_row([id], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
     .optional()
     .map_err(sqlite_err)?
     .map(endpoint_from_row)
@@ -310,6 +231,24 @@ impl EndpointStore for SqliteStore {
     async fn endpoint(&self, id: &EndpointId) -> Result<Option<Endpoint>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| load_endpoint(conn, &id)).await
+    }
+
+    async fn endpoints(&self, ids: &[EndpointId]) -> Result<Vec<Endpoint>, StoreError> {
+        let mut ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // One snapshot for all of them; point selects on the primary key with a
+        // cached statement (SQLite has no array parameter).
+        self.read(move |conn| {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(endpoint) = load_endpoint(conn, id)? {
+                    found.push(endpoint);
+                }
+            }
+            Ok(found)
+        })
+        .await
     }
 
     async fn unregister(&self, id: &EndpointId) -> Result<Option<Unregistered>, StoreError> {
@@ -469,5 +408,108 @@ impl EndpointStore for SqliteStore {
             Ok(Some(TokenOwner { token, endpoint }))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Long enough never to be reached when reads and writes run side by side.
+    const GUARD: Duration = Duration::from_secs(30);
+
+    fn endpoint(id: &str) -> NewEndpoint {
+        NewEndpoint {
+            endpoint_id: EndpointId::new(id).unwrap(),
+            app_version: AppVersionName::new("v1").unwrap(),
+            metadata: Metadata::new(),
+        }
+    }
+
+    /// A read held open (as a slow validation would be) while the metadata of the
+    /// endpoint it reads changes: the write commits during the read, the read keeps
+    /// its snapshot, and the next read sees the change. With reads and writes on one
+    /// connection the write would wait for the read, which waits for the write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_read_does_not_block_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("epr.db")).await.unwrap();
+        let id = EndpointId::new("kettle").unwrap();
+        store
+            .register(vec![endpoint("kettle")], vec![], UnixMillis(1))
+            .await
+            .unwrap();
+        let (reading_tx, reading) = mpsc::channel::<()>();
+        let (written_tx, written) = mpsc::channel::<()>();
+        let read = tokio::spawn({
+            let (store, id) = (store.clone(), id.to_string());
+            async move {
+                store
+                    .read(move |tx| {
+                        let before = load_endpoint(tx, &id)?;
+                        reading_tx.send(()).unwrap();
+                        let released = written.recv_timeout(GUARD).is_ok();
+                        Ok((before, released, load_endpoint(tx, &id)?))
+                    })
+                    .await
+            }
+        });
+        tokio::task::spawn_blocking(move || reading.recv_timeout(GUARD))
+            .await
+            .unwrap()
+            .expect("the read started");
+        let room = serde_json::json!({"room": "kitchen"});
+        let metadata = room.as_object().unwrap().clone();
+        assert!(
+            store
+                .set_metadata(&id, &metadata, UnixMillis(2))
+                .await
+                .unwrap()
+        );
+        written_tx.send(()).unwrap();
+        let (before, released, after) = read.await.unwrap().unwrap();
+        assert!(released, "the write committed while the read was open");
+        assert_eq!(before, after, "one snapshot for the whole read");
+        assert!(before.unwrap().metadata.is_empty());
+        let now = store.endpoint(&id).await.unwrap().unwrap();
+        assert_eq!(now.metadata, metadata);
+    }
+
+    /// Several validations at once each get a connection: reads that each wait,
+    /// inside their transaction, until all of them are inside theirs all finish.
+    /// With fewer connections than reads the first ones would give up waiting.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_run_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("epr.db")).await.unwrap();
+        let n = 4;
+        let inside =
+            std::sync::Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+        let reads: Vec<_> = (0..n)
+            .map(|_| {
+                let (store, inside) = (store.clone(), std::sync::Arc::clone(&inside));
+                tokio::spawn(async move {
+                    store
+                        .read(move |tx| {
+                            let found = load_endpoint(tx, "none")?;
+                            let (count, all_in) = &*inside;
+                            let mut count = count.lock().unwrap();
+                            *count += 1;
+                            all_in.notify_all();
+                            let (_count, waited) =
+                                all_in.wait_timeout_while(count, GUARD, |c| *c < n).unwrap();
+                            Ok((found, !waited.timed_out()))
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for read in reads {
+            let (found, together) = read.await.unwrap().unwrap();
+            assert_eq!(found, None);
+            assert!(together, "every read was inside its transaction at once");
+        }
     }
 }
