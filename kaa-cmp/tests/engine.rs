@@ -1358,7 +1358,10 @@ fn max_endpoints_passes_over_endpoints_with_a_request_in_flight() {
     w.advance(1);
     // A fourth endpoint: "a" is the only idle one, but waits for its answer.
     w.send("d", "/config/json", Some(1), "{}");
-    assert!(w.cmx.endpoint("a").is_some(), "kept: its request is in flight");
+    assert!(
+        w.cmx.endpoint("a").is_some(),
+        "kept: its request is in flight"
+    );
     assert!(w.cmx.endpoint("b").is_none(), "the oldest without one goes");
     assert_eq!(w.cmx.stats().endpoints_evicted, 1);
     // "a" asks again: still one request in flight for it.
