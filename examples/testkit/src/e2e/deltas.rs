@@ -1,7 +1,7 @@
 //! Configuration deltas (issue 18, a kaa-rs extension of 7/CMP,
 //! `kaa_cmp::delta`) end to end over MQTT: devices driven by `kaa-cmp`'s device
 //! state machine ([`kaa_cmp::device::Device`]) over the real MQTT connections
-//! of [`Device`](super::Device), one asking for deltas on
+//! of [`Device`], one asking for deltas on
 //! `…/config/json-patch`, one speaking plain 7/CMP.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
