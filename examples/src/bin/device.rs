@@ -7,6 +7,8 @@
 //! device --mqtt 127.0.0.1:1884 --app-version smart-kettle-v3 run --token JTjdbENzHh
 //! # one shot: request "network", reject it, exit
 //! device --app-version smart-kettle-v3 run --token JTjdbENzHh --name network --once --reject "WPA2 is not supported"
+//! # configuration deltas (kaa-rs extension), watching two parts only
+//! device --app-version smart-kettle-v3 run --token JTjdbENzHh --apply --deltas --pointer /rate --pointer /network/ssid
 //! # 1,000 devices dev-1 … dev-1000, 5 requests each, latency percentiles
 //! device --app-version smart-kettle-v3 load --devices 1000 --tokens 'dev-{}' --requests 5
 //! ```

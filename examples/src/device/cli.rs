@@ -104,6 +104,23 @@ struct RunArgs {
     /// With --once: give up after this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Ask for configuration deltas (kaa-rs extension): request on
+    /// `…/config/json-patch[/<name>]`, apply the RFC 6902 patches received and
+    /// check each result against its config ID; a patch that cannot be used is
+    /// printed as `delta refused` and the configuration asked for again. A
+    /// server without the extension (4xx) is then spoken to in plain 7/CMP.
+    #[arg(long)]
+    deltas: bool,
+    /// With --deltas: watch only this part of the configuration, an RFC 6901
+    /// JSON Pointer such as `/network/ssid` (repeat for several; applies to
+    /// every --name). Configurations are then printed as views,
+    /// `{"<pointer>": <part>, …}`, and pushed only when a watched part changes.
+    #[arg(long = "pointer", value_name = "JSON_POINTER", requires = "deltas", value_parser = parse_pointer)]
+    pointers: Vec<kaa_cmp::delta::PointerBuf>,
+}
+
+fn parse_pointer(s: &str) -> Result<kaa_cmp::delta::PointerBuf, String> {
+    kaa_cmp::delta::parse_pointer(s)
 }
 
 #[derive(Debug, Args)]
@@ -251,6 +268,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             o.once = args.once;
             o.timeout = Duration::from_secs(args.timeout);
+            o.deltas = args.deltas;
+            o.pointers = args.pointers;
             let mut stdout = std::io::stdout();
             match run_device(&o, &mut stdout).await {
                 Ok(summary) if o.once && summary.errors > 0 => ExitCode::from(1),
@@ -326,5 +345,39 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<RunArgs, String> {
+        let mut argv = vec!["device", "--app-version", "v", "run", "--token", "t"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Run(run) => Ok(run),
+            Command::Load(_) => unreachable!(),
+        }
+    }
+
+    /// `--deltas` and repeatable `--pointer`: pointers are checked as RFC 6901
+    /// when parsed and need `--deltas`.
+    #[test]
+    fn deltas_and_pointers() {
+        let plain = parse(&[]).unwrap();
+        assert!(!plain.deltas && plain.pointers.is_empty());
+        let run = parse(&["--deltas", "--pointer", "/rate", "--pointer", "/a~1b/0"]).unwrap();
+        assert!(run.deltas);
+        let pointers: Vec<&str> = run.pointers.iter().map(|p| p.as_str()).collect();
+        assert_eq!(pointers, ["/rate", "/a~1b/0"]);
+        let err = parse(&["--deltas", "--pointer", "rate"]).unwrap_err();
+        assert!(err.contains("invalid JSON Pointer"), "{err}");
+        let err = parse(&["--pointer", "/rate"]).unwrap_err();
+        assert!(err.contains("--deltas"), "{err}");
     }
 }

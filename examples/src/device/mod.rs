@@ -31,6 +31,16 @@
 //! rejected default id=c2 status=400 reason=WPA2 is not supported
 //! error network config 404 No such configuration
 //! ```
+//!
+//! With [`DeviceOptions::deltas`] the requests go to `…/config/json-patch[/<name>]`
+//! (pointers, if any, in the request) and a patch the device cannot use is
+//! told before it asks again:
+//!
+//! ```text
+//! request kp1/smart-kettle-v3/cmx/JTjdbENzHh/config/json-patch/1 {"observe":true,"pointers":["/rate"]}
+//! configuration default id=c1 (response): {"/rate":5}
+//! delta refused default: the patch starts from configuration "c0", the device holds "c1"
+//! ```
 
 pub mod cli;
 pub mod provision;
@@ -159,6 +169,16 @@ pub struct DeviceOptions {
     pub timeout: Duration,
     /// How long a request waits before it is sent again (the device's retry).
     pub request_timeout: Duration,
+    /// Ask for configuration deltas on `…/config/json-patch[/<name>]` (kaa-rs
+    /// extension, [`kaa_cmp::delta`]): patches applied and checked against
+    /// their config ID by [`Device`]; a refused patch is printed as
+    /// `delta refused <name>: <why>` and the configuration asked for again.
+    pub deltas: bool,
+    /// With `deltas`: watch only these parts (RFC 6901 JSON Pointers) of every
+    /// requested configuration; empty: the whole configuration. Configurations
+    /// printed are then views (`{"<pointer>": <part>, …}`), with the whole
+    /// configuration's ID.
+    pub pointers: Vec<kaa_cmp::delta::PointerBuf>,
 }
 
 impl DeviceOptions {
@@ -183,6 +203,8 @@ impl DeviceOptions {
             once: false,
             timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            deltas: false,
+            pointers: Vec::new(),
         }
     }
 }
@@ -201,6 +223,9 @@ pub struct RunSummary {
     pub applied: usize,
     /// Rejected reports sent.
     pub rejected: usize,
+    /// Delta answers the device could not use and asked again for
+    /// ([`DeviceEvent::DeltaRefused`]).
+    pub deltas_refused: usize,
 }
 
 fn name_of(name: &Option<String>) -> &str {
@@ -280,7 +305,13 @@ pub async fn run_device(
         options.token.clone(),
     );
     config.request_timeout = options.request_timeout;
+    config.deltas = options.deltas;
     let mut device = Device::new(config)?;
+    if options.deltas && !options.pointers.is_empty() {
+        for name in &options.names {
+            device.set_pointers(name.as_deref(), Some(options.pointers.clone()))?;
+        }
+    }
     let (client, mut eventloop) = connect(
         &options.connection,
         &options.client_id,
@@ -423,6 +454,10 @@ async fn drive(
                     if !retrying {
                         waiting.retain(|w| *w != name);
                     }
+                }
+                DeviceEvent::DeltaRefused { name, error } => {
+                    summary.deltas_refused += 1;
+                    writeln!(out, "delta refused {}: {error}", name_of(&name))?;
                 }
                 other => writeln!(out, "event {other:?}")?,
             }

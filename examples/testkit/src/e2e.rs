@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub mod deltas;
 pub mod official_python;
+
+pub use deltas::delta_and_plain_devices_converge;
 
 use crate::mqtt_device::MqttConnection;
 
@@ -742,6 +745,7 @@ macro_rules! for_each_e2e_behaviour {
             app_version_change,
             garbage_gets_errors,
             no_subscribe_delivery,
+            delta_and_plain_devices_converge,
         );
     };
 }

@@ -495,7 +495,7 @@ async fn malformed_client_data_gets_400_and_everyone_else_is_served() {
 async fn health_and_metrics_over_http() {
     let Some(mut s) = stack(
         "cmx::nats::health_and_metrics_over_http",
-        "  http:\n    listen: 127.0.0.1:0\n",
+        "  http:\n    listen: 127.0.0.1:0\n  limits:\n    delta-cache-bytes: 1MiB\n",
     )
     .await
     else {
@@ -533,6 +533,43 @@ async fn health_and_metrics_over_http() {
         "{text}"
     );
     assert!(text.contains("cmx_pushes_total"), "{text}");
+    for sample in [
+        "cmx_delta_patches_total",
+        "cmx_delta_whole_total",
+        "cmx_delta_quiet_total",
+        "cmx_delta_cache_bytes",
+    ] {
+        assert_eq!(
+            kaa_testkit::cmx::metric_value(&text, sample),
+            0.0,
+            "{sample}\n{text}"
+        );
+    }
+    // A first request on the delta resource (kaa-rs extension): the whole
+    // configuration, counted, and the configuration enters the base cache.
+    let ep2 = s.names.endpoint(2);
+    s.fetch(
+        &ep2,
+        APP_V1,
+        "/config/json-patch",
+        1,
+        b"{}",
+        ("c2", r#"{"rate":5}"#),
+    )
+    .await;
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |sample: &str| kaa_testkit::cmx::metric_value(&text, sample);
+    assert_eq!(metric("cmx_delta_whole_total"), 1.0, "{text}");
+    assert_eq!(metric("cmx_delta_patches_total"), 0.0, "{text}");
+    let cached = metric("cmx_delta_cache_bytes");
+    assert!(cached > 0.0 && cached <= 1_048_576.0, "{text}");
     s.cmx.stop().await;
 }
 

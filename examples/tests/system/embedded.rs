@@ -163,3 +163,53 @@ async fn the_device_simulator_provisions_its_devices() {
     );
     stack.shutdown().await.expect("clean shutdown");
 }
+
+/// The device simulator with `--deltas` and `--pointer` (issue 18): it requests on
+/// `…/config/json-patch` with its pointers and prints the view of the
+/// configuration with the whole configuration's ID, then reports it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_simulator_asks_for_deltas() {
+    with_stack(|sys| async move {
+        let app = unique("kettleV1");
+        let config_id = Rest::new(sys)
+            .put_default(&app, None, &json!({"rate": 5, "mode": "AP"}))
+            .await;
+        let token = unique("kettle");
+        let mqtt = sys.mqtt.to_string();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_device"))
+            .args([
+                "--mqtt", &mqtt, "--app-version", &app, "run", "--token", &token, "--apply",
+                "--once", "--deltas", "--pointer", "/rate",
+            ])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), out)
+            .await
+            .expect("the device CLI finishes")
+            .expect("the device CLI runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "request kp1/{app}/{}/{token}/config/json-patch/1 {{\"observe\":true,\"pointers\":[\"/rate\"]}}",
+                sys.cmx
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "configuration default id={config_id} (response): {{\"/rate\":5}}"
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("applied default id={config_id}")),
+            "{stdout}"
+        );
+    })
+    .await;
+}

@@ -43,6 +43,7 @@
 //!     max-config-id-len: 256
 //!     max-endpoints-per-event: 10000  # 9/ELCE connected/disconnected events listing more are dropped
 //!     max-config-size: 1032192    # the stack's maximum configuration size (1 MiB − 16 KiB)
+//!     delta-cache-bytes: 16MiB    # configurations patches start from (kaa-rs deltas); 0: patches off
 //!   replicas:                     # kaa-rs extension, NATS only: replicas share the endpoints
 //!     enabled: false
 //!     bucket: kaa_cmx_cmx         # JetStream key-value bucket (default kaa_cmx_<instance>)
@@ -60,7 +61,12 @@
 //! configuration size ([`kaa_service::DEFAULT_MAX_CONFIG_SIZE`]): at start-up,
 //! it plus 16 KiB (7/CMP wrapper and 4/ESP envelope) must fit the bus's
 //! `max_payload` (NATS: the server's), or CMX refuses to start and names the
-//! largest value that fits. CMX holds no secrets; NATS credentials come from the
+//! largest value that fits. `delta-cache-bytes` (a byte size, default 16 MiB)
+//! bounds the cache of configurations that configuration deltas start from
+//! (kaa-rs extension, [`kaa_cmp::delta`]; `kaa_cmp::CmxConfig::delta_cache_bytes`): a
+//! device on `/config/json-patch` whose base is not in it gets the whole
+//! configuration; `0` turns patches off (every delta answer is whole), and is
+//! the one limit that may be 0. CMX holds no secrets; NATS credentials come from the
 //! environment only.
 //!
 //! Kaa (a Spring Boot application) also accepts its keys written flat, and so does
@@ -323,6 +329,10 @@ pub struct LimitsSection {
     /// The longest `configId` accepted from a device, bytes (default 256).
     #[serde(default)]
     pub max_config_id_len: Option<usize>,
+    /// The bound, in bytes, of the cache of configurations that configuration
+    /// deltas start from (kaa-rs extension; default 16 MiB, 0: patches off).
+    #[serde(default, deserialize_with = "kaa_service::de_opt_byte_size")]
+    pub delta_cache_bytes: Option<usize>,
 }
 
 impl CmxServiceConfig {
@@ -514,6 +524,7 @@ impl CmxServiceConfig {
             set(&mut c.max_waiters_per_request, l.max_waiters_per_request);
             set(&mut c.max_config_id_len, l.max_config_id_len);
             set(&mut c.max_endpoints_per_event, l.max_endpoints_per_event);
+            set(&mut c.delta_cache_bytes, l.delta_cache_bytes);
         }
         c.app_versions = self.app_versions();
         let run = uuid::Uuid::new_v4().simple().to_string();
@@ -807,6 +818,42 @@ mod tests {
         assert_eq!(e.cdtp_timeout, Duration::from_secs(5));
         assert_eq!(e.app_versions, Some(versions));
         assert!(e.correlation_prefix.unwrap().starts_with("cmx-1-"));
+        assert_eq!(e.delta_cache_bytes, 16 * 1024 * 1024);
+    }
+
+    /// `cmx.limits.delta-cache-bytes`: a byte size into
+    /// `CmxConfig::delta_cache_bytes`, the engine's default when absent, 0
+    /// accepted (patches off), and a value that is no size refused naming the key.
+    #[test]
+    fn delta_cache_bytes_is_a_byte_size() {
+        let default = CmxConfig::new("cmx", "r", "ecr", "kpc").delta_cache_bytes;
+        let c = CmxServiceConfig::parse("{}", "t").unwrap();
+        assert_eq!(c.engine_config().delta_cache_bytes, default);
+        for (value, bytes) in [("4MiB", 4 << 20), ("65536", 65_536), ("0", 0)] {
+            let text = format!("cmx:\n  bus: memory\n  limits:\n    delta-cache-bytes: {value}\n");
+            let c = CmxServiceConfig::parse(&text, "cmx.yaml").unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.engine_config().delta_cache_bytes, bytes, "{value}");
+        }
+        let flat = "cmx.limits.delta-cache-bytes: 2KiB\n";
+        let c = CmxServiceConfig::parse(flat, "cmx.yaml").unwrap();
+        assert_eq!(c.engine_config().delta_cache_bytes, 2048);
+
+        let text = "cmx:\n  limits:\n    delta-cache-bytes: plenty\n";
+        let err = CmxServiceConfig::parse(text, "cmx.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "cmx.yaml: line 3 column 24: cmx.limits.delta-cache-bytes: invalid size \"plenty\""
+            ),
+            "{err}"
+        );
+        let text = "cmx:\n  limits:\n    delta-cache-bytes: -1\n";
+        let err = CmxServiceConfig::parse(text, "cmx.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cmx.limits.delta-cache-bytes: "), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tracing::{Instrument, Span};
 use tokio::sync::mpsc;
 
 use super::membership::Membership;
-use super::metrics::{CmxMetrics, MessageKind};
+use super::metrics::{CmxMetrics, Gauges, MessageKind};
 use super::{Health, RunError, RunReport, now};
 
 /// At shutdown, the most `ClientData` already buffered in this process that is
@@ -598,9 +598,12 @@ impl Driver {
     }
 
     fn sync_metrics(&mut self) {
-        let tracked = self.engine.tracked_endpoints();
-        let pending = self.engine.pending_requests();
-        self.metrics.sync(self.engine.stats(), tracked, pending);
+        let gauges = Gauges {
+            tracked: self.engine.tracked_endpoints(),
+            pending: self.engine.pending_requests(),
+            delta_cache_bytes: self.engine.delta_cache_bytes(),
+        };
+        self.metrics.sync(self.engine.stats(), gauges);
     }
 }
 

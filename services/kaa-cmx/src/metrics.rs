@@ -22,6 +22,10 @@
 //! | `cmx_unknown_app_version_ignored_total` | counter | endpoints of an app version not in `kaa.applications` that 9/ELCE events or listed sessions named, not tracked ([`Stats::unknown_app_version_ignored`](kaa_cmp::engine::Stats::unknown_app_version_ignored)) |
 //! | `cmx_applied_behind_delivery_total` | counter | applied reports naming an older configuration than the one last delivered (answers and pushes reached the device out of order); each makes CMX push the current one again ([`Stats::applied_behind_delivery`](kaa_cmp::engine::Stats::applied_behind_delivery)) |
 //! | `cmx_no_responders_total` | counter | NATS "no responders" statuses on the 6/CDTP reply subject: a request found no provider subscribed (it then runs into its timeout) |
+//! | `cmx_delta_patches_total` | counter | configuration deltas (kaa-rs extension, `/config/json-patch`): answers and pushes that carried an RFC 6902 patch ([`Stats::delta_patches`](kaa_cmp::engine::Stats::delta_patches)) |
+//! | `cmx_delta_whole_total` | counter | deltas: answers and pushes on the delta resource that carried the whole configuration (first request, base not cached, patch not clearly smaller, absent configuration) ([`Stats::delta_whole`](kaa_cmp::engine::Stats::delta_whole)) |
+//! | `cmx_delta_quiet_total` | counter | deltas: pushes not sent to a device watching parts of a configuration because none of its parts changed ([`Stats::delta_quiet`](kaa_cmp::engine::Stats::delta_quiet)) |
+//! | `cmx_delta_cache_bytes` | gauge | deltas: bytes held in the cache of configurations patches start from (at most `cmx.limits.delta-cache-bytes`; [`Cmx::delta_cache_bytes`](kaa_cmp::engine::Cmx::delta_cache_bytes)) |
 //! | `cmx_tracked_endpoints` | gauge | endpoints the engine tracks |
 //! | `cmx_pending_cdtp_requests` | gauge | 6/CDTP requests in flight |
 
@@ -96,6 +100,17 @@ struct KindLabel {
     kind: MessageKind,
 }
 
+/// The engine's sizes the gauges show, read at each [`CmxMetrics::sync`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Gauges {
+    /// Endpoints the engine tracks.
+    pub(crate) tracked: usize,
+    /// 6/CDTP requests in flight.
+    pub(crate) pending: usize,
+    /// Bytes in the delta base cache.
+    pub(crate) delta_cache_bytes: usize,
+}
+
 /// The service's metrics, registered in a [`Metrics`] registry.
 #[derive(Clone, Debug)]
 pub(crate) struct CmxMetrics {
@@ -128,6 +143,10 @@ pub(crate) struct CmxMetrics {
     membership_changes: Counter,
     applied_behind_delivery: Counter,
     unknown_app_version_ignored: Counter,
+    delta_patches: Counter,
+    delta_whole: Counter,
+    delta_quiet: Counter,
+    delta_cache_bytes: Gauge,
     tracked_endpoints: Gauge,
     pending_requests: Gauge,
     /// The engine counters already added to the Prometheus counters.
@@ -165,6 +184,10 @@ impl CmxMetrics {
             membership_changes: Counter::default(),
             applied_behind_delivery: Counter::default(),
             unknown_app_version_ignored: Counter::default(),
+            delta_patches: Counter::default(),
+            delta_whole: Counter::default(),
+            delta_quiet: Counter::default(),
+            delta_cache_bytes: Gauge::default(),
             tracked_endpoints: Gauge::default(),
             pending_requests: Gauge::default(),
             seen: Stats::default(),
@@ -291,6 +314,26 @@ impl CmxMetrics {
             m.unknown_app_version_ignored.clone(),
         );
         r.register(
+            "delta_patches",
+            "Configuration deltas (kaa-rs extension): answers and pushes that carried an RFC 6902 patch",
+            m.delta_patches.clone(),
+        );
+        r.register(
+            "delta_whole",
+            "Configuration deltas: answers and pushes on the delta resource that carried the whole configuration",
+            m.delta_whole.clone(),
+        );
+        r.register(
+            "delta_quiet",
+            "Configuration deltas: pushes not sent to a device watching parts because none of its parts changed",
+            m.delta_quiet.clone(),
+        );
+        r.register(
+            "delta_cache_bytes",
+            "Configuration deltas: bytes held in the cache of configurations patches start from",
+            m.delta_cache_bytes.clone(),
+        );
+        r.register(
             "tracked_endpoints",
             "Endpoints the engine tracks",
             m.tracked_endpoints.clone(),
@@ -309,7 +352,7 @@ impl CmxMetrics {
     }
 
     /// Brings the counters and gauges up to date with the engine.
-    pub(crate) fn sync(&mut self, stats: &Stats, tracked: usize, pending: usize) {
+    pub(crate) fn sync(&mut self, stats: &Stats, gauges: Gauges) {
         fn add(counter: &Counter, now: u64, seen: &mut u64) {
             if now > *seen {
                 counter.inc_by(now - *seen);
@@ -401,10 +444,17 @@ impl CmxMetrics {
             stats.endpoints_evicted,
             &mut seen.endpoints_evicted,
         );
-        self.tracked_endpoints
-            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
-        self.pending_requests
-            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        add(
+            &self.delta_patches,
+            stats.delta_patches,
+            &mut seen.delta_patches,
+        );
+        add(&self.delta_whole, stats.delta_whole, &mut seen.delta_whole);
+        add(&self.delta_quiet, stats.delta_quiet, &mut seen.delta_quiet);
+        let gauge = |g: &Gauge, v: usize| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&self.tracked_endpoints, gauges.tracked);
+        gauge(&self.pending_requests, gauges.pending);
+        gauge(&self.delta_cache_bytes, gauges.delta_cache_bytes);
     }
 
     /// A response to a device request was published.
@@ -450,5 +500,54 @@ impl CmxMetrics {
     /// A NATS "no responders" status arrived on the 6/CDTP reply subject.
     pub(crate) fn no_responders(&self) {
         self.no_responders.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The delta counters and the cache gauge follow the engine's `Stats` and
+    /// `Cmx::delta_cache_bytes`, counters by increments as the others do.
+    #[test]
+    fn delta_metrics_follow_the_engine() {
+        let mut m = CmxMetrics::new();
+        let text = m.registry().render();
+        for name in [
+            "cmx_delta_patches_total 0",
+            "cmx_delta_whole_total 0",
+            "cmx_delta_quiet_total 0",
+            "cmx_delta_cache_bytes 0",
+        ] {
+            assert!(text.contains(name), "{name} in {text}");
+        }
+        let mut stats = Stats::default();
+        stats.delta_patches = 3;
+        stats.delta_whole = 2;
+        stats.delta_quiet = 1;
+        let gauges = Gauges {
+            tracked: 4,
+            pending: 0,
+            delta_cache_bytes: 1234,
+        };
+        m.sync(&stats, gauges);
+        stats.delta_patches = 5;
+        m.sync(
+            &stats,
+            Gauges {
+                delta_cache_bytes: 999,
+                ..gauges
+            },
+        );
+        let text = m.registry().render();
+        for sample in [
+            "cmx_delta_patches_total 5",
+            "cmx_delta_whole_total 2",
+            "cmx_delta_quiet_total 1",
+            "cmx_delta_cache_bytes 999",
+            "cmx_tracked_endpoints 4",
+        ] {
+            assert!(text.contains(sample), "{sample} in {text}");
+        }
     }
 }
