@@ -11,7 +11,7 @@
 //! | `TAKEOVER_ENDPOINTS` | connected endpoints, every one observing `/config/json` | 2000 |
 //! | `TAKEOVER_REPLICAS` | CMX replicas (`cmx` binaries, one SIGKILLed) | 2 |
 //! | `TAKEOVER_EXPIRY_MS` | `cmx.replicas.expiry-ms` values to run, comma-separated | `5000` (the default) |
-//! | `TAKEOVER_HEARTBEAT_MS` | `cmx.replicas.heartbeat-ms` | 1000 (the default) |
+//! | `TAKEOVER_HEARTBEAT_MS` | `cmx.replicas.heartbeat-ms` | a fifth of the expiry (1000 for 5000, the defaults) |
 //!
 //! A private `nats-server` with JetStream, `TAKEOVER_REPLICAS` `cmx` processes (the
 //! release binary, replicas on), and in this process a fake communication service
@@ -316,7 +316,9 @@ fn ms(d: Duration) -> String {
 fn main() {
     let endpoints: usize = env_or("TAKEOVER_ENDPOINTS", 2_000);
     let replicas: usize = env_or("TAKEOVER_REPLICAS", 2).max(2);
-    let heartbeat_ms: u64 = env_or("TAKEOVER_HEARTBEAT_MS", 1_000);
+    let heartbeat: Option<u64> = std::env::var("TAKEOVER_HEARTBEAT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let expiries: Vec<u64> = std::env::var("TAKEOVER_EXPIRY_MS")
         .unwrap_or_else(|_| "5000".to_owned())
         .split(',')
@@ -336,16 +338,16 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "cmx_takeover: {endpoints} endpoints, {replicas} CMX replicas (cmx binaries), \
-         heartbeat {heartbeat_ms} ms; replica 1 SIGKILLed as a new configuration of every \
-         endpoint is announced"
+        "cmx_takeover: {endpoints} endpoints, {replicas} CMX replicas (cmx binaries); replica 1 \
+         SIGKILLed as a new configuration of every endpoint is announced"
     );
     println!(
-        "| expiry-ms | killed replica's endpoints | p50 ms | p99 ms | max ms | missing | \
+        "| expiry-ms (heartbeat-ms) | killed replica's endpoints | p50 ms | p99 ms | max ms | missing | \
          other endpoints | p50 ms | p99 ms | max ms | missing | pushes of the new config per endpoint |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for expiry_ms in expiries {
+        let heartbeat_ms = heartbeat.unwrap_or((expiry_ms / 5).max(100));
         let row = runtime.block_on(run(
             &url,
             dir.path(),
@@ -355,7 +357,7 @@ fn main() {
             expiry_ms,
         ));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
+            "| {} ({heartbeat_ms}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} |",
             row.expiry_ms,
             row.killed.len(),
             ms(percentile(&row.killed, 0.5)),
