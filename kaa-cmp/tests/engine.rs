@@ -1378,6 +1378,38 @@ fn max_endpoints_passes_over_endpoints_with_a_request_in_flight() {
     assert_eq!(w.cmx.stats().endpoints_evicted, 2);
 }
 
+/// At `max_endpoints`, a device that asked `observe: false` keeps its state
+/// while another endpoint can go: evicted, its next `connected` event tracked it
+/// anew and pushed to it (`kaa-conformance cmx-fuzz`, seed 20261206, invariant 5:
+/// a push after `observe: false`, 7/CMP MUST NOT).
+#[test]
+fn max_endpoints_passes_over_endpoints_that_opted_out_of_pushes() {
+    let mut config = config();
+    config.max_endpoints = 3;
+    let mut w = World::with(config);
+    for ep in ["b", "c"] {
+        w.send(ep, "/config/json", Some(1), "{}");
+        w.take_one(ep);
+        w.advance(1);
+    }
+    w.send("a", "/config/json", Some(1), r#"{"observe":false}"#);
+    w.take_one("a");
+    w.disconnect(&["a"]);
+    w.advance(1);
+    // A fourth endpoint: "a" is the only idle one, but opted out.
+    w.send("d", "/config/json", Some(1), "{}");
+    w.take_one("d");
+    assert!(w.cmx.endpoint("a").is_some(), "kept: it opted out");
+    assert!(
+        w.cmx.endpoint("b").is_none(),
+        "the oldest without a reason goes"
+    );
+    // A new configuration, and "a" comes back: no push.
+    w.update("a", None, r#"{"v":2}"#);
+    w.connect(&["a"]);
+    assert!(w.take("a").is_empty(), "no push after observe: false");
+}
+
 #[test]
 fn too_many_pending_requests_is_503_and_pushes_are_retried() {
     let mut config = config();

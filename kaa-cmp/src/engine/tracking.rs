@@ -55,18 +55,24 @@ impl Cmx {
 
     /// The endpoint to evict at `max_endpoints`: the least recently active
     /// disconnected one, else the least recently active connected one, passing
-    /// over (among the first [`EVICTION_SCAN`] of each list) endpoints with a
-    /// 6/CDTP request in flight. Evicting one of those broke the rule of one
-    /// request in flight per endpoint and name: its next message tracked it anew
-    /// and asked the provider again while the first request was still there
-    /// (found by `kaa-conformance cmx-fuzz`, whose endpoints filled a CMX's
-    /// million: a device disconnected a moment ago was the oldest idle endpoint).
-    /// When every endpoint scanned has one, the oldest is evicted all the same.
+    /// over (among the first [`EVICTION_SCAN`] of each list) endpoints whose
+    /// state cannot be lost without breaking a rule:
+    /// - a 6/CDTP request in flight: its next message tracked it anew and asked
+    ///   the provider again while the first request was still there (one request
+    ///   in flight per endpoint and name);
+    /// - a name the device asked `observe: false` for: the next `connected` event
+    ///   tracked it anew and pushed to it (7/CMP: MUST NOT).
+    ///
+    /// Both were found by `kaa-conformance cmx-fuzz`, whose endpoints filled a
+    /// CMX's million: a device disconnected a moment ago was the oldest idle
+    /// endpoint. When every endpoint scanned is such, the oldest is evicted all
+    /// the same (the rules then hold only as far as memory allows).
     fn eviction_victim(&self) -> Option<u32> {
         let busy = |slot: u32| {
             self.endpoints.get(slot).is_some_and(|e| {
-                e.names()
-                    .any(|n| self.in_flight.contains_key(&(slot, n.name)))
+                e.names().any(|n| {
+                    n.observe == Observe::Off || self.in_flight.contains_key(&(slot, n.name))
+                })
             })
         };
         [false, true]
