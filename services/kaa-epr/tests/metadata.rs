@@ -10,78 +10,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kaa_bus::{Bus, MemoryBus, NatsBus, NatsConfig};
-use kaa_epr::EprServer;
-use kaa_epr::config::EprConfig;
 use kaa_ism::avro::{Decode, Encode};
-use kaa_service::auth::{Access, Authenticator};
 use serde_json::{Value, json};
 
-const RW: &str = "rw-secret-token";
-const RO: &str = "ro-secret-token";
+mod common;
 
-struct Harness {
-    base: String,
-    bus: Arc<dyn Bus>,
-    client: reqwest::Client,
-    instance: String,
-    _dir: tempfile::TempDir,
-    _server: tokio::task::JoinHandle<()>,
-}
-
-async fn start(bus: Arc<dyn Bus>, instance: &str, apps: &str) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let yaml = format!(
-        "service:\n  instance:\n    name: {instance}\n{apps}epr:\n  http:\n    listen: 127.0.0.1:0\n  store:\n    url: sqlite://{}\nauth:\n  enabled: false\n",
-        dir.path().join("epr.db").display()
-    );
-    let config: EprConfig = kaa_service::parse_yaml(&yaml, "test").unwrap();
-    let auth = Authenticator::with_tokens([
-        ("admin".to_owned(), RW.to_owned(), Access::ReadWrite),
-        ("viewer".to_owned(), RO.to_owned(), Access::Read),
-    ]);
-    let server = EprServer::bind_with_auth(&config, Arc::clone(&bus), auth)
-        .await
-        .unwrap();
-    let base = format!("http://{}/api/v1", server.local_addr());
-    let handle = tokio::spawn(async move {
-        let _ = server.run(std::future::pending()).await;
-    });
-    Harness {
-        base,
-        bus,
-        client: reqwest::Client::new(),
-        instance: instance.to_owned(),
-        _dir: dir,
-        _server: handle,
-    }
-}
-
-impl Harness {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(RW), Some(body))
-            .await
-    }
-}
+use common::{Harness, RW, start};
 
 // ------------------------------------------------------------------------------
 // The endpoint metadata lookup (kaa-rs extension on 16/ECAP subjects), answered by
