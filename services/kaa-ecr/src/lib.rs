@@ -13,6 +13,7 @@
 //!   JSON Schema checks, effective-configuration changes).
 //! - [`api`]: the axum REST API under `/api/v1`, its OpenAPI document, bearer tokens.
 //! - [`bus`]: the 6/CDTP provider, event publisher and event listeners.
+//! - [`ui`]: the rollout page at `/ui/` (plain HTML and JS over the REST API).
 //! - [`config`]: the YAML configuration; [`EcrServer`] composes everything from it.
 //!
 //! ```
@@ -48,6 +49,7 @@ pub mod config;
 pub mod core;
 pub mod model;
 pub mod store;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
