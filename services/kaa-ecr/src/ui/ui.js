@@ -289,7 +289,7 @@ function barRow(label, cls) {
   const fill = h('span', { class: 'fill ' + cls });
   const track = h('span', { class: 'track', 'aria-hidden': 'true' }, fill);
   const value = h('span', { class: 'num' });
-  const row = h('div', { class: 'bar-row' }, h('span', {}, label), track, value);
+  const row = h('div', { class: 'bar-row', 'data-count': cls }, h('span', {}, label), track, value);
   return { row, fill, track, value, mark: null };
 }
 
@@ -320,6 +320,7 @@ function setMark(bar, percent, title) {
 
 function updateCard(card, r) {
   const stateCls = 'state state-' + (r.state || 'unknown');
+  card.el.dataset.state = r.state || '';
   card.title.replaceChildren('Rollout of ', h('code', {}, r.name || 'default'), ' to ',
     h('code', { title: r.configId || '' }, short(r.configId)),
     h('span', { class: stateCls }, r.state || 'unknown'));
