@@ -74,7 +74,7 @@ fn rollout(f: &Fake) -> Value {
     };
     json!({
         "rolloutId": ROLLOUT, "appVersionName": APP, "name": "default",
-        "configId": NEW, "previousConfigId": OLD,
+        "configId": NEW, "previousConfigId": OLD, "config": "{\"rate\":6}",
         "state": f.state, "reason": null, "step": 1,
         "steps": [
             step(5, 5, "passed", 5, 5, 0),
@@ -125,7 +125,7 @@ async fn act(
     let next = match (action.as_str(), f.state.as_str()) {
         ("pause", "running") => "paused",
         ("resume", "paused") => "running",
-        ("abort", "running" | "paused") => "aborted",
+        ("abort", "running" | "paused") => "reverted",
         _ => {
             return error(
                 StatusCode::CONFLICT,

@@ -6,13 +6,15 @@
 const API = new URL('../api/v1/', document.baseURI).href;
 const POLL_MS = 1500;
 const TOKEN_KEY = 'kaa-ecr-api-token';
-const ACTIVE = new Set(['running', 'paused']);
+// One active rollout per (app version, name): running, paused, or halted
+// (aborted with onAbort "halt": the cohort keeps the new configuration).
+const ACTIVE = new Set(['running', 'paused', 'halted']);
 const ACTIONS = [
   // [action, label, states that allow it, needs confirmation]
   ['pause', 'Pause', ['running'], false],
   ['resume', 'Resume', ['paused'], false],
-  ['promote', 'Promote', ['running', 'paused'], true],
-  ['abort', 'Abort', ['running', 'paused'], true],
+  ['promote', 'Promote', ['running', 'paused', 'halted'], true],
+  ['abort', 'Abort', ['running', 'paused', 'halted'], true],
 ];
 
 const $ = (id) => document.getElementById(id);
@@ -109,9 +111,8 @@ async function load() {
     const names = (av.configurations || []).map((c) => c.name);
     const [counts, listed] = await Promise.all([
       Promise.all(names.map((n) => api('GET', base + '/status-counts?name=' + enc(n)).then((r) => r.body || []))),
-      Promise.all([api('GET', base + '/rollouts')]
-        .concat(names.map((n) => api('GET', base + '/rollouts?name=' + enc(n)))))
-        .then((rs) => rs.flatMap((r) => r.body || [])),
+      // Without ?name=: every name's rollouts.
+      api('GET', base + '/rollouts').then((r) => r.body || []),
     ]);
     // One entry per rollout, newest first; active ones re-read for their ETag.
     const byId = new Map();
@@ -276,11 +277,13 @@ function rolloutCard(r) {
     refs.buttons[action] = b;
     actions.append(b);
   }
+  refs.config = h('pre', { class: 'config' });
+  refs.details = h('details', {}, h('summary', {}, 'The new configuration'), refs.config);
   refs.steps = h('ol', { class: 'steps', 'aria-label': 'Steps' });
   refs.stepItems = [];
   refs.el = h('article', { class: 'rollout', 'aria-labelledby': id },
     h('div', { class: 'rollout-head' }, h('div', {}, refs.title, refs.meta, refs.reason), actions),
-    refs.error, refs.steps);
+    refs.error, refs.steps, refs.details);
   refs.el.dataset.rolloutId = r.rolloutId;
   return refs;
 }
@@ -337,6 +340,13 @@ function updateCard(card, r) {
   card.meta.textContent = parts.join(' · ');
   card.reason.textContent = r.reason ? 'Reason: ' + r.reason : '';
   card.reason.hidden = !r.reason;
+  card.details.hidden = typeof r.config !== 'string';
+  if (typeof r.config === 'string' && card.config.dataset.raw !== r.config) {
+    card.config.dataset.raw = r.config;
+    let pretty = r.config;
+    try { pretty = JSON.stringify(JSON.parse(r.config), null, 2); } catch (e) { /* shown as sent */ }
+    card.config.textContent = pretty;
+  }
   for (const [action, , allowed] of ACTIONS) {
     const b = card.buttons[action];
     b.disabled = card.busy || !allowed.includes(r.state);
