@@ -7,7 +7,14 @@
 //! | `PUT/GET/DELETE /app-versions/{appVersionName}[?name=]` | an app version's default configuration |
 //! | `GET /app-versions/{appVersionName}/configurations` | all its named defaults |
 //! | `PUT /endpoints/batch[?name=]` | one configuration for many endpoints, atomically |
+//! | `GET /endpoints/{endpointId}/app-versions/{appVersionName}/effective[?name=]` | what ECR serves the endpoint: its own configuration, else the default as the active rollout's cohort says |
 //! | `GET /statuses?endpointId=…[&appVersionName=][&configId=][&page=][&size=]` | the status history, Spring-style pages |
+//! | `GET /app-versions` | the app versions ECR knows, with their defaults' config IDs |
+//! | `GET /app-versions/{appVersionName}/status-counts[?name=]` | per config ID, the endpoints whose latest status it is (applied, rejected, dispatched) |
+//! | `POST /app-versions/{appVersionName}/rollouts[?name=]` | begin a staged rollout (201; 409 when one is active) |
+//! | `GET /app-versions/{appVersionName}/rollouts[?name=]` | its rollouts, newest first (every name unless `name` is given) |
+//! | `GET /rollouts/{rolloutId}` | one rollout, `ETag: "<rolloutId>-<revision>"` |
+//! | `POST /rollouts/{rolloutId}/pause`, `/resume`, `/abort`, `/promote` | act on it (`If-Match` optional; 409 when its state does not allow it) |
 //! | `GET /openapi.json` | this API as OpenAPI 3 (no authentication) |
 //! | `GET /ui/` (outside `/api/v1`) | the rollout page, [`super::ui`] (no authentication; it calls this API with the user's token) |
 //!
@@ -28,7 +35,10 @@
 //!   app versions when `kaa.applications` lists some (400), missing or unknown token
 //!   (401), read-only token on a write (403), unknown route (404), wrong method (405,
 //!   with `Allow`), precondition failed (412), body too large (413), wrong content type
-//!   (415), store failure (500).
+//!   (415), a write of a default while a rollout of it is active, a second rollout,
+//!   or a rollout action its state does not allow (409), store failure (500).
+//! - Rollouts (see [`crate::rollout`]) carry `ETag: "<rolloutId>-<revision>"`; the
+//!   actions take `If-Match` with it (412 with the current `ETag` when it is stale).
 //! - Authentication: `Authorization: Bearer <token>`; GET needs `read` or
 //!   `read-write`, PUT and DELETE need `read-write`. `auth.enabled: false` switches it
 //!   off. `/openapi.json` (and `/health`, `/metrics`) need no token.
@@ -43,7 +53,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -55,6 +65,9 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use super::core::{BatchOutcome, Ecr, EcrError};
 use super::model::{
     self, AppVersionName, ConfigName, EndpointId, Scope, StatusQuery, StatusRecord, StoredConfig,
+};
+use super::rollout::{
+    self, AbortCriteria, Action, Gate, OnAbort, Rollout, RolloutState, StepCounts, StepState,
 };
 use super::store::{Precondition, StoreError};
 use kaa_service::{Metrics, http_metrics, json_error, ops_router};
@@ -119,6 +132,20 @@ impl From<EcrError> for ApiError {
                         .map_or_else(|| "there is none".to_owned(), |c| format!("configId {c}"))
                 ),
                 etag: current.map(|c| format!("\"{c}\"")),
+            },
+            EcrError::Store(StoreError::Conflict(message)) | EcrError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, message)
+            }
+            EcrError::Store(e @ StoreError::RolloutChanged { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, format!("{e}; try again"))
+            }
+            EcrError::RolloutNotFound(id) => {
+                ApiError::new(StatusCode::NOT_FOUND, format!("no rollout {id}"))
+            }
+            EcrError::RolloutPrecondition { etag } => ApiError {
+                status: StatusCode::PRECONDITION_FAILED,
+                message: format!("If-Match does not match the rollout's current ETag {etag}"),
+                etag: Some(etag),
             },
             EcrError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
@@ -692,6 +719,7 @@ async fn list_endpoint_configs(
     responses(
         (status = 200, body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+        (status = 409, description = "A rollout of this configuration is active", body = ErrorDto),
         (status = 412, body = ErrorDto), (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
     ),
     security(("bearer" = []))
@@ -737,7 +765,9 @@ async fn get_default_config(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
-        (status = 404, body = ErrorDto), (status = 412, body = ErrorDto),
+        (status = 404, body = ErrorDto),
+        (status = 409, description = "A rollout of this configuration is active", body = ErrorDto),
+        (status = 412, body = ErrorDto),
     ),
     security(("bearer" = []))
 )]
@@ -888,6 +918,501 @@ async fn get_statuses(
     .into_response())
 }
 
+/// `POST /app-versions/{appVersionName}/rollouts` body (see [`crate::rollout`]).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutRequest {
+    /// The new configuration (any JSON value).
+    #[schema(value_type = Value)]
+    pub config: Value,
+    /// Cumulative percentages of the app version's endpoints, each above 0 and at
+    /// most 100 (sorted and deduplicated; 1 to 100 of them). Passing the last step
+    /// makes the configuration the default for everyone.
+    #[schema(schema_with = steps_schema)]
+    pub steps: Vec<f64>,
+    /// The gate of every step.
+    pub gate: Gate,
+    /// The abort criteria.
+    pub abort: AbortCriteria,
+    /// What an abort does.
+    pub on_abort: OnAbort,
+}
+
+fn steps_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .exclusive_minimum(Some(0.0))
+                .maximum(Some(100.0)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(rollout::MAX_STEPS))
+        .build()
+}
+
+/// One step of a rollout.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepDto {
+    /// The cumulative percentage.
+    pub percent: f64,
+    /// `pending`, `soaking`, `passed` or `failed`.
+    pub state: StepState,
+    /// Known endpoints following the default in the cohort.
+    pub targeted: u64,
+    /// Of those, seen reached (dispatched, applied or rejected).
+    pub delivered: u64,
+    /// Applied the new configuration.
+    pub applied: u64,
+    /// Rejected it.
+    pub rejected: u64,
+    /// Dispatched without a report within the report timeout.
+    pub timed_out: u64,
+    /// When it began (ISO-8601 UTC).
+    pub started_date: Option<String>,
+    /// When its soak time ends (ISO-8601 UTC).
+    pub soak_until: Option<String>,
+}
+
+/// A rollout. The current step of an active rollout has live counts; the others
+/// have the counts they ended with.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutDto {
+    /// Its ID.
+    pub rollout_id: String,
+    /// The app version.
+    pub app_version_name: String,
+    /// The configuration name.
+    pub name: String,
+    /// The new configuration's ID.
+    pub config_id: String,
+    /// The new configuration, serialised as a string (as in configurations).
+    pub config: String,
+    /// The default's config ID when it began (null: there was none).
+    pub previous_config_id: Option<String>,
+    /// `running`, `paused`, `halted`, `completed` or `reverted`.
+    pub state: RolloutState,
+    /// Why it stopped, or null.
+    pub reason: Option<String>,
+    /// The index of the current step.
+    pub step: usize,
+    /// The steps.
+    pub steps: Vec<StepDto>,
+    /// The gate.
+    pub gate: Gate,
+    /// The abort criteria.
+    pub abort: AbortCriteria,
+    /// What an abort does.
+    pub on_abort: OnAbort,
+    /// When it was created (ISO-8601 UTC).
+    pub created_date: String,
+    /// When it last changed (ISO-8601 UTC).
+    pub updated_date: String,
+}
+
+impl RolloutDto {
+    fn new(r: &Rollout, live: Option<StepCounts>) -> Self {
+        let date = |ms: i64| model::format_iso8601(kaa_ism::UnixMillis(ms));
+        let steps = r
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let c = match live {
+                    Some(live) if i == r.step => live,
+                    _ => s.counts,
+                };
+                StepDto {
+                    percent: s.percent,
+                    state: s.state,
+                    targeted: c.targeted,
+                    delivered: c.delivered,
+                    applied: c.applied,
+                    rejected: c.rejected,
+                    timed_out: c.timed_out,
+                    started_date: s.started_ms.map(date),
+                    soak_until: s.soak_until_ms.map(date),
+                }
+            })
+            .collect();
+        Self {
+            rollout_id: r.rollout_id.clone(),
+            app_version_name: r.app_version.clone(),
+            name: r.name.clone(),
+            config_id: r.config_id.clone(),
+            config: r.content.clone(),
+            previous_config_id: r.previous_config_id.clone(),
+            state: r.state,
+            reason: r.reason.clone(),
+            step: r.step,
+            steps,
+            gate: r.gate.clone(),
+            abort: r.abort.clone(),
+            on_abort: r.on_abort,
+            created_date: date(r.created_ms),
+            updated_date: date(r.updated_ms),
+        }
+    }
+}
+
+fn rollout_response(status: StatusCode, r: &Rollout, live: Option<StepCounts>) -> Response {
+    let mut response = (status, Json(RolloutDto::new(r, live))).into_response();
+    if let Ok(etag) = HeaderValue::from_str(&r.etag()) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// One default of an app version in `GET /app-versions`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultSummaryDto {
+    /// The configuration name.
+    pub name: String,
+    /// Its config ID.
+    pub config_id: String,
+}
+
+/// One app version in `GET /app-versions`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppVersionDto {
+    /// The app version.
+    pub app_version_name: String,
+    /// Its default configurations, by name.
+    pub configurations: Vec<DefaultSummaryDto>,
+}
+
+/// One row of `GET /app-versions/{appVersionName}/status-counts`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCountDto {
+    /// The config ID.
+    pub config_id: String,
+    /// Endpoints whose latest status is this config ID, applied.
+    pub applied: u64,
+    /// … rejected.
+    pub rejected: u64,
+    /// … dispatched, not confirmed yet.
+    pub dispatched: u64,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RolloutListQuery {
+    /// Only rollouts of this configuration name (7/CMP `^[a-zA-Z0-9_-]+$`, at most
+    /// 256 characters); absent: every name.
+    #[param(pattern = "^[a-zA-Z0-9_-]+$", min_length = 1, max_length = 256)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+struct RolloutPath {
+    /// The rollout's ID.
+    #[serde(rename = "rolloutId")]
+    rollout_id: String,
+}
+
+/// Begin a staged rollout of a new default configuration.
+#[utoipa::path(
+    post, path = "/api/v1/app-versions/{appVersionName}/rollouts",
+    tag = "rollouts",
+    params(AppVersionPath, NameQuery),
+    request_body(content = RolloutRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Begun: the first step's cohort is announced the configuration", body = RolloutDto,
+            headers(("ETag" = String, description = "\"<rolloutId>-<revision>\""), ("Location" = String, description = "/api/v1/rollouts/<rolloutId>"))),
+        (status = 400, description = "Invalid name, body or schema violation", body = ErrorDto),
+        (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+        (status = 409, description = "A rollout of this configuration is active, or the configuration is the default already", body = ErrorDto),
+        (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn post_rollout(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<AppVersionPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+    JsonBody(body): JsonBody<RolloutRequest>,
+) -> Result<Response, ApiError> {
+    let app_version = AppVersionName::new(path.app_version_name.as_str())?;
+    let name = query.config_name()?;
+    let spec = crate::core::RolloutSpec {
+        config: body.config,
+        steps: body.steps,
+        gate: body.gate,
+        abort: body.abort,
+        on_abort: body.on_abort,
+    };
+    let now = model::now();
+    let r = state
+        .ecr
+        .create_rollout(&app_version, &name, &spec, now)
+        .await?;
+    let live = state.ecr.rollout_counts(&r, now).await.ok();
+    let mut response = rollout_response(StatusCode::CREATED, &r, live);
+    if let Ok(location) = HeaderValue::from_str(&format!("{API_PREFIX}/rollouts/{}", r.rollout_id))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The rollouts of an app version, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/app-versions/{appVersionName}/rollouts",
+    tag = "rollouts",
+    params(AppVersionPath, RolloutListQuery),
+    responses(
+        (status = 200, body = Vec<RolloutDto>),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_rollouts(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<AppVersionPath>,
+    ApiQuery(query): ApiQuery<RolloutListQuery>,
+) -> Result<Response, ApiError> {
+    let app_version = AppVersionName::new(path.app_version_name.as_str())?;
+    let name = query.name.as_deref().map(ConfigName::new).transpose()?;
+    let rollouts = state
+        .ecr
+        .rollouts(&app_version, name.as_ref(), model::now())
+        .await?;
+    Ok(Json(
+        rollouts
+            .iter()
+            .map(|(r, live)| RolloutDto::new(r, *live))
+            .collect::<Vec<_>>(),
+    )
+    .into_response())
+}
+
+/// One rollout.
+#[utoipa::path(
+    get, path = "/api/v1/rollouts/{rolloutId}",
+    tag = "rollouts",
+    params(RolloutPath),
+    responses(
+        (status = 200, body = RolloutDto, headers(("ETag" = String, description = "\"<rolloutId>-<revision>\""))),
+        (status = 401, body = ErrorDto), (status = 404, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_rollout(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<RolloutPath>,
+) -> Result<Response, ApiError> {
+    let (r, live) = state.ecr.rollout(&path.rollout_id, model::now()).await?;
+    Ok(rollout_response(StatusCode::OK, &r, live))
+}
+
+async fn act(
+    state: &ApiState,
+    rollout_id: &str,
+    action: Action,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let if_match = precondition(headers)?;
+    let now = model::now();
+    let r = state
+        .ecr
+        .act_on_rollout(rollout_id, action, &if_match, now)
+        .await?;
+    let live = if r.state.is_active() {
+        state.ecr.rollout_counts(&r, now).await.ok()
+    } else {
+        None
+    };
+    Ok(rollout_response(StatusCode::OK, &r, live))
+}
+
+macro_rules! rollout_action {
+    ($handler:ident, $action:expr, $path:literal, $summary:literal, $conflict:literal) => {
+        #[doc = $summary]
+        #[utoipa::path(
+            post, path = $path,
+            tag = "rollouts",
+            params(
+                RolloutPath,
+                ("If-Match" = Option<String>, Header, description = "The rollout's current ETag, quoted, or *"),
+            ),
+            responses(
+                (status = 200, body = RolloutDto, headers(("ETag" = String, description = "\"<rolloutId>-<revision>\""))),
+                (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+                (status = 404, body = ErrorDto),
+                (status = 409, description = $conflict, body = ErrorDto),
+                (status = 412, description = "If-Match does not match", body = ErrorDto),
+            ),
+            security(("bearer" = []))
+        )]
+        async fn $handler(
+            State(state): State<ApiState>,
+            ApiPath(path): ApiPath<RolloutPath>,
+            headers: HeaderMap,
+        ) -> Result<Response, ApiError> {
+            act(&state, &path.rollout_id, $action, &headers).await
+        }
+    };
+}
+
+rollout_action!(
+    pause_rollout,
+    Action::Pause,
+    "/api/v1/rollouts/{rolloutId}/pause",
+    "Pause a running rollout (its cohort keeps the new configuration).",
+    "Not running"
+);
+rollout_action!(
+    resume_rollout,
+    Action::Resume,
+    "/api/v1/rollouts/{rolloutId}/resume",
+    "Resume a paused rollout.",
+    "Not paused"
+);
+rollout_action!(
+    abort_rollout,
+    Action::Abort,
+    "/api/v1/rollouts/{rolloutId}/abort",
+    "Abort a rollout: as its onAbort says (revert or halt); a halted rollout reverts.",
+    "Completed or reverted already"
+);
+rollout_action!(
+    promote_rollout,
+    Action::Promote,
+    "/api/v1/rollouts/{rolloutId}/promote",
+    "Pass the current step by hand, whatever its gate says (the last step completes the rollout).",
+    "Completed or reverted already"
+);
+
+/// The app versions ECR knows (listed in `kaa.applications`, or seen: endpoints,
+/// defaults, rollouts), with their default configurations.
+#[utoipa::path(
+    get, path = "/api/v1/app-versions",
+    tag = "default configurations",
+    responses(
+        (status = 200, body = Vec<AppVersionDto>),
+        (status = 401, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_app_versions(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let mut known = state
+        .ecr
+        .store()
+        .app_versions()
+        .await
+        .map_err(EcrError::from)?;
+    for listed in state.ecr.apps().listed() {
+        if !known.iter().any(|k| k.app_version == listed) {
+            known.push(crate::store::AppVersionSummary {
+                app_version: listed,
+                defaults: Vec::new(),
+            });
+        }
+    }
+    known.sort_by(|a, b| a.app_version.cmp(&b.app_version));
+    let dto: Vec<AppVersionDto> = known
+        .into_iter()
+        .filter(|k| {
+            AppVersionName::new(k.app_version.as_str())
+                .is_ok_and(|a| state.ecr.apps().check(&a).is_ok())
+        })
+        .map(|k| AppVersionDto {
+            app_version_name: k.app_version,
+            configurations: k
+                .defaults
+                .into_iter()
+                .map(|(name, config_id)| DefaultSummaryDto { name, config_id })
+                .collect(),
+        })
+        .collect();
+    Ok(Json(dto).into_response())
+}
+
+/// Per config ID, how many endpoints' latest status for the configuration `name`
+/// of the app version is that config ID applied, rejected or dispatched.
+#[utoipa::path(
+    get, path = "/api/v1/app-versions/{appVersionName}/status-counts",
+    tag = "statuses",
+    params(AppVersionPath, NameQuery),
+    responses(
+        (status = 200, body = Vec<StatusCountDto>),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_status_counts(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<AppVersionPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+) -> Result<Response, ApiError> {
+    let app_version = AppVersionName::new(path.app_version_name.as_str())?;
+    let name = query.config_name()?;
+    state.ecr.apps().check(&app_version)?;
+    state.ecr.flush_statuses().await;
+    let counts = state
+        .ecr
+        .store()
+        .status_counts(&app_version, &name)
+        .await
+        .map_err(EcrError::from)?;
+    Ok(Json(
+        counts
+            .into_iter()
+            .map(|c| StatusCountDto {
+                config_id: c.config_id,
+                applied: c.applied,
+                rejected: c.rejected,
+                dispatched: c.dispatched,
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response())
+}
+
+/// What ECR serves an endpoint: its own configuration, else the default, as the
+/// cohort of an active rollout says (the 6/CDTP answer).
+#[utoipa::path(
+    get, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}/effective",
+    tag = "endpoint configurations",
+    params(EndpointPath, NameQuery),
+    responses(
+        (status = 200, body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 404, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_effective_config(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<EndpointPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+) -> Result<Response, ApiError> {
+    let scope = path.scope()?;
+    let name = query.config_name()?;
+    let Scope::Endpoint {
+        endpoint_id,
+        app_version,
+    } = &scope
+    else {
+        return Err(not_found(&scope, &name));
+    };
+    match state.ecr.effective(endpoint_id, app_version, &name).await? {
+        Some((config, _)) => Ok(config_response(&config)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "endpoint {endpoint_id} has no configuration named {name} in app version {app_version}, and there is no default"
+            ),
+        )),
+    }
+}
+
 struct BearerSecurity;
 
 impl Modify for BearerSecurity {
@@ -907,9 +1432,16 @@ impl Modify for BearerSecurity {
     paths(
         put_endpoint_config, get_endpoint_config, delete_endpoint_config, list_endpoint_configs,
         put_default_config, get_default_config, delete_default_config, list_default_configs,
-        put_batch, get_statuses,
+        put_batch, get_statuses, get_effective_config,
+        get_app_versions, get_status_counts,
+        post_rollout, list_rollouts, get_rollout,
+        pause_rollout, resume_rollout, abort_rollout, promote_rollout,
     ),
-    components(schemas(ConfigurationDto, ErrorDto, BatchRequest, BatchResultDto, StatusDto, StatusPageDto)),
+    components(schemas(
+        ConfigurationDto, ErrorDto, BatchRequest, BatchResultDto, StatusDto, StatusPageDto,
+        RolloutRequest, RolloutDto, StepDto, AppVersionDto, DefaultSummaryDto, StatusCountDto,
+        Gate, AbortCriteria, OnAbort, RolloutState, StepState,
+    )),
     modifiers(&BearerSecurity)
 )]
 pub struct ApiDoc;
@@ -995,6 +1527,24 @@ pub fn app(ecr: Arc<Ecr>, auth: Authenticator, body_limit: usize, metrics: Metri
             get(list_default_configs),
         )
         .route("/statuses", get(get_statuses))
+        .route(
+            &format!("{CONFIG_PATH}/effective"),
+            get(get_effective_config),
+        )
+        .route("/app-versions", get(get_app_versions))
+        .route(
+            &format!("{DEFAULT_PATH}/status-counts"),
+            get(get_status_counts),
+        )
+        .route(
+            &format!("{DEFAULT_PATH}/rollouts"),
+            post(post_rollout).get(list_rollouts),
+        )
+        .route("/rollouts/{rolloutId}", get(get_rollout))
+        .route("/rollouts/{rolloutId}/pause", post(pause_rollout))
+        .route("/rollouts/{rolloutId}/resume", post(resume_rollout))
+        .route("/rollouts/{rolloutId}/abort", post(abort_rollout))
+        .route("/rollouts/{rolloutId}/promote", post(promote_rollout))
         .route_layer(middleware::from_fn_with_state(auth, authenticate))
         .route_layer(middleware::from_fn_with_state(
             metrics.clone(),

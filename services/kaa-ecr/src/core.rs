@@ -16,6 +16,7 @@ use super::model::{
     AppVersionName, ConfigName, Content, EndpointId, NameError, Page, Scope, Source, StatusEvent,
     StatusQuery, StatusRecord, StoredConfig,
 };
+use super::rollout::{self, Action, Event, Rollout, StepCounts};
 use super::store::{
     BatchTarget, ConfigStore, EffectiveKey, Precondition, PutOutcome, StatusWrite, StoreError,
 };
@@ -49,6 +50,18 @@ pub enum EcrError {
     /// The store refused (precondition) or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// There is no rollout with this ID.
+    #[error("no rollout {0}")]
+    RolloutNotFound(String),
+    /// The rollout's state does not allow the action (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` does not name the rollout's current ETag (412).
+    #[error("If-Match does not match the rollout's current ETag {etag}")]
+    RolloutPrecondition {
+        /// The current ETag, quoted.
+        etag: String,
+    },
 }
 
 /// The app versions ECR knows, with their optional JSON Schemas.
@@ -109,6 +122,13 @@ impl AppVersions {
         self.known.insert(version.to_owned());
         self.schemas.insert(version.to_owned(), Arc::new(validator));
         Ok(())
+    }
+
+    /// The listed app versions, sorted (empty: every valid name is accepted).
+    pub fn listed(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.known.iter().cloned().collect();
+        v.sort();
+        v
     }
 
     /// Lists `version` as known (restricting ECR to the listed versions).
@@ -186,6 +206,7 @@ pub struct Ecr {
     status_queue: OnceLock<mpsc::Sender<StatusJob>>,
     status_failures: prometheus_client::metrics::counter::Counter,
     lookups: OnceLock<mpsc::Sender<Lookup>>,
+    rollout_gauges: RolloutGauges,
 }
 
 impl std::fmt::Debug for Ecr {
@@ -212,6 +233,7 @@ impl Ecr {
             status_queue: OnceLock::new(),
             status_failures: Default::default(),
             lookups: OnceLock::new(),
+            rollout_gauges: RolloutGauges::default(),
         }
     }
 
@@ -695,6 +717,418 @@ impl Ecr {
             ));
             tx
         })
+    }
+}
+
+/// The body of a rollout creation (see [`crate::rollout`]).
+#[derive(Debug, Clone)]
+pub struct RolloutSpec {
+    /// The new configuration.
+    pub config: Value,
+    /// The cumulative percentages.
+    pub steps: Vec<f64>,
+    /// The gate of every step.
+    pub gate: rollout::Gate,
+    /// The abort criteria.
+    pub abort: rollout::AbortCriteria,
+    /// What an abort does.
+    pub on_abort: rollout::OnAbort,
+}
+
+/// How many times an action retries when the rollout changed under it (the
+/// controller advanced it meanwhile) and no `If-Match` was given.
+const ACTION_ATTEMPTS: usize = 5;
+
+impl Ecr {
+    /// Begins a rollout of `spec.config` as configuration `name` of `app_version`
+    /// (app version and JSON Schema checked as for a PUT): its first step's cohort
+    /// is announced the new configuration. Refused (409) when a rollout of that pair
+    /// is active or the configuration is the default already.
+    pub async fn create_rollout(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        spec: &RolloutSpec,
+        now: UnixMillis,
+    ) -> Result<Rollout, EcrError> {
+        let content = self.prepare(app_version, &spec.config)?;
+        let r = rollout::new_rollout(
+            uuid::Uuid::new_v4().to_string(),
+            app_version.as_str(),
+            name.as_str(),
+            &content,
+            &spec.steps,
+            spec.gate.clone(),
+            spec.abort.clone(),
+            spec.on_abort,
+            now.0,
+        )
+        .map_err(|e| EcrError::BadRequest(e.0))?;
+        let announce = self.rollout_announcements(None, &r).await?;
+        let stored = self.store.create_rollout(&r, &announce).await?;
+        tracing::info!(rollout_id = %stored.rollout_id, app_version = %app_version, name = %name, config_id = %stored.config_id, endpoints = announce.len(), "rollout begun");
+        self.emit_rollout(&stored, &announce).await?;
+        Ok(stored)
+    }
+
+    /// The rollout `rollout_id` with the live counts of its current step (active
+    /// rollouts; `None` for the others, whose counts are frozen in their steps).
+    pub async fn rollout(
+        &self,
+        rollout_id: &str,
+        now: UnixMillis,
+    ) -> Result<(Rollout, Option<StepCounts>), EcrError> {
+        let r = self
+            .store
+            .rollout(rollout_id)
+            .await?
+            .ok_or_else(|| EcrError::RolloutNotFound(rollout_id.to_owned()))?;
+        let counts = self.live_counts(&r, now).await?;
+        Ok((r, counts))
+    }
+
+    /// The rollouts of `app_version` (of `name`, or all), newest first, with live
+    /// counts as [`Ecr::rollout`].
+    pub async fn rollouts(
+        &self,
+        app_version: &AppVersionName,
+        name: Option<&ConfigName>,
+        now: UnixMillis,
+    ) -> Result<Vec<(Rollout, Option<StepCounts>)>, EcrError> {
+        self.apps.check(app_version)?;
+        let mut out = Vec::new();
+        for r in self.store.rollouts(app_version, name).await? {
+            let counts = self.live_counts(&r, now).await?;
+            out.push((r, counts));
+        }
+        Ok(out)
+    }
+
+    async fn live_counts(
+        &self,
+        r: &Rollout,
+        now: UnixMillis,
+    ) -> Result<Option<StepCounts>, EcrError> {
+        if r.state.is_active() {
+            Ok(Some(self.rollout_counts(r, now).await?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The counts of the current step of `r` (its cumulative cohort) at `now` (see
+    /// [`crate::rollout`] for what they count).
+    pub async fn rollout_counts(
+        &self,
+        r: &Rollout,
+        now: UnixMillis,
+    ) -> Result<StepCounts, EcrError> {
+        let app = AppVersionName::new(r.app_version.as_str())?;
+        let name = ConfigName::new(r.name.as_str())?;
+        let followers = self.store.endpoints_following_default(&app, &name).await?;
+        let reports: HashMap<String, rollout::Report> = self
+            .store
+            .rollout_reports(&app, &name, &r.config_id, UnixMillis(r.created_ms))
+            .await?
+            .into_iter()
+            .collect();
+        Ok(rollout::count(
+            &r.rollout_id,
+            rollout::basis_points(r.steps[r.step].percent),
+            followers.iter().map(EndpointId::as_str),
+            |e| reports.get(e).copied(),
+            r.abort.report_timeout_seconds,
+            now.0,
+        ))
+    }
+
+    /// Pauses, resumes, aborts or promotes rollout `rollout_id` (see
+    /// [`crate::rollout`]); `if_match` as for configurations, against the rollout's
+    /// ETag. Without `If-Match`, a change of the rollout meanwhile (the controller
+    /// advancing it) is retried on the new state.
+    pub async fn act_on_rollout(
+        &self,
+        rollout_id: &str,
+        action: Action,
+        if_match: &Precondition,
+        now: UnixMillis,
+    ) -> Result<Rollout, EcrError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let r = self
+                .store
+                .rollout(rollout_id)
+                .await?
+                .ok_or_else(|| EcrError::RolloutNotFound(rollout_id.to_owned()))?;
+            let tag = format!("{}-{}", r.rollout_id, r.revision);
+            if if_match.check(Some(&tag)).is_err() {
+                return Err(EcrError::RolloutPrecondition { etag: r.etag() });
+            }
+            let counts = self.live_counts(&r, now).await?.unwrap_or_default();
+            let Some(next) = rollout::transition(&r, &Event::Acted(action), &counts, now.0)
+                .map_err(EcrError::Conflict)?
+            else {
+                return Ok(r);
+            };
+            match self.commit_rollout(&r, &next).await {
+                Ok(()) => {
+                    tracing::info!(
+                        rollout_id,
+                        action = action.as_str(),
+                        state = rollout::state_name(next.state),
+                        "rollout action"
+                    );
+                    return Ok(next);
+                }
+                Err(EcrError::Store(StoreError::RolloutChanged { .. }))
+                    if *if_match == Precondition::None && attempts < ACTION_ATTEMPTS => {}
+                Err(EcrError::Store(StoreError::RolloutChanged { current })) => {
+                    return Err(EcrError::RolloutPrecondition {
+                        etag: format!("\"{}-{current}\"", r.rollout_id),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One pass of the rollout controller at `now`: for every active rollout, reads
+    /// the current step's counts, decides ([`rollout::decide`]) and commits the
+    /// transition with its announcements. Idempotent: a pass over a state already
+    /// advanced (by another replica, or an action) changes nothing, and the store
+    /// writes a transition only over the revision it was computed from. Updates the
+    /// per-rollout gauges. Returns the rollouts looked at, as they are now, with the
+    /// counts they were decided on.
+    pub async fn drive_rollouts(
+        &self,
+        now: UnixMillis,
+    ) -> Result<Vec<(Rollout, StepCounts)>, EcrError> {
+        // Reports queued in this replica count.
+        self.flush_statuses().await;
+        let mut out = Vec::new();
+        for r in self.store.active_rollouts().await? {
+            let counts = self.rollout_counts(&r, now).await?;
+            let decision = rollout::decide(&r, &counts, now.0);
+            let next = rollout::transition(&r, &Event::Decided(decision), &counts, now.0)
+                .ok()
+                .flatten();
+            let r = match next {
+                Some(next) => match self.commit_rollout(&r, &next).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            rollout_id = %next.rollout_id,
+                            step = next.step,
+                            state = rollout::state_name(next.state),
+                            reason = next.reason.as_deref().unwrap_or(""),
+                            applied = counts.applied,
+                            rejected = counts.rejected,
+                            "rollout advanced"
+                        );
+                        next
+                    }
+                    // Changed meanwhile: decided again on the next pass.
+                    Err(EcrError::Store(StoreError::RolloutChanged { .. })) => r,
+                    Err(e) => return Err(e),
+                },
+                None => r,
+            };
+            out.push((r, counts));
+        }
+        self.rollout_gauges.set(&out);
+        Ok(out)
+    }
+
+    /// The per-rollout gauges ([`RolloutGauges::register`]).
+    pub fn rollout_gauges(&self) -> &RolloutGauges {
+        &self.rollout_gauges
+    }
+
+    /// The endpoints following the default whose effective configuration the change
+    /// `before` → `after` switches.
+    async fn rollout_announcements(
+        &self,
+        before: Option<&Rollout>,
+        after: &Rollout,
+    ) -> Result<Vec<EndpointId>, EcrError> {
+        let range = rollout::announced_buckets(before, after);
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let app = AppVersionName::new(after.app_version.as_str())?;
+        let name = ConfigName::new(after.name.as_str())?;
+        Ok(self
+            .store
+            .endpoints_following_default(&app, &name)
+            .await?
+            .into_iter()
+            .filter(|e| range.contains(&rollout::cohort_bucket(&after.rollout_id, e.as_str())))
+            .collect())
+    }
+
+    async fn commit_rollout(&self, before: &Rollout, after: &Rollout) -> Result<(), EcrError> {
+        let announce = self.rollout_announcements(Some(before), after).await?;
+        self.store.update_rollout(after, &announce).await?;
+        self.emit_rollout(after, &announce).await
+    }
+
+    /// Announces (in-memory publisher) the current effective configuration of each
+    /// of `endpoints`, read after the rollout's commit. With durable announcements
+    /// the store recorded them in that commit instead.
+    async fn emit_rollout(&self, r: &Rollout, endpoints: &[EndpointId]) -> Result<(), EcrError> {
+        if self.changes.is_none() || endpoints.is_empty() {
+            return Ok(());
+        }
+        let app = AppVersionName::new(r.app_version.as_str())?;
+        let name = ConfigName::new(r.name.as_str())?;
+        for chunk in endpoints.chunks(LOOKUP_BATCH) {
+            let keys: Vec<EffectiveKey> = chunk
+                .iter()
+                .map(|e| EffectiveKey {
+                    endpoint_id: e.clone(),
+                    app_version: app.clone(),
+                    name: name.clone(),
+                })
+                .collect();
+            // Committed already: read with the same retry as announcing a put.
+            let deadline = tokio::time::Instant::now() + Self::ANNOUNCE_RETRY;
+            let mut delay = std::time::Duration::from_millis(50);
+            let found = loop {
+                match self.store.effective_many(&keys).await {
+                    Ok(found) => break found,
+                    Err(StoreError::Backend(e))
+                        if tokio::time::Instant::now() + delay < deadline =>
+                    {
+                        tracing::warn!(error = %e, "announcing a rollout step failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            for (key, current) in keys.into_iter().zip(found) {
+                self.emit(EffectiveChange {
+                    endpoint_id: key.endpoint_id,
+                    app_version: key.app_version,
+                    name: key.name,
+                    config: current.map(|(c, _)| c),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the rollout controller until the task is dropped: every `tick`, if this
+/// replica leads ([`ConfigStore::lead_rollouts`]), one [`Ecr::drive_rollouts`] pass at
+/// the current time. Errors are logged and the next tick tries again.
+pub async fn run_rollout_controller(ecr: Arc<Ecr>, tick: std::time::Duration) {
+    let mut leading = false;
+    loop {
+        match ecr.store.lead_rollouts().await {
+            Ok(true) => {
+                if !leading {
+                    tracing::info!("this replica drives the rollouts");
+                    leading = true;
+                }
+                if let Err(e) = ecr.drive_rollouts(super::model::now()).await {
+                    tracing::warn!(error = %e, "rollout controller pass failed");
+                }
+            }
+            Ok(false) => {
+                if leading {
+                    tracing::info!("another replica drives the rollouts");
+                    leading = false;
+                    ecr.rollout_gauges.set(&[]);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not tell which replica drives the rollouts")
+            }
+        }
+        tokio::time::sleep(tick).await;
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RolloutLabels {
+    rollout_id: String,
+    app_version: String,
+    name: String,
+}
+
+type GaugeFamily = prometheus_client::metrics::family::Family<
+    RolloutLabels,
+    prometheus_client::metrics::gauge::Gauge,
+>;
+
+/// Per-rollout gauges of the current step (labels `rollout_id`, `app_version`,
+/// `name`), set by the replica that drives the rollouts on every pass, for the
+/// active rollouts (and those that stopped during that pass).
+#[derive(Debug, Clone, Default)]
+pub struct RolloutGauges {
+    targeted: GaugeFamily,
+    delivered: GaugeFamily,
+    applied: GaugeFamily,
+    rejected: GaugeFamily,
+    step: GaugeFamily,
+}
+
+impl RolloutGauges {
+    /// Registers them as `<prefix>_rollout_{targeted,delivered,applied,rejected,step}`.
+    pub fn register(&self, metrics: &kaa_service::Metrics) {
+        metrics.register(
+            "rollout_targeted",
+            "Endpoints in the current step's cohort of a rollout",
+            self.targeted.clone(),
+        );
+        metrics.register(
+            "rollout_delivered",
+            "Endpoints of the current step's cohort seen reached (dispatched, applied or rejected)",
+            self.delivered.clone(),
+        );
+        metrics.register(
+            "rollout_applied",
+            "Endpoints of the current step's cohort that applied the rollout's configuration",
+            self.applied.clone(),
+        );
+        metrics.register(
+            "rollout_rejected",
+            "Endpoints of the current step's cohort that rejected the rollout's configuration",
+            self.rejected.clone(),
+        );
+        metrics.register(
+            "rollout_step",
+            "The index of a rollout's current step",
+            self.step.clone(),
+        );
+    }
+
+    fn set(&self, rollouts: &[(Rollout, StepCounts)]) {
+        for f in [
+            &self.targeted,
+            &self.delivered,
+            &self.applied,
+            &self.rejected,
+            &self.step,
+        ] {
+            f.clear();
+        }
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (r, c) in rollouts {
+            let labels = RolloutLabels {
+                rollout_id: r.rollout_id.clone(),
+                app_version: r.app_version.clone(),
+                name: r.name.clone(),
+            };
+            self.targeted.get_or_create(&labels).set(n(c.targeted));
+            self.delivered.get_or_create(&labels).set(n(c.delivered));
+            self.applied.get_or_create(&labels).set(n(c.applied));
+            self.rejected.get_or_create(&labels).set(n(c.rejected));
+            self.step
+                .get_or_create(&labels)
+                .set(i64::try_from(r.step).unwrap_or(0));
+        }
     }
 }
 

@@ -48,6 +48,7 @@ pub mod bus;
 pub mod config;
 pub mod core;
 pub mod model;
+pub mod rollout;
 pub mod store;
 pub mod ui;
 
@@ -92,6 +93,17 @@ pub struct EcrServer {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     bus_tasks: bus::BusTasks,
+    controller: AbortOnDrop,
+}
+
+/// A task stopped when this is dropped (the rollout controller holds the engine,
+/// and with it the store, which must close with the server).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for EcrServer {
@@ -131,6 +143,7 @@ impl EcrServer {
             "Status-history events lost because their batch could not be written",
             ecr.status_write_failures_metric(),
         );
+        ecr.rollout_gauges().register(&metrics);
         let settings = bus::BusSettings {
             instance: config.service.instance.name.clone(),
             replica_id: config.replica_id(),
@@ -147,12 +160,18 @@ impl EcrServer {
         let local_addr = listener
             .local_addr()
             .map_err(|source| StartError::Http { addr, source })?;
+        // Rollouts resume where the store has them (see `rollout`).
+        let controller = AbortOnDrop(tokio::spawn(core::run_rollout_controller(
+            Arc::clone(&ecr),
+            rollout::CONTROLLER_TICK,
+        )));
         Ok(Self {
             ecr,
             app,
             listener,
             local_addr,
             bus_tasks,
+            controller,
         })
     }
 
@@ -181,6 +200,7 @@ impl EcrServer {
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|source| StartError::Http { addr, source });
+        drop(self.controller);
         self.bus_tasks.shutdown();
         // Status events still queued are written before the service stops.
         self.ecr.flush_statuses().await;

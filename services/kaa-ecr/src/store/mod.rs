@@ -39,6 +39,7 @@ use super::model::{
     AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StatusEvent, StatusQuery,
     StatusRecord, StoredConfig,
 };
+use crate::rollout::{Report, Rollout};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -56,6 +57,20 @@ pub enum StoreError {
     /// The store URL is not `sqlite://…`, `postgres://…` or `postgresql://…`.
     #[error("unsupported store URL {0:?} (expected sqlite://<path> or postgres://…)")]
     UnsupportedUrl(String),
+    /// The write conflicts with the state (409): a rollout of that (app version,
+    /// name) is active, so its default cannot be written and no other rollout begun.
+    #[error("{0}")]
+    Conflict(String),
+    /// A rollout changed since it was read (its revision is not the one expected);
+    /// nothing was written.
+    #[error("the rollout changed meanwhile (revision {current})")]
+    RolloutChanged {
+        /// The revision stored now.
+        current: u64,
+    },
+    /// The store does not keep rollouts.
+    #[error("this store does not keep rollouts")]
+    NoRollouts,
     /// The database failed (I/O, connection, SQL).
     #[error("store backend error: {0}")]
     Backend(String),
@@ -356,6 +371,225 @@ pub trait ConfigStore: Send + Sync + 'static {
         let _ = (limit, sink);
         Ok(0)
     }
+
+    /// Stores a new rollout (see [`crate::rollout`]) in one transaction: refused with
+    /// [`StoreError::Conflict`] when a rollout of its (app version, name) is active or
+    /// when its configuration is the default already; `previous_config_id` is set to
+    /// the default's config ID read in that transaction. `announce` lists the
+    /// endpoints its first step reaches: a store with durable announcements records
+    /// them as due in the same transaction. Returns the rollout as stored.
+    /// The default: [`StoreError::NoRollouts`].
+    async fn create_rollout(
+        &self,
+        rollout: &Rollout,
+        announce: &[EndpointId],
+    ) -> Result<Rollout, StoreError> {
+        let _ = (rollout, announce);
+        Err(StoreError::NoRollouts)
+    }
+
+    /// The rollout `rollout_id`. The default: none.
+    async fn rollout(&self, rollout_id: &str) -> Result<Option<Rollout>, StoreError> {
+        let _ = rollout_id;
+        Ok(None)
+    }
+
+    /// The rollouts of `app_version` (of configuration `name`, or of every name),
+    /// newest first. The default: none.
+    async fn rollouts(
+        &self,
+        app_version: &AppVersionName,
+        name: Option<&ConfigName>,
+    ) -> Result<Vec<Rollout>, StoreError> {
+        let _ = (app_version, name);
+        Ok(Vec::new())
+    }
+
+    /// Every active rollout (running, paused or halted), oldest first. The default:
+    /// none.
+    async fn active_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Writes `rollout` (a change computed from revision `rollout.revision - 1`) in
+    /// one transaction, only over that revision (else [`StoreError::RolloutChanged`],
+    /// nothing written). A completed rollout also becomes the default of its (app
+    /// version, name) in that transaction. `announce` as in
+    /// [`ConfigStore::create_rollout`]. The default: [`StoreError::NoRollouts`].
+    async fn update_rollout(
+        &self,
+        rollout: &Rollout,
+        announce: &[EndpointId],
+    ) -> Result<(), StoreError> {
+        let _ = (rollout, announce);
+        Err(StoreError::NoRollouts)
+    }
+
+    /// Every endpoint's status for `config_id` of (`app_version`, `name`) with
+    /// activity since `since` (Unix ms): the reports a rollout counts. The default:
+    /// none.
+    async fn rollout_reports(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        config_id: &str,
+        since: UnixMillis,
+    ) -> Result<Vec<(String, Report)>, StoreError> {
+        let _ = (app_version, name, config_id, since);
+        Ok(Vec::new())
+    }
+
+    /// Per config ID, how many endpoints' LATEST status for (`app_version`, `name`)
+    /// is that config ID applied, rejected or dispatched, ordered by config ID. The
+    /// default: none.
+    async fn status_counts(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Vec<StatusCount>, StoreError> {
+        let _ = (app_version, name);
+        Ok(Vec::new())
+    }
+
+    /// The app versions the store knows (known endpoints, defaults, rollouts), ordered
+    /// by name, each with its defaults. The default: none.
+    async fn app_versions(&self) -> Result<Vec<AppVersionSummary>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether this replica may drive the rollouts now: at most one replica of
+    /// those sharing the store gets `true` at a time. The SQLite store serves one
+    /// replica (always `true`); the PostgreSQL store holds a session advisory lock on
+    /// a dedicated connection while it drives. The default: `true`.
+    async fn lead_rollouts(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+}
+
+/// One row of [`ConfigStore::status_counts`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusCount {
+    /// The config ID.
+    pub config_id: String,
+    /// Endpoints whose latest status is this config ID, applied.
+    pub applied: u64,
+    /// … rejected.
+    pub rejected: u64,
+    /// … dispatched, not confirmed yet.
+    pub dispatched: u64,
+}
+
+/// One app version of [`ConfigStore::app_versions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppVersionSummary {
+    /// The app version.
+    pub app_version: String,
+    /// Its defaults: (configuration name, config ID), ordered by name.
+    pub defaults: Vec<(String, String)>,
+}
+
+/// What an active rollout serves, as `effective` applies it.
+#[derive(Debug, Clone)]
+pub(crate) struct Overlay {
+    pub(crate) rollout_id: String,
+    pub(crate) served_bp: u32,
+    pub(crate) config: StoredConfig,
+}
+
+/// `found` (an effective configuration as the tables say) with the active
+/// rollout's `overlay` applied: an endpoint following the default (or with nothing)
+/// inside the served cohort gets the rollout's configuration.
+pub(crate) fn apply_overlay(
+    found: Option<(StoredConfig, Source)>,
+    endpoint_id: &str,
+    overlay: Option<&Overlay>,
+) -> Option<(StoredConfig, Source)> {
+    match (&found, overlay) {
+        (Some((_, Source::Endpoint)), _) | (_, None) => found,
+        (_, Some(o))
+            if crate::rollout::served_bucket_limit(&o.rollout_id, o.served_bp, endpoint_id) =>
+        {
+            Some((o.config.clone(), Source::Default))
+        }
+        _ => found,
+    }
+}
+
+/// Adds a status row to `counts` (ordered by config ID).
+pub(crate) fn add_status_count(
+    counts: &mut Vec<StatusCount>,
+    config_id: String,
+    status: &str,
+    n: i64,
+) {
+    let n = u64::try_from(n).unwrap_or(0);
+    if counts.last().is_none_or(|c| c.config_id != config_id) {
+        counts.push(StatusCount {
+            config_id,
+            ..StatusCount::default()
+        });
+    }
+    if let Some(c) = counts.last_mut() {
+        match status {
+            "APPLIED" => c.applied += n,
+            "REJECTED" => c.rejected += n,
+            _ => c.dispatched += n,
+        }
+    }
+}
+
+/// The conflict of a default write during a rollout.
+pub(crate) fn default_locked(app_version: &str, name: &str, rollout_id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "rollout {rollout_id} of configuration {name} of app version {app_version} is active: its default cannot be written until the rollout completes or is aborted"
+    ))
+}
+
+/// The conflict of a second rollout.
+pub(crate) fn rollout_active(app_version: &str, name: &str, rollout_id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "rollout {rollout_id} of configuration {name} of app version {app_version} is active already"
+    ))
+}
+
+/// The conflict of a rollout of the default itself.
+pub(crate) fn nothing_to_roll_out(config_id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "configuration {config_id} is the default already: nothing to roll out"
+    ))
+}
+
+/// The answer of [`ConfigStore::app_versions`] from its two queries: the app
+/// versions, and every default as (app version, name, config ID), both ordered.
+pub(crate) fn summarise_app_versions(
+    versions: Vec<String>,
+    defaults: Vec<(String, String, String)>,
+) -> Vec<AppVersionSummary> {
+    let mut by_version: std::collections::BTreeMap<String, Vec<(String, String)>> =
+        versions.into_iter().map(|v| (v, Vec::new())).collect();
+    for (app_version, name, config_id) in defaults {
+        by_version
+            .entry(app_version)
+            .or_default()
+            .push((name, config_id));
+    }
+    by_version
+        .into_iter()
+        .map(|(app_version, defaults)| AppVersionSummary {
+            app_version,
+            defaults,
+        })
+        .collect()
+}
+
+/// A stored rollout document.
+pub(crate) fn parse_rollout(doc: &str) -> Result<Rollout, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt(format!("rollout document: {e}")))
+}
+
+/// A rollout as its stored document.
+pub(crate) fn rollout_doc(rollout: &Rollout) -> String {
+    serde_json::to_string(rollout).unwrap_or_default()
 }
 
 /// Where [`ConfigStore::announce_pending`] hands the announcements: ECR's bus side
@@ -408,6 +642,10 @@ pub(crate) mod sql {
     /// Each is a batch of statements that both SQLite and PostgreSQL accept.
     /// Version 2 adds the announcement outbox of the PostgreSQL store (see
     /// [`super::ConfigStore::announce_pending`]); the SQLite store leaves it empty.
+    /// Version 3 adds the rollouts (see [`crate::rollout`]): one row each, the
+    /// rollout as a JSON document (`doc`) beside the columns `effective` and the
+    /// controller query; at most one active rollout per (app version, name), by a
+    /// partial unique index.
     pub(crate) const MIGRATIONS: &[&str] = &[
         "\
         CREATE TABLE configs (
@@ -451,6 +689,24 @@ pub(crate) mod sql {
             created_ms BIGINT NOT NULL
         );
     ",
+        "\
+        CREATE TABLE rollouts (
+            rollout_id TEXT NOT NULL PRIMARY KEY,
+            app_version TEXT NOT NULL,
+            name TEXT NOT NULL,
+            active INTEGER NOT NULL,
+            served_bp INTEGER NOT NULL,
+            config_id TEXT NOT NULL,
+            content TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL,
+            revision BIGINT NOT NULL,
+            doc TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX rollouts_one_active ON rollouts (app_version, name) WHERE active = 1;
+        CREATE INDEX rollouts_by_app_version ON rollouts (app_version, created_ms);
+        CREATE INDEX statuses_by_config ON statuses (app_version, name, config_id);
+    ",
     ];
     /// The table holding the schema version (one row).
     pub(crate) const VERSION_TABLE: &str =
@@ -485,6 +741,33 @@ pub(crate) mod sql {
          ON CONFLICT (endpoint_id, app_version, name, config_id) DO UPDATE SET \
          status = excluded.status, status_code = excluded.status_code, reason_phrase = excluded.reason_phrase, \
          confirmed_ms = excluded.confirmed_ms, activity_ms = excluded.activity_ms";
+    pub(crate) const ROLLOUT_INSERT: &str = "INSERT INTO rollouts (rollout_id, app_version, name, active, served_bp, config_id, content, created_ms, updated_ms, revision, doc) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    pub(crate) const ROLLOUT_UPDATE: &str = "UPDATE rollouts SET active = $2, served_bp = $3, updated_ms = $4, revision = $5, doc = $6 \
+         WHERE rollout_id = $1";
+    pub(crate) const ROLLOUT_REVISION: &str = "SELECT revision FROM rollouts WHERE rollout_id = $1";
+    pub(crate) const ROLLOUT_ONE: &str = "SELECT doc FROM rollouts WHERE rollout_id = $1";
+    pub(crate) const ROLLOUTS_OF: &str = "SELECT doc FROM rollouts WHERE app_version = $1 \
+         AND (CAST($2 AS TEXT) IS NULL OR name = $2) ORDER BY created_ms DESC, rollout_id";
+    pub(crate) const ROLLOUTS_ACTIVE: &str =
+        "SELECT doc FROM rollouts WHERE active = 1 ORDER BY created_ms, rollout_id";
+    /// The active rollout of (`$1`, `$2`), as `effective` applies it.
+    pub(crate) const ROLLOUT_OVERLAY: &str = "SELECT rollout_id, served_bp, config_id, content, created_ms, updated_ms \
+         FROM rollouts WHERE app_version = $1 AND name = $2 AND active = 1";
+    /// Every active rollout, as `effective_many` applies them.
+    pub(crate) const ROLLOUT_OVERLAYS: &str = "SELECT rollout_id, served_bp, config_id, content, created_ms, updated_ms, app_version, name \
+         FROM rollouts WHERE active = 1";
+    pub(crate) const ROLLOUT_REPORTS: &str = "SELECT endpoint_id, status, dispatched_ms FROM statuses \
+         WHERE app_version = $1 AND name = $2 AND config_id = $3 AND activity_ms >= $4";
+    /// Per (config ID, status), the endpoints whose latest status of (`$1`, `$2`) it is.
+    pub(crate) const STATUS_COUNTS: &str = "SELECT config_id, status, COUNT(*) FROM (\
+         SELECT config_id, status, ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY activity_ms DESC, config_id) AS rn \
+         FROM statuses WHERE app_version = $1 AND name = $2) latest \
+         WHERE rn = 1 GROUP BY config_id, status ORDER BY config_id, status";
+    pub(crate) const APP_VERSIONS: &str = "SELECT app_version FROM known_endpoints \
+         UNION SELECT app_version FROM configs WHERE endpoint_id = '' \
+         UNION SELECT app_version FROM rollouts ORDER BY 1";
+    pub(crate) const ALL_DEFAULTS: &str = "SELECT app_version, name, config_id FROM configs WHERE endpoint_id = '' ORDER BY app_version, name";
     /// The WHERE clause of the status queries; `$2`/`$3` are NULL when not filtered.
     const STATUS_WHERE: &str = "WHERE endpoint_id = $1 AND (CAST($2 AS TEXT) IS NULL OR app_version = $2) AND (CAST($3 AS TEXT) IS NULL OR config_id = $3)";
     pub(crate) fn status_count() -> String {

@@ -12,14 +12,15 @@ use kaa_ism::UnixMillis;
 
 use super::sqlite::{StatusRow, confirmed_status, status_record};
 use super::{
-    AnnouncementSink, BatchTarget, ConfigStore, EffectiveKey, Precondition, PutOutcome,
-    StatusWrite, StoreError, sql,
+    AnnouncementSink, AppVersionSummary, BatchTarget, ConfigStore, EffectiveKey, Overlay,
+    Precondition, PutOutcome, StatusCount, StatusWrite, StoreError, apply_overlay, sql,
 };
 use crate::core::EffectiveChange;
 use crate::model::{
-    AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StatusEvent, StatusQuery,
-    StatusRecord, StoredConfig,
+    AppVersionName, ConfigName, Content, DeliveryStatus, EndpointId, Page, Scope, Source,
+    StatusEvent, StatusQuery, StatusRecord, StoredConfig,
 };
+use crate::rollout::{Report, Rollout, RolloutState};
 
 /// The default pool size.
 const POOL_SIZE: usize = 16;
@@ -50,6 +51,10 @@ pub struct PostgresStore {
     pool: Pool,
     outbox: Arc<AtomicBool>,
     written: Arc<tokio::sync::Notify>,
+    config: tokio_postgres::Config,
+    /// The dedicated connection holding [`ROLLOUT_LEADER_LOCK`] while this replica
+    /// drives the rollouts.
+    leader: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -154,6 +159,108 @@ const EFFECTIVE_MANY: &str = "SELECT q.i, c.name, c.config_id, \
      FROM configs WHERE endpoint_id IN (q.ep, '') AND app_version = q.av AND name = q.nm \
      ORDER BY endpoint_id DESC LIMIT 1) c";
 
+/// `pg_try_advisory_lock` key (session-scoped, on the leader connection) held by
+/// the replica that drives the rollouts.
+const ROLLOUT_LEADER_LOCK: i64 = 0x6563_725f_726f_6c6c; // "ecr_roll"
+
+/// The transaction-scoped advisory lock of the default of (app version, name): taken
+/// by default writes and by the creation of a rollout, so that one never slips
+/// between the other's check and write.
+fn default_lock(app_version: &str, name: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"kaa-ecr default\0")
+        .chain_update(app_version.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(name.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// Takes [`default_lock`] in `tx`, then refuses when a rollout of (app version,
+/// name) is active.
+async fn lock_default(
+    tx: &impl GenericClient,
+    app_version: &str,
+    name: &str,
+) -> Result<Option<Overlay>, StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&default_lock(app_version, name)],
+    )
+    .await
+    .map_err(pg_err)?;
+    overlay_of(tx, app_version, name).await
+}
+
+fn row_overlay(row: &Row, name: &str) -> Result<Overlay, StoreError> {
+    let bp: i32 = row.try_get(1).map_err(pg_err)?;
+    Ok(Overlay {
+        rollout_id: row.try_get(0).map_err(pg_err)?,
+        served_bp: u32::try_from(bp).unwrap_or(0),
+        config: StoredConfig {
+            name: ConfigName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            config_id: row.try_get(2).map_err(pg_err)?,
+            content: row.try_get(3).map_err(pg_err)?,
+            created: UnixMillis(row.try_get(4).map_err(pg_err)?),
+            updated: UnixMillis(row.try_get(5).map_err(pg_err)?),
+        },
+    })
+}
+
+/// The active rollout of (`app_version`, `name`), as `effective` applies it.
+async fn overlay_of(
+    client: &impl GenericClient,
+    app_version: &str,
+    name: &str,
+) -> Result<Option<Overlay>, StoreError> {
+    let s = client
+        .prepare_cached(sql::ROLLOUT_OVERLAY)
+        .await
+        .map_err(pg_err)?;
+    client
+        .query_opt(&s, &[&app_version, &name])
+        .await
+        .map_err(pg_err)?
+        .map(|row| row_overlay(&row, name))
+        .transpose()
+}
+
+/// Every active rollout by (app version, name), as `effective_many` applies them.
+async fn overlays(
+    client: &impl GenericClient,
+) -> Result<std::collections::HashMap<(String, String), Overlay>, StoreError> {
+    let s = client
+        .prepare_cached(sql::ROLLOUT_OVERLAYS)
+        .await
+        .map_err(pg_err)?;
+    let mut out = std::collections::HashMap::new();
+    for row in client.query(&s, &[]).await.map_err(pg_err)? {
+        let app_version: String = row.try_get(6).map_err(pg_err)?;
+        let name: String = row.try_get(7).map_err(pg_err)?;
+        let overlay = row_overlay(&row, &name)?;
+        out.insert((app_version, name), overlay);
+    }
+    Ok(out)
+}
+
+async fn read_docs(
+    client: &impl GenericClient,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<Rollout>, StoreError> {
+    let s = client.prepare_cached(statement).await.map_err(pg_err)?;
+    client
+        .query(&s, params)
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|row| super::parse_rollout(&row.try_get::<_, String>(0).map_err(pg_err)?))
+        .collect()
+}
+
 /// [`ConfigStore::effective_many`] on `client` (a pooled connection, or the
 /// announcer's transaction).
 async fn effective_many_on(
@@ -164,6 +271,9 @@ async fn effective_many_on(
         .prepare_cached(EFFECTIVE_MANY)
         .await
         .map_err(pg_err)?;
+    // The rollouts first: a rollout completing meanwhile has written the default by
+    // the time the configurations are read.
+    let active = overlays(client).await?;
     let column = |f: fn(&EffectiveKey) -> &str| keys.iter().map(f).collect::<Vec<_>>();
     let endpoints = column(|k| k.endpoint_id.as_str());
     let versions = column(|k| k.app_version.as_str());
@@ -209,6 +319,12 @@ async fn effective_many_on(
             .cloned()
             .ok_or_else(|| StoreError::Corrupt("content missing from the batch".into()))?;
         *slot = Some((config, source));
+    }
+    if !active.is_empty() {
+        for (key, slot) in keys.iter().zip(out.iter_mut()) {
+            let overlay = active.get(&(key.app_version.to_string(), key.name.to_string()));
+            *slot = apply_overlay(slot.take(), key.endpoint_id.as_str(), overlay);
+        }
     }
     Ok(out)
 }
@@ -305,6 +421,15 @@ async fn put_in(
 ) -> Result<PutOutcome, StoreError> {
     let endpoint_key = scope.endpoint_key();
     let app_version = scope.app_version().as_str();
+    if scope.endpoint_id().is_none()
+        && let Some(o) = lock_default(tx, app_version, name.as_str()).await?
+    {
+        return Err(super::default_locked(
+            app_version,
+            name.as_str(),
+            &o.rollout_id,
+        ));
+    }
     let remember = async {
         if let Some(endpoint_id) = scope.endpoint_id() {
             let s = tx.prepare_cached(sql::REMEMBER).await.map_err(pg_err)?;
@@ -370,7 +495,7 @@ impl PostgresStore {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -384,9 +509,37 @@ impl PostgresStore {
             pool,
             outbox: Arc::new(AtomicBool::new(false)),
             written: Arc::new(tokio::sync::Notify::new()),
+            config,
+            leader: Arc::new(tokio::sync::Mutex::new(None)),
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// With durable announcements on, records in `tx` that the endpoints of
+    /// `announce` are due to be announced (their effective configuration is read when
+    /// announced, rollout applied); returns whether it did.
+    async fn outbox_announce(
+        &self,
+        tx: &impl GenericClient,
+        rollout: &Rollout,
+        announce: &[EndpointId],
+    ) -> Result<bool, StoreError> {
+        if !self.outbox.load(Ordering::Relaxed) || announce.is_empty() {
+            return Ok(false);
+        }
+        let now = UnixMillis(rollout.updated_ms);
+        for chunk in announce.chunks(1000) {
+            let endpoints: Vec<&str> = chunk.iter().map(EndpointId::as_str).collect();
+            tx.execute(
+                "INSERT INTO announce_outbox (endpoint_id, app_version, name, created_ms) \
+                 SELECT e, $2, $3, $4 FROM unnest($1::text[]) AS e",
+                &[&endpoints, &rollout.app_version, &rollout.name, &now.0],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        Ok(true)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -496,6 +649,15 @@ impl ConfigStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let (endpoint_key, app_version) = (scope.endpoint_key(), scope.app_version().as_str());
+        if endpoint_key.is_empty()
+            && let Some(o) = lock_default(&tx, app_version, name.as_str()).await?
+        {
+            return Err(super::default_locked(
+                app_version,
+                name.as_str(),
+                &o.rollout_id,
+            ));
+        }
         let previous = select_one(&tx, endpoint_key, app_version, name.as_str(), true).await?;
         precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
         if previous.is_some() {
@@ -549,6 +711,8 @@ impl ConfigStore for PostgresStore {
         name: &ConfigName,
     ) -> Result<Option<(StoredConfig, Source)>, StoreError> {
         let client = self.client().await?;
+        // The rollout first (see `effective_many_on`).
+        let overlay = overlay_of(&client, app_version.as_str(), name.as_str()).await?;
         // One statement, so one snapshot: the endpoint's row sorts first when present.
         let s = client
             .prepare_cached(
@@ -565,16 +729,18 @@ impl ConfigStore for PostgresStore {
             )
             .await
             .map_err(pg_err)?;
-        row.map(|row| {
-            let endpoint: String = row.try_get(5).map_err(pg_err)?;
-            let source = if endpoint.is_empty() {
-                Source::Default
-            } else {
-                Source::Endpoint
-            };
-            Ok((to_config(&row)?, source))
-        })
-        .transpose()
+        let found = row
+            .map(|row| {
+                let endpoint: String = row.try_get(5).map_err(pg_err)?;
+                let source = if endpoint.is_empty() {
+                    Source::Default
+                } else {
+                    Source::Endpoint
+                };
+                Ok::<_, StoreError>((to_config(&row)?, source))
+            })
+            .transpose()?;
+        Ok(apply_overlay(found, endpoint_id.as_str(), overlay.as_ref()))
     }
 
     fn batches_lookups(&self) -> bool {
@@ -828,6 +994,255 @@ impl ConfigStore for PostgresStore {
             .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
         Ok(rows.len())
+    }
+
+    async fn create_rollout(
+        &self,
+        rollout: &Rollout,
+        announce: &[EndpointId],
+    ) -> Result<Rollout, StoreError> {
+        let mut rollout = rollout.clone();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let (app, name) = (rollout.app_version.clone(), rollout.name.clone());
+        if let Some(o) = lock_default(&tx, &app, &name).await? {
+            return Err(super::rollout_active(&app, &name, &o.rollout_id));
+        }
+        let previous = select_one(&tx, "", &app, &name, true).await?;
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.config_id == rollout.config_id)
+        {
+            return Err(super::nothing_to_roll_out(&rollout.config_id));
+        }
+        rollout.previous_config_id = previous.map(|p| p.config_id);
+        let s = tx
+            .prepare_cached(sql::ROLLOUT_INSERT)
+            .await
+            .map_err(pg_err)?;
+        let doc = super::rollout_doc(&rollout);
+        tx.execute(
+            &s,
+            &[
+                &rollout.rollout_id,
+                &app,
+                &name,
+                &i32::from(rollout.state.is_active()),
+                &i32::try_from(rollout.served_bp()).unwrap_or(0),
+                &rollout.config_id,
+                &rollout.content,
+                &rollout.created_ms,
+                &rollout.updated_ms,
+                &i64::try_from(rollout.revision).unwrap_or(i64::MAX),
+                &doc,
+            ],
+        )
+        .await
+        .map_err(|e| {
+            // Two creations racing past the check: the unique index refuses one.
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                StoreError::Conflict(format!(
+                    "a rollout of configuration {name} of app version {app} is active already"
+                ))
+            } else {
+                pg_err(e)
+            }
+        })?;
+        let outbox = self.outbox_announce(&tx, &rollout, announce).await?;
+        tx.commit().await.map_err(pg_err)?;
+        if outbox {
+            self.written.notify_one();
+        }
+        Ok(rollout)
+    }
+
+    async fn rollout(&self, rollout_id: &str) -> Result<Option<Rollout>, StoreError> {
+        let client = self.client().await?;
+        Ok(read_docs(&client, sql::ROLLOUT_ONE, &[&rollout_id])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn rollouts(
+        &self,
+        app_version: &AppVersionName,
+        name: Option<&ConfigName>,
+    ) -> Result<Vec<Rollout>, StoreError> {
+        let client = self.client().await?;
+        let name = name.map(ConfigName::as_str);
+        read_docs(&client, sql::ROLLOUTS_OF, &[&app_version.as_str(), &name]).await
+    }
+
+    async fn active_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        let client = self.client().await?;
+        read_docs(&client, sql::ROLLOUTS_ACTIVE, &[]).await
+    }
+
+    async fn update_rollout(
+        &self,
+        rollout: &Rollout,
+        announce: &[EndpointId],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let current: Option<i64> = tx
+            .query_opt(
+                &format!("{}{FOR_UPDATE}", sql::ROLLOUT_REVISION),
+                &[&rollout.rollout_id],
+            )
+            .await
+            .map_err(pg_err)?
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_err)?;
+        let current = current.map_or(0, |c| u64::try_from(c).unwrap_or(0));
+        if current + 1 != rollout.revision {
+            return Err(StoreError::RolloutChanged { current });
+        }
+        let doc = super::rollout_doc(rollout);
+        tx.execute(
+            sql::ROLLOUT_UPDATE,
+            &[
+                &rollout.rollout_id,
+                &i32::from(rollout.state.is_active()),
+                &i32::try_from(rollout.served_bp()).unwrap_or(0),
+                &rollout.updated_ms,
+                &i64::try_from(rollout.revision).unwrap_or(i64::MAX),
+                &doc,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        if rollout.state == RolloutState::Completed {
+            tx.execute(
+                sql::UPSERT,
+                &[
+                    &"",
+                    &rollout.app_version,
+                    &rollout.name,
+                    &rollout.config_id,
+                    &rollout.content,
+                    &rollout.updated_ms,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        let outbox = self.outbox_announce(&tx, rollout, announce).await?;
+        tx.commit().await.map_err(pg_err)?;
+        if outbox {
+            self.written.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn rollout_reports(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        config_id: &str,
+        since: UnixMillis,
+    ) -> Result<Vec<(String, Report)>, StoreError> {
+        let client = self.client().await?;
+        let s = client
+            .prepare_cached(sql::ROLLOUT_REPORTS)
+            .await
+            .map_err(pg_err)?;
+        let rows = client
+            .query(
+                &s,
+                &[&app_version.as_str(), &name.as_str(), &config_id, &since.0],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get(1).map_err(pg_err)?;
+                let status = DeliveryStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?;
+                Ok((
+                    row.try_get(0).map_err(pg_err)?,
+                    Report {
+                        status,
+                        dispatched_ms: row.try_get(2).map_err(pg_err)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn status_counts(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Vec<StatusCount>, StoreError> {
+        let client = self.client().await?;
+        let s = client
+            .prepare_cached(sql::STATUS_COUNTS)
+            .await
+            .map_err(pg_err)?;
+        let mut counts = Vec::new();
+        for row in client
+            .query(&s, &[&app_version.as_str(), &name.as_str()])
+            .await
+            .map_err(pg_err)?
+        {
+            let status: String = row.try_get(1).map_err(pg_err)?;
+            super::add_status_count(
+                &mut counts,
+                row.try_get(0).map_err(pg_err)?,
+                &status,
+                row.try_get(2).map_err(pg_err)?,
+            );
+        }
+        Ok(counts)
+    }
+
+    async fn app_versions(&self) -> Result<Vec<AppVersionSummary>, StoreError> {
+        let client = self.client().await?;
+        let versions = client
+            .query(sql::APP_VERSIONS, &[])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(pg_err)?;
+        let defaults = client
+            .query(sql::ALL_DEFAULTS, &[])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(pg_err)?;
+        Ok(super::summarise_app_versions(versions, defaults))
+    }
+
+    async fn lead_rollouts(&self) -> Result<bool, StoreError> {
+        let mut leader = self.leader.lock().await;
+        if let Some(client) = leader.as_ref() {
+            // Still connected: the session lock is still ours.
+            if client.simple_query("SELECT 1").await.is_ok() {
+                return Ok(true);
+            }
+            *leader = None;
+        }
+        let (client, connection) = self.config.connect(NoTls).await.map_err(pg_err)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLLOUT_LEADER_LOCK])
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        if got {
+            *leader = Some(client);
+        }
+        Ok(got)
     }
 
     async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, StoreError> {

@@ -8,11 +8,15 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use kaa_ism::UnixMillis;
 
-use super::{BatchTarget, ConfigStore, Precondition, PutOutcome, StatusWrite, StoreError, sql};
+use super::{
+    AppVersionSummary, BatchTarget, ConfigStore, Overlay, Precondition, PutOutcome, StatusCount,
+    StatusWrite, StoreError, apply_overlay, sql,
+};
 use crate::model::{
     AppVersionName, ConfigName, Content, DeliveryStatus, EndpointId, Page, Scope, Source,
     StatusEvent, StatusQuery, StatusRecord, StoredConfig,
 };
+use crate::rollout::{Report, Rollout, RolloutState};
 
 /// How many reads run at the same time, each on its own read-only connection (kept
 /// open between reads). More concurrent reads wait for a connection rather than
@@ -131,6 +135,38 @@ fn select_one(
         .transpose()
 }
 
+/// The active rollout of (`app_version`, `name`), as `effective` applies it.
+fn overlay_of(
+    conn: &Connection,
+    app_version: &str,
+    name: &str,
+) -> Result<Option<Overlay>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(q!(sql::ROLLOUT_OVERLAY))
+        .map_err(sqlite_err)?;
+    let row = stmt
+        .query_row(params![app_version, name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .optional()
+        .map_err(sqlite_err)?;
+    row.map(|(rollout_id, bp, config_id, content, created, updated)| {
+        Ok(Overlay {
+            rollout_id,
+            served_bp: u32::try_from(bp).unwrap_or(0),
+            config: to_config((name.to_owned(), config_id, content, created, updated))?,
+        })
+    })
+    .transpose()
+}
+
 fn put_in(
     tx: &Transaction<'_>,
     scope: &Scope,
@@ -141,6 +177,15 @@ fn put_in(
 ) -> Result<PutOutcome, StoreError> {
     let endpoint_key = scope.endpoint_key();
     let app_version = scope.app_version().as_str();
+    if scope.endpoint_id().is_none()
+        && let Some(o) = overlay_of(tx, app_version, name.as_str())?
+    {
+        return Err(super::default_locked(
+            app_version,
+            name.as_str(),
+            &o.rollout_id,
+        ));
+    }
     let previous = select_one(tx, endpoint_key, app_version, name.as_str())?;
     precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
     if let Some(endpoint_id) = scope.endpoint_id() {
@@ -279,6 +324,11 @@ impl ConfigStore for SqliteStore {
         let name = name.as_str().to_owned();
         let precondition = precondition.clone();
         self.write(move |tx| {
+            if endpoint_key.is_empty()
+                && let Some(o) = overlay_of(tx, &app_version, &name)?
+            {
+                return Err(super::default_locked(&app_version, &name, &o.rollout_id));
+            }
             let previous = select_one(tx, &endpoint_key, &app_version, &name)?;
             precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
             if previous.is_some() {
@@ -327,7 +377,9 @@ impl ConfigStore for SqliteStore {
             if let Some(c) = select_one(tx, &endpoint_id, &app_version, &name)? {
                 return Ok(Some((c, Source::Endpoint)));
             }
-            Ok(select_one(tx, "", &app_version, &name)?.map(|c| (c, Source::Default)))
+            let found = select_one(tx, "", &app_version, &name)?.map(|c| (c, Source::Default));
+            let overlay = overlay_of(tx, &app_version, &name)?;
+            Ok(apply_overlay(found, &endpoint_id, overlay.as_ref()))
         })
         .await
     }
@@ -447,6 +499,213 @@ impl ConfigStore for SqliteStore {
         .await
     }
 
+    async fn create_rollout(
+        &self,
+        rollout: &Rollout,
+        _announce: &[EndpointId],
+    ) -> Result<Rollout, StoreError> {
+        let mut rollout = rollout.clone();
+        self.write(move |tx| {
+            let (app, name) = (rollout.app_version.clone(), rollout.name.clone());
+            if let Some(o) = overlay_of(tx, &app, &name)? {
+                return Err(super::rollout_active(&app, &name, &o.rollout_id));
+            }
+            let previous = select_one(tx, "", &app, &name)?;
+            if previous
+                .as_ref()
+                .is_some_and(|p| p.config_id == rollout.config_id)
+            {
+                return Err(super::nothing_to_roll_out(&rollout.config_id));
+            }
+            rollout.previous_config_id = previous.map(|p| p.config_id);
+            tx.prepare_cached(q!(sql::ROLLOUT_INSERT))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        rollout.rollout_id,
+                        app,
+                        name,
+                        i64::from(rollout.state.is_active()),
+                        i64::from(rollout.served_bp()),
+                        rollout.config_id,
+                        rollout.content,
+                        rollout.created_ms,
+                        rollout.updated_ms,
+                        i64::try_from(rollout.revision).unwrap_or(i64::MAX),
+                        super::rollout_doc(&rollout),
+                    ])
+                })
+                .map_err(sqlite_err)?;
+            Ok(rollout)
+        })
+        .await
+    }
+
+    async fn rollout(&self, rollout_id: &str) -> Result<Option<Rollout>, StoreError> {
+        let id = rollout_id.to_owned();
+        self.read(move |tx| {
+            let doc: Option<String> = tx
+                .prepare_cached(q!(sql::ROLLOUT_ONE))
+                .and_then(|mut s| s.query_row([&id], |r| r.get(0)).optional())
+                .map_err(sqlite_err)?;
+            doc.as_deref().map(super::parse_rollout).transpose()
+        })
+        .await
+    }
+
+    async fn rollouts(
+        &self,
+        app_version: &AppVersionName,
+        name: Option<&ConfigName>,
+    ) -> Result<Vec<Rollout>, StoreError> {
+        let app = app_version.as_str().to_owned();
+        let name = name.map(|n| n.as_str().to_owned());
+        self.read(move |tx| read_docs(tx, q!(sql::ROLLOUTS_OF), params![app, name]))
+            .await
+    }
+
+    async fn active_rollouts(&self) -> Result<Vec<Rollout>, StoreError> {
+        self.read(|tx| read_docs(tx, q!(sql::ROLLOUTS_ACTIVE), params![]))
+            .await
+    }
+
+    async fn update_rollout(
+        &self,
+        rollout: &Rollout,
+        _announce: &[EndpointId],
+    ) -> Result<(), StoreError> {
+        let rollout = rollout.clone();
+        self.write(move |tx| {
+            let current: Option<i64> = tx
+                .prepare_cached(q!(sql::ROLLOUT_REVISION))
+                .and_then(|mut s| s.query_row([&rollout.rollout_id], |r| r.get(0)).optional())
+                .map_err(sqlite_err)?;
+            let current = current.map_or(0, |c| u64::try_from(c).unwrap_or(0));
+            if current + 1 != rollout.revision {
+                return Err(StoreError::RolloutChanged { current });
+            }
+            tx.prepare_cached(q!(sql::ROLLOUT_UPDATE))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        rollout.rollout_id,
+                        i64::from(rollout.state.is_active()),
+                        i64::from(rollout.served_bp()),
+                        rollout.updated_ms,
+                        i64::try_from(rollout.revision).unwrap_or(i64::MAX),
+                        super::rollout_doc(&rollout),
+                    ])
+                })
+                .map_err(sqlite_err)?;
+            if rollout.state == RolloutState::Completed {
+                tx.prepare_cached(q!(sql::UPSERT))
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            "",
+                            rollout.app_version,
+                            rollout.name,
+                            rollout.config_id,
+                            rollout.content,
+                            rollout.updated_ms
+                        ])
+                    })
+                    .map_err(sqlite_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rollout_reports(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        config_id: &str,
+        since: UnixMillis,
+    ) -> Result<Vec<(String, Report)>, StoreError> {
+        let (app, name, config_id) = (
+            app_version.as_str().to_owned(),
+            name.as_str().to_owned(),
+            config_id.to_owned(),
+        );
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(q!(sql::ROLLOUT_REPORTS))
+                .map_err(sqlite_err)?;
+            let rows = stmt
+                .query_map(params![app, name, config_id, since.0], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .map_err(sqlite_err)?;
+            rows.map(|r| {
+                let (endpoint, status, dispatched_ms) = r.map_err(sqlite_err)?;
+                let status = DeliveryStatus::parse(&status)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?;
+                Ok((
+                    endpoint,
+                    Report {
+                        status,
+                        dispatched_ms,
+                    },
+                ))
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn status_counts(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Vec<StatusCount>, StoreError> {
+        let (app, name) = (app_version.as_str().to_owned(), name.as_str().to_owned());
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(q!(sql::STATUS_COUNTS))
+                .map_err(sqlite_err)?;
+            let rows = stmt
+                .query_map(params![app, name], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(sqlite_err)?;
+            let mut counts = Vec::new();
+            for row in rows {
+                let (config_id, status, n) = row.map_err(sqlite_err)?;
+                super::add_status_count(&mut counts, config_id, &status, n);
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn app_versions(&self) -> Result<Vec<AppVersionSummary>, StoreError> {
+        self.read(|tx| {
+            let versions = tx
+                .prepare_cached(q!(sql::APP_VERSIONS))
+                .and_then(|mut s| {
+                    s.query_map([], |r| r.get::<_, String>(0))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(sqlite_err)?;
+            let defaults = tx
+                .prepare_cached(q!(sql::ALL_DEFAULTS))
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(sqlite_err)?;
+            Ok(super::summarise_app_versions(versions, defaults))
+        })
+        .await
+    }
+
     async fn statuses(&self, query: &StatusQuery) -> Result<Page<StatusRecord>, StoreError> {
         let query = query.clone();
         self.read(move |tx| {
@@ -487,6 +746,21 @@ impl ConfigStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The rollouts whose documents `statement` selects.
+fn read_docs(
+    tx: &Transaction<'_>,
+    statement: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Rollout>, StoreError> {
+    let mut stmt = tx.prepare_cached(statement).map_err(sqlite_err)?;
+    let docs = stmt
+        .query_map(params, |r| r.get::<_, String>(0))
+        .map_err(sqlite_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sqlite_err)?;
+    docs.iter().map(|d| super::parse_rollout(d)).collect()
 }
 
 /// The status a confirmation with `status_code` leads to.
