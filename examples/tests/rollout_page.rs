@@ -1,10 +1,16 @@
 //! ECR's rollout page (`/ui/`, `kaa_ecr::ui`) in a real headless browser:
 //! Debian's `chromium` driven through `chromedriver` over WebDriver.
 //!
-//! The page loads, asks for the API token after a 401, shows a running
-//! rollout whose counts move as applied reports arrive, and its Pause and
-//! Resume buttons pause and resume the rollout (checked through the REST API,
-//! with the `If-Match` the page sent).
+//! `rollout_page_on_ecr`: an in-process ECR (SQLite store, in-memory bus,
+//! bearer tokens, the rollout controller) with a running rollout. The page
+//! loads, asks for the API token after a 401, shows the rollout's current step
+//! whose applied count moves as `endpoint.config.applied` reports arrive on the
+//! bus, and its Pause and Resume buttons pause and resume the rollout (checked
+//! through the REST API).
+//!
+//! `rollout_page_in_headless_chromium`: the same page against a small fake of
+//! the REST contract, for what a real ECR does not easily show: the exact
+//! `If-Match` the page sends, and an error (412) shown from `{"message"}`.
 //!
 //! Skip rule: when `chromium` or `chromedriver` is not on `PATH` (override
 //! with `KAA_TEST_CHROMIUM` / `KAA_TEST_CHROMEDRIVER`) the test prints
@@ -24,10 +30,6 @@
 //! unversioned protocol; chromiumoxide's generated bindings are slow to
 //! compile); Python's selenium would add a second toolchain to CI.
 //!
-//! The REST side here is a small fake of the rollout routes of
-//! `/work/plan/rollout-api.md` (same paths, bodies, `ETag`/`If-Match`, 409 and
-//! 412, `{"message"}` errors, bearer token), serving the real page from
-//! `kaa_ecr::ui::router()`: the page is what is under test.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +54,10 @@ const NEW: &str = "5ee1e5ee1e5ee1e5ee1e5ee1e5ee1e00";
 const ROLLOUT: &str = "r-7f3a";
 
 // ------------------------------------------------------------------ the fake
+
+// A small fake of the rollout routes of the REST contract (same paths, bodies,
+// `ETag`/`If-Match`, 409 and 412, `{"message"}` errors, bearer token), serving
+// the real page from `kaa_ecr::ui::router()`.
 
 /// The rollout routes' state: one rollout of `NEW` over `OLD`, first step
 /// soaking.
@@ -389,10 +395,6 @@ async fn rollout_page_in_headless_chromium() {
         text.contains("22") && text.contains("70"),
         "status counts: {text}"
     );
-    if let Some(path) = std::env::var_os("KAA_UI_SCREENSHOT") {
-        let png = c.screenshot().await.unwrap();
-        std::fs::write(&path, png).unwrap();
-    }
 
     // Pause: the button, then the REST API says paused; the page follows.
     c.find(Locator::Css("article.rollout button[data-action=pause]"))
@@ -463,5 +465,288 @@ async fn rollout_page_in_headless_chromium() {
         assert_eq!(f.state, "running");
         assert_eq!(f.if_match.last(), Some(&Some(format!("\"{ROLLOUT}-3\""))));
     }
+    c.clone().close().await.unwrap();
+}
+
+// ------------------------------------------------------------------ a real ECR
+
+/// An in-process ECR: SQLite store, in-memory bus (6/CDTP provider and the
+/// applied-report listener), the REST API with a bearer token, the rollout
+/// controller.
+struct Ecr {
+    http: String,
+    bus: Arc<dyn kaa_bus::Bus>,
+    rest: reqwest::Client,
+    controller: tokio::task::JoinHandle<()>,
+    _tasks: kaa_examples::ecr::bus::BusTasks,
+    _db: kaa_testkit::ecr::SqliteTestDb,
+}
+
+const ECR_INSTANCE: &str = "ecr-ui";
+const CMX_INSTANCE: &str = "cmx-ui";
+
+impl Drop for Ecr {
+    fn drop(&mut self) {
+        self.controller.abort();
+    }
+}
+
+impl Ecr {
+    async fn start() -> Self {
+        use kaa_examples::ecr::{api, bus, config::Access, core, store};
+        let db = kaa_testkit::ecr::SqliteTestDb::create();
+        let store = store::open(&db.url).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let ecr = Arc::new(core::Ecr::new(store, core::AppVersions::open(), Some(tx)));
+        let bus: Arc<dyn kaa_bus::Bus> = Arc::new(kaa_bus::MemoryBus::new());
+        let metrics = kaa_examples::service::Metrics::new("ecr");
+        let settings = bus::BusSettings {
+            instance: ECR_INSTANCE.into(),
+            replica_id: format!("{ECR_INSTANCE}-1"),
+            cmx_instance: CMX_INSTANCE.into(),
+            elce_limits: kaa_elce::DecodeLimits::default(),
+            metrics: metrics.clone(),
+        };
+        let tasks = bus::start(Arc::clone(&ecr), Arc::clone(&bus), settings, rx)
+            .await
+            .unwrap();
+        let auth = api::Authenticator::with_tokens([(
+            "operator".to_owned(),
+            TOKEN.to_owned(),
+            Access::ReadWrite,
+        )]);
+        let app = api::app(Arc::clone(&ecr), auth, 1 << 20, metrics);
+        let addr = serve(app).await;
+        let controller = tokio::spawn(core::run_rollout_controller(
+            ecr,
+            Duration::from_millis(250),
+        ));
+        Ecr {
+            http: format!("http://{addr}"),
+            bus,
+            rest: reqwest::Client::new(),
+            controller,
+            _tasks: tasks,
+            _db: db,
+        }
+    }
+
+    /// A REST call with the token; the status and the JSON body.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .rest
+            .request(method, format!("{}/api/v1{path}", self.http))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Asks for `endpoint`'s default configuration over 6/CDTP, as a CMX
+    /// would (ECR then knows the endpoint, and records the dispatch); the
+    /// config ID answered.
+    async fn ask(&self, endpoint: &str) -> String {
+        use kaa_ism::avro::{Decode, Encode};
+        let request = kaa_cdtp::ConfigRequest {
+            correlation_id: format!("ui-{endpoint}").into(),
+            timestamp: kaa_examples::ecr::model::now().0,
+            timeout: 3000,
+            app_version_name: APP.into(),
+            endpoint_id: endpoint.to_owned().into(),
+            config_id: None,
+            config_name: None,
+        };
+        let reply = self
+            .bus
+            .request(
+                &format!("kaa.v1.service.{ECR_INSTANCE}.cdtp.request"),
+                bytes::Bytes::from(request.to_vec()),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("ECR answers 6/CDTP requests");
+        let response = kaa_cdtp::ConfigResponse::decode(&reply.payload).unwrap();
+        response
+            .config_id
+            .map(|c| c.into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Publishes an applied report of `endpoint` for `config_id`, as the CMX
+    /// does when a device reports.
+    async fn applied(&self, endpoint: &str, config_id: &str) {
+        self.report(endpoint, config_id, 200).await;
+    }
+
+    /// Publishes a report of `endpoint` for `config_id` with `status_code`
+    /// (2xx: applied, else rejected).
+    async fn report(&self, endpoint: &str, config_id: &str, status_code: i32) {
+        use kaa_ism::avro::Encode;
+        let report = kaa_cdtp::ConfigApplied {
+            correlation_id: format!("ui-{endpoint}").into(),
+            timestamp: kaa_examples::ecr::model::now().0,
+            timeout: 0,
+            app_version_name: APP.into(),
+            endpoint_id: endpoint.to_owned().into(),
+            config_id: config_id.to_owned().into(),
+            originator_replica_id: None,
+            status_code,
+            reason_phrase: (status_code >= 300).then(|| "reject-rate 0.1".into()),
+            config_name: None,
+        };
+        self.bus
+            .publish(
+                &format!("kaa.v1.events.{CMX_INSTANCE}.endpoint.config.applied"),
+                bytes::Bytes::from(report.to_vec()),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_page_on_ecr() {
+    use reqwest::Method;
+    let test = "rollout_page_on_ecr";
+    let Some(b) = browser(test).await else {
+        return;
+    };
+    let ecr = Ecr::start().await;
+
+    // The fleet: 40 endpoints on the previous configuration, all applied.
+    let (status, old) = ecr
+        .call(
+            Method::PUT,
+            &format!("/app-versions/{APP}"),
+            Some(json!({"rate": 5})),
+        )
+        .await;
+    assert_eq!(status, 200, "{old}");
+    let old = old["configId"].as_str().unwrap().to_owned();
+    let endpoints: Vec<String> = (1..=40).map(|i| format!("ui-e{i}")).collect();
+    for e in &endpoints {
+        assert_eq!(ecr.ask(e).await, old);
+        ecr.applied(e, &old).await;
+    }
+
+    // The rollout: steps 25 / 50 / 100 %, a long soak so it stays on its
+    // first step while the page is watched.
+    let (status, rollout) = ecr
+        .call(
+            Method::POST,
+            &format!("/app-versions/{APP}/rollouts"),
+            Some(json!({
+                "config": {"rate": 6},
+                "steps": [25, 50, 100],
+                "gate": {"minAppliedPercent": 90, "minApplied": 1, "soakSeconds": 3600},
+                "abort": {"maxRejectedPercent": 50, "minSample": 1000, "reportTimeoutSeconds": 3600},
+                "onAbort": "revert"
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{rollout}");
+    let id = rollout["rolloutId"].as_str().unwrap().to_owned();
+    let new = rollout["configId"].as_str().unwrap().to_owned();
+    // The first step's cohort: the endpoints now answered the new configuration.
+    let mut cohort = Vec::new();
+    for e in &endpoints {
+        if ecr.ask(e).await == new {
+            cohort.push(e.clone());
+        } else {
+            ecr.applied(e, &old).await;
+        }
+    }
+    assert!(cohort.len() >= 4, "a cohort of {} endpoints", cohort.len());
+    // One of them rejects it.
+    let rejecting = cohort.pop().unwrap();
+    ecr.report(&rejecting, &new, 400).await;
+    ecr.applied(&cohort[0], &new).await;
+
+    // The page loads and asks for the token.
+    let c = &b.client;
+    c.goto(&format!("{}/ui/", ecr.http)).await.unwrap();
+    let input = c.wait().for_element(Locator::Id("token")).await.unwrap();
+    b.until(
+        "the token form",
+        "return !document.getElementById('token-form').hidden",
+    )
+    .await;
+    input.send_keys(TOKEN).await.unwrap();
+    c.find(Locator::Css("#token-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.until(
+        "the running rollout",
+        "return document.querySelector('article.rollout[data-state=running]')",
+    )
+    .await;
+    assert_eq!(b.current("targeted").await, cohort.len() as u64 + 1);
+    assert_eq!(b.current("rejected").await, 1);
+
+    // Applied reports arrive: the count moves.
+    let watch = |n: usize| {
+        format!(
+            "const el = document.querySelector(\
+             'article.rollout li[aria-current=step] [data-count=applied] .num');\
+             return el && el.textContent.startsWith('{n} ');"
+        )
+    };
+    b.until("1 applied", &watch(1)).await;
+    let half = cohort.len().div_ceil(2);
+    for e in &cohort[1..half] {
+        ecr.applied(e, &new).await;
+    }
+    b.until(&format!("{half} applied"), &watch(half)).await;
+    if let Some(path) = std::env::var_os("KAA_UI_SCREENSHOT") {
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(&path, png).unwrap();
+    }
+    for e in &cohort[half..] {
+        ecr.applied(e, &new).await;
+    }
+    b.until(&format!("{} applied", cohort.len()), &watch(cohort.len()))
+        .await;
+
+    // Pause and resume with the buttons; the REST API agrees.
+    let state = || async {
+        let (status, r) = ecr
+            .call(Method::GET, &format!("/rollouts/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "{r}");
+        r["state"].as_str().unwrap().to_owned()
+    };
+    c.find(Locator::Css("article.rollout button[data-action=pause]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.until(
+        "the page to show paused",
+        "return document.querySelector('article.rollout[data-state=paused]')",
+    )
+    .await;
+    assert_eq!(state().await, "paused");
+    c.find(Locator::Css("article.rollout button[data-action=resume]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.until(
+        "the page to show running again",
+        "return document.querySelector('article.rollout[data-state=running]')",
+    )
+    .await;
+    assert_eq!(state().await, "running");
     c.clone().close().await.unwrap();
 }
