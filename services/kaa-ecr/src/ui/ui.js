@@ -108,12 +108,18 @@ async function load() {
   const { body: versions } = await api('GET', 'app-versions');
   return Promise.all((versions || []).map(async (av) => {
     const base = 'app-versions/' + enc(av.appVersionName);
-    const names = (av.configurations || []).map((c) => c.name);
-    const [counts, listed] = await Promise.all([
-      Promise.all(names.map((n) => api('GET', base + '/status-counts?name=' + enc(n)).then((r) => r.body || []))),
-      // Without ?name=: every name's rollouts.
-      api('GET', base + '/rollouts').then((r) => r.body || []),
-    ]);
+    // Without ?name=: every name's rollouts.
+    const listed = (await api('GET', base + '/rollouts')).body || [];
+    // The names: the defaults', and those of rollouts of a name with no default yet.
+    av.configurations = av.configurations || [];
+    for (const r of listed) {
+      if (!av.configurations.some((c) => c.name === r.name)) {
+        av.configurations.push({ name: r.name, configId: null });
+      }
+    }
+    const names = av.configurations.map((c) => c.name);
+    const counts = await Promise.all(names.map((n) =>
+      api('GET', base + '/status-counts?name=' + enc(n)).then((r) => r.body || [])));
     // One entry per rollout, newest first; active ones re-read for their ETag.
     const byId = new Map();
     for (const r of listed) if (!byId.has(r.rolloutId)) byId.set(r.rolloutId, r);
@@ -210,14 +216,14 @@ function renderConfigs(s, item) {
   const rows = [];
   for (const c of item.av.configurations || []) {
     const counts = (item.counts.find((x) => x.name === c.name) || { counts: [] }).counts;
-    const ids = new Set([c.configId, ...counts.map((x) => x.configId)]);
+    const ids = new Set([c.configId, ...counts.map((x) => x.configId)].filter(Boolean));
     const active = item.rollouts.find((r) => r.name === c.name && ACTIVE.has(r.state));
     const total = counts.reduce((t, x) => t + num(x.applied) + num(x.rejected) + num(x.dispatched), 0);
     for (const id of ids) {
       const x = counts.find((k) => k.configId === id) || { applied: 0, rejected: 0, dispatched: 0 };
-      let role = id === c.configId ? 'current' : 'earlier';
+      // The stored default stays the previous configuration until the rollout completes.
+      let role = id === c.configId ? 'default' : 'earlier';
       if (active && id === active.configId) role = 'rolling out';
-      if (active && id === active.previousConfigId && id !== c.configId) role = 'previous (rollout)';
       const a = num(x.applied), r = num(x.rejected), d = num(x.dispatched);
       const stack = h('div', { class: 'stack', role: 'img',
         'aria-label': a + ' applied, ' + r + ' rejected, ' + d + ' dispatched of ' + total + ' endpoints reporting on ' + c.name });
