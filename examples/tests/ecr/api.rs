@@ -726,6 +726,24 @@ async fn openapi_document_lists_every_route() {
         ),
         ("/api/v1/endpoints/batch", &["put"][..]),
         ("/api/v1/statuses", &["get"][..]),
+        (
+            "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}/effective",
+            &["get"][..],
+        ),
+        ("/api/v1/app-versions", &["get"][..]),
+        (
+            "/api/v1/app-versions/{appVersionName}/status-counts",
+            &["get"][..],
+        ),
+        (
+            "/api/v1/app-versions/{appVersionName}/rollouts",
+            &["post", "get"][..],
+        ),
+        ("/api/v1/rollouts/{rolloutId}", &["get"][..]),
+        ("/api/v1/rollouts/{rolloutId}/pause", &["post"][..]),
+        ("/api/v1/rollouts/{rolloutId}/resume", &["post"][..]),
+        ("/api/v1/rollouts/{rolloutId}/abort", &["post"][..]),
+        ("/api/v1/rollouts/{rolloutId}/promote", &["post"][..]),
     ];
     let paths = doc.paths.as_ref().expect("paths");
     assert_eq!(paths.len(), expect.len());
@@ -749,6 +767,8 @@ async fn openapi_document_lists_every_route() {
         "ErrorDto",
         "BatchRequest",
         "StatusPageDto",
+        "RolloutRequest",
+        "RolloutDto",
     ] {
         assert!(components.schemas.contains_key(schema), "{schema}");
     }

@@ -1,6 +1,6 @@
 //! The ECR service's tests (`cargo test -p kaa-examples --test ecr`): the one store
 //! suite on SQLite and PostgreSQL, the REST API, 6/CDTP and update events on the bus,
-//! announcing committed writes, and the `ecr` binary as a process. Helpers:
+//! announcing committed writes, staged rollouts, and the `ecr` binary as a process. Helpers:
 //! [`kaa_testkit::ecr`].
 
 mod announce;
@@ -8,4 +8,5 @@ mod api;
 mod bus;
 mod process;
 mod replicas;
+mod rollouts;
 mod store;

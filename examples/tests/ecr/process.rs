@@ -1,5 +1,6 @@
 //! The real `ecr` binary: durability under SIGKILL in the middle of a PUT storm
-//! (embedded SQLite store and PostgreSQL), graceful shutdown on SIGTERM, and a clear
+//! (embedded SQLite store and PostgreSQL), a staged rollout resuming after SIGKILL,
+//! graceful shutdown on SIGTERM, and a clear
 //! message with a non-zero exit for an invalid configuration.
 
 use std::path::Path;
@@ -151,6 +152,128 @@ async fn postgres_put_storm_survives_sigkill() {
     };
     let dir = tempfile::tempdir().unwrap();
     put_storm_survives_sigkill(&db.url, dir.path()).await;
+}
+
+/// A staged rollout survives SIGKILL: the process is killed in the middle of it,
+/// restarted on the same store, and the rollout goes on from the step it had
+/// reached (never from the beginning) to completion, the default then being the new
+/// configuration. The gate needs no reports (0%, 0 endpoints) and each step soaks
+/// 2 s, so the steps advance on time alone.
+async fn rollout_resumes_after_sigkill(store_url: &str, dir: &Path) {
+    let config = write_config(dir, store_url);
+    let (mut child, base) = start(&config).await;
+    let client = reqwest::Client::new();
+    let url = |p: &str| format!("{base}/api/v1{p}");
+    let r = client
+        .put(url("/app-versions/kettle"))
+        .json(&serde_json::json!({"sampling": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Known endpoints following the default: an endpoint configuration, deleted.
+    for i in 0..20 {
+        let p = format!("/endpoints/ep-{i}/app-versions/kettle");
+        assert_eq!(
+            client.put(url(&p)).json(&1).send().await.unwrap().status(),
+            200
+        );
+        assert_eq!(client.delete(url(&p)).send().await.unwrap().status(), 204);
+    }
+    let body = serde_json::json!({
+        "config": {"sampling": 2},
+        "steps": [10, 30, 60, 100],
+        "gate": {"minAppliedPercent": 0, "minApplied": 0, "soakSeconds": 2},
+        "abort": {"maxRejectedPercent": 50, "minSample": 10, "reportTimeoutSeconds": 60},
+        "onAbort": "revert"
+    });
+    let r = client
+        .post(url("/app-versions/kettle/rollouts"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let id = created["rolloutId"].as_str().unwrap().to_owned();
+    let new_id = created["configId"].as_str().unwrap().to_owned();
+    let get = |base: String| {
+        let (client, id) = (client.clone(), id.clone());
+        async move {
+            client
+                .get(format!("{base}/api/v1/rollouts/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    // Killed once it reached step 1.
+    let mut before = serde_json::Value::Null;
+    for _ in 0..100 {
+        before = get(base.clone()).await;
+        if before["step"].as_u64() >= Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(before["step"].as_u64() >= Some(1), "{before}");
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.unwrap();
+
+    let (mut child, base) = start(&config).await;
+    let after = get(base.clone()).await;
+    assert!(
+        after["step"].as_u64() >= before["step"].as_u64(),
+        "{before} then {after}"
+    );
+    assert_eq!(
+        after["steps"][0]["startedDate"],
+        before["steps"][0]["startedDate"]
+    );
+    let mut done = serde_json::Value::Null;
+    for _ in 0..200 {
+        done = get(base.clone()).await;
+        if done["state"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["state"], "completed", "{done}");
+    for step in done["steps"].as_array().unwrap() {
+        assert_eq!(step["state"], "passed", "{done}");
+    }
+    let default: serde_json::Value = client
+        .get(format!("{base}/api/v1/app-versions/kettle"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(default["configId"].as_str(), Some(new_id.as_str()));
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rollout_resumes_after_sigkill() {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    rollout_resumes_after_sigkill(&db.url, db.path.parent().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rollout_resumes_after_sigkill() {
+    let Some(db) =
+        kaa_testkit::ecr::PgTestDb::create("ecr::process::postgres_rollout_resumes_after_sigkill")
+            .await
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    rollout_resumes_after_sigkill(&db.url, dir.path()).await;
 }
 
 #[tokio::test]

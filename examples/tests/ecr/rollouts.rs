@@ -1,0 +1,1026 @@
+//! Staged rollouts (#19): the store rules on SQLite and PostgreSQL, the controller
+//! with ECR on the in-memory bus playing the CMX (a healthy rollout completes through
+//! its steps; one with rejections aborts at the first gate and reverts, with the
+//! announcements checked), and the REST routes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use bytes::Bytes;
+use futures::StreamExt;
+use kaa_bus::{Bus, MemoryBus};
+use kaa_cdtp::{ConfigApplied, ConfigUpdated};
+use kaa_examples::ecr::api::{self, Authenticator};
+use kaa_examples::ecr::bus::{self, BusSettings, BusTasks};
+use kaa_examples::ecr::core::{AppVersions, Ecr, RolloutSpec};
+use kaa_examples::ecr::model::{Content, DeliveryStatus, Source, StatusEvent};
+use kaa_examples::ecr::rollout::{
+    self, AbortCriteria, Gate, OnAbort, Rollout, RolloutState, StepState, cohort_bucket,
+};
+use kaa_examples::ecr::store::{self, EffectiveKey, Precondition, StoreError};
+use kaa_examples::service::Metrics;
+use kaa_ism::UnixMillis;
+use kaa_ism::avro::{Decode, Encode};
+use kaa_testkit::ecr::{app, default_scope, ep, ep_scope, name};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+kaa_testkit::both_stores!(rollouts_in_the_store, status_counts_and_app_versions);
+
+fn gate(percent: f64, min: u64, soak: u64) -> Gate {
+    Gate {
+        min_applied_percent: percent,
+        min_applied: min,
+        soak_seconds: soak,
+    }
+}
+
+fn abort(percent: f64, sample: u64, timeout: u64) -> AbortCriteria {
+    AbortCriteria {
+        max_rejected_percent: percent,
+        min_sample: sample,
+        report_timeout_seconds: timeout,
+    }
+}
+
+fn new(id: &str, a: &str, v: Value, steps: &[f64]) -> Rollout {
+    rollout::new_rollout(
+        id.into(),
+        a,
+        "default",
+        &Content::from_value(&v),
+        steps,
+        gate(90.0, 1, 0),
+        abort(10.0, 5, 60),
+        OnAbort::Revert,
+        1_000,
+    )
+    .unwrap()
+}
+
+fn endpoints(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("ep-{i}")).collect()
+}
+
+/// Creation, one active rollout per (app version, name), the default locked, the
+/// answers by cohort (own configuration still wins), compare-and-set updates, the
+/// completion writing the default, and all of it surviving a reopen.
+async fn rollouts_in_the_store(url: &str) {
+    let s = store::open(url).await.unwrap();
+    let n = name("default");
+    let old = s
+        .put(
+            &default_scope("v1"),
+            &n,
+            &Content::from_value(&json!({"v": 1})),
+            &Precondition::None,
+            UnixMillis(1),
+        )
+        .await
+        .unwrap()
+        .config;
+    let ids = endpoints(200);
+    for e in &ids {
+        s.remember_endpoint(&ep(e), &app("v1")).await.unwrap();
+    }
+    // ep-0 has its own configuration: it wins over any rollout.
+    s.put(
+        &ep_scope("ep-0", "v1"),
+        &n,
+        &Content::from_value(&json!("own")),
+        &Precondition::None,
+        UnixMillis(1),
+    )
+    .await
+    .unwrap();
+
+    // The default itself is not a rollout.
+    let same = new("r-same", "v1", json!({"v": 1}), &[50.0]);
+    assert!(matches!(
+        s.create_rollout(&same, &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let r = new("r-1", "v1", json!({"v": 2}), &[10.0, 100.0]);
+    let stored = s.create_rollout(&r, &[]).await.unwrap();
+    assert_eq!(
+        stored.previous_config_id.as_deref(),
+        Some(old.config_id.as_str())
+    );
+    // One active rollout per (app version, name); another name is free.
+    let second = new("r-2", "v1", json!({"v": 3}), &[10.0]);
+    let err = s.create_rollout(&second, &[]).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("r-1")),
+        "{err}"
+    );
+    // The default cannot be written or deleted meanwhile; endpoint configurations can.
+    let err = s
+        .put(
+            &default_scope("v1"),
+            &n,
+            &Content::from_value(&json!({"v": 9})),
+            &Precondition::None,
+            UnixMillis(2),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(matches!(
+        s.delete(&default_scope("v1"), &n, &Precondition::None)
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(_)
+    ));
+    s.put(
+        &default_scope("v1"),
+        &name("other"),
+        &Content::from_value(&json!(1)),
+        &Precondition::None,
+        UnixMillis(2),
+    )
+    .await
+    .unwrap();
+
+    // Answers by cohort, one by one and in a batch.
+    let in_cohort = |e: &str, bp: u32| cohort_bucket("r-1", e) < bp;
+    let keys: Vec<EffectiveKey> = ids
+        .iter()
+        .map(|e| EffectiveKey {
+            endpoint_id: ep(e),
+            app_version: app("v1"),
+            name: n.clone(),
+        })
+        .collect();
+    let check = |bp: u32, expect_new_id: String| {
+        let s = Arc::clone(&s);
+        let (ids, keys) = (ids.clone(), keys.clone());
+        let old_id = old.config_id.clone();
+        let n = n.clone();
+        async move {
+            let many = s.effective_many(&keys).await.unwrap();
+            for (e, batch) in ids.iter().zip(many) {
+                let (one, source) = s.effective(&ep(e), &app("v1"), &n).await.unwrap().unwrap();
+                assert_eq!(
+                    batch.as_ref().map(|(c, _)| &c.config_id),
+                    Some(&one.config_id)
+                );
+                if e == "ep-0" {
+                    assert_eq!(
+                        (one.content.as_str(), source),
+                        ("\"own\"", Source::Endpoint)
+                    );
+                } else if in_cohort(e, bp) {
+                    assert_eq!(one.config_id, expect_new_id, "{e}");
+                    assert_eq!(one.content, r#"{"v":2}"#);
+                } else {
+                    assert_eq!(one.config_id, old_id, "{e}");
+                }
+            }
+        }
+    };
+    check(1000, stored.config_id.clone()).await;
+    let served = ids[1..].iter().filter(|e| in_cohort(e, 1000)).count();
+    assert!(
+        (5..=40).contains(&served),
+        "{served} of 199 in a 10% cohort"
+    );
+
+    // Compare-and-set on the revision.
+    let mut next = stored.clone();
+    next.revision += 2;
+    assert!(matches!(
+        s.update_rollout(&next, &[]).await,
+        Err(StoreError::RolloutChanged { current: 1 })
+    ));
+    let ev = rollout::Event::Decided(rollout::Decision::Advance);
+    let advanced = rollout::transition(&stored, &ev, &Default::default(), 5_000)
+        .unwrap()
+        .unwrap();
+    s.update_rollout(&advanced, &[]).await.unwrap();
+    assert!(
+        s.update_rollout(&advanced, &[]).await.is_err(),
+        "applied twice"
+    );
+    check(10_000, stored.config_id.clone()).await;
+    assert_eq!(s.active_rollouts().await.unwrap(), vec![advanced.clone()]);
+    assert_eq!(s.rollout("r-1").await.unwrap(), Some(advanced.clone()));
+    assert_eq!(s.rollout("nope").await.unwrap(), None);
+
+    // Completion: the default is the new configuration, in the same transaction.
+    let ev = rollout::Event::Decided(rollout::Decision::Complete);
+    let done = rollout::transition(&advanced, &ev, &Default::default(), 9_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, RolloutState::Completed);
+    s.update_rollout(&done, &[]).await.unwrap();
+    let default = s.get(&default_scope("v1"), &n).await.unwrap().unwrap();
+    assert_eq!(default.config_id, done.config_id);
+    assert!(s.active_rollouts().await.unwrap().is_empty());
+    // The pair is free again: a new rollout, newest first in the list.
+    let third = new("r-3", "v1", json!({"v": 3}), &[50.0]);
+    let mut third = third;
+    third.created_ms = 2_000;
+    s.create_rollout(&third, &[]).await.unwrap();
+    let listed: Vec<String> = s
+        .rollouts(&app("v1"), None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.rollout_id)
+        .collect();
+    assert_eq!(listed, ["r-3", "r-1"]);
+    assert!(
+        s.rollouts(&app("v1"), Some(&name("other")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Durable: everything is there after a reopen.
+    drop(s);
+    let s = store::open(url).await.unwrap();
+    assert_eq!(s.rollout("r-1").await.unwrap(), Some(done));
+    assert_eq!(s.active_rollouts().await.unwrap().len(), 1);
+}
+
+/// The latest status per endpoint, counted per config ID; the reports a rollout
+/// counts; the app versions with their defaults.
+async fn status_counts_and_app_versions(url: &str) {
+    let s = store::open(url).await.unwrap();
+    let n = name("default");
+    let write = |e: &str, id: &str, event: StatusEvent, at: i64| {
+        store::StatusWrite::new(&ep(e), &app("v1"), &n, id, &event, UnixMillis(at))
+    };
+    let ok = StatusEvent::Confirmed {
+        status_code: 200,
+        reason_phrase: None,
+    };
+    let bad = StatusEvent::Confirmed {
+        status_code: 400,
+        reason_phrase: Some("no".into()),
+    };
+    s.record_statuses(&[
+        write("a", "old", ok.clone(), 1),
+        write("a", "new", ok.clone(), 5),
+        write("b", "old", ok.clone(), 1),
+        write("b", "new", bad.clone(), 6),
+        write("c", "old", ok.clone(), 1),
+        write("d", "new", StatusEvent::Dispatched, 7),
+        // e went to new and back to old: its latest is old.
+        write("e", "new", ok.clone(), 2),
+        write("e", "old", ok.clone(), 8),
+    ])
+    .await
+    .unwrap();
+    let counts = s.status_counts(&app("v1"), &n).await.unwrap();
+    let table: Vec<(String, u64, u64, u64)> = counts
+        .into_iter()
+        .map(|c| (c.config_id, c.applied, c.rejected, c.dispatched))
+        .collect();
+    assert_eq!(table, [("new".into(), 1, 1, 1), ("old".into(), 2, 0, 0)]);
+    let mut reports = s
+        .rollout_reports(&app("v1"), &n, "new", UnixMillis(3))
+        .await
+        .unwrap();
+    reports.sort_by(|a, b| a.0.cmp(&b.0));
+    let reports: Vec<(String, DeliveryStatus)> =
+        reports.into_iter().map(|(e, r)| (e, r.status)).collect();
+    assert_eq!(
+        reports,
+        [
+            ("a".into(), DeliveryStatus::Applied),
+            ("b".into(), DeliveryStatus::Rejected),
+            ("d".into(), DeliveryStatus::Dispatched)
+        ]
+    );
+
+    s.put(
+        &default_scope("v2"),
+        &n,
+        &Content::from_value(&json!(2)),
+        &Precondition::None,
+        UnixMillis(1),
+    )
+    .await
+    .unwrap();
+    s.remember_endpoint(&ep("x"), &app("v1")).await.unwrap();
+    let versions = s.app_versions().await.unwrap();
+    let names: Vec<&str> = versions.iter().map(|v| v.app_version.as_str()).collect();
+    assert_eq!(names, ["v1", "v2"]);
+    assert!(versions[0].defaults.is_empty());
+    assert_eq!(versions[1].defaults.len(), 1);
+    assert_eq!(versions[1].defaults[0].0, "default");
+}
+
+/// With several replicas on one PostgreSQL database exactly one drives the
+/// rollouts, and another takes over when its connection goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_replica_leads_the_rollouts() {
+    let Some(db) =
+        kaa_testkit::ecr::PgTestDb::create("postgres_one_replica_leads_the_rollouts").await
+    else {
+        return;
+    };
+    let first = store::open(&db.url).await.unwrap();
+    let second = store::open(&db.url).await.unwrap();
+    assert!(first.lead_rollouts().await.unwrap());
+    assert!(first.lead_rollouts().await.unwrap(), "it keeps leading");
+    assert!(!second.lead_rollouts().await.unwrap());
+    drop(first);
+    let mut took_over = false;
+    for _ in 0..50 {
+        if second.lead_rollouts().await.unwrap() {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(took_over, "the second replica never took over");
+}
+
+// ------------------------------------------------------------ on the memory bus
+
+struct BusHarness {
+    ecr: Arc<Ecr>,
+    bus: Arc<dyn Bus>,
+    instance: String,
+    cmx: String,
+    _tasks: BusTasks,
+    _db: kaa_testkit::ecr::SqliteTestDb,
+}
+
+async fn bus_harness() -> BusHarness {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let store = store::open(&db.url).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let ecr = Arc::new(Ecr::new(store, AppVersions::open(), Some(tx)));
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let instance = format!("ecr-{}", &id[..8]);
+    let cmx = format!("cmx-{}", &id[..8]);
+    let settings = BusSettings {
+        instance: instance.clone(),
+        replica_id: format!("{instance}-1"),
+        cmx_instance: cmx.clone(),
+        elce_limits: kaa_elce::DecodeLimits::default(),
+        metrics: Metrics::new("ecr"),
+    };
+    let tasks = bus::start(Arc::clone(&ecr), Arc::clone(&bus), settings, rx)
+        .await
+        .unwrap();
+    BusHarness {
+        ecr,
+        bus,
+        instance,
+        cmx,
+        _tasks: tasks,
+        _db: db,
+    }
+}
+
+/// Plays the CMX and its devices: every `endpoint.config.updated` is "pushed" and
+/// reported back as `endpoint.config.applied` (rejected, status 400, by the
+/// endpoints `rejects` names, for any configuration but `good`). Returns what each
+/// endpoint was announced, in order.
+async fn play_cmx(
+    h: &BusHarness,
+    rejects: BTreeSet<String>,
+    good: String,
+) -> Arc<std::sync::Mutex<HashMap<String, Vec<String>>>> {
+    let seen: Arc<std::sync::Mutex<HashMap<String, Vec<String>>>> = Default::default();
+    let (bus, instance, cmx, seen2) = (
+        Arc::clone(&h.bus),
+        h.instance.clone(),
+        h.cmx.clone(),
+        Arc::clone(&seen),
+    );
+    let ready = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = ready;
+    tokio::spawn(async move {
+        let mut sub = bus
+            .subscribe(
+                &format!("kaa.v1.events.{instance}.endpoint.config.updated"),
+                None,
+            )
+            .await
+            .unwrap();
+        let _ = ready_tx.send(());
+        while let Some(m) = sub.next().await {
+            let u = ConfigUpdated::decode(&m.payload).unwrap().into_owned();
+            let endpoint = u.endpoint_id.to_string();
+            seen2
+                .lock()
+                .unwrap()
+                .entry(endpoint.clone())
+                .or_default()
+                .push(u.config_id.to_string());
+            let reject = rejects.contains(&endpoint) && u.config_id.as_ref() != good;
+            let applied = ConfigApplied {
+                correlation_id: "c".into(),
+                timestamp: kaa_examples::ecr::model::now().0,
+                timeout: 0,
+                app_version_name: u.app_version_name.clone(),
+                endpoint_id: u.endpoint_id.clone(),
+                config_id: u.config_id.clone(),
+                originator_replica_id: None,
+                status_code: if reject { 400 } else { 200 },
+                reason_phrase: reject.then(|| "bad configuration".into()),
+                config_name: None,
+            };
+            bus.publish(
+                &format!("kaa.v1.events.{cmx}.endpoint.config.applied"),
+                Bytes::from(applied.to_vec()),
+            )
+            .await
+            .unwrap();
+        }
+    });
+    // Subscribed before the test goes on.
+    let _ = ready_rx.await;
+    seen
+}
+
+async fn setup_fleet(h: &BusHarness, n: usize) -> (Vec<String>, String) {
+    let old = h
+        .ecr
+        .put(
+            &default_scope("kettle"),
+            &name("default"),
+            &json!({"sampling": 1}),
+            &Precondition::None,
+            kaa_examples::ecr::model::now(),
+        )
+        .await
+        .unwrap()
+        .config
+        .config_id;
+    let ids = endpoints(n);
+    for e in &ids {
+        h.ecr.learn_endpoint(&ep(e), &app("kettle")).await.unwrap();
+    }
+    (ids, old)
+}
+
+fn spec(steps: &[f64], on_abort: OnAbort) -> RolloutSpec {
+    RolloutSpec {
+        config: json!({"sampling": 2}),
+        steps: steps.to_vec(),
+        gate: gate(90.0, 1, 10),
+        abort: abort(10.0, 5, 60),
+        on_abort,
+    }
+}
+
+/// Once every endpoint of the current step's cohort reported, drives the
+/// controller at `at` and returns the rollout as it is then.
+async fn drive_settled(h: &BusHarness, id: &str, at: UnixMillis) -> Rollout {
+    for _ in 0..250 {
+        h.ecr.flush_statuses().await;
+        let (_, counts) = h.ecr.rollout(id, at).await.unwrap();
+        match counts {
+            Some(c) if c.delivered < c.targeted => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => break,
+        }
+    }
+    h.ecr.drive_rollouts(at).await.unwrap();
+    h.ecr.rollout(id, at).await.unwrap().0
+}
+
+fn announced(
+    seen: &std::sync::Mutex<HashMap<String, Vec<String>>>,
+) -> HashMap<String, Vec<String>> {
+    seen.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_rollout_completes_through_its_steps() {
+    let h = bus_harness().await;
+    let (ids, _old) = setup_fleet(&h, 300).await;
+    let seen = play_cmx(&h, BTreeSet::new(), String::new()).await;
+    let t0 = kaa_examples::ecr::model::now();
+    let r = h
+        .ecr
+        .create_rollout(
+            &app("kettle"),
+            &name("default"),
+            &spec(&[5.0, 25.0, 100.0], OnAbort::Revert),
+            t0,
+        )
+        .await
+        .unwrap();
+    let new_id = r.config_id.clone();
+    let bucket = |e: &str| cohort_bucket(&r.rollout_id, e);
+    let cohort =
+        |bp: u32| -> BTreeSet<String> { ids.iter().filter(|e| bucket(e) < bp).cloned().collect() };
+    let mut expected_steps = Vec::new();
+    for (i, bp) in [500u32, 2_500, 10_000].into_iter().enumerate() {
+        // The step's cohort, and nobody else, was announced the new configuration.
+        let want = cohort(bp);
+        let mut got = BTreeSet::new();
+        for _ in 0..200 {
+            got = announced(&seen)
+                .into_iter()
+                .filter(|(_, ids)| ids.contains(&new_id))
+                .map(|(e, _)| e)
+                .collect();
+            if got == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(got, want, "step {i}");
+        // Within the soak time nothing moves, however good the reports.
+        let soaking = t0.0 + (i as i64) * 10_000 + 5_000;
+        let r = drive_settled(&h, &r.rollout_id, UnixMillis(soaking)).await;
+        assert_eq!((r.state, r.step), (RolloutState::Running, i), "soaking");
+        // After it, the gate passes.
+        let after = UnixMillis(t0.0 + (i as i64 + 1) * 10_000 + 1);
+        let r = drive_settled(&h, &r.rollout_id, after).await;
+        assert_eq!(r.steps[i].state, StepState::Passed);
+        assert_eq!(r.steps[i].counts.applied as usize, want.len(), "step {i}");
+        expected_steps.push(want.len());
+    }
+    let (done, _) = h.ecr.rollout(&r.rollout_id, t0).await.unwrap();
+    assert_eq!(done.state, RolloutState::Completed);
+    // The default is the new configuration; every endpoint was announced it once.
+    let default = h
+        .ecr
+        .get(&default_scope("kettle"), &name("default"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(default.config_id, new_id);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let all = announced(&seen);
+    assert_eq!(all.len(), ids.len());
+    for (e, got) in &all {
+        assert_eq!(got, &vec![new_id.clone()], "{e}");
+    }
+    assert!(expected_steps[0] < expected_steps[1] && expected_steps[2] == ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_with_rejections_aborts_at_the_first_gate_and_reverts() {
+    let h = bus_harness().await;
+    let (ids, old) = setup_fleet(&h, 400).await;
+    let t0 = kaa_examples::ecr::model::now();
+    // The rollout ID decides the cohorts; a third of the fleet rejects.
+    let rejects: BTreeSet<String> = ids.iter().step_by(3).cloned().collect();
+    let seen = play_cmx(&h, rejects.clone(), old.clone()).await;
+    let r = h
+        .ecr
+        .create_rollout(
+            &app("kettle"),
+            &name("default"),
+            &spec(&[10.0, 50.0, 100.0], OnAbort::Revert),
+            t0,
+        )
+        .await
+        .unwrap();
+    let first: BTreeSet<String> = ids
+        .iter()
+        .filter(|e| cohort_bucket(&r.rollout_id, e) < 1_000)
+        .cloned()
+        .collect();
+    assert!(first.iter().any(|e| rejects.contains(e)));
+    // Aborts as soon as the sample is there, soak time or not.
+    let r = drive_settled(&h, &r.rollout_id, UnixMillis(t0.0 + 1_000)).await;
+    assert_eq!(r.state, RolloutState::Reverted, "{:?}", r.reason);
+    assert_eq!(r.step, 0);
+    assert_eq!(r.steps[0].state, StepState::Failed);
+    assert!(r.steps[0].counts.rejected > 0);
+    assert!(r.reason.as_deref().unwrap().contains("rejected"));
+    // Only the first cohort ever had the new configuration, and it was announced the
+    // previous one after it; nobody else heard anything.
+    let mut all = HashMap::new();
+    for _ in 0..200 {
+        all = announced(&seen);
+        if all.values().all(|v| v.len() == 2) && all.len() == first.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(all.keys().cloned().collect::<BTreeSet<_>>(), first);
+    for (e, got) in &all {
+        assert_eq!(got, &vec![r.config_id.clone(), old.clone()], "{e}");
+    }
+    // Everyone is answered the previous configuration, and the default is unchanged.
+    for e in &ids {
+        let (c, _) = h
+            .ecr
+            .effective(&ep(e), &app("kettle"), &name("default"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.config_id, old, "{e}");
+    }
+    // A stopped rollout stays stopped; the default can be written again.
+    let later = drive_settled(&h, &r.rollout_id, UnixMillis(t0.0 + 1_000_000)).await;
+    assert_eq!(later, r);
+    h.ecr
+        .put(
+            &default_scope("kettle"),
+            &name("default"),
+            &json!({"sampling": 3}),
+            &Precondition::None,
+            kaa_examples::ecr::model::now(),
+        )
+        .await
+        .unwrap();
+}
+
+// ------------------------------------------------------------------------ REST
+
+struct Reply {
+    status: StatusCode,
+    etag: Option<String>,
+    body: Value,
+}
+
+async fn call(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+    if_match: Option<&str>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(tag) = if_match {
+        req = req.header(header::IF_MATCH, tag);
+    }
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let response = app.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let etag = response
+        .headers()
+        .get(header::ETAG)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply { status, etag, body }
+}
+
+fn assert_message(r: &Reply, status: StatusCode) {
+    assert_eq!(r.status, status, "{}", r.body);
+    let obj = r.body.as_object().expect("an object");
+    assert_eq!(obj.len(), 1, "{}", r.body);
+    assert!(!obj["message"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rest_routes_create_read_act_and_refuse() {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let store = store::open(&db.url).await.unwrap();
+    let ecr = Arc::new(Ecr::new(Arc::clone(&store), AppVersions::open(), None));
+    let app = api::app(
+        Arc::clone(&ecr),
+        Authenticator::disabled(),
+        1 << 20,
+        Metrics::new("ecr"),
+    );
+    let body = json!({
+        "config": {"sampling": 2},
+        "steps": [50, 1, 10],
+        "gate": {"minAppliedPercent": 90, "minApplied": 1, "soakSeconds": 30},
+        "abort": {"maxRejectedPercent": 5, "minSample": 10, "reportTimeoutSeconds": 120},
+        "onAbort": "halt"
+    });
+    let r = call(
+        &app,
+        Method::PUT,
+        "/api/v1/app-versions/kettle",
+        Some(json!({"sampling": 1})),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let old_id = r.body["configId"].as_str().unwrap().to_owned();
+    for e in endpoints(50) {
+        ecr.learn_endpoint(&ep(&e), &kaa_testkit::ecr::app("kettle"))
+            .await
+            .unwrap();
+    }
+
+    let created = call(
+        &app,
+        Method::POST,
+        "/api/v1/app-versions/kettle/rollouts",
+        Some(body.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["rolloutId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created.etag.as_deref(),
+        Some(format!("\"{id}-1\"").as_str())
+    );
+    let b = &created.body;
+    assert_eq!(b["state"], "running");
+    assert_eq!(b["name"], "default");
+    assert_eq!(b["appVersionName"], "kettle");
+    assert_eq!(b["previousConfigId"], old_id.as_str());
+    assert_eq!(b["config"], r#"{"sampling":2}"#);
+    assert_eq!(b["reason"], Value::Null);
+    let percents: Vec<f64> = b["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["percent"].as_f64().unwrap())
+        .collect();
+    assert_eq!(percents, [1.0, 10.0, 50.0]);
+    assert_eq!(b["steps"][0]["state"], "soaking");
+    assert_eq!(b["steps"][1]["state"], "pending");
+    assert!(b["steps"][0]["soakUntil"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(b["steps"][0]["delivered"], 0);
+    assert_eq!(b["onAbort"], "halt");
+
+    // A second rollout, and writes of the default, are conflicts.
+    assert_message(
+        &call(
+            &app,
+            Method::POST,
+            "/api/v1/app-versions/kettle/rollouts",
+            Some(body.clone()),
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    assert_message(
+        &call(
+            &app,
+            Method::PUT,
+            "/api/v1/app-versions/kettle",
+            Some(json!(5)),
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    assert_message(
+        &call(
+            &app,
+            Method::DELETE,
+            "/api/v1/app-versions/kettle",
+            None,
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    // Bad bodies.
+    for bad in [
+        json!({"config": 1, "steps": [], "gate": body["gate"], "abort": body["abort"], "onAbort": "revert"}),
+        json!({"config": 1, "steps": [0], "gate": body["gate"], "abort": body["abort"], "onAbort": "revert"}),
+        json!({"config": 1, "steps": [10], "gate": body["gate"], "abort": body["abort"], "onAbort": "later"}),
+        json!({"steps": [10], "gate": body["gate"], "abort": body["abort"], "onAbort": "revert"}),
+        json!({"config": 1, "steps": [10], "gate": body["gate"], "abort": body["abort"], "onAbort": "revert", "x": 1}),
+    ] {
+        assert_message(
+            &call(
+                &app,
+                Method::POST,
+                "/api/v1/app-versions/other/rollouts",
+                Some(bad),
+                None,
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+        );
+    }
+
+    // Reads.
+    let one = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/rollouts/{id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.etag, created.etag);
+    assert_eq!(
+        one.body["steps"][0]["targeted"].as_u64().unwrap() as usize,
+        endpoints(50)
+            .iter()
+            .filter(|e| cohort_bucket(&id, e) < 100)
+            .count()
+    );
+    assert_message(
+        &call(&app, Method::GET, "/api/v1/rollouts/nope", None, None).await,
+        StatusCode::NOT_FOUND,
+    );
+    let list = call(
+        &app,
+        Method::GET,
+        "/api/v1/app-versions/kettle/rollouts",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+    let list = call(
+        &app,
+        Method::GET,
+        "/api/v1/app-versions/kettle/rollouts?name=other",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(list.body, json!([]));
+
+    // Actions, with and without If-Match.
+    let tag1 = created.etag.clone().unwrap();
+    let paused = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/rollouts/{id}/pause"),
+        None,
+        Some(&tag1),
+    )
+    .await;
+    assert_eq!(
+        (paused.status, paused.body["state"].as_str()),
+        (StatusCode::OK, Some("paused"))
+    );
+    let tag2 = paused.etag.clone().unwrap();
+    assert_ne!(tag1, tag2);
+    assert_message(
+        &call(
+            &app,
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/pause"),
+            None,
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    let stale = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/rollouts/{id}/resume"),
+        None,
+        Some(&tag1),
+    )
+    .await;
+    assert_message(&stale, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.etag.as_deref(), Some(tag2.as_str()));
+    let resumed = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/rollouts/{id}/resume"),
+        None,
+        Some(&tag2),
+    )
+    .await;
+    assert_eq!(resumed.body["state"], "running");
+    let promoted = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/rollouts/{id}/promote"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            promoted.body["step"].as_u64(),
+            promoted.body["steps"][0]["state"].as_str()
+        ),
+        (Some(1), Some("passed"))
+    );
+    // Halt (onAbort), then abort again: reverted.
+    let halted = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/rollouts/{id}/abort"),
+        None,
+        Some("*"),
+    )
+    .await;
+    assert_eq!(halted.body["state"], "halted");
+    assert_eq!(halted.body["reason"], "aborted by hand");
+    let reverted = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/rollouts/{id}/abort"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(reverted.body["state"], "reverted");
+    for action in ["pause", "resume", "abort", "promote"] {
+        assert_message(
+            &call(
+                &app,
+                Method::POST,
+                &format!("/api/v1/rollouts/{id}/{action}"),
+                None,
+                None,
+            )
+            .await,
+            StatusCode::CONFLICT,
+        );
+    }
+    assert_message(
+        &call(
+            &app,
+            Method::POST,
+            "/api/v1/rollouts/nope/pause",
+            None,
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    );
+
+    // The app versions, status counts and the effective configuration.
+    let versions = call(&app, Method::GET, "/api/v1/app-versions", None, None).await;
+    assert_eq!(
+        versions.body,
+        json!([{"appVersionName": "kettle", "configurations": [{"name": "default", "configId": old_id}]}])
+    );
+    ecr.record_status(
+        &ep("ep-1"),
+        &kaa_testkit::ecr::app("kettle"),
+        &name("default"),
+        &old_id,
+        &StatusEvent::Confirmed {
+            status_code: 200,
+            reason_phrase: None,
+        },
+        kaa_examples::ecr::model::now(),
+    )
+    .await
+    .unwrap();
+    let counts = call(
+        &app,
+        Method::GET,
+        "/api/v1/app-versions/kettle/status-counts",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(
+        counts.body,
+        json!([{"configId": old_id, "applied": 1, "rejected": 0, "dispatched": 0}])
+    );
+    let effective = call(
+        &app,
+        Method::GET,
+        "/api/v1/endpoints/ep-1/app-versions/kettle/effective",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(effective.body["configId"], old_id.as_str());
+    assert_message(
+        &call(
+            &app,
+            Method::GET,
+            "/api/v1/endpoints/ep-1/app-versions/none/effective",
+            None,
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    );
+
+    // A new rollout: the effective configuration follows the cohort.
+    let mut full = body.clone();
+    full["steps"] = json!([100]);
+    let created = call(
+        &app,
+        Method::POST,
+        "/api/v1/app-versions/kettle/rollouts",
+        Some(full),
+        None,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let effective = call(
+        &app,
+        Method::GET,
+        "/api/v1/endpoints/ep-1/app-versions/kettle/effective",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(effective.body["configId"], created.body["configId"]);
+    let _ = store;
+}
