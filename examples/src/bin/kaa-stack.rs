@@ -86,6 +86,7 @@ fn print_banner(stack: &Stack, data_dir: &std::path::Path) {
     println!(
         "kaa-stack is running (ctrl-c to stop)
   REST API (ECR)       http://{http}/api/v1   (no authentication: local use)
+  rollout page (ECR)   http://{http}/ui/   (configurations, status counts, staged rollouts)
   endpoint register    http://{register}/api/v1   (no authentication: local use)
   MQTT (KPC)           {mqtt}   (no MQTT credentials; tokens checked with the register,
                        a token it does not know is its own endpoint ID: development mode)

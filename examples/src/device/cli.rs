@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use rumqttc::QoS;
 
-use super::{Connection, Decision, DeviceOptions, LoadOptions, run_device, run_load};
+use super::{
+    Connection, Decision, DeviceOptions, LoadOptions, RejectIf, RejectRules, run_device, run_load,
+};
 
 /// The `device` command line.
 #[derive(Debug, clap::Parser)]
@@ -58,6 +60,32 @@ struct Global {
     register_token_env: Option<String>,
 }
 
+/// `--reject-rate` and `--reject-if`, shared by `run` and `load`.
+#[derive(Debug, Args)]
+struct RejectArgs {
+    /// Reject this share (0 to 1) of configurations: a device rejects a
+    /// configuration when the FNV-1a hash of its token and the config ID, as a
+    /// fraction, is below the rate, so the same device always decides the same
+    /// way for the same configuration (see `kaa_examples::device::reject`).
+    #[arg(long, value_name = "RATE", default_value_t = 0.0, value_parser = super::reject::parse_rate)]
+    reject_rate: f64,
+    /// Reject configurations where this RFC 6901 JSON Pointer exists, or with
+    /// `=<JSON value>` where it has that value (e.g. `/debug`,
+    /// `/wifi/security="WPA2"`); repeat for several (any one rejects).
+    #[arg(long = "reject-if", value_name = "POINTER[=JSON]")]
+    reject_if: Vec<RejectIf>,
+}
+
+impl RejectArgs {
+    fn rules(self, status_code: i32) -> RejectRules {
+        RejectRules {
+            rate: self.reject_rate,
+            conditions: self.reject_if,
+            status_code,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// One device: request configurations, print responses and pushes, report
@@ -98,6 +126,10 @@ struct RunArgs {
     /// Status code of rejections.
     #[arg(long, default_value_t = 400)]
     reject_status: i32,
+    /// Rejections by rule (status --reject-status, the rule as the reason);
+    /// other configurations go through --apply, --reject or the question.
+    #[command(flatten)]
+    rejects: RejectArgs,
     /// Exit once every requested configuration has its answer (and report).
     #[arg(long)]
     once: bool,
@@ -157,6 +189,11 @@ struct LoadArgs {
     /// token.
     #[arg(long)]
     provision: bool,
+    /// With --reject-rate or --reject-if, every device reports each
+    /// configuration it receives: rejected (status 400, the rule as the
+    /// reason) or applied. Without them, no reports.
+    #[command(flatten)]
+    rejects: RejectArgs,
 }
 
 /// The register client the global options describe.
@@ -270,6 +307,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             o.timeout = Duration::from_secs(args.timeout);
             o.deltas = args.deltas;
             o.pointers = args.pointers;
+            o.reject = args.rejects.rules(args.reject_status);
             let mut stdout = std::io::stdout();
             match run_device(&o, &mut stdout).await {
                 Ok(summary) if o.once && summary.errors > 0 => ExitCode::from(1),
@@ -289,6 +327,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             o.concurrency = args.concurrency;
             o.timeout = Duration::from_secs(args.timeout);
             o.progress = !args.no_progress;
+            o.reject = args.rejects.rules(400);
             if let Some(path) = &args.tokens_file {
                 match std::fs::read_to_string(path) {
                     Ok(text) => {
@@ -379,5 +418,48 @@ mod tests {
         assert!(err.contains("invalid JSON Pointer"), "{err}");
         let err = parse(&["--pointer", "/rate"]).unwrap_err();
         assert!(err.contains("--deltas"), "{err}");
+    }
+
+    /// `--reject-rate` and repeatable `--reject-if`, on `run` and `load`.
+    #[test]
+    fn reject_rules() {
+        let plain = parse(&[]).unwrap().rejects.rules(400);
+        assert!(!plain.is_active());
+        let run = parse(&[
+            "--apply",
+            "--reject-rate",
+            "0.1",
+            "--reject-if",
+            "/debug",
+            "--reject-if",
+            "/wifi/security=\"WPA2\"",
+            "--reject-status",
+            "422",
+        ])
+        .unwrap();
+        let rules = run.rejects.rules(run.reject_status);
+        assert_eq!((rules.rate, rules.status_code), (0.1, 422));
+        assert_eq!(rules.conditions.len(), 2);
+        let err = parse(&["--reject-rate", "2"]).unwrap_err();
+        assert!(err.contains("from 0 to 1"), "{err}");
+        let err = parse(&["--reject-if", "/ssid=home"]).unwrap_err();
+        assert!(err.contains("not JSON"), "{err}");
+        let argv = [
+            "device",
+            "--app-version",
+            "v",
+            "load",
+            "--reject-rate",
+            "0.5",
+            "--reject-if",
+            "/x",
+        ];
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Load(load) => {
+                let rules = load.rejects.rules(400);
+                assert_eq!((rules.rate, rules.conditions.len()), (0.5, 1));
+            }
+            Command::Run(_) => unreachable!(),
+        }
     }
 }

@@ -32,6 +32,15 @@
 //! error network config 404 No such configuration
 //! ```
 //!
+//! Devices can be told to reject some configurations ([`RejectRules`]: a stable
+//! share by hash of token and config ID, or JSON Pointer conditions), so a
+//! staged rollout can be watched failing; the rule that decided is the reason:
+//!
+//! ```text
+//! rejected default id=c3 status=400 reason=reject-if: /wifi/security is "WPA2"
+//! rejected default id=c4 status=400 reason=reject-rate 0.1: this device rejects configuration c4 (draw 0.0412)
+//! ```
+//!
 //! With [`DeviceOptions::deltas`] the requests go to `…/config/json-patch[/<name>]`
 //! (pointers, if any, in the request) and a patch the device cannot use is
 //! told before it asks again:
@@ -44,6 +53,9 @@
 
 pub mod cli;
 pub mod provision;
+pub mod reject;
+
+pub use reject::{RejectIf, RejectRules};
 
 use std::io::Write;
 use std::sync::Arc;
@@ -179,6 +191,10 @@ pub struct DeviceOptions {
     /// printed are then views (`{"<pointer>": <part>, …}`), with the whole
     /// configuration's ID.
     pub pointers: Vec<kaa_cmp::delta::PointerBuf>,
+    /// Configurations rejected whatever [`decision`](Self::decision) says
+    /// (`--reject-rate`, `--reject-if`), with the rule that decided as the
+    /// reason; the others go through `decision`. Default: none.
+    pub reject: RejectRules,
 }
 
 impl DeviceOptions {
@@ -205,6 +221,7 @@ impl DeviceOptions {
             request_timeout: Duration::from_secs(10),
             deltas: false,
             pointers: Vec::new(),
+            reject: RejectRules::default(),
         }
     }
 }
@@ -378,10 +395,15 @@ async fn drive(
                         name_of(&name)
                     )?;
                     out.flush()?;
-                    let decision = match &options.decision {
+                    let rejected = options.reject.decide(&options.token, &config_id, &config);
+                    let decision = match (&options.decision, rejected) {
                         // `configId` "" is "no configuration": nothing to apply.
                         _ if config_id.is_empty() => Decision::Ignore,
-                        Decision::Ask => {
+                        (_, Some((status_code, reason))) => Decision::Reject {
+                            status_code,
+                            reason,
+                        },
+                        (Decision::Ask, None) => {
                             eprint!(
                                 "apply configuration {config_id} of {}? [y: applied / n: rejected / text: rejected with that reason] ",
                                 name_of(&name)
@@ -401,7 +423,7 @@ async fn drive(
                                 _ => Decision::Ignore,
                             }
                         }
-                        d => d.clone(),
+                        (d, None) => d.clone(),
                     };
                     match decision {
                         Decision::Apply => {
@@ -533,6 +555,11 @@ pub struct LoadOptions {
     pub timeout: Duration,
     /// Show a progress bar while connecting (on a terminal).
     pub progress: bool,
+    /// When [active](RejectRules::is_active) (`--reject-rate`, `--reject-if`),
+    /// every device reports each configuration it receives: rejected as these
+    /// rules say (for the device's token), else applied. Inactive (the
+    /// default): no reports, as before.
+    pub reject: RejectRules,
 }
 
 impl LoadOptions {
@@ -551,6 +578,7 @@ impl LoadOptions {
             concurrency: 64,
             timeout: Duration::from_secs(10),
             progress: true,
+            reject: RejectRules::default(),
         }
     }
 
@@ -595,6 +623,10 @@ pub struct LoadReport {
     pub latencies: Vec<Duration>,
     /// Time of the request phase.
     pub request_time: Duration,
+    /// Applied reports sent (only with [`LoadOptions::reject`] active).
+    pub applied: usize,
+    /// Rejected reports sent (only with [`LoadOptions::reject`] active).
+    pub rejected: usize,
 }
 
 impl LoadReport {
@@ -638,6 +670,13 @@ impl LoadReport {
                 "latency: p50 {p50:.2?}, p90 {p90:.2?}, p99 {p99:.2?}, max {max:.2?}"
             )?;
         }
+        if self.applied + self.rejected > 0 {
+            writeln!(
+                out,
+                "reports: {} applied, {} rejected",
+                self.applied, self.rejected
+            )?;
+        }
         Ok(())
     }
 }
@@ -649,6 +688,8 @@ struct DeviceResult {
     errors: usize,
     timeouts: usize,
     latencies: Vec<Duration>,
+    applied: usize,
+    rejected: usize,
 }
 
 /// Runs `options.devices` devices: connects them all (`concurrency` at a time,
@@ -719,6 +760,8 @@ pub async fn run_load(options: &LoadOptions) -> LoadReport {
                 report.errors += r.errors;
                 report.timeouts += r.timeouts;
                 report.latencies.extend(r.latencies);
+                report.applied += r.applied;
+                report.rejected += r.rejected;
             }
             _ => report.connect_failures += 1,
         }
@@ -769,6 +812,23 @@ async fn load_device(
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let _ = device.handle_publish(&p.topic, &p.payload, now());
                         while let Some(e) = device.poll_event() {
+                            if let DeviceEvent::Configuration {
+                                name,
+                                config_id,
+                                config,
+                                ..
+                            } = &e
+                            {
+                                report_load(
+                                    options,
+                                    token,
+                                    &mut device,
+                                    &mut result,
+                                    name,
+                                    config_id,
+                                    config,
+                                );
+                            }
                             match e {
                                 DeviceEvent::Configuration { pushed: false, .. }
                                 | DeviceEvent::Unchanged { .. } => return Some(true),
@@ -786,6 +846,8 @@ async fn load_device(
             }
         })
         .await;
+        // The reports queued with the answer.
+        let _ = send_all(&client, &mut device, qos, &mut sink, false).await;
         match answered {
             Ok(Some(true)) => {
                 result.ok += 1;
@@ -807,6 +869,32 @@ async fn load_device(
     })
     .await;
     result
+}
+
+/// With `options.reject` active, reports `config_id` applied or rejected.
+fn report_load(
+    options: &LoadOptions,
+    token: &str,
+    device: &mut Device,
+    result: &mut DeviceResult,
+    name: &Option<String>,
+    config_id: &str,
+    config: &serde_json::Value,
+) {
+    if !options.reject.is_active() || config_id.is_empty() {
+        return;
+    }
+    let reported = match options.reject.decide(token, config_id, config) {
+        Some((status_code, reason)) => device
+            .report_rejected(name.as_deref(), config_id, status_code, &reason, now())
+            .map(|()| result.rejected += 1),
+        None => device
+            .report_applied(name.as_deref(), config_id, now())
+            .map(|()| result.applied += 1),
+    };
+    if let Err(e) = reported {
+        tracing::debug!(error = %e, "report not sent");
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! | `GET /rollouts/{rolloutId}` | one rollout, `ETag: "<rolloutId>-<revision>"` |
 //! | `POST /rollouts/{rolloutId}/pause`, `/resume`, `/abort`, `/promote` | act on it (`If-Match` optional; 409 when its state does not allow it) |
 //! | `GET /openapi.json` | this API as OpenAPI 3 (no authentication) |
+//! | `GET /ui/` (outside `/api/v1`) | the rollout page, [`super::ui`] (no authentication; it calls this API with the user's token) |
 //!
 //! Conventions:
 //!
@@ -1498,7 +1499,7 @@ async fn normalise_errors(request: Request, next: Next) -> Response {
 }
 
 /// The whole HTTP application: the REST API under `/api/v1` (authentication, body
-/// limit), `/health` and `/metrics` (no authentication), HTTP metrics, and the
+/// limit), `/health` and `/metrics` and the page at `/ui/` (no authentication), HTTP metrics, and the
 /// `{"message"}` error normalisation over everything, unknown routes included.
 pub fn app(ecr: Arc<Ecr>, auth: Authenticator, body_limit: usize, metrics: Metrics) -> Router {
     let auth = auth.with_realm("ecr");
@@ -1554,6 +1555,7 @@ pub fn app(ecr: Arc<Ecr>, auth: Authenticator, body_limit: usize, metrics: Metri
     Router::new()
         .nest(API_PREFIX, api)
         .merge(ops_router(metrics))
+        .merge(super::ui::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(normalise_errors))
 }

@@ -18,6 +18,7 @@
 //!   and drives them, [`core::run_rollout_controller`] is the loop [`EcrServer`] runs.
 //! - [`api`]: the axum REST API under `/api/v1`, its OpenAPI document, bearer tokens.
 //! - [`bus`]: the 6/CDTP provider, event publisher and event listeners.
+//! - [`ui`]: the rollout page at `/ui/` (plain HTML and JS over the REST API).
 //! - [`config`]: the YAML configuration; [`EcrServer`] composes everything from it.
 //!
 //! ```
@@ -54,6 +55,7 @@ pub mod core;
 pub mod model;
 pub mod rollout;
 pub mod store;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
