@@ -120,9 +120,11 @@ pub struct Gate {
     pub min_applied_percent: f64,
     /// The least number of endpoints that must have applied it.
     #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "whole_number")]
     pub min_applied: u64,
     /// How long a step lasts at least, in seconds (0 to a year).
     #[schema(minimum = 0, maximum = 31_536_000)]
+    #[serde(deserialize_with = "whole_number")]
     pub soak_seconds: u64,
 }
 
@@ -137,11 +139,41 @@ pub struct AbortCriteria {
     /// The least sample (endpoints that applied, rejected or timed out) before the
     /// share is judged.
     #[schema(minimum = 1, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "whole_number")]
     pub min_sample: u64,
     /// A dispatched endpoint that reports nothing within this many seconds counts as
     /// failed (1 to a year).
     #[schema(minimum = 1, maximum = 31_536_000)]
+    #[serde(deserialize_with = "whole_number")]
     pub report_timeout_seconds: u64,
+}
+
+/// A count or a number of seconds: a JSON integer, also written as a number with
+/// no fractional part (`570.0`, which JSON Schema calls an integer too).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            if v.fract() == 0.0 && (0.0..=MAX_COUNT as f64).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::custom(format!(
+                    "{v} is not a whole number from 0 to {MAX_COUNT}"
+                )))
+            }
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 /// What an abort does.

@@ -96,6 +96,18 @@ fn steps_are_sorted_and_deduplicated_and_invalid_specs_refused() {
 }
 
 #[test]
+fn counts_and_seconds_may_be_written_as_whole_floats() {
+    let g: Gate =
+        serde_json::from_str(r#"{"minAppliedPercent": 90, "minApplied": 570.0, "soakSeconds": 3}"#)
+            .unwrap();
+    assert_eq!((g.min_applied, g.soak_seconds), (570, 3));
+    for bad in ["1.5", "-1", "1e300"] {
+        let text = format!(r#"{{"minAppliedPercent": 1, "minApplied": {bad}, "soakSeconds": 0}}"#);
+        assert!(serde_json::from_str::<Gate>(&text).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn operator_actions_follow_the_state_machine() {
     let gate = Gate {
         min_applied_percent: 100.0,
