@@ -349,14 +349,26 @@ struct BusHarness {
     instance: String,
     cmx: String,
     _tasks: BusTasks,
-    _db: kaa_testkit::ecr::SqliteTestDb,
+    _db: Box<dyn std::any::Any + Send + Sync>,
 }
 
 async fn bus_harness() -> BusHarness {
     let db = kaa_testkit::ecr::SqliteTestDb::create();
-    let store = store::open(&db.url).await.unwrap();
+    let url = db.url.clone();
+    bus_harness_on(&url, Box::new(db)).await
+}
+
+/// ECR on the store at `url`; with a store that has them (PostgreSQL), durable
+/// announcements on, as the ECR service runs it.
+async fn bus_harness_on(url: &str, db: Box<dyn std::any::Any + Send + Sync>) -> BusHarness {
+    let store = store::open(url).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let ecr = Arc::new(Ecr::new(store, AppVersions::open(), Some(tx)));
+    let durable = store.enable_durable_announcements();
+    let ecr = Arc::new(Ecr::new(
+        store,
+        AppVersions::open(),
+        (!durable).then_some(tx),
+    ));
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
     let id = uuid::Uuid::new_v4().simple().to_string();
     let instance = format!("ecr-{}", &id[..8]);
@@ -379,6 +391,81 @@ async fn bus_harness() -> BusHarness {
         _tasks: tasks,
         _db: db,
     }
+}
+
+/// On PostgreSQL the announcements of a rollout go through the outbox, in the
+/// rollout's transaction, and the announcer applies the cohort: the first step's
+/// endpoints are announced the new configuration, the revert the previous one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rollout_announcements_go_through_the_outbox() {
+    let Some(db) = kaa_testkit::ecr::PgTestDb::create(
+        "rollouts::postgres_rollout_announcements_go_through_the_outbox",
+    )
+    .await
+    else {
+        return;
+    };
+    let url = db.url.clone();
+    let h = bus_harness_on(&url, Box::new(db)).await;
+    let (ids, old) = setup_fleet(&h, 200).await;
+    let seen = play_cmx(&h, BTreeSet::new(), String::new()).await;
+    // Whatever the default's own write left to announce is announced first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    seen.lock().unwrap().clear();
+    let t0 = kaa_examples::ecr::model::now();
+    let r = h
+        .ecr
+        .create_rollout(
+            &app("kettle"),
+            &name("default"),
+            &spec(&[20.0, 100.0], OnAbort::Revert),
+            t0,
+        )
+        .await
+        .unwrap();
+    let first: BTreeSet<String> = ids
+        .iter()
+        .filter(|e| cohort_bucket(&r.rollout_id, e) < 2_000)
+        .cloned()
+        .collect();
+    wait_announced(&seen, first.len()).await;
+    let got = announced(&seen);
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), first);
+    assert!(
+        got.values().all(|v| v == &vec![r.config_id.clone()]),
+        "{got:?}"
+    );
+    seen.lock().unwrap().clear();
+    let reverted = h
+        .ecr
+        .act_on_rollout(
+            &r.rollout_id,
+            rollout::Action::Abort,
+            &Precondition::None,
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reverted.state, RolloutState::Reverted);
+    wait_announced(&seen, first.len()).await;
+    let got = announced(&seen);
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), first);
+    assert!(got.values().all(|v| v == &vec![old.clone()]), "{got:?}");
+}
+
+async fn wait_announced(seen: &std::sync::Mutex<HashMap<String, Vec<String>>>, n: usize) {
+    for _ in 0..300 {
+        if seen.lock().unwrap().len() >= n {
+            // And nothing more is coming.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "only {} of {n} endpoints announced",
+        seen.lock().unwrap().len()
+    );
 }
 
 /// Plays the CMX and its devices: every `endpoint.config.updated` is "pushed" and
