@@ -17,94 +17,11 @@
 
 use std::time::{Duration, Instant};
 
-use kaa_examples::device::{self, Connection, Decision, DeviceOptions, RejectIf, RejectRules};
 use kaa_examples::stack::{Stack, StackOptions};
-use serde_json::{Value, json};
+use serde_json::json;
 
-const APP: &str = "rollout-e2e";
-
-struct Rest {
-    client: reqwest::Client,
-    base: String,
-}
-
-impl Rest {
-    async fn get(&self, path: &str) -> Value {
-        let r = self
-            .client
-            .get(format!("{}/api/v1{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "GET {path}: {}", r.status());
-        r.json().await.unwrap()
-    }
-
-    async fn send(&self, method: reqwest::Method, path: &str, body: &Value) -> Value {
-        let r = self
-            .client
-            .request(method, format!("{}/api/v1{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v
-    }
-
-    /// Endpoints whose latest status for the default is `config_id` applied.
-    async fn applied(&self, config_id: &str) -> u64 {
-        let counts = self
-            .get(&format!("/app-versions/{APP}/status-counts"))
-            .await;
-        counts
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["configId"] == config_id)
-            .map_or(0, |c| c["applied"].as_u64().unwrap())
-    }
-
-    async fn wait_rollout(
-        &self,
-        id: &str,
-        limit: Duration,
-        done: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let start = Instant::now();
-        loop {
-            let r = self.get(&format!("/rollouts/{id}")).await;
-            if done(&r) {
-                return r;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "rollout not there in {limit:?}: {r}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
-
-async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-fn rollout_body(config: Value, steps: &[f64], max_rejected: f64, soak: u64) -> Value {
-    json!({
-        "config": config,
-        "steps": steps,
-        "gate": {"minAppliedPercent": 90, "minApplied": 1, "soakSeconds": soak},
-        "abort": {"maxRejectedPercent": max_rejected, "minSample": 10, "reportTimeoutSeconds": 60},
-        "onAbort": "revert"
-    })
-}
+mod rollout_common;
+use rollout_common::{APP, Rest, rollout_body, start_fleet, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollouts_over_mqtt_with_a_thousand_devices() {
@@ -137,34 +54,13 @@ async fn rollouts_over_mqtt_with_a_thousand_devices() {
         .to_owned();
 
     // The fleet: every tenth device rejects configurations with /bad = true.
-    let mqtt = stack.mqtt_addr();
-    let bad_rule: RejectIf = "/bad=true".parse().unwrap();
-    let mut fleet = tokio::task::JoinSet::new();
     let started = Instant::now();
-    for i in 0..devices {
-        let mut o = DeviceOptions::new(
-            Connection::new(mqtt.ip().to_string(), mqtt.port()),
-            APP,
-            kaa_examples::stack::CMX_INSTANCE,
-            format!("dev-{i}"),
-        );
-        o.decision = Decision::Apply;
-        if i % 10 == 0 {
-            let mut rules = RejectRules::default();
-            rules.conditions = vec![bad_rule.clone()];
-            o.reject = rules;
-        }
-        fleet.spawn(async move {
-            // Runs until the test ends; a dropped connection is tried again.
-            loop {
-                let _ = device::run_device(&o, &mut std::io::sink()).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-        if i % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let mut fleet = start_fleet(
+        devices,
+        stack.mqtt_addr(),
+        kaa_examples::stack::CMX_INSTANCE,
+    )
+    .await;
     wait_until(
         "every device applied the default",
         Duration::from_secs(120),

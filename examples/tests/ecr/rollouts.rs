@@ -272,6 +272,10 @@ async fn status_counts_and_app_versions(url: &str) {
         // e went to new and back to old: its latest is old.
         write("e", "new", ok.clone(), 2),
         write("e", "old", ok.clone(), 8),
+        // f applied it and was sent it again (a CMX fetching on a reconnect): still
+        // applied.
+        write("f", "new", ok.clone(), 4),
+        write("f", "new", StatusEvent::Dispatched, 9),
     ])
     .await
     .unwrap();
@@ -280,7 +284,7 @@ async fn status_counts_and_app_versions(url: &str) {
         .into_iter()
         .map(|c| (c.config_id, c.applied, c.rejected, c.dispatched))
         .collect();
-    assert_eq!(table, [("new".into(), 1, 1, 1), ("old".into(), 2, 0, 0)]);
+    assert_eq!(table, [("new".into(), 2, 1, 1), ("old".into(), 2, 0, 0)]);
     let mut reports = s
         .rollout_reports(&app("v1"), &n, "new", UnixMillis(3))
         .await
@@ -293,7 +297,8 @@ async fn status_counts_and_app_versions(url: &str) {
         [
             ("a".into(), DeliveryStatus::Applied),
             ("b".into(), DeliveryStatus::Rejected),
-            ("d".into(), DeliveryStatus::Dispatched)
+            ("d".into(), DeliveryStatus::Dispatched),
+            ("f".into(), DeliveryStatus::Applied)
         ]
     );
 

@@ -36,7 +36,9 @@
 //!   since the rollout began (dispatched over 6/CDTP, applied or rejected): the
 //!   endpoints ECR saw reached. **These are "the step's endpoints"** the gate counts;
 //!   endpoints that are offline are neither counted for nor against the rollout;
-//! - `applied` / `rejected`: their latest status for that config ID;
+//! - `applied` / `rejected`: their last confirmation of that config ID (2xx or not;
+//!   a dispatch of it after the confirmation, e.g. a CMX fetching again when the
+//!   device reconnects, does not undo it);
 //! - `timedOut`: dispatched over 6/CDTP (so connected when they asked) but neither
 //!   applied nor rejected within `reportTimeoutSeconds` of the dispatch. A
 //!   configuration pushed by the CMX (`endpoint.config.updated`) leaves no record

@@ -448,8 +448,9 @@ pub trait ConfigStore: Send + Sync + 'static {
     }
 
     /// Per config ID, how many endpoints' LATEST status for (`app_version`, `name`)
-    /// is that config ID applied, rejected or dispatched, ordered by config ID. The
-    /// default: none.
+    /// is that config ID applied, rejected or dispatched, ordered by config ID. A
+    /// confirmed configuration counts as its last confirmation (applied: 2xx,
+    /// else rejected) even when it was dispatched again after it. The default: none.
     async fn status_counts(
         &self,
         app_version: &AppVersionName,
@@ -765,13 +766,27 @@ pub(crate) mod sql {
     /// Every active rollout, as `effective_many` applies them.
     pub(crate) const ROLLOUT_OVERLAYS: &str = "SELECT rollout_id, served_bp, config_id, content, created_ms, updated_ms, app_version, name \
          FROM rollouts WHERE active = 1";
-    pub(crate) const ROLLOUT_REPORTS: &str = "SELECT endpoint_id, status, dispatched_ms FROM statuses \
-         WHERE app_version = $1 AND name = $2 AND config_id = $3 AND activity_ms >= $4";
-    /// Per (config ID, status), the endpoints whose latest status of (`$1`, `$2`) it is.
-    pub(crate) const STATUS_COUNTS: &str = "SELECT config_id, status, COUNT(*) FROM (\
-         SELECT config_id, status, ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY activity_ms DESC, config_id) AS rn \
-         FROM statuses WHERE app_version = $1 AND name = $2) latest \
-         WHERE rn = 1 GROUP BY config_id, status ORDER BY config_id, status";
+    /// The outcome of a status row: its last confirmation when it has one (a
+    /// dispatch of a configuration the endpoint had confirmed already, e.g. a CMX
+    /// fetching again on a reconnect, does not undo the confirmation), else
+    /// dispatched.
+    const OUTCOME: &str = "CASE WHEN confirmed_ms IS NULL THEN 'DISPATCHED' \
+         WHEN status_code >= 200 AND status_code < 300 THEN 'APPLIED' ELSE 'REJECTED' END";
+    pub(crate) fn rollout_reports() -> String {
+        format!(
+            "SELECT endpoint_id, {OUTCOME}, dispatched_ms FROM statuses \
+             WHERE app_version = $1 AND name = $2 AND config_id = $3 AND activity_ms >= $4"
+        )
+    }
+    /// Per (config ID, outcome), the endpoints whose latest status of (`$1`, `$2`) it is.
+    pub(crate) fn status_counts() -> String {
+        format!(
+            "SELECT config_id, outcome, COUNT(*) FROM (\
+             SELECT config_id, {OUTCOME} AS outcome, ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY activity_ms DESC, config_id) AS rn \
+             FROM statuses WHERE app_version = $1 AND name = $2) latest \
+             WHERE rn = 1 GROUP BY config_id, outcome ORDER BY config_id, outcome"
+        )
+    }
     pub(crate) const APP_VERSIONS: &str = "SELECT app_version FROM known_endpoints \
          UNION SELECT app_version FROM configs WHERE endpoint_id = '' \
          UNION SELECT app_version FROM rollouts ORDER BY 1";

@@ -1157,7 +1157,7 @@ impl ConfigStore for PostgresStore {
     ) -> Result<Vec<(String, Report)>, StoreError> {
         let client = self.client().await?;
         let s = client
-            .prepare_cached(sql::ROLLOUT_REPORTS)
+            .prepare_cached(&sql::rollout_reports())
             .await
             .map_err(pg_err)?;
         let rows = client
@@ -1190,7 +1190,7 @@ impl ConfigStore for PostgresStore {
     ) -> Result<Vec<StatusCount>, StoreError> {
         let client = self.client().await?;
         let s = client
-            .prepare_cached(sql::STATUS_COUNTS)
+            .prepare_cached(&sql::status_counts())
             .await
             .map_err(pg_err)?;
         let mut counts = Vec::new();

@@ -628,7 +628,7 @@ impl ConfigStore for SqliteStore {
         );
         self.read(move |tx| {
             let mut stmt = tx
-                .prepare_cached(q!(sql::ROLLOUT_REPORTS))
+                .prepare_cached(q!(sql::rollout_reports()))
                 .map_err(sqlite_err)?;
             let rows = stmt
                 .query_map(params![app, name, config_id, since.0], |r| {
@@ -664,7 +664,7 @@ impl ConfigStore for SqliteStore {
         let (app, name) = (app_version.as_str().to_owned(), name.as_str().to_owned());
         self.read(move |tx| {
             let mut stmt = tx
-                .prepare_cached(q!(sql::STATUS_COUNTS))
+                .prepare_cached(q!(sql::status_counts()))
                 .map_err(sqlite_err)?;
             let rows = stmt
                 .query_map(params![app, name], |r| {
