@@ -159,6 +159,18 @@ struct Held {
 }
 
 impl Held {
+    /// A plain 7/CMP answer (`{"configId", "config"}`) taken whole.
+    fn take_plain(&mut self, payload: &[u8]) -> Result<String, String> {
+        use kaa_cmp::message::ConfigResponse;
+        match ConfigResponse::from_json(payload).map_err(|e| format!("7/CMP answer: {e}"))? {
+            ConfigResponse::Config { config_id, config } => {
+                self.config = Some(config);
+                Ok(config_id)
+            }
+            ConfigResponse::Unchanged => Err("`{}` pushed".into()),
+        }
+    }
+
     /// The config ID to report applied for a delta answer, after applying it and
     /// checking the result as a device must; an error names what was wrong.
     fn take(&mut self, payload: &[u8]) -> Result<String, String> {
@@ -216,6 +228,11 @@ async fn device(
     let request_topic = format!("{base}/{resource}/1");
     let response_topic = format!("{request_topic}/status");
     let push_topic = format!("{base}/{resource}/status");
+    // A delta device may first get a plain 7/CMP push: CMX pushes a newly
+    // connected endpoint its configuration when the `connected` event comes
+    // before the device's first request (as Kaa's own clients expect). Taken as
+    // a whole document, as `kaa_cmp::device` takes it.
+    let plain_push_topic = format!("{base}/config/json/status");
     let applied_topic = format!("{base}/applied/json");
     let mut held = Held::default();
     let mut out = connect_packet(&format!("bench-{token}"), 600);
@@ -251,7 +268,16 @@ async fn device(
                     rest += 2;
                 }
                 let payload = &body[rest..];
-                let config_id = if deltas {
+                let plain_push = deltas && topic == plain_push_topic.as_bytes();
+                let config_id = if plain_push {
+                    match held.take_plain(payload) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            let _ = tx.send(Ev::Failed(idx, e));
+                            return;
+                        }
+                    }
+                } else if deltas {
                     match held.take(payload) {
                         Ok(id) => id,
                         Err(e) => {
@@ -281,7 +307,7 @@ async fn device(
                 if topic == response_topic.as_bytes() {
                     drop(permit.take());
                     let _ = tx.send(Ev::Response);
-                } else if topic == push_topic.as_bytes() {
+                } else if topic == push_topic.as_bytes() || plain_push {
                     let _ = tx.send(Ev::Push(idx, at, payload.len()));
                 } else {
                     let _ = tx.send(Ev::Failed(
