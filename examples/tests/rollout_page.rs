@@ -22,7 +22,7 @@
 //! is one:
 //!
 //! ```sh
-//! KAA_UI_SCREENSHOT=docs/rollout-page.png cargo test -p kaa-examples --test rollout_page rollout_page_on_ecr
+//! KAA_UI_SCREENSHOT=$PWD/docs/rollout-page.png cargo test -p kaa-examples --test rollout_page rollout_page_on_ecr
 //! ```
 //!
 //! The WebDriver client is [`fantoccini`]: maintained (Jon Gjengset's, releases
