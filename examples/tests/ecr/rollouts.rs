@@ -517,6 +517,8 @@ async fn a_healthy_rollout_completes_through_its_steps() {
     let bucket = |e: &str| cohort_bucket(&r.rollout_id, e);
     let cohort =
         |bp: u32| -> BTreeSet<String> { ids.iter().filter(|e| bucket(e) < bp).cloned().collect() };
+    let metrics = Metrics::new("ecr");
+    h.ecr.rollout_gauges().register(&metrics);
     let mut expected_steps = Vec::new();
     for (i, bp) in [500u32, 2_500, 10_000].into_iter().enumerate() {
         // The step's cohort, and nobody else, was announced the new configuration.
@@ -543,6 +545,25 @@ async fn a_healthy_rollout_completes_through_its_steps() {
         let r = drive_settled(&h, &r.rollout_id, after).await;
         assert_eq!(r.steps[i].state, StepState::Passed);
         assert_eq!(r.steps[i].counts.applied as usize, want.len(), "step {i}");
+        if i == 0 {
+            // The gauges of the pass that decided it.
+            let text = metrics.render();
+            let line = |g: &str| {
+                text.lines()
+                    .find(|l| {
+                        l.starts_with(&format!("ecr_rollout_{g}{{")) && l.contains(&r.rollout_id)
+                    })
+                    .unwrap_or_else(|| panic!("no {g} gauge in {text}"))
+                    .rsplit(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            };
+            assert_eq!(line("applied"), want.len().to_string());
+            assert_eq!(line("targeted"), want.len().to_string());
+            assert_eq!(line("rejected"), "0");
+            assert_eq!(line("step"), "0");
+        }
         expected_steps.push(want.len());
     }
     let (done, _) = h.ecr.rollout(&r.rollout_id, t0).await.unwrap();
@@ -632,6 +653,46 @@ async fn a_rollout_with_rejections_aborts_at_the_first_gate_and_reverts() {
         )
         .await
         .unwrap();
+}
+
+/// An endpoint of the served cohort that gives up its own configuration is
+/// announced the rollout's configuration, not the stored default.
+#[tokio::test]
+async fn an_endpoint_leaving_its_own_configuration_is_announced_what_its_cohort_gets() {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let store = store::open(&db.url).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let ecr = Ecr::new(store, AppVersions::open(), Some(tx));
+    let now = kaa_examples::ecr::model::now();
+    let n = name("default");
+    ecr.put(
+        &default_scope("v1"),
+        &n,
+        &json!(1),
+        &Precondition::None,
+        now,
+    )
+    .await
+    .unwrap();
+    ecr.put(
+        &ep_scope("e1", "v1"),
+        &n,
+        &json!("own"),
+        &Precondition::None,
+        now,
+    )
+    .await
+    .unwrap();
+    let r = ecr
+        .create_rollout(&app("v1"), &n, &spec(&[100.0], OnAbort::Revert), now)
+        .await
+        .unwrap();
+    while rx.try_recv().is_ok() {}
+    ecr.delete(&ep_scope("e1", "v1"), &n, &Precondition::None)
+        .await
+        .unwrap();
+    let change = rx.try_recv().expect("announced");
+    assert_eq!(change.config.unwrap().config_id, r.config_id);
 }
 
 // ------------------------------------------------------------------------ REST

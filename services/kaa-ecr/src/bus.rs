@@ -10,7 +10,7 @@
 //!
 //! | case | `statusCode` | `configId` | `content` | `reasonPhrase` |
 //! | --- | --- | --- | --- | --- |
-//! | the effective configuration (endpoint's own, else the app version's default) | 200 | its ID | its canonical JSON | `OK` |
+//! | the effective configuration (endpoint's own, else the app version's default; while a rollout of it is active, the rollout's configuration for endpoints of its served cohort, see [`crate::rollout`]) | 200 | its ID | its canonical JSON | `OK` |
 //! | no configuration at all (7/CMP "absent") | 200 | `""` | `null` | `No configuration` |
 //! | the request's `configId` is the current one ("unchanged") | 200 | null | null | `Not Modified` |
 //! | malformed Avro, invalid name | 400 | null | null | what is wrong |
@@ -87,8 +87,20 @@
 //!   default's content) is announced too; an extra event costs the CMX one
 //!   "unchanged" exchange.
 //!
+//! ## Rollouts
+//!
+//! A rollout ([`crate::rollout`]) announces, when it begins and each time a step
+//! begins, the current effective configuration to exactly the endpoints following
+//! the default that the step adds to the cohort; on a revert, to the endpoints that
+//! had the new configuration (they get the previous one, or the absent one); on
+//! completion, to the endpoints following the default outside the last cohort (none
+//! when the last step is 100%). The same paths as above carry them: the in-memory
+//! queue after the rollout's commit (SQLite; a replica killed in between leaves them
+//! to the `provider.started` re-synchronization of its restart), or outbox rows in
+//! the rollout's transaction (PostgreSQL), announced with the cohort applied.
+//!
 //! `endpoint.config.applied` from the configured CMX instance goes into the status
-//! history. Event listeners use the queue group `<instance>` too: replicas share one
+//! history (the reports rollouts count). Event listeners use the queue group `<instance>` too: replicas share one
 //! store, so each event is handled once.
 
 use std::sync::Arc;

@@ -278,12 +278,7 @@ impl Ecr {
         prefetched_default: Option<Option<StoredConfig>>,
     ) -> Result<(), EcrError> {
         let needs_default = before.is_none() || after.is_none();
-        let read_default = || {
-            let scope = Scope::Default {
-                app_version: app_version.clone(),
-            };
-            async move { self.store.get(&scope, name).await }
-        };
+        let read_default = || self.default_as_served(endpoint_id, app_version, name);
         let same_id = |default: &Option<StoredConfig>| {
             let before_id = before.or(default.as_ref()).map(|c| c.config_id.as_str());
             let after_id = after
@@ -312,6 +307,37 @@ impl Ecr {
             });
         }
         Ok(())
+    }
+
+    /// The default configuration `name` of `app_version` as ECR serves it to
+    /// `endpoint_id` when the endpoint follows it: the active rollout's
+    /// configuration when the endpoint is in its served cohort, else the default.
+    async fn default_as_served(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        let scope = Scope::Default {
+            app_version: app_version.clone(),
+        };
+        let (default, active) =
+            tokio::join!(self.store.get(&scope, name), self.store.active_rollouts());
+        let served = active?.into_iter().find(|r| {
+            r.app_version == app_version.as_str()
+                && r.name == name.as_str()
+                && rollout::served_bucket_limit(&r.rollout_id, r.served_bp(), endpoint_id.as_str())
+        });
+        Ok(match served {
+            Some(r) => Some(StoredConfig {
+                name: name.clone(),
+                config_id: r.config_id,
+                content: r.content,
+                created: UnixMillis(r.created_ms),
+                updated: UnixMillis(r.updated_ms),
+            }),
+            None => default?,
+        })
     }
 
     /// Emits a default change to every known endpoint that follows the default.
@@ -907,8 +933,10 @@ impl Ecr {
         // Reports queued in this replica count.
         self.flush_statuses().await;
         let mut out = Vec::new();
+        let mut gauges = Vec::new();
         for r in self.store.active_rollouts().await? {
             let counts = self.rollout_counts(&r, now).await?;
+            gauges.push((r.clone(), r.step, counts));
             let decision = rollout::decide(&r, &counts, now.0);
             let next = rollout::transition(&r, &Event::Decided(decision), &counts, now.0)
                 .ok()
@@ -935,7 +963,7 @@ impl Ecr {
             };
             out.push((r, counts));
         }
-        self.rollout_gauges.set(&out);
+        self.rollout_gauges.set(&gauges);
         Ok(out)
     }
 
@@ -1062,9 +1090,10 @@ type GaugeFamily = prometheus_client::metrics::family::Family<
     prometheus_client::metrics::gauge::Gauge,
 >;
 
-/// Per-rollout gauges of the current step (labels `rollout_id`, `app_version`,
-/// `name`), set by the replica that drives the rollouts on every pass, for the
-/// active rollouts (and those that stopped during that pass).
+/// Per-rollout gauges (labels `rollout_id`, `app_version`, `name`), set by the
+/// replica that drives the rollouts on every pass, for the rollouts active at the
+/// pass: the counts the pass decided on and the step they are of (a step the pass
+/// passed shows until the next pass).
 #[derive(Debug, Clone, Default)]
 pub struct RolloutGauges {
     targeted: GaugeFamily,
@@ -1104,7 +1133,8 @@ impl RolloutGauges {
         );
     }
 
-    fn set(&self, rollouts: &[(Rollout, StepCounts)]) {
+    /// Sets them to `rows`: each rollout with the step its counts are of.
+    fn set(&self, rows: &[(Rollout, usize, StepCounts)]) {
         for f in [
             &self.targeted,
             &self.delivered,
@@ -1115,7 +1145,7 @@ impl RolloutGauges {
             f.clear();
         }
         let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for (r, c) in rollouts {
+        for (r, step, c) in rows {
             let labels = RolloutLabels {
                 rollout_id: r.rollout_id.clone(),
                 app_version: r.app_version.clone(),
@@ -1127,7 +1157,7 @@ impl RolloutGauges {
             self.rejected.get_or_create(&labels).set(n(c.rejected));
             self.step
                 .get_or_create(&labels)
-                .set(i64::try_from(r.step).unwrap_or(0));
+                .set(i64::try_from(*step).unwrap_or(0));
         }
     }
 }

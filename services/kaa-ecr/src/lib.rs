@@ -11,6 +11,11 @@
 //!   PostgreSQL store, chosen by URL.
 //! - [`core`]: [`core::Ecr`], the operations REST and the bus share (app version and
 //!   JSON Schema checks, effective-configuration changes).
+//! - [`rollout`]: staged rollouts of a new default configuration gated on what
+//!   devices report: the model, the cohorts (a stable hash, no table), the
+//!   controller's pure decisions and state machine, and how ECR answers and announces
+//!   while one is active (its module docs hold the behaviour); [`core::Ecr`] stores
+//!   and drives them, [`core::run_rollout_controller`] is the loop [`EcrServer`] runs.
 //! - [`api`]: the axum REST API under `/api/v1`, its OpenAPI document, bearer tokens.
 //! - [`bus`]: the 6/CDTP provider, event publisher and event listeners.
 //! - [`ui`]: the rollout page at `/ui/` (plain HTML and JS over the REST API).

@@ -23,7 +23,15 @@
 //!
 //! Besides configurations the store keeps the endpoints ECR has learned of (see
 //! [the crate docs](crate) for where they come from), used for the fan-out of default changes,
-//! and the status history (dispatched / applied / rejected).
+//! the status history (dispatched / applied / rejected), and the rollouts
+//! ([`crate::rollout`]): one row each (the rollout as a JSON document, plus the
+//! columns `effective` reads), at most one active per (app version, name) by a
+//! partial unique index. While one is active, `effective` and `effective_many`
+//! answer its served cohort its configuration (the endpoints' own configurations
+//! still win), and a write or delete of that default is refused
+//! ([`StoreError::Conflict`]); a rollout's changes are compare-and-set on its
+//! revision ([`StoreError::RolloutChanged`]), and its completion writes the default
+//! in the same transaction.
 
 mod postgres;
 mod sqlite;

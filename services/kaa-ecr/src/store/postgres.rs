@@ -963,7 +963,15 @@ impl ConfigStore for PostgresStore {
             .prepare_cached(FOLLOWERS_WITH_DEFAULT)
             .await
             .map_err(pg_err)?;
+        // A rollout's cohort is announced what it is served (a default change
+        // committed before the rollout began and announced after it).
+        let active = if defaults.is_empty() {
+            Default::default()
+        } else {
+            overlays(&tx).await?
+        };
         for (app_version, name) in &defaults {
+            let overlay = active.get(&(app_version.clone(), name.clone()));
             let corrupt = |e: crate::model::NameError| StoreError::Corrupt(e.to_string());
             let app = AppVersionName::new(app_version.as_str()).map_err(corrupt)?;
             let config_name = ConfigName::new(name.as_str()).map_err(corrupt)?;
@@ -979,6 +987,9 @@ impl ConfigStore for PostgresStore {
                     }),
                     None => None,
                 };
+                let config =
+                    apply_overlay(config.map(|c| (c, Source::Default)), &endpoint, overlay)
+                        .map(|(c, _)| c);
                 add(EffectiveChange {
                     endpoint_id: EndpointId::new(endpoint).map_err(corrupt)?,
                     app_version: app.clone(),
