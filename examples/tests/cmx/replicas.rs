@@ -129,6 +129,9 @@ async fn two_replicas_serve_each_endpoint_once_and_take_over() {
     let mut b = replica(&names, &url, &r2).await;
     members_seen(&a, 2.0).await; // [r1], then [r1, r2]
     members_seen(&b, 1.0).await;
+    // r2 joined a live r1: its pushes wait out the hand-over hold
+    // (`CmxConfig::handover_delay`, 1 s; kaa-cmp's `replicas` tests check it).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // The workload. Connect: one fetch and one push per endpoint.
     let pairs: Vec<(&str, &str)> = all.iter().map(|e| (e.as_str(), APP_V1)).collect();
@@ -241,7 +244,14 @@ async fn two_replicas_serve_each_endpoint_once_and_take_over() {
     // r2 comes back, then crashes: its key expires and r1 takes over again.
     let b2 = replica(&names, &url, &r2).await;
     members_seen(&b2, 1.0).await;
-    let back = serve(&mut provider, &configs).await; // r2 adopts its sessions
+    // r2 adopts its sessions once its hand-over hold (1 s) has passed.
+    let joined = Instant::now();
+    let back = loop {
+        let r = serve(&mut provider, &configs).await;
+        if !r.is_empty() || joined.elapsed() > Duration::from_secs(4) {
+            break r;
+        }
+    };
     assert_eq!(endpoints_of(&back), of_r2_sorted(&of_r2));
     delivered(&mut kpc).await;
     let crashed = Instant::now();
