@@ -52,6 +52,7 @@ pub mod api;
 pub mod bus;
 pub mod config;
 pub mod core;
+pub mod layers;
 pub mod model;
 pub mod rollout;
 pub mod store;
