@@ -51,6 +51,7 @@ use futures::StreamExt;
 use kaa_bus::Bus;
 use kaa_bus::test_support::PrivateNatsServer;
 use kaa_ism::avro::{Decode, Encode};
+use kaa_testkit::bench::{env_or, percentile};
 
 const ENDPOINTS: u64 = 10_000;
 const CONFIG: &str = r#"{"sampling":{"intervalMs":200,"batch":16},"thresholds":{"temperature":{"min":-20.5,"max":85.0},"humidity":{"min":10,"max":95}},"network":{"ssid":"kettle-lab","retry":3},"pad":"0123456789abcdef"}"#;
@@ -91,21 +92,6 @@ pub(crate) static ALLOCATIONS: std::sync::OnceLock<fn() -> u64> = std::sync::Onc
 
 fn allocations() -> Option<u64> {
     ALLOCATIONS.get().map(|count| count())
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Keeps `concurrency` requests in flight for `warmup + measure`; `send(seq)`

@@ -33,23 +33,9 @@ use std::time::{Duration, Instant};
 
 use kaa_bus::test_support::PrivateNatsServer;
 use kaa_cmp::engine::rendezvous_owner;
+use kaa_testkit::bench::{env_or, percentile};
 use kaa_testkit::cmx::{APP_V1, FakeKpc, FakeProvider, Names, Session, nats};
 use kaa_testkit::fault::ServiceProcess;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 /// The configuration the provider answers, per endpoint: (config ID, content).
 type Current = Arc<Mutex<HashMap<String, (String, String)>>>;

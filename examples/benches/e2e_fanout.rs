@@ -26,6 +26,20 @@
 //!     cargo bench -p kaa-examples --bench e2e_fanout
 //! ```
 //!
+//! Configuration deltas (kaa-rs extension, `kaa_cmp::delta`): `E2E_DELTAS=1` makes
+//! every device a delta device (it requests `config/json-patch`, keeps its document,
+//! applies each patch and checks the result's config ID, as `kaa_cmp::device` does);
+//! `E2E_DELTAS=compare` runs the fan-out twice on the same stack, first to plain
+//! 7/CMP devices, then to as many delta devices of another app version, and skips the
+//! single-endpoint phase (`E2E_ROUNDS=n`: n such pairs). `E2E_CONFIG_BYTES=n` makes the configuration about `n`
+//! bytes (string members `s0000`, `s0001`, … beside `round`; the fan-out changes only
+//! `round`, one key); the default is `{"round":N}` alone. Push payload bytes are
+//! reported per fan-out. For the figures in BENCHMARKS.md:
+//!
+//! ```sh
+//! E2E_DELTAS=compare E2E_ROUNDS=3 E2E_CONFIG_BYTES=4096 cargo bench -p kaa-examples --bench e2e_fanout
+//! ```
+//!
 //! `E2E_MQTT` may list several MQTT addresses (KPC replicas): device `i` connects to
 //! address `i mod n`. A process here may hold at most 20,000 open files, so past
 //! 15,000 devices (or with `E2E_PROCESSES=n`) the devices run in `n` child processes
@@ -44,16 +58,10 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc};
 
+use kaa_testkit::bench::{env_or, percentile};
 use kaa_testkit::mini_mqtt::{connect_packet, publish_packet, read_packet};
 
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct StackProcess(Child);
 
@@ -109,8 +117,9 @@ fn wall_nanos() -> u128 {
 #[derive(Debug)]
 enum Ev {
     Response,
-    /// Device `usize` got a push at this wall-clock time ([`wall_nanos`]).
-    Push(usize, u128),
+    /// Device `usize` got a push at this wall-clock time ([`wall_nanos`]),
+    /// with a payload of this many bytes.
+    Push(usize, u128, usize),
     Failed(usize, String),
 }
 
@@ -119,7 +128,7 @@ impl Ev {
     fn line(&self) -> String {
         match self {
             Ev::Response => "R".to_owned(),
-            Ev::Push(i, at) => format!("P {i} {at}"),
+            Ev::Push(i, at, bytes) => format!("P {i} {at} {bytes}"),
             Ev::Failed(i, e) => format!("F {i} {}", e.replace('\n', " ")),
         }
     }
@@ -129,20 +138,73 @@ impl Ev {
         let mut parts = line.splitn(3, ' ');
         match (parts.next()?, parts.next(), parts.next()) {
             ("R", None, None) => Some(Ev::Response),
-            ("P", Some(i), Some(at)) => Some(Ev::Push(i.parse().ok()?, at.parse().ok()?)),
+            ("P", Some(i), Some(rest)) => {
+                let (at, bytes) = rest.split_once(' ')?;
+                Some(Ev::Push(
+                    i.parse().ok()?,
+                    at.parse().ok()?,
+                    bytes.parse().ok()?,
+                ))
+            }
             ("F", Some(i), e) => Some(Ev::Failed(i.parse().ok()?, e.unwrap_or("").to_owned())),
             _ => None,
         }
     }
 }
 
+/// What a delta device holds: its configuration (whole), for the next patch.
+#[derive(Default)]
+struct Held {
+    config: Option<serde_json::Value>,
+}
+
+impl Held {
+    /// A plain 7/CMP answer (`{"configId", "config"}`) taken whole.
+    fn take_plain(&mut self, payload: &[u8]) -> Result<String, String> {
+        use kaa_cmp::message::ConfigResponse;
+        match ConfigResponse::from_json(payload).map_err(|e| format!("7/CMP answer: {e}"))? {
+            ConfigResponse::Config { config_id, config } => {
+                self.config = Some(config);
+                Ok(config_id)
+            }
+            ConfigResponse::Unchanged => Err("`{}` pushed".into()),
+        }
+    }
+
+    /// The config ID to report applied for a delta answer, after applying it and
+    /// checking the result as a device must; an error names what was wrong.
+    fn take(&mut self, payload: &[u8]) -> Result<String, String> {
+        use kaa_cmp::delta::{self, DeltaResponse};
+        match DeltaResponse::from_json(payload).map_err(|e| format!("delta answer: {e}"))? {
+            DeltaResponse::Unchanged => Err("`{}` where a configuration was due".into()),
+            DeltaResponse::Config {
+                config_id, config, ..
+            } => {
+                self.config = Some(config);
+                Ok(config_id)
+            }
+            DeltaResponse::Patch {
+                config_id, patch, ..
+            } => {
+                let base = self.config.as_ref().ok_or("a patch before any document")?;
+                let doc = delta::apply(base, &patch).map_err(|e| format!("patch: {e}"))?;
+                delta::verify(&config_id, &doc).map_err(|e| format!("patched: {e}"))?;
+                self.config = Some(doc);
+                Ok(config_id)
+            }
+        }
+    }
+}
+
 /// One device: connect, request with observe, report applied, then report every
-/// push applied and tell the collector about it.
+/// push applied and tell the collector about it. With `deltas`, it speaks the
+/// delta resource (`config/json-patch`) and applies and checks what it gets.
 async fn device(
     idx: usize,
     mqtt: SocketAddr,
     app: Arc<str>,
     token: String,
+    deltas: bool,
     gate: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<Ev>,
 ) {
@@ -158,10 +220,21 @@ async fn device(
     let (r, mut s) = s.into_split();
     let mut r = BufReader::with_capacity(1024, r);
     let base = format!("kp1/{app}/cmx/{token}");
-    let request_topic = format!("{base}/config/json/1");
+    let resource = if deltas {
+        "config/json-patch"
+    } else {
+        "config/json"
+    };
+    let request_topic = format!("{base}/{resource}/1");
     let response_topic = format!("{request_topic}/status");
-    let push_topic = format!("{base}/config/json/status");
+    let push_topic = format!("{base}/{resource}/status");
+    // A delta device may first get a plain 7/CMP push: CMX pushes a newly
+    // connected endpoint its configuration when the `connected` event comes
+    // before the device's first request (as Kaa's own clients expect). Taken as
+    // a whole document, as `kaa_cmp::device` takes it.
+    let plain_push_topic = format!("{base}/config/json/status");
     let applied_topic = format!("{base}/applied/json");
+    let mut held = Held::default();
     let mut out = connect_packet(&format!("bench-{token}"), 600);
     out.extend(publish_packet(&request_topic, br#"{"observe":true}"#));
     if let Err(e) = s.write_all(&out).await {
@@ -195,15 +268,35 @@ async fn device(
                     rest += 2;
                 }
                 let payload = &body[rest..];
-                #[derive(serde::Deserialize)]
-                struct Answer<'a> {
-                    #[serde(rename = "configId", borrow)]
-                    config_id: Option<std::borrow::Cow<'a, str>>,
-                }
-                let config_id = serde_json::from_slice::<Answer<'_>>(payload)
-                    .ok()
-                    .and_then(|a| a.config_id)
-                    .unwrap_or_default();
+                let plain_push = deltas && topic == plain_push_topic.as_bytes();
+                let config_id = if plain_push {
+                    match held.take_plain(payload) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            let _ = tx.send(Ev::Failed(idx, e));
+                            return;
+                        }
+                    }
+                } else if deltas {
+                    match held.take(payload) {
+                        Ok(id) => id,
+                        Err(e) => {
+                            let _ = tx.send(Ev::Failed(idx, e));
+                            return;
+                        }
+                    }
+                } else {
+                    #[derive(serde::Deserialize)]
+                    struct Answer<'a> {
+                        #[serde(rename = "configId", borrow)]
+                        config_id: Option<std::borrow::Cow<'a, str>>,
+                    }
+                    serde_json::from_slice::<Answer<'_>>(payload)
+                        .ok()
+                        .and_then(|a| a.config_id)
+                        .unwrap_or_default()
+                        .into_owned()
+                };
                 reply.extend(publish_packet(
                     &applied_topic,
                     serde_json::json!({ "configId": config_id })
@@ -214,8 +307,8 @@ async fn device(
                 if topic == response_topic.as_bytes() {
                     drop(permit.take());
                     let _ = tx.send(Ev::Response);
-                } else if topic == push_topic.as_bytes() {
-                    let _ = tx.send(Ev::Push(idx, at));
+                } else if topic == push_topic.as_bytes() || plain_push {
+                    let _ = tx.send(Ev::Push(idx, at, payload.len()));
                 } else {
                     let _ = tx.send(Ev::Failed(
                         idx,
@@ -226,14 +319,6 @@ async fn device(
             _ => {}
         }
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 /// The time from wall-clock `t0` to `at` (zero if `at` is earlier).
@@ -260,8 +345,8 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs it with
     // few devices as a smoke test.
     let smoke = !std::env::args().any(|a| a == "--bench");
-    let devices = env_usize("E2E_DEVICES", if smoke { 50 } else { 10_000 });
-    let updates = env_usize("E2E_UPDATES", if smoke { 5 } else { 200 });
+    let devices = env_or("E2E_DEVICES", if smoke { 50 } else { 10_000 });
+    let updates = env_or("E2E_UPDATES", if smoke { 5 } else { 200 });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -290,6 +375,7 @@ async fn run_child(spec: &str, devices: usize) {
     let mqtt = mqtt_addresses(&std::env::var("E2E_MQTT").expect("E2E_MQTT"));
     let app: Arc<str> = std::env::var("E2E_APP").expect("E2E_APP").into();
     let prefix = std::env::var("E2E_TOKEN_PREFIX").expect("E2E_TOKEN_PREFIX");
+    let deltas = std::env::var("E2E_CHILD_DELTAS").is_ok_and(|v| v == "1");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let gate = Arc::new(Semaphore::new(64));
     for i in (k..devices).step_by(n) {
@@ -298,6 +384,7 @@ async fn run_child(spec: &str, devices: usize) {
             mqtt[i % mqtt.len()],
             Arc::clone(&app),
             format!("{prefix}-{i}"),
+            deltas,
             Arc::clone(&gate),
             tx.clone(),
         ));
@@ -316,57 +403,122 @@ async fn run_child(spec: &str, devices: usize) {
     }
 }
 
-/// Child processes running the devices, killed when dropped.
-struct Children(Vec<Child>);
+/// The devices of one fan-out: child processes (killed when dropped) or tasks of
+/// this process (aborted when dropped, which closes their connections).
+enum Devices {
+    Children(Vec<Child>),
+    Tasks(Vec<tokio::task::JoinHandle<()>>),
+}
 
-impl Drop for Children {
+impl Drop for Devices {
     fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+        match self {
+            Devices::Children(children) => {
+                for c in children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            Devices::Tasks(tasks) => tasks.iter().for_each(|t| t.abort()),
         }
     }
 }
 
-/// Starts `n` children of this bench for `devices` devices; their events arrive on `tx`.
-fn spawn_children(
-    n: usize,
+/// One fan-out's devices and where they go.
+struct Fleet<'a> {
     devices: usize,
-    mqtt: &[SocketAddr],
-    app: &str,
-    prefix: &str,
-    tx: &mpsc::UnboundedSender<Ev>,
-) -> Children {
-    let exe = std::env::current_exe().expect("the bench's own path");
-    let list: Vec<String> = mqtt.iter().map(ToString::to_string).collect();
-    let mut children = Vec::with_capacity(n);
-    for k in 0..n {
-        let mut child = Command::new(&exe)
-            .arg("--bench")
-            .env("E2E_CHILD", format!("{k}/{n}"))
-            .env("E2E_DEVICES", devices.to_string())
-            .env("E2E_MQTT", list.join(","))
-            .env("E2E_APP", app)
-            .env("E2E_TOKEN_PREFIX", prefix)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("a device process starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(ev) = Ev::parse(&line) {
-                    let _ = tx.send(ev);
+    mqtt: &'a [SocketAddr],
+    app: &'a str,
+    prefix: &'a str,
+    deltas: bool,
+}
+
+impl Fleet<'_> {
+    /// Starts `processes` children of this bench (or, for 1, tasks here) for the
+    /// devices; their events arrive on `tx`.
+    fn start(&self, processes: usize, tx: &mpsc::UnboundedSender<Ev>) -> Devices {
+        if processes <= 1 {
+            let gate = Arc::new(Semaphore::new(64));
+            let app: Arc<str> = self.app.into();
+            return Devices::Tasks(
+                (0..self.devices)
+                    .map(|i| {
+                        tokio::spawn(device(
+                            i,
+                            self.mqtt[i % self.mqtt.len()],
+                            Arc::clone(&app),
+                            format!("{}-{i}", self.prefix),
+                            self.deltas,
+                            Arc::clone(&gate),
+                            tx.clone(),
+                        ))
+                    })
+                    .collect(),
+            );
+        }
+        let exe = std::env::current_exe().expect("the bench's own path");
+        let list: Vec<String> = self.mqtt.iter().map(ToString::to_string).collect();
+        let mut children = Vec::with_capacity(processes);
+        for k in 0..processes {
+            let mut child = Command::new(&exe)
+                .arg("--bench")
+                .env("E2E_CHILD", format!("{k}/{processes}"))
+                .env("E2E_DEVICES", self.devices.to_string())
+                .env("E2E_MQTT", list.join(","))
+                .env("E2E_APP", self.app)
+                .env("E2E_TOKEN_PREFIX", self.prefix)
+                .env("E2E_CHILD_DELTAS", if self.deltas { "1" } else { "0" })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("a device process starts");
+            let stdout = child.stdout.take().expect("stdout");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if let Some(ev) = Ev::parse(&line) {
+                        let _ = tx.send(ev);
+                    }
                 }
-            }
-        });
-        children.push(child);
+            });
+            children.push(child);
+        }
+        Devices::Children(children)
     }
-    Children(children)
+}
+
+/// The configuration of round `round`: `{"round": round}` and, for `bytes` > 0,
+/// string members `s0000`, `s0001`, … up to about `bytes` bytes in all, the same in
+/// every round (so one round to the next changes one key).
+fn config_doc(round: usize, bytes: usize) -> String {
+    let mut doc = serde_json::Map::new();
+    doc.insert("round".into(), round.into());
+    let mut size = serde_json::Value::Object(doc.clone()).to_string().len();
+    let mut i = 0;
+    while size < bytes {
+        let (key, value) = (
+            format!("s{i:04}"),
+            format!("setting {i}: sample every {} ms, then report", 100 + i),
+        );
+        size += key.len() + value.len() + 6;
+        doc.insert(key, value.into());
+        i += 1;
+    }
+    serde_json::Value::Object(doc).to_string()
+}
+
+/// Payload sizes: `n`, mean, min, max.
+fn bytes_summary(sizes: &[usize]) -> String {
+    let n = sizes.len().max(1);
+    format!(
+        "push payload {} B mean (min {}, max {})",
+        sizes.iter().sum::<usize>() / n,
+        sizes.iter().min().copied().unwrap_or(0),
+        sizes.iter().max().copied().unwrap_or(0),
+    )
 }
 
 async fn run(devices: usize, updates: usize) {
@@ -393,47 +545,82 @@ async fn run(devices: usize, updates: usize) {
             )
         }
     };
-    let app: Arc<str> = format!("bench-{}", std::process::id()).into();
-    let base = format!("http://{http_addr}/api/v1");
-    let http = reqwest::Client::new();
-    put(
-        &http,
-        &format!("{base}/app-versions/{app}"),
-        r#"{"round":0}"#.into(),
-    )
-    .await;
-
-    let processes = env_usize("E2E_PROCESSES", devices.div_ceil(15_000)).max(1);
+    // Which devices: plain 7/CMP, delta devices, or one fan-out to each.
+    let phases: &[bool] = match std::env::var("E2E_DELTAS").as_deref() {
+        Ok("compare") => &[false, true],
+        Ok("1") | Ok("true") => &[true],
+        _ => &[false],
+    };
+    // With `compare`, E2E_ROUNDS pairs of fan-outs, alternating (load changes
+    // between phases then shows as spread, not as a difference).
+    let rounds = if phases.len() > 1 {
+        env_or("E2E_ROUNDS", 1).max(1)
+    } else {
+        1
+    };
+    let config_bytes = env_or("E2E_CONFIG_BYTES", 0);
+    let processes = env_or("E2E_PROCESSES", devices.div_ceil(15_000)).max(1);
     println!(
-        "e2e_fanout: {devices} devices over {} MQTT address(es){}, {updates} single-endpoint updates, {what}",
+        "e2e_fanout: {devices} devices over {} MQTT address(es){}, {}, configuration of {} B, {what}",
         mqtt.len(),
         if processes > 1 {
             format!(" from {processes} device processes")
         } else {
             String::new()
-        }
+        },
+        if phases.len() > 1 {
+            "one fan-out to plain devices, then one to delta devices".to_owned()
+        } else {
+            format!(
+                "{} devices, {updates} single-endpoint updates",
+                if phases[0] { "delta" } else { "plain" }
+            )
+        },
+        config_doc(0, config_bytes).len(),
     );
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let prefix = format!("b{}", std::process::id());
-    let started = Instant::now();
-    let _children = if processes > 1 {
-        Some(spawn_children(
-            processes, devices, &mqtt, &app, &prefix, &tx,
-        ))
-    } else {
-        let gate = Arc::new(Semaphore::new(64));
-        for i in 0..devices {
-            tokio::spawn(device(
-                i,
-                mqtt[i % mqtt.len()],
-                Arc::clone(&app),
-                format!("{prefix}-{i}"),
-                Arc::clone(&gate),
-                tx.clone(),
-            ));
+    let base = format!("http://{http_addr}/api/v1");
+    let http = reqwest::Client::new();
+    for (round, &deltas) in (0..rounds).flat_map(|r| phases.iter().map(move |d| (r, d))) {
+        let kind = if deltas { "delta" } else { "plain" };
+        let app = format!("bench-{}-{kind}-{round}", std::process::id());
+        let prefix = format!("b{}{}{round}", std::process::id(), &kind[..1]);
+        let fleet = Fleet {
+            devices,
+            mqtt: &mqtt,
+            app: &app,
+            prefix: &prefix,
+            deltas,
+        };
+        let (running, mut rx) = fan_out(&fleet, processes, &http, &base, config_bytes).await;
+        if phases.len() == 1 {
+            single_endpoint_updates(&fleet, updates, &http, &base, &mut rx).await;
         }
-        None
-    };
+        // The next phase's devices start after these have gone.
+        drop(running);
+    }
+}
+
+/// Starts the fleet, waits until every device has its configuration, then times
+/// one default change to every device. The devices stop when this returns.
+async fn fan_out(
+    fleet: &Fleet<'_>,
+    processes: usize,
+    http: &reqwest::Client,
+    base: &str,
+    config_bytes: usize,
+) -> (Devices, mpsc::UnboundedReceiver<Ev>) {
+    let (app, devices) = (fleet.app, fleet.devices);
+    let kind = if fleet.deltas { "delta" } else { "plain" };
+    put(
+        http,
+        &format!("{base}/app-versions/{app}"),
+        config_doc(0, config_bytes),
+    )
+    .await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let running = fleet.start(processes, &tx);
+    drop(tx);
     let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
     let mut ready = 0;
     while ready < devices {
@@ -447,7 +634,7 @@ async fn run(devices: usize, updates: usize) {
         }
     }
     println!(
-        "connected, requested and answered: {devices} devices in {:.2} s",
+        "connected, requested and answered: {devices} {kind} devices in {:.2} s",
         started.elapsed().as_secs_f64()
     );
     // Let the applied reports land before the fan-out.
@@ -457,20 +644,22 @@ async fn run(devices: usize, updates: usize) {
     let t0 = Instant::now();
     let t0_wall = wall_nanos();
     put(
-        &http,
+        http,
         &format!("{base}/app-versions/{app}"),
-        r#"{"round":1}"#.into(),
+        config_doc(1, config_bytes),
     )
     .await;
     let put_done = t0.elapsed();
     let mut got = vec![None; devices];
+    let mut sizes = Vec::with_capacity(devices);
     let mut count = 0;
     let deadline = tokio::time::Instant::now() + PHASE_TIMEOUT;
     while count < devices {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(Ev::Push(i, at))) => {
+            Ok(Some(Ev::Push(i, at, bytes))) => {
                 if got[i].is_none() {
                     got[i] = Some(since(t0_wall, at));
+                    sizes.push(bytes);
                     count += 1;
                 }
             }
@@ -487,31 +676,42 @@ async fn run(devices: usize, updates: usize) {
     let mut lat: Vec<Duration> = got.iter().flatten().copied().collect();
     lat.sort();
     println!(
-        "fan-out of one default change: {count}/{devices} devices in {} (PUT answered after {}); per device p50 {} p99 {}",
+        "fan-out of one default change to {kind} devices: {count}/{devices} devices in {} (PUT answered after {}); per device p50 {} p99 {}; {}",
         ms(lat.last().copied().unwrap_or_default()),
         ms(put_done),
         ms(percentile(&lat, 0.50)),
         ms(percentile(&lat, 0.99)),
+        bytes_summary(&sizes),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     while rx.try_recv().is_ok() {}
+    (running, rx)
+}
 
-    // Sequential single-endpoint updates.
+/// `updates` sequential PUTs of one endpoint's own configuration each (a different
+/// endpoint each time), timed from just before the PUT until that device has the push.
+async fn single_endpoint_updates(
+    fleet: &Fleet<'_>,
+    updates: usize,
+    http: &reqwest::Client,
+    base: &str,
+    rx: &mut mpsc::UnboundedReceiver<Ev>,
+) {
     let mut lat = Vec::with_capacity(updates);
     for k in 0..updates {
-        let i = (k * 7919) % devices;
-        let ep = format!("{prefix}-{i}");
+        let i = (k * 7919) % fleet.devices;
+        let ep = format!("{}-{i}", fleet.prefix);
         let t0 = wall_nanos();
         put(
-            &http,
-            &format!("{base}/endpoints/{ep}/app-versions/{app}"),
+            http,
+            &format!("{base}/endpoints/{ep}/app-versions/{}", fleet.app),
             format!(r#"{{"own":{k}}}"#),
         )
         .await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Ev::Push(j, at))) if j == i => {
+                Ok(Some(Ev::Push(j, at, _))) if j == i => {
                     lat.push(since(t0, at));
                     break;
                 }

@@ -31,13 +31,7 @@ use kaa_examples::epr::config::EprConfig;
 use kaa_examples::service::auth::Authenticator;
 use kaa_examples::service::parse_yaml;
 use kaa_ism::avro::{Decode, Encode};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use kaa_testkit::bench::env_or;
 
 async fn run_phase(
     bus: &Arc<dyn Bus>,
@@ -91,10 +85,10 @@ async fn run_phase(
 
 #[tokio::main]
 async fn main() {
-    let requests = env("EPR_BENCH_REQUESTS", 20_000);
-    let concurrency = env("EPR_BENCH_CONCURRENCY", 64);
-    let endpoints = env("EPR_BENCH_ENDPOINTS", 1000);
-    let rounds = env("EPR_BENCH_ROUNDS", 3);
+    let requests = env_or("EPR_BENCH_REQUESTS", 20_000);
+    let concurrency = env_or("EPR_BENCH_CONCURRENCY", 64);
+    let endpoints = env_or("EPR_BENCH_ENDPOINTS", 1000);
+    let rounds = env_or("EPR_BENCH_ROUNDS", 3);
     let url = kaa_bus::test_support::NATS.url();
     let Some(url) = kaa_bus::test_support::NATS
         .require("epr_ecap")

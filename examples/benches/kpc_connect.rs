@@ -30,14 +30,8 @@ use kaa_examples::epr::EprServer;
 use kaa_examples::epr::config::EprConfig;
 use kaa_examples::kpc::config::{KpcConfig, TokenEntry, TokenValidationSection};
 use kaa_examples::service::parse_yaml;
+use kaa_testkit::bench::env_or;
 use kaa_testkit::kpc::{APP, FakeCmx, default_behavior, start_kpc};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Runs `device load` against `mqtt` with the given tokens file; its report.
 async fn load(mqtt: std::net::SocketAddr, tokens: &[String], concurrency: usize) -> String {
@@ -103,9 +97,9 @@ fn phases(report: &str) -> (f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    let devices = env("KPC_CONNECT_DEVICES", 10_000);
-    let concurrency = env("KPC_CONNECT_CONCURRENCY", 64);
-    let rounds = env("KPC_CONNECT_ROUNDS", 2);
+    let devices = env_or("KPC_CONNECT_DEVICES", 10_000);
+    let concurrency = env_or("KPC_CONNECT_CONCURRENCY", 64);
+    let rounds = env_or("KPC_CONNECT_ROUNDS", 2);
     let url = kaa_bus::test_support::NATS.url();
     let Some(url) = kaa_bus::test_support::NATS
         .require("kpc_connect")

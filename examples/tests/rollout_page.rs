@@ -6,18 +6,24 @@
 //! loads, asks for the API token after a 401, shows the rollout's current step
 //! whose applied count moves as `endpoint.config.applied` reports arrive on the
 //! bus, and its Pause and Resume buttons pause and resume the rollout (checked
-//! through the REST API).
+//! through the REST API); a Pause with a stale ETag (the rollout changed
+//! behind the page) is refused and ECR's `{"message"}` shown.
 //!
-//! `rollout_page_in_headless_chromium`: the same page against a small fake of
-//! the REST contract, for what a real ECR does not easily show: the exact
-//! `If-Match` the page sends, and an error (412) shown from `{"message"}`.
+//! `rollout_page_on_a_fake_of_the_contract`: the same page against a small
+//! fake of the REST contract, for what a real ECR does not show: the exact
+//! `If-Match` the page sends with each action.
 //!
 //! Skip rule: when `chromium` or `chromedriver` is not on `PATH` (override
-//! with `KAA_TEST_CHROMIUM` / `KAA_TEST_CHROMEDRIVER`) the test prints
-//! `SKIPPED: <test>: …` and passes, unless `KAA_REQUIRE_SERVICES=1` (CI, which
-//! installs both with `.ci/browser.sh`), where it fails. With
-//! `KAA_UI_SCREENSHOT=<path>` it also writes a PNG screenshot of the page with
-//! the running rollout there (`docs/rollout-page.png` is one).
+//! with `KAA_TEST_CHROMIUM` / `KAA_TEST_CHROMEDRIVER`) the tests print
+//! `SKIPPED: <test>: …` and pass, unless `KAA_REQUIRE_SERVICES=1` (CI, which
+//! installs both with `.ci/browser.sh`), where they fail. With
+//! `KAA_UI_SCREENSHOT=<path>`, `rollout_page_on_ecr` also writes a PNG
+//! screenshot of the page with its running rollout there; `docs/rollout-page.png`
+//! is one:
+//!
+//! ```sh
+//! KAA_UI_SCREENSHOT=$PWD/docs/rollout-page.png cargo test -p kaa-examples --test rollout_page rollout_page_on_ecr
+//! ```
 //!
 //! The WebDriver client is [`fantoccini`]: maintained (Jon Gjengset's, releases
 //! through 2025), async on tokio like the rest of the workspace, speaks W3C
@@ -319,8 +325,8 @@ impl Browser {
 }
 
 #[tokio::test]
-async fn rollout_page_in_headless_chromium() {
-    let test = "rollout_page_in_headless_chromium";
+async fn rollout_page_on_a_fake_of_the_contract() {
+    let test = "rollout_page_on_a_fake_of_the_contract";
     let Some(b) = browser(test).await else {
         return;
     };
@@ -747,6 +753,41 @@ async fn rollout_page_on_ecr() {
         "return document.querySelector('article.rollout[data-state=running]')",
     )
     .await;
+    assert_eq!(state().await, "running");
+
+    // Someone else pauses and resumes it meanwhile (live refresh off, so the
+    // page still holds the old ETag): its Pause is refused with 412, and the
+    // page shows ECR's message.
+    c.find(Locator::Id("live"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for action in ["pause", "resume"] {
+        let (status, r) = ecr
+            .call(Method::POST, &format!("/rollouts/{id}/{action}"), None)
+            .await;
+        assert_eq!(status, 200, "{r}");
+    }
+    c.find(Locator::Css("article.rollout button[data-action=pause]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let shown = b
+        .until(
+            "the 412 message",
+            "const el = document.querySelector('article.rollout .card-error');\
+             return el && !el.hidden && el.textContent;",
+        )
+        .await;
+    assert!(
+        shown.as_str().unwrap().contains("(412): If-Match"),
+        "{shown}"
+    );
     assert_eq!(state().await, "running");
     c.clone().close().await.unwrap();
 }

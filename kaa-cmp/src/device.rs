@@ -58,8 +58,10 @@
 //! configuration (no `configId`); each is told as a
 //! [`DeviceEvent::DeltaRefused`]. A 7/CMP push on `/config/json`, or an answer
 //! without a view where it watches parts (or the other way round), comes from a
-//! CMX that lost its subscription (a restart, another replica): it asks again
-//! on the delta resource. A 4xx answer on the delta resource (a server
+//! CMX that lost its subscription (a restart, another replica) or that had not
+//! seen the device's first request yet (a CMX pushes a newly connected endpoint
+//! its configuration on 7/CMP's resource, as Kaa's own clients expect): it asks
+//! again on the delta resource. A 4xx answer on the delta resource (a server
 //! without the extension answers 404) makes it fall back to plain 7/CMP for that
 //! name. Events carry what the application needs either way: the configuration
 //! ID (always the whole configuration's, which is what applied reports name)

@@ -64,8 +64,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
-/// Which 7/CMP message a payload was meant to be.
+/// Which 7/CMP message a payload was meant to be. Non-exhaustive: extensions
+/// (as [`crate::delta`]'s were) add kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MessageKind {
     /// `/config/json` request.
     ConfigRequest,

@@ -1410,6 +1410,65 @@ fn max_endpoints_passes_over_endpoints_that_opted_out_of_pushes() {
     assert!(w.take("a").is_empty(), "no push after observe: false");
 }
 
+/// At `max_endpoints`, endpoints passed over for eviction do not pile up at the
+/// head of the lists: with the 64 least recently active connected endpoints all
+/// opted out and the only idle one waiting for the provider, a connected
+/// endpoint further back goes, not the one waiting (`kaa-conformance cmx-fuzz`,
+/// seed 20261206, the third finding, invariant 6 again: after hundreds of
+/// thousands of evictions the heads of both lists held only endpoints that
+/// could not go, and the oldest idle one was evicted with its request in flight).
+#[test]
+fn max_endpoints_passes_over_more_than_a_scan_of_endpoints_that_cannot_go() {
+    let mut config = config();
+    config.max_endpoints = 67;
+    let mut w = World::with(config);
+    let opted_out: Vec<String> = (0..64).map(|i| format!("o{i}")).collect();
+    for ep in opted_out.iter().map(String::as_str).chain(["n1", "n2"]) {
+        w.connect(&[ep]);
+        let payload = if ep.starts_with('o') {
+            r#"{"observe":false}"#
+        } else {
+            "{}"
+        };
+        w.send(ep, "/config/json", Some(1), payload);
+        w.take(ep);
+        w.advance(1);
+    }
+    // "x" asks; the provider has not answered when its session ends.
+    w.auto_answer = false;
+    w.send("x", "/config/json", Some(1), "{}");
+    w.disconnect(&["x"]);
+    w.advance(1);
+    assert_eq!(w.cmx.tracked_endpoints(), 67);
+    w.send("d", "/config/json", Some(1), "{}");
+    assert!(
+        w.cmx.endpoint("x").is_some(),
+        "kept: its request is in flight"
+    );
+    assert!(
+        w.cmx.endpoint("n1").is_none(),
+        "the oldest that can go goes"
+    );
+    assert!(
+        opted_out.iter().all(|ep| w.cmx.endpoint(ep).is_some()),
+        "the devices that opted out keep their state"
+    );
+    // The ones passed over went to the back: the next eviction finds n2 at once.
+    w.advance(1);
+    w.send("e", "/config/json", Some(1), "{}");
+    assert!(w.cmx.endpoint("n2").is_none());
+    assert!(w.cmx.endpoint("x").is_some());
+    assert_eq!(w.cmx.stats().endpoints_evicted, 2);
+    // "x" asks again: still one request in flight for it.
+    w.send("x", "/config/json", Some(2), "{}");
+    let for_x = w
+        .requests
+        .iter()
+        .filter(|r| &*r.message().endpoint_id == "x")
+        .count();
+    assert_eq!(for_x, 1, "one 6/CDTP request for x, not two");
+}
+
 #[test]
 fn too_many_pending_requests_is_503_and_pushes_are_retried() {
     let mut config = config();

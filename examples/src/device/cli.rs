@@ -90,8 +90,15 @@ impl RejectArgs {
 enum Command {
     /// One device: request configurations, print responses and pushes, report
     /// applied or rejected.
+    ///
+    /// --reject-rate and --reject-if decide first (the rule is the reason);
+    /// then --apply, --reject or the question.
     Run(RunArgs),
     /// Many devices: connect them all, then time request → response.
+    ///
+    /// With --reject-rate or --reject-if each device also reports every
+    /// configuration it receives: rejected by those rules (status 400, the
+    /// rule as the reason) or applied.
     Load(LoadArgs),
 }
 
@@ -126,8 +133,8 @@ struct RunArgs {
     /// Status code of rejections.
     #[arg(long, default_value_t = 400)]
     reject_status: i32,
-    /// Rejections by rule (status --reject-status, the rule as the reason);
-    /// other configurations go through --apply, --reject or the question.
+    // Rejections by rule (status --reject-status, the rule as the reason);
+    // other configurations go through --apply, --reject or the question.
     #[command(flatten)]
     rejects: RejectArgs,
     /// Exit once every requested configuration has its answer (and report).
@@ -189,9 +196,9 @@ struct LoadArgs {
     /// token.
     #[arg(long)]
     provision: bool,
-    /// With --reject-rate or --reject-if, every device reports each
-    /// configuration it receives: rejected (status 400, the rule as the
-    /// reason) or applied. Without them, no reports.
+    // With --reject-rate or --reject-if, every device reports each
+    // configuration it receives: rejected (status 400, the rule as the
+    // reason) or applied. Without them, no reports.
     #[command(flatten)]
     rejects: RejectArgs,
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 pub mod deltas;
 pub mod official_python;
 
-pub use deltas::delta_and_plain_devices_converge;
+pub use deltas::{
+    a_device_watching_parts_is_pushed_only_when_they_change, delta_and_plain_devices_converge,
+};
 
 use crate::mqtt_device::MqttConnection;
 
@@ -746,6 +748,7 @@ macro_rules! for_each_e2e_behaviour {
             garbage_gets_errors,
             no_subscribe_delivery,
             delta_and_plain_devices_converge,
+            a_device_watching_parts_is_pushed_only_when_they_change,
         );
     };
 }

@@ -14,6 +14,7 @@
 //!   or three processes over NATS), with the behaviours both deployments share.
 //! - [`fault`]: the fault-injection harness (private PostgreSQL and NATS, restartable
 //!   service processes, a fleet of reconnecting devices).
+//! - [`bench`]: settings from the environment and percentiles for the load benches.
 //! - [`mini_mqtt`], [`mqtt_device`], [`log_capture`]: a minimal MQTT packet writer
 //!   and reader, a rumqttc device connection, an in-memory `tracing` writer.
 //!
@@ -28,6 +29,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+pub mod bench;
 pub mod cmx;
 pub mod e2e;
 pub mod ecr;

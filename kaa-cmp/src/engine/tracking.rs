@@ -26,8 +26,8 @@ impl AppVersionStamp {
     }
 }
 
-/// How many endpoints of each list [`Cmx::eviction_victim`] looks at for one
-/// without a request in flight.
+/// How many endpoints of each list [`Cmx::eviction_victim`] looks at first for
+/// one that can be evicted without breaking a rule.
 const EVICTION_SCAN: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
@@ -55,8 +55,7 @@ impl Cmx {
 
     /// The endpoint to evict at `max_endpoints`: the least recently active
     /// disconnected one, else the least recently active connected one, passing
-    /// over (among the first [`EVICTION_SCAN`] of each list) endpoints whose
-    /// state cannot be lost without breaking a rule:
+    /// over endpoints whose state cannot be lost without breaking a rule:
     /// - a 6/CDTP request in flight: its next message tracked it anew and asked
     ///   the provider again while the first request was still there (one request
     ///   in flight per endpoint and name);
@@ -65,23 +64,56 @@ impl Cmx {
     ///
     /// Both were found by `kaa-conformance cmx-fuzz`, whose endpoints filled a
     /// CMX's million: a device disconnected a moment ago was the oldest idle
-    /// endpoint. When every endpoint scanned is such, the oldest is evicted all
-    /// the same (the rules then hold only as far as memory allows).
-    fn eviction_victim(&self) -> Option<u32> {
-        let busy = |slot: u32| {
-            self.endpoints.get(slot).is_some_and(|e| {
-                e.names().any(|n| {
-                    n.observe == Observe::Off || self.in_flight.contains_key(&(slot, n.name))
-                })
+    /// endpoint.
+    ///
+    /// 1. Among the first [`EVICTION_SCAN`] of each list (idle first), the first
+    ///    endpoint without either. Each one passed over is moved to the tail of
+    ///    its list (it counts as active now; for an idle one, its TTL restarts):
+    ///    left at the head, such endpoints piled up there as the others were
+    ///    evicted around them, until every scan met only them (the kit's third
+    ///    finding: with the first 64 of both lists taken, the oldest idle
+    ///    endpoint was evicted with its request in flight).
+    /// 2. Else the least recently active endpoint without a request in flight
+    ///    (there are at most `max_pending_requests` with one): a device that
+    ///    opted out then loses its state, the rule holding only as far as memory
+    ///    allows.
+    /// 3. Else (every endpoint waits for the provider) the least recently active.
+    fn eviction_victim(&mut self, now: UnixMillis) -> Option<u32> {
+        let opted_out = |cmx: &Self, slot: u32| {
+            cmx.endpoints
+                .get(slot)
+                .is_some_and(|e| e.names().any(|n| n.observe == Observe::Off))
+        };
+        let in_flight = |cmx: &Self, slot: u32| {
+            cmx.endpoints.get(slot).is_some_and(|e| {
+                e.names()
+                    .any(|n| cmx.in_flight.contains_key(&(slot, n.name)))
             })
         };
+        for connected in [false, true] {
+            let mut passed_over = Vec::new();
+            let mut found = None;
+            for slot in self.endpoints.least_recent(connected).take(EVICTION_SCAN) {
+                if opted_out(self, slot) || in_flight(self, slot) {
+                    passed_over.push(slot);
+                } else {
+                    found = Some(slot);
+                    break;
+                }
+            }
+            for slot in passed_over {
+                self.endpoints.touch(slot, now);
+            }
+            if found.is_some() {
+                return found;
+            }
+        }
         [false, true]
             .into_iter()
             .find_map(|connected| {
                 self.endpoints
                     .least_recent(connected)
-                    .take(EVICTION_SCAN)
-                    .find(|slot| !busy(*slot))
+                    .find(|slot| !in_flight(self, *slot))
             })
             .or_else(|| {
                 self.endpoints
@@ -117,7 +149,7 @@ impl Cmx {
             return None;
         }
         while self.endpoints.len() >= self.settings.config.max_endpoints {
-            let Some(victim) = self.eviction_victim() else {
+            let Some(victim) = self.eviction_victim(now) else {
                 break;
             };
             self.remove_endpoint(victim, Removal::Evicted, now);

@@ -516,22 +516,27 @@ pub async fn connect_bus(
 }
 
 /// Joins the replicas of this CMX instance when `cmx.replicas.enabled` is set
-/// (kaa-rs extension, NATS bus only): a NATS connection of its own (so
-/// heartbeats do not queue behind device traffic), the bucket, this replica's
-/// key. `None` when replicas are off. Give it to [`CmxService::with_membership`].
+/// (kaa-rs extension, NATS bus only): a NATS connection of its own on a thread
+/// of its own ([`Membership::join_on_own_thread`]: heartbeats queue neither
+/// behind device traffic nor behind the driver's work), the bucket, this
+/// replica's key. `None` when replicas are off. Give it to
+/// [`CmxService::with_membership`].
 pub async fn connect_membership(
     config: &CmxServiceConfig,
 ) -> Result<Option<Membership>, StartError> {
     let Some(members) = config.membership() else {
         return Ok(None);
     };
-    let nats = kaa_bus::NatsBus::connect(
-        &config
-            .nats_config()
-            .with_connection_name(format!("{}-membership", config.replica_id())),
-    )
-    .await?;
+    let nats = config
+        .nats_config()
+        .with_connection_name(format!("{}-membership", config.replica_id()));
+    let connect = move || async move {
+        kaa_bus::NatsBus::connect(&nats)
+            .await
+            .map(|bus| bus.client().clone())
+            .map_err(|e| e.to_string())
+    };
     let membership =
-        Membership::join(nats.client().clone(), &config.replica_id(), &members).await?;
+        Membership::join_on_own_thread(connect, &config.replica_id(), &members).await?;
     Ok(Some(membership))
 }

@@ -100,6 +100,13 @@ pub enum MembershipError {
         /// What went wrong.
         message: String,
     },
+    /// The membership's own NATS connection could not be made, or its thread
+    /// could not be started.
+    #[error("membership connection: {message}")]
+    Connect {
+        /// What went wrong.
+        message: String,
+    },
     /// Putting or deleting this replica's key failed.
     #[error("membership key {key}: {message}")]
     Key {
@@ -121,9 +128,68 @@ pub struct Membership {
     task: Option<JoinHandle<()>>,
     kv: Store,
     key: String,
+    /// With [`Membership::join_on_own_thread`]: dropping it ends that thread
+    /// (its runtime, and the connection made there).
+    thread: Option<oneshot::Sender<()>>,
 }
 
 impl Membership {
+    /// As [`Membership::join`], on a thread of its own: `connect` makes a NATS
+    /// connection there, on a single-threaded runtime that runs only the
+    /// heartbeats and the watch (and that connection), so they keep their
+    /// rhythm however busy the caller's runtime is. On a loaded machine a
+    /// replica's heartbeats had queued behind its device traffic for longer
+    /// than the expiry: the others took it for dead and served its endpoints
+    /// while it still did (ROBUSTNESS.md, known gaps). The thread ends when the
+    /// membership is left or dropped.
+    pub async fn join_on_own_thread<C, F>(
+        connect: C,
+        replica_id: &str,
+        config: &MembershipConfig,
+    ) -> Result<Self, MembershipError>
+    where
+        C: FnOnce() -> F + Send + 'static,
+        F: std::future::Future<Output = Result<async_nats::Client, String>>,
+    {
+        let (joined_tx, joined) = oneshot::channel();
+        let (guard, ended) = oneshot::channel::<()>();
+        let replica_id = replica_id.to_owned();
+        let config = config.clone();
+        let connect_error = |message: String| MembershipError::Connect { message };
+        std::thread::Builder::new()
+            .name(format!("membership-{replica_id}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = joined_tx.send(Err(connect_error(e.to_string())));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let joined = match connect().await {
+                        Ok(client) => Membership::join(client, &replica_id, &config).await,
+                        Err(message) => Err(connect_error(message)),
+                    };
+                    let ok = joined.is_ok();
+                    if joined_tx.send(joined).is_ok() && ok {
+                        // Run the heartbeats and the connection until the
+                        // membership is left or dropped.
+                        let _ = ended.await;
+                    }
+                });
+            })
+            .map_err(|e| connect_error(e.to_string()))?;
+        let mut membership = joined
+            .await
+            .map_err(|_| connect_error("the membership thread ended".into()))??;
+        membership.thread = Some(guard);
+        Ok(membership)
+    }
+
     /// Creates the bucket if needed, puts this replica's key, reads the live
     /// members and starts heartbeats and the watch. `client` is a NATS
     /// connection with JetStream (e.g. `kaa_bus::NatsBus::client`).
@@ -199,6 +265,7 @@ impl Membership {
             task: Some(task),
             kv,
             key,
+            thread: None,
         })
     }
 

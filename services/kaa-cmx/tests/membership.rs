@@ -97,3 +97,93 @@ async fn replicas_join_leave_and_expire() {
     let js = async_nats::jetstream::new(client);
     let _ = js.delete_stream(format!("KV_{bucket}")).await;
 }
+
+/// A replica whose runtime is not driven at all for three expiries (here: a
+/// single-threaded runtime nobody runs, as a runtime starved by its own work
+/// would be) stays a member when it joined on a thread of its own
+/// (`join_on_own_thread`, what the `cmx` service does); the control, joined on
+/// that runtime, is taken for dead by the others, so the stall was real.
+#[test]
+fn heartbeats_on_their_own_thread_outlive_a_stalled_runtime() {
+    let test = "kaa-cmx membership::heartbeats_on_their_own_thread_outlive_a_stalled_runtime";
+    let Some(url) = NATS.require(test) else {
+        return;
+    };
+    let bucket = format!("kaa_cmx_test_stall_{}", std::process::id());
+    let c = config(&bucket);
+    // The observer, on a runtime whose worker runs whatever the test does.
+    let observer_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (observer, mut changes, client) = observer_rt.block_on(async {
+        let client = async_nats::connect(&url).await.expect("connect");
+        let mut a = Membership::join(client.clone(), "cmx-a", &c)
+            .await
+            .expect("a joins");
+        let changes = a.take_changes().expect("the changes");
+        (a, changes, client)
+    });
+    // The replica's runtime: driven only inside `block_on`.
+    let stalled_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (own, shared) = stalled_rt.block_on(async {
+        let own_url = url.clone();
+        let own = Membership::join_on_own_thread(
+            move || async move {
+                async_nats::connect(own_url)
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+            "cmx-own",
+            &c,
+        )
+        .await
+        .expect("own thread joins");
+        let client = async_nats::connect(&url).await.expect("connect");
+        let shared = Membership::join(client, "cmx-shared", &c)
+            .await
+            .expect("shared joins");
+        (own, shared)
+    });
+    let mut seen = observer.subscribe();
+    observer_rt.block_on(until(
+        &mut seen,
+        &["cmx-a", "cmx-own", "cmx-shared"],
+        Duration::from_secs(3),
+    ));
+    // Nobody drives `stalled_rt` now: three expiries.
+    std::thread::sleep(c.expiry * 3);
+    assert_eq!(
+        observer.members(),
+        ["cmx-a", "cmx-own"],
+        "the control expired, the replica on its own thread did not"
+    );
+    let mut feed = Vec::new();
+    while let Ok(m) = changes.try_recv() {
+        feed.push(m);
+    }
+    let joined = feed
+        .iter()
+        .position(|m| m.iter().any(|r| r == "cmx-own"))
+        .expect("cmx-own seen");
+    assert!(
+        feed[joined..]
+            .iter()
+            .all(|m| m.iter().any(|r| r == "cmx-own")),
+        "cmx-own was never dropped: {feed:?}"
+    );
+    stalled_rt.block_on(async {
+        own.leave().await.expect("own leaves");
+        shared.abandon().await;
+    });
+    observer_rt.block_on(async {
+        until(&mut seen, &["cmx-a"], Duration::from_secs(3)).await;
+        observer.leave().await.expect("a leaves");
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(format!("KV_{bucket}")).await;
+    });
+}

@@ -971,7 +971,8 @@ impl Ecr {
     /// advanced (by another replica, or an action) changes nothing, and the store
     /// writes a transition only over the revision it was computed from. Updates the
     /// per-rollout gauges. Returns the rollouts looked at, as they are now, with the
-    /// counts they were decided on.
+    /// counts they were decided on; a rollout that could not be counted or
+    /// advanced is logged and left to the next pass (the error is the listing's).
     pub async fn drive_rollouts(
         &self,
         now: UnixMillis,
@@ -981,7 +982,14 @@ impl Ecr {
         let mut out = Vec::new();
         let mut gauges = Vec::new();
         for r in self.store.active_rollouts().await? {
-            let counts = self.rollout_counts(&r, now).await?;
+            // One rollout failing (e.g. a corrupt name) does not stop the others.
+            let counts = match self.rollout_counts(&r, now).await {
+                Ok(counts) => counts,
+                Err(e) => {
+                    tracing::warn!(rollout_id = %r.rollout_id, error = %e, "could not count a rollout's reports");
+                    continue;
+                }
+            };
             gauges.push((r.clone(), r.step, counts));
             let decision = rollout::decide(&r, &counts, now.0);
             let next = rollout::transition(&r, &Event::Decided(decision), &counts, now.0)
@@ -1003,7 +1011,10 @@ impl Ecr {
                     }
                     // Changed meanwhile: decided again on the next pass.
                     Err(EcrError::Store(StoreError::RolloutChanged { .. })) => r,
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(rollout_id = %r.rollout_id, error = %e, "could not advance a rollout");
+                        r
+                    }
                 },
                 None => r,
             };

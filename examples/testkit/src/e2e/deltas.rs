@@ -82,6 +82,34 @@ impl CmpDevice {
         self.request().await;
     }
 
+    /// Watches only the parts of the default configuration that `pointers`
+    /// name (from the next request on).
+    fn watch(&mut self, pointers: &[&str]) {
+        let pointers = pointers
+            .iter()
+            .map(|p| kaa_cmp::delta::parse_pointer(p).expect("a JSON Pointer"))
+            .collect();
+        self.machine
+            .set_pointers(None, Some(pointers))
+            .expect("valid name");
+    }
+
+    /// Feeds the state machine whatever arrives for `how_long`.
+    async fn listen(&mut self, how_long: Duration) {
+        let deadline = Instant::now() + how_long;
+        let mqtt = self.mqtt.as_mut().expect("connected");
+        while let Ok(Some(m)) = timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            mqtt.connection.incoming.recv(),
+        )
+        .await
+        {
+            let payload = serde_json::to_vec(&m.json).expect("JSON");
+            let _ = self.machine.handle_publish(&m.topic, &payload, now());
+            self.received.push(m);
+        }
+    }
+
     /// Requests the default configuration, observing it.
     async fn request(&mut self) {
         self.machine
@@ -293,4 +321,68 @@ pub async fn delta_and_plain_devices_converge(sys: System) {
     );
     delta.disconnect().await;
     plain.disconnect().await;
+}
+
+/// Partial subscription: a delta device watching only `/rate` (an RFC 6901
+/// pointer) beside a delta device watching the whole configuration, both on
+/// `kaa-cmp`'s device state machine. The watcher holds the view
+/// `{"/rate": …}` under the whole configuration's ID; a change of a part it
+/// does not watch is pushed to the other device and not to it (nothing
+/// carrying that config ID reaches it); a change of `/rate` is pushed to it as
+/// a patch of its view with a `viewId`; its applied reports name whole
+/// configurations, as ECR's statuses show.
+pub async fn a_device_watching_parts_is_pushed_only_when_they_change(sys: System) {
+    let rest = Rest::new(sys);
+    let app = unique("app-parts");
+    let mut watcher = CmpDevice::connect(sys, &app, &unique("ep-watch"), true).await;
+    watcher.watch(&["/rate"]);
+    let mut whole = CmpDevice::connect(sys, &app, &unique("ep-whole"), true).await;
+
+    let c1 = rest.put_default(&app, None, &kettle("AP", 5)).await;
+    for d in [&mut watcher, &mut whole] {
+        d.request().await;
+    }
+    assert_eq!(watcher.until(&c1).await, json!({"/rate": 5}));
+    assert_eq!(whole.until(&c1).await, kettle("AP", 5));
+    applied(&rest, [&watcher, &whole], &c1).await;
+
+    // `/mode` changes: the whole device is pushed, the watcher is not.
+    let c2 = rest.put_default(&app, None, &kettle("STA", 5)).await;
+    assert_eq!(whole.until(&c2).await, kettle("STA", 5));
+    watcher.listen(Duration::from_millis(500)).await;
+
+    // `/rate` changes: both are pushed; the watcher gets its view.
+    let c3 = rest.put_default(&app, None, &kettle("STA", 6)).await;
+    assert_eq!(whole.until(&c3).await, kettle("STA", 6));
+    assert_eq!(watcher.until(&c3).await, json!({"/rate": 6}));
+    watcher.listen(Duration::from_millis(300)).await;
+    // The applied report names the whole configuration.
+    applied(&rest, [&watcher, &whole], &c3).await;
+
+    assert!(
+        !watcher
+            .received
+            .iter()
+            .any(|m| m.json.get("configId").and_then(Value::as_str) == Some(c2.as_str())),
+        "no push for a change of parts the device does not watch: {:?}",
+        watcher.received
+    );
+    let pushes: Vec<&Msg> = watcher
+        .received
+        .iter()
+        .filter(|m| m.topic.ends_with("/config/json-patch/status"))
+        .collect();
+    assert_eq!(pushes.len(), 1, "one push, for c3: {:?}", watcher.received);
+    assert_eq!(pushes[0].json["configId"], c3.as_str());
+    assert!(
+        pushes[0].json.get("viewId").is_some(),
+        "a view carries its viewId: {pushes:?}"
+    );
+    assert!(
+        watcher.refused.is_empty(),
+        "the watcher refused nothing: {:?}",
+        watcher.refused
+    );
+    watcher.disconnect().await;
+    whole.disconnect().await;
 }

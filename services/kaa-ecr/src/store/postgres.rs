@@ -166,6 +166,10 @@ const EFFECTIVE_MANY: &str = "SELECT q.i, c.name, c.config_id, \
 /// the replica that drives the rollouts.
 const ROLLOUT_LEADER_LOCK: i64 = 0x6563_725f_726f_6c6c; // "ecr_roll"
 
+/// How long the rollout leader's connection may take to connect, take the lock or
+/// show it is alive.
+const LEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The transaction-scoped advisory lock of the default of (app version, name): taken
 /// by default writes and by the creation of a rollout, so that one never slips
 /// between the other's check and write.
@@ -1699,24 +1703,38 @@ impl ConfigStore for PostgresStore {
     }
 
     async fn lead_rollouts(&self) -> Result<bool, StoreError> {
+        // A connection that hangs (a network partition) must not stall the
+        // controller: every exchange is bounded, and a leader that cannot show its
+        // connection alive stops leading (the server releases the lock when it
+        // drops the session).
+        let bounded = |what: &'static str| {
+            move |_| StoreError::Backend(format!("rollout leader connection: {what} timed out"))
+        };
         let mut leader = self.leader.lock().await;
         if let Some(client) = leader.as_ref() {
             // Still connected: the session lock is still ours.
-            if client.simple_query("SELECT 1").await.is_ok() {
+            let alive = tokio::time::timeout(LEADER_TIMEOUT, client.simple_query("SELECT 1")).await;
+            if matches!(alive, Ok(Ok(_))) {
                 return Ok(true);
             }
             *leader = None;
         }
-        let (client, connection) = self.config.connect(NoTls).await.map_err(pg_err)?;
+        let (client, connection) = tokio::time::timeout(LEADER_TIMEOUT, self.config.connect(NoTls))
+            .await
+            .map_err(bounded("connecting"))?
+            .map_err(pg_err)?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&ROLLOUT_LEADER_LOCK])
-            .await
-            .map_err(pg_err)?
-            .try_get(0)
-            .map_err(pg_err)?;
+        let got: bool = tokio::time::timeout(
+            LEADER_TIMEOUT,
+            client.query_one("SELECT pg_try_advisory_lock($1)", &[&ROLLOUT_LEADER_LOCK]),
+        )
+        .await
+        .map_err(bounded("taking the lock"))?
+        .map_err(pg_err)?
+        .try_get(0)
+        .map_err(pg_err)?;
         if got {
             *leader = Some(client);
         }
