@@ -174,7 +174,7 @@ async fn a_layer_change_reaches_exactly_its_group() {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut moved_outside = 0;
-    for i in 0..devices {
+    for (i, before) in before.iter().enumerate() {
         let now = statuses(&rest, i).await;
         if i % 3 == 1 {
             let running = now
@@ -184,9 +184,9 @@ async fn a_layer_change_reaches_exactly_its_group() {
                 .find(|r| r["status"] == "APPLIED")
                 .unwrap();
             assert_eq!(running["configId"], new_id.as_str(), "dev-{i}: {now}");
-        } else if now != before[i] {
+        } else if &now != before {
             moved_outside += 1;
-            println!("dev-{i} outside {changed_group}: {} -> {now}", before[i]);
+            println!("dev-{i} outside {changed_group}: {before} -> {now}");
         }
     }
     assert_eq!(moved_outside, 0, "devices outside the group were pushed to");
