@@ -212,10 +212,38 @@ pub struct MemberPageDto {
 pub struct MembersRequest {
     /// Endpoint IDs to add.
     #[serde(default)]
+    #[schema(schema_with = endpoint_ids_schema)]
     pub add: Vec<String>,
     /// Endpoint IDs to remove.
     #[serde(default)]
+    #[schema(schema_with = endpoint_ids_schema)]
     pub remove: Vec<String>,
+}
+
+/// A list of endpoint IDs, as ECR validates them.
+fn endpoint_ids_schema() -> utoipa::openapi::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .pattern(Some(super::TOKEN_NAME_PATTERN)),
+        )
+        .max_items(Some(crate::core::MAX_BATCH_ENDPOINTS))
+        .build()
+}
+
+/// A group name, or null (every endpoint).
+fn group_target_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::SchemaType;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .min_length(Some(1))
+        .max_length(Some(256))
+        .pattern(Some("^[a-zA-Z0-9_-]+$"))
+        .build()
 }
 
 /// The answer of a membership change.
@@ -238,6 +266,7 @@ pub struct LayerRequest {
     pub priority: i64,
     /// The target group; absent or null: every endpoint of the app version.
     #[serde(default)]
+    #[schema(schema_with = group_target_schema)]
     pub group: Option<String>,
     /// The JSON Merge Patch (RFC 7396), an object.
     #[schema(value_type = Object)]
@@ -732,8 +761,8 @@ pub(super) async fn delete_layer(
 pub struct ExplainedDto {
     /// The RFC 6901 pointer of the leaf (`""`: the whole document).
     pub pointer: String,
-    /// Its value.
-    #[schema(value_type = Object)]
+    /// Its value (any JSON).
+    #[schema(value_type = Value)]
     pub value: Value,
     /// `default`, `rollout`, `layer` or `endpoint`.
     pub source: String,
