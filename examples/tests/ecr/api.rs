@@ -836,10 +836,11 @@ async fn openapi_name_patterns_accept_exactly_what_ecr_accepts() {
     patterns(&doc, "", &mut found);
     let (config_names, token_names): (Vec<_>, Vec<_>) = found.into_iter().partition(|(at, _)| {
         // Group and layer names follow the config name rule (crate::layers).
-        at.contains("/parameters/")
+        (at.contains("/parameters/")
             && ["name", "groupName", "layerName"]
                 .iter()
-                .any(|n| doc_param_is_named(&doc, at, n))
+                .any(|n| doc_param_is_named(&doc, at, n)))
+            || at == "/components/schemas/LayerRequest/properties/group"
     });
     // Endpoint IDs and app version names: path parameters of 7 operations (2 each on
     // endpoint routes), /statuses' two, and the batch body's keys and items.
