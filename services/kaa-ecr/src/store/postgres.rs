@@ -1486,7 +1486,7 @@ impl ConfigStore for PostgresStore {
             .execute(
                 "INSERT INTO group_members (app_version, group_name, endpoint_id) \
                  SELECT $1, $2, e FROM unnest($3::text[]) AS e WHERE NOT (e = ANY($4)) \
-                 ON CONFLICT (app_version, group_name, endpoint_id) DO NOTHING",
+                 ON CONFLICT (app_version, endpoint_id, group_name) DO NOTHING",
                 &[&app, &g, &add, &remove],
             )
             .await
