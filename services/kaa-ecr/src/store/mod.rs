@@ -290,7 +290,8 @@ pub trait ConfigStore: Send + Sync + 'static {
     }
 
     /// Deletes everything about an endpoint (all its configurations in every app
-    /// version, its known-endpoint records, its status history); returns how many
+    /// version, its known-endpoint records, its group memberships, its status
+    /// history); returns how many
     /// configurations were deleted.
     async fn delete_endpoint(&self, endpoint_id: &EndpointId) -> Result<u64, StoreError>;
 
