@@ -49,8 +49,8 @@ use std::time::Duration;
 use kaa_bus::test_support::{PrivateNatsServer, free_port};
 use kaa_bus::{Bus, NatsBus, NatsConfig};
 use kaa_testkit::fault::{
-    Fleet, PrivatePostgres, Rest, ServiceProcess, Window, Writer, converge, converged_in,
-    fail_keeping_logs, lost_writes, signal,
+    Fleet, PrivatePostgres, Rest, ServiceProcess, ThreeServices, Window, Writer, converge,
+    converged_in, fail_keeping_logs, lost_writes, signal,
 };
 use serde_json::json;
 use tokio::time::Instant;
@@ -172,31 +172,14 @@ async fn every_device_converges_and_no_acknowledged_write_is_lost_after_each_fau
     let url = nats.url();
     let (http_port, mqtt_port) = (free_port().unwrap(), free_port().unwrap());
     let tag = format!("fault{}", std::process::id());
-    let (ecr_name, cmx_name, kpc_name) = (
-        format!("ecr-{tag}"),
-        format!("cmx-{tag}"),
-        format!("kpc-{tag}"),
-    );
-    let store = pg.url();
-    let ecr_yaml = format!(
-        "service:\n  instance:\n    name: {ecr_name}\n    replica:\n      id: {ecr_name}-1\n\
-         nats:\n  urls: [\"{url}\"]\n\
-         ecr:\n  http:\n    listen: 127.0.0.1:{http_port}\n  store:\n    url: \"{store}\"\n  cmx:\n    service-instance-name: {cmx_name}\n\
-         auth:\n  enabled: false\n"
-    );
-    let cmx_yaml = format!(
-        "service:\n  instance:\n    name: {cmx_name}\n    replica:\n      id: {cmx_name}-1\n\
-         nats:\n  urls: [\"{url}\"]\n\
-         kaa:\n  cmx:\n    configuration-data-provider:\n      service-instance:\n        name: {ecr_name}\n\
-         \x20   communication-service:\n      service-instance:\n        name: {kpc_name}\n\
-         cmx:\n  bus: nats\n  cdtp-timeout-ms: 3000\n  shutdown-grace-ms: 2000\n"
-    );
-    let kpc_yaml = format!(
-        "service:\n  instance:\n    name: {kpc_name}\n    replica:\n      id: {kpc_name}-1\n\
-         nats:\n  urls: [\"{url}\"]\n\
-         kpc:\n  mqtt:\n    listen: 127.0.0.1:{mqtt_port}\n    auth:\n      enabled: false\n\
-         \x20 extension-instances: [{cmx_name}]\n  accept-any-token: true\n"
-    );
+    let ThreeServices {
+        ecr_name,
+        cmx_name,
+        ecr_yaml,
+        cmx_yaml,
+        kpc_yaml,
+        ..
+    } = ThreeServices::new(&tag, &url, &pg.url(), http_port, mqtt_port);
     let (ecr, cmx, kpc) = tokio::task::block_in_place(|| {
         let ecr = ServiceProcess::start("ecr", dir.path(), &ecr_yaml, "ecr listening on");
         let cmx = ServiceProcess::start("cmx", dir.path(), &cmx_yaml, "cmx running");

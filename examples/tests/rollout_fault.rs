@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use kaa_bus::test_support::{PrivateNatsServer, free_port};
-use kaa_testkit::fault::{PrivatePostgres, ServiceProcess};
+use kaa_testkit::fault::{PrivatePostgres, ServiceProcess, ThreeServices};
 use serde_json::json;
 
 mod rollout_common;
@@ -35,31 +35,18 @@ async fn a_rollout_resumes_after_sigkill_of_ecr_with_a_thousand_devices() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = nats.url();
     let (http_port, mqtt_port) = (free_port().unwrap(), free_port().unwrap());
-    let tag = format!("rollout{}", std::process::id());
-    let (ecr_name, cmx_name, kpc_name) = (
-        format!("ecr-{tag}"),
-        format!("cmx-{tag}"),
-        format!("kpc-{tag}"),
-    );
-    let store = pg.url();
-    let ecr_yaml = format!(
-        "service:\n  instance:\n    name: {ecr_name}\n    replica:\n      id: {ecr_name}-1\n\
-         nats:\n  urls: [\"{url}\"]\n\
-         ecr:\n  http:\n    listen: 127.0.0.1:{http_port}\n  store:\n    url: \"{store}\"\n  cmx:\n    service-instance-name: {cmx_name}\n\
-         auth:\n  enabled: false\n"
-    );
-    let cmx_yaml = format!(
-        "service:\n  instance:\n    name: {cmx_name}\n    replica:\n      id: {cmx_name}-1\n\
-         nats:\n  urls: [\"{url}\"]\n\
-         kaa:\n  cmx:\n    configuration-data-provider:\n      service-instance:\n        name: {ecr_name}\n\
-         \x20   communication-service:\n      service-instance:\n        name: {kpc_name}\n\
-         cmx:\n  bus: nats\n  cdtp-timeout-ms: 3000\n  shutdown-grace-ms: 2000\n"
-    );
-    let kpc_yaml = format!(
-        "service:\n  instance:\n    name: {kpc_name}\n    replica:\n      id: {kpc_name}-1\n\
-         nats:\n  urls: [\"{url}\"]\n\
-         kpc:\n  mqtt:\n    listen: 127.0.0.1:{mqtt_port}\n    auth:\n      enabled: false\n\
-         \x20 extension-instances: [{cmx_name}]\n  accept-any-token: true\n"
+    let ThreeServices {
+        cmx_name,
+        ecr_yaml,
+        cmx_yaml,
+        kpc_yaml,
+        ..
+    } = ThreeServices::new(
+        &format!("rollout{}", std::process::id()),
+        &url,
+        &pg.url(),
+        http_port,
+        mqtt_port,
     );
     let (mut ecr, cmx, kpc) = tokio::task::block_in_place(|| {
         let ecr = ServiceProcess::start("ecr", dir.path(), &ecr_yaml, "ecr listening on");

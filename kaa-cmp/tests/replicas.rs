@@ -23,9 +23,13 @@ fn endpoint_of(owner: &str, members: &[&str]) -> String {
         .unwrap()
 }
 
+/// An engine of replica `replica`, without the hand-over hold (these tests are
+/// about ownership; `a_replica_joining_live_members_holds_its_pushes` is about
+/// the hold).
 fn engine(replica: &str) -> World {
     let mut c = support::config();
     c.replica_id = replica.into();
+    c.handover_delay = std::time::Duration::ZERO;
     World::with(c)
 }
 
@@ -351,4 +355,52 @@ fn endpoints_learned_just_after_a_change_take_updates_for_any_name() {
         "no fetch for an unused name: {:?}",
         &w.requests[before..]
     );
+}
+
+/// A replica joining live members pushes nothing to the endpoints it takes over
+/// for `handover_delay`: the replica giving them up may have pushed a moment
+/// before it saw the join, on another connection, and a newer push from the new
+/// owner could overtake that one (`fault_replicas` cmx-kill under load: a device
+/// got `seq` 41, 37, 41). Pushes wanted meanwhile go out when the hold ends;
+/// answers to the device's own requests do not wait. Alone, or when another
+/// member leaves, nothing is held (a replica that left pushes no more).
+#[test]
+fn a_replica_joining_live_members_holds_its_pushes() {
+    let two = ["cmx-1", "cmx-2"];
+    let mine = endpoint_of("cmx-1", &two);
+    let mut c = support::config();
+    c.replica_id = "cmx-1".into();
+    c.handover_delay = std::time::Duration::from_millis(1000);
+    let mut w = World::with(c);
+    w.provider.set(&mine, AV, None, "{}");
+    // cmx-1 (re)starts and joins cmx-2, which served `mine` meanwhile.
+    w.cmx.set_members(&two, w.now);
+    w.connect(&[&mine]);
+    assert!(w.take(&mine).is_empty(), "no push during the hand-over");
+    assert!(w.requests.is_empty(), "nor a fetch for one");
+    // The device asks: answered at once.
+    w.send(&mine, "/config/json", Some(1), "{}");
+    let answer = w.take_one(&mine);
+    assert_eq!((answer.request_id, answer.status_code), (Some(1), 200));
+    // A newer configuration during the hold: pushed when it ends.
+    w.update(&mine, None, r#"{"v":2}"#);
+    w.advance(500);
+    assert!(w.take(&mine).is_empty(), "still held");
+    w.advance(600);
+    let push = w.take_one(&mine);
+    assert!(push.is_push());
+    assert_eq!(config_id(&push).as_deref(), Some("cfg-2"));
+    // After the hold, pushes go out at once.
+    w.update(&mine, None, r#"{"v":3}"#);
+    assert_eq!(config_id(&w.take_one(&mine)).as_deref(), Some("cfg-3"));
+
+    // Alone, or when the other member leaves: no hold.
+    let mut c = support::config();
+    c.replica_id = "cmx-1".into();
+    c.handover_delay = std::time::Duration::from_millis(1000);
+    let mut alone = World::with(c);
+    alone.provider.set(&mine, AV, None, "{}");
+    alone.cmx.set_members(&["cmx-1"], alone.now);
+    alone.connect(&[&mine]);
+    assert_eq!(alone.take(&mine).len(), 1, "a push on connect at once");
 }

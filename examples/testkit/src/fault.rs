@@ -309,6 +309,65 @@ impl Drop for PrivatePostgres {
 // Service processes
 // ---------------------------------------------------------------------------
 
+/// The YAML of one ECR, one CMX and one KPC process wired to each other on one
+/// NATS server, named `ecr-<tag>`, `cmx-<tag>`, `kpc-<tag>` (replica `-1`),
+/// ECR on `store` with REST on `http_port`, KPC's MQTT on `mqtt_port` (no
+/// authentication, any token), CMX with a 3 s 6/CDTP timeout: the stack the fault
+/// tests start as separate processes.
+pub struct ThreeServices {
+    /// ECR's instance name.
+    pub ecr_name: String,
+    /// CMX's instance name (the extension instance devices name).
+    pub cmx_name: String,
+    /// KPC's instance name.
+    pub kpc_name: String,
+    /// `ecr.yaml`.
+    pub ecr_yaml: String,
+    /// `cmx.yaml`.
+    pub cmx_yaml: String,
+    /// `kpc.yaml`.
+    pub kpc_yaml: String,
+}
+
+impl ThreeServices {
+    /// The three configurations (see the type).
+    pub fn new(tag: &str, nats_url: &str, store: &str, http_port: u16, mqtt_port: u16) -> Self {
+        let (ecr_name, cmx_name, kpc_name) = (
+            format!("ecr-{tag}"),
+            format!("cmx-{tag}"),
+            format!("kpc-{tag}"),
+        );
+        let url = nats_url;
+        let ecr_yaml = format!(
+            "service:\n  instance:\n    name: {ecr_name}\n    replica:\n      id: {ecr_name}-1\n\
+             nats:\n  urls: [\"{url}\"]\n\
+             ecr:\n  http:\n    listen: 127.0.0.1:{http_port}\n  store:\n    url: \"{store}\"\n  cmx:\n    service-instance-name: {cmx_name}\n\
+             auth:\n  enabled: false\n"
+        );
+        let cmx_yaml = format!(
+            "service:\n  instance:\n    name: {cmx_name}\n    replica:\n      id: {cmx_name}-1\n\
+             nats:\n  urls: [\"{url}\"]\n\
+             kaa:\n  cmx:\n    configuration-data-provider:\n      service-instance:\n        name: {ecr_name}\n\
+             \x20   communication-service:\n      service-instance:\n        name: {kpc_name}\n\
+             cmx:\n  bus: nats\n  cdtp-timeout-ms: 3000\n  shutdown-grace-ms: 2000\n"
+        );
+        let kpc_yaml = format!(
+            "service:\n  instance:\n    name: {kpc_name}\n    replica:\n      id: {kpc_name}-1\n\
+             nats:\n  urls: [\"{url}\"]\n\
+             kpc:\n  mqtt:\n    listen: 127.0.0.1:{mqtt_port}\n    auth:\n      enabled: false\n\
+             \x20 extension-instances: [{cmx_name}]\n  accept-any-token: true\n"
+        );
+        ThreeServices {
+            ecr_name,
+            cmx_name,
+            kpc_name,
+            ecr_yaml,
+            cmx_yaml,
+            kpc_yaml,
+        }
+    }
+}
+
 /// One service binary with its configuration, restartable on the same ports. Its
 /// stderr (tracing logs) is appended to `<dir>/<name>.log` across restarts.
 pub struct ServiceProcess {

@@ -86,6 +86,15 @@ pub struct CmxConfig {
     /// it then let go. Should exceed how long replicas' views of a change can
     /// differ. Default 10 s.
     pub membership_settle: Duration,
+    /// Replicas (kaa-rs extension): when this replica joins members that are
+    /// alive, the endpoints it takes from them get no push from it for this
+    /// long (a push wanted meanwhile goes out when it ends). The replica giving
+    /// an endpoint up may have pushed it a moment before it saw the join, on
+    /// another connection; pushing at once could overtake that push with a
+    /// newer configuration and let the older arrive last (seen in
+    /// `fault_replicas` cmx-kill under load: `seq` 41, 37, 41). Default 1 s;
+    /// zero: no hold.
+    pub handover_delay: Duration,
     /// Configuration deltas (kaa-rs extension, [`crate::delta`]): the bound, in
     /// bytes, of the cache of configurations that patches start from (config ID
     /// plus the configuration's 7/CMP answer, least recently used out first).
@@ -123,6 +132,7 @@ impl CmxConfig {
             broadcast_implicit_applied: false,
             app_versions: None,
             membership_settle: Duration::from_secs(10),
+            handover_delay: Duration::from_secs(1),
             delta_cache_bytes: 16 * 1024 * 1024,
         }
     }

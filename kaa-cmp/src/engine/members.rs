@@ -69,6 +69,9 @@ pub(super) struct Membership {
     pub(super) changes: u64,
     /// When it last changed.
     pub(super) changed_at: Option<UnixMillis>,
+    /// Until when pushes wait after this replica joined live members
+    /// ([`CmxConfig::handover_delay`]).
+    pub(super) hold_until: Option<UnixMillis>,
 }
 
 impl Membership {
@@ -171,6 +174,12 @@ impl Cmx {
                 prefix: fnv1a(fnv1a(FNV_OFFSET, id.as_bytes()), &[SEPARATOR]),
                 subject: subject.to_string().into(),
             });
+        }
+        // Joining live members: what they served moves here, and what they
+        // pushed just before they saw the join may still be on its way.
+        if is_member && !was_member && members.len() > 1 {
+            let delay = self.settings.config.handover_delay;
+            self.membership.hold_until = (!delay.is_zero()).then(|| now.saturating_add(delay));
         }
         self.membership.members = members;
         self.membership.changes += 1;
@@ -325,6 +334,7 @@ mod tests {
                 .collect(),
             changes: 1,
             changed_at: None,
+            hold_until: None,
         };
         for i in 0..1000 {
             let ep = format!("ep-{i}");

@@ -183,7 +183,12 @@
 //!   A replica that was behind may have served names of an endpoint it then
 //!   lets go, so for [`CmxConfig::membership_settle`] after a change the
 //!   endpoints an engine starts tracking count as adopted (a `ConfigUpdated`
-//!   for any name is pushed to them). The driver must hand over every
+//!   for any name is pushed to them). A replica joining live members pushes
+//!   nothing for [`CmxConfig::handover_delay`] (1 s): the replica giving an
+//!   endpoint up may have pushed to it just before it saw the join, on
+//!   another connection, and an immediate newer push could overtake that one,
+//!   leaving the older last; pushes wanted meanwhile go out when it ends, and
+//!   answers to requests do not wait. The driver must hand over every
 //!   membership change, in order: a replica that joined and left in between
 //!   may have served endpoints, and seeing it leave is what makes the others
 //!   take them over.

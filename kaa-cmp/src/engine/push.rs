@@ -31,6 +31,19 @@ impl Cmx {
         if self.in_flight.contains_key(&(slot, name)) {
             return;
         }
+        // Just joined live members: the push waits out the hand-over.
+        if let Some(until) = self.membership.hold_until.filter(|until| now < *until) {
+            let incarnation = e.incarnation;
+            self.timers.push(Reverse((
+                until,
+                Timer::Retry {
+                    slot,
+                    incarnation,
+                    name,
+                },
+            )));
+            return;
+        }
         if self
             .send_request(slot, name, false, Vec::new(), now)
             .is_err()
