@@ -40,6 +40,17 @@
 //! E2E_DELTAS=compare E2E_ROUNDS=3 E2E_CONFIG_BYTES=4096 cargo bench -p kaa-examples --bench e2e_fanout
 //! ```
 //!
+//! Layered configurations (issue 20): `E2E_LAYERS=n` gives every device `n` layers
+//! before the fleet starts (even ones target every endpoint, odd ones a group holding
+//! every device, each sets a key of its own), so every answer and the fan-out compose
+//! `n` merge patches per endpoint; after the fan-out it times `E2E_LAYERS_REQUESTS`
+//! (default 20) explains of one device and as many dry runs of a layer change reaching
+//! every device over REST (p50, max). For the figures in BENCHMARKS.md:
+//!
+//! ```sh
+//! for n in 0 3 10; do E2E_LAYERS=$n E2E_UPDATES=50 cargo bench -p kaa-examples --bench e2e_fanout; done
+//! ```
+//!
 //! `E2E_MQTT` may list several MQTT addresses (KPC replicas): device `i` connects to
 //! address `i mod n`. A process here may hold at most 20,000 open files, so past
 //! 15,000 devices (or with `E2E_PROCESSES=n`) the devices run in `n` child processes
@@ -330,6 +341,106 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// `E2E_LAYERS`, when set.
+fn layers_wanted() -> Option<usize> {
+    std::env::var("E2E_LAYERS")
+        .ok()
+        .map(|v| v.parse().expect("E2E_LAYERS=n"))
+}
+
+/// Gives every device of the fleet `n` layers: even ones target every endpoint,
+/// odd ones the group `all`, which gets every device as a member.
+async fn setup_layers(http: &reqwest::Client, base: &str, fleet: &Fleet<'_>, n: usize) {
+    let app = format!("{base}/app-versions/{}", fleet.app);
+    if n > 1 {
+        let r = http
+            .put(format!("{app}/groups/all"))
+            .send()
+            .await
+            .expect("PUT group");
+        assert!(r.status().is_success(), "PUT group: {}", r.status());
+        let ids: Vec<String> = (0..fleet.devices)
+            .map(|i| format!("{}-{i}", fleet.prefix))
+            .collect();
+        for chunk in ids.chunks(5_000) {
+            let r = http
+                .post(format!("{app}/groups/all/members"))
+                .json(&serde_json::json!({ "add": chunk }))
+                .send()
+                .await
+                .expect("POST members");
+            assert!(r.status().is_success(), "POST members: {}", r.status());
+        }
+    }
+    for k in 0..n {
+        let group = if k % 2 == 1 { "\"all\"" } else { "null" };
+        put(
+            http,
+            &format!("{app}/layers/layer{k:02}"),
+            format!(r#"{{"priority":{k},"group":{group},"patch":{{"l{k:02}":{k}}}}}"#),
+        )
+        .await;
+    }
+    println!("{n} layers per endpoint");
+}
+
+/// Times explains of one device and dry runs of a layer change reaching every
+/// device, over REST.
+async fn time_explain_and_dry_run(
+    fleet: &Fleet<'_>,
+    http: &reqwest::Client,
+    base: &str,
+    layers: usize,
+) {
+    let requests = env_or("E2E_LAYERS_REQUESTS", 20).max(1);
+    let app = format!("{base}/app-versions/{}", fleet.app);
+    let explain = format!(
+        "{base}/endpoints/{}-0/app-versions/{}/explain",
+        fleet.prefix, fleet.app
+    );
+    let mut lat = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let t = Instant::now();
+        let r = http.get(&explain).send().await.expect("GET explain");
+        assert_eq!(r.status(), 200, "GET explain");
+        let body: serde_json::Value = r.json().await.expect("explain JSON");
+        lat.push(t.elapsed());
+        assert_eq!(
+            body["leaves"].as_array().map(Vec::len),
+            Some(layers + 1),
+            "{body}"
+        );
+    }
+    lat.sort();
+    println!(
+        "explain over REST ({layers} layers, {requests} requests): p50 {} max {}",
+        ms(percentile(&lat, 0.50)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+    let mut lat = Vec::with_capacity(requests);
+    let mut changed = 0;
+    for k in 0..requests {
+        let t = Instant::now();
+        let r = http
+            .put(format!("{app}/layers/dry?dryRun=true"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"priority":100,"patch":{{"dry":{k}}}}}"#))
+            .send()
+            .await
+            .expect("PUT dry run");
+        assert_eq!(r.status(), 200, "dry run");
+        let body: serde_json::Value = r.json().await.expect("dry run JSON");
+        lat.push(t.elapsed());
+        changed = body["changed"].as_u64().unwrap_or(0);
+    }
+    lat.sort();
+    println!(
+        "dry run of a layer reaching every device over REST ({changed} endpoints would change, {requests} requests): p50 {} max {}",
+        ms(percentile(&lat, 0.50)),
+        ms(lat.last().copied().unwrap_or_default()),
+    );
+}
+
 async fn put(http: &reqwest::Client, url: &str, body: String) {
     let r = http
         .put(url)
@@ -592,6 +703,9 @@ async fn run(devices: usize, updates: usize) {
             deltas,
         };
         let (running, mut rx) = fan_out(&fleet, processes, &http, &base, config_bytes).await;
+        if let Some(layers) = layers_wanted() {
+            time_explain_and_dry_run(&fleet, &http, &base, layers).await;
+        }
         if phases.len() == 1 {
             single_endpoint_updates(&fleet, updates, &http, &base, &mut rx).await;
         }
@@ -617,6 +731,9 @@ async fn fan_out(
         config_doc(0, config_bytes),
     )
     .await;
+    if let Some(layers) = layers_wanted() {
+        setup_layers(http, base, fleet, layers).await;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let started = Instant::now();
     let running = fleet.start(processes, &tx);

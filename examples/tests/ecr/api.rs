@@ -744,6 +744,24 @@ async fn openapi_document_lists_every_route() {
         ("/api/v1/rollouts/{rolloutId}/resume", &["post"][..]),
         ("/api/v1/rollouts/{rolloutId}/abort", &["post"][..]),
         ("/api/v1/rollouts/{rolloutId}/promote", &["post"][..]),
+        ("/api/v1/app-versions/{appVersionName}/groups", &["get"][..]),
+        (
+            "/api/v1/app-versions/{appVersionName}/groups/{groupName}",
+            &["put", "delete"][..],
+        ),
+        (
+            "/api/v1/app-versions/{appVersionName}/groups/{groupName}/members",
+            &["get", "post"][..],
+        ),
+        ("/api/v1/app-versions/{appVersionName}/layers", &["get"][..]),
+        (
+            "/api/v1/app-versions/{appVersionName}/layers/{layerName}",
+            &["put", "get", "delete"][..],
+        ),
+        (
+            "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}/explain",
+            &["get"][..],
+        ),
     ];
     let paths = doc.paths.as_ref().expect("paths");
     assert_eq!(paths.len(), expect.len());
@@ -769,6 +787,12 @@ async fn openapi_document_lists_every_route() {
         "StatusPageDto",
         "RolloutRequest",
         "RolloutDto",
+        "LayerRequest",
+        "LayerDto",
+        "GroupPageDto",
+        "MembersRequest",
+        "DryRunDto",
+        "ExplainDto",
     ] {
         assert!(components.schemas.contains_key(schema), "{schema}");
     }
@@ -810,9 +834,14 @@ async fn openapi_name_patterns_accept_exactly_what_ecr_accepts() {
     let doc: Value = serde_json::from_str(&get(&h.app, "/api/v1/openapi.json").await.text).unwrap();
     let mut found = Vec::new();
     patterns(&doc, "", &mut found);
-    let (config_names, token_names): (Vec<_>, Vec<_>) = found
-        .into_iter()
-        .partition(|(at, _)| at.contains("/parameters/") && doc_param_is_named(&doc, at, "name"));
+    let (config_names, token_names): (Vec<_>, Vec<_>) = found.into_iter().partition(|(at, _)| {
+        // Group and layer names follow the config name rule (crate::layers).
+        (at.contains("/parameters/")
+            && ["name", "groupName", "layerName"]
+                .iter()
+                .any(|n| doc_param_is_named(&doc, at, n)))
+            || at == "/components/schemas/LayerRequest/properties/group"
+    });
     // Endpoint IDs and app version names: path parameters of 7 operations (2 each on
     // endpoint routes), /statuses' two, and the batch body's keys and items.
     assert!(token_names.len() >= 10, "{token_names:?}");

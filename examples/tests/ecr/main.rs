@@ -6,6 +6,7 @@
 mod announce;
 mod api;
 mod bus;
+mod layers;
 mod process;
 mod replicas;
 mod rollouts;

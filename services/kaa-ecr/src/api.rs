@@ -15,6 +15,12 @@
 //! | `GET /app-versions/{appVersionName}/rollouts[?name=]` | its rollouts, newest first (every name unless `name` is given) |
 //! | `GET /rollouts/{rolloutId}` | one rollout, `ETag: "<rolloutId>-<revision>"` |
 //! | `POST /rollouts/{rolloutId}/pause`, `/resume`, `/abort`, `/promote` | act on it (`If-Match` optional; 409 when its state does not allow it) |
+//! | `PUT/DELETE /app-versions/{appVersionName}/groups/{groupName}` | create (201, or 204 when it existed) or delete (409 while a layer targets it) an endpoint group |
+//! | `GET /app-versions/{appVersionName}/groups[?page=][&size=]` | its groups, with member counts, by name |
+//! | `GET/POST /app-versions/{appVersionName}/groups/{groupName}/members` | a page of members; add and remove members in one batch (`{"add": […], "remove": […]}`) |
+//! | `GET /app-versions/{appVersionName}/layers[?name=]` | its layers, in merge order per name |
+//! | `PUT/GET/DELETE /app-versions/{appVersionName}/layers/{layerName}[?name=]` | one layer: `{"priority", "group", "patch"}` (see [`crate::layers`]) |
+//! | `GET /endpoints/{endpointId}/app-versions/{appVersionName}/explain[?name=]` | the effective configuration with, for every JSON Pointer, the source that decided it |
 //! | `GET /openapi.json` | this API as OpenAPI 3 (no authentication) |
 //! | `GET /ui/` (outside `/api/v1`) | the rollout page, [`super::ui`] (no authentication; it calls this API with the user's token) |
 //!
@@ -37,6 +43,12 @@
 //!   with `Allow`), precondition failed (412), body too large (413), wrong content type
 //!   (415), a write of a default while a rollout of it is active, a second rollout,
 //!   or a rollout action its state does not allow (409), store failure (500).
+//! - `?dryRun=true` on every write that can change effective configurations (PUT and
+//!   DELETE of a default, of an endpoint's configuration, of a layer; POST of group
+//!   members) stores and announces nothing and answers 200 with a [`DryRunDto`]: how
+//!   many endpoints' effective configurations would change, the first few with
+//!   their RFC 6902 JSON Patch, and the app version's JSON Schema verdict on each
+//!   would-be document.
 //! - Rollouts (see [`crate::rollout`]) carry `ETag: "<rolloutId>-<revision>"`; the
 //!   actions take `If-Match` with it (412 with the current `ETag` when it is stale).
 //! - Authentication: `Authorization: Bearer <token>`; GET needs `read` or
@@ -71,6 +83,13 @@ use super::rollout::{
 };
 use super::store::{Precondition, StoreError};
 use kaa_service::{Metrics, http_metrics, json_error, ops_router};
+
+mod layers;
+use layers::WriteQuery;
+pub use layers::{
+    DryRunChangeDto, DryRunDto, ExplainDto, ExplainedDto, GroupDto, GroupPageDto, LayerDto,
+    LayerRequest, MemberPageDto, MembersRequest, MembersResultDto, SchemaVerdictDto,
+};
 
 /// The API prefix.
 pub const API_PREFIX: &str = "/api/v1";
@@ -138,6 +157,9 @@ impl From<EcrError> for ApiError {
             }
             EcrError::Store(e @ StoreError::RolloutChanged { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, format!("{e}; try again"))
+            }
+            EcrError::Store(StoreError::NotFound(message)) => {
+                ApiError::new(StatusCode::NOT_FOUND, message)
             }
             EcrError::RolloutNotFound(id) => {
                 ApiError::new(StatusCode::NOT_FOUND, format!("no rollout {id}"))
@@ -560,11 +582,15 @@ struct ApiState {
 async fn put_config(
     state: &ApiState,
     scope: Scope,
-    name: ConfigName,
+    query: &WriteQuery,
     headers: &HeaderMap,
     body: Value,
 ) -> Result<Response, ApiError> {
+    let name = query.config_name()?;
     let precondition = precondition(headers)?;
+    if query.dry() {
+        return layers::dry_run_config(state, &scope, &name, Some(&body)).await;
+    }
     let outcome = state
         .ecr
         .put(&scope, &name, &body, &precondition, model::now())
@@ -586,10 +612,14 @@ async fn get_config(
 async fn delete_config(
     state: &ApiState,
     scope: Scope,
-    name: ConfigName,
+    query: &WriteQuery,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
+    let name = query.config_name()?;
     let precondition = precondition(headers)?;
+    if query.dry() {
+        return layers::dry_run_config(state, &scope, &name, None).await;
+    }
     match state.ecr.delete(&scope, &name, &precondition).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         None => Err(not_found(&scope, &name)),
@@ -616,12 +646,12 @@ const DEFAULT_PATH: &str = "/app-versions/{appVersionName}";
     tag = "endpoint configurations",
     params(
         EndpointPath,
-        NameQuery,
+        WriteQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
     request_body(content = AnyJson, content_type = "application/json", description = "The configuration (any JSON)"),
     responses(
-        (status = 200, description = "Stored", body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 200, description = "Stored (or, with dryRun=true, what the write would change: nothing stored or announced)", body = layers::ConfigOrDryRun, headers(("ETag" = String, description = "\"<configId>\""))),
         (status = 400, description = "Invalid name, JSON or schema violation", body = ErrorDto),
         (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
         (status = 412, description = "If-Match failed", body = ErrorDto),
@@ -632,11 +662,11 @@ const DEFAULT_PATH: &str = "/app-versions/{appVersionName}";
 async fn put_endpoint_config(
     State(state): State<ApiState>,
     ApiPath(path): ApiPath<EndpointPath>,
-    ApiQuery(query): ApiQuery<NameQuery>,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    put_config(&state, path.scope()?, query.config_name()?, &headers, body).await
+    put_config(&state, path.scope()?, &query, &headers, body).await
 }
 
 /// Read an endpoint's configuration.
@@ -667,10 +697,11 @@ async fn get_endpoint_config(
     tag = "endpoint configurations",
     params(
         EndpointPath,
-        NameQuery,
+        WriteQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
     responses(
+        (status = 200, description = "With dryRun=true: what the write would change; nothing stored or announced", body = DryRunDto),
         (status = 204, description = "Deleted"),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
         (status = 404, body = ErrorDto), (status = 412, body = ErrorDto),
@@ -680,10 +711,10 @@ async fn get_endpoint_config(
 async fn delete_endpoint_config(
     State(state): State<ApiState>,
     ApiPath(path): ApiPath<EndpointPath>,
-    ApiQuery(query): ApiQuery<NameQuery>,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    delete_config(&state, path.scope()?, query.config_name()?, &headers).await
+    delete_config(&state, path.scope()?, &query, &headers).await
 }
 
 /// All named configurations of an endpoint in an app version.
@@ -712,12 +743,12 @@ async fn list_endpoint_configs(
     tag = "default configurations",
     params(
         AppVersionPath,
-        NameQuery,
+        WriteQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
     request_body(content = AnyJson, content_type = "application/json", description = "The configuration (any JSON)"),
     responses(
-        (status = 200, body = ConfigurationDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 200, description = "Stored (or, with dryRun=true, what the write would change: nothing stored or announced)", body = layers::ConfigOrDryRun, headers(("ETag" = String, description = "\"<configId>\""))),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
         (status = 409, description = "A rollout of this configuration is active", body = ErrorDto),
         (status = 412, body = ErrorDto), (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
@@ -727,11 +758,11 @@ async fn list_endpoint_configs(
 async fn put_default_config(
     State(state): State<ApiState>,
     ApiPath(path): ApiPath<AppVersionPath>,
-    ApiQuery(query): ApiQuery<NameQuery>,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    put_config(&state, path.scope()?, query.config_name()?, &headers, body).await
+    put_config(&state, path.scope()?, &query, &headers, body).await
 }
 
 /// Read an app version's default configuration.
@@ -759,10 +790,11 @@ async fn get_default_config(
     tag = "default configurations",
     params(
         AppVersionPath,
-        NameQuery,
+        WriteQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
     responses(
+        (status = 200, description = "With dryRun=true: what the write would change; nothing stored or announced", body = DryRunDto),
         (status = 204, description = "Deleted"),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
         (status = 404, body = ErrorDto),
@@ -774,10 +806,10 @@ async fn get_default_config(
 async fn delete_default_config(
     State(state): State<ApiState>,
     ApiPath(path): ApiPath<AppVersionPath>,
-    ApiQuery(query): ApiQuery<NameQuery>,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    delete_config(&state, path.scope()?, query.config_name()?, &headers).await
+    delete_config(&state, path.scope()?, &query, &headers).await
 }
 
 /// All named default configurations of an app version.
@@ -1436,11 +1468,17 @@ impl Modify for BearerSecurity {
         get_app_versions, get_status_counts,
         post_rollout, list_rollouts, get_rollout,
         pause_rollout, resume_rollout, abort_rollout, promote_rollout,
+        layers::put_group, layers::delete_group, layers::list_groups, layers::list_members,
+        layers::post_members, layers::list_layers, layers::get_layer, layers::put_layer,
+        layers::delete_layer, layers::get_explain,
     ),
     components(schemas(
         ConfigurationDto, ErrorDto, BatchRequest, BatchResultDto, StatusDto, StatusPageDto,
         RolloutRequest, RolloutDto, StepDto, AppVersionDto, DefaultSummaryDto, StatusCountDto,
         Gate, AbortCriteria, OnAbort, RolloutState, StepState,
+        GroupDto, GroupPageDto, MemberPageDto, MembersRequest, MembersResultDto, LayerRequest,
+        LayerDto, DryRunDto, DryRunChangeDto, SchemaVerdictDto, ExplainDto, ExplainedDto,
+        layers::ConfigOrDryRun, layers::LayerOrDryRun, layers::MembersOrDryRun,
     )),
     modifiers(&BearerSecurity)
 )]
@@ -1540,6 +1578,23 @@ pub fn app(ecr: Arc<Ecr>, auth: Authenticator, body_limit: usize, metrics: Metri
             &format!("{DEFAULT_PATH}/rollouts"),
             post(post_rollout).get(list_rollouts),
         )
+        .route(&format!("{DEFAULT_PATH}/groups"), get(layers::list_groups))
+        .route(
+            &format!("{DEFAULT_PATH}/groups/{{groupName}}"),
+            put(layers::put_group).delete(layers::delete_group),
+        )
+        .route(
+            &format!("{DEFAULT_PATH}/groups/{{groupName}}/members"),
+            get(layers::list_members).post(layers::post_members),
+        )
+        .route(&format!("{DEFAULT_PATH}/layers"), get(layers::list_layers))
+        .route(
+            &format!("{DEFAULT_PATH}/layers/{{layerName}}"),
+            put(layers::put_layer)
+                .get(layers::get_layer)
+                .delete(layers::delete_layer),
+        )
+        .route(&format!("{CONFIG_PATH}/explain"), get(layers::get_explain))
         .route("/rollouts/{rolloutId}", get(get_rollout))
         .route("/rollouts/{rolloutId}/pause", post(pause_rollout))
         .route("/rollouts/{rolloutId}/resume", post(resume_rollout))

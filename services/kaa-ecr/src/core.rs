@@ -22,6 +22,11 @@ use super::store::{
 };
 use kaa_service::ConfigError;
 
+mod layered;
+pub use layered::{
+    DRY_RUN_EXAMPLES, Explanation, LayerChange, PredictedChange, Prediction, SchemaVerdict,
+};
+
 /// Why an ECR operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -297,6 +302,10 @@ impl Ecr {
             if prefetched && same_id(&default) {
                 default = read_default().await?;
             }
+            // What the endpoint follows is the default with its layers.
+            default = self
+                .layered_default(endpoint_id, app_version, name, default)
+                .await?;
         }
         if !same_id(&default) {
             self.emit(EffectiveChange {
@@ -341,13 +350,49 @@ impl Ecr {
     }
 
     /// Emits a default change to every known endpoint that follows the default.
+    ///
+    /// With layers on (`app_version`, `name`), only the followers whose effective
+    /// configuration (default and layers) changed are announced, each its own: the
+    /// followers' bases and groups are read after the commit and composed with the
+    /// layers over `before` and over what they are served now.
     async fn default_changed(
         &self,
         app_version: &AppVersionName,
         name: &ConfigName,
+        before: Option<&StoredConfig>,
         after: Option<StoredConfig>,
     ) -> Result<(), EcrError> {
         if self.changes.is_none() {
+            return Ok(());
+        }
+        let layers = self.store.layers(app_version, Some(name)).await?;
+        if !layers.is_empty() {
+            let followers = self
+                .store
+                .endpoints_following_default(app_version, name)
+                .await?;
+            let inputs = self.inputs_of(app_version, name, &followers).await?;
+            for (endpoint_id, inputs) in followers.into_iter().zip(inputs) {
+                let will = crate::layers::compose(name, &inputs, &layers);
+                let was = crate::layers::compose(
+                    name,
+                    &crate::layers::EffectiveInputs {
+                        base: before.cloned().map(|c| (c, Source::Default)),
+                        groups: inputs.groups,
+                    },
+                    &layers,
+                );
+                if was.as_ref().map(|(c, _)| &c.config_id)
+                    != will.as_ref().map(|(c, _)| &c.config_id)
+                {
+                    self.emit(EffectiveChange {
+                        endpoint_id,
+                        app_version: app_version.clone(),
+                        name: name.clone(),
+                        config: will.map(|(c, _)| c),
+                    });
+                }
+            }
             return Ok(());
         }
         for endpoint_id in self
@@ -444,7 +489,8 @@ impl Ecr {
                     .await
                 }
                 Scope::Default { app_version } => {
-                    self.default_changed(app_version, name, after.clone()).await
+                    self.default_changed(app_version, name, before, after.clone())
+                        .await
                 }
             }
         })

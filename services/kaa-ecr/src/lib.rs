@@ -16,6 +16,12 @@
 //!   controller's pure decisions and state machine, and how ECR answers and announces
 //!   while one is active (its module docs hold the behaviour); [`core::Ecr`] stores
 //!   and drives them, [`core::run_rollout_controller`] is the loop [`EcrServer`] runs.
+//! - [`layers`]: endpoint groups and layered configurations: the pure model (merge
+//!   order, composition over the base, explain); [`core::Ecr`] stores them, predicts
+//!   what a write changes (dry runs and announcements share it) and explains an
+//!   endpoint's effective configuration. The effective configuration is the default
+//!   (as a rollout serves it), then the layers reaching the endpoint by ascending
+//!   priority (ties by layer name), then the endpoint's own whole configuration.
 //! - [`api`]: the axum REST API under `/api/v1`, its OpenAPI document, bearer tokens.
 //! - [`bus`]: the 6/CDTP provider, event publisher and event listeners.
 //! - [`ui`]: the rollout page at `/ui/` (plain HTML and JS over the REST API).
@@ -52,6 +58,7 @@ pub mod api;
 pub mod bus;
 pub mod config;
 pub mod core;
+pub mod layers;
 pub mod model;
 pub mod rollout;
 pub mod store;

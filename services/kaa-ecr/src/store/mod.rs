@@ -47,6 +47,7 @@ use super::model::{
     AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StatusEvent, StatusQuery,
     StatusRecord, StoredConfig,
 };
+use crate::layers::{EffectiveInputs, GroupName, Layer};
 use crate::rollout::{Report, Rollout};
 
 pub use postgres::PostgresStore;
@@ -76,6 +77,12 @@ pub enum StoreError {
         /// The revision stored now.
         current: u64,
     },
+    /// The named thing (an endpoint group) does not exist; nothing was changed.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store does not keep groups and layers.
+    #[error("this store does not keep endpoint groups and layers")]
+    NoLayers,
     /// The store does not keep rollouts.
     #[error("this store does not keep rollouts")]
     NoRollouts,
@@ -283,7 +290,8 @@ pub trait ConfigStore: Send + Sync + 'static {
     }
 
     /// Deletes everything about an endpoint (all its configurations in every app
-    /// version, its known-endpoint records, its status history); returns how many
+    /// version, its known-endpoint records, its group memberships, its status
+    /// history); returns how many
     /// configurations were deleted.
     async fn delete_endpoint(&self, endpoint_id: &EndpointId) -> Result<u64, StoreError>;
 
@@ -473,6 +481,234 @@ pub trait ConfigStore: Send + Sync + 'static {
     async fn lead_rollouts(&self) -> Result<bool, StoreError> {
         Ok(true)
     }
+
+    /// Creates the endpoint group `group` of `app_version`; `false` when it existed
+    /// (nothing changed). The default: [`StoreError::NoLayers`].
+    async fn create_group(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let _ = (app_version, group, now);
+        Err(StoreError::NoLayers)
+    }
+
+    /// Deletes the group and its memberships; `false` when there was none. Refused
+    /// ([`StoreError::Conflict`]) while a layer targets it, so deleting a group
+    /// never changes an effective configuration. The default:
+    /// [`StoreError::NoLayers`].
+    async fn delete_group(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+    ) -> Result<bool, StoreError> {
+        let _ = (app_version, group);
+        Err(StoreError::NoLayers)
+    }
+
+    /// Adds `add` to and removes `remove` from the group, in one transaction;
+    /// returns how many memberships were (added, removed). An endpoint in both
+    /// lists ends up removed. [`StoreError::NotFound`] when the group does not
+    /// exist. `announce`: the (endpoint, configuration name) pairs whose effective
+    /// configuration the change switches; a store with durable announcements records
+    /// them as due in the same transaction. The default: [`StoreError::NoLayers`].
+    async fn change_members(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        add: &[EndpointId],
+        remove: &[EndpointId],
+        announce: &[(EndpointId, ConfigName)],
+        now: UnixMillis,
+    ) -> Result<(u64, u64), StoreError> {
+        let _ = (app_version, group, add, remove, announce, now);
+        Err(StoreError::NoLayers)
+    }
+
+    /// One page of the groups of `app_version`, ordered by name. The default: none.
+    async fn groups(
+        &self,
+        app_version: &AppVersionName,
+        page: u32,
+        size: u32,
+    ) -> Result<Page<GroupSummary>, StoreError> {
+        let _ = (app_version, page, size);
+        Ok(Page {
+            content: Vec::new(),
+            total_elements: 0,
+        })
+    }
+
+    /// One page of the members of a group, ordered by endpoint ID; `None` when the
+    /// group does not exist. The default: none.
+    async fn group_members(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        page: u32,
+        size: u32,
+    ) -> Result<Option<Page<String>>, StoreError> {
+        let _ = (app_version, group, page, size);
+        Ok(None)
+    }
+
+    /// Creates or replaces the layer (its `created` is kept on a replace); returns
+    /// the layer before, if any. [`StoreError::NotFound`] when it targets a group
+    /// that does not exist. `announce`: the endpoints of its (app version, name)
+    /// whose effective configuration the write switches (durable announcements, as
+    /// in [`ConfigStore::change_members`]). The default: [`StoreError::NoLayers`].
+    async fn put_layer(
+        &self,
+        layer: &Layer,
+        announce: &[EndpointId],
+    ) -> Result<Option<Layer>, StoreError> {
+        let _ = (layer, announce);
+        Err(StoreError::NoLayers)
+    }
+
+    /// Deletes a layer; returns it (`None`: there was none). `announce` as in
+    /// [`ConfigStore::put_layer`]. The default: [`StoreError::NoLayers`].
+    async fn delete_layer(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        layer_name: &GroupName,
+        announce: &[EndpointId],
+        now: UnixMillis,
+    ) -> Result<Option<Layer>, StoreError> {
+        let _ = (app_version, name, layer_name, announce, now);
+        Err(StoreError::NoLayers)
+    }
+
+    /// The layers of `app_version` (of configuration `name`, or of every name), in
+    /// merge order per name ([`crate::layers::order`]). The default: none.
+    async fn layers(
+        &self,
+        app_version: &AppVersionName,
+        name: Option<&ConfigName>,
+    ) -> Result<Vec<Layer>, StoreError> {
+        let _ = (app_version, name);
+        Ok(Vec::new())
+    }
+
+    /// What the effective configuration of each key is made of besides its layers:
+    /// the own configuration or the base (the default as served, rollout applied),
+    /// and the endpoint's groups; in key order. [`crate::core::Ecr`] composes these
+    /// with [`ConfigStore::layers`] to predict a write (dry run, announcements) and
+    /// to explain. The default: the base from [`ConfigStore::effective_many`] (right
+    /// for a store without layers) and no groups.
+    async fn effective_inputs(
+        &self,
+        keys: &[EffectiveKey],
+    ) -> Result<Vec<EffectiveInputs>, StoreError> {
+        Ok(self
+            .effective_many(keys)
+            .await?
+            .into_iter()
+            .map(|base| EffectiveInputs {
+                base,
+                groups: Default::default(),
+            })
+            .collect())
+    }
+}
+
+/// One row of [`ConfigStore::groups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// The group's name.
+    pub group: String,
+    /// How many members it has.
+    pub members: u64,
+    /// When it was created.
+    pub created: UnixMillis,
+}
+
+/// The layers read for a set of keys, and the groups of their endpoints: what the
+/// stores compose their `effective` answers from.
+#[derive(Debug, Default)]
+pub(crate) struct LayerInputs {
+    /// (app version, name) → layers in merge order.
+    pub(crate) layers: std::collections::HashMap<(String, String), Vec<Layer>>,
+    /// (app version, endpoint) → groups.
+    pub(crate) groups:
+        std::collections::HashMap<(String, String), std::collections::BTreeSet<String>>,
+}
+
+impl LayerInputs {
+    /// Whether any layer targets a group (else the groups need not be read).
+    pub(crate) fn any_grouped(&self) -> bool {
+        self.layers
+            .values()
+            .flatten()
+            .any(|l| l.target != crate::layers::LayerTarget::All)
+    }
+
+    /// `found` (own configuration or base) of `key` with its layers composed.
+    pub(crate) fn compose(
+        &self,
+        key: &EffectiveKey,
+        found: Option<(StoredConfig, Source)>,
+    ) -> Option<(StoredConfig, Source)> {
+        if matches!(found, Some((_, Source::Endpoint))) {
+            return found;
+        }
+        let Some(layers) = self
+            .layers
+            .get(&(key.app_version.to_string(), key.name.to_string()))
+        else {
+            return found;
+        };
+        let inputs = EffectiveInputs {
+            base: found,
+            groups: self
+                .groups
+                .get(&(key.app_version.to_string(), key.endpoint_id.to_string()))
+                .cloned()
+                .unwrap_or_default(),
+        };
+        crate::layers::compose(&key.name, &inputs, layers)
+    }
+}
+
+/// A stored layer row: the columns of `sql::LAYER_COLUMNS`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_row(
+    app_version: String,
+    name: String,
+    layer_name: String,
+    priority: i64,
+    target_group: String,
+    patch: String,
+    created_ms: i64,
+    updated_ms: i64,
+) -> Result<Layer, StoreError> {
+    Ok(Layer {
+        app_version,
+        name,
+        layer_name,
+        priority,
+        target: crate::layers::LayerTarget::from_column(target_group),
+        patch: serde_json::from_str(&patch)
+            .map_err(|e| StoreError::Corrupt(format!("layer patch: {e}")))?,
+        created: UnixMillis(created_ms),
+        updated: UnixMillis(updated_ms),
+    })
+}
+
+/// The conflict of deleting a group a layer targets.
+pub(crate) fn group_targeted(group: &str, name: &str, layer_name: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "group {group} is the target of layer {layer_name} of configuration {name}: delete or retarget the layer first"
+    ))
+}
+
+/// The group a write names does not exist.
+pub(crate) fn no_group(app_version: &str, group: &str) -> StoreError {
+    StoreError::NotFound(format!(
+        "no endpoint group {group} in application version {app_version}"
+    ))
 }
 
 /// One row of [`ConfigStore::status_counts`].
@@ -655,6 +891,12 @@ pub(crate) mod sql {
     /// rollout as a JSON document (`doc`) beside the columns `effective` and the
     /// controller query; at most one active rollout per (app version, name), by a
     /// partial unique index.
+    /// Version 4 adds endpoint groups, their members and the layers (see
+    /// [`crate::layers`]); a layer's `target_group` is `''` for every endpoint.
+    /// The members' primary key leads with (app version, endpoint), the lookup every
+    /// effective answer makes: SQLite's planner (without statistics) took a covering
+    /// (app version, group, endpoint) key over a two-column index and scanned the
+    /// whole group per lookup (found by the 10,000-device fan-out with layers).
     pub(crate) const MIGRATIONS: &[&str] = &[
         "\
         CREATE TABLE configs (
@@ -716,7 +958,73 @@ pub(crate) mod sql {
         CREATE INDEX rollouts_by_app_version ON rollouts (app_version, created_ms);
         CREATE INDEX statuses_by_config ON statuses (app_version, name, config_id);
     ",
+        "\
+        CREATE TABLE endpoint_groups (
+            app_version TEXT NOT NULL,
+            group_name TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            PRIMARY KEY (app_version, group_name)
+        );
+        CREATE TABLE group_members (
+            app_version TEXT NOT NULL,
+            group_name TEXT NOT NULL,
+            endpoint_id TEXT NOT NULL,
+            PRIMARY KEY (app_version, endpoint_id, group_name)
+        );
+        CREATE INDEX group_members_by_group ON group_members (app_version, group_name, endpoint_id);
+        CREATE TABLE layers (
+            app_version TEXT NOT NULL,
+            name TEXT NOT NULL,
+            layer_name TEXT NOT NULL,
+            priority BIGINT NOT NULL,
+            target_group TEXT NOT NULL,
+            patch TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL,
+            PRIMARY KEY (app_version, name, layer_name)
+        );
+        CREATE INDEX layers_by_group ON layers (app_version, target_group);
+    ",
     ];
+    pub(crate) const GROUP_INSERT: &str = "INSERT INTO endpoint_groups (app_version, group_name, created_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (app_version, group_name) DO NOTHING";
+    pub(crate) const GROUP_EXISTS: &str =
+        "SELECT 1 FROM endpoint_groups WHERE app_version = $1 AND group_name = $2";
+    pub(crate) const GROUP_DELETE: &str =
+        "DELETE FROM endpoint_groups WHERE app_version = $1 AND group_name = $2";
+    pub(crate) const GROUP_DELETE_MEMBERS: &str =
+        "DELETE FROM group_members WHERE app_version = $1 AND group_name = $2";
+    pub(crate) const GROUP_TARGETED: &str = "SELECT name, layer_name FROM layers WHERE app_version = $1 AND target_group = $2 \
+         ORDER BY name, layer_name LIMIT 1";
+    pub(crate) const MEMBER_ADD: &str = "INSERT INTO group_members (app_version, group_name, endpoint_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (app_version, endpoint_id, group_name) DO NOTHING";
+    pub(crate) const MEMBER_REMOVE: &str =
+        "DELETE FROM group_members WHERE app_version = $1 AND group_name = $2 AND endpoint_id = $3";
+    pub(crate) const GROUPS_COUNT: &str =
+        "SELECT COUNT(*) FROM endpoint_groups WHERE app_version = $1";
+    pub(crate) const GROUPS_PAGE: &str = "SELECT g.group_name, g.created_ms, \
+         (SELECT COUNT(*) FROM group_members m WHERE m.app_version = g.app_version AND m.group_name = g.group_name) \
+         FROM endpoint_groups g WHERE g.app_version = $1 ORDER BY g.group_name LIMIT $2 OFFSET $3";
+    pub(crate) const MEMBERS_COUNT: &str =
+        "SELECT COUNT(*) FROM group_members WHERE app_version = $1 AND group_name = $2";
+    pub(crate) const MEMBERS_PAGE: &str = "SELECT endpoint_id FROM group_members WHERE app_version = $1 AND group_name = $2 \
+         ORDER BY endpoint_id LIMIT $3 OFFSET $4";
+    /// The groups of one endpoint in one app version.
+    pub(crate) const GROUPS_OF_ENDPOINT: &str =
+        "SELECT group_name FROM group_members WHERE app_version = $1 AND endpoint_id = $2";
+    pub(crate) const LAYER_COLUMNS: &str =
+        "app_version, name, layer_name, priority, target_group, patch, created_ms, updated_ms";
+    pub(crate) const LAYER_UPSERT: &str = "INSERT INTO layers (app_version, name, layer_name, priority, target_group, patch, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (app_version, name, layer_name) DO UPDATE SET \
+         priority = excluded.priority, target_group = excluded.target_group, patch = excluded.patch, updated_ms = excluded.updated_ms";
+    pub(crate) const LAYER_DELETE: &str =
+        "DELETE FROM layers WHERE app_version = $1 AND name = $2 AND layer_name = $3";
+    /// The layers of `$1` (of name `$2`, or every name when NULL).
+    pub(crate) fn layers_of() -> String {
+        format!(
+            "SELECT {LAYER_COLUMNS} FROM layers WHERE app_version = $1 AND (CAST($2 AS TEXT) IS NULL OR name = $2)"
+        )
+    }
     /// The table holding the schema version (one row).
     pub(crate) const VERSION_TABLE: &str =
         "CREATE TABLE IF NOT EXISTS ecr_schema_version (version INTEGER NOT NULL)";
@@ -740,6 +1048,8 @@ pub(crate) mod sql {
     pub(crate) const DELETE_ENDPOINT_CONFIGS: &str = "DELETE FROM configs WHERE endpoint_id = $1";
     pub(crate) const DELETE_ENDPOINT_KNOWN: &str =
         "DELETE FROM known_endpoints WHERE endpoint_id = $1";
+    pub(crate) const DELETE_ENDPOINT_GROUPS: &str =
+        "DELETE FROM group_members WHERE endpoint_id = $1";
     pub(crate) const DELETE_ENDPOINT_STATUSES: &str = "DELETE FROM statuses WHERE endpoint_id = $1";
     pub(crate) const STATUS_DISPATCHED: &str = "INSERT INTO statuses (endpoint_id, app_version, name, config_id, status, dispatched_ms, activity_ms) \
          VALUES ($1, $2, $3, $4, 'DISPATCHED', $5, $5) \

@@ -12,10 +12,12 @@ use kaa_ism::UnixMillis;
 
 use super::sqlite::{StatusRow, confirmed_status, status_record};
 use super::{
-    AnnouncementSink, AppVersionSummary, BatchTarget, ConfigStore, EffectiveKey, Overlay,
-    Precondition, PutOutcome, StatusCount, StatusWrite, StoreError, apply_overlay, sql,
+    AnnouncementSink, AppVersionSummary, BatchTarget, ConfigStore, EffectiveKey, GroupSummary,
+    LayerInputs, Overlay, Precondition, PutOutcome, StatusCount, StatusWrite, StoreError,
+    apply_overlay, sql,
 };
 use crate::core::EffectiveChange;
+use crate::layers::{EffectiveInputs, GroupName, Layer, LayerTarget};
 use crate::model::{
     AppVersionName, ConfigName, Content, DeliveryStatus, EndpointId, Page, Scope, Source,
     StatusEvent, StatusQuery, StatusRecord, StoredConfig,
@@ -68,6 +70,7 @@ fn pg_err(e: impl std::fmt::Display) -> StoreError {
 }
 
 const FOR_UPDATE: &str = " FOR UPDATE";
+const FOR_SHARE: &str = " FOR SHARE";
 
 /// The status events of one batch in ONE statement (one executor start and one
 /// round trip instead of one per event). Each row is the combined effect of every
@@ -265,9 +268,100 @@ async fn read_docs(
         .collect()
 }
 
+/// The layers of the keys' (app version, name) pairs, and, when one of them
+/// targets a group (or `groups` asks for them anyway), the groups of the keys'
+/// endpoints: two statements for any number of keys.
+async fn layer_inputs_on(
+    client: &impl GenericClient,
+    keys: &[EffectiveKey],
+    groups: bool,
+) -> Result<LayerInputs, StoreError> {
+    let mut inputs = LayerInputs::default();
+    let mut versions: Vec<&str> = keys.iter().map(|k| k.app_version.as_str()).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    let pairs: std::collections::HashSet<(&str, &str)> = keys
+        .iter()
+        .map(|k| (k.app_version.as_str(), k.name.as_str()))
+        .collect();
+    let s = client
+        .prepare_cached(&format!(
+            "SELECT {} FROM layers WHERE app_version = ANY($1)",
+            sql::LAYER_COLUMNS
+        ))
+        .await
+        .map_err(pg_err)?;
+    for row in client.query(&s, &[&versions]).await.map_err(pg_err)? {
+        let layer = layer_from_row(&row)?;
+        if pairs.contains(&(layer.app_version.as_str(), layer.name.as_str())) {
+            inputs
+                .layers
+                .entry((layer.app_version.clone(), layer.name.clone()))
+                .or_default()
+                .push(layer);
+        }
+    }
+    for layers in inputs.layers.values_mut() {
+        crate::layers::order(layers);
+    }
+    if groups || inputs.any_grouped() {
+        let mut endpoints: Vec<&str> = keys.iter().map(|k| k.endpoint_id.as_str()).collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        let s = client
+            .prepare_cached(
+                "SELECT app_version, endpoint_id, group_name FROM group_members WHERE endpoint_id = ANY($1)",
+            )
+            .await
+            .map_err(pg_err)?;
+        for row in client.query(&s, &[&endpoints]).await.map_err(pg_err)? {
+            let app: String = row.try_get(0).map_err(pg_err)?;
+            let endpoint: String = row.try_get(1).map_err(pg_err)?;
+            inputs
+                .groups
+                .entry((app, endpoint))
+                .or_default()
+                .insert(row.try_get(2).map_err(pg_err)?);
+        }
+    }
+    Ok(inputs)
+}
+
+fn layer_from_row(row: &Row) -> Result<Layer, StoreError> {
+    super::layer_row(
+        row.try_get(0).map_err(pg_err)?,
+        row.try_get(1).map_err(pg_err)?,
+        row.try_get(2).map_err(pg_err)?,
+        row.try_get(3).map_err(pg_err)?,
+        row.try_get(4).map_err(pg_err)?,
+        row.try_get(5).map_err(pg_err)?,
+        row.try_get(6).map_err(pg_err)?,
+        row.try_get(7).map_err(pg_err)?,
+    )
+}
+
 /// [`ConfigStore::effective_many`] on `client` (a pooled connection, or the
-/// announcer's transaction).
+/// announcer's transaction): the bases (own configuration or default as served,
+/// one statement) with their layers composed ([`layer_inputs_on`], at most two
+/// statements more, whatever the number of keys or layers).
 async fn effective_many_on(
+    client: &impl GenericClient,
+    keys: &[EffectiveKey],
+) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
+    let bases = base_many_on(client, keys).await?;
+    let inputs = layer_inputs_on(client, keys, false).await?;
+    if inputs.layers.is_empty() {
+        return Ok(bases);
+    }
+    Ok(keys
+        .iter()
+        .zip(bases)
+        .map(|(k, base)| inputs.compose(k, base))
+        .collect())
+}
+
+/// The own configurations or bases of `keys` (no layers).
+async fn base_many_on(
     client: &impl GenericClient,
     keys: &[EffectiveKey],
 ) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
@@ -546,6 +640,32 @@ impl PostgresStore {
         Ok(true)
     }
 
+    /// With durable announcements on, records in `tx` that `endpoints` are due to be
+    /// announced their configuration `name` of `app_version`; returns whether it did.
+    async fn outbox_endpoints(
+        &self,
+        tx: &impl GenericClient,
+        app_version: &str,
+        name: &str,
+        endpoints: &[EndpointId],
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        if !self.outbox.load(Ordering::Relaxed) || endpoints.is_empty() {
+            return Ok(false);
+        }
+        for chunk in endpoints.chunks(1000) {
+            let endpoints: Vec<&str> = chunk.iter().map(EndpointId::as_str).collect();
+            tx.execute(
+                "INSERT INTO announce_outbox (endpoint_id, app_version, name, created_ms) \
+                 SELECT e, $2, $3, $4 FROM unnest($1::text[]) AS e",
+                &[&endpoints, &app_version, &name, &now.0],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        Ok(true)
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pg_err)
     }
@@ -744,7 +864,17 @@ impl ConfigStore for PostgresStore {
                 Ok::<_, StoreError>((to_config(&row)?, source))
             })
             .transpose()?;
-        Ok(apply_overlay(found, endpoint_id.as_str(), overlay.as_ref()))
+        let found = apply_overlay(found, endpoint_id.as_str(), overlay.as_ref());
+        if matches!(found, Some((_, Source::Endpoint))) {
+            return Ok(found);
+        }
+        let key = EffectiveKey {
+            endpoint_id: endpoint_id.clone(),
+            app_version: app_version.clone(),
+            name: name.clone(),
+        };
+        let inputs = layer_inputs_on(&client, std::slice::from_ref(&key), false).await?;
+        Ok(inputs.compose(&key, found))
     }
 
     fn batches_lookups(&self) -> bool {
@@ -771,6 +901,9 @@ impl ConfigStore for PostgresStore {
             .await
             .map_err(pg_err)?;
         tx.execute(sql::DELETE_ENDPOINT_KNOWN, &[&id])
+            .await
+            .map_err(pg_err)?;
+        tx.execute(sql::DELETE_ENDPOINT_GROUPS, &[&id])
             .await
             .map_err(pg_err)?;
         tx.execute(sql::DELETE_ENDPOINT_STATUSES, &[&id])
@@ -979,6 +1112,7 @@ impl ConfigStore for PostgresStore {
             let corrupt = |e: crate::model::NameError| StoreError::Corrupt(e.to_string());
             let app = AppVersionName::new(app_version.as_str()).map_err(corrupt)?;
             let config_name = ConfigName::new(name.as_str()).map_err(corrupt)?;
+            let mut followers: Vec<(EffectiveKey, Option<StoredConfig>)> = Vec::new();
             for row in tx.query(&s, &[app_version, name]).await.map_err(pg_err)? {
                 let endpoint: String = row.try_get(0).map_err(pg_err)?;
                 let config = match row.try_get::<_, Option<String>>(2).map_err(pg_err)? {
@@ -994,10 +1128,26 @@ impl ConfigStore for PostgresStore {
                 let config =
                     apply_overlay(config.map(|c| (c, Source::Default)), &endpoint, overlay)
                         .map(|(c, _)| c);
+                followers.push((
+                    EffectiveKey {
+                        endpoint_id: EndpointId::new(endpoint).map_err(corrupt)?,
+                        app_version: app.clone(),
+                        name: config_name.clone(),
+                    },
+                    config,
+                ));
+            }
+            // Their layers composed over what they are served.
+            let keys: Vec<EffectiveKey> = followers.iter().map(|(k, _)| k.clone()).collect();
+            let inputs = layer_inputs_on(&tx, &keys, false).await?;
+            for (key, config) in followers {
+                let config = inputs
+                    .compose(&key, config.map(|c| (c, Source::Default)))
+                    .map(|(c, _)| c);
                 add(EffectiveChange {
-                    endpoint_id: EndpointId::new(endpoint).map_err(corrupt)?,
-                    app_version: app.clone(),
-                    name: config_name.clone(),
+                    endpoint_id: key.endpoint_id,
+                    app_version: key.app_version,
+                    name: key.name,
                     config,
                 });
             }
@@ -1233,6 +1383,323 @@ impl ConfigStore for PostgresStore {
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()
             .map_err(pg_err)?;
         Ok(super::summarise_app_versions(versions, defaults))
+    }
+
+    async fn effective_inputs(
+        &self,
+        keys: &[EffectiveKey],
+    ) -> Result<Vec<EffectiveInputs>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let bases = base_many_on(&client, keys).await?;
+        let mut inputs = layer_inputs_on(&client, keys, true).await?;
+        Ok(keys
+            .iter()
+            .zip(bases)
+            .map(|(k, base)| EffectiveInputs {
+                base,
+                groups: inputs
+                    .groups
+                    .remove(&(k.app_version.to_string(), k.endpoint_id.to_string()))
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn create_group(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                sql::GROUP_INSERT,
+                &[&app_version.as_str(), &group.as_str(), &now.0],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(n > 0)
+    }
+
+    async fn delete_group(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let (app, g) = (app_version.as_str(), group.as_str());
+        // The group row first, locked: a layer write targeting it waits for this.
+        let exists = tx
+            .query_opt(&format!("{}{FOR_UPDATE}", sql::GROUP_EXISTS), &[&app, &g])
+            .await
+            .map_err(pg_err)?
+            .is_some();
+        if let Some(row) = tx
+            .query_opt(sql::GROUP_TARGETED, &[&app, &g])
+            .await
+            .map_err(pg_err)?
+        {
+            let (name, layer): (String, String) = (
+                row.try_get(0).map_err(pg_err)?,
+                row.try_get(1).map_err(pg_err)?,
+            );
+            return Err(super::group_targeted(g, &name, &layer));
+        }
+        tx.execute(sql::GROUP_DELETE_MEMBERS, &[&app, &g])
+            .await
+            .map_err(pg_err)?;
+        tx.execute(sql::GROUP_DELETE, &[&app, &g])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(exists)
+    }
+
+    async fn change_members(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        add: &[EndpointId],
+        remove: &[EndpointId],
+        announce: &[(EndpointId, ConfigName)],
+        now: UnixMillis,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let (app, g) = (app_version.as_str(), group.as_str());
+        if tx
+            .query_opt(&format!("{}{FOR_SHARE}", sql::GROUP_EXISTS), &[&app, &g])
+            .await
+            .map_err(pg_err)?
+            .is_none()
+        {
+            return Err(super::no_group(app, g));
+        }
+        let add: Vec<&str> = add.iter().map(EndpointId::as_str).collect();
+        let remove: Vec<&str> = remove.iter().map(EndpointId::as_str).collect();
+        let added = tx
+            .execute(
+                "INSERT INTO group_members (app_version, group_name, endpoint_id) \
+                 SELECT $1, $2, e FROM unnest($3::text[]) AS e WHERE NOT (e = ANY($4)) \
+                 ON CONFLICT (app_version, endpoint_id, group_name) DO NOTHING",
+                &[&app, &g, &add, &remove],
+            )
+            .await
+            .map_err(pg_err)?;
+        let removed = tx
+            .execute(
+                "DELETE FROM group_members WHERE app_version = $1 AND group_name = $2 \
+                 AND endpoint_id = ANY($3)",
+                &[&app, &g, &remove],
+            )
+            .await
+            .map_err(pg_err)?;
+        let outbox = self.outbox.load(Ordering::Relaxed) && !announce.is_empty();
+        if outbox {
+            let endpoints: Vec<&str> = announce.iter().map(|(e, _)| e.as_str()).collect();
+            let names: Vec<&str> = announce.iter().map(|(_, n)| n.as_str()).collect();
+            tx.execute(
+                "INSERT INTO announce_outbox (endpoint_id, app_version, name, created_ms) \
+                 SELECT e, $2, n, $4 FROM unnest($1::text[], $3::text[]) AS t(e, n)",
+                &[&endpoints, &app, &names, &now.0],
+            )
+            .await
+            .map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        if outbox {
+            self.written.notify_one();
+        }
+        Ok((added, removed))
+    }
+
+    async fn groups(
+        &self,
+        app_version: &AppVersionName,
+        page: u32,
+        size: u32,
+    ) -> Result<Page<GroupSummary>, StoreError> {
+        let client = self.client().await?;
+        let app = app_version.as_str();
+        let total: i64 = client
+            .query_one(sql::GROUPS_COUNT, &[&app])
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        let size = i64::from(size.max(1));
+        let content = client
+            .query(sql::GROUPS_PAGE, &[&app, &size, &(i64::from(page) * size)])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                Ok(GroupSummary {
+                    group: r.try_get(0).map_err(pg_err)?,
+                    created: UnixMillis(r.try_get(1).map_err(pg_err)?),
+                    members: u64::try_from(r.try_get::<_, i64>(2).map_err(pg_err)?).unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Page {
+            content,
+            total_elements: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn group_members(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        page: u32,
+        size: u32,
+    ) -> Result<Option<Page<String>>, StoreError> {
+        let client = self.client().await?;
+        let (app, g) = (app_version.as_str(), group.as_str());
+        if client
+            .query_opt(sql::GROUP_EXISTS, &[&app, &g])
+            .await
+            .map_err(pg_err)?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let total: i64 = client
+            .query_one(sql::MEMBERS_COUNT, &[&app, &g])
+            .await
+            .map_err(pg_err)?
+            .try_get(0)
+            .map_err(pg_err)?;
+        let size = i64::from(size.max(1));
+        let content = client
+            .query(
+                sql::MEMBERS_PAGE,
+                &[&app, &g, &size, &(i64::from(page) * size)],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.try_get::<_, String>(0).map_err(pg_err))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Page {
+            content,
+            total_elements: u64::try_from(total).unwrap_or(0),
+        }))
+    }
+
+    async fn put_layer(
+        &self,
+        layer: &Layer,
+        announce: &[EndpointId],
+    ) -> Result<Option<Layer>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let (app, name) = (layer.app_version.as_str(), layer.name.as_str());
+        if let LayerTarget::Group(g) = &layer.target
+            && tx
+                .query_opt(&format!("{}{FOR_SHARE}", sql::GROUP_EXISTS), &[&app, g])
+                .await
+                .map_err(pg_err)?
+                .is_none()
+        {
+            return Err(super::no_group(app, g));
+        }
+        let previous = tx
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM layers WHERE app_version = $1 AND name = $2 AND layer_name = $3{FOR_UPDATE}",
+                    sql::LAYER_COLUMNS
+                ),
+                &[&app, &name, &layer.layer_name],
+            )
+            .await
+            .map_err(pg_err)?
+            .as_ref()
+            .map(layer_from_row)
+            .transpose()?;
+        tx.execute(
+            sql::LAYER_UPSERT,
+            &[
+                &app,
+                &name,
+                &layer.layer_name,
+                &layer.priority,
+                &layer.target.column(),
+                &layer.patch.to_string(),
+                &layer.updated.0,
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        let outbox = self
+            .outbox_endpoints(&tx, app, name, announce, layer.updated)
+            .await?;
+        tx.commit().await.map_err(pg_err)?;
+        if outbox {
+            self.written.notify_one();
+        }
+        Ok(previous)
+    }
+
+    async fn delete_layer(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        layer_name: &GroupName,
+        announce: &[EndpointId],
+        now: UnixMillis,
+    ) -> Result<Option<Layer>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let (app, n, l) = (app_version.as_str(), name.as_str(), layer_name.as_str());
+        let previous = tx
+            .query_opt(
+                &format!(
+                    "DELETE FROM layers WHERE app_version = $1 AND name = $2 AND layer_name = $3 RETURNING {}",
+                    sql::LAYER_COLUMNS
+                ),
+                &[&app, &n, &l],
+            )
+            .await
+            .map_err(pg_err)?
+            .as_ref()
+            .map(layer_from_row)
+            .transpose()?;
+        let outbox =
+            previous.is_some() && self.outbox_endpoints(&tx, app, n, announce, now).await?;
+        tx.commit().await.map_err(pg_err)?;
+        if outbox {
+            self.written.notify_one();
+        }
+        Ok(previous)
+    }
+
+    async fn layers(
+        &self,
+        app_version: &AppVersionName,
+        name: Option<&ConfigName>,
+    ) -> Result<Vec<Layer>, StoreError> {
+        let client = self.client().await?;
+        let name = name.map(ConfigName::as_str);
+        let mut layers = client
+            .query(&sql::layers_of(), &[&app_version.as_str(), &name])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(layer_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        layers.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = Vec::with_capacity(layers.len());
+        for chunk in layers.chunk_by_mut(|a, b| a.name == b.name) {
+            crate::layers::order(chunk);
+            out.extend(chunk.iter().cloned());
+        }
+        Ok(out)
     }
 
     async fn lead_rollouts(&self) -> Result<bool, StoreError> {

@@ -9,9 +9,10 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use kaa_ism::UnixMillis;
 
 use super::{
-    AppVersionSummary, BatchTarget, ConfigStore, Overlay, Precondition, PutOutcome, StatusCount,
-    StatusWrite, StoreError, apply_overlay, sql,
+    AppVersionSummary, BatchTarget, ConfigStore, EffectiveKey, GroupSummary, LayerInputs, Overlay,
+    Precondition, PutOutcome, StatusCount, StatusWrite, StoreError, apply_overlay, sql,
 };
+use crate::layers::{EffectiveInputs, GroupName, Layer};
 use crate::model::{
     AppVersionName, ConfigName, Content, DeliveryStatus, EndpointId, Page, Scope, Source,
     StatusEvent, StatusQuery, StatusRecord, StoredConfig,
@@ -165,6 +166,123 @@ fn overlay_of(
         })
     })
     .transpose()
+}
+
+/// The layers of `app_version` (of `name`, or every name when `None`), in merge
+/// order per name.
+fn layers_of(
+    conn: &Connection,
+    app_version: &str,
+    name: Option<&str>,
+) -> Result<Vec<Layer>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(q!(sql::layers_of()))
+        .map_err(sqlite_err)?;
+    let rows = stmt
+        .query_map(params![app_version, name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })
+        .map_err(sqlite_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sqlite_err)?;
+    let mut layers = rows
+        .into_iter()
+        .map(|(a, n, l, p, t, patch, c, u)| super::layer_row(a, n, l, p, t, patch, c, u))
+        .collect::<Result<Vec<_>, _>>()?;
+    layers.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = Vec::with_capacity(layers.len());
+    for chunk in layers.chunk_by_mut(|a, b| a.name == b.name) {
+        crate::layers::order(chunk);
+        out.extend(chunk.iter().cloned());
+    }
+    Ok(out)
+}
+
+/// The groups of `endpoint_id` in `app_version`.
+fn groups_of(
+    conn: &Connection,
+    app_version: &str,
+    endpoint_id: &str,
+) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(q!(sql::GROUPS_OF_ENDPOINT))
+        .map_err(sqlite_err)?;
+    stmt.query_map(params![app_version, endpoint_id], |r| r.get::<_, String>(0))
+        .map_err(sqlite_err)?
+        .collect::<Result<_, _>>()
+        .map_err(sqlite_err)
+}
+
+/// The own configuration or the base (default as served) of one key.
+fn base_of(
+    conn: &Connection,
+    endpoint_id: &str,
+    app_version: &str,
+    name: &str,
+) -> Result<Option<(StoredConfig, Source)>, StoreError> {
+    if let Some(c) = select_one(conn, endpoint_id, app_version, name)? {
+        return Ok(Some((c, Source::Endpoint)));
+    }
+    let found = select_one(conn, "", app_version, name)?.map(|c| (c, Source::Default));
+    let overlay = overlay_of(conn, app_version, name)?;
+    Ok(apply_overlay(found, endpoint_id, overlay.as_ref()))
+}
+
+/// The effective configuration of one key: its base with its layers composed.
+fn effective_of(
+    conn: &Connection,
+    key: &EffectiveKey,
+) -> Result<Option<(StoredConfig, Source)>, StoreError> {
+    let (endpoint, app, name) = (
+        key.endpoint_id.as_str(),
+        key.app_version.as_str(),
+        key.name.as_str(),
+    );
+    let found = base_of(conn, endpoint, app, name)?;
+    if matches!(found, Some((_, Source::Endpoint))) {
+        return Ok(found);
+    }
+    let layers = layers_of(conn, app, Some(name))?;
+    if layers.is_empty() {
+        return Ok(found);
+    }
+    let mut inputs = LayerInputs::default();
+    if layers
+        .iter()
+        .any(|l| l.target != crate::layers::LayerTarget::All)
+    {
+        inputs.groups.insert(
+            (app.to_owned(), endpoint.to_owned()),
+            groups_of(conn, app, endpoint)?,
+        );
+    }
+    inputs
+        .layers
+        .insert((app.to_owned(), name.to_owned()), layers);
+    Ok(inputs.compose(key, found))
+}
+
+/// Whether the group exists.
+fn group_exists(conn: &Connection, app_version: &str, group: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached(q!(sql::GROUP_EXISTS))
+        .and_then(|mut s| s.exists(params![app_version, group]))
+        .map_err(sqlite_err)
+}
+
+fn count(conn: &Connection, statement: &str, p: impl rusqlite::Params) -> Result<u64, StoreError> {
+    conn.prepare_cached(statement)
+        .and_then(|mut s| s.query_row(p, |r| r.get::<_, i64>(0)))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .map_err(sqlite_err)
 }
 
 fn put_in(
@@ -370,18 +488,259 @@ impl ConfigStore for SqliteStore {
         app_version: &AppVersionName,
         name: &ConfigName,
     ) -> Result<Option<(StoredConfig, Source)>, StoreError> {
-        let endpoint_id = endpoint_id.as_str().to_owned();
-        let app_version = app_version.as_str().to_owned();
-        let name = name.as_str().to_owned();
+        let key = EffectiveKey {
+            endpoint_id: endpoint_id.clone(),
+            app_version: app_version.clone(),
+            name: name.clone(),
+        };
+        self.read(move |tx| effective_of(tx, &key)).await
+    }
+
+    async fn effective_many(
+        &self,
+        keys: &[EffectiveKey],
+    ) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
+        let keys = keys.to_vec();
+        // One read transaction (one snapshot) for every key.
+        self.read(move |tx| keys.iter().map(|k| effective_of(tx, k)).collect())
+            .await
+    }
+
+    async fn effective_inputs(
+        &self,
+        keys: &[EffectiveKey],
+    ) -> Result<Vec<EffectiveInputs>, StoreError> {
+        let keys = keys.to_vec();
         self.read(move |tx| {
-            if let Some(c) = select_one(tx, &endpoint_id, &app_version, &name)? {
-                return Ok(Some((c, Source::Endpoint)));
-            }
-            let found = select_one(tx, "", &app_version, &name)?.map(|c| (c, Source::Default));
-            let overlay = overlay_of(tx, &app_version, &name)?;
-            Ok(apply_overlay(found, &endpoint_id, overlay.as_ref()))
+            keys.iter()
+                .map(|k| {
+                    let (e, a, n) = (
+                        k.endpoint_id.as_str(),
+                        k.app_version.as_str(),
+                        k.name.as_str(),
+                    );
+                    Ok(EffectiveInputs {
+                        base: base_of(tx, e, a, n)?,
+                        groups: groups_of(tx, a, e)?,
+                    })
+                })
+                .collect()
         })
         .await
+    }
+
+    async fn create_group(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let (app, group) = (app_version.to_string(), group.to_string());
+        self.write(move |tx| {
+            let n = tx
+                .execute(q!(sql::GROUP_INSERT), params![app, group, now.0])
+                .map_err(sqlite_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_group(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+    ) -> Result<bool, StoreError> {
+        let (app, group) = (app_version.to_string(), group.to_string());
+        self.write(move |tx| {
+            let targeted = tx
+                .prepare_cached(q!(sql::GROUP_TARGETED))
+                .and_then(|mut s| {
+                    s.query_row(params![app, group], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(sqlite_err)?;
+            if let Some((name, layer)) = targeted {
+                return Err(super::group_targeted(&group, &name, &layer));
+            }
+            tx.execute(q!(sql::GROUP_DELETE_MEMBERS), params![app, group])
+                .map_err(sqlite_err)?;
+            let n = tx
+                .execute(q!(sql::GROUP_DELETE), params![app, group])
+                .map_err(sqlite_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn change_members(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        add: &[EndpointId],
+        remove: &[EndpointId],
+        _announce: &[(EndpointId, ConfigName)],
+        _now: UnixMillis,
+    ) -> Result<(u64, u64), StoreError> {
+        let (app, group) = (app_version.to_string(), group.to_string());
+        let add: Vec<String> = add.iter().map(ToString::to_string).collect();
+        let remove: Vec<String> = remove.iter().map(ToString::to_string).collect();
+        self.write(move |tx| {
+            if !group_exists(tx, &app, &group)? {
+                return Err(super::no_group(&app, &group));
+            }
+            let (mut added, mut removed) = (0u64, 0u64);
+            let mut s = tx.prepare_cached(q!(sql::MEMBER_ADD)).map_err(sqlite_err)?;
+            for e in &add {
+                added += s.execute(params![app, group, e]).map_err(sqlite_err)? as u64;
+            }
+            let mut s = tx
+                .prepare_cached(q!(sql::MEMBER_REMOVE))
+                .map_err(sqlite_err)?;
+            for e in &remove {
+                let n = s.execute(params![app, group, e]).map_err(sqlite_err)? as u64;
+                if add.contains(e) {
+                    added = added.saturating_sub(n);
+                } else {
+                    removed += n;
+                }
+            }
+            Ok((added, removed))
+        })
+        .await
+    }
+
+    async fn groups(
+        &self,
+        app_version: &AppVersionName,
+        page: u32,
+        size: u32,
+    ) -> Result<Page<GroupSummary>, StoreError> {
+        let app = app_version.to_string();
+        self.read(move |tx| {
+            let total = count(tx, q!(sql::GROUPS_COUNT), params![app])?;
+            let size = i64::from(size.max(1));
+            let mut stmt = tx
+                .prepare_cached(q!(sql::GROUPS_PAGE))
+                .map_err(sqlite_err)?;
+            let content = stmt
+                .query_map(params![app, size, i64::from(page) * size], |r| {
+                    Ok(GroupSummary {
+                        group: r.get(0)?,
+                        created: UnixMillis(r.get(1)?),
+                        members: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                    })
+                })
+                .map_err(sqlite_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sqlite_err)?;
+            Ok(Page {
+                content,
+                total_elements: total,
+            })
+        })
+        .await
+    }
+
+    async fn group_members(
+        &self,
+        app_version: &AppVersionName,
+        group: &GroupName,
+        page: u32,
+        size: u32,
+    ) -> Result<Option<Page<String>>, StoreError> {
+        let (app, group) = (app_version.to_string(), group.to_string());
+        self.read(move |tx| {
+            if !group_exists(tx, &app, &group)? {
+                return Ok(None);
+            }
+            let total = count(tx, q!(sql::MEMBERS_COUNT), params![app, group])?;
+            let size = i64::from(size.max(1));
+            let mut stmt = tx
+                .prepare_cached(q!(sql::MEMBERS_PAGE))
+                .map_err(sqlite_err)?;
+            let content = stmt
+                .query_map(params![app, group, size, i64::from(page) * size], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(sqlite_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sqlite_err)?;
+            Ok(Some(Page {
+                content,
+                total_elements: total,
+            }))
+        })
+        .await
+    }
+
+    async fn put_layer(
+        &self,
+        layer: &Layer,
+        _announce: &[EndpointId],
+    ) -> Result<Option<Layer>, StoreError> {
+        let layer = layer.clone();
+        self.write(move |tx| {
+            if let crate::layers::LayerTarget::Group(g) = &layer.target
+                && !group_exists(tx, &layer.app_version, g)?
+            {
+                return Err(super::no_group(&layer.app_version, g));
+            }
+            let previous = layers_of(tx, &layer.app_version, Some(&layer.name))?
+                .into_iter()
+                .find(|l| l.layer_name == layer.layer_name);
+            tx.execute(
+                q!(sql::LAYER_UPSERT),
+                params![
+                    layer.app_version,
+                    layer.name,
+                    layer.layer_name,
+                    layer.priority,
+                    layer.target.column(),
+                    layer.patch.to_string(),
+                    layer.updated.0
+                ],
+            )
+            .map_err(sqlite_err)?;
+            Ok(previous)
+        })
+        .await
+    }
+
+    async fn delete_layer(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+        layer_name: &GroupName,
+        _announce: &[EndpointId],
+        _now: UnixMillis,
+    ) -> Result<Option<Layer>, StoreError> {
+        let (app, name, layer_name) = (
+            app_version.to_string(),
+            name.to_string(),
+            layer_name.to_string(),
+        );
+        self.write(move |tx| {
+            let previous = layers_of(tx, &app, Some(&name))?
+                .into_iter()
+                .find(|l| l.layer_name == layer_name);
+            tx.execute(q!(sql::LAYER_DELETE), params![app, name, layer_name])
+                .map_err(sqlite_err)?;
+            Ok(previous)
+        })
+        .await
+    }
+
+    async fn layers(
+        &self,
+        app_version: &AppVersionName,
+        name: Option<&ConfigName>,
+    ) -> Result<Vec<Layer>, StoreError> {
+        let app = app_version.to_string();
+        let name = name.map(ToString::to_string);
+        self.read(move |tx| layers_of(tx, &app, name.as_deref()))
+            .await
     }
 
     async fn delete_endpoint(&self, endpoint_id: &EndpointId) -> Result<u64, StoreError> {
@@ -391,6 +750,8 @@ impl ConfigStore for SqliteStore {
                 .execute(q!(sql::DELETE_ENDPOINT_CONFIGS), [&endpoint_id])
                 .map_err(sqlite_err)?;
             tx.execute(q!(sql::DELETE_ENDPOINT_KNOWN), [&endpoint_id])
+                .map_err(sqlite_err)?;
+            tx.execute(q!(sql::DELETE_ENDPOINT_GROUPS), [&endpoint_id])
                 .map_err(sqlite_err)?;
             tx.execute(q!(sql::DELETE_ENDPOINT_STATUSES), [&endpoint_id])
                 .map_err(sqlite_err)?;

@@ -1,0 +1,567 @@
+//! Endpoint groups and layers (#20): the store rules on SQLite and PostgreSQL
+//! (groups, members, layers, effective answers composed, batched lookups), the
+//! announcements of a layer change on PostgreSQL through the outbox, and the REST
+//! routes (groups, members, layers, explain, dry runs).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use kaa_examples::ecr::api::{self, Authenticator};
+use kaa_examples::ecr::core::{AppVersions, Ecr, EffectiveChange, LayerChange};
+use kaa_examples::ecr::layers::{GroupName, Layer, LayerTarget};
+use kaa_examples::ecr::model::{Content, Source};
+use kaa_examples::ecr::store::{
+    self, AnnouncementSink, ConfigStore, EffectiveKey, Precondition, StoreError,
+};
+use kaa_examples::service::Metrics;
+use kaa_ism::UnixMillis;
+use kaa_testkit::ecr::{app, default_scope, ep, ep_scope, name};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+kaa_testkit::both_stores!(groups_and_layers_in_the_store);
+
+fn group(s: &str) -> GroupName {
+    GroupName::new(s).unwrap()
+}
+
+fn layer(a: &str, n: &str, l: &str, priority: i64, target: Option<&str>, patch: Value) -> Layer {
+    Layer {
+        app_version: a.into(),
+        name: n.into(),
+        layer_name: l.into(),
+        priority,
+        target: target.map_or(LayerTarget::All, |g| LayerTarget::Group(g.into())),
+        patch,
+        created: UnixMillis(10),
+        updated: UnixMillis(10),
+    }
+}
+
+fn key(e: &str, a: &str, n: &str) -> EffectiveKey {
+    EffectiveKey {
+        endpoint_id: ep(e),
+        app_version: app(a),
+        name: name(n),
+    }
+}
+
+async fn content_of(s: &Arc<dyn ConfigStore>, e: &str) -> Option<Value> {
+    s.effective(&ep(e), &app("v1"), &name("default"))
+        .await
+        .unwrap()
+        .map(|(c, _)| serde_json::from_str(&c.content).unwrap())
+}
+
+async fn groups_and_layers_in_the_store(url: &str) {
+    let s = store::open(url).await.unwrap();
+    let (v1, n) = (app("v1"), name("default"));
+    let t = UnixMillis(5);
+    assert!(s.create_group(&v1, &group("g1"), t).await.unwrap());
+    assert!(!s.create_group(&v1, &group("g1"), t).await.unwrap());
+    assert!(s.create_group(&v1, &group("g2"), t).await.unwrap());
+    // Members in batches, pages.
+    let ids: Vec<_> = (0..25).map(|i| ep(&format!("e{i:02}"))).collect();
+    let (added, removed) = s
+        .change_members(&v1, &group("g1"), &ids, &[], &[], t)
+        .await
+        .unwrap();
+    assert_eq!((added, removed), (25, 0));
+    let (added, removed) = s
+        .change_members(&v1, &group("g1"), &ids[..2], &ids[20..], &[], t)
+        .await
+        .unwrap();
+    assert_eq!((added, removed), (0, 5));
+    let page = s
+        .group_members(&v1, &group("g1"), 1, 8)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.total_elements, 20);
+    assert_eq!(
+        page.content,
+        ["e08", "e09", "e10", "e11", "e12", "e13", "e14", "e15"]
+    );
+    assert!(
+        s.group_members(&v1, &group("nope"), 0, 8)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        s.change_members(&v1, &group("nope"), &ids, &[], &[], t)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    let groups = s.groups(&v1, 0, 10).await.unwrap();
+    assert_eq!(groups.total_elements, 2);
+    assert_eq!(groups.content[0].group, "g1");
+    assert_eq!(groups.content[0].members, 20);
+    assert_eq!(groups.content[1].members, 0);
+
+    // Layers: default, then every endpoint (priority 1), then g1 (priority 5).
+    s.put(
+        &default_scope("v1"),
+        &n,
+        &Content::from_value(&json!({"a": 1, "b": {"c": 1, "d": 1}})),
+        &Precondition::None,
+        t,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.put_layer(
+            &layer("v1", "default", "x", 1, Some("nope"), json!({})),
+            &[]
+        )
+        .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.put_layer(
+            &layer("v1", "default", "all", 1, None, json!({"a": 2})),
+            &[]
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    s.put_layer(
+        &layer(
+            "v1",
+            "default",
+            "site",
+            5,
+            Some("g1"),
+            json!({"b": {"c": null, "e": 3}}),
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    // Equal priority: the layer name sorting last wins.
+    s.put_layer(
+        &layer("v1", "default", "all2", 1, None, json!({"a": 3})),
+        &[],
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = s
+        .layers(&v1, Some(&n))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.layer_name)
+        .collect();
+    assert_eq!(names, ["all", "all2", "site"]);
+    assert_eq!(
+        content_of(&s, "e01").await.unwrap(),
+        json!({"a": 3, "b": {"d": 1, "e": 3}})
+    );
+    assert_eq!(
+        content_of(&s, "x1").await.unwrap(),
+        json!({"a": 3, "b": {"c": 1, "d": 1}})
+    );
+    // The own configuration wins whole.
+    s.put(
+        &ep_scope("e02", "v1"),
+        &n,
+        &Content::from_value(&json!({"own": true})),
+        &Precondition::None,
+        t,
+    )
+    .await
+    .unwrap();
+    assert_eq!(content_of(&s, "e02").await.unwrap(), json!({"own": true}));
+    // The batched lookups agree with the single ones.
+    let keys = [
+        key("e01", "v1", "default"),
+        key("x1", "v1", "default"),
+        key("e02", "v1", "default"),
+        key("e01", "v1", "other"),
+    ];
+    let many = s.effective_many(&keys).await.unwrap();
+    for (k, found) in keys.iter().zip(&many) {
+        let one = s
+            .effective(&k.endpoint_id, &k.app_version, &k.name)
+            .await
+            .unwrap();
+        assert_eq!(&one, found, "{k:?}");
+    }
+    assert_eq!(many[2].as_ref().unwrap().1, Source::Endpoint);
+    assert_eq!(many[3], None);
+    // Inputs: base unlayered, groups.
+    let inputs = s.effective_inputs(&keys[..2]).await.unwrap();
+    assert_eq!(inputs[0].groups, BTreeSet::from(["g1".to_owned()]));
+    assert!(inputs[1].groups.is_empty());
+    assert_eq!(
+        inputs[0].base.as_ref().unwrap().0.content,
+        r#"{"a":1,"b":{"c":1,"d":1}}"#
+    );
+    // A targeted group cannot be deleted; an untargeted one can.
+    assert!(matches!(
+        s.delete_group(&v1, &group("g1")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.delete_group(&v1, &group("g2")).await.unwrap());
+    assert!(!s.delete_group(&v1, &group("g2")).await.unwrap());
+    // Deleting a layer.
+    let gone = s
+        .delete_layer(&v1, &n, &group("site"), &[], t)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(gone.target, LayerTarget::Group("g1".into()));
+    assert_eq!(
+        content_of(&s, "e01").await.unwrap(),
+        json!({"a": 3, "b": {"c": 1, "d": 1}})
+    );
+    assert!(s.delete_group(&v1, &group("g1")).await.unwrap());
+    // Deleting an endpoint forgets its memberships.
+    s.create_group(&v1, &group("g3"), t).await.unwrap();
+    s.change_members(&v1, &group("g3"), &[ep("e05")], &[], &[], t)
+        .await
+        .unwrap();
+    s.delete_endpoint(&ep("e05")).await.unwrap();
+    assert_eq!(
+        s.group_members(&v1, &group("g3"), 0, 10)
+            .await
+            .unwrap()
+            .unwrap()
+            .total_elements,
+        0
+    );
+    // Durable: a store opened again has them.
+    drop(s);
+    let s = store::open(url).await.unwrap();
+    assert_eq!(s.layers(&v1, None).await.unwrap().len(), 2);
+    assert_eq!(s.groups(&v1, 0, 10).await.unwrap().total_elements, 1);
+}
+
+struct Collect(Mutex<Vec<EffectiveChange>>);
+
+#[async_trait]
+impl AnnouncementSink for Collect {
+    async fn announce(&self, changes: &[EffectiveChange]) -> Result<(), String> {
+        self.0.lock().unwrap().extend_from_slice(changes);
+        Ok(())
+    }
+}
+
+/// On PostgreSQL with durable announcements, a layer change and a membership
+/// change are recorded in the outbox in their transactions, for exactly the
+/// endpoints whose effective configuration changes, and the announcer announces
+/// their layered configurations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_layer_announcements_go_through_the_outbox() {
+    let Some(db) = kaa_testkit::ecr::PgTestDb::create(
+        "layers::postgres_layer_announcements_go_through_the_outbox",
+    )
+    .await
+    else {
+        return;
+    };
+    let s = store::open(&db.url).await.unwrap();
+    assert!(s.enable_durable_announcements());
+    let ecr = Ecr::new(Arc::clone(&s), AppVersions::open(), None);
+    let (v1, n) = (app("v1"), name("default"));
+    let now = UnixMillis(100);
+    ecr.put(
+        &default_scope("v1"),
+        &n,
+        &json!({"a": 1}),
+        &Precondition::None,
+        now,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<_> = (0..30).map(|i| ep(&format!("e{i:02}"))).collect();
+    for e in &ids {
+        ecr.learn_endpoint(e, &v1).await.unwrap();
+    }
+    ecr.create_group(&v1, &group("g"), now).await.unwrap();
+    ecr.change_members(&v1, &group("g"), &ids[..10], &[], false, now)
+        .await
+        .unwrap();
+    let sink = Collect(Mutex::new(Vec::new()));
+    while s.announce_pending(1000, &sink).await.unwrap() > 0 {}
+    sink.0.lock().unwrap().clear();
+
+    let (_, predicted) = ecr
+        .write_layer(
+            &v1,
+            &n,
+            LayerChange::Put(layer("v1", "default", "l", 1, Some("g"), json!({"b": 2}))),
+            false,
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(predicted.changes.len(), 10);
+    while s.announce_pending(1000, &sink).await.unwrap() > 0 {}
+    let got: BTreeSet<String> = sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c.config.as_ref().unwrap().content, r#"{"a":1,"b":2}"#);
+            c.endpoint_id.to_string()
+        })
+        .collect();
+    let expect: BTreeSet<String> = ids[..10].iter().map(ToString::to_string).collect();
+    assert_eq!(got, expect);
+    // Moving one endpoint into the group announces that one.
+    sink.0.lock().unwrap().clear();
+    ecr.change_members(&v1, &group("g"), &ids[20..21], &[], false, now)
+        .await
+        .unwrap();
+    while s.announce_pending(1000, &sink).await.unwrap() > 0 {}
+    let got: Vec<String> = sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.endpoint_id.to_string())
+        .collect();
+    assert_eq!(got, ["e20"]);
+}
+
+// ------------------------------------------------------------------------ REST
+
+async fn call(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .unwrap();
+    let response = app.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn rest_groups_layers_explain_and_dry_runs() {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let store = store::open(&db.url).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut apps = AppVersions::open();
+    apps.add_schema(
+        "kettle",
+        &json!({"type": "object", "properties": {"rate": {"type": "integer", "maximum": 100}}}),
+    )
+    .unwrap();
+    let ecr = Arc::new(Ecr::new(Arc::clone(&store), apps, Some(tx)));
+    let app_ = api::app(
+        Arc::clone(&ecr),
+        Authenticator::disabled(),
+        1 << 20,
+        Metrics::new("ecr"),
+    );
+    let a = &app_;
+    let base = "/api/v1/app-versions/kettle";
+    let (s, _) = call(
+        a,
+        Method::PUT,
+        base,
+        Some(json!({"rate": 10, "mode": "eco"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    for i in 0..20 {
+        ecr.learn_endpoint(&ep(&format!("k{i:02}")), &app("kettle"))
+            .await
+            .unwrap();
+    }
+    while rx.try_recv().is_ok() {}
+
+    // Groups.
+    let (s, _) = call(a, Method::PUT, &format!("{base}/groups/north"), None).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, _) = call(a, Method::PUT, &format!("{base}/groups/north"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let members: Vec<String> = (0..5).map(|i| format!("k{i:02}")).collect();
+    let (s, body) = call(
+        a,
+        Method::POST,
+        &format!("{base}/groups/north/members"),
+        Some(json!({"add": members})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["added"], 5);
+    assert_eq!(body["changed"], 0, "no layer targets it yet");
+    let (s, body) = call(a, Method::GET, &format!("{base}/groups?size=1"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["content"][0]["members"], 5);
+    let (s, body) = call(
+        a,
+        Method::GET,
+        &format!("{base}/groups/north/members?page=1&size=2"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["content"], json!(["k02", "k03"]));
+    assert_eq!(body["totalElements"], 5);
+    let (s, _) = call(
+        a,
+        Method::GET,
+        &format!("{base}/groups/south/members"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A layer: dry run first (nothing stored, nothing announced), then for real.
+    let layer_body = json!({"priority": 10, "group": "north", "patch": {"rate": 50}});
+    let (s, dry) = call(
+        a,
+        Method::PUT,
+        &format!("{base}/layers/cold?dryRun=true"),
+        Some(layer_body.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    assert_eq!(dry["dryRun"], true);
+    assert_eq!(dry["changed"], 5);
+    assert_eq!(
+        dry["examples"][0]["patch"],
+        json!([{"op": "replace", "path": "/rate", "value": 50}])
+    );
+    assert_eq!(dry["schema"][0]["valid"], true);
+    assert_eq!(dry["schema"][0]["endpoints"], 5);
+    assert!(rx.try_recv().is_err(), "a dry run announces nothing");
+    let (s, _) = call(a, Method::GET, &format!("{base}/layers/cold"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a dry run stores nothing");
+    let (s, body) = call(
+        a,
+        Method::PUT,
+        &format!("{base}/layers/cold"),
+        Some(layer_body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["group"], "north");
+    let mut announced = BTreeSet::new();
+    while let Ok(c) = rx.try_recv() {
+        assert_eq!(c.config.unwrap().content, r#"{"mode":"eco","rate":50}"#);
+        announced.insert(c.endpoint_id.to_string());
+    }
+    assert_eq!(announced, members.iter().cloned().collect());
+    // Effective and explain.
+    let (s, body) = call(
+        a,
+        Method::GET,
+        "/api/v1/endpoints/k01/app-versions/kettle/effective",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["config"], r#"{"mode":"eco","rate":50}"#);
+    let (s, body) = call(
+        a,
+        Method::GET,
+        "/api/v1/endpoints/k01/app-versions/kettle/explain",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["leaves"],
+        json!([
+            {"pointer": "/mode", "value": "eco", "source": "default", "layer": null, "rolloutId": null, "step": null},
+            {"pointer": "/rate", "value": 50, "source": "layer", "layer": "cold", "rolloutId": null, "step": null},
+        ])
+    );
+    // A dry run of a would-be schema violation says so, and stores nothing.
+    let (s, dry) = call(
+        a,
+        Method::PUT,
+        &format!("{base}/layers/hot?dryRun=true"),
+        Some(json!({"priority": 1, "patch": {"rate": 500}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(dry["changed"], 15, "the layer is under `cold` for north");
+    assert_eq!(dry["schema"][0]["valid"], false);
+    // Dry runs of the other writes.
+    let (s, dry) = call(
+        a,
+        Method::PUT,
+        &format!("{base}?dryRun=true"),
+        Some(json!({"rate": 11, "mode": "eco"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(dry["changed"], 15, "north keeps rate 50");
+    let (s, dry) = call(
+        a,
+        Method::POST,
+        &format!("{base}/groups/north/members?dryRun=true"),
+        Some(json!({"remove": ["k00"], "add": ["k10"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(dry["changed"], 2);
+    let (s, dry) = call(
+        a,
+        Method::DELETE,
+        "/api/v1/endpoints/k01/app-versions/kettle?dryRun=true",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(dry["changed"], 0, "k01 has no own configuration");
+    let (s, dry) = call(
+        a,
+        Method::PUT,
+        "/api/v1/endpoints/k01/app-versions/kettle?dryRun=true",
+        Some(json!({"rate": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(dry["changed"], 1);
+    let (s, dry) = call(
+        a,
+        Method::DELETE,
+        &format!("{base}/layers/cold?dryRun=true"),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(dry["changed"], 5);
+    assert!(rx.try_recv().is_err(), "dry runs announce nothing");
+    // A targeted group cannot be deleted.
+    let (s, body) = call(a, Method::DELETE, &format!("{base}/groups/north"), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let (s, body) = call(a, Method::GET, &format!("{base}/layers"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    let (s, _) = call(a, Method::DELETE, &format!("{base}/layers/cold"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let mut n = 0;
+    while let Ok(c) = rx.try_recv() {
+        assert_eq!(c.config.unwrap().content, r#"{"mode":"eco","rate":10}"#);
+        n += 1;
+    }
+    assert_eq!(n, 5);
+    let (s, _) = call(a, Method::DELETE, &format!("{base}/groups/north"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}
