@@ -14,11 +14,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use kaa_examples::stack::{Stack, StackOptions};
 use serde_json::{Value, json};
 
-mod rollout_common;
-use rollout_common::{APP, Rest, start_fleet, wait_until};
+use kaa_testkit::fleet::{APP, Rest, embedded_stack, start_fleet, wait_until};
 
 const GROUPS: [&str; 3] = ["north", "south", "west"];
 
@@ -53,18 +51,7 @@ async fn a_layer_change_reaches_exactly_its_group() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
-    let options = StackOptions {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
-        store_url: format!("sqlite://{}", dir.path().join("ecr.db").display()),
-        register_listen: "127.0.0.1:0".parse().unwrap(),
-        register_store_url: format!("sqlite://{}", dir.path().join("epr.db").display()),
-    };
-    let stack = Stack::start(&options).await.expect("stack starts");
-    let rest = Rest {
-        client: reqwest::Client::new(),
-        base: format!("http://{}", stack.http_addr()),
-    };
+    let (stack, rest) = embedded_stack(dir.path()).await;
     let base = format!("/app-versions/{APP}");
     rest.send(
         reqwest::Method::PUT,

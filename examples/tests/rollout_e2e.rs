@@ -17,11 +17,9 @@
 
 use std::time::{Duration, Instant};
 
-use kaa_examples::stack::{Stack, StackOptions};
 use serde_json::json;
 
-mod rollout_common;
-use rollout_common::{APP, Rest, rollout_body, start_fleet, wait_until};
+use kaa_testkit::fleet::{APP, embedded_stack, rollout_body, start_fleet, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollouts_over_mqtt_with_a_thousand_devices() {
@@ -30,18 +28,7 @@ async fn rollouts_over_mqtt_with_a_thousand_devices() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
-    let options = StackOptions {
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-        mqtt_listen: "127.0.0.1:0".parse().unwrap(),
-        store_url: format!("sqlite://{}", dir.path().join("ecr.db").display()),
-        register_listen: "127.0.0.1:0".parse().unwrap(),
-        register_store_url: format!("sqlite://{}", dir.path().join("epr.db").display()),
-    };
-    let stack = Stack::start(&options).await.expect("stack starts");
-    let rest = Rest {
-        client: reqwest::Client::new(),
-        base: format!("http://{}", stack.http_addr()),
-    };
+    let (stack, rest) = embedded_stack(dir.path()).await;
     let v1 = rest
         .send(
             reqwest::Method::PUT,

@@ -16,8 +16,7 @@ use kaa_bus::test_support::{PrivateNatsServer, free_port};
 use kaa_testkit::fault::{PrivatePostgres, ServiceProcess, ThreeServices};
 use serde_json::json;
 
-mod rollout_common;
-use rollout_common::{APP, Rest, rollout_body, start_fleet, wait_until};
+use kaa_testkit::fleet::{APP, Rest, rollout_body, start_fleet, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_resumes_after_sigkill_of_ecr_with_a_thousand_devices() {

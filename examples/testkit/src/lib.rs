@@ -14,6 +14,8 @@
 //!   or three processes over NATS), with the behaviours both deployments share.
 //! - [`fault`]: the fault-injection harness (private PostgreSQL and NATS, restartable
 //!   service processes, a fleet of reconnecting devices).
+//! - [`fleet`]: REST calls, the in-process stack and a fleet of simulated devices
+//!   for the rollout and layer tests at fleet scale.
 //! - [`bench`]: settings from the environment and percentiles for the load benches.
 //! - [`mini_mqtt`], [`mqtt_device`], [`log_capture`]: a minimal MQTT packet writer
 //!   and reader, a rumqttc device connection, an in-memory `tracing` writer.
@@ -34,6 +36,7 @@ pub mod cmx;
 pub mod e2e;
 pub mod ecr;
 pub mod fault;
+pub mod fleet;
 pub mod kpc;
 pub mod log_capture;
 pub mod mini_mqtt;

@@ -1,23 +1,28 @@
-//! Helpers of the rollout end-to-end tests (`rollout_e2e`, `rollout_fault`): the
-//! REST calls they make, and the fleet of simulated devices.
-
-// Each test binary uses part of it.
-#![allow(dead_code)]
+//! What the fleet-scale end-to-end tests share (`rollout_e2e`, `rollout_fault`,
+//! `layers_e2e`): the REST calls they make, the whole stack in one process, and a
+//! fleet of simulated devices (`kaa_examples::device`) of which every tenth
+//! rejects configurations with `/bad` = `true`.
 
 use std::time::{Duration, Instant};
 
 use kaa_examples::device::{self, Connection, Decision, DeviceOptions, RejectIf, RejectRules};
+use kaa_examples::stack::{Stack, StackOptions};
 use serde_json::{Value, json};
 
-pub(crate) const APP: &str = "rollout-e2e";
+/// The app version the fleet and the tests use.
+pub const APP: &str = "rollout-e2e";
 
-pub(crate) struct Rest {
-    pub(crate) client: reqwest::Client,
-    pub(crate) base: String,
+/// The REST API of a running ECR (`base`: `http://host:port`), asserting success.
+pub struct Rest {
+    /// The HTTP client.
+    pub client: reqwest::Client,
+    /// `http://host:port`.
+    pub base: String,
 }
 
 impl Rest {
-    pub(crate) async fn get(&self, path: &str) -> Value {
+    /// `GET /api/v1<path>`: the JSON answer (a 2xx asserted).
+    pub async fn get(&self, path: &str) -> Value {
         let r = self
             .client
             .get(format!("{}/api/v1{path}", self.base))
@@ -28,7 +33,8 @@ impl Rest {
         r.json().await.unwrap()
     }
 
-    pub(crate) async fn send(&self, method: reqwest::Method, path: &str, body: &Value) -> Value {
+    /// `<method> /api/v1<path>` with a JSON body: the JSON answer (a 2xx asserted).
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: &Value) -> Value {
         let r = self
             .client
             .request(method, format!("{}/api/v1{path}", self.base))
@@ -43,7 +49,7 @@ impl Rest {
     }
 
     /// Endpoints whose latest status for the default is `config_id` applied.
-    pub(crate) async fn applied(&self, config_id: &str) -> u64 {
+    pub async fn applied(&self, config_id: &str) -> u64 {
         let counts = self
             .get(&format!("/app-versions/{APP}/status-counts"))
             .await;
@@ -55,7 +61,8 @@ impl Rest {
             .map_or(0, |c| c["applied"].as_u64().unwrap())
     }
 
-    pub(crate) async fn wait_rollout(
+    /// Polls `GET /rollouts/<id>` until `done` holds for it (within `limit`).
+    pub async fn wait_rollout(
         &self,
         id: &str,
         limit: Duration,
@@ -76,7 +83,8 @@ impl Rest {
     }
 }
 
-pub(crate) async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+/// Polls `check` every 250 ms until it holds; fails after `limit`, naming `what`.
+pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !check().await {
         assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
@@ -84,7 +92,10 @@ pub(crate) async fn wait_until(what: &str, limit: Duration, mut check: impl Asyn
     }
 }
 
-pub(crate) fn rollout_body(config: Value, steps: &[f64], max_rejected: f64, soak: u64) -> Value {
+/// A rollout request body: `config` in `steps` (percent), a 90% gate with a
+/// `soak` in seconds, aborting past `max_rejected` percent of at least 10 reports,
+/// reverting on abort.
+pub fn rollout_body(config: Value, steps: &[f64], max_rejected: f64, soak: u64) -> Value {
     json!({
         "config": config,
         "steps": steps,
@@ -97,7 +108,7 @@ pub(crate) fn rollout_body(config: Value, steps: &[f64], max_rejected: f64, soak
 /// Starts `devices` simulated devices (`dev-0`…) against `mqtt`, observing the
 /// default of [`APP`] and applying what they get; every tenth rejects
 /// configurations with `/bad` = `true`. Each reconnects when its connection drops.
-pub(crate) async fn start_fleet(
+pub async fn start_fleet(
     devices: usize,
     mqtt: std::net::SocketAddr,
     extension: &str,
@@ -128,4 +139,22 @@ pub(crate) async fn start_fleet(
         }
     }
     fleet
+}
+
+/// The whole stack in this process (ECR, CMX, KPC on the in-memory bus, SQLite
+/// files in `dir`) on ephemeral ports, and its REST API.
+pub async fn embedded_stack(dir: &std::path::Path) -> (Stack, Rest) {
+    let options = StackOptions {
+        http_listen: "127.0.0.1:0".parse().expect("address"),
+        mqtt_listen: "127.0.0.1:0".parse().expect("address"),
+        store_url: format!("sqlite://{}", dir.join("ecr.db").display()),
+        register_listen: "127.0.0.1:0".parse().expect("address"),
+        register_store_url: format!("sqlite://{}", dir.join("epr.db").display()),
+    };
+    let stack = Stack::start(&options).await.expect("stack starts");
+    let rest = Rest {
+        client: reqwest::Client::new(),
+        base: format!("http://{}", stack.http_addr()),
+    };
+    (stack, rest)
 }
