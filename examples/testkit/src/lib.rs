@@ -16,7 +16,7 @@
 //!   service processes, a fleet of reconnecting devices).
 //! - [`fleet`]: REST calls, the in-process stack and a fleet of simulated devices
 //!   for the rollout and layer tests at fleet scale.
-//! - [`bench`]: settings from the environment and percentiles for the load benches.
+//! - [`bench`](mod@bench): settings from the environment and percentiles for the load benches.
 //! - [`mini_mqtt`], [`mqtt_device`], [`log_capture`]: a minimal MQTT packet writer
 //!   and reader, a rumqttc device connection, an in-memory `tracing` writer.
 //!
