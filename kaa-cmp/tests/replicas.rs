@@ -357,50 +357,140 @@ fn endpoints_learned_just_after_a_change_take_updates_for_any_name() {
     );
 }
 
-/// A replica joining live members pushes nothing to the endpoints it takes over
-/// for `handover_delay`: the replica giving them up may have pushed a moment
-/// before it saw the join, on another connection, and a newer push from the new
-/// owner could overtake that one (`fault_replicas` cmx-kill under load: a device
-/// got `seq` 41, 37, 41). Pushes wanted meanwhile go out when the hold ends;
-/// answers to the device's own requests do not wait. Alone, or when another
-/// member leaves, nothing is held (a replica that left pushes no more).
+/// An engine of `replica` with a hand-over fence of `fence_ms`.
+fn fenced_engine(replica: &str, fence_ms: u64) -> World {
+    let mut c = support::config();
+    c.replica_id = replica.into();
+    c.handover_delay = std::time::Duration::from_millis(fence_ms);
+    World::with(c)
+}
+
+/// A replica joining live members delivers nothing to the endpoints it takes
+/// over (no push, no answer) until the others confirm they applied the new
+/// member list: the replica giving them up may have pushed a moment before it
+/// saw the join, on another connection, and a newer delivery from the new
+/// owner could overtake that push (`fault_replicas` cmx-kill under load: a
+/// device got `seq` 41, 37, 41; with a fixed 1 s hold instead of the
+/// confirmations, 39, 35, 43). Without every confirmation the fence lifts at
+/// `handover_delay`: what was wanted meanwhile goes out then. Alone, or when
+/// another member leaves, nothing is held (a replica that left pushes no
+/// more).
 #[test]
-fn a_replica_joining_live_members_holds_its_pushes() {
+fn a_replica_joining_live_members_holds_its_deliveries_until_the_deadline() {
     let two = ["cmx-1", "cmx-2"];
     let mine = endpoint_of("cmx-1", &two);
-    let mut c = support::config();
-    c.replica_id = "cmx-1".into();
-    c.handover_delay = std::time::Duration::from_millis(1000);
-    let mut w = World::with(c);
+    let mut w = fenced_engine("cmx-1", 1000);
     w.provider.set(&mine, AV, None, "{}");
     // cmx-1 (re)starts and joins cmx-2, which served `mine` meanwhile.
     w.cmx.set_members(&two, w.now);
+    assert!(w.cmx.handover_fenced());
     w.connect(&[&mine]);
     assert!(w.take(&mine).is_empty(), "no push during the hand-over");
     assert!(w.requests.is_empty(), "nor a fetch for one");
-    // The device asks: answered at once.
+    // The device asks: fetched, but not answered while the fence is up.
     w.send(&mine, "/config/json", Some(1), "{}");
-    let answer = w.take_one(&mine);
-    assert_eq!((answer.request_id, answer.status_code), (Some(1), 200));
-    // A newer configuration during the hold: pushed when it ends.
+    assert!(w.take(&mine).is_empty(), "no answer during the hand-over");
+    // A newer configuration during the hold: delivered when it ends.
     w.update(&mine, None, r#"{"v":2}"#);
     w.advance(500);
     assert!(w.take(&mine).is_empty(), "still held");
     w.advance(600);
-    let push = w.take_one(&mine);
-    assert!(push.is_push());
-    assert_eq!(config_id(&push).as_deref(), Some("cfg-2"));
+    assert!(!w.cmx.handover_fenced());
+    let got = w.take(&mine);
+    let answer = got
+        .iter()
+        .find(|m| m.request_id == Some(1))
+        .expect("the request answered when the fence lifts");
+    assert_eq!(answer.status_code, 200);
+    assert_eq!(config_id(answer).as_deref(), Some("cfg-2"), "the newest");
+    assert!(
+        got.iter().all(|m| config_id(m).as_deref() == Some("cfg-2")),
+        "nothing older delivered after the hold: {got:#?}"
+    );
+    assert_eq!(w.cmx.stats().handover_fences_timed_out, 1);
+    assert_eq!(w.cmx.stats().handover_fences_confirmed, 0);
     // After the hold, pushes go out at once.
     w.update(&mine, None, r#"{"v":3}"#);
     assert_eq!(config_id(&w.take_one(&mine)).as_deref(), Some("cfg-3"));
 
     // Alone, or when the other member leaves: no hold.
-    let mut c = support::config();
-    c.replica_id = "cmx-1".into();
-    c.handover_delay = std::time::Duration::from_millis(1000);
-    let mut alone = World::with(c);
+    let mut alone = fenced_engine("cmx-1", 1000);
     alone.provider.set(&mine, AV, None, "{}");
     alone.cmx.set_members(&["cmx-1"], alone.now);
+    assert!(!alone.cmx.handover_fenced());
     alone.connect(&[&mine]);
     assert_eq!(alone.take(&mine).len(), 1, "a push on connect at once");
+    let mut left = fenced_engine("cmx-1", 1000);
+    left.provider.set(&mine, AV, None, "{}");
+    left.cmx.set_members(&["cmx-1"], left.now);
+    left.cmx.set_members(&two, left.now);
+    left.advance(1000);
+    left.cmx.set_members(&["cmx-1"], left.now);
+    assert!(!left.cmx.handover_fenced(), "another member left: no fence");
+}
+
+/// The fence lifts as soon as every other member has confirmed the view the
+/// joining replica applied ([`Cmx::set_member_view`], which the driver feeds
+/// from the members' keys): a confirmation of an older view, or by a replica
+/// that is not a member, does not count; with three members both others must
+/// confirm. Answers held meanwhile go out in request order, and an answer
+/// that a newer `ConfigUpdated` overtook while held is fetched again first.
+#[test]
+fn a_replica_joining_live_members_delivers_once_the_others_confirm_its_view() {
+    use kaa_cmp::engine::membership_view;
+    let three = ["cmx-1", "cmx-2", "cmx-3"];
+    let mine = endpoint_of("cmx-1", &three);
+    let mut w = fenced_engine("cmx-1", 60_000);
+    w.provider.set(&mine, AV, None, r#"{"v":1}"#);
+    w.cmx.set_members(&three, w.now);
+    let view = w.cmx.membership_view();
+    assert_eq!(view, membership_view(&["cmx-3", "cmx-1", "cmx-2"]));
+    assert_ne!(view, membership_view(&["cmx-2", "cmx-3"]));
+    w.connect(&[&mine]);
+    w.send(&mine, "/config/json", Some(7), "{}");
+    assert!(w.take(&mine).is_empty(), "held");
+    let fetches = w.requests.len();
+    assert!(fetches >= 1, "the fetch goes on during the fence");
+    // A newer configuration while the answer is held: the held answer is
+    // stale when the fence lifts.
+    let u = w.provider.set(&mine, AV, None, r#"{"v":2}"#);
+    // cmx-2 confirms the list it had before cmx-1 joined: not enough.
+    w.cmx
+        .set_member_view("cmx-2", membership_view(&["cmx-2", "cmx-3"]), w.now);
+    // A replica that is not a member: ignored.
+    w.cmx.set_member_view("cmx-9", view, w.now);
+    // cmx-2 confirms the new list; cmx-3 has not yet.
+    w.cmx.set_member_view("cmx-2", view, w.now);
+    w.drain();
+    assert!(w.cmx.handover_fenced());
+    assert!(w.take(&mine).is_empty(), "still held for cmx-3");
+    w.cmx.handle_config_updated(&u, w.now);
+    w.drain();
+    assert!(w.take(&mine).is_empty(), "still held for cmx-3");
+    w.cmx.set_member_view("cmx-3", view, w.now);
+    w.drain();
+    assert!(!w.cmx.handover_fenced());
+    let got = w.take(&mine);
+    let answer = got
+        .iter()
+        .find(|m| m.request_id == Some(7))
+        .expect("answered once both confirmed");
+    assert_eq!(
+        config_id(answer).as_deref(),
+        Some("cfg-2"),
+        "the newest: {got:#?}"
+    );
+    assert!(
+        got.iter().all(|m| config_id(m).as_deref() == Some("cfg-2")),
+        "nothing older delivered: {got:#?}"
+    );
+    assert!(
+        w.requests.len() > fetches,
+        "the stale held answer was fetched again"
+    );
+    assert_eq!(w.cmx.stats().handover_fences_confirmed, 1);
+    assert!(w.cmx.stats().handover_held_answers >= 1);
+    // Pushes after the fence go out at once.
+    w.update(&mine, None, r#"{"v":3}"#);
+    assert_eq!(config_id(&w.take_one(&mine)).as_deref(), Some("cfg-3"));
 }

@@ -16,8 +16,22 @@
 //! - **Broadcasts** (`ConfigUpdated`, 9/ELCE events): to every live engine at
 //!   once; `ConfigUpdated` through the bag (reordered, duplicated), 9/ELCE in
 //!   order (a session's lifecycle).
-//! - **CMX → device** (`ExtensionData`): FIFO per device, from every replica;
-//!   what is on its way when the session ends is lost with it.
+//! - **CMX → device** (`ExtensionData`): each replica publishes on its own
+//!   connection, FIFO per replica and device ([`Action::Transmit`] moves one
+//!   message to the server), and the server delivers FIFO per device: two
+//!   replicas' messages for one device can reach it in either order, as on
+//!   NATS. A replica's messages reach the server at the latest when it flushes
+//!   (a graceful stop, and the hand-over confirmation below); a crashed
+//!   replica's unsent ones are lost. What is on its way when the session ends
+//!   is lost with it.
+//! - **Hand-over fence**: after applying a member list, a replica's driver
+//!   flushes and then confirms the list ([`Cmx::set_member_view`], fed to
+//!   every live engine as its watch of the members' keys would); a replica
+//!   that joined live members delivers nothing until the others confirm its
+//!   view or `handover_delay` passes. Without it (`fence: false`: no flush, no
+//!   confirmation, `handover_delay` zero) an older push of the replica giving
+//!   an endpoint up can reach the device after the new owner's newer one
+//!   ([`without_the_fence_an_older_push_overtakes_the_new_owners`]).
 //! - **Membership**: a graceful stop or a start changes every live engine's
 //!   member list at once ([`Input::Members`]); a crash leaves the dead replica
 //!   in the list until an `Expire` action (its key's expiry) removes it, so for
@@ -32,7 +46,8 @@
 //!
 //! 1. **Never older after newer** per device (endpoint, app version, name)
 //!    across all engines, and the shape of every response
-//!    (`kaa_cmp::test_support`), on every output.
+//!    (`kaa_cmp::test_support`), on every output as it is sent and again in
+//!    the order the device receives them.
 //! 2. **At most one CDTP request in flight per endpoint and name across all
 //!    engines between membership changes** (per engine, always).
 //! 3. **Convergence** once quiet: every connected device holds the provider's
@@ -128,6 +143,12 @@ enum Action {
     ApplyView {
         r: usize,
     },
+    /// The server receives the oldest message replica `r` published for
+    /// device `ep` and queues it to the device.
+    Transmit {
+        r: usize,
+        ep: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -149,7 +170,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => r.clone().prop_map(|r| Action::Crash { r }),
         1 => Just(Action::Expire),
         2 => r.clone().prop_map(|r| Action::Start { r }),
-        3 => r.prop_map(|r| Action::ApplyView { r }),
+        3 => r.clone().prop_map(|r| Action::ApplyView { r }),
+        8 => (r, 0..ENDPOINTS).prop_map(|(r, ep)| Action::Transmit { r, ep }),
     ]
 }
 
@@ -231,6 +253,19 @@ struct Sim {
     /// while views differed (counted, not failed).
     overlaps: u64,
     order_breaks: u64,
+    /// With `lag`: configurations a device received older than one it had
+    /// received before (counted, not failed).
+    receipt_breaks: u64,
+    /// The drivers flush and confirm each member list they apply, and the
+    /// engines hold deliveries at a join until confirmed (see the module docs).
+    fence: bool,
+    /// The view each replica last confirmed (its key's value), `None` while
+    /// it has not or is down.
+    confirmed_views: Vec<Option<u64>>,
+    /// Published by replica `r` for device `ep`, not yet at the server.
+    outbound: Vec<Vec<VecDeque<OutgoingExtensionData>>>,
+    /// In the order devices received them.
+    received: ConfigOrder,
     provider: FakeProvider,
     now: i64,
     bag: Vec<Msg>,
@@ -300,6 +335,14 @@ impl Sim {
             pending_views: REPLICAS.iter().map(|_| VecDeque::new()).collect(),
             overlaps: 0,
             order_breaks: 0,
+            receipt_breaks: 0,
+            fence: true,
+            confirmed_views: REPLICAS.iter().map(|_| None).collect(),
+            outbound: REPLICAS
+                .iter()
+                .map(|_| (0..ENDPOINTS).map(|_| VecDeque::new()).collect())
+                .collect(),
+            received: ConfigOrder::default(),
             provider: FakeProvider::new(),
             now: 1_000_000,
             bag: Vec::new(),
@@ -373,7 +416,49 @@ impl Sim {
                 self.own_in_flight[r].forget(&ep_id(ep));
             }
         }
-        self.drain(r)
+        self.drain(r)?;
+        if self.fence {
+            // The driver: what it published reaches the server, then its key
+            // says which list it acts on, and every replica's watch sees it.
+            self.flush(r);
+            self.confirmed_views[r] = self.replicas[r].engine.as_ref().map(Cmx::membership_view);
+            self.share_views()?;
+        }
+        Ok(())
+    }
+
+    /// The server receives everything replica `r` published.
+    fn flush(&mut self, r: usize) {
+        for ep in 0..ENDPOINTS {
+            let queued = std::mem::take(&mut self.outbound[r][ep]);
+            self.to_device[ep].extend(queued);
+        }
+    }
+
+    /// Every live engine learns the other replicas' confirmed views.
+    fn share_views(&mut self) -> Result<(), TestCaseError> {
+        let views: Vec<(usize, u64)> = self
+            .confirmed_views
+            .iter()
+            .enumerate()
+            .filter_map(|(q, v)| v.map(|v| (q, v)))
+            .collect();
+        for r in self.live() {
+            for &(q, view) in &views {
+                if q != r {
+                    self.on(r, |cmx, now| {
+                        cmx.handle_input(
+                            Input::MemberView {
+                                replica: REPLICAS[q],
+                                view,
+                            },
+                            now,
+                        );
+                    })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn apply_pending_view(&mut self, r: usize) -> Result<(), TestCaseError> {
@@ -389,6 +474,10 @@ impl Sim {
         }
         let mut config = support::config();
         config.replica_id = REPLICAS[r].into();
+        if !self.fence {
+            config.handover_delay = Duration::ZERO;
+        }
+        self.confirmed_views[r] = None;
         self.replicas[r].generation += 1;
         config.correlation_prefix =
             Some(format!("{}-g{}", REPLICAS[r], self.replicas[r].generation));
@@ -414,9 +503,17 @@ impl Sim {
             return Ok(());
         }
         self.replicas[r].engine = None;
+        self.confirmed_views[r] = None;
         if graceful {
+            // The drain flushes the bus before the process ends.
+            self.flush(r);
             self.replicas[r].member = false;
             self.publish_members(None)?;
+        } else {
+            // Unsent messages die with the process.
+            for q in &mut self.outbound[r] {
+                q.clear();
+            }
         }
         Ok(())
     }
@@ -479,7 +576,7 @@ impl Sim {
                     if let Some(id) = m.request_id {
                         self.answered_by.entry((ep, id)).or_default().insert(r);
                     }
-                    self.to_device[ep].push_back(m);
+                    self.outbound[r][ep].push_back(m);
                 }
                 Output::HandOver(h) => {
                     let to = replica_index(&h.owner)
@@ -587,13 +684,23 @@ impl Sim {
         self.client_data(ep, &path, Some(request_id), payload);
     }
 
-    fn device_receives(&mut self, ep: usize, m: OutgoingExtensionData) {
-        let d = &mut self.devices[ep];
-        if !d.connected {
-            return;
+    fn device_receives(
+        &mut self,
+        ep: usize,
+        m: OutgoingExtensionData,
+    ) -> Result<(), TestCaseError> {
+        if !self.devices[ep].connected {
+            return Ok(());
         }
+        if let Err(v) = self.received.check(&m, &self.provider) {
+            if !self.lag {
+                return Err(TestCaseError::fail(format!("as received: {v}")));
+            }
+            self.receipt_breaks += 1;
+        }
+        let d = &mut self.devices[ep];
         let Some(name) = name_index(&m.resource_path) else {
-            return;
+            return Ok(());
         };
         if let Some(request_id) = m.request_id
             && d.outstanding
@@ -607,7 +714,7 @@ impl Sim {
             }
         }
         let Some(payload) = &m.payload else {
-            return;
+            return Ok(());
         };
         if let Ok(CmpResponse::Config { config_id, .. }) = CmpResponse::from_json(payload) {
             if m.is_push() {
@@ -624,6 +731,7 @@ impl Sim {
             let payload = AppliedRequest::applied(config_id).to_json();
             self.client_data(ep, &path, None, payload);
         }
+        Ok(())
     }
 
     fn deliver(&mut self, msg: Msg) -> Result<(), TestCaseError> {
@@ -778,6 +886,9 @@ impl Sim {
                     self.devices[ep].connected = false;
                     // What was on its way to the session is lost with it.
                     self.to_device[ep].clear();
+                    for queues in &mut self.outbound {
+                        queues[ep].clear();
+                    }
                     self.elce.push_back(Elce::Disconnected(DisconnectedEvent {
                         correlation_id: "d".into(),
                         timestamp: self.now,
@@ -808,7 +919,12 @@ impl Sim {
             Action::DeliverElce => self.deliver_elce()?,
             Action::DeliverToDevice { ep } => {
                 if let Some(m) = self.to_device[ep].pop_front() {
-                    self.device_receives(ep, m);
+                    self.device_receives(ep, m)?;
+                }
+            }
+            Action::Transmit { r, ep } => {
+                if let Some(m) = self.outbound[r][ep].pop_front() {
+                    self.to_device[ep].push_back(m);
                 }
             }
             Action::Advance { ms } => self.tick(ms)?,
@@ -826,6 +942,7 @@ impl Sim {
             && self.elce.is_empty()
             && self.to_cmx.iter().all(VecDeque::is_empty)
             && self.to_device.iter().all(VecDeque::is_empty)
+            && self.outbound.iter().flatten().all(VecDeque::is_empty)
             && self
                 .devices
                 .iter()
@@ -871,8 +988,14 @@ impl Sim {
                         self.deliver_to_cmx(ep, pick)?;
                         progressed = true;
                     }
+                    for r in 0..REPLICAS.len() {
+                        if let Some(m) = self.outbound[r][ep].pop_front() {
+                            self.to_device[ep].push_back(m);
+                            progressed = true;
+                        }
+                    }
                     if let Some(m) = self.to_device[ep].pop_front() {
-                        self.device_receives(ep, m);
+                        self.device_receives(ep, m)?;
                         progressed = true;
                     }
                 }
@@ -1047,4 +1170,64 @@ fn without_membership_the_model_sees_the_issue() {
     })();
     let e = result.expect_err("two replicas fetch for one connect");
     assert!(e.to_string().contains("two CDTP requests in flight"), "{e}");
+}
+
+/// The hand-over race the fence closes, step by step: cmx-1 and cmx-2 run,
+/// and an endpoint that cmx-3 will own is served by one of them, which
+/// publishes a push of v2 that the server has not received yet when cmx-3
+/// joins. cmx-3 takes the endpoint over and pushes v3; if the server gets
+/// cmx-3's push first, the device receives v3 and then the older v2. With the
+/// fence (the old owner flushes and confirms the new member list before the
+/// new owner delivers anything) v2 reaches the server first; without it, the
+/// receipt check sees the older configuration arrive last.
+#[test]
+fn without_the_fence_an_older_push_overtakes_the_new_owners() {
+    fn race(fence: bool) -> Result<Sim, TestCaseError> {
+        let ep = (0..ENDPOINTS)
+            .find(|ep| kaa_cmp::engine::rendezvous_owner(&REPLICAS, &ep_id(*ep)) == Some("cmx-3"))
+            .expect("an endpoint cmx-3 owns among four");
+        let old_owner = kaa_cmp::engine::rendezvous_owner(&REPLICAS[..2], &ep_id(ep))
+            .and_then(replica_index)
+            .unwrap();
+        let mut sim = Sim::new(true, 0);
+        sim.fence = fence;
+        sim.start(0)?;
+        sim.start(1)?;
+        sim.provider.set(&ep_id(ep), AV, None, "{\"v\":1}");
+        sim.step(&Action::Connect { ep })?;
+        sim.step(&Action::DeliverElce)?;
+        sim.settle(1)?;
+        // v2: the old owner fetches it and publishes the push, which stays
+        // on its connection.
+        sim.step(&Action::Update { ep, name: 0 })?;
+        while !sim.bag.is_empty() {
+            sim.step(&Action::Deliver { pick: 0 })?;
+        }
+        assert_eq!(sim.outbound[old_owner][ep].len(), 1, "the v2 push, unsent");
+        // cmx-3 joins and takes the endpoint over; v3 is written.
+        sim.start(2)?;
+        sim.step(&Action::Update { ep, name: 0 })?;
+        for _ in 0..50 {
+            while !sim.bag.is_empty() {
+                sim.step(&Action::Deliver { pick: 0 })?;
+            }
+            // cmx-3's messages reach the server first.
+            while let Some(m) = sim.outbound[2][ep].pop_front() {
+                sim.to_device[ep].push_back(m);
+            }
+            while let Some(m) = sim.to_device[ep].pop_front() {
+                sim.device_receives(ep, m)?;
+            }
+            sim.tick(200)?;
+        }
+        sim.settle(2)?;
+        sim.check_convergence()?;
+        Ok(sim)
+    }
+    race(true).expect("with the fence, nothing older arrives after newer");
+    let e = match race(false) {
+        Err(e) => e,
+        Ok(_) => panic!("without the fence the older push arrives last"),
+    };
+    assert!(e.to_string().contains("as received"), "{e}");
 }

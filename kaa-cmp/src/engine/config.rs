@@ -87,13 +87,16 @@ pub struct CmxConfig {
     /// differ. Default 10 s.
     pub membership_settle: Duration,
     /// Replicas (kaa-rs extension): when this replica joins members that are
-    /// alive, the endpoints it takes from them get no push from it for this
-    /// long (a push wanted meanwhile goes out when it ends). The replica giving
-    /// an endpoint up may have pushed it a moment before it saw the join, on
-    /// another connection; pushing at once could overtake that push with a
-    /// newer configuration and let the older arrive last (seen in
-    /// `fault_replicas` cmx-kill under load: `seq` 41, 37, 41). Default 1 s;
-    /// zero: no hold.
+    /// alive, it delivers nothing (no push, no answer; the 6/CDTP fetches go
+    /// on) until every other member has confirmed it applied the new member
+    /// list ([`Cmx::set_member_view`](super::Cmx::set_member_view)), and at
+    /// most this long. The replica giving an endpoint up may have pushed it a
+    /// moment before it saw the join, on another connection; delivering at
+    /// once could overtake that push with a newer configuration and let the
+    /// older arrive last (seen in `fault_replicas` cmx-kill under load: `seq`
+    /// 41, 37, 41, and again with a fixed 1 s hold: 39, 35, 43). Default 5 s
+    /// (normally cut short by the confirmations, within milliseconds); zero: no
+    /// fence.
     pub handover_delay: Duration,
     /// Configuration deltas (kaa-rs extension, [`crate::delta`]): the bound, in
     /// bytes, of the cache of configurations that patches start from (config ID
@@ -132,7 +135,7 @@ impl CmxConfig {
             broadcast_implicit_applied: false,
             app_versions: None,
             membership_settle: Duration::from_secs(10),
-            handover_delay: Duration::from_secs(1),
+            handover_delay: Duration::from_secs(5),
             delta_cache_bytes: 16 * 1024 * 1024,
         }
     }

@@ -137,8 +137,18 @@ impl Cmx {
         }
     }
 
-    /// Ends the CDTP request `seq` with `fetched`.
+    /// Ends the CDTP request `seq` with `fetched`; while the hand-over fence
+    /// is up, keeps it (the request stays pending) until it is lifted.
     pub(super) fn complete(&mut self, seq: u64, fetched: Fetched, now: UnixMillis) {
+        if let Some(fence) = self.membership.fence.as_mut() {
+            if self.pending.contains_key(&seq)
+                && let std::collections::btree_map::Entry::Vacant(v) = fence.answers.entry(seq)
+            {
+                v.insert(fetched);
+                self.stats.handover_held_answers += 1;
+            }
+            return;
+        }
         let Some(mut p) = self.pending.remove(&seq) else {
             return;
         };

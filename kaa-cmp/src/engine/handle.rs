@@ -36,6 +36,7 @@ impl Cmx {
                 self.handle_handed_over(&message, reply_to, now)
             }
             Input::Members(replicas) => self.set_members(replicas, now),
+            Input::MemberView { replica, view } => self.set_member_view(replica, view, now),
             Input::ConfigResponse(m) => self.handle_config_response(&m, now),
             Input::ConfigUpdated(m) => self.handle_config_updated(&m, now),
             Input::Event(e) => self.handle_elce_event(&e, now),

@@ -57,6 +57,16 @@ pub enum Input<'a> {
     /// [`Cmx::set_members`](super::Cmx::set_members). Replica IDs; an empty
     /// list turns membership off (this replica serves every endpoint).
     Members(&'a [&'a str]),
+    /// Another replica of this CMX instance confirmed the member list it
+    /// applied (kaa-rs extension, from the driver: e.g. the value of that
+    /// replica's key in the membership bucket); see
+    /// [`Cmx::set_member_view`](super::Cmx::set_member_view).
+    MemberView {
+        /// The replica ID.
+        replica: &'a str,
+        /// The [`membership_view`](super::membership_view) it applied.
+        view: u64,
+    },
     /// The engine's deadline ([`Cmx::poll_timeout`](super::Cmx::poll_timeout))
     /// passed.
     Timeout,
@@ -79,6 +89,7 @@ impl Input<'_> {
             Input::Sessions(_) => InputKind::Sessions,
             Input::ProviderStarted(_) => InputKind::ProviderStarted,
             Input::Members(_) => InputKind::Members,
+            Input::MemberView { .. } => InputKind::MemberView,
             Input::Timeout => InputKind::Timeout,
             Input::BusConnected => InputKind::BusConnected,
         }
@@ -96,7 +107,9 @@ impl Input<'_> {
             Input::Event(e) => Some(e.correlation_id()),
             Input::Sessions(m) => Some(&m.correlation_id),
             Input::ProviderStarted(m) => Some(&m.correlation_id),
-            Input::Members(_) | Input::Timeout | Input::BusConnected => None,
+            Input::Members(_) | Input::MemberView { .. } | Input::Timeout | Input::BusConnected => {
+                None
+            }
         }
     }
 }
@@ -119,6 +132,8 @@ pub enum InputKind {
     ProviderStarted,
     /// [`Input::Members`].
     Members,
+    /// [`Input::MemberView`].
+    MemberView,
     /// [`Input::Timeout`].
     Timeout,
     /// [`Input::BusConnected`].
@@ -136,6 +151,7 @@ impl InputKind {
             InputKind::Sessions => "sessions_response",
             InputKind::ProviderStarted => "provider_started",
             InputKind::Members => "members",
+            InputKind::MemberView => "member_view",
             InputKind::Timeout => "timeout",
             InputKind::BusConnected => "bus_connected",
         }

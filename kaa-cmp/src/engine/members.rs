@@ -59,6 +59,10 @@ pub(super) struct Member {
     pub(super) subject: Arc<str>,
 }
 
+fn ids_of(members: &[Member]) -> Vec<&str> {
+    members.iter().map(|m| &*m.id).collect()
+}
+
 /// The live members of this CMX instance, as the driver last reported them.
 #[derive(Default)]
 pub(super) struct Membership {
@@ -69,9 +73,56 @@ pub(super) struct Membership {
     pub(super) changes: u64,
     /// When it last changed.
     pub(super) changed_at: Option<UnixMillis>,
-    /// Until when pushes wait after this replica joined live members
-    /// ([`CmxConfig::handover_delay`]).
-    pub(super) hold_until: Option<UnixMillis>,
+    /// This replica's view: [`membership_view`] of `members`.
+    pub(super) view: u64,
+    /// The view each other replica last confirmed it applied
+    /// ([`Cmx::set_member_view`]).
+    pub(super) confirmed: HashMap<Arc<str>, u64>,
+    /// Deliveries wait while this is up: this replica joined live members and
+    /// not all of them have confirmed its view yet ([`CmxConfig::handover_delay`]).
+    pub(super) fence: Option<Fence>,
+}
+
+/// The hand-over fence of a replica that joined live members: until every
+/// other member has confirmed that it applied this replica's view (so it no
+/// longer serves the endpoints that moved here, and has published everything
+/// it sent them before), or until the deadline, nothing is delivered.
+pub(super) struct Fence {
+    /// When it is lifted whatever the others said.
+    pub(super) deadline: UnixMillis,
+    /// 6/CDTP answers (and deadlines) that came while it was up, by request:
+    /// their requests stay pending until it is lifted.
+    pub(super) answers: BTreeMap<u64, Fetched>,
+    /// Pushes wanted while it was up: (slot, incarnation, name).
+    pub(super) pushes: Vec<(u32, u32, u32)>,
+}
+
+/// How a hand-over fence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FenceEnd {
+    /// Every other member confirmed this replica's view.
+    Confirmed,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// The identifier of a member list (kaa-rs extension): FNV-1a 64 over the
+/// sorted, deduplicated replica IDs, each followed by the byte `0xFF`, then the
+/// splitmix64 finalizer; 0 for no members. Two replicas with the same list
+/// compute the same view; drivers publish the view their engine applied
+/// ([`Cmx::membership_view`]) and pass the others' on ([`Cmx::set_member_view`]).
+pub fn membership_view<S: AsRef<str>>(members: &[S]) -> u64 {
+    let mut ids: Vec<&str> = members.iter().map(AsRef::as_ref).collect();
+    if ids.is_empty() {
+        return 0;
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut state = FNV_OFFSET;
+    for id in ids {
+        state = fnv1a(fnv1a(state, id.as_bytes()), &[SEPARATOR]);
+    }
+    mix(state)
 }
 
 impl Membership {
@@ -176,12 +227,30 @@ impl Cmx {
             });
         }
         // Joining live members: what they served moves here, and what they
-        // pushed just before they saw the join may still be on its way.
-        if is_member && !was_member && members.len() > 1 {
-            let delay = self.settings.config.handover_delay;
-            self.membership.hold_until = (!delay.is_zero()).then(|| now.saturating_add(delay));
+        // sent just before they saw the join may still be on its way: nothing
+        // is delivered until they confirm the new view (or the deadline).
+        let delay = self.settings.config.handover_delay;
+        if is_member
+            && !was_member
+            && members.len() > 1
+            && !delay.is_zero()
+            && self.membership.fence.is_none()
+        {
+            let deadline = now.saturating_add(delay);
+            self.membership.fence = Some(Fence {
+                deadline,
+                answers: BTreeMap::new(),
+                pushes: Vec::new(),
+            });
+            self.stats.handover_fences += 1;
+            self.timers.push(Reverse((deadline, Timer::FenceDeadline)));
         }
+        self.membership.view = membership_view(&ids_of(&members));
         self.membership.members = members;
+        let Membership {
+            members, confirmed, ..
+        } = &mut self.membership;
+        confirmed.retain(|id, _| members.iter().any(|m| m.id == *id));
         self.membership.changes += 1;
         self.membership.changed_at = Some(now);
         self.stats.membership_changes += 1;
@@ -197,6 +266,77 @@ impl Cmx {
         }
         if may_gain {
             self.send_sessions_request(SessionsPurpose::TakeOver, now);
+        }
+        self.check_fence(now);
+    }
+
+    /// This replica's view of the members: [`membership_view`] of the list
+    /// the engine applied last (0 with membership off). A driver publishes it
+    /// for the other replicas once every output the engine queued before has
+    /// reached the bus (e.g. a NATS flush and a round trip), as its
+    /// confirmation that it acts on this view; see [`Cmx::set_member_view`].
+    pub fn membership_view(&self) -> u64 {
+        self.membership.view
+    }
+
+    /// [`Input::MemberView`]: replica `replica` confirmed it applied the member
+    /// list whose [`membership_view`] is `view`, and that what it sent before
+    /// has reached the bus. A replica that joined live members delivers
+    /// nothing (no answer, no push) until every other member has confirmed its
+    /// view, or [`CmxConfig::handover_delay`] has passed: the member giving
+    /// endpoints up may have pushed to them just before it saw the join, and a
+    /// newer delivery from here must not overtake that push.
+    pub fn set_member_view(&mut self, replica: &str, view: u64, now: UnixMillis) {
+        if *replica == *self.settings.replica {
+            return;
+        }
+        let Some(m) = self.membership.members.iter().find(|m| *m.id == *replica) else {
+            return;
+        };
+        let id = m.id.clone();
+        self.membership.confirmed.insert(id, view);
+        self.check_fence(now);
+    }
+
+    /// Whether deliveries wait for the other members' confirmation (see
+    /// [`Cmx::set_member_view`]).
+    pub fn handover_fenced(&self) -> bool {
+        self.membership.fence.is_some()
+    }
+
+    /// Lifts the hand-over fence once every other member confirmed this
+    /// replica's view, or its deadline passed: the answers that came
+    /// meanwhile are handled in request order, then the pushes wanted.
+    pub(super) fn check_fence(&mut self, now: UnixMillis) {
+        let Some(fence) = &self.membership.fence else {
+            return;
+        };
+        let me = &*self.settings.replica;
+        let view = self.membership.view;
+        let confirmed = self
+            .membership
+            .members
+            .iter()
+            .all(|m| *m.id == *me || self.membership.confirmed.get(&m.id) == Some(&view));
+        let end = if confirmed {
+            FenceEnd::Confirmed
+        } else if now >= fence.deadline {
+            FenceEnd::TimedOut
+        } else {
+            return;
+        };
+        let Some(fence) = self.membership.fence.take() else {
+            return;
+        };
+        match end {
+            FenceEnd::Confirmed => self.stats.handover_fences_confirmed += 1,
+            FenceEnd::TimedOut => self.stats.handover_fences_timed_out += 1,
+        }
+        for (seq, fetched) in fence.answers {
+            self.complete(seq, fetched, now);
+        }
+        for (slot, incarnation, name) in fence.pushes {
+            self.retry_push(slot, incarnation, name, now);
         }
     }
 
@@ -334,7 +474,9 @@ mod tests {
                 .collect(),
             changes: 1,
             changed_at: None,
-            hold_until: None,
+            view: 0,
+            confirmed: HashMap::new(),
+            fence: None,
         };
         for i in 0..1000 {
             let ep = format!("ep-{i}");

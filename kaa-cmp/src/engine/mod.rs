@@ -45,6 +45,7 @@
 //! | [`Input::BusConnected`] | — | the driver: subscriptions in effect (start, reconnect) | [`Output::SessionsRequest`]; [`Cmx::resync`] after a reconnect |
 //! | [`Input::HandedOver`]: 4/ESP `ClientData` (+ NATS `replyTo`) | `kaa.v1.replica.<replica>.esp.ClientData` | another replica of this CMX instance handing over (kaa-rs), or a communication service addressing this replica | [`Cmx::handle_handed_over`]: served here, never handed on (without members, exactly as [`Cmx::handle_client_data`]) |
 //! | [`Input::Members`] (kaa-rs) | — | the driver: the live replicas of this instance changed | [`Cmx::set_members`] |
+//! | [`Input::MemberView`] (kaa-rs) | — | the driver: another replica confirmed the member list it applied | [`Cmx::set_member_view`] |
 //!
 //! 9/ELCE `registered` and traffic reports decode and are ignored; endpoint
 //! event types this version does not know are [`InputError::UnusedEvent`].
@@ -183,12 +184,23 @@
 //!   A replica that was behind may have served names of an endpoint it then
 //!   lets go, so for [`CmxConfig::membership_settle`] after a change the
 //!   endpoints an engine starts tracking count as adopted (a `ConfigUpdated`
-//!   for any name is pushed to them). A replica joining live members pushes
-//!   nothing for [`CmxConfig::handover_delay`] (1 s): the replica giving an
-//!   endpoint up may have pushed to it just before it saw the join, on
-//!   another connection, and an immediate newer push could overtake that one,
-//!   leaving the older last; pushes wanted meanwhile go out when it ends, and
-//!   answers to requests do not wait. The driver must hand over every
+//!   for any name is pushed to them).
+//! - *Hand-over fence.* A replica joining live members delivers nothing (no
+//!   push, no answer; its 6/CDTP fetches go on) until every other member has
+//!   confirmed that it applied the new member list ([`Input::MemberView`],
+//!   [`Cmx::set_member_view`]), or for at most [`CmxConfig::handover_delay`]
+//!   (5 s): the replica giving an endpoint up may have pushed to it just
+//!   before it saw the join, on another connection, and a newer delivery from
+//!   here could overtake that push and leave the older last. The driver's
+//!   part: after each member list it applies, once what the engine queued
+//!   before has reached the bus (a flush and a round trip to the server), it
+//!   publishes [`Cmx::membership_view`] (kaa-cmx puts it in its key's value),
+//!   and it passes the other members' confirmations on. Answers held
+//!   meanwhile are handled when the fence lifts, in request order (one that
+//!   a `ConfigUpdated` made stale is fetched again), then the pushes wanted.
+//!   A member whose process is starved but whose key lives on (its
+//!   heartbeats run apart) delays joins by up to the deadline; a member the
+//!   others took for dead is not fenced. The driver must hand over every
 //!   membership change, in order: a replica that joined and left in between
 //!   may have served endpoints, and seeing it leave is what makes the others
 //!   take them over.
@@ -202,9 +214,11 @@
 //! With these, the guarantees above hold across replicas between membership
 //! changes (the model test `tests/replicas_model.rs` checks them with two and
 //! three engines, a router playing NATS and replicas stopping, crashing and
-//! starting at arbitrary points): at most one CDTP request in flight per
-//! endpoint and name over all replicas, never an older configuration after a
-//! newer one to a device, pushes only from the owner.
+//! starting at arbitrary points, each replica publishing on a connection of
+//! its own): at most one CDTP request in flight per endpoint and name over all
+//! replicas, never an older configuration after a newer one to a device (as
+//! sent, and as received), pushes only from the owner; across a join, with
+//! the fence.
 //!
 //! **App versions.** An endpoint's app version comes from its requests
 //! (`ClientData.appVersionName`), `connected` and `appversion-updated`. These
@@ -319,7 +333,7 @@ mod tracking;
 
 pub use config::{CmxConfig, ConfigError};
 pub use input::{Input, InputError, InputKind};
-pub use members::{rendezvous_owner, rendezvous_weight};
+pub use members::{membership_view, rendezvous_owner, rendezvous_weight};
 pub use output::{
     OutgoingConfigApplied, OutgoingConfigRequest, OutgoingExtensionData, OutgoingHandOver,
     OutgoingSessionsRequest, Output,
@@ -328,7 +342,7 @@ pub use stats::{Refusal, RefusalCounts, RefusalReason, Stats};
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -31,17 +31,9 @@ impl Cmx {
         if self.in_flight.contains_key(&(slot, name)) {
             return;
         }
-        // Just joined live members: the push waits out the hand-over.
-        if let Some(until) = self.membership.hold_until.filter(|until| now < *until) {
-            let incarnation = e.incarnation;
-            self.timers.push(Reverse((
-                until,
-                Timer::Retry {
-                    slot,
-                    incarnation,
-                    name,
-                },
-            )));
+        // Just joined live members: the push waits for the hand-over fence.
+        if let Some(fence) = self.membership.fence.as_mut() {
+            fence.pushes.push((slot, e.incarnation, name));
             return;
         }
         if self

@@ -193,6 +193,19 @@ pub struct Stats {
     /// Replicas (kaa-rs extension): times the member list changed
     /// ([`Input::Members`](super::Input::Members)).
     pub membership_changes: u64,
+    /// Replicas: hand-over fences raised (this replica joined live members;
+    /// see [`Cmx::set_member_view`](crate::Cmx::set_member_view)).
+    pub handover_fences: u64,
+    /// Replicas: of those, lifted because every other member confirmed this
+    /// replica's view.
+    pub handover_fences_confirmed: u64,
+    /// Replicas: of those, lifted at [`CmxConfig::handover_delay`](super::CmxConfig::handover_delay)
+    /// without every confirmation (a member that does not confirm views, or
+    /// whose confirmation was late).
+    pub handover_fences_timed_out: u64,
+    /// Replicas: 6/CDTP answers (and deadlines) held while a fence was up,
+    /// handled when it was lifted.
+    pub handover_held_answers: u64,
     /// Replicas: `ClientData` about endpoints another replica owns, handed
     /// over to it ([`Output::HandOver`](super::Output::HandOver)).
     pub handed_over: u64,

@@ -6,6 +6,8 @@ use super::*;
 pub(super) enum Timer {
     /// A CDTP request's deadline.
     Deadline(u64),
+    /// The hand-over fence's deadline ([`Cmx::set_member_view`]).
+    FenceDeadline,
     /// Retry a failed push.
     Retry {
         slot: u32,
@@ -39,6 +41,7 @@ impl Cmx {
                     incarnation,
                     name,
                 } => self.retry_push(slot, incarnation, name, now),
+                Timer::FenceDeadline => self.check_fence(now),
             }
         }
         let ttl = self.settings.config.endpoint_ttl;
@@ -60,6 +63,7 @@ impl Cmx {
         while let Some(Reverse((_, timer))) = self.timers.peek() {
             let live = match *timer {
                 Timer::Deadline(seq) => self.pending.contains_key(&seq),
+                Timer::FenceDeadline => self.membership.fence.is_some(),
                 Timer::Retry {
                     slot,
                     incarnation,
