@@ -65,14 +65,17 @@
 //! now publishes `connected` again for its sessions after a reconnect); and the
 //! sessions CMX re-adopted after its reconnect reset their KPC replica subject,
 //! letting a push overtake another (sessions listed by the replica the affinity
-//! names now keep it). Left: at `cmx-kill` (and once at `cmx-add`), the replica
-//! giving endpoints up and the one taking them both pushed to a device and the
-//! older push arrived last (ROBUSTNESS.md, *Known gaps*): once in 15 runs at
-//! first, then in 2 of 4 CI runs on 2026-12-06, with and without load, and
-//! after a 1 s hand-over hold on the joining replica. Until the hand-over is
-//! fenced, an older delivery at these two faults is printed as `KNOWN GAP`
-//! instead of failing the test; `KAA_STRICT_HANDOVER=1` makes it fail as at
-//! every other fault.
+//! names now keep it). At `cmx-kill` (and once at `cmx-add`) the replica giving
+//! endpoints up and the one taking them both pushed to a device and the older
+//! push arrived last: once in 15 runs at first, then in 2 of 4 CI runs on
+//! 2026-12-06, with and without load, and after a fixed 1 s hold on the joining
+//! replica; for a while an older delivery at those two faults was reported as a
+//! known gap instead of failing. Now the hand-over is fenced (the joining
+//! replica delivers nothing until every other member confirms, in its key, that
+//! it applied the new member list and flushed what it sent before; "Replicas"
+//! in `kaa_cmp::engine`), and an older delivery fails the test at every fault
+//! again. Each fault's line counts the CMX replicas' fences lifted by
+//! confirmation and at their deadline (from their logs).
 //!
 //! One line per fault goes to stderr (run with `--nocapture`). On failure the
 //! services' logs are kept (the panic names the directory) and their tails printed.
@@ -150,6 +153,18 @@ impl Stack {
              \x20   communication-service:\n      service-instance:\n        name: {kpc}\n\
              cmx:\n  bus: nats\n  cdtp-timeout-ms: 3000\n  shutdown-grace-ms: 2000\n\
              \x20 replicas:\n    enabled: true\n    stream-replicas: 3\n"
+        )
+    }
+
+    /// The CMX replicas' hand-over fences so far, from their logs: (lifted
+    /// because every member confirmed, lifted at the deadline).
+    fn fences(&self) -> (usize, usize) {
+        let logs: String = self.cmx.iter().map(ServiceProcess::log_text).collect();
+        (
+            logs.matches("hand-over fence lifted: every member confirmed")
+                .count(),
+            logs.matches("hand-over fence lifted: at its deadline")
+                .count(),
         )
     }
 
@@ -374,6 +389,7 @@ async fn replicas_behave_as_one_through_each_fault() {
     let mut failures = Vec::new();
     let mut regressions_before = 0;
     for fault in &faults {
+        let fences0 = stack.fences();
         let window = Window::open(&writer.log, &fleet);
         let duplicates0 = fleet.duplicates();
         tokio::time::sleep(BEFORE).await;
@@ -389,14 +405,18 @@ async fn replicas_behave_as_one_through_each_fault() {
         let regressions = fleet.regressions();
         let new_regressions = &regressions[regressions_before.min(regressions.len())..];
         let (writes, devices_did) = window.describe(&writer.log, &fleet, lost.len());
+        let fences = stack.fences();
         let row = format!(
             "{fault} ({what}; {:.1}s in all): converged {} after the writer paused ({:.1}s after the restart); \
-             {writes}; devices back to an older write {}; duplicate deliveries {}; {devices_did}",
+             {writes}; devices back to an older write {}; duplicate deliveries {}; {devices_did}; \
+             hand-over fences lifted by confirmation {}, at the deadline {}",
             (restarted - t0).as_secs_f64(),
             converged_in(&converged, CONVERGE),
             (paused - restarted).as_secs_f64(),
             new_regressions.len(),
             fleet.duplicates() - duplicates0,
+            fences.0 - fences0.0,
+            fences.1 - fences0.1,
         );
         eprintln!("fault_replicas: {row}");
         if let Err(last) = &converged {
@@ -405,21 +425,7 @@ async fn replicas_behave_as_one_through_each_fault() {
         if !lost.is_empty() {
             failures.push(format!("{fault}: acknowledged writes lost: {lost:?}"));
         }
-        // The CMX replica hand-overs are the known gap of issue 15 (ROBUSTNESS.md,
-        // *Known gaps*: nothing fences the replica giving endpoints up, so its last
-        // push can arrive after the new owner's). There an older delivery is
-        // reported as that gap, not failed on, unless KAA_STRICT_HANDOVER=1;
-        // convergence and lost writes are checked as everywhere, and every other
-        // fault fails on an older delivery.
-        let known_gap = matches!(fault.as_str(), "cmx-kill" | "cmx-add")
-            && std::env::var("KAA_STRICT_HANDOVER").is_err();
-        if !new_regressions.is_empty() && known_gap {
-            eprintln!(
-                "fault_replicas: KNOWN GAP (issue 15, CMX hand-over not fenced): {fault}: {} deliveries went back to an older write, e.g. {:?}",
-                new_regressions.len(),
-                new_regressions.iter().take(3).collect::<Vec<_>>()
-            );
-        } else if !new_regressions.is_empty() {
+        if !new_regressions.is_empty() {
             let examples: Vec<String> = new_regressions
                 .iter()
                 .take(5)

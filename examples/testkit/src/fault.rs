@@ -482,6 +482,11 @@ impl ServiceProcess {
         }
     }
 
+    /// Its whole log, every start (for counting what it logged).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last `n` lines of its log.
     pub fn log_tail(&self, n: usize) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();

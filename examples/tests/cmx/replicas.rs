@@ -129,8 +129,9 @@ async fn two_replicas_serve_each_endpoint_once_and_take_over() {
     let mut b = replica(&names, &url, &r2).await;
     members_seen(&a, 2.0).await; // [r1], then [r1, r2]
     members_seen(&b, 1.0).await;
-    // r2 joined a live r1: its pushes wait out the hand-over hold
-    // (`CmxConfig::handover_delay`, 1 s; kaa-cmp's `replicas` tests check it).
+    // r2 joined a live r1: it delivers nothing until r1 confirms the new
+    // member list (the hand-over fence, at most `CmxConfig::handover_delay`;
+    // kaa-cmp's `replicas` tests check it). Normally milliseconds.
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // The workload. Connect: one fetch and one push per endpoint.

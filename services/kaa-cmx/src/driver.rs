@@ -67,6 +67,10 @@ pub(crate) struct Driver {
     epoch: u64,
     /// `Stats::refusals_not_kept` last seen.
     refusals_not_kept: u64,
+    /// Whether the engine's hand-over fence was up after the last input.
+    fenced: bool,
+    /// `Stats::handover_fences_timed_out` last seen.
+    fence_timeouts: u64,
     /// This replica's membership of its instance's replicas (kaa-rs
     /// extension), if configured.
     pub(crate) membership: Option<Membership>,
@@ -79,6 +83,17 @@ async fn members_changed(rx: &mut Option<mpsc::UnboundedReceiver<Vec<String>>>) 
         Some(rx) => match rx.recv().await {
             Some(members) => members,
             // The membership task ended: no more changes.
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The next confirmed view of another replica; never, without membership.
+async fn view_confirmed(rx: &mut Option<mpsc::UnboundedReceiver<(String, u64)>>) -> (String, u64) {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(view) => view,
             None => std::future::pending().await,
         },
         None => std::future::pending().await,
@@ -153,6 +168,8 @@ impl Driver {
             wakeup: Wakeup::new(),
             epoch: 0,
             refusals_not_kept: 0,
+            fenced: false,
+            fence_timeouts: 0,
             membership: None,
         }
     }
@@ -175,6 +192,7 @@ impl Driver {
         // Replicas: the engine learns the live members before it adopts any
         // session, so it adopts only the ones it owns.
         let mut members_rx = self.membership.as_mut().and_then(Membership::take_changes);
+        let mut views_rx = self.membership.as_mut().and_then(Membership::take_views);
         if let Some(rx) = members_rx.as_mut() {
             // The list read on joining and any change since.
             while let Ok(members) = rx.try_recv() {
@@ -223,6 +241,10 @@ impl Driver {
                     }
                     members = members_changed(&mut members_rx) => {
                         self.on_members(&members).await;
+                        continue;
+                    }
+                    (replica, view) = view_confirmed(&mut views_rx) => {
+                        self.on_input(Input::MemberView { replica: &replica, view }).await;
                         continue;
                     }
                     m = events.next() => m,
@@ -393,11 +415,42 @@ impl Driver {
         }
     }
 
-    /// The live members changed: endpoints move (kaa-rs extension).
+    /// The live members changed: endpoints move (kaa-rs extension). Once
+    /// what the engine sent is at the server (a round trip through it), the
+    /// new view is confirmed in this replica's key: a replica that joined
+    /// delivers to the endpoints it took from this one only after that (the
+    /// hand-over fence, see "Replicas" in [`kaa_cmp::engine`]). The others'
+    /// confirmations known so far go to the engine again (it takes them from
+    /// members only, and the list just changed).
     async fn on_members(&mut self, members: &[String]) {
         let ids: Vec<&str> = members.iter().map(String::as_str).collect();
         tracing::info!(members = ?ids, "CMX replicas: members changed");
         self.on_input(Input::Members(&ids)).await;
+        let Some(membership) = &self.membership else {
+            return;
+        };
+        let known = membership.known_views();
+        match kaa_bus::subscription_barrier(self.bus.as_ref(), Duration::from_secs(5)).await {
+            Ok(true) => {
+                if let Some(membership) = &self.membership {
+                    membership.confirm_view(self.engine.membership_view());
+                }
+            }
+            Ok(false) | Err(_) => {
+                // Not confirmed: a joining replica waits out its deadline
+                // (`handover_delay`) instead; the next change confirms again.
+                tracing::warn!(
+                    "members changed but the bus did not confirm what was sent; view not confirmed"
+                );
+            }
+        }
+        for (replica, view) in known {
+            self.on_input(Input::MemberView {
+                replica: &replica,
+                view,
+            })
+            .await;
+        }
     }
 
     /// One of the driver's own inputs (no message behind it).
@@ -597,7 +650,38 @@ impl Driver {
         }
     }
 
+    /// Logs the hand-over fence going up and coming down (rare: a join).
+    fn log_fence(&mut self) {
+        let fenced = self.engine.handover_fenced();
+        if fenced == self.fenced {
+            return;
+        }
+        self.fenced = fenced;
+        let stats = self.engine.stats();
+        if fenced {
+            tracing::info!(
+                members = ?self.engine.members(),
+                "hand-over fence up: joined live members, delivering nothing until they confirm the member list"
+            );
+        } else {
+            let timed_out = stats.handover_fences_timed_out > self.fence_timeouts;
+            self.fence_timeouts = stats.handover_fences_timed_out;
+            let how = if timed_out {
+                "at its deadline, without every confirmation"
+            } else {
+                "every member confirmed"
+            };
+            tracing::info!(
+                held_answers = stats.handover_held_answers,
+                "hand-over fence lifted: {how}"
+            );
+        }
+    }
+
     fn sync_metrics(&mut self) {
+        if self.membership.is_some() {
+            self.log_fence();
+        }
         let gauges = Gauges {
             tracked: self.engine.tracked_endpoints(),
             pending: self.engine.pending_requests(),

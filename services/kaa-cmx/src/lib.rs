@@ -76,7 +76,12 @@
 //!   go too, answering 503 to devices still waiting, unless it is the last
 //!   replica, which drains as a single CMX does); a crashed
 //!   one's key expires (`cmx.replicas.expiry-ms`). The new owner takes the
-//!   endpoints over by the sessions exchange below and a fresh fetch. Without
+//!   endpoints over by the sessions exchange below and a fresh fetch. A replica
+//!   that joins live members delivers nothing until each of them has confirmed,
+//!   in its key's value, that it applied the new member list after a round trip
+//!   through its NATS server (the hand-over fence: what the replica giving an
+//!   endpoint up pushed before cannot arrive after the new owner's newer push;
+//!   [`kaa_cmp::Cmx::set_member_view`]). Without
 //!   membership (the default, and always on the in-memory bus) run one replica
 //!   per instance. See "Replicas" in the [`kaa_cmp::engine`] docs.
 //!

@@ -18,6 +18,16 @@
 //!   gracefully deletes its key first, so its endpoints move at once). The
 //!   stream's `max_age` (the same `expiry`) only keeps the bucket small.
 //!   Every change of the live set goes to the engine.
+//! - **Confirmed views** (the hand-over fence, see "Replicas" in
+//!   [`kaa_cmp::engine`]). A key's value is `<replica> view=<16 hex digits>`:
+//!   the [`kaa_cmp::engine::membership_view`] of the member list that replica
+//!   last applied, put again at once when it changes
+//!   ([`Membership::confirm_view`], which the driver calls once what the
+//!   engine sent before is at the server) and with every heartbeat. The
+//!   others' confirmations go to the engine ([`Membership::take_views`]), so a
+//!   replica joining live members delivers as soon as they have all applied
+//!   its join. A value without ` view=` (a replica of an earlier version, or
+//!   one that has not applied a list yet) confirms nothing.
 //! - **Consistency.** Replicas see puts and deletes at about the same time but
 //!   not at the same instant; for that moment two replicas may disagree about
 //!   an endpoint's owner. The engine copes (a hand-over to a replica that does
@@ -124,6 +134,13 @@ pub struct Membership {
     members: watch::Receiver<Vec<String>>,
     /// Every change, in order, for the engine (see [`Membership::take_changes`]).
     changes: Option<mpsc::UnboundedReceiver<Vec<String>>>,
+    /// The other replicas' confirmed views as they change (see
+    /// [`Membership::take_views`]).
+    views: Option<mpsc::UnboundedReceiver<(String, u64)>>,
+    /// The latest confirmed view of every other replica.
+    known_views: std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+    /// This replica's confirmations, to its task.
+    confirm: mpsc::UnboundedSender<u64>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     kv: Store,
@@ -215,7 +232,7 @@ impl Membership {
             key: key.clone(),
             message: e.to_string(),
         };
-        kv.put(&key, key.clone().into())
+        kv.put(&key, key_value(&key, None).into())
             .await
             .map_err(|e| key_error(&e))?;
         let mut watch_stream = kv.watch_all().await.map_err(|e| key_error(&e))?;
@@ -227,11 +244,14 @@ impl Membership {
         // by `fault_replicas` cmx-kill in CI: a restarted replica saw itself
         // alone for 0.7 s, both pushed, devices got older configurations).
         let mut seen: BTreeMap<String, Instant> = BTreeMap::new();
+        let known_views = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let (views_tx, views) = mpsc::unbounded_channel();
         let initial_deadline = Instant::now() + config.expiry.max(Duration::from_millis(500));
         loop {
             let next = tokio::time::timeout_at(initial_deadline, watch_stream.next()).await;
             let Ok(Some(Ok(entry))) = next else { break };
             apply(&mut seen, &entry.key, entry.operation);
+            note_view(&known_views, &views_tx, &key, &entry);
             if entry.delta == 0 {
                 break;
             }
@@ -243,14 +263,20 @@ impl Membership {
         // The first "change" is the list read on joining.
         let _ = changes_tx.send(live(&seen));
         let (stop, stopped) = oneshot::channel();
+        let (confirm, confirmed) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             kv.clone(),
             key.clone(),
             config.clone(),
             seen,
             watch_stream,
-            (tx, changes_tx),
-            stopped,
+            Reports {
+                members: tx,
+                changes: changes_tx,
+                views: views_tx,
+                known_views: known_views.clone(),
+            },
+            Commands { confirmed, stopped },
         ));
         tracing::info!(
             bucket = %config.bucket,
@@ -261,6 +287,9 @@ impl Membership {
         Ok(Membership {
             members: rx,
             changes: Some(changes),
+            views: Some(views),
+            known_views,
+            confirm,
             stop: Some(stop),
             task: Some(task),
             kv,
@@ -287,6 +316,30 @@ impl Membership {
     /// them over.
     pub fn take_changes(&mut self) -> Option<mpsc::UnboundedReceiver<Vec<String>>> {
         self.changes.take()
+    }
+
+    /// The other replicas' confirmed views (replica ID and the
+    /// [`kaa_cmp::engine::membership_view`] it applied) as their keys change
+    /// (once; `None` after the first call), for [`kaa_cmp::Input::MemberView`].
+    pub fn take_views(&mut self) -> Option<mpsc::UnboundedReceiver<(String, u64)>> {
+        self.views.take()
+    }
+
+    /// The latest confirmed view of every other replica whose key has one.
+    /// A driver passes them all to the engine after each member list it
+    /// applies (the engine takes confirmations from members only).
+    pub fn known_views(&self) -> Vec<(String, u64)> {
+        match self.known_views.lock() {
+            Ok(views) => views.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Confirms that this replica applied the member list whose view is
+    /// `view` and that what it sent before is at the server: its key is put
+    /// at once with the view in its value (and every heartbeat keeps it).
+    pub fn confirm_view(&self, view: u64) {
+        let _ = self.confirm.send(view);
     }
 
     /// Leaves: stops the heartbeats and deletes this replica's key, so that the
@@ -348,6 +401,68 @@ fn stream_config(config: &MembershipConfig) -> jetstream::stream::Config {
     }
 }
 
+/// A key's value: `<replica>`, and ` view=<16 hex digits>` once it applied a
+/// member list.
+fn key_value(replica: &str, view: Option<u64>) -> String {
+    match view {
+        Some(view) => format!("{replica} view={view:016x}"),
+        None => replica.to_owned(),
+    }
+}
+
+/// The view a key's value confirms, if any.
+fn parse_view(value: &[u8]) -> Option<u64> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (_, hex) = value.rsplit_once(" view=")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Records another replica's confirmed view from a watched entry and reports
+/// it when it changed.
+fn note_view(
+    known: &std::sync::Mutex<BTreeMap<String, u64>>,
+    report: &mpsc::UnboundedSender<(String, u64)>,
+    own: &str,
+    entry: &jetstream::kv::Entry,
+) {
+    if entry.key == own {
+        return;
+    }
+    let Ok(mut known) = known.lock() else {
+        return;
+    };
+    match (entry.operation, parse_view(&entry.value)) {
+        (Operation::Put, Some(view)) => {
+            if known.insert(entry.key.clone(), view) != Some(view) {
+                let _ = report.send((entry.key.clone(), view));
+            }
+        }
+        (Operation::Put, None) => {
+            known.remove(&entry.key);
+        }
+        (Operation::Delete | Operation::Purge, _) => {
+            known.remove(&entry.key);
+        }
+    }
+}
+
+/// What the task is told: views to confirm, and to stop.
+struct Commands {
+    confirmed: mpsc::UnboundedReceiver<u64>,
+    stopped: oneshot::Receiver<()>,
+}
+
+/// Where the task reports what it sees.
+struct Reports {
+    members: watch::Sender<Vec<String>>,
+    changes: mpsc::UnboundedSender<Vec<String>>,
+    views: mpsc::UnboundedSender<(String, u64)>,
+    known_views: std::sync::Arc<std::sync::Mutex<BTreeMap<String, u64>>>,
+}
+
 fn apply(seen: &mut BTreeMap<String, Instant>, key: &str, op: Operation) {
     match op {
         Operation::Put => {
@@ -400,12 +515,20 @@ async fn run(
     config: MembershipConfig,
     mut seen: BTreeMap<String, Instant>,
     mut watch_stream: jetstream::kv::Watch,
-    (tx, changes): (
-        watch::Sender<Vec<String>>,
-        mpsc::UnboundedSender<Vec<String>>,
-    ),
-    mut stopped: oneshot::Receiver<()>,
+    reports: Reports,
+    commands: Commands,
 ) {
+    let Commands {
+        mut confirmed,
+        mut stopped,
+    } = commands;
+    let Reports {
+        members: tx,
+        changes,
+        views,
+        known_views,
+    } = reports;
+    let mut view: Option<u64> = None;
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prune = tokio::time::interval((config.heartbeat / 2).max(Duration::from_millis(50)));
@@ -414,12 +537,26 @@ async fn run(
         tokio::select! {
             _ = &mut stopped => break,
             _ = heartbeat.tick() => {
-                if let Err(e) = kv.put(&key, key.clone().into()).await {
+                if let Err(e) = kv.put(&key, key_value(&key, view).into()).await {
                     tracing::warn!(replica = %key, error = %e, "membership heartbeat failed");
                 }
             }
+            Some(applied) = confirmed.recv() => {
+                // The newest confirmation wins (several may be queued).
+                let mut latest = applied;
+                while let Ok(next) = confirmed.try_recv() {
+                    latest = next;
+                }
+                view = Some(latest);
+                if let Err(e) = kv.put(&key, key_value(&key, view).into()).await {
+                    tracing::warn!(replica = %key, error = %e, "membership view confirmation failed");
+                }
+            }
             entry = watch_stream.next() => match entry {
-                Some(Ok(entry)) => apply(&mut seen, &entry.key, entry.operation),
+                Some(Ok(entry)) => {
+                    apply(&mut seen, &entry.key, entry.operation);
+                    note_view(&known_views, &views, &key, &entry);
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "membership watch error");
                 }
@@ -435,6 +572,9 @@ async fn run(
             _ = prune.tick() => {
                 for k in expire(&mut seen, &key, config.expiry, Instant::now()) {
                     tracing::info!(replica = %k, "CMX replica expired");
+                    if let Ok(mut known) = known_views.lock() {
+                        known.remove(&k);
+                    }
                 }
             }
         }
@@ -475,6 +615,19 @@ mod tests {
         // Ours missing (deleted): measured against the clock.
         seen.remove("a");
         assert_eq!(expire(&mut seen, "a", expiry, t1 + expiry), ["b"]);
+    }
+
+    #[test]
+    fn a_keys_value_carries_the_confirmed_view() {
+        assert_eq!(key_value("cmx-1", None), "cmx-1");
+        let v = key_value("cmx-1", Some(0x0123_4567_89ab_cdef));
+        assert_eq!(v, "cmx-1 view=0123456789abcdef");
+        assert_eq!(parse_view(v.as_bytes()), Some(0x0123_4567_89ab_cdef));
+        // An earlier version's value, or garbage: no confirmation.
+        assert_eq!(parse_view(b"cmx-1"), None);
+        assert_eq!(parse_view(b"cmx-1 view=12"), None);
+        assert_eq!(parse_view(b"cmx-1 view=zzzzzzzzzzzzzzzz"), None);
+        assert_eq!(parse_view(&[0xff, 0xfe]), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! | `cmx_publish_errors_total` | counter | outputs the bus refused to publish |
 //! | `cmx_handed_over_total`, `cmx_handed_over_received_total`, `cmx_handed_over_not_owned_total` | counter | replicas (kaa-rs extension): `ClientData` handed over to the owner replica, received handed over, and received about an endpoint this replica does not own |
 //! | `cmx_endpoints_moved_total`, `cmx_membership_changes_total` | counter | replicas: endpoints forgotten because another replica owns them now; changes of the live members |
+//! | `cmx_handover_fences_total`, `cmx_handover_fences_timed_out_total`, `cmx_handover_held_answers_total` | counter | replicas: hand-over fences raised on joining live members, those lifted at the deadline without every confirmation, and 6/CDTP answers held while one was up |
 //! | `cmx_unknown_app_version_ignored_total` | counter | endpoints of an app version not in `kaa.applications` that 9/ELCE events or listed sessions named, not tracked ([`Stats::unknown_app_version_ignored`](kaa_cmp::engine::Stats::unknown_app_version_ignored)) |
 //! | `cmx_applied_behind_delivery_total` | counter | applied reports naming an older configuration than the one last delivered (answers and pushes reached the device out of order); each makes CMX push the current one again ([`Stats::applied_behind_delivery`](kaa_cmp::engine::Stats::applied_behind_delivery)) |
 //! | `cmx_no_responders_total` | counter | NATS "no responders" statuses on the 6/CDTP reply subject: a request found no provider subscribed (it then runs into its timeout) |
@@ -141,6 +142,9 @@ pub(crate) struct CmxMetrics {
     handed_over_not_owned: Counter,
     endpoints_moved: Counter,
     membership_changes: Counter,
+    handover_fences: Counter,
+    handover_fences_timed_out: Counter,
+    handover_held_answers: Counter,
     applied_behind_delivery: Counter,
     unknown_app_version_ignored: Counter,
     delta_patches: Counter,
@@ -182,6 +186,9 @@ impl CmxMetrics {
             handed_over_not_owned: Counter::default(),
             endpoints_moved: Counter::default(),
             membership_changes: Counter::default(),
+            handover_fences: Counter::default(),
+            handover_fences_timed_out: Counter::default(),
+            handover_held_answers: Counter::default(),
             applied_behind_delivery: Counter::default(),
             unknown_app_version_ignored: Counter::default(),
             delta_patches: Counter::default(),
@@ -304,6 +311,21 @@ impl CmxMetrics {
             m.membership_changes.clone(),
         );
         r.register(
+            "handover_fences",
+            "Replicas: hand-over fences raised (this replica joined live members and delivers nothing until they confirm the new member list)",
+            m.handover_fences.clone(),
+        );
+        r.register(
+            "handover_fences_timed_out",
+            "Replicas: hand-over fences lifted at the deadline without every member's confirmation",
+            m.handover_fences_timed_out.clone(),
+        );
+        r.register(
+            "handover_held_answers",
+            "Replicas: 6/CDTP answers held while a hand-over fence was up",
+            m.handover_held_answers.clone(),
+        );
+        r.register(
             "applied_behind_delivery",
             "Applied reports naming an older configuration than the one last delivered (deliveries reordered); each makes CMX push the current one again",
             m.applied_behind_delivery.clone(),
@@ -381,6 +403,21 @@ impl CmxMetrics {
             &self.membership_changes,
             stats.membership_changes,
             &mut seen.membership_changes,
+        );
+        add(
+            &self.handover_fences,
+            stats.handover_fences,
+            &mut seen.handover_fences,
+        );
+        add(
+            &self.handover_fences_timed_out,
+            stats.handover_fences_timed_out,
+            &mut seen.handover_fences_timed_out,
+        );
+        add(
+            &self.handover_held_answers,
+            stats.handover_held_answers,
+            &mut seen.handover_held_answers,
         );
         add(
             &self.applied_behind_delivery,

@@ -98,6 +98,61 @@ async fn replicas_join_leave_and_expire() {
     let _ = js.delete_stream(format!("KV_{bucket}")).await;
 }
 
+/// The hand-over fence's confirmations travel in the keys' values: a view one
+/// replica confirms reaches the other's feed ([`Membership::take_views`]) and
+/// its snapshot ([`Membership::known_views`]), survives the heartbeats (which
+/// put it again), and goes when the replica leaves. A replica's own
+/// confirmation is not reported to itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_views_reach_the_other_replicas() {
+    let test = "kaa-cmx membership::confirmed_views_reach_the_other_replicas";
+    let Some(url) = NATS.require(test) else {
+        return;
+    };
+    let client = async_nats::connect(&url).await.expect("connect");
+    let bucket = format!("kaa_cmx_views_{}", std::process::id());
+    let c = config(&bucket);
+    let mut a = Membership::join(client.clone(), "cmx-a", &c)
+        .await
+        .expect("a joins");
+    let mut views = a.take_views().expect("the views");
+    assert!(a.take_views().is_none(), "taken once");
+    let b = Membership::join(client.clone(), "cmx-b", &c)
+        .await
+        .expect("b joins");
+    assert!(a.known_views().is_empty(), "b has confirmed nothing yet");
+    let view = kaa_cmp::engine::membership_view(&["cmx-a", "cmx-b"]);
+    b.confirm_view(view);
+    a.confirm_view(view);
+    let got = tokio::time::timeout(Duration::from_secs(2), views.recv())
+        .await
+        .expect("b's confirmation within 2 s")
+        .expect("the feed is open");
+    assert_eq!(got, ("cmx-b".to_owned(), view));
+    // Heartbeats put the same value again: no new report, still known.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(
+        views.try_recv().is_err(),
+        "reported once, not per heartbeat"
+    );
+    assert_eq!(a.known_views(), [("cmx-b".to_owned(), view)]);
+    // A newer view is reported.
+    b.confirm_view(view ^ 1);
+    let got = tokio::time::timeout(Duration::from_secs(2), views.recv())
+        .await
+        .expect("the newer confirmation within 2 s");
+    assert_eq!(got, Some(("cmx-b".to_owned(), view ^ 1)));
+    b.leave().await.expect("b leaves");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !a.known_views().is_empty() {
+        assert!(Instant::now() < deadline, "b's view forgotten when it left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.leave().await.expect("a leaves");
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(format!("KV_{bucket}")).await;
+}
+
 /// A replica whose runtime is not driven at all for three expiries (here: a
 /// single-threaded runtime nobody runs, as a runtime starved by its own work
 /// would be) stays a member when it joined on a thread of its own
