@@ -132,13 +132,61 @@ fn replies_follow_session_affinity_else_the_instance_subject() {
     w.update(EP, None, "2");
     assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
     // ...until a new session starts on another replica (the connect push re-sends
-    // cfg-2: the device never reported it applied).
+    // cfg-2: the device never reported it applied): then that replica's
+    // subject, where the session's answers go too.
     w.cmx
         .handle_connected(&connected_from(EP, "kpc-2", w.now), w.now);
     w.drain();
-    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+    assert_eq!(&*w.take_one(EP).subject, KPC2_REPLICA);
     w.update(EP, None, "3");
-    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+    assert_eq!(&*w.take_one(EP).subject, KPC2_REPLICA);
+    // A session from a replica ID that is no subject token: instance-wide.
+    for odd in ["", "kpc.3", "kpc 3"] {
+        w.advance(5);
+        w.cmx
+            .handle_connected(&connected_from(EP, odd, w.now), w.now);
+        w.drain();
+        w.take(EP);
+        w.update(EP, None, "4");
+        assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE, "{odd:?}");
+    }
+}
+
+/// `kaa.v1.replica.kpc-2.esp.ExtensionData`.
+const KPC2_REPLICA: &str = "kaa.v1.replica.kpc-2.esp.ExtensionData";
+
+/// Found by `fault_replicas` (kpc-kill, with the CMX hand-over fenced): a device
+/// moved to KPC replica 2; the `connected` event of its new session made CMX
+/// push the configuration the device had not reported applied, on the
+/// instance-wide subject, where KPC replica 1 took it and handed it over to
+/// replica 2; meanwhile the session's request was answered with a newer
+/// configuration on replica 2's subject, and the older push arrived last. A new
+/// session's pushes go to the reporting replica's subject, as the answers do.
+#[test]
+fn a_new_sessions_pushes_take_its_replicas_subject_like_its_answers() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), r#"{"observe":true}"#);
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+    // The device moves to kpc-2: `connected`, then its first request there.
+    w.advance(5);
+    w.cmx
+        .handle_connected(&connected_from(EP, "kpc-2", w.now), w.now);
+    w.drain();
+    let push = w.take_one(EP);
+    assert!(push.is_push());
+    assert_eq!(&*push.subject, KPC2_REPLICA);
+    let cd = w.client_data(EP, "/config/json", Some(2), r#"{"observe":true}"#);
+    w.send_msg(&cd, Some(KPC2_REPLICA));
+    assert_eq!(&*w.take_one(EP).subject, KPC2_REPLICA);
+    // Sessions listed by kpc-2 likewise.
+    w.advance(5);
+    w.cmx
+        .adopt_sessions(&connected_from(EP, "kpc-3", w.now), w.now);
+    w.drain();
+    for m in w.take(EP) {
+        assert_eq!(&*m.subject, "kaa.v1.replica.kpc-3.esp.ExtensionData");
+    }
 }
 
 /// Found by the fault test (`kpc-kill`): the `connected` event of a new session
@@ -215,12 +263,12 @@ fn a_connected_event_of_the_requests_session_keeps_its_affinity() {
     }
     w.update(EP, None, "2");
     assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
-    // A later session on another replica still resets it.
+    // A later session on another replica still resets it, to that replica's.
     w.advance(5);
     w.cmx
         .handle_connected(&connected_from(EP, "kpc-2", w.now), w.now);
     w.drain();
-    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+    assert_eq!(&*w.take_one(EP).subject, KPC2_REPLICA);
 }
 
 /// The same for sessions a communication service replica lists again (CMX asks
@@ -241,11 +289,12 @@ fn sessions_listed_by_the_requests_replica_keep_its_affinity() {
     }
     w.update(EP, None, "2");
     assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
-    // Listed by another replica: that session's, the subject is stale.
+    // Listed by another replica: that session's, the subject is stale; the
+    // listing replica's is used.
     w.cmx
         .adopt_sessions(&connected_from(EP, "kpc-2", w.now), w.now);
     w.drain();
-    assert_eq!(&*w.take_one(EP).subject, KPC_INSTANCE);
+    assert_eq!(&*w.take_one(EP).subject, KPC2_REPLICA);
 }
 
 #[test]

@@ -458,8 +458,10 @@ impl Cmx {
         // unless it names the replica that reported the session (dropping it
         // would let the next push overtake what is queued on it: seen in
         // `fault_replicas`, nats-node-kill, after CMX's re-synchronization).
-        if !replica.is_some_and(|r| self.affinity_names(slot, r)) {
-            self.set_reply(slot, NONE);
+        match replica {
+            Some(r) if self.affinity_names(slot, r) => {}
+            Some(r) => self.set_session_replica(slot, r),
+            None => self.set_reply(slot, NONE),
         }
         self.endpoints.set_connected(slot, true, now);
         if new && let Some(e) = self.endpoints.get_mut(slot) {
@@ -501,11 +503,31 @@ impl Cmx {
                     .get(slot)
                     .is_some_and(|e| e.reply_to != NONE && msg.timestamp < e.reply_at);
             if !keep {
-                self.set_reply(slot, NONE);
+                self.set_session_replica(slot, &msg.originator_replica_id);
             }
             self.endpoints.set_connected(slot, true, now);
             self.trigger_all(slot, PushMode::IfNotApplied, now);
         }
+    }
+
+    /// A new session reported by communication service replica `replica`: its
+    /// pushes go to that replica's subject
+    /// (`kaa.v1.replica.<replica>.esp.ExtensionData`, 3/ISM's replica-specific
+    /// subject, where the replica takes its answers), the same subject the
+    /// answers to the session's requests take, so neither overtakes the other.
+    /// On the instance-wide subject a push reaches any replica, and one that
+    /// does not hold the session hands it over: one hop more than an answer
+    /// sent after it (seen in `fault_replicas`, kpc-kill: a device got the
+    /// newer configuration as an answer and then the older one, pushed on
+    /// `connected`, by way of the other KPC replica). No replica ID, or one
+    /// that is not a subject token: the instance-wide subject.
+    fn set_session_replica(&mut self, slot: u32, replica: &str) {
+        let reply = match kaa_esp::subject::extension_data_replica_subject(replica) {
+            Ok(subject) => self.replies.acquire(&subject.to_string()),
+            Err(_) => NONE,
+        };
+        self.set_reply(slot, reply);
+        self.replies.release(reply);
     }
 
     /// Whether the endpoint's replica subject (session affinity) is communication

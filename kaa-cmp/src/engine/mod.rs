@@ -235,7 +235,13 @@
 //!
 //! **Deliveries overtaking each other.** An answer goes to the replica that
 //! forwarded the request, a push to the replica the engine last heard from or,
-//! after a new session, to the communication service's instance-wide subject;
+//! after a new session, to the replica that reported it (its 3/ISM
+//! replica-specific subject `kaa.v1.replica.<replica>.esp.ExtensionData`, where
+//! that session's answers go too: on the instance-wide subject another replica
+//! could take the push and hand it over, one hop more than an answer sent
+//! after it, and the older configuration arrived last; found by
+//! `fault_replicas`, kpc-kill); without a usable replica ID, to the
+//! communication service's instance-wide subject;
 //! the two can reach the device in the other order (seen after a KPC restart:
 //! the answer with the older configuration arrived after the push of the newer
 //! one). A 2xx applied report stamped (`ClientData` timestamp) after the engine's
