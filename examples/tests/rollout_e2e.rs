@@ -14,7 +14,10 @@
 //!
 //! 3. With a hundred more devices that never report, a rollout (50/100 %, report
 //!    timeout 3 s, 10 s soak) aborts at its first step on their timeouts (the
-//!    step's push to a connected device counts as its dispatch).
+//!    step's push to a connected device counts as its dispatch; `cmx` fetches
+//!    over 6/CDTP before it pushes, which records the dispatch too, so this phase
+//!    shows the behaviour end to end, and `ecr rollouts::silent_…`, with a CMX
+//!    pushing the announced content as it is, is the test of the step's record).
 //!
 //! Alone in its test binary (a flood of connections): `cargo test -p kaa-examples
 //! --test rollout_e2e -- --nocapture`. `KAA_ROLLOUT_DEVICES` changes the fleet size.
@@ -107,12 +110,8 @@ async fn rollouts_over_mqtt_with_a_thousand_devices() {
     // 3. Devices that stay silent after a step's push time out: the rollout
     // aborts on them.
     let silent = devices / 10;
-    let mut quiet = start_silent_devices(
-        silent,
-        stack.mqtt_addr(),
-        kaa_examples::stack::CMX_INSTANCE,
-    )
-    .await;
+    let mut quiet =
+        start_silent_devices(silent, stack.mqtt_addr(), kaa_examples::stack::CMX_INSTANCE).await;
     wait_until(
         "every silent device was dispatched the default",
         Duration::from_secs(60),

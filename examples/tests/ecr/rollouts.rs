@@ -883,6 +883,12 @@ async fn silent_endpoints_after_a_push_time_out_and_abort_the_rollout() {
         "{:?}",
         r2.reason
     );
+    println!(
+        "silent endpoints: cohort {} ({} offline, {quiet} silent): {c:?} within the timeout, then {:?}",
+        first.len(),
+        first.len() - reached.len(),
+        r2.reason
+    );
 }
 
 /// An endpoint of the served cohort that gives up its own configuration is

@@ -54,7 +54,10 @@
 //! step's commit and before the announcement is published (so a device's
 //! confirmation is ordered after it). So a device that goes silent after the
 //! step's push counts as `timedOut` once the report timeout is over, and the abort
-//! criteria see it. The record is as durable as the rest of the status history
+//! criteria see it. (This repository's CMX fetches over 6/CDTP before it pushes,
+//! so its pushes are recorded by the 6/CDTP dispatch as well; the step's record
+//! covers a CMX that pushes the announced content as it is, which the event
+//! allows.) The record is as durable as the rest of the status history
 //! (group commit; a replica killed between a step's commit and the queue's next
 //! commit loses those records, and such endpoints count only once they ask or
 //! report). The online set itself is in memory: an endpoint whose `disconnected`
