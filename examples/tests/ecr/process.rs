@@ -441,10 +441,10 @@ fn advanced(log: &str, id: &str) -> Vec<(u64, String)> {
 /// `connected` events, steps 10/30/60/100 %, 2 s soak, gate on time alone):
 /// exactly one of them drives it (the advisory lock), each step is applied once
 /// (one "rollout advanced" per transition across both logs), each endpoint is
-/// announced the new configuration exactly once, by its step; after SIGKILL of the
-/// driving one (once its second step was announced) the other takes over and
-/// completes it. Needs PostgreSQL and NATS (skipped visibly, unless
-/// `KAA_REQUIRE_SERVICES=1`).
+/// announced the new configuration exactly once, by its step, and counted as
+/// delivered (online, so the push is a dispatch); after SIGKILL of the driving one
+/// (once its second step was announced) the other takes over and completes it.
+/// Needs PostgreSQL and NATS (skipped visibly, unless `KAA_REQUIRE_SERVICES=1`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ecr_processes_drive_one_rollout_and_hand_over_after_sigkill() {
     use kaa_bus::test_support::{NATS, free_port};
@@ -509,7 +509,9 @@ async fn two_ecr_processes_drive_one_rollout_and_hand_over_after_sigkill() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let ids: Vec<String> = (0..200).map(|i| format!("ep-{i}")).collect();
+    // IDs of this test only: 9/ELCE subjects are not per instance, and other tests
+    // on the shared NATS connect, disconnect and unregister their `ep-<n>`.
+    let ids: Vec<String> = (0..200).map(|i| format!("{instance}-ep-{i}")).collect();
     let connected = kaa_elce::ConnectedEvent {
         correlation_id: "c".into(),
         timestamp: kaa_examples::ecr::model::now().0,
@@ -645,6 +647,11 @@ async fn two_ecr_processes_drive_one_rollout_and_hand_over_after_sigkill() {
     assert_eq!(done["state"], "completed", "{done}");
     for step in done["steps"].as_array().unwrap() {
         assert_eq!(step["state"], "passed", "{done}");
+    }
+    // Every replica followed the connectivity broadcast: each step's cohort was
+    // online, and its push recorded as delivered, before and after the hand-over.
+    for step in done["steps"].as_array().unwrap() {
+        assert_eq!(step["delivered"], step["targeted"], "{done}");
     }
     let took = killed.elapsed();
     let logs: Vec<String> = units.iter().map(|u| plain_log(dir.path(), u)).collect();

@@ -891,6 +891,49 @@ async fn silent_endpoints_after_a_push_time_out_and_abort_the_rollout() {
     );
 }
 
+/// What ECR takes for online: named by a `connected` broadcast, or asking over
+/// 6/CDTP (how a restarted ECR learns the connected endpoints again: the CMX asks
+/// for all of them on `provider.started`); a `disconnected` broadcast ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_endpoints_from_connectivity_broadcasts_and_cdtp_requests() {
+    let h = bus_harness().await;
+    let (ids, _) = setup_fleet(&h, 4).await;
+    assert_eq!(h.ecr.online_count(), 0);
+    let request = kaa_cdtp::ConfigRequest {
+        correlation_id: "c".into(),
+        timestamp: kaa_examples::ecr::model::now().0,
+        timeout: 3000,
+        app_version_name: "kettle".into(),
+        endpoint_id: ids[0].as_str().into(),
+        config_id: None,
+        config_name: None,
+    }
+    .to_vec();
+    let answer = bus::answer_request(&h.ecr, &request, kaa_examples::ecr::model::now())
+        .await
+        .unwrap();
+    assert_eq!(answer.status_code, 200);
+    assert!(h.ecr.is_online(&ids[0]));
+    connectivity(&h, &ids[1..3], true).await;
+    for _ in 0..250 {
+        if h.ecr.online_count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(h.ecr.is_online(&ids[1]) && h.ecr.is_online(&ids[2]));
+    assert!(!h.ecr.is_online(&ids[3]));
+    connectivity(&h, &ids[..2], false).await;
+    for _ in 0..250 {
+        if h.ecr.online_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.ecr.online_count(), 1);
+    assert!(h.ecr.is_online(&ids[2]));
+}
+
 /// An endpoint of the served cohort that gives up its own configuration is
 /// announced the rollout's configuration, not the stored default.
 #[tokio::test]
