@@ -258,7 +258,8 @@ impl Ecr {
     pub fn endpoints_connected<'a>(&self, endpoint_ids: impl IntoIterator<Item = &'a str>) {
         if let Ok(mut online) = self.online.lock() {
             for e in endpoint_ids {
-                if online.len() < ONLINE_CAPACITY || online.contains(e) {
+                // No allocation for an endpoint known online (every 6/CDTP request).
+                if !online.contains(e) && online.len() < ONLINE_CAPACITY {
                     online.insert(e.to_owned());
                 }
             }
