@@ -4,7 +4,11 @@
 //! simulated devices (`KAA_ROLLOUT_DEVICES`) over MQTT. ECR is killed with SIGKILL
 //! once the rollout reached its second step, started again 1 s later, and the
 //! rollout must go on from where it was (never from the beginning) to completion,
-//! every device then reporting the new configuration applied.
+//! every device then reporting the new configuration applied. Then a bad
+//! rollout (every tenth device rejects it) aborts at its first gate and reverts:
+//! only the first step's cohort ever received it, and every device runs the
+//! previous configuration again ([`kaa_testkit::fleet::bad_rollout_reverts`], as
+//! in `rollout_e2e`).
 //!
 //! Without `nats-server` or the PostgreSQL server binaries the test prints
 //! `SKIPPED: …` and passes, unless `KAA_REQUIRE_SERVICES=1`. Alone in its test
@@ -16,7 +20,7 @@ use kaa_bus::test_support::{PrivateNatsServer, free_port};
 use kaa_testkit::fault::{PrivatePostgres, ServiceProcess, ThreeServices};
 use serde_json::json;
 
-use kaa_testkit::fleet::{APP, Rest, rollout_body, start_fleet, wait_until};
+use kaa_testkit::fleet::{APP, Rest, bad_rollout_reverts, rollout_body, start_fleet, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_resumes_after_sigkill_of_ecr_with_a_thousand_devices() {
@@ -161,6 +165,10 @@ async fn a_rollout_resumes_after_sigkill_of_ecr_with_a_thousand_devices() {
         killed.elapsed(),
         done["steps"]
     );
+
+    // A bad one (a tenth of the devices reject it) aborts at its first gate and
+    // reverts, on the separate processes as in one.
+    bad_rollout_reverts(&rest, devices, &v2).await;
     fleet.abort_all();
     drop(nats);
     drop(pg);

@@ -83,6 +83,102 @@ impl Rest {
     }
 }
 
+/// What [`bad_rollout_reverts`] saw.
+#[derive(Debug, Clone)]
+pub struct BadRollout {
+    /// The rollout as it stopped.
+    pub stopped: Value,
+    /// How many endpoints the first step's cohort held.
+    pub cohort: u64,
+    /// How many devices ever had a status for the bad configuration.
+    pub received: u64,
+    /// How long from the rollout's creation to its revert.
+    pub reverted_in: Duration,
+}
+
+/// Begins a rollout of a bad configuration (`/bad` = `true`, which every tenth
+/// device of [`start_fleet`] rejects) in steps of 10/50/100 %, aborting above 2 %
+/// of at least 10 reports, reverting, 10 s soak; asserts that it is reverted at its
+/// first step with rejections, that no device outside the first step's cohort ever
+/// had a status for it, and that afterwards all `devices` report `previous` (the
+/// default's config ID) as the configuration they last applied, and the default
+/// is still `previous`.
+pub async fn bad_rollout_reverts(rest: &Rest, devices: usize, previous: &str) -> BadRollout {
+    let t = Instant::now();
+    let r = rest
+        .send(
+            reqwest::Method::POST,
+            &format!("/app-versions/{APP}/rollouts"),
+            &rollout_body(json!({"v": 3, "bad": true}), &[10.0, 50.0, 100.0], 2.0, 10),
+        )
+        .await;
+    let (id, bad) = (
+        r["rolloutId"].as_str().unwrap().to_owned(),
+        r["configId"].as_str().unwrap().to_owned(),
+    );
+    let stopped = rest
+        .wait_rollout(&id, Duration::from_secs(120), |r| r["state"] != "running")
+        .await;
+    let reverted_in = t.elapsed();
+    assert_eq!(stopped["state"], "reverted", "{stopped}");
+    assert_eq!(stopped["step"], 0, "{stopped}");
+    let first = &stopped["steps"][0];
+    assert_eq!(first["state"], "failed");
+    assert!(first["rejected"].as_u64().unwrap() > 0, "{stopped}");
+    let cohort = first["targeted"].as_u64().unwrap();
+
+    // Who ever received the bad configuration: only the first step's cohort.
+    let mut received;
+    let mut last_applied_previous;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        received = 0;
+        last_applied_previous = 0;
+        for i in 0..devices {
+            let page = rest
+                .get(&format!(
+                    "/statuses?endpointId=dev-{i}&appVersionName={APP}&size=10"
+                ))
+                .await;
+            let rows = page["content"].as_array().unwrap();
+            if rows.iter().any(|r| r["configId"] == bad.as_str()) {
+                received += 1;
+            }
+            // Rows are ordered by last activity: the first applied one is what the
+            // device runs.
+            let running = rows.iter().find(|r| r["status"] == "APPLIED");
+            if running.is_some_and(|r| r["configId"] == previous) {
+                last_applied_previous += 1;
+            }
+        }
+        if last_applied_previous == devices as u64 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "bad rollout reverted in {reverted_in:?} ({}): received by {received} devices (first step's cohort: {cohort}); {last_applied_previous} of {devices} run the previous one",
+        stopped["reason"]
+    );
+    assert!(
+        received <= cohort,
+        "{received} devices got it, cohort {cohort}"
+    );
+    assert!(received > 0);
+    assert_eq!(
+        last_applied_previous, devices as u64,
+        "after the revert every device runs the previous configuration"
+    );
+    let default = rest.get(&format!("/app-versions/{APP}")).await;
+    assert_eq!(default["configId"], previous);
+    BadRollout {
+        stopped,
+        cohort,
+        received,
+        reverted_in,
+    }
+}
+
 /// Polls `check` every 250 ms until it holds; fails after `limit`, naming `what`.
 pub async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
@@ -139,6 +235,71 @@ pub async fn start_fleet(
         }
     }
     fleet
+}
+
+/// Starts `n` devices (`silent-0`…) against `mqtt` that observe the default of
+/// [`APP`] and never report anything (`Decision::Ignore`): connected, pushed to,
+/// silent. Each reconnects when its connection drops.
+pub async fn start_silent_devices(
+    n: usize,
+    mqtt: std::net::SocketAddr,
+    extension: &str,
+) -> tokio::task::JoinSet<()> {
+    let mut devices = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let mut o = DeviceOptions::new(
+            Connection::new(mqtt.ip().to_string(), mqtt.port()),
+            APP,
+            extension,
+            format!("silent-{i}"),
+        );
+        o.decision = Decision::Ignore;
+        devices.spawn(async move {
+            loop {
+                let _ = device::run_device(&o, &mut std::io::sink()).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+    devices
+}
+
+/// With `silent` devices of [`start_silent_devices`] connected (and known to ECR)
+/// besides the `devices` of [`start_fleet`] on the default `previous`: a rollout
+/// (50/100 %, 10 s soak, report timeout 3 s, abort above 5 % of at least 10
+/// reports, revert) aborts at its first step on the silent devices of its cohort
+/// timing out after the step's push, before the gate would have passed on the
+/// others' reports. Returns the rollout as it stopped.
+pub async fn silent_devices_abort_a_rollout(rest: &Rest, silent: usize, previous: &str) -> Value {
+    let mut body = rollout_body(json!({"v": 4}), &[50.0, 100.0], 5.0, 10);
+    body["abort"]["reportTimeoutSeconds"] = json!(3);
+    let t = Instant::now();
+    let r = rest
+        .send(
+            reqwest::Method::POST,
+            &format!("/app-versions/{APP}/rollouts"),
+            &body,
+        )
+        .await;
+    let id = r["rolloutId"].as_str().unwrap().to_owned();
+    let stopped = rest
+        .wait_rollout(&id, Duration::from_secs(120), |r| r["state"] != "running")
+        .await;
+    println!(
+        "with {silent} silent devices the rollout stopped after {:?}: {} ({})",
+        t.elapsed(),
+        stopped["state"],
+        stopped["reason"]
+    );
+    assert_eq!(stopped["state"], "reverted", "{stopped}");
+    assert_eq!(stopped["step"], 0, "{stopped}");
+    let first = &stopped["steps"][0];
+    assert_eq!(first["state"], "failed", "{stopped}");
+    assert!(first["timedOut"].as_u64().unwrap() > 0, "{stopped}");
+    assert_eq!(first["rejected"], 0, "{stopped}");
+    let default = rest.get(&format!("/app-versions/{APP}")).await;
+    assert_eq!(default["configId"], previous);
+    stopped
 }
 
 /// The whole stack in this process (ECR, CMX, KPC on the in-memory bus, SQLite

@@ -396,3 +396,305 @@ async fn invalid_configuration_is_a_clear_error() {
             .contains("usage: ecr")
     );
 }
+
+/// The log of a [`ServiceProcess`](kaa_testkit::fault::ServiceProcess) named `unit`
+/// in `dir`, without ANSI escapes.
+fn plain_log(dir: &Path, unit: &str) -> String {
+    let raw = std::fs::read_to_string(dir.join(format!("{unit}.log"))).unwrap_or_default();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ … final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The transitions the controller of the replica logged: `(step, state)` of every
+/// "rollout advanced" line of rollout `id`.
+fn advanced(log: &str, id: &str) -> Vec<(u64, String)> {
+    log.lines()
+        .filter(|l| l.contains("rollout advanced") && l.contains(id))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .unwrap_or_default()
+                    .trim_matches('"')
+                    .to_owned()
+            };
+            (field("step").parse().unwrap_or(u64::MAX), field("state"))
+        })
+        .collect()
+}
+
+/// Two `ecr` processes (one instance, replicas `-1` and `-2`) on one PostgreSQL
+/// database and NATS run one rollout (200 endpoints learned from 9/ELCE
+/// `connected` events, steps 10/30/60/100 %, 2 s soak, gate on time alone):
+/// exactly one of them drives it (the advisory lock), each step is applied once
+/// (one "rollout advanced" per transition across both logs), each endpoint is
+/// announced the new configuration exactly once, by its step, and counted as
+/// delivered (online, so the push is a dispatch); after SIGKILL of the driving one
+/// (once its second step was announced) the other takes over and completes it.
+/// Needs PostgreSQL and NATS (skipped visibly, unless `KAA_REQUIRE_SERVICES=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ecr_processes_drive_one_rollout_and_hand_over_after_sigkill() {
+    use kaa_bus::test_support::{NATS, free_port};
+    use kaa_bus::{Bus, NatsBus, NatsConfig, nats::NatsAuth};
+    use kaa_elce::EndpointEvent;
+    use kaa_ism::avro::{Decode, Encode};
+    use kaa_testkit::fault::ServiceProcess;
+
+    let test = "ecr::process::two_ecr_processes_drive_one_rollout_and_hand_over_after_sigkill";
+    let Some(nats_url) = NATS.require(test) else {
+        return;
+    };
+    let Some(db) = kaa_testkit::ecr::PgTestDb::create(test).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let instance = format!(
+        "ecr-two-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let ports = [free_port().unwrap(), free_port().unwrap()];
+    let yaml = |i: usize| {
+        format!(
+            "service:\n  instance:\n    name: {instance}\n    replica:\n      id: {instance}-{n}\n\
+             nats:\n  urls: [\"{nats_url}\"]\n\
+             ecr:\n  http:\n    listen: 127.0.0.1:{port}\n  store:\n    url: \"{store}\"\n  cmx:\n    service-instance-name: cmx-{instance}\n\
+             auth:\n  enabled: false\n",
+            n = i + 1,
+            port = ports[i],
+            store = db.url,
+        )
+    };
+    let units = ["ecr-1", "ecr-2"];
+    let mut replicas: Vec<ServiceProcess> = tokio::task::block_in_place(|| {
+        (0..2)
+            .map(|i| {
+                ServiceProcess::start_unit(
+                    "ecr",
+                    units[i],
+                    dir.path(),
+                    &yaml(i),
+                    "ecr listening on",
+                )
+            })
+            .collect()
+    });
+    let client = reqwest::Client::new();
+    let url = |i: usize, p: &str| format!("http://127.0.0.1:{}/api/v1{p}", ports[i]);
+    let bus = NatsBus::connect_with_auth(
+        &NatsConfig::new([nats_url.as_str()]).with_retry_on_initial_connect(false),
+        &NatsAuth::None,
+    )
+    .await
+    .expect("connect to NATS");
+    assert!(bus.wait_connected(Duration::from_secs(5)).await);
+
+    // The default, then 200 endpoints connecting (KPC's broadcast): known, online.
+    let r = client
+        .put(url(0, "/app-versions/kettle"))
+        .json(&serde_json::json!({"sampling": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // IDs of this test only: 9/ELCE subjects are not per instance, and other tests
+    // on the shared NATS connect, disconnect and unregister their `ep-<n>`.
+    let ids: Vec<String> = (0..200).map(|i| format!("{instance}-ep-{i}")).collect();
+    let connected = kaa_elce::ConnectedEvent {
+        correlation_id: "c".into(),
+        timestamp: kaa_examples::ecr::model::now().0,
+        timeout: 0,
+        endpoints: ids
+            .iter()
+            .map(|e| (e.clone().into(), "kettle".into()))
+            .collect(),
+        originator_replica_id: "kpc-1".into(),
+    };
+    // Every announcement of the instance, as (endpoint, config ID).
+    let mut sub = bus
+        .subscribe(
+            &kaa_cdtp::subject::config_updated_subject(&instance)
+                .unwrap()
+                .to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    bus.publish(
+        &kaa_elce::ConnectedEvent::subject("kpc")
+            .unwrap()
+            .to_string(),
+        bytes::Bytes::from(connected.to_vec()),
+    )
+    .await
+    .unwrap();
+    bus.flush().await.unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let seen2 = Arc::clone(&seen);
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        while let Some(m) = sub.next().await {
+            if let Ok(u) = kaa_cdtp::ConfigUpdated::decode(&m.payload) {
+                seen2
+                    .lock()
+                    .unwrap()
+                    .push((u.endpoint_id.to_string(), u.config_id.to_string()));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let body = serde_json::json!({
+        "config": {"sampling": 2},
+        "steps": [10, 30, 60, 100],
+        "gate": {"minAppliedPercent": 0, "minApplied": 0, "soakSeconds": 2},
+        "abort": {"maxRejectedPercent": 50, "minSample": 10, "reportTimeoutSeconds": 3600},
+        "onAbort": "revert"
+    });
+    let r = client
+        .post(url(1, "/app-versions/kettle/rollouts"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: serde_json::Value = r.json().await.unwrap();
+    let id = created["rolloutId"].as_str().unwrap().to_owned();
+    let new_id = created["configId"].as_str().unwrap().to_owned();
+    let cohort = |bp: u32| {
+        ids.iter()
+            .filter(|e| kaa_examples::ecr::rollout::cohort_bucket(&id, e) < bp)
+            .count()
+    };
+    let announced_new = || {
+        let seen = seen.lock().unwrap();
+        let mut per: std::collections::HashMap<String, usize> = Default::default();
+        for (e, c) in seen.iter() {
+            if *c == new_id {
+                *per.entry(e.clone()).or_default() += 1;
+            }
+        }
+        per
+    };
+    let get = |i: usize| {
+        let (client, u) = (client.clone(), url(i, &format!("/rollouts/{id}")));
+        async move {
+            client
+                .get(u)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+
+    // Once the second step began and its cohort was announced, the driving replica
+    // is SIGKILLed.
+    let second = cohort(3_000);
+    let mut before = serde_json::Value::Null;
+    for _ in 0..300 {
+        before = get(0).await;
+        if before["step"].as_u64() >= Some(1) && announced_new().len() >= second {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(before["step"].as_u64(), Some(1), "{before}");
+    assert_eq!(announced_new().len(), second);
+    let logs: Vec<String> = units.iter().map(|u| plain_log(dir.path(), u)).collect();
+    let drives: Vec<bool> = logs
+        .iter()
+        .map(|l| l.contains("this replica drives the rollouts"))
+        .collect();
+    assert_eq!(
+        drives.iter().filter(|d| **d).count(),
+        1,
+        "exactly one replica drives: {drives:?}"
+    );
+    let leader = drives.iter().position(|d| *d).unwrap();
+    let other = 1 - leader;
+    assert!(advanced(&logs[other], &id).is_empty(), "{}", logs[other]);
+    assert_eq!(
+        advanced(&logs[leader], &id),
+        vec![(1, "running".to_owned())]
+    );
+    tokio::task::block_in_place(|| replicas[leader].stop("KILL"));
+    let killed = std::time::Instant::now();
+
+    // The other one takes over and completes it.
+    let mut done = serde_json::Value::Null;
+    for _ in 0..400 {
+        done = get(other).await;
+        if done["state"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(done["state"], "completed", "{done}");
+    for step in done["steps"].as_array().unwrap() {
+        assert_eq!(step["state"], "passed", "{done}");
+    }
+    // Every replica followed the connectivity broadcast: each step's cohort was
+    // online, and its push recorded as delivered, before and after the hand-over.
+    for step in done["steps"].as_array().unwrap() {
+        assert_eq!(step["delivered"], step["targeted"], "{done}");
+    }
+    let took = killed.elapsed();
+    let logs: Vec<String> = units.iter().map(|u| plain_log(dir.path(), u)).collect();
+    assert!(
+        logs[other].contains("this replica drives the rollouts"),
+        "{}",
+        logs[other]
+    );
+    // Each transition once, across both replicas.
+    let mut all = advanced(&logs[0], &id);
+    all.extend(advanced(&logs[1], &id));
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            (1, "running".to_owned()),
+            (2, "running".to_owned()),
+            (3, "completed".to_owned()),
+            (3, "running".to_owned()),
+        ],
+        "{all:?}"
+    );
+    // Every endpoint announced the new configuration exactly once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let per = announced_new();
+    assert_eq!(per.len(), ids.len(), "{per:?}");
+    let twice: Vec<_> = per.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "announced more than once: {twice:?}");
+    let default: serde_json::Value = client
+        .get(url(other, "/app-versions/kettle"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(default["configId"].as_str(), Some(new_id.as_str()));
+    println!(
+        "two ecr processes: replica {} drove steps 0-1, killed; replica {} took over and completed the rollout {took:?} later; 200 endpoints announced once each (cohorts {}, {second}, {}, 200)",
+        leader + 1,
+        other + 1,
+        cohort(1_000),
+        cohort(6_000)
+    );
+    drop(replicas);
+}

@@ -482,6 +482,17 @@ async fn play_cmx(
     rejects: BTreeSet<String>,
     good: String,
 ) -> Arc<std::sync::Mutex<HashMap<String, Vec<String>>>> {
+    play_cmx_with_silent(h, rejects, good, BTreeSet::new()).await
+}
+
+/// As [`play_cmx`], but the endpoints `silent` names never report anything (the
+/// configuration was pushed, the device went quiet).
+async fn play_cmx_with_silent(
+    h: &BusHarness,
+    rejects: BTreeSet<String>,
+    good: String,
+    silent: BTreeSet<String>,
+) -> Arc<std::sync::Mutex<HashMap<String, Vec<String>>>> {
     let seen: Arc<std::sync::Mutex<HashMap<String, Vec<String>>>> = Default::default();
     let (bus, instance, cmx, seen2) = (
         Arc::clone(&h.bus),
@@ -509,6 +520,9 @@ async fn play_cmx(
                 .entry(endpoint.clone())
                 .or_default()
                 .push(u.config_id.to_string());
+            if silent.contains(&endpoint) {
+                continue;
+            }
             let reject = rejects.contains(&endpoint) && u.config_id.as_ref() != good;
             let applied = ConfigApplied {
                 correlation_id: "c".into(),
@@ -745,6 +759,179 @@ async fn a_rollout_with_rejections_aborts_at_the_first_gate_and_reverts() {
         )
         .await
         .unwrap();
+}
+
+/// Publishes a 9/ELCE connectivity event (as a KPC would) for `endpoints` of
+/// app version `kettle`: `connected`, or `disconnected`.
+async fn connectivity(h: &BusHarness, endpoints: &[String], connected: bool) {
+    let list: Vec<_> = endpoints
+        .iter()
+        .map(|e| (e.clone().into(), "kettle".into()))
+        .collect();
+    let (subject, datum) = if connected {
+        let e = kaa_elce::ConnectedEvent {
+            correlation_id: "c".into(),
+            timestamp: kaa_examples::ecr::model::now().0,
+            timeout: 0,
+            endpoints: list,
+            originator_replica_id: "kpc-1".into(),
+        };
+        (
+            <kaa_elce::ConnectedEvent as kaa_elce::EndpointEvent>::subject("kpc")
+                .unwrap()
+                .to_string(),
+            e.to_vec(),
+        )
+    } else {
+        let e = kaa_elce::DisconnectedEvent {
+            correlation_id: "c".into(),
+            timestamp: kaa_examples::ecr::model::now().0,
+            timeout: 0,
+            endpoints: list,
+            originator_replica_id: "kpc-1".into(),
+        };
+        (
+            <kaa_elce::DisconnectedEvent as kaa_elce::EndpointEvent>::subject("kpc")
+                .unwrap()
+                .to_string(),
+            e.to_vec(),
+        )
+    };
+    h.bus.publish(&subject, Bytes::from(datum)).await.unwrap();
+}
+
+/// Devices that get a step's push (the announcement, over their connection) and
+/// then never report count as timed out once the report timeout is over, and the
+/// rollout aborts on them; an endpoint that was offline when its step began is
+/// not counted at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_endpoints_after_a_push_time_out_and_abort_the_rollout() {
+    let h = bus_harness().await;
+    let (ids, old) = setup_fleet(&h, 400).await;
+    // Every endpoint connects (KPC's broadcast); every fifth of them then goes
+    // away again, and a quarter of the fleet stays silent whatever it is pushed.
+    connectivity(&h, &ids, true).await;
+    let gone: Vec<String> = ids.iter().step_by(5).cloned().collect();
+    connectivity(&h, &gone, false).await;
+    for _ in 0..250 {
+        if h.ecr.online_count() == ids.len() - gone.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.ecr.online_count(), ids.len() - gone.len());
+    assert!(!h.ecr.is_online(&gone[0]) && h.ecr.is_online(&ids[1]));
+    let silent: BTreeSet<String> = ids.iter().skip(1).step_by(4).cloned().collect();
+    // The CMX pushes nothing to the offline ones: they report nothing either.
+    let quiet_ones = silent.iter().chain(&gone).cloned().collect();
+    let seen = play_cmx_with_silent(&h, BTreeSet::new(), old.clone(), quiet_ones).await;
+    let t0 = kaa_examples::ecr::model::now();
+    let r = h
+        .ecr
+        .create_rollout(
+            &app("kettle"),
+            &name("default"),
+            &spec(&[20.0, 100.0], OnAbort::Revert),
+            t0,
+        )
+        .await
+        .unwrap();
+    let first: BTreeSet<String> = ids
+        .iter()
+        .filter(|e| cohort_bucket(&r.rollout_id, e) < 2_000)
+        .cloned()
+        .collect();
+    let gone: BTreeSet<String> = gone.into_iter().collect();
+    let reached: BTreeSet<String> = first.difference(&gone).cloned().collect();
+    let quiet = reached.intersection(&silent).count() as u64;
+    assert!(
+        quiet * 100 > 10 * reached.len() as u64,
+        "{quiet} of {reached:?}"
+    );
+    // Every reached endpoint of the cohort is delivered from the push on: the
+    // silent ones too, the offline ones not; the rest applied.
+    wait_announced(&seen, first.len()).await;
+    let mut counts = None;
+    for _ in 0..250 {
+        h.ecr.flush_statuses().await;
+        let c = h.ecr.rollout(&r.rollout_id, t0).await.unwrap().1.unwrap();
+        counts = Some(c);
+        if c.applied == reached.len() as u64 - quiet {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = counts.unwrap();
+    assert_eq!(c.targeted, first.len() as u64, "{c:?}");
+    assert_eq!(c.delivered, reached.len() as u64, "{c:?}");
+    assert_eq!(c.applied, reached.len() as u64 - quiet, "{c:?}");
+    assert_eq!((c.rejected, c.timed_out), (0, 0), "{c:?}");
+    // Within the report timeout (60 s) the silent ones are not failures yet; the
+    // soak time (10 s) is not over either: nothing moves.
+    let r1 = drive_settled(&h, &r.rollout_id, UnixMillis(t0.0 + 5_000)).await;
+    assert_eq!((r1.state, r1.step), (RolloutState::Running, 0));
+    // Past it, they are timed out and the rollout aborts on them (without the
+    // push counting as a dispatch, the gate would pass on the applied ones).
+    let r2 = drive_settled(&h, &r.rollout_id, UnixMillis(t0.0 + 61_000)).await;
+    assert_eq!(r2.state, RolloutState::Reverted, "{:?}", r2.reason);
+    assert_eq!(r2.step, 0);
+    assert_eq!(r2.steps[0].state, StepState::Failed);
+    assert_eq!(r2.steps[0].counts.timed_out, quiet, "{:?}", r2.steps[0]);
+    assert_eq!(r2.steps[0].counts.rejected, 0);
+    assert!(
+        r2.reason.as_deref().unwrap().contains("timed out"),
+        "{:?}",
+        r2.reason
+    );
+    println!(
+        "silent endpoints: cohort {} ({} offline, {quiet} silent): {c:?} within the timeout, then {:?}",
+        first.len(),
+        first.len() - reached.len(),
+        r2.reason
+    );
+}
+
+/// What ECR takes for online: named by a `connected` broadcast, or asking over
+/// 6/CDTP (how a restarted ECR learns the connected endpoints again: the CMX asks
+/// for all of them on `provider.started`); a `disconnected` broadcast ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_endpoints_from_connectivity_broadcasts_and_cdtp_requests() {
+    let h = bus_harness().await;
+    let (ids, _) = setup_fleet(&h, 4).await;
+    assert_eq!(h.ecr.online_count(), 0);
+    let request = kaa_cdtp::ConfigRequest {
+        correlation_id: "c".into(),
+        timestamp: kaa_examples::ecr::model::now().0,
+        timeout: 3000,
+        app_version_name: "kettle".into(),
+        endpoint_id: ids[0].as_str().into(),
+        config_id: None,
+        config_name: None,
+    }
+    .to_vec();
+    let answer = bus::answer_request(&h.ecr, &request, kaa_examples::ecr::model::now())
+        .await
+        .unwrap();
+    assert_eq!(answer.status_code, 200);
+    assert!(h.ecr.is_online(&ids[0]));
+    connectivity(&h, &ids[1..3], true).await;
+    for _ in 0..250 {
+        if h.ecr.online_count() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(h.ecr.is_online(&ids[1]) && h.ecr.is_online(&ids[2]));
+    assert!(!h.ecr.is_online(&ids[3]));
+    connectivity(&h, &ids[..2], false).await;
+    for _ in 0..250 {
+        if h.ecr.online_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.ecr.online_count(), 1);
+    assert!(h.ecr.is_online(&ids[2]));
 }
 
 /// An endpoint of the served cohort that gives up its own configuration is

@@ -99,9 +99,16 @@
 //! to the `provider.started` re-synchronization of its restart), or outbox rows in
 //! the rollout's transaction (PostgreSQL), announced with the cohort applied.
 //!
+//! An announcement of a step's new configuration to an endpoint that is online
+//! is recorded as its dispatch (see [`crate::rollout`]): every replica follows the
+//! 9/ELCE connectivity events (`connected` and `disconnected`, any originator,
+//! **no** queue group) for the set of online endpoints, and takes an endpoint that
+//! asks over 6/CDTP for online too.
+//!
 //! `endpoint.config.applied` from the configured CMX instance goes into the status
 //! history (the reports rollouts count). Event listeners use the queue group `<instance>` too: replicas share one
-//! store, so each event is handled once.
+//! store, so each event is handled once (the connectivity subscription for the
+//! online set above aside).
 
 use std::sync::Arc;
 
@@ -280,6 +287,7 @@ async fn answer_decoded(
     if let Err(e) = ecr.learn_endpoint(&endpoint_id, &app_version).await {
         tracing::warn!(error = %e, "could not record the endpoint");
     }
+    ecr.endpoints_connected([endpoint_id.as_str()]);
     let effective = match ecr.effective(&endpoint_id, &app_version, &name).await {
         Ok(e) => e,
         Err(e) => {
@@ -433,6 +441,30 @@ pub async fn handle_elce(
     Ok(())
 }
 
+/// Handles a 9/ELCE connectivity event datum received on `subject` for the set of
+/// online endpoints ([`Ecr::endpoints_connected`], [`Ecr::endpoints_disconnected`]):
+/// every replica handles every one (no queue group), since whichever replica
+/// drives the rollouts needs them. Other events are ignored.
+pub fn handle_connectivity(
+    ecr: &Ecr,
+    subject: &str,
+    datum: &[u8],
+    limits: kaa_elce::DecodeLimits,
+) -> Result<(), String> {
+    match ElceEvent::decode_with_limits(subject, datum, limits)
+        .map_err(|e| format!("malformed 9/ELCE event: {e}"))?
+    {
+        ElceEvent::Connected(e) => {
+            ecr.endpoints_connected(e.endpoints.iter().map(|(id, _)| id.as_ref()))
+        }
+        ElceEvent::Disconnected(e) => {
+            ecr.endpoints_disconnected(e.endpoints.iter().map(|(id, _)| id.as_ref()))
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Publishes the announcements of the durable announcer as `endpoint.config.updated`
 /// and flushes them before the store releases its locks.
 struct BusSink {
@@ -558,6 +590,9 @@ pub async fn start(
     let connected = EventKind::Connected
         .filter(Token::Any)
         .map_err(subject_err)?;
+    let connectivity = kaa_elce::EventGroup::Connectivity
+        .filter(Token::Any)
+        .map_err(subject_err)?;
 
     let mut requests = bus.subscribe(&request_subject, Some(group)).await?;
     let mut applied = bus.subscribe(applied_filter.as_str(), Some(group)).await?;
@@ -565,6 +600,8 @@ pub async fn start(
         bus.subscribe(lifecycle.as_str(), Some(group)).await?,
         bus.subscribe(connected.as_str(), Some(group)).await?,
     );
+    // Every replica: which endpoints are online (rollout dispatches).
+    let mut online = bus.subscribe(connectivity.as_str(), None).await?;
     // In effect on the server before ECR reports ready (a flush alone is not).
     if !kaa_bus::subscription_barrier(bus.as_ref(), std::time::Duration::from_secs(5)).await? {
         tracing::warn!("bus did not confirm ECR's subscriptions within 5 s");
@@ -659,6 +696,18 @@ pub async fn start(
                 metrics.handled("config.applied", result.is_ok());
                 if let Err(e) = result {
                     tracing::warn!(error = %e, subject = %message.subject, "endpoint.config.applied ignored");
+                }
+            }
+        });
+    }
+    {
+        let (ecr, elce_limits) = (Arc::clone(&ecr), settings.elce_limits);
+        tasks.spawn(async move {
+            while let Some(message) = online.next().await {
+                if let Err(e) =
+                    handle_connectivity(&ecr, &message.subject, &message.payload, elce_limits)
+                {
+                    tracing::debug!(error = %e, subject = %message.subject, "9/ELCE connectivity event ignored");
                 }
             }
         });

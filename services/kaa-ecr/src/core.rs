@@ -212,7 +212,13 @@ pub struct Ecr {
     status_failures: prometheus_client::metrics::counter::Counter,
     lookups: OnceLock<mpsc::Sender<Lookup>>,
     rollout_gauges: RolloutGauges,
+    online: Mutex<HashSet<String>>,
 }
+
+/// The most endpoints ECR keeps as online ([`Ecr::endpoints_connected`]); past
+/// it, further endpoints are not kept (they count as offline, see
+/// [`crate::rollout`]: never against a rollout).
+pub const ONLINE_CAPACITY: usize = 1_000_000;
 
 impl std::fmt::Debug for Ecr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,7 +245,44 @@ impl Ecr {
             status_failures: Default::default(),
             lookups: OnceLock::new(),
             rollout_gauges: RolloutGauges::default(),
+            online: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Records that endpoints are online: named by a 9/ELCE `connected` event (any
+    /// originator, seen by every replica), or asking for their configuration over
+    /// 6/CDTP (a CMX asks for its connected endpoints, and again for all of them
+    /// when ECR starts). A rollout step's announcement to an online endpoint counts
+    /// as its dispatch (see [`crate::rollout`]). At most [`ONLINE_CAPACITY`] are
+    /// kept.
+    pub fn endpoints_connected<'a>(&self, endpoint_ids: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut online) = self.online.lock() {
+            for e in endpoint_ids {
+                // No allocation for an endpoint known online (every 6/CDTP request).
+                if !online.contains(e) && online.len() < ONLINE_CAPACITY {
+                    online.insert(e.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Records that endpoints went offline (a 9/ELCE `disconnected` event).
+    pub fn endpoints_disconnected<'a>(&self, endpoint_ids: impl IntoIterator<Item = &'a str>) {
+        if let Ok(mut online) = self.online.lock() {
+            for e in endpoint_ids {
+                online.remove(e);
+            }
+        }
+    }
+
+    /// Whether ECR takes `endpoint_id` for online ([`Ecr::endpoints_connected`]).
+    pub fn is_online(&self, endpoint_id: &str) -> bool {
+        self.online.lock().is_ok_and(|o| o.contains(endpoint_id))
+    }
+
+    /// How many endpoints ECR takes for online.
+    pub fn online_count(&self) -> usize {
+        self.online.lock().map_or(0, |o| o.len())
     }
 
     /// The store.
@@ -839,6 +882,8 @@ impl Ecr {
         let announce = self.rollout_announcements(None, &r).await?;
         let stored = self.store.create_rollout(&r, &announce).await?;
         tracing::info!(rollout_id = %stored.rollout_id, app_version = %app_version, name = %name, config_id = %stored.config_id, endpoints = announce.len(), "rollout begun");
+        self.record_rollout_dispatches(None, &stored, &announce)
+            .await;
         self.emit_rollout(&stored, &announce).await?;
         Ok(stored)
     }
@@ -1054,7 +1099,55 @@ impl Ecr {
     async fn commit_rollout(&self, before: &Rollout, after: &Rollout) -> Result<(), EcrError> {
         let announce = self.rollout_announcements(Some(before), after).await?;
         self.store.update_rollout(after, &announce).await?;
+        self.record_rollout_dispatches(Some(before), after, &announce)
+            .await;
         self.emit_rollout(after, &announce).await
+    }
+
+    /// When the change `before` → `after` announces the new configuration to
+    /// `announced` (a step begins, or the rollout completes), records it as
+    /// dispatched, at `after.updated_ms`, for those of them that are online
+    /// ([`Ecr::is_online`]): the CMX pushes an announced configuration to a
+    /// connected endpoint, so one that reports nothing within the report timeout
+    /// counts as timed out. Through the status queue, before the announcements are
+    /// published, so it is ordered before their confirmations.
+    async fn record_rollout_dispatches(
+        &self,
+        before: Option<&Rollout>,
+        after: &Rollout,
+        announced: &[EndpointId],
+    ) {
+        if after.new_config_bp() <= before.map_or(0, Rollout::new_config_bp) {
+            return;
+        }
+        let (Ok(app), Ok(name)) = (
+            AppVersionName::new(after.app_version.as_str()),
+            ConfigName::new(after.name.as_str()),
+        ) else {
+            return;
+        };
+        let mut recorded = 0usize;
+        for e in announced.iter().filter(|e| self.is_online(e.as_str())) {
+            let at = UnixMillis(after.updated_ms);
+            match self
+                .record_status(
+                    e,
+                    &app,
+                    &name,
+                    &after.config_id,
+                    &StatusEvent::Dispatched,
+                    at,
+                )
+                .await
+            {
+                Ok(()) => recorded += 1,
+                Err(e) => {
+                    tracing::warn!(rollout_id = %after.rollout_id, error = %e, "could not record a rollout step's dispatches");
+                    return;
+                }
+            }
+        }
+        tracing::debug!(rollout_id = %after.rollout_id, step = after.step, announced = announced.len(), online = recorded, "rollout step dispatches recorded");
     }
 
     /// Announces (in-memory publisher) the current effective configuration of each

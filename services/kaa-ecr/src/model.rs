@@ -232,7 +232,8 @@ impl DeliveryStatus {
 /// What happened to a configuration on its way to an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusEvent {
-    /// ECR sent this configuration in a 6/CDTP response.
+    /// ECR sent this configuration in a 6/CDTP response, or a rollout step
+    /// announced it to an online endpoint (see [`crate::rollout`]).
     Dispatched,
     /// The endpoint confirmed it (`endpoint.config.applied`, or a 6/CDTP request that
     /// carried the current config ID: "Implicitly applied").

@@ -27,22 +27,45 @@
 //! # The step's endpoints, and the counts
 //!
 //! ECR knows an app version's endpoints from 6/CDTP requests and 9/ELCE events (see
-//! [`crate::bus`]); it cannot know which are online. So, for the current step (its
-//! cumulative cohort):
+//! [`crate::bus`]), and which of them are **online**: every replica follows the
+//! 9/ELCE `connected` / `disconnected` broadcasts of the communication services
+//! (KPC) and takes an endpoint asking over 6/CDTP for online too (a CMX asks for
+//! its connected endpoints, and again for all of them when an ECR starts, on its
+//! `provider.started`; so a restarted ECR knows the connected endpoints again
+//! within a moment). So, for the current step (its cumulative cohort):
 //!
 //! - `targeted`: the known endpoints of the app version that follow the default and
 //!   are in the cohort;
 //! - `delivered`: those of them with a status for the rollout's config ID recorded
-//!   since the rollout began (dispatched over 6/CDTP, applied or rejected): the
-//!   endpoints ECR saw reached. **These are "the step's endpoints"** the gate counts;
-//!   endpoints that are offline are neither counted for nor against the rollout;
+//!   since the rollout began (dispatched, applied or rejected): the endpoints ECR
+//!   saw reached. **These are "the step's endpoints"** the gate counts; endpoints
+//!   that are offline are neither counted for nor against the rollout;
 //! - `applied` / `rejected`: their last confirmation of that config ID (2xx or not;
 //!   a dispatch of it after the confirmation, e.g. a CMX fetching again when the
 //!   device reconnects, does not undo it);
-//! - `timedOut`: dispatched over 6/CDTP (so connected when they asked) but neither
-//!   applied nor rejected within `reportTimeoutSeconds` of the dispatch. A
-//!   configuration pushed by the CMX (`endpoint.config.updated`) leaves no record
-//!   until the device reports, so a device that goes silent after a push is not seen.
+//! - `timedOut`: dispatched but neither applied nor rejected within
+//!   `reportTimeoutSeconds` of the (last) dispatch.
+//!
+//! A configuration is **dispatched** to an endpoint when ECR answers it in full
+//! over 6/CDTP, and when a step (or the rollout's creation, or completion)
+//! announces it (`endpoint.config.updated`, which carries the content the CMX
+//! pushes) to an endpoint that is online then: ECR records that dispatch in the
+//! status history at the step's start, through the status queue right after the
+//! step's commit and before the announcement is published (so a device's
+//! confirmation is ordered after it). So a device that goes silent after the
+//! step's push counts as `timedOut` once the report timeout is over, and the abort
+//! criteria see it. (This repository's CMX fetches over 6/CDTP before it pushes,
+//! so its pushes are recorded by the 6/CDTP dispatch as well; the step's record
+//! covers a CMX that pushes the announced content as it is, which the event
+//! allows.) The record is as durable as the rest of the status history
+//! (group commit; a replica killed between a step's commit and the queue's next
+//! commit loses those records, and such endpoints count only once they ask or
+//! report). The online set itself is in memory: an endpoint whose `disconnected`
+//! event ECR missed stays online until it connects and disconnects again; one
+//! whose `connected` event it missed (e.g. while it was down) counts once it asks
+//! over 6/CDTP. On a reconnection to another KPC replica whose `disconnected`
+//! arrives after the new `connected`, the endpoint is taken for offline (not
+//! counted: the error is on the safe side).
 //!
 //! # Decisions ([`decide`])
 //!
@@ -143,8 +166,9 @@ pub struct AbortCriteria {
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     #[serde(deserialize_with = "whole_number")]
     pub min_sample: u64,
-    /// A dispatched endpoint that reports nothing within this many seconds counts as
-    /// failed (1 to a year).
+    /// A dispatched endpoint (answered over 6/CDTP, or announced the configuration
+    /// by a step while online) that reports nothing within this many seconds counts
+    /// as failed (1 to a year).
     #[schema(minimum = 1, maximum = 31_536_000)]
     #[serde(deserialize_with = "whole_number")]
     pub report_timeout_seconds: u64,
@@ -426,7 +450,8 @@ pub fn announced_buckets(before: Option<&Rollout>, after: &Rollout) -> std::ops:
 pub struct Report {
     /// What it is.
     pub status: crate::model::DeliveryStatus,
-    /// When ECR last dispatched the configuration over 6/CDTP (Unix ms).
+    /// When ECR last dispatched the configuration (a full 6/CDTP answer, or a step's
+    /// announcement to an online endpoint; Unix ms).
     pub dispatched_ms: Option<i64>,
 }
 
