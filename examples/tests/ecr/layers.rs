@@ -538,6 +538,56 @@ async fn rest_groups_layers_explain_and_dry_runs() {
     .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(dry["changed"], 1);
+    // The batch PUT: k01 (north, rate 50 by `cold`) would change; k10 and k11
+    // already have the payload as their effective configuration.
+    let batch = json!({
+        "configPayload": {"rate": 10, "mode": "eco"},
+        "endpoints": {"kettle": ["k11", "k01", "k10"]},
+    });
+    let (s, dry) = call(
+        a,
+        Method::PUT,
+        "/api/v1/endpoints/batch?dryRun=true",
+        Some(batch.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    assert_eq!(dry["dryRun"], true);
+    assert_eq!(dry["changed"], 1, "{dry}");
+    assert_eq!(dry["examples"][0]["endpointId"], "k01");
+    assert_eq!(
+        dry["examples"][0]["patch"],
+        json!([{"op": "replace", "path": "/rate", "value": 10}])
+    );
+    assert_eq!(
+        dry["schema"],
+        json!([{"configId": dry["examples"][0]["afterConfigId"], "endpoints": 1, "valid": true, "violation": null}])
+    );
+    let (s, _) = call(
+        a,
+        Method::GET,
+        "/api/v1/endpoints/k01/app-versions/kettle",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a batch dry run stores nothing");
+    // Refused as the write is: a schema violation, an app version listing nothing.
+    let (s, body) = call(
+        a,
+        Method::PUT,
+        "/api/v1/endpoints/batch?dryRun=true",
+        Some(json!({"configPayload": {"rate": 500}, "endpoints": {"kettle": ["k01"]}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let (s, _) = call(
+        a,
+        Method::PUT,
+        "/api/v1/endpoints/batch?dryRun=true",
+        Some(json!({"configPayload": 1, "endpoints": {"kettle": []}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, dry) = call(
         a,
         Method::DELETE,

@@ -6,7 +6,7 @@
 //! | `GET /endpoints/{endpointId}/app-versions/{appVersionName}/configurations` | all its named configurations |
 //! | `PUT/GET/DELETE /app-versions/{appVersionName}[?name=]` | an app version's default configuration |
 //! | `GET /app-versions/{appVersionName}/configurations` | all its named defaults |
-//! | `PUT /endpoints/batch[?name=]` | one configuration for many endpoints, atomically |
+//! | `PUT /endpoints/batch[?name=][&dryRun=true]` | one configuration for many endpoints, atomically |
 //! | `GET /endpoints/{endpointId}/app-versions/{appVersionName}/effective[?name=]` | what ECR serves the endpoint: its own configuration, else the default as the active rollout's cohort says |
 //! | `GET /statuses?endpointId=…[&appVersionName=][&configId=][&page=][&size=]` | the status history, Spring-style pages |
 //! | `GET /app-versions` | the app versions ECR knows, with their defaults' config IDs |
@@ -44,8 +44,8 @@
 //!   (415), a write of a default while a rollout of it is active, a second rollout,
 //!   or a rollout action its state does not allow (409), store failure (500).
 //! - `?dryRun=true` on every write that can change effective configurations (PUT and
-//!   DELETE of a default, of an endpoint's configuration, of a layer; POST of group
-//!   members) stores and announces nothing and answers 200 with a [`DryRunDto`]: how
+//!   DELETE of a default, of an endpoint's configuration, of a layer; PUT of a batch;
+//!   POST of group members) stores and announces nothing and answers 200 with a [`DryRunDto`]: how
 //!   many endpoints' effective configurations would change, the first few with
 //!   their RFC 6902 JSON Patch, and the app version's JSON Schema verdict on each
 //!   would-be document.
@@ -830,14 +830,15 @@ async fn list_default_configs(
     list_configs(&state, path.scope()?).await
 }
 
-/// Store one configuration for many endpoints, atomically.
+/// Store one configuration for many endpoints, atomically (`?dryRun=true`: predict
+/// only).
 #[utoipa::path(
     put, path = "/api/v1/endpoints/batch",
     tag = "endpoint configurations",
-    params(NameQuery),
+    params(WriteQuery),
     request_body(content = BatchRequest, content_type = "application/json"),
     responses(
-        (status = 200, body = BatchResultDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 200, description = "Stored (or, with dryRun=true, what the write would change: nothing stored or announced)", body = layers::BatchOrDryRun, headers(("ETag" = String, description = "\"<configId>\" (not with dryRun)"))),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
         (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
     ),
@@ -845,7 +846,7 @@ async fn list_default_configs(
 )]
 async fn put_batch(
     State(state): State<ApiState>,
-    ApiQuery(query): ApiQuery<NameQuery>,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     JsonBody(body): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
     let name = query.config_name()?;
@@ -853,6 +854,14 @@ async fn put_batch(
         return Err(ApiError::bad_request(format!(
             "app version {app_version:?} lists no endpoints"
         )));
+    }
+    if query.dry() {
+        let predictions = state
+            .ecr
+            .predict_batch(&body.endpoints, &name, &body.config_payload)
+            .await?;
+        let parts: Vec<_> = predictions.iter().map(|(a, p)| (a, p)).collect();
+        return Ok(layers::dry_run_many(&state, &parts));
     }
     let BatchOutcome {
         config_id,
@@ -1479,6 +1488,7 @@ impl Modify for BearerSecurity {
         GroupDto, GroupPageDto, MemberPageDto, MembersRequest, MembersResultDto, LayerRequest,
         LayerDto, DryRunDto, DryRunChangeDto, SchemaVerdictDto, ExplainDto, ExplainedDto,
         layers::ConfigOrDryRun, layers::LayerOrDryRun, layers::MembersOrDryRun,
+        layers::BatchOrDryRun,
     )),
     modifiers(&BearerSecurity)
 )]

@@ -556,15 +556,13 @@ impl Ecr {
         Ok(self.store.list(scope).await?)
     }
 
-    /// Writes `config` as the endpoint configuration `name` of every listed endpoint,
-    /// atomically (all or nothing), then emits the changes.
-    pub async fn put_batch(
+    /// The deduplicated targets of a batch (in request order) and its content,
+    /// checked as [`Ecr::put_batch`] checks them (names, app versions, schemas, size).
+    fn batch_targets(
         &self,
         endpoints: &BTreeMap<String, Vec<String>>,
-        name: &ConfigName,
         config: &Value,
-        now: UnixMillis,
-    ) -> Result<BatchOutcome, EcrError> {
+    ) -> Result<(Vec<BatchTarget>, Content), EcrError> {
         let mut targets = Vec::new();
         let mut seen = HashSet::new();
         let content = Content::from_value(config);
@@ -591,6 +589,19 @@ impl Ecr {
                 targets.len()
             )));
         }
+        Ok((targets, content))
+    }
+
+    /// Writes `config` as the endpoint configuration `name` of every listed endpoint,
+    /// atomically (all or nothing), then emits the changes.
+    pub async fn put_batch(
+        &self,
+        endpoints: &BTreeMap<String, Vec<String>>,
+        name: &ConfigName,
+        config: &Value,
+        now: UnixMillis,
+    ) -> Result<BatchOutcome, EcrError> {
+        let (targets, content) = self.batch_targets(endpoints, config)?;
         let outcomes = self.store.put_batch(&targets, name, &content, now).await?;
         let mut changed = 0;
         for (target, outcome) in targets.iter().zip(&outcomes) {

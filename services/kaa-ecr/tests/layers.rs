@@ -1,5 +1,6 @@
 //! Property tests of layered configurations (issue #20) through the engine on the
-//! SQLite store: a dry run predicts exactly the endpoints the same write then
+//! SQLite store: a dry run (of a layer write or deletion, a membership change, a
+//! default, an endpoint configuration or a batch write) predicts exactly the endpoints the same write then
 //! announces, every announcement carries the effective configuration read after it,
 //! and the explain output of every endpoint, replayed, rebuilds its effective
 //! configuration.
@@ -34,6 +35,7 @@ enum Op {
     },
     Default(Option<Value>),
     Own(usize, Option<Value>),
+    Batch(Vec<usize>, Value),
 }
 
 fn small_value() -> impl Strategy<Value = Value> {
@@ -73,7 +75,8 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(group, add, remove)| Op::Members { group, add, remove }),
         1 => prop::option::of(doc()).prop_map(Op::Default),
-        1 => (ep, prop::option::of(doc())).prop_map(|(e, d)| Op::Own(e, d)),
+        1 => (ep.clone(), prop::option::of(doc())).prop_map(|(e, d)| Op::Own(e, d)),
+        1 => (prop::collection::vec(ep, 1..4), doc()).prop_map(|(es, d)| Op::Batch(es, d)),
     ]
 }
 
@@ -201,6 +204,19 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
                 p
+            }
+            Op::Batch(endpoints, d) => {
+                let map = std::collections::BTreeMap::from([(
+                    "v1".to_owned(),
+                    endpoints
+                        .iter()
+                        .map(|i| e(*i).to_string())
+                        .collect::<Vec<_>>(),
+                )]);
+                let mut p = ecr.predict_batch(&map, &name, d).await.unwrap();
+                ecr.put_batch(&map, &name, d, now).await.unwrap();
+                prop_assert_eq!(p.len(), 1);
+                p.pop().unwrap().1
             }
         };
         let announced = drain(&mut rx);

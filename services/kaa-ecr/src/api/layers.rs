@@ -29,6 +29,17 @@ pub(super) enum ConfigOrDryRun {
     DryRun(DryRunDto),
 }
 
+/// What a batch write answers with 200 (see [`ConfigOrDryRun`]).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(super) enum BatchOrDryRun {
+    /// The batch's outcome.
+    Stored(super::BatchResultDto),
+    /// The dry run's answer.
+    DryRun(DryRunDto),
+}
+
 /// What a layer write answers with 200 (see [`ConfigOrDryRun`]).
 #[derive(ToSchema)]
 #[serde(untagged)]
@@ -363,9 +374,17 @@ pub(super) fn dry_run_response(
     app: &AppVersionName,
     prediction: &Prediction,
 ) -> Response {
-    let examples = prediction
-        .changes
-        .iter()
+    dry_run_many(state, &[(app, prediction)])
+}
+
+/// The [`DryRunDto`] of predictions over several app versions (a batch write): the
+/// changes in the order given, and each distinct would-be document's verdict under
+/// the schema of every app version it would reach (one entry per config ID; not
+/// valid when one of those schemas refuses it).
+pub(super) fn dry_run_many(state: &ApiState, parts: &[(&AppVersionName, &Prediction)]) -> Response {
+    let changes = parts.iter().flat_map(|(_, p)| p.changes.iter());
+    let examples = changes
+        .clone()
         .take(DRY_RUN_EXAMPLES)
         .map(|c| DryRunChangeDto {
             endpoint_id: c.endpoint_id.to_string(),
@@ -378,19 +397,29 @@ pub(super) fn dry_run_response(
             ),
         })
         .collect();
-    let schema = prediction
-        .verdicts(&state.ecr, app)
-        .into_iter()
-        .map(|v| SchemaVerdictDto {
-            config_id: v.config_id,
-            endpoints: v.endpoints,
-            valid: v.violation.is_none(),
-            violation: v.violation,
-        })
-        .collect();
+    let mut schema: Vec<SchemaVerdictDto> = Vec::new();
+    for (app, prediction) in parts {
+        for v in prediction.verdicts(&state.ecr, app) {
+            match schema.iter_mut().find(|s| s.config_id == v.config_id) {
+                Some(s) => {
+                    s.endpoints += v.endpoints;
+                    if s.violation.is_none() && v.violation.is_some() {
+                        s.valid = false;
+                        s.violation = v.violation;
+                    }
+                }
+                None => schema.push(SchemaVerdictDto {
+                    config_id: v.config_id,
+                    endpoints: v.endpoints,
+                    valid: v.violation.is_none(),
+                    violation: v.violation,
+                }),
+            }
+        }
+    }
     Json(DryRunDto {
         dry_run: true,
-        changed: prediction.changes.len() as u64,
+        changed: changes.count() as u64,
         examples,
         schema,
     })

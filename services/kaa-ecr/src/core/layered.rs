@@ -633,6 +633,59 @@ impl Ecr {
         Ok(prediction)
     }
 
+    /// Predicts a batch write ([`Ecr::put_batch`]): the listed endpoints whose
+    /// effective configuration `name` the payload, as their own whole
+    /// configuration, changes. Checked and refused as the write is (names, app
+    /// versions, schemas, size). One prediction per app version, in app version
+    /// order, each ordered by endpoint ID.
+    pub async fn predict_batch(
+        &self,
+        endpoints: &std::collections::BTreeMap<String, Vec<String>>,
+        name: &ConfigName,
+        config: &Value,
+    ) -> Result<Vec<(AppVersionName, Prediction)>, EcrError> {
+        let (targets, content) = self.batch_targets(endpoints, config)?;
+        let mut by_app: std::collections::BTreeMap<AppVersionName, Vec<EndpointId>> =
+            Default::default();
+        for t in targets {
+            by_app.entry(t.app_version).or_default().push(t.endpoint_id);
+        }
+        let t = crate::model::now();
+        let will = Some((
+            StoredConfig {
+                name: name.clone(),
+                config_id: content.config_id,
+                content: content.json,
+                created: t,
+                updated: t,
+            },
+            Source::Endpoint,
+        ));
+        let mut out = Vec::with_capacity(by_app.len());
+        for (app, mut endpoints) in by_app {
+            endpoints.sort();
+            let (inputs, layers) = tokio::join!(
+                self.inputs_of(&app, name, &endpoints),
+                self.store.layers(&app, Some(name))
+            );
+            let (inputs, layers) = (inputs?, layers?);
+            let mut prediction = Prediction::default();
+            for (endpoint_id, inputs) in endpoints.into_iter().zip(inputs) {
+                let was = layers::compose(name, &inputs, &layers);
+                if differs(&was, &will) {
+                    prediction.changes.push(PredictedChange {
+                        endpoint_id,
+                        name: name.clone(),
+                        before: was.map(|(c, _)| c),
+                        after: will.clone().map(|(c, _)| c),
+                    });
+                }
+            }
+            out.push((app, prediction));
+        }
+        Ok(out)
+    }
+
     /// `default` (the default as served to `endpoint_id`) with the layers that
     /// reach the endpoint composed: what the endpoint gets when it has no own
     /// configuration.
