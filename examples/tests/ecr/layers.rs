@@ -330,6 +330,121 @@ async fn postgres_layer_announcements_go_through_the_outbox() {
     assert_eq!(got, ["e20"]);
 }
 
+/// Drains the outbox through `sink` and returns the endpoints announced (sorted)
+/// with the content each was announced.
+async fn drain_outbox(s: &Arc<dyn ConfigStore>, sink: &Collect) -> Vec<(String, Option<String>)> {
+    while s.announce_pending(1000, sink).await.unwrap() > 0 {}
+    let mut got: Vec<(String, Option<String>)> = sink
+        .0
+        .lock()
+        .unwrap()
+        .drain(..)
+        .map(|c| (c.endpoint_id.to_string(), c.config.map(|c| c.content)))
+        .collect();
+    got.sort();
+    got
+}
+
+/// On PostgreSQL with durable announcements, a default write announces exactly the
+/// followers whose effective configuration it changes (those a layer hides the
+/// changed value from are not announced), the endpoints its dry run names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_default_writes_announce_only_the_changed_followers() {
+    let Some(db) = kaa_testkit::ecr::PgTestDb::create(
+        "layers::postgres_default_writes_announce_only_the_changed_followers",
+    )
+    .await
+    else {
+        return;
+    };
+    let s = store::open(&db.url).await.unwrap();
+    assert!(s.enable_durable_announcements());
+    let ecr = Ecr::new(Arc::clone(&s), AppVersions::open(), None);
+    let (v1, n) = (app("v1"), name("default"));
+    let now = UnixMillis(100);
+    let ids: Vec<_> = (0..30).map(|i| ep(&format!("e{i:02}"))).collect();
+    for e in &ids {
+        ecr.learn_endpoint(e, &v1).await.unwrap();
+    }
+    ecr.put(
+        &default_scope("v1"),
+        &n,
+        &json!({"a": 1, "b": 1}),
+        &Precondition::None,
+        now,
+    )
+    .await
+    .unwrap();
+    ecr.create_group(&v1, &group("g"), now).await.unwrap();
+    ecr.change_members(&v1, &group("g"), &ids[..10], &[], false, now)
+        .await
+        .unwrap();
+    ecr.write_layer(
+        &v1,
+        &n,
+        LayerChange::Put(layer("v1", "default", "l", 1, Some("g"), json!({"a": 5}))),
+        false,
+        now,
+    )
+    .await
+    .unwrap();
+    ecr.put(
+        &ep_scope("e29", "v1"),
+        &n,
+        &json!({"own": 1}),
+        &Precondition::None,
+        now,
+    )
+    .await
+    .unwrap();
+    let sink = Collect(Mutex::new(Vec::new()));
+    drain_outbox(&s, &sink).await;
+
+    let writes = [
+        // `a` changes: the group's layer hides it (e00-e09 unchanged).
+        Some(json!({"a": 2, "b": 1})),
+        // `b` changes: every follower.
+        Some(json!({"a": 2, "b": 2})),
+        // The same default again: nothing.
+        Some(json!({"a": 2, "b": 2})),
+        None,
+        Some(json!({"a": 7})),
+    ];
+    // From none to `{"a": 7}`: the group keeps `{"a": 5}` (its layer over nothing).
+    let expected_counts = [19, 29, 0, 29, 19];
+    for (config, expected) in writes.iter().zip(expected_counts) {
+        let predicted = ecr.predict_default(&v1, &n, config.as_ref()).await.unwrap();
+        match config {
+            Some(c) => {
+                ecr.put(&default_scope("v1"), &n, c, &Precondition::None, now)
+                    .await
+                    .unwrap();
+            }
+            None => {
+                ecr.delete(&default_scope("v1"), &n, &Precondition::None)
+                    .await
+                    .unwrap();
+            }
+        }
+        let got = drain_outbox(&s, &sink).await;
+        let predicted: Vec<String> = predicted
+            .changes
+            .iter()
+            .map(|c| c.endpoint_id.to_string())
+            .collect();
+        let announced: Vec<String> = got.iter().map(|(e, _)| e.clone()).collect();
+        assert_eq!(announced, predicted, "after {config:?}");
+        assert_eq!(announced.len(), expected, "after {config:?}");
+        for (e, content) in &got {
+            let now = content_of(&s, e).await.map(|v| v.to_string());
+            let content = content
+                .as_deref()
+                .map(|c| serde_json::from_str::<Value>(c).unwrap().to_string());
+            assert_eq!(&content, &now, "{e} after {config:?}");
+        }
+    }
+}
+
 // ------------------------------------------------------------------------ REST
 
 async fn call(

@@ -370,8 +370,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// at least once.
     ///
     /// What is announced is the current effective configuration of each endpoint
-    /// concerned (the endpoint of an endpoint write; every endpoint following the
-    /// default for a default write), read after taking a lock per (app version,
+    /// concerned (the endpoint of an endpoint write; for a default write, every
+    /// endpoint following the default whose effective configuration, composed with
+    /// its layers as they are now, differs from the one composed over the default the
+    /// write replaced), read after taking a lock per (app version,
     /// configuration name) that every replica's announcer takes, and released only
     /// after `sink` returned. Announcements of one endpoint are therefore made one
     /// at a time across replicas, each with a state no older than the one before:
@@ -897,6 +899,10 @@ pub(crate) mod sql {
     /// effective answer makes: SQLite's planner (without statistics) took a covering
     /// (app version, group, endpoint) key over a two-column index and scanned the
     /// whole group per lookup (found by the 10,000-device fan-out with layers).
+    /// Version 5 (issue 20, helper/layers: precise default announcements) records in
+    /// an outbox row of a default's change the default it replaced
+    /// (`before_known` 1, `before_content` NULL when there was none), so that the
+    /// announcer announces only the followers whose effective configuration changed.
     pub(crate) const MIGRATIONS: &[&str] = &[
         "\
         CREATE TABLE configs (
@@ -984,6 +990,11 @@ pub(crate) mod sql {
             PRIMARY KEY (app_version, name, layer_name)
         );
         CREATE INDEX layers_by_group ON layers (app_version, target_group);
+    ",
+        // Issue 20 (helper/layers): the default a default's change replaced.
+        "\
+        ALTER TABLE announce_outbox ADD COLUMN before_known INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE announce_outbox ADD COLUMN before_content TEXT;
     ",
     ];
     pub(crate) const GROUP_INSERT: &str = "INSERT INTO endpoint_groups (app_version, group_name, created_ms) VALUES ($1, $2, $3) \

@@ -463,26 +463,43 @@ async fn select_one(
 }
 
 /// Records in `tx` that the change of (`endpoint_key`, `app_version`, `name`) is due
-/// to be announced.
+/// to be announced. A default's change (`endpoint_key` empty) records the default
+/// it replaced (`previous`: its content; `None`: there was none), so that the
+/// announcer announces only the followers whose effective configuration it changed.
 async fn outbox_insert(
     tx: &impl GenericClient,
     endpoint_key: &str,
     app_version: &str,
     name: &str,
+    previous: Option<&StoredConfig>,
     now: UnixMillis,
 ) -> Result<(), StoreError> {
     let s = tx.prepare_cached(OUTBOX_INSERT).await.map_err(pg_err)?;
-    tx.execute(&s, &[&endpoint_key, &app_version, &name, &now.0])
-        .await
-        .map_err(pg_err)?;
+    let before_known: i32 = endpoint_key.is_empty().into();
+    let before_content = previous
+        .filter(|_| endpoint_key.is_empty())
+        .map(|p| p.content.as_str());
+    tx.execute(
+        &s,
+        &[
+            &endpoint_key,
+            &app_version,
+            &name,
+            &now.0,
+            &before_known,
+            &before_content,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
     Ok(())
 }
 
-const OUTBOX_INSERT: &str = "INSERT INTO announce_outbox (endpoint_id, app_version, name, created_ms) \
-     VALUES ($1, $2, $3, $4)";
+const OUTBOX_INSERT: &str = "INSERT INTO announce_outbox (endpoint_id, app_version, name, created_ms, before_known, before_content) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// The oldest due announcements, each taken by one replica at a time.
-const OUTBOX_TAKE: &str = "SELECT seq, endpoint_id, app_version, name FROM announce_outbox \
+const OUTBOX_TAKE: &str = "SELECT seq, endpoint_id, app_version, name, before_known, before_content FROM announce_outbox \
      ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED";
 
 /// Every known endpoint of `$1` following the default `$2`, with that default (NULL
@@ -570,7 +587,15 @@ async fn put_in(
     .await
     .map_err(pg_err)?;
     if outbox {
-        outbox_insert(tx, endpoint_key, app_version, name.as_str(), now).await?;
+        outbox_insert(
+            tx,
+            endpoint_key,
+            app_version,
+            name.as_str(),
+            previous.as_ref(),
+            now,
+        )
+        .await?;
     }
     let config = StoredConfig {
         name: name.clone(),
@@ -792,7 +817,15 @@ impl ConfigStore for PostgresStore {
             let outbox = self.outbox.load(Ordering::Relaxed);
             if outbox {
                 let now = crate::model::now();
-                outbox_insert(&tx, endpoint_key, app_version, name.as_str(), now).await?;
+                outbox_insert(
+                    &tx,
+                    endpoint_key,
+                    app_version,
+                    name.as_str(),
+                    previous.as_ref(),
+                    now,
+                )
+                .await?;
             }
             tx.commit().await.map_err(pg_err)?;
             if outbox {
@@ -1039,7 +1072,12 @@ impl ConfigStore for PostgresStore {
         }
         let mut seqs = Vec::with_capacity(rows.len());
         let mut endpoint_keys: Vec<EffectiveKey> = Vec::new();
-        let mut defaults: std::collections::BTreeSet<(String, String)> = Default::default();
+        // Per default changed: the defaults it replaced (`None`: not recorded, by
+        // an older ECR; every follower is announced).
+        let mut defaults: std::collections::BTreeMap<
+            (String, String),
+            Vec<Option<Option<String>>>,
+        > = Default::default();
         let mut locks = std::collections::BTreeSet::new();
         for row in &rows {
             seqs.push(row.try_get::<_, i64>(0).map_err(pg_err)?);
@@ -1049,7 +1087,12 @@ impl ConfigStore for PostgresStore {
             locks.insert(announce_lock(&app_version, &name));
             let corrupt = |e: crate::model::NameError| StoreError::Corrupt(e.to_string());
             if endpoint.is_empty() {
-                defaults.insert((app_version, name));
+                let known: i32 = row.try_get(4).map_err(pg_err)?;
+                let before: Option<String> = row.try_get(5).map_err(pg_err)?;
+                defaults
+                    .entry((app_version, name))
+                    .or_default()
+                    .push((known != 0).then_some(before));
             } else {
                 let key = EffectiveKey {
                     endpoint_id: EndpointId::new(endpoint).map_err(corrupt)?,
@@ -1107,7 +1150,7 @@ impl ConfigStore for PostgresStore {
         } else {
             overlays(&tx).await?
         };
-        for (app_version, name) in &defaults {
+        for ((app_version, name), befores) in &defaults {
             let overlay = active.get(&(app_version.clone(), name.clone()));
             let corrupt = |e: crate::model::NameError| StoreError::Corrupt(e.to_string());
             let app = AppVersionName::new(app_version.as_str()).map_err(corrupt)?;
@@ -1137,13 +1180,42 @@ impl ConfigStore for PostgresStore {
                     config,
                 ));
             }
-            // Their layers composed over what they are served.
+            // Their layers composed over what they are served; announced when that
+            // differs from the layers composed over a default the changes replaced
+            // (a layer hiding the changed value keeps the follower unchanged).
             let keys: Vec<EffectiveKey> = followers.iter().map(|(k, _)| k.clone()).collect();
             let inputs = layer_inputs_on(&tx, &keys, false).await?;
+            let befores: Option<Vec<Option<StoredConfig>>> = befores
+                .iter()
+                .map(|b| {
+                    b.as_ref().map(|content| {
+                        content.as_ref().map(|content| StoredConfig {
+                            name: config_name.clone(),
+                            config_id: crate::model::config_id(content),
+                            content: content.clone(),
+                            created: UnixMillis(0),
+                            updated: UnixMillis(0),
+                        })
+                    })
+                })
+                .collect();
             for (key, config) in followers {
                 let config = inputs
                     .compose(&key, config.map(|c| (c, Source::Default)))
                     .map(|(c, _)| c);
+                if let Some(befores) = &befores {
+                    let now = config.as_ref().map(|c| c.config_id.as_str());
+                    let changed = befores.iter().any(|b| {
+                        inputs
+                            .compose(&key, b.clone().map(|c| (c, Source::Default)))
+                            .as_ref()
+                            .map(|(c, _)| c.config_id.as_str())
+                            != now
+                    });
+                    if !changed {
+                        continue;
+                    }
+                }
                 add(EffectiveChange {
                     endpoint_id: key.endpoint_id,
                     app_version: key.app_version,
