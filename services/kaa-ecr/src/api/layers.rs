@@ -450,6 +450,30 @@ pub(super) async fn dry_run_config(
     Ok(dry_run_response(state, scope.app_version(), &prediction))
 }
 
+/// Dry run of a write of an endpoint's own configuration as a merge patch.
+pub(super) async fn dry_run_patch(
+    state: &ApiState,
+    scope: &Scope,
+    name: &ConfigName,
+    patch: &Value,
+) -> Result<Response, ApiError> {
+    let Scope::Endpoint {
+        endpoint_id,
+        app_version,
+    } = scope
+    else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "only an endpoint's own configuration can be stored as a merge patch",
+        ));
+    };
+    let prediction = state
+        .ecr
+        .predict_endpoint_patch(endpoint_id, app_version, name, patch)
+        .await?;
+    Ok(dry_run_response(state, app_version, &prediction))
+}
+
 fn group_dto(g: &crate::store::GroupSummary) -> GroupDto {
     GroupDto {
         group: g.group.clone(),
@@ -795,7 +819,8 @@ pub struct ExplainedDto {
     /// Its value (any JSON).
     #[schema(value_type = Value)]
     pub value: Value,
-    /// `default`, `rollout`, `layer` or `endpoint`.
+    /// `default`, `rollout`, `layer`, `endpoint` (its own whole configuration) or
+    /// `endpoint-patch` (its own configuration stored as a merge patch).
     pub source: String,
     /// The layer, when `source` is `layer`.
     pub layer: Option<String>,
@@ -851,6 +876,7 @@ pub(super) async fn get_explain(
             let (source, layer, rollout_id, step) = match l.decider {
                 Decider::Default => ("default", None, None, None),
                 Decider::Endpoint => ("endpoint", None, None, None),
+                Decider::EndpointPatch => ("endpoint-patch", None, None, None),
                 Decider::Layer(n) => ("layer", Some(n), None, None),
                 Decider::Rollout { rollout_id, step } => {
                     ("rollout", None, Some(rollout_id), Some(step as u64))
