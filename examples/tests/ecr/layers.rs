@@ -234,11 +234,88 @@ async fn groups_and_layers_in_the_store(url: &str) {
             .total_elements,
         0
     );
+    // An own configuration stored as a merge patch: merged over the default and the
+    // layers (`all`, `all2` now), and still a follower of the default.
+    let patch = Content::from_value(&json!({"b": {"d": 9}, "p": 1}));
+    let out = s
+        .put_patch(&ep_scope("e03", "v1"), &n, &patch, &Precondition::None, t)
+        .await
+        .unwrap();
+    assert!(out.changed && !out.previous_patch && out.previous.is_none());
+    let patched = json!({"a": 3, "b": {"c": 1, "d": 9}, "p": 1});
+    assert_eq!(content_of(&s, "e03").await.unwrap(), patched);
+    let many = s
+        .effective_many(&[key("e03", "v1", "default"), key("e02", "v1", "default")])
+        .await
+        .unwrap();
+    let one = s.effective(&ep("e03"), &v1, &n).await.unwrap();
+    assert_eq!(many[0], one);
+    assert_eq!(one.unwrap().1, Source::Endpoint);
+    assert_eq!(
+        serde_json::from_str::<Value>(&many[1].as_ref().unwrap().0.content).unwrap(),
+        json!({"own": true}),
+        "a whole own configuration beside it stays whole"
+    );
+    let inputs = s
+        .effective_inputs(&[key("e03", "v1", "default")])
+        .await
+        .unwrap();
+    assert_eq!(inputs[0].own_patch.as_ref().unwrap().content, patch.json);
+    assert_eq!(inputs[0].base.as_ref().unwrap().1, Source::Default);
+    let followers = s.endpoints_following_default(&v1, &n).await.unwrap();
+    assert!(followers.contains(&ep("e03")) && !followers.contains(&ep("e02")));
+    assert_eq!(
+        s.endpoints_with_own_patch(&v1, &n).await.unwrap(),
+        [ep("e03")]
+    );
+    assert_eq!(
+        s.own_patch_names(&ep("e03"), &v1).await.unwrap(),
+        BTreeSet::from(["default".to_owned()])
+    );
+    // The same patch again: nothing; the same content whole: a change.
+    let again = s
+        .put_patch(&ep_scope("e03", "v1"), &n, &patch, &Precondition::None, t)
+        .await
+        .unwrap();
+    assert!(!again.changed && again.previous_patch);
+    let whole = s
+        .put(&ep_scope("e03", "v1"), &n, &patch, &Precondition::None, t)
+        .await
+        .unwrap();
+    assert!(whole.changed && whole.previous_patch);
+    assert_eq!(
+        content_of(&s, "e03").await.unwrap(),
+        json!({"b": {"d": 9}, "p": 1})
+    );
+    assert!(s.own_patch_names(&ep("e03"), &v1).await.unwrap().is_empty());
+    let back = s
+        .put_patch(&ep_scope("e03", "v1"), &n, &patch, &Precondition::None, t)
+        .await
+        .unwrap();
+    assert!(back.changed && !back.previous_patch);
+    // A default cannot be a patch.
+    assert!(matches!(
+        s.put_patch(&default_scope("v1"), &n, &patch, &Precondition::None, t)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Deleting says what it deleted.
+    let (gone, was_patch) = s
+        .delete_own(&ep_scope("e03", "v1"), &n, &Precondition::None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(was_patch);
+    assert_eq!(gone.content, patch.json);
+    s.put_patch(&ep_scope("e03", "v1"), &n, &patch, &Precondition::None, t)
+        .await
+        .unwrap();
     // Durable: a store opened again has them.
     drop(s);
     let s = store::open(url).await.unwrap();
     assert_eq!(s.layers(&v1, None).await.unwrap().len(), 2);
     assert_eq!(s.groups(&v1, 0, 10).await.unwrap().total_elements, 1);
+    assert_eq!(content_of(&s, "e03").await.unwrap(), patched);
 }
 
 struct Collect(Mutex<Vec<EffectiveChange>>);
@@ -443,6 +520,46 @@ async fn postgres_default_writes_announce_only_the_changed_followers() {
             assert_eq!(&content, &now, "{e} after {config:?}");
         }
     }
+    // An own configuration stored as a merge patch follows the default, minus what
+    // it decides itself.
+    ecr.put_patch(
+        &ep_scope("e27", "v1"),
+        &n,
+        &json!({"a": 1}),
+        &Precondition::None,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        drain_outbox(&s, &sink).await,
+        [("e27".to_owned(), Some(r#"{"a":1}"#.to_owned()))]
+    );
+    for (config, expected, e27) in [
+        (json!({"a": 8, "c": 1}), 29, Some(r#"{"a":1,"c":1}"#)),
+        (json!({"a": 9, "c": 1}), 18, None),
+    ] {
+        let predicted = ecr.predict_default(&v1, &n, Some(&config)).await.unwrap();
+        ecr.put(&default_scope("v1"), &n, &config, &Precondition::None, now)
+            .await
+            .unwrap();
+        let got = drain_outbox(&s, &sink).await;
+        let announced: Vec<String> = got.iter().map(|(e, _)| e.clone()).collect();
+        let predicted: Vec<String> = predicted
+            .changes
+            .iter()
+            .map(|c| c.endpoint_id.to_string())
+            .collect();
+        assert_eq!(announced, predicted, "after {config}");
+        assert_eq!(announced.len(), expected, "after {config}");
+        assert_eq!(
+            got.iter()
+                .find(|(e, _)| e == "e27")
+                .and_then(|(_, c)| c.as_deref()),
+            e27,
+            "after {config}"
+        );
+    }
 }
 
 // ------------------------------------------------------------------------ REST
@@ -453,9 +570,19 @@ async fn call(
     uri: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    call_as(app, method, uri, body, "application/json").await
+}
+
+async fn call_as(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+    content_type: &str,
+) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(uri);
     if body.is_some() {
-        req = req.header(header::CONTENT_TYPE, "application/json");
+        req = req.header(header::CONTENT_TYPE, content_type);
     }
     let req = req
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
@@ -703,6 +830,89 @@ async fn rest_groups_layers_explain_and_dry_runs() {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // An own configuration stored as a merge patch (k15, outside north): merged over
+    // the default, announced, explained as the endpoint's patch.
+    let patch_uri = "/api/v1/endpoints/k15/app-versions/kettle";
+    const MERGE_PATCH: &str = "application/merge-patch+json";
+    let (s, dry) = call_as(
+        a,
+        Method::PUT,
+        &format!("{patch_uri}?dryRun=true"),
+        Some(json!({"mode": "turbo"})),
+        MERGE_PATCH,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{dry}");
+    assert_eq!(dry["changed"], 1);
+    assert_eq!(
+        dry["examples"][0]["patch"],
+        json!([{"op": "replace", "path": "/mode", "value": "turbo"}])
+    );
+    assert!(rx.try_recv().is_err(), "a dry run announces nothing");
+    let (s, body) = call_as(
+        a,
+        Method::PUT,
+        patch_uri,
+        Some(json!({"mode": "turbo"})),
+        MERGE_PATCH,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["mergePatch"], true);
+    assert_eq!(body["config"], r#"{"mode":"turbo"}"#);
+    let c = rx.try_recv().expect("the patch is announced");
+    assert_eq!(c.endpoint_id.as_str(), "k15");
+    assert_eq!(c.config.unwrap().content, r#"{"mode":"turbo","rate":10}"#);
+    assert!(rx.try_recv().is_err());
+    let (s, body) = call(a, Method::GET, patch_uri, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body["mergePatch"], true);
+    let (s, body) = call(a, Method::GET, &format!("{patch_uri}/configurations"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body[0]["mergePatch"], true);
+    let (_, body) = call(a, Method::GET, &format!("{patch_uri}/effective"), None).await;
+    assert_eq!(body["config"], r#"{"mode":"turbo","rate":10}"#);
+    let (s, body) = call(a, Method::GET, &format!("{patch_uri}/explain"), None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["leaves"][0]["source"], "endpoint-patch");
+    assert_eq!(body["leaves"][1]["source"], "default");
+    // Refused: a would-be document the schema refuses (dry run or not), a patch that
+    // is not an object, a default as a patch. Nothing changes.
+    for uri in [format!("{patch_uri}?dryRun=true"), patch_uri.to_owned()] {
+        let (s, body) = call_as(
+            a,
+            Method::PUT,
+            &uri,
+            Some(json!({"rate": 500})),
+            MERGE_PATCH,
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("JSON Schema"),
+            "{body}"
+        );
+    }
+    let (s, _) = call_as(a, Method::PUT, patch_uri, Some(json!([1])), MERGE_PATCH).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call_as(a, Method::PUT, base, Some(json!({"rate": 1})), MERGE_PATCH).await;
+    assert_eq!(
+        s,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "a default is never a patch"
+    );
+    assert!(rx.try_recv().is_err(), "refused writes announce nothing");
+    // Plain JSON stores a whole document again.
+    let (s, body) = call(a, Method::PUT, patch_uri, Some(json!({"mode": "turbo"}))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body.get("mergePatch"), None);
+    let c = rx
+        .try_recv()
+        .expect("whole: the effective configuration changed");
+    assert_eq!(c.config.unwrap().content, r#"{"mode":"turbo"}"#);
+    let (s, _) = call(a, Method::DELETE, patch_uri, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    while rx.try_recv().is_ok() {}
     let (s, dry) = call(
         a,
         Method::DELETE,

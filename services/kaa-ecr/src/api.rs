@@ -2,7 +2,7 @@
 //!
 //! | route | what |
 //! | --- | --- |
-//! | `PUT/GET/DELETE /endpoints/{endpointId}/app-versions/{appVersionName}[?name=]` | an endpoint's own configuration |
+//! | `PUT/GET/DELETE /endpoints/{endpointId}/app-versions/{appVersionName}[?name=]` | an endpoint's own configuration: a whole document, or (PUT with `Content-Type: application/merge-patch+json`) a JSON Merge Patch over its default and layers (`"mergePatch": true` when read) |
 //! | `GET /endpoints/{endpointId}/app-versions/{appVersionName}/configurations` | all its named configurations |
 //! | `PUT/GET/DELETE /app-versions/{appVersionName}[?name=]` | an app version's default configuration |
 //! | `GET /app-versions/{appVersionName}/configurations` | all its named defaults |
@@ -49,6 +49,12 @@
 //!   many endpoints' effective configurations would change, the first few with
 //!   their RFC 6902 JSON Patch, and the app version's JSON Schema verdict on each
 //!   would-be document.
+//! - An endpoint's own configuration is a whole document unless it is written with
+//!   `Content-Type: application/merge-patch+json`: then it is stored as a JSON Merge
+//!   Patch (an object, else 400) merged over the endpoint's default and layers (see
+//!   [`crate::layers`]), the would-be document checked against the schema (400), and
+//!   reading it answers `"mergePatch": true`. A PUT of a default with that content
+//!   type is refused with 415 (it would replace the default whole).
 //! - Rollouts (see [`crate::rollout`]) carry `ETag: "<rolloutId>-<revision>"`; the
 //!   actions take `If-Match` with it (412 with the current `ETag` when it is stale).
 //! - Authentication: `Authorization: Bearer <token>`; GET needs `read` or
@@ -815,7 +821,8 @@ async fn list_endpoint_configs(
     .into_response())
 }
 
-/// Store an app version's default configuration (upsert).
+/// Store an app version's default configuration (upsert; a whole document:
+/// `application/merge-patch+json` is refused with 415).
 #[utoipa::path(
     put, path = "/api/v1/app-versions/{appVersionName}",
     tag = "default configurations",
@@ -840,6 +847,13 @@ async fn put_default_config(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
+    if is_merge_patch(&headers) {
+        // Not stored whole in its place: a patch sent here would replace the default.
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a default configuration is a whole document (Content-Type: application/json); only an endpoint's own configuration can be a merge patch",
+        ));
+    }
     put_config(&state, path.scope()?, &query, &headers, body).await
 }
 
