@@ -1120,7 +1120,13 @@ pub(crate) mod sql {
          WHERE app_version = $1 AND name = $2 AND endpoint_id <> '' AND own_patch = 1 ORDER BY endpoint_id";
     pub(crate) const SELECT_SCOPE: &str = "SELECT name, config_id, content, created_ms, updated_ms FROM configs \
          WHERE endpoint_id = $1 AND app_version = $2 ORDER BY name";
-    pub(crate) const UPSERT: &str = "INSERT INTO configs (endpoint_id, app_version, name, config_id, content, created_ms, updated_ms, own_patch) \
+    pub(crate) const UPSERT: &str = "INSERT INTO configs (endpoint_id, app_version, name, config_id, content, created_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) \
+         ON CONFLICT (endpoint_id, app_version, name) DO UPDATE SET \
+         config_id = excluded.config_id, content = excluded.content, updated_ms = excluded.updated_ms";
+    /// [`UPSERT`] saying whether it is an own configuration stored as a merge patch
+    /// (`$7`: 1) or a whole document (0).
+    pub(crate) const UPSERT_OWN: &str = "INSERT INTO configs (endpoint_id, app_version, name, config_id, content, created_ms, updated_ms, own_patch) \
          VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
          ON CONFLICT (endpoint_id, app_version, name) DO UPDATE SET \
          config_id = excluded.config_id, content = excluded.content, updated_ms = excluded.updated_ms, \

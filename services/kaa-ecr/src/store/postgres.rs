@@ -643,7 +643,7 @@ async fn put_in(
             previous_patch,
         });
     }
-    let s = tx.prepare_cached(sql::UPSERT).await.map_err(pg_err)?;
+    let s = tx.prepare_cached(sql::UPSERT_OWN).await.map_err(pg_err)?;
     tx.execute(
         &s,
         &[

@@ -355,7 +355,7 @@ fn put_in(
             previous_patch,
         });
     }
-    tx.prepare_cached(q!(sql::UPSERT))
+    tx.prepare_cached(q!(sql::UPSERT_OWN))
         .and_then(|mut s| {
             s.execute(params![
                 endpoint_key,
