@@ -736,6 +736,11 @@ impl LayerInputs {
     }
 }
 
+/// What the stores read of one key besides layers and groups: the own whole
+/// configuration or the base (rollout applied), and the own configuration stored as
+/// a merge patch.
+pub(crate) type Base = (Option<(StoredConfig, Source)>, Option<StoredConfig>);
+
 /// A stored layer row: the columns of `sql::LAYER_COLUMNS`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_row(

@@ -12,7 +12,7 @@ use kaa_ism::UnixMillis;
 
 use super::sqlite::{StatusRow, confirmed_status, status_record};
 use super::{
-    AnnouncementSink, AppVersionSummary, BatchTarget, ConfigStore, EffectiveKey, GroupSummary,
+    AnnouncementSink, AppVersionSummary, Base, BatchTarget, ConfigStore, EffectiveKey, GroupSummary,
     LayerInputs, Overlay, Precondition, PutOutcome, StatusCount, StatusWrite, StoreError,
     apply_overlay, sql,
 };
@@ -451,10 +451,6 @@ async fn base_many_on(
         })
         .collect())
 }
-
-/// What [`base_many_on`] reads of one key: the own whole configuration or the base
-/// (rollout applied), and the own configuration stored as a merge patch.
-type Base = (Option<(StoredConfig, Source)>, Option<StoredConfig>);
 
 /// One configuration, locked for the write when `for_update`, and whether it is
 /// stored as a merge patch.

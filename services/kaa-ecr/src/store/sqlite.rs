@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use kaa_ism::UnixMillis;
 
 use super::{
-    AppVersionSummary, BatchTarget, ConfigStore, EffectiveKey, GroupSummary, LayerInputs, Overlay,
+    AppVersionSummary, Base, BatchTarget, ConfigStore, EffectiveKey, GroupSummary, LayerInputs, Overlay,
     Precondition, PutOutcome, StatusCount, StatusWrite, StoreError, apply_overlay, sql,
 };
 use crate::layers::{EffectiveInputs, GroupName, Layer};
@@ -248,7 +248,7 @@ fn base_of(
     endpoint_id: &str,
     app_version: &str,
     name: &str,
-) -> Result<(Option<(StoredConfig, Source)>, Option<StoredConfig>), StoreError> {
+) -> Result<Base, StoreError> {
     let own_patch = match select_own(conn, endpoint_id, app_version, name)? {
         Some((c, false)) => return Ok((Some((c, Source::Endpoint)), None)),
         Some((c, true)) => Some(c),
