@@ -939,4 +939,28 @@ async fn rest_groups_layers_explain_and_dry_runs() {
     assert_eq!(n, 5);
     let (s, _) = call(a, Method::DELETE, &format!("{base}/groups/north"), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+    // The OpenAPI document says both: the merge-patch body, the batch's dry run.
+    let doc = api::openapi_json();
+    let own = &doc["paths"]["/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}"]["put"];
+    assert_eq!(
+        own["requestBody"]["content"]["application/merge-patch+json"]["schema"]["$ref"],
+        "#/components/schemas/MergePatchJson",
+        "{own}"
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["MergePatchJson"]["type"],
+        "object"
+    );
+    assert!(own["requestBody"]["content"]["application/json"].is_object());
+    let batch = &doc["paths"]["/api/v1/endpoints/batch"]["put"];
+    assert!(
+        batch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "dryRun"),
+        "{batch}"
+    );
+    let required = doc["components"]["schemas"]["ConfigurationDto"]["required"].to_string();
+    assert!(!required.contains("mergePatch"), "{required}");
 }

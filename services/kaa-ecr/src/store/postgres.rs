@@ -12,9 +12,9 @@ use kaa_ism::UnixMillis;
 
 use super::sqlite::{StatusRow, confirmed_status, status_record};
 use super::{
-    AnnouncementSink, AppVersionSummary, Base, BatchTarget, ConfigStore, EffectiveKey, GroupSummary,
-    LayerInputs, Overlay, Precondition, PutOutcome, StatusCount, StatusWrite, StoreError,
-    apply_overlay, sql,
+    AnnouncementSink, AppVersionSummary, Base, BatchTarget, ConfigStore, EffectiveKey,
+    GroupSummary, LayerInputs, Overlay, Precondition, PutOutcome, StatusCount, StatusWrite,
+    StoreError, apply_overlay, sql,
 };
 use crate::core::EffectiveChange;
 use crate::layers::{EffectiveInputs, GroupName, Layer, LayerTarget};

@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use kaa_ism::UnixMillis;
 
 use super::{
-    AppVersionSummary, Base, BatchTarget, ConfigStore, EffectiveKey, GroupSummary, LayerInputs, Overlay,
-    Precondition, PutOutcome, StatusCount, StatusWrite, StoreError, apply_overlay, sql,
+    AppVersionSummary, Base, BatchTarget, ConfigStore, EffectiveKey, GroupSummary, LayerInputs,
+    Overlay, Precondition, PutOutcome, StatusCount, StatusWrite, StoreError, apply_overlay, sql,
 };
 use crate::layers::{EffectiveInputs, GroupName, Layer};
 use crate::model::{
