@@ -7,15 +7,25 @@
 //! A layer write, a layer deletion and a membership change are predicted before
 //! they are stored: the known endpoints of the (app version, name) concerned that
 //! follow the default (an endpoint with its own whole configuration is not
-//! layered) are read with their bases and groups ([`ConfigStore::effective_inputs`],
-//! batched), and their effective configurations composed with the layers before and
-//! after the write. Exactly the endpoints whose config ID differs are announced: on
+//! layered; one whose own configuration is a merge patch is) are read with their
+//! bases, groups and own patches ([`ConfigStore::effective_inputs`], batched), and
+//! their effective configurations composed with the layers before and after the
+//! write. Exactly the endpoints whose config ID differs are announced: on
 //! PostgreSQL with durable announcements through the outbox, in the write's
 //! transaction; otherwise after the commit, with their effective configuration read
 //! again then. A dry run is the same prediction without the write, so it names the
 //! endpoints the write would announce. A write committed by another replica between
 //! the prediction and the commit is not in the prediction (each write's own
 //! announcements still cover what it changed).
+//!
+//! Default writes, endpoint writes (whole, merge patch, deletion) and batch writes
+//! are predicted the same way for their dry runs ([`Ecr::predict_default`],
+//! [`Ecr::predict_endpoint`], [`Ecr::predict_endpoint_patch`],
+//! [`Ecr::predict_batch`]); what they announce is decided after the commit (the
+//! in-memory publisher) or by the outbox's announcer (PostgreSQL: for a default,
+//! each follower's layers composed over the replaced default and over the current
+//! one), with the same rule: exactly the endpoints whose effective config ID
+//! changed.
 
 use std::collections::{BTreeSet, HashSet};
 

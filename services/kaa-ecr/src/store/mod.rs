@@ -27,8 +27,8 @@
 //! ([`crate::rollout`]): one row each (the rollout as a JSON document, plus the
 //! columns `effective` reads), at most one active per (app version, name) by a
 //! partial unique index. While one is active, `effective` and `effective_many`
-//! answer its served cohort its configuration (the endpoints' own configurations
-//! still win), and a write or delete of that default is refused
+//! answer its served cohort its configuration (the endpoints' own whole
+//! configurations still win; one stored as a merge patch is merged over it), and a write or delete of that default is refused
 //! ([`StoreError::Conflict`]); a rollout's changes are compare-and-set on its
 //! revision ([`StoreError::RolloutChanged`]), and its completion writes the default
 //! in the same transaction.
@@ -259,8 +259,10 @@ pub trait ConfigStore: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<Vec<PutOutcome>, StoreError>;
 
-    /// The effective configuration: the endpoint's own, else the app version's default,
-    /// read in one transaction.
+    /// The effective configuration: the endpoint's own whole configuration, else the
+    /// app version's default (as an active rollout serves it) with the layers that
+    /// reach the endpoint and its own configuration stored as a merge patch merged
+    /// over it ([`crate::layers::compose`]), read in one transaction.
     async fn effective(
         &self,
         endpoint_id: &EndpointId,
