@@ -964,3 +964,256 @@ async fn rest_groups_layers_explain_and_dry_runs() {
     let required = doc["components"]["schemas"]["ConfigurationDto"]["required"].to_string();
     assert!(!required.contains("mergePatch"), "{required}");
 }
+
+// ------------------------------------------------------------- PostgreSQL model
+
+/// One write of [`postgres_dry_runs_predict_the_outbox_announcements`].
+#[derive(Debug, Clone)]
+enum PgOp {
+    PutLayer(usize, i64, Option<usize>, Value),
+    DeleteLayer(usize),
+    Members(usize, Vec<usize>, Vec<usize>),
+    Default(Option<Value>),
+    Own(usize, Option<Value>),
+    OwnPatch(usize, Value),
+    Batch(Vec<usize>, Value),
+}
+
+const PG_ENDPOINTS: usize = 6;
+
+fn pg_patch() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let small = prop_oneof![
+        (0i64..3).prop_map(|n| json!(n)),
+        Just(Value::Null),
+        (0i64..3).prop_map(|n| json!({"x": n})),
+        (0i64..2).prop_map(|n| json!({"y": n, "x": null})),
+    ];
+    prop::collection::btree_map(prop::sample::select(vec!["a", "b", "c"]), small, 0..3)
+        .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+}
+
+fn pg_op() -> impl proptest::strategy::Strategy<Value = PgOp> {
+    use proptest::prelude::*;
+    let e = 0..PG_ENDPOINTS;
+    prop_oneof![
+        3 => (0usize..3, 0i64..3, prop::option::of(0usize..2), pg_patch())
+            .prop_map(|(l, p, t, v)| PgOp::PutLayer(l, p, t, v)),
+        1 => (0usize..3).prop_map(PgOp::DeleteLayer),
+        2 => (0usize..2, prop::collection::vec(e.clone(), 0..3), prop::collection::vec(e.clone(), 0..2))
+            .prop_map(|(g, a, r)| PgOp::Members(g, a, r)),
+        2 => prop::option::of(pg_patch()).prop_map(PgOp::Default),
+        1 => (e.clone(), prop::option::of(pg_patch())).prop_map(|(i, d)| PgOp::Own(i, d)),
+        2 => (e.clone(), pg_patch()).prop_map(|(i, p)| PgOp::OwnPatch(i, p)),
+        1 => (prop::collection::vec(e, 1..3), pg_patch()).prop_map(|(es, d)| PgOp::Batch(es, d)),
+    ]
+}
+
+/// One generated sequence on its own app version of the shared database: before
+/// every write its dry run, then the write, then the outbox drained; the dry run
+/// names exactly the endpoints whose served config ID changed, and the outbox
+/// announces those (a layer, membership or default write: only those; an endpoint
+/// write: also the written endpoints whose row changed).
+async fn pg_sequence(
+    s: &Arc<dyn ConfigStore>,
+    case: usize,
+    ops: Vec<PgOp>,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::{prop_assert, prop_assert_eq};
+    let ecr = Ecr::new(Arc::clone(s), AppVersions::open(), None);
+    let a = format!("p{case}");
+    let (v, n) = (app(&a), name("default"));
+    let now = UnixMillis(1_000);
+    let e = |i: usize| ep(&format!("e{i}"));
+    for i in 0..PG_ENDPOINTS {
+        ecr.learn_endpoint(&e(i), &v).await.unwrap();
+    }
+    for g in ["g0", "g1"] {
+        ecr.create_group(&v, &group(g), now).await.unwrap();
+    }
+    let sink = Collect(Mutex::new(Vec::new()));
+    let served = || async {
+        let mut out = Vec::new();
+        for i in 0..PG_ENDPOINTS {
+            out.push(
+                ecr.effective(&e(i), &v, &n)
+                    .await
+                    .unwrap()
+                    .map(|(c, _)| c.config_id),
+            );
+        }
+        out
+    };
+    for op in ops {
+        drain_outbox(s, &sink).await;
+        let before = served().await;
+        let own = |i: usize| ep_scope(&format!("e{i}"), &a);
+        let predicted = match &op {
+            PgOp::PutLayer(l, priority, target, patch) => {
+                let l = layer(
+                    &a,
+                    "default",
+                    &format!("l{l}"),
+                    *priority,
+                    target.map(|g| ["g0", "g1"][g]),
+                    patch.clone(),
+                );
+                let (_, p) = ecr
+                    .write_layer(&v, &n, LayerChange::Put(l.clone()), true, now)
+                    .await
+                    .unwrap();
+                ecr.write_layer(&v, &n, LayerChange::Put(l), false, now)
+                    .await
+                    .unwrap();
+                p
+            }
+            PgOp::DeleteLayer(l) => {
+                let l = group(&format!("l{l}"));
+                let (_, p) = ecr
+                    .write_layer(&v, &n, LayerChange::Delete(l.clone()), true, now)
+                    .await
+                    .unwrap();
+                ecr.write_layer(&v, &n, LayerChange::Delete(l), false, now)
+                    .await
+                    .unwrap();
+                p
+            }
+            PgOp::Members(g, add, remove) => {
+                let g = group(["g0", "g1"][*g]);
+                let add: Vec<_> = add.iter().map(|i| e(*i)).collect();
+                let remove: Vec<_> = remove.iter().map(|i| e(*i)).collect();
+                let (_, p) = ecr
+                    .change_members(&v, &g, &add, &remove, true, now)
+                    .await
+                    .unwrap();
+                ecr.change_members(&v, &g, &add, &remove, false, now)
+                    .await
+                    .unwrap();
+                p
+            }
+            PgOp::Default(d) => {
+                let p = ecr.predict_default(&v, &n, d.as_ref()).await.unwrap();
+                match d {
+                    Some(d) => drop(
+                        ecr.put(&default_scope(&a), &n, d, &Precondition::None, now)
+                            .await
+                            .unwrap(),
+                    ),
+                    None => drop(
+                        ecr.delete(&default_scope(&a), &n, &Precondition::None)
+                            .await
+                            .unwrap(),
+                    ),
+                }
+                p
+            }
+            PgOp::Own(i, d) => {
+                let p = ecr
+                    .predict_endpoint(&e(*i), &v, &n, d.as_ref())
+                    .await
+                    .unwrap();
+                match d {
+                    Some(d) => drop(
+                        ecr.put(&own(*i), &n, d, &Precondition::None, now)
+                            .await
+                            .unwrap(),
+                    ),
+                    None => drop(ecr.delete(&own(*i), &n, &Precondition::None).await.unwrap()),
+                }
+                p
+            }
+            PgOp::OwnPatch(i, patch) => {
+                let p = ecr
+                    .predict_endpoint_patch(&e(*i), &v, &n, patch)
+                    .await
+                    .unwrap();
+                ecr.put_patch(&own(*i), &n, patch, &Precondition::None, now)
+                    .await
+                    .unwrap();
+                p
+            }
+            PgOp::Batch(es, d) => {
+                let map = std::collections::BTreeMap::from([(
+                    a.clone(),
+                    es.iter().map(|i| format!("e{i}")).collect::<Vec<_>>(),
+                )]);
+                let mut p = ecr.predict_batch(&map, &n, d).await.unwrap();
+                ecr.put_batch(&map, &n, d, now).await.unwrap();
+                p.pop().unwrap().1
+            }
+        };
+        let announced: BTreeSet<String> = drain_outbox(s, &sink)
+            .await
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect();
+        let predicted: BTreeSet<String> = predicted
+            .changes
+            .iter()
+            .map(|c| c.endpoint_id.to_string())
+            .collect();
+        let after = served().await;
+        let changed: BTreeSet<String> = (0..PG_ENDPOINTS)
+            .filter(|i| before[*i] != after[*i])
+            .map(|i| format!("e{i}"))
+            .collect();
+        prop_assert_eq!(&predicted, &changed, "predicted vs changed after {:?}", op);
+        // An endpoint write whose row changed is announced from the outbox even when
+        // its effective configuration stays the same (one "unchanged" answer): the
+        // written endpoints may be announced beyond the prediction, nothing else.
+        let written: BTreeSet<String> = match &op {
+            PgOp::Own(i, _) | PgOp::OwnPatch(i, _) => BTreeSet::from([format!("e{i}")]),
+            PgOp::Batch(es, _) => es.iter().map(|i| format!("e{i}")).collect(),
+            _ => BTreeSet::new(),
+        };
+        prop_assert!(
+            predicted.is_subset(&announced),
+            "after {:?}: {:?} not all announced",
+            op,
+            predicted
+        );
+        let extra: BTreeSet<&String> = announced.difference(&predicted).collect();
+        prop_assert!(
+            extra.iter().all(|e| written.contains(*e)),
+            "after {:?}: announced {:?} beyond the prediction",
+            op,
+            extra
+        );
+    }
+    Ok(())
+}
+
+/// On PostgreSQL with durable announcements: random sequences of layer, membership,
+/// default, own (whole and merge patch) and batch writes; before each, its dry run
+/// names exactly the endpoints whose served configuration the write changes, and
+/// the outbox announces them (see [`pg_sequence`] for the one allowance).
+#[test]
+fn postgres_dry_runs_predict_the_outbox_announcements() {
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(db) = rt.block_on(kaa_testkit::ecr::PgTestDb::create(
+        "layers::postgres_dry_runs_predict_the_outbox_announcements",
+    )) else {
+        return;
+    };
+    let s = rt.block_on(store::open(&db.url)).unwrap();
+    assert!(s.enable_durable_announcements());
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::collection::vec(pg_op(), 1..8), |ops| {
+        let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        rt.block_on(pg_sequence(&s, n, ops))
+    });
+    drop(s);
+    rt.block_on(async move { drop(db) });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
