@@ -2,11 +2,11 @@
 //!
 //! | route | what |
 //! | --- | --- |
-//! | `PUT/GET/DELETE /endpoints/{endpointId}/app-versions/{appVersionName}[?name=]` | an endpoint's own configuration |
+//! | `PUT/GET/DELETE /endpoints/{endpointId}/app-versions/{appVersionName}[?name=]` | an endpoint's own configuration: a whole document, or (PUT with `Content-Type: application/merge-patch+json`) a JSON Merge Patch over its default and layers (`"mergePatch": true` when read) |
 //! | `GET /endpoints/{endpointId}/app-versions/{appVersionName}/configurations` | all its named configurations |
 //! | `PUT/GET/DELETE /app-versions/{appVersionName}[?name=]` | an app version's default configuration |
 //! | `GET /app-versions/{appVersionName}/configurations` | all its named defaults |
-//! | `PUT /endpoints/batch[?name=]` | one configuration for many endpoints, atomically |
+//! | `PUT /endpoints/batch[?name=][&dryRun=true]` | one configuration for many endpoints, atomically |
 //! | `GET /endpoints/{endpointId}/app-versions/{appVersionName}/effective[?name=]` | what ECR serves the endpoint: its own configuration, else the default as the active rollout's cohort says |
 //! | `GET /statuses?endpointId=…[&appVersionName=][&configId=][&page=][&size=]` | the status history, Spring-style pages |
 //! | `GET /app-versions` | the app versions ECR knows, with their defaults' config IDs |
@@ -44,11 +44,17 @@
 //!   (415), a write of a default while a rollout of it is active, a second rollout,
 //!   or a rollout action its state does not allow (409), store failure (500).
 //! - `?dryRun=true` on every write that can change effective configurations (PUT and
-//!   DELETE of a default, of an endpoint's configuration, of a layer; POST of group
-//!   members) stores and announces nothing and answers 200 with a [`DryRunDto`]: how
+//!   DELETE of a default, of an endpoint's configuration, of a layer; PUT of a batch;
+//!   POST of group members) stores and announces nothing and answers 200 with a [`DryRunDto`]: how
 //!   many endpoints' effective configurations would change, the first few with
 //!   their RFC 6902 JSON Patch, and the app version's JSON Schema verdict on each
 //!   would-be document.
+//! - An endpoint's own configuration is a whole document unless it is written with
+//!   `Content-Type: application/merge-patch+json`: then it is stored as a JSON Merge
+//!   Patch (an object, else 400) merged over the endpoint's default and layers (see
+//!   [`crate::layers`]), the would-be document checked against the schema (400), and
+//!   reading it answers `"mergePatch": true`. A PUT of a default with that content
+//!   type is refused with 415 (it would replace the default whole).
 //! - Rollouts (see [`crate::rollout`]) carry `ETag: "<rolloutId>-<revision>"`; the
 //!   actions take `If-Match` with it (412 with the current `ETag` when it is stale).
 //! - Authentication: `Authorization: Bearer <token>`; GET needs `read` or
@@ -275,6 +281,11 @@ pub struct ConfigurationDto {
     pub updated_date: String,
     /// The configuration name (`default` when none was given).
     pub name: String,
+    /// `true` when this is an endpoint's own configuration stored as a JSON Merge
+    /// Patch (RFC 7396) over its default and layers (written with `Content-Type:
+    /// application/merge-patch+json`); absent for a whole document.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub merge_patch: bool,
 }
 
 impl From<&StoredConfig> for ConfigurationDto {
@@ -285,8 +296,28 @@ impl From<&StoredConfig> for ConfigurationDto {
             created_date: model::format_iso8601(c.created),
             updated_date: model::format_iso8601(c.updated),
             name: c.name.to_string(),
+            merge_patch: false,
         }
     }
+}
+
+/// An endpoint's own configuration stored as a JSON Merge Patch (RFC 7396): a JSON
+/// object merged over the endpoint's default and layers.
+#[derive(ToSchema)]
+#[schema(value_type = Object)]
+pub struct MergePatchJson(pub Value);
+
+/// Whether the request body is a JSON Merge Patch (`Content-Type:
+/// application/merge-patch+json`).
+fn is_merge_patch(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/merge-patch+json")
+        })
 }
 
 /// The error body.
@@ -553,7 +584,15 @@ fn etag_value(config_id: &str) -> HeaderValue {
 }
 
 fn config_response(config: &StoredConfig) -> Response {
-    let mut response = Json(ConfigurationDto::from(config)).into_response();
+    config_response_as(config, false)
+}
+
+/// [`config_response`], saying whether it is an own configuration stored as a
+/// merge patch.
+fn config_response_as(config: &StoredConfig, merge_patch: bool) -> Response {
+    let mut dto = ConfigurationDto::from(config);
+    dto.merge_patch = merge_patch;
+    let mut response = Json(dto).into_response();
     response
         .headers_mut()
         .insert(header::ETAG, etag_value(&config.config_id));
@@ -640,7 +679,11 @@ async fn list_configs(state: &ApiState, scope: Scope) -> Result<Response, ApiErr
 const CONFIG_PATH: &str = "/endpoints/{endpointId}/app-versions/{appVersionName}";
 const DEFAULT_PATH: &str = "/app-versions/{appVersionName}";
 
-/// Store an endpoint's configuration (upsert).
+/// Store an endpoint's configuration (upsert): a whole document (`application/json`,
+/// served as it is, no layer applies), or, with `Content-Type:
+/// application/merge-patch+json`, a JSON Merge Patch object applied over the
+/// endpoint's default and layers (it follows their changes; refused with 400 when
+/// the resulting document violates the schema).
 #[utoipa::path(
     put, path = "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}",
     tag = "endpoint configurations",
@@ -649,7 +692,10 @@ const DEFAULT_PATH: &str = "/app-versions/{appVersionName}";
         WriteQuery,
         ("If-Match" = Option<String>, Header, description = "Expected current config ID, quoted, or *"),
     ),
-    request_body(content = AnyJson, content_type = "application/json", description = "The configuration (any JSON)"),
+    request_body(
+        description = "The configuration: any JSON document (application/json), or a JSON Merge Patch object over the default and layers (application/merge-patch+json)",
+        content((AnyJson = "application/json"), (MergePatchJson = "application/merge-patch+json"))
+    ),
     responses(
         (status = 200, description = "Stored (or, with dryRun=true, what the write would change: nothing stored or announced)", body = layers::ConfigOrDryRun, headers(("ETag" = String, description = "\"<configId>\""))),
         (status = 400, description = "Invalid name, JSON or schema violation", body = ErrorDto),
@@ -666,7 +712,20 @@ async fn put_endpoint_config(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
-    put_config(&state, path.scope()?, &query, &headers, body).await
+    let scope = path.scope()?;
+    if !is_merge_patch(&headers) {
+        return put_config(&state, scope, &query, &headers, body).await;
+    }
+    let name = query.config_name()?;
+    let precondition = precondition(&headers)?;
+    if query.dry() {
+        return layers::dry_run_patch(&state, &scope, &name, &body).await;
+    }
+    let outcome = state
+        .ecr
+        .put_patch(&scope, &name, &body, &precondition, model::now())
+        .await?;
+    Ok(config_response_as(&outcome.config, true))
 }
 
 /// Read an endpoint's configuration.
@@ -688,7 +747,19 @@ async fn get_endpoint_config(
     ApiPath(path): ApiPath<EndpointPath>,
     ApiQuery(query): ApiQuery<NameQuery>,
 ) -> Result<Response, ApiError> {
-    get_config(&state, path.scope()?, query.config_name()?).await
+    let scope = path.scope()?;
+    let name = query.config_name()?;
+    let (config, patches) = tokio::join!(
+        state.ecr.get(&scope, &name),
+        state.ecr.own_patch_names(&scope)
+    );
+    match config? {
+        Some(config) => Ok(config_response_as(
+            &config,
+            patches?.contains(name.as_str()),
+        )),
+        None => Err(not_found(&scope, &name)),
+    }
 }
 
 /// Delete an endpoint's configuration (it falls back to the default).
@@ -734,10 +805,24 @@ async fn list_endpoint_configs(
     State(state): State<ApiState>,
     ApiPath(path): ApiPath<EndpointPath>,
 ) -> Result<Response, ApiError> {
-    list_configs(&state, path.scope()?).await
+    let scope = path.scope()?;
+    let (configs, patches) =
+        tokio::join!(state.ecr.list(&scope), state.ecr.own_patch_names(&scope));
+    let patches = patches?;
+    Ok(Json(
+        configs?
+            .iter()
+            .map(|c| ConfigurationDto {
+                merge_patch: patches.contains(c.name.as_str()),
+                ..ConfigurationDto::from(c)
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response())
 }
 
-/// Store an app version's default configuration (upsert).
+/// Store an app version's default configuration (upsert; a whole document:
+/// `application/merge-patch+json` is refused with 415).
 #[utoipa::path(
     put, path = "/api/v1/app-versions/{appVersionName}",
     tag = "default configurations",
@@ -762,6 +847,13 @@ async fn put_default_config(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
+    if is_merge_patch(&headers) {
+        // Not stored whole in its place: a patch sent here would replace the default.
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a default configuration is a whole document (Content-Type: application/json); only an endpoint's own configuration can be a merge patch",
+        ));
+    }
     put_config(&state, path.scope()?, &query, &headers, body).await
 }
 
@@ -830,14 +922,15 @@ async fn list_default_configs(
     list_configs(&state, path.scope()?).await
 }
 
-/// Store one configuration for many endpoints, atomically.
+/// Store one configuration for many endpoints, atomically (`?dryRun=true`: predict
+/// only).
 #[utoipa::path(
     put, path = "/api/v1/endpoints/batch",
     tag = "endpoint configurations",
-    params(NameQuery),
+    params(WriteQuery),
     request_body(content = BatchRequest, content_type = "application/json"),
     responses(
-        (status = 200, body = BatchResultDto, headers(("ETag" = String, description = "\"<configId>\""))),
+        (status = 200, description = "Stored (or, with dryRun=true, what the write would change: nothing stored or announced)", body = layers::BatchOrDryRun, headers(("ETag" = String, description = "\"<configId>\" (not with dryRun)"))),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
         (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
     ),
@@ -845,7 +938,7 @@ async fn list_default_configs(
 )]
 async fn put_batch(
     State(state): State<ApiState>,
-    ApiQuery(query): ApiQuery<NameQuery>,
+    ApiQuery(query): ApiQuery<WriteQuery>,
     JsonBody(body): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
     let name = query.config_name()?;
@@ -853,6 +946,14 @@ async fn put_batch(
         return Err(ApiError::bad_request(format!(
             "app version {app_version:?} lists no endpoints"
         )));
+    }
+    if query.dry() {
+        let predictions = state
+            .ecr
+            .predict_batch(&body.endpoints, &name, &body.config_payload)
+            .await?;
+        let parts: Vec<_> = predictions.iter().map(|(a, p)| (a, p)).collect();
+        return Ok(layers::dry_run_many(&state, &parts));
     }
     let BatchOutcome {
         config_id,
@@ -1473,12 +1574,13 @@ impl Modify for BearerSecurity {
         layers::delete_layer, layers::get_explain,
     ),
     components(schemas(
-        ConfigurationDto, ErrorDto, BatchRequest, BatchResultDto, StatusDto, StatusPageDto,
+        ConfigurationDto, MergePatchJson, ErrorDto, BatchRequest, BatchResultDto, StatusDto, StatusPageDto,
         RolloutRequest, RolloutDto, StepDto, AppVersionDto, DefaultSummaryDto, StatusCountDto,
         Gate, AbortCriteria, OnAbort, RolloutState, StepState,
         GroupDto, GroupPageDto, MemberPageDto, MembersRequest, MembersResultDto, LayerRequest,
         LayerDto, DryRunDto, DryRunChangeDto, SchemaVerdictDto, ExplainDto, ExplainedDto,
         layers::ConfigOrDryRun, layers::LayerOrDryRun, layers::MembersOrDryRun,
+        layers::BatchOrDryRun,
     )),
     modifiers(&BearerSecurity)
 )]

@@ -316,23 +316,40 @@ impl Ecr {
     /// trusted only to decide that an event is due (an event too many costs the CMX one
     /// "unchanged" 6/CDTP answer); before deciding that none is, the default is read
     /// again, after the commit, so a device never misses a change.
+    ///
+    /// `before` and `after` are the own configurations with whether each is stored
+    /// as a merge patch (then the effective configuration is the patch merged over
+    /// the default and its layers).
     async fn endpoint_changed(
         &self,
         endpoint_id: &EndpointId,
         app_version: &AppVersionName,
         name: &ConfigName,
-        before: Option<&StoredConfig>,
-        after: Option<StoredConfig>,
+        before: Option<(&StoredConfig, bool)>,
+        after: Option<(StoredConfig, bool)>,
         prefetched_default: Option<Option<StoredConfig>>,
     ) -> Result<(), EcrError> {
-        let needs_default = before.is_none() || after.is_none();
+        let needs_default = !matches!((before, &after), (Some((_, false)), Some((_, false))));
         let read_default = || self.default_as_served(endpoint_id, app_version, name);
+        let effective =
+            |own: Option<(&StoredConfig, bool)>, default: &Option<StoredConfig>| match own {
+                Some((c, false)) => Some(c.clone()),
+                Some((p, true)) => crate::layers::compose(
+                    name,
+                    &crate::layers::EffectiveInputs {
+                        base: default.clone().map(|c| (c, Source::Default)),
+                        own_patch: Some(p.clone()),
+                        ..Default::default()
+                    },
+                    &[],
+                )
+                .map(|(c, _)| c),
+                None => default.clone(),
+            };
         let same_id = |default: &Option<StoredConfig>| {
-            let before_id = before.or(default.as_ref()).map(|c| c.config_id.as_str());
-            let after_id = after
-                .as_ref()
-                .or(default.as_ref())
-                .map(|c| c.config_id.as_str());
+            let before_id = effective(before, default).map(|c| c.config_id);
+            let after_id =
+                effective(after.as_ref().map(|(c, p)| (c, *p)), default).map(|c| c.config_id);
             before_id == after_id
         };
         let mut default = None;
@@ -355,7 +372,7 @@ impl Ecr {
                 endpoint_id: endpoint_id.clone(),
                 app_version: app_version.clone(),
                 name: name.clone(),
-                config: after.or(default),
+                config: effective(after.as_ref().map(|(c, p)| (c, *p)), &default),
             });
         }
         Ok(())
@@ -409,11 +426,31 @@ impl Ecr {
             return Ok(());
         }
         let layers = self.store.layers(app_version, Some(name)).await?;
-        if !layers.is_empty() {
-            let followers = self
+        // Followers with an own patch are composed too (without layers, only they).
+        let patched: HashSet<EndpointId> = if layers.is_empty() {
+            self.store
+                .endpoints_with_own_patch(app_version, name)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        if !layers.is_empty() || !patched.is_empty() {
+            let (followers, plain): (Vec<EndpointId>, Vec<EndpointId>) = self
                 .store
                 .endpoints_following_default(app_version, name)
-                .await?;
+                .await?
+                .into_iter()
+                .partition(|e| !layers.is_empty() || patched.contains(e));
+            for endpoint_id in plain {
+                self.emit(EffectiveChange {
+                    endpoint_id,
+                    app_version: app_version.clone(),
+                    name: name.clone(),
+                    config: after.clone(),
+                });
+            }
             let inputs = self.inputs_of(app_version, name, &followers).await?;
             for (endpoint_id, inputs) in followers.into_iter().zip(inputs) {
                 let will = crate::layers::compose(name, &inputs, &layers);
@@ -422,6 +459,7 @@ impl Ecr {
                     &crate::layers::EffectiveInputs {
                         base: before.cloned().map(|c| (c, Source::Default)),
                         groups: inputs.groups,
+                        own_patch: inputs.own_patch,
                     },
                     &layers,
                 );
@@ -489,8 +527,11 @@ impl Ecr {
             self.announce(
                 scope,
                 name,
-                outcome.previous.as_ref(),
-                Some(outcome.config.clone()),
+                outcome
+                    .previous
+                    .as_ref()
+                    .map(|p| (p, outcome.previous_patch)),
+                Some((outcome.config.clone(), false)),
                 default,
             )
             .await?;
@@ -503,13 +544,14 @@ impl Ecr {
     const ANNOUNCE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// Emits the effective changes of a committed write (`before` → `after` in
-    /// `scope`), retried as [`Ecr::retry_announce`] says.
+    /// `scope`, each with whether it is an own configuration stored as a merge
+    /// patch), retried as [`Ecr::retry_announce`] says.
     async fn announce(
         &self,
         scope: &Scope,
         name: &ConfigName,
-        before: Option<&StoredConfig>,
-        after: Option<StoredConfig>,
+        before: Option<(&StoredConfig, bool)>,
+        after: Option<(StoredConfig, bool)>,
         prefetched_default: Option<Option<StoredConfig>>,
     ) -> Result<(), EcrError> {
         if self.changes.is_none() {
@@ -532,8 +574,13 @@ impl Ecr {
                     .await
                 }
                 Scope::Default { app_version } => {
-                    self.default_changed(app_version, name, before, after.clone())
-                        .await
+                    self.default_changed(
+                        app_version,
+                        name,
+                        before.map(|(c, _)| c),
+                        after.clone().map(|(c, _)| c),
+                    )
+                    .await
                 }
             }
         })
@@ -575,12 +622,12 @@ impl Ecr {
         precondition: &Precondition,
     ) -> Result<Option<StoredConfig>, EcrError> {
         self.apps.check(scope.app_version())?;
-        let deleted = self.store.delete(scope, name, precondition).await?;
-        if let Some(previous) = &deleted {
-            self.announce(scope, name, Some(previous), None, None)
+        let deleted = self.store.delete_own(scope, name, precondition).await?;
+        if let Some((previous, patch)) = &deleted {
+            self.announce(scope, name, Some((previous, *patch)), None, None)
                 .await?;
         }
-        Ok(deleted)
+        Ok(deleted.map(|(c, _)| c))
     }
 
     /// The configuration `name` in `scope`.
@@ -599,15 +646,13 @@ impl Ecr {
         Ok(self.store.list(scope).await?)
     }
 
-    /// Writes `config` as the endpoint configuration `name` of every listed endpoint,
-    /// atomically (all or nothing), then emits the changes.
-    pub async fn put_batch(
+    /// The deduplicated targets of a batch (in request order) and its content,
+    /// checked as [`Ecr::put_batch`] checks them (names, app versions, schemas, size).
+    fn batch_targets(
         &self,
         endpoints: &BTreeMap<String, Vec<String>>,
-        name: &ConfigName,
         config: &Value,
-        now: UnixMillis,
-    ) -> Result<BatchOutcome, EcrError> {
+    ) -> Result<(Vec<BatchTarget>, Content), EcrError> {
         let mut targets = Vec::new();
         let mut seen = HashSet::new();
         let content = Content::from_value(config);
@@ -634,6 +679,19 @@ impl Ecr {
                 targets.len()
             )));
         }
+        Ok((targets, content))
+    }
+
+    /// Writes `config` as the endpoint configuration `name` of every listed endpoint,
+    /// atomically (all or nothing), then emits the changes.
+    pub async fn put_batch(
+        &self,
+        endpoints: &BTreeMap<String, Vec<String>>,
+        name: &ConfigName,
+        config: &Value,
+        now: UnixMillis,
+    ) -> Result<BatchOutcome, EcrError> {
+        let (targets, content) = self.batch_targets(endpoints, config)?;
         let outcomes = self.store.put_batch(&targets, name, &content, now).await?;
         let mut changed = 0;
         for (target, outcome) in targets.iter().zip(&outcomes) {
@@ -648,8 +706,11 @@ impl Ecr {
                         &target.endpoint_id,
                         &target.app_version,
                         name,
-                        outcome.previous.as_ref(),
-                        Some(outcome.config.clone()),
+                        outcome
+                            .previous
+                            .as_ref()
+                            .map(|p| (p, outcome.previous_patch)),
+                        Some((outcome.config.clone(), false)),
                         None,
                     )
                 })

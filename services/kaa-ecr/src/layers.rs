@@ -21,13 +21,16 @@
 //!    member of), merged in **ascending priority**; layers of equal priority are
 //!    merged in ascending order of their **layer name** (byte order), so the layer
 //!    whose name sorts last wins a tie ([`order`]);
-//! 3. then the endpoint's own configuration, which is, as before layers existed, a
-//!    whole document: when the endpoint has one, it is the effective configuration
-//!    and no layer applies to it.
+//! 3. then the endpoint's own configuration. Stored as a whole document (as before
+//!    layers existed, and the default of the REST API), it is the effective
+//!    configuration and no layer applies to it. Stored as a merge patch (an object;
+//!    `Content-Type: application/merge-patch+json` on the REST PUT), it is merged
+//!    last, over the base and the layers, and follows their changes.
 //!
-//! With no default and no own configuration, the layers are merged over `null`
-//! (RFC 7396: an object patch turns it into an object). With no default, no own
-//! configuration and no layer there is no effective configuration.
+//! With no default and no whole own configuration, the layers (and an own patch)
+//! are merged over `null` (RFC 7396: an object patch turns it into an object).
+//! With no default, no own configuration and no layer there is no effective
+//! configuration.
 //!
 //! The config ID of a layered configuration is derived from its content like any
 //! other ([`crate::model::Content`]), so a layer change that leaves an endpoint's
@@ -38,8 +41,8 @@
 //! [`explain`] lists, for every leaf of the effective document (a scalar, an array —
 //! merge patches replace arrays whole — or an empty object; the root pointer `""`
 //! when the document is not an object), its value and the source that decided it:
-//! the last contribution (base, then layers in merge order) whose patch reaches that
-//! pointer (names it, or replaces one of its ancestors). Setting each value at its
+//! the last contribution (base, then layers in merge order, then an own patch) whose
+//! patch reaches that pointer (names it, or replaces one of its ancestors). Setting each value at its
 //! pointer, in the order listed, rebuilds the document ([`replay`]).
 
 use std::collections::BTreeSet;
@@ -145,16 +148,21 @@ pub fn order(layers: &mut [Layer]) {
 /// groups the endpoint is a member of (in its application version).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EffectiveInputs {
-    /// The own configuration ([`Source::Endpoint`]) or the base ([`Source::Default`]:
-    /// the default, or the active rollout's configuration for its served cohort).
+    /// The own whole configuration ([`Source::Endpoint`]) or the base
+    /// ([`Source::Default`]: the default, or the active rollout's configuration for
+    /// its served cohort).
     pub base: Option<(StoredConfig, Source)>,
     /// The endpoint's groups.
     pub groups: BTreeSet<String>,
+    /// The endpoint's own configuration when it is stored as a merge patch (then
+    /// `base` is the base): merged after the layers.
+    pub own_patch: Option<StoredConfig>,
 }
 
 /// The effective configuration from `inputs` and the layers of its (application
 /// version, name) in merge order (see the module docs). `name` names the result
-/// when there is no base.
+/// when there is no base. The source is [`Source::Endpoint`] when an own
+/// configuration (whole, or a patch) made it, else [`Source::Default`].
 pub fn compose(
     name: &ConfigName,
     inputs: &EffectiveInputs,
@@ -167,7 +175,7 @@ pub fn compose(
         .iter()
         .filter(|l| l.target.applies(&inputs.groups))
         .peekable();
-    if applicable.peek().is_none() {
+    if applicable.peek().is_none() && inputs.own_patch.is_none() {
         return inputs.base.clone();
     }
     let base = inputs.base.as_ref().map(|(c, _)| c);
@@ -181,6 +189,13 @@ pub fn compose(
         created = Some(created.map_or(layer.created, |c| UnixMillis(c.0.min(layer.created.0))));
         updated = UnixMillis(updated.0.max(layer.updated.0));
     }
+    let mut source = Source::Default;
+    if let Some(p) = &inputs.own_patch {
+        json_patch::merge(&mut doc, &patch_value(p));
+        created = Some(created.map_or(p.created, |c| UnixMillis(c.0.min(p.created.0))));
+        updated = UnixMillis(updated.0.max(p.updated.0));
+        source = Source::Endpoint;
+    }
     let content = Content::from_value(&doc);
     Some((
         StoredConfig {
@@ -190,8 +205,17 @@ pub fn compose(
             created: created.unwrap_or(updated),
             updated,
         },
-        Source::Default,
+        source,
     ))
+}
+
+/// A stored own patch as the merge patch it is (an object; anything unreadable is
+/// the empty patch, which changes nothing).
+pub fn patch_value(patch: &StoredConfig) -> Value {
+    serde_json::from_str::<Value>(&patch.content)
+        .ok()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| Value::Object(Map::new()))
 }
 
 /// Who decided a value of an effective configuration.
@@ -208,8 +232,10 @@ pub enum Decider {
     },
     /// A layer.
     Layer(String),
-    /// The endpoint's own configuration.
+    /// The endpoint's own configuration (a whole document).
     Endpoint,
+    /// The endpoint's own configuration stored as a merge patch.
+    EndpointPatch,
 }
 
 /// One leaf of an explanation.

@@ -21,7 +21,8 @@
 //!   what a write changes (dry runs and announcements share it) and explains an
 //!   endpoint's effective configuration. The effective configuration is the default
 //!   (as a rollout serves it), then the layers reaching the endpoint by ascending
-//!   priority (ties by layer name), then the endpoint's own whole configuration.
+//!   priority (ties by layer name), then the endpoint's own configuration: a whole
+//!   document replaces all of it, one stored as a merge patch is merged last.
 //! - [`api`]: the axum REST API under `/api/v1`, its OpenAPI document, bearer tokens.
 //! - [`bus`]: the 6/CDTP provider, event publisher and event listeners.
 //! - [`ui`]: the rollout page at `/ui/` (plain HTML and JS over the REST API).

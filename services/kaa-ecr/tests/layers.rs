@@ -1,6 +1,9 @@
 //! Property tests of layered configurations (issue #20) through the engine on the
-//! SQLite store: a dry run predicts exactly the endpoints the same write then
-//! announces, every announcement carries the effective configuration read after it,
+//! SQLite store: a dry run (of a layer write or deletion, a membership change, a
+//! default, an endpoint configuration whole or as a merge patch, or a batch write)
+//! predicts exactly the endpoints the same write then
+//! announces, which are exactly the endpoints whose effective configuration the
+//! write changed, every announcement carries the effective configuration read after it,
 //! and the explain output of every endpoint, replayed, rebuilds its effective
 //! configuration.
 
@@ -34,6 +37,8 @@ enum Op {
     },
     Default(Option<Value>),
     Own(usize, Option<Value>),
+    Batch(Vec<usize>, Value),
+    OwnPatch(usize, Value),
 }
 
 fn small_value() -> impl Strategy<Value = Value> {
@@ -73,7 +78,9 @@ fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(group, add, remove)| Op::Members { group, add, remove }),
         1 => prop::option::of(doc()).prop_map(Op::Default),
-        1 => (ep, prop::option::of(doc())).prop_map(|(e, d)| Op::Own(e, d)),
+        1 => (ep.clone(), prop::option::of(doc())).prop_map(|(e, d)| Op::Own(e, d)),
+        1 => (prop::collection::vec(ep.clone(), 1..4), doc()).prop_map(|(es, d)| Op::Batch(es, d)),
+        2 => (ep, patch()).prop_map(|(e, p)| Op::OwnPatch(e, p)),
     ]
 }
 
@@ -109,8 +116,21 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let default = Scope::Default {
         app_version: app.clone(),
     };
+    // Every endpoint's effective config ID.
+    let served = |ecr: Arc<Ecr>| {
+        let (app, name) = (app.clone(), name.clone());
+        async move {
+            let mut out = Vec::new();
+            for i in 0..ENDPOINTS {
+                let c = ecr.effective(&e(i), &app, &name).await.unwrap();
+                out.push(c.map(|(c, _)| c.config_id));
+            }
+            out
+        }
+    };
     for op in ops {
         drain(&mut rx);
+        let before = served(Arc::clone(&ecr)).await;
         // The dry run, then the write.
         let predicted = match &op {
             Op::PutLayer {
@@ -202,6 +222,33 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 p
             }
+            Op::Batch(endpoints, d) => {
+                let map = std::collections::BTreeMap::from([(
+                    "v1".to_owned(),
+                    endpoints
+                        .iter()
+                        .map(|i| e(*i).to_string())
+                        .collect::<Vec<_>>(),
+                )]);
+                let mut p = ecr.predict_batch(&map, &name, d).await.unwrap();
+                ecr.put_batch(&map, &name, d, now).await.unwrap();
+                prop_assert_eq!(p.len(), 1);
+                p.pop().unwrap().1
+            }
+            Op::OwnPatch(i, patch) => {
+                let p = ecr
+                    .predict_endpoint_patch(&e(*i), &app, &name, patch)
+                    .await
+                    .unwrap();
+                let scope = Scope::Endpoint {
+                    endpoint_id: e(*i),
+                    app_version: app.clone(),
+                };
+                ecr.put_patch(&scope, &name, patch, &Precondition::None, now)
+                    .await
+                    .unwrap();
+                p
+            }
         };
         let announced = drain(&mut rx);
         let announced_set: BTreeSet<String> = announced
@@ -214,6 +261,13 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             .map(|c| c.endpoint_id.to_string())
             .collect();
         prop_assert_eq!(&announced_set, &predicted_set, "after {:?}", op);
+        // Exactly the endpoints whose effective configuration changed.
+        let after = served(Arc::clone(&ecr)).await;
+        let changed: BTreeSet<String> = (0..ENDPOINTS)
+            .filter(|i| before[*i] != after[*i])
+            .map(|i| e(i).to_string())
+            .collect();
+        prop_assert_eq!(&announced_set, &changed, "after {:?}", op);
         for c in &announced {
             let now = ecr.effective(&c.endpoint_id, &app, &name).await.unwrap();
             prop_assert_eq!(

@@ -29,6 +29,17 @@ pub(super) enum ConfigOrDryRun {
     DryRun(DryRunDto),
 }
 
+/// What a batch write answers with 200 (see [`ConfigOrDryRun`]).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(super) enum BatchOrDryRun {
+    /// The batch's outcome.
+    Stored(super::BatchResultDto),
+    /// The dry run's answer.
+    DryRun(DryRunDto),
+}
+
 /// What a layer write answers with 200 (see [`ConfigOrDryRun`]).
 #[derive(ToSchema)]
 #[serde(untagged)]
@@ -363,9 +374,17 @@ pub(super) fn dry_run_response(
     app: &AppVersionName,
     prediction: &Prediction,
 ) -> Response {
-    let examples = prediction
-        .changes
-        .iter()
+    dry_run_many(state, &[(app, prediction)])
+}
+
+/// The [`DryRunDto`] of predictions over several app versions (a batch write): the
+/// changes in the order given, and each distinct would-be document's verdict under
+/// the schema of every app version it would reach (one entry per config ID; not
+/// valid when one of those schemas refuses it).
+pub(super) fn dry_run_many(state: &ApiState, parts: &[(&AppVersionName, &Prediction)]) -> Response {
+    let changes = parts.iter().flat_map(|(_, p)| p.changes.iter());
+    let examples = changes
+        .clone()
         .take(DRY_RUN_EXAMPLES)
         .map(|c| DryRunChangeDto {
             endpoint_id: c.endpoint_id.to_string(),
@@ -378,19 +397,29 @@ pub(super) fn dry_run_response(
             ),
         })
         .collect();
-    let schema = prediction
-        .verdicts(&state.ecr, app)
-        .into_iter()
-        .map(|v| SchemaVerdictDto {
-            config_id: v.config_id,
-            endpoints: v.endpoints,
-            valid: v.violation.is_none(),
-            violation: v.violation,
-        })
-        .collect();
+    let mut schema: Vec<SchemaVerdictDto> = Vec::new();
+    for (app, prediction) in parts {
+        for v in prediction.verdicts(&state.ecr, app) {
+            match schema.iter_mut().find(|s| s.config_id == v.config_id) {
+                Some(s) => {
+                    s.endpoints += v.endpoints;
+                    if s.violation.is_none() && v.violation.is_some() {
+                        s.valid = false;
+                        s.violation = v.violation;
+                    }
+                }
+                None => schema.push(SchemaVerdictDto {
+                    config_id: v.config_id,
+                    endpoints: v.endpoints,
+                    valid: v.violation.is_none(),
+                    violation: v.violation,
+                }),
+            }
+        }
+    }
     Json(DryRunDto {
         dry_run: true,
-        changed: prediction.changes.len() as u64,
+        changed: changes.count() as u64,
         examples,
         schema,
     })
@@ -419,6 +448,30 @@ pub(super) async fn dry_run_config(
         }
     };
     Ok(dry_run_response(state, scope.app_version(), &prediction))
+}
+
+/// Dry run of a write of an endpoint's own configuration as a merge patch.
+pub(super) async fn dry_run_patch(
+    state: &ApiState,
+    scope: &Scope,
+    name: &ConfigName,
+    patch: &Value,
+) -> Result<Response, ApiError> {
+    let Scope::Endpoint {
+        endpoint_id,
+        app_version,
+    } = scope
+    else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "only an endpoint's own configuration can be stored as a merge patch",
+        ));
+    };
+    let prediction = state
+        .ecr
+        .predict_endpoint_patch(endpoint_id, app_version, name, patch)
+        .await?;
+    Ok(dry_run_response(state, app_version, &prediction))
 }
 
 fn group_dto(g: &crate::store::GroupSummary) -> GroupDto {
@@ -766,7 +819,8 @@ pub struct ExplainedDto {
     /// Its value (any JSON).
     #[schema(value_type = Value)]
     pub value: Value,
-    /// `default`, `rollout`, `layer` or `endpoint`.
+    /// `default`, `rollout`, `layer`, `endpoint` (its own whole configuration) or
+    /// `endpoint-patch` (its own configuration stored as a merge patch).
     pub source: String,
     /// The layer, when `source` is `layer`.
     pub layer: Option<String>,
@@ -822,6 +876,7 @@ pub(super) async fn get_explain(
             let (source, layer, rollout_id, step) = match l.decider {
                 Decider::Default => ("default", None, None, None),
                 Decider::Endpoint => ("endpoint", None, None, None),
+                Decider::EndpointPatch => ("endpoint-patch", None, None, None),
                 Decider::Layer(n) => ("layer", Some(n), None, None),
                 Decider::Rollout { rollout_id, step } => {
                     ("rollout", None, Some(rollout_id), Some(step as u64))

@@ -7,15 +7,25 @@
 //! A layer write, a layer deletion and a membership change are predicted before
 //! they are stored: the known endpoints of the (app version, name) concerned that
 //! follow the default (an endpoint with its own whole configuration is not
-//! layered) are read with their bases and groups ([`ConfigStore::effective_inputs`],
-//! batched), and their effective configurations composed with the layers before and
-//! after the write. Exactly the endpoints whose config ID differs are announced: on
+//! layered; one whose own configuration is a merge patch is) are read with their
+//! bases, groups and own patches ([`ConfigStore::effective_inputs`], batched), and
+//! their effective configurations composed with the layers before and after the
+//! write. Exactly the endpoints whose config ID differs are announced: on
 //! PostgreSQL with durable announcements through the outbox, in the write's
 //! transaction; otherwise after the commit, with their effective configuration read
 //! again then. A dry run is the same prediction without the write, so it names the
 //! endpoints the write would announce. A write committed by another replica between
 //! the prediction and the commit is not in the prediction (each write's own
 //! announcements still cover what it changed).
+//!
+//! Default writes, endpoint writes (whole, merge patch, deletion) and batch writes
+//! are predicted the same way for their dry runs ([`Ecr::predict_default`],
+//! [`Ecr::predict_endpoint`], [`Ecr::predict_endpoint_patch`],
+//! [`Ecr::predict_batch`]); what they announce is decided after the commit (the
+//! in-memory publisher) or by the outbox's announcer (PostgreSQL: for a default,
+//! each follower's layers composed over the replaced default and over the current
+//! one), with the same rule: exactly the endpoints whose effective config ID
+//! changed.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -25,8 +35,10 @@ use kaa_ism::UnixMillis;
 
 use super::{Ecr, EcrError, EffectiveChange, LOOKUP_BATCH};
 use crate::layers::{self, Decider, EffectiveInputs, Explained, GroupName, Layer, LayerTarget};
-use crate::model::{AppVersionName, ConfigName, EndpointId, Page, Scope, Source, StoredConfig};
-use crate::store::{EffectiveKey, GroupSummary, StoreError};
+use crate::model::{
+    AppVersionName, ConfigName, Content, EndpointId, Page, Scope, Source, StoredConfig,
+};
+use crate::store::{EffectiveKey, GroupSummary, Precondition, PutOutcome, StoreError};
 
 /// How many changed endpoints a dry run shows with their JSON Patch.
 pub const DRY_RUN_EXAMPLES: usize = 5;
@@ -194,6 +206,7 @@ impl Ecr {
             let mut next = EffectiveInputs {
                 base: inputs.base.clone(),
                 groups: after_groups(&endpoint_id, &inputs.groups),
+                own_patch: inputs.own_patch.clone(),
             };
             if let Some(base) = after_base
                 && !matches!(next.base, Some((_, Source::Endpoint)))
@@ -362,6 +375,67 @@ impl Ecr {
         };
         self.emit_current(app, name, &announce).await?;
         Ok((stored.or(previous), prediction))
+    }
+
+    /// Stores `patch` (a JSON object) as the own configuration `name` of the
+    /// endpoint of `scope`, as a JSON Merge Patch applied over its default and
+    /// layers (`If-Match` as `precondition`), and announces the endpoint when its
+    /// effective configuration changed. Refused (400) for a default's scope, for a
+    /// patch that is not an object, and when the would-be effective configuration
+    /// violates the app version's schema (checked against the state read before the
+    /// write).
+    pub async fn put_patch(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        patch: &Value,
+        precondition: &Precondition,
+        now: UnixMillis,
+    ) -> Result<PutOutcome, EcrError> {
+        let Scope::Endpoint {
+            endpoint_id,
+            app_version,
+        } = scope
+        else {
+            return Err(EcrError::BadRequest(
+                "only an endpoint's own configuration can be stored as a merge patch".into(),
+            ));
+        };
+        // Checks the patch and the would-be document.
+        self.predict_endpoint_patch(endpoint_id, app_version, name, patch)
+            .await?;
+        let content = Content::from_value(patch);
+        let outcome = self
+            .store
+            .put_patch(scope, name, &content, precondition, now)
+            .await?;
+        if outcome.changed {
+            self.announce(
+                scope,
+                name,
+                outcome
+                    .previous
+                    .as_ref()
+                    .map(|p| (p, outcome.previous_patch)),
+                Some((outcome.config.clone(), true)),
+                None,
+            )
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The names of the own configurations of the endpoint of `scope` stored as
+    /// merge patches (none for a default's scope).
+    pub async fn own_patch_names(&self, scope: &Scope) -> Result<BTreeSet<String>, EcrError> {
+        self.apps.check(scope.app_version())?;
+        match scope {
+            Scope::Endpoint {
+                endpoint_id,
+                app_version,
+            } => Ok(self.store.own_patch_names(endpoint_id, app_version).await?),
+            Scope::Default { .. } => Ok(BTreeSet::new()),
+        }
     }
 
     /// Every member of a group (empty when it does not exist).
@@ -578,8 +652,9 @@ impl Ecr {
         Ok(prediction)
     }
 
-    /// Predicts a write of an endpoint's own configuration (`config`; `None`:
-    /// deleted, the endpoint follows the default and its layers again).
+    /// Predicts a write of an endpoint's own configuration (`config`, a whole
+    /// document; `None`: deleted, the endpoint follows the default and its layers
+    /// again).
     pub async fn predict_endpoint(
         &self,
         endpoint_id: &EndpointId,
@@ -587,7 +662,40 @@ impl Ecr {
         name: &ConfigName,
         config: Option<&Value>,
     ) -> Result<Prediction, EcrError> {
+        self.predict_own(endpoint_id, app, name, config.map(|c| (c, false)))
+            .await
+    }
+
+    /// Predicts a write of an endpoint's own configuration stored as a merge patch
+    /// (`patch`, an object), refused as the write is: a patch that is not an object,
+    /// or a would-be effective configuration the app version's schema refuses.
+    pub async fn predict_endpoint_patch(
+        &self,
+        endpoint_id: &EndpointId,
+        app: &AppVersionName,
+        name: &ConfigName,
+        patch: &Value,
+    ) -> Result<Prediction, EcrError> {
+        self.predict_own(endpoint_id, app, name, Some((patch, true)))
+            .await
+    }
+
+    /// [`Ecr::predict_endpoint`] (`own`: the document and whether it is a patch).
+    async fn predict_own(
+        &self,
+        endpoint_id: &EndpointId,
+        app: &AppVersionName,
+        name: &ConfigName,
+        own: Option<(&Value, bool)>,
+    ) -> Result<Prediction, EcrError> {
         self.apps.check(app)?;
+        if let Some((p, true)) = own
+            && !p.is_object()
+        {
+            return Err(EcrError::BadRequest(
+                "an own configuration stored as a merge patch is a JSON object".into(),
+            ));
+        }
         let key = keys_of(app, name, std::slice::from_ref(endpoint_id));
         let (inputs, layers, served) = tokio::join!(
             self.store.effective_inputs(&key),
@@ -597,8 +705,32 @@ impl Ecr {
         let inputs = inputs?.pop().unwrap_or_default();
         let layers = layers?;
         let was = layers::compose(name, &inputs, &layers);
-        let will = match config {
-            Some(v) => {
+        let will = match own {
+            Some((v, true)) => {
+                let content = Content::from_value(v);
+                let t = crate::model::now();
+                let will = layers::compose(
+                    name,
+                    &EffectiveInputs {
+                        base: served?.map(|c| (c, Source::Default)),
+                        groups: inputs.groups.clone(),
+                        own_patch: Some(StoredConfig {
+                            name: name.clone(),
+                            config_id: content.config_id,
+                            content: content.json,
+                            created: t,
+                            updated: t,
+                        }),
+                    },
+                    &layers,
+                );
+                if let Some((c, _)) = &will {
+                    let doc: Value = serde_json::from_str(&c.content).unwrap_or(Value::Null);
+                    self.apps.validate(app, &doc)?;
+                }
+                will
+            }
+            Some((v, false)) => {
                 let content = self.prepare(app, v)?;
                 let t = crate::model::now();
                 Some((
@@ -617,6 +749,7 @@ impl Ecr {
                 &EffectiveInputs {
                     base: served?.map(|c| (c, Source::Default)),
                     groups: inputs.groups.clone(),
+                    own_patch: None,
                 },
                 &layers,
             ),
@@ -631,6 +764,59 @@ impl Ecr {
             });
         }
         Ok(prediction)
+    }
+
+    /// Predicts a batch write ([`Ecr::put_batch`]): the listed endpoints whose
+    /// effective configuration `name` the payload, as their own whole
+    /// configuration, changes. Checked and refused as the write is (names, app
+    /// versions, schemas, size). One prediction per app version, in app version
+    /// order, each ordered by endpoint ID.
+    pub async fn predict_batch(
+        &self,
+        endpoints: &std::collections::BTreeMap<String, Vec<String>>,
+        name: &ConfigName,
+        config: &Value,
+    ) -> Result<Vec<(AppVersionName, Prediction)>, EcrError> {
+        let (targets, content) = self.batch_targets(endpoints, config)?;
+        let mut by_app: std::collections::BTreeMap<AppVersionName, Vec<EndpointId>> =
+            Default::default();
+        for t in targets {
+            by_app.entry(t.app_version).or_default().push(t.endpoint_id);
+        }
+        let t = crate::model::now();
+        let will = Some((
+            StoredConfig {
+                name: name.clone(),
+                config_id: content.config_id,
+                content: content.json,
+                created: t,
+                updated: t,
+            },
+            Source::Endpoint,
+        ));
+        let mut out = Vec::with_capacity(by_app.len());
+        for (app, mut endpoints) in by_app {
+            endpoints.sort();
+            let (inputs, layers) = tokio::join!(
+                self.inputs_of(&app, name, &endpoints),
+                self.store.layers(&app, Some(name))
+            );
+            let (inputs, layers) = (inputs?, layers?);
+            let mut prediction = Prediction::default();
+            for (endpoint_id, inputs) in endpoints.into_iter().zip(inputs) {
+                let was = layers::compose(name, &inputs, &layers);
+                if differs(&was, &will) {
+                    prediction.changes.push(PredictedChange {
+                        endpoint_id,
+                        name: name.clone(),
+                        before: was.map(|(c, _)| c),
+                        after: will.clone().map(|(c, _)| c),
+                    });
+                }
+            }
+            out.push((app, prediction));
+        }
+        Ok(out)
     }
 
     /// `default` (the default as served to `endpoint_id`) with the layers that
@@ -663,6 +849,7 @@ impl Ecr {
             &EffectiveInputs {
                 base: default.map(|c| (c, Source::Default)),
                 groups,
+                own_patch: None,
             },
             &layers,
         )
@@ -729,6 +916,9 @@ impl Ecr {
                 }
                 for l in layers.iter().filter(|l| l.target.applies(&inputs.groups)) {
                     contributions.push((Decider::Layer(l.layer_name.clone()), l.patch.clone()));
+                }
+                if let Some(p) = &inputs.own_patch {
+                    contributions.push((Decider::EndpointPatch, layers::patch_value(p)));
                 }
             }
         }

@@ -29,7 +29,61 @@ fn base(doc: Value) -> EffectiveInputs {
             Source::Default,
         )),
         groups: BTreeSet::new(),
+        own_patch: None,
     }
+}
+
+fn stored(doc: &Value) -> StoredConfig {
+    let c = Content::from_value(doc);
+    StoredConfig {
+        name: ConfigName::default_name(),
+        config_id: c.config_id,
+        content: c.json,
+        created: UnixMillis(3),
+        updated: UnixMillis(4),
+    }
+}
+
+#[test]
+fn an_own_patch_is_merged_last_over_the_layers() {
+    let layers = vec![layer("a", 1, LayerTarget::All, json!({"x": "a", "y": 1}))];
+    let name = ConfigName::default_name();
+    let mut inputs = base(json!({"x": 0, "k": true}));
+    inputs.own_patch = Some(stored(&json!({"x": "own", "k": null})));
+    let (c, source) = compose(&name, &inputs, &layers).unwrap();
+    assert_eq!(c.content, r#"{"x":"own","y":1}"#);
+    assert_eq!(source, Source::Endpoint);
+    assert_eq!(c.updated, UnixMillis(4));
+    // Without layers, and without a base (merged over null).
+    let (c, _) = compose(&name, &inputs, &[]).unwrap();
+    assert_eq!(c.content, r#"{"x":"own"}"#);
+    inputs.base = None;
+    let (c, _) = compose(&name, &inputs, &[]).unwrap();
+    assert_eq!(c.content, r#"{"x":"own"}"#);
+    // Explain names the patch for what it decides.
+    let mut doc = json!({"x": 0, "k": true});
+    json_patch::merge(&mut doc, &json!({"x": "a", "y": 1}));
+    json_patch::merge(&mut doc, &json!({"x": "own", "k": null}));
+    let e = explain(
+        &doc,
+        &[
+            (Decider::Default, json!({"x": 0, "k": true})),
+            (Decider::Layer("a".into()), json!({"x": "a", "y": 1})),
+            (Decider::EndpointPatch, json!({"x": "own", "k": null})),
+        ],
+    );
+    let got: Vec<(String, Decider)> = e
+        .iter()
+        .map(|x| (x.pointer.clone(), x.decider.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/x".into(), Decider::EndpointPatch),
+            ("/y".into(), Decider::Layer("a".into())),
+        ]
+    );
+    assert_eq!(replay(&e), doc);
 }
 
 #[test]
@@ -108,13 +162,15 @@ fn json_doc() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    /// The explain output, replayed, rebuilds the effective configuration; every
+    /// The explain output, replayed, rebuilds the effective configuration (the
+    /// default, layers and an own configuration stored as a merge patch); every
     /// decider is one of the contributions.
     #[test]
     fn explain_replays_to_the_effective_configuration(
         base_doc in json_doc(),
         patches in prop::collection::vec((json_doc(), -2i64..3, any::<bool>()), 0..5),
         member in any::<bool>(),
+        own_patch in prop::option::of(json_doc().prop_filter("a patch is an object", Value::is_object)),
     ) {
         let mut layers: Vec<Layer> = patches
             .iter()
@@ -129,12 +185,16 @@ proptest! {
         if member {
             inputs.groups.insert("g".into());
         }
+        inputs.own_patch = own_patch.as_ref().map(stored);
         let name = ConfigName::default_name();
         let (effective, _) = compose(&name, &inputs, &layers).unwrap();
         let doc: Value = serde_json::from_str(&effective.content).unwrap();
         let mut contributions = vec![(Decider::Default, base_doc)];
         for l in layers.iter().filter(|l| l.target.applies(&inputs.groups)) {
             contributions.push((Decider::Layer(l.layer_name.clone()), l.patch.clone()));
+        }
+        if let Some(p) = &own_patch {
+            contributions.push((Decider::EndpointPatch, p.clone()));
         }
         let explained = explain(&doc, &contributions);
         prop_assert_eq!(replay(&explained), doc);

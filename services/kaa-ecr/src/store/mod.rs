@@ -27,8 +27,8 @@
 //! ([`crate::rollout`]): one row each (the rollout as a JSON document, plus the
 //! columns `effective` reads), at most one active per (app version, name) by a
 //! partial unique index. While one is active, `effective` and `effective_many`
-//! answer its served cohort its configuration (the endpoints' own configurations
-//! still win), and a write or delete of that default is refused
+//! answer its served cohort its configuration (the endpoints' own whole
+//! configurations still win; one stored as a merge patch is merged over it), and a write or delete of that default is refused
 //! ([`StoreError::Conflict`]); a rollout's changes are compare-and-set on its
 //! revision ([`StoreError::RolloutChanged`]), and its completion writes the default
 //! in the same transaction.
@@ -123,6 +123,9 @@ pub struct PutOutcome {
     pub changed: bool,
     /// The configuration before the write, if the slot existed.
     pub previous: Option<StoredConfig>,
+    /// Whether `previous` was an endpoint's own configuration stored as a merge
+    /// patch ([`ConfigStore::put_patch`]).
+    pub previous_patch: bool,
 }
 
 /// What `If-Match` requires of the current configuration.
@@ -256,8 +259,10 @@ pub trait ConfigStore: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<Vec<PutOutcome>, StoreError>;
 
-    /// The effective configuration: the endpoint's own, else the app version's default,
-    /// read in one transaction.
+    /// The effective configuration: the endpoint's own whole configuration, else the
+    /// app version's default (as an active rollout serves it) with the layers that
+    /// reach the endpoint and its own configuration stored as a merge patch merged
+    /// over it ([`crate::layers::compose`]), read in one transaction.
     async fn effective(
         &self,
         endpoint_id: &EndpointId,
@@ -309,13 +314,68 @@ pub trait ConfigStore: Send + Sync + 'static {
         app_version: &AppVersionName,
     ) -> Result<(), StoreError>;
 
-    /// Known endpoints of `app_version` that have no endpoint-specific configuration
-    /// `name`, i.e. that follow the default; ordered by endpoint ID.
+    /// Known endpoints of `app_version` that follow the default `name`: those with
+    /// no endpoint-specific configuration `name`, or with one stored as a merge patch
+    /// (their effective configuration is built on the default); ordered by endpoint
+    /// ID.
     async fn endpoints_following_default(
         &self,
         app_version: &AppVersionName,
         name: &ConfigName,
     ) -> Result<Vec<EndpointId>, StoreError>;
+
+    /// Upserts the endpoint-specific configuration `name` of `scope` (an endpoint's)
+    /// as a JSON Merge Patch (RFC 7396) applied over its default and layers (see
+    /// [`crate::layers`]), as [`ConfigStore::put`] does a whole one: the same
+    /// content stored whole before is a change. [`ConfigStore::put`] stores a whole
+    /// document again. The default: [`StoreError::NoLayers`].
+    async fn put_patch(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        content: &Content,
+        precondition: &Precondition,
+        now: UnixMillis,
+    ) -> Result<PutOutcome, StoreError> {
+        let _ = (scope, name, content, precondition, now);
+        Err(StoreError::NoLayers)
+    }
+
+    /// [`ConfigStore::delete`], also saying whether what was deleted was stored as a
+    /// merge patch. The default: [`ConfigStore::delete`] (whole).
+    async fn delete_own(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        precondition: &Precondition,
+    ) -> Result<Option<(StoredConfig, bool)>, StoreError> {
+        Ok(self
+            .delete(scope, name, precondition)
+            .await?
+            .map(|c| (c, false)))
+    }
+
+    /// The names of `endpoint_id`'s own configurations in `app_version` that are
+    /// stored as merge patches. The default: none.
+    async fn own_patch_names(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let _ = (endpoint_id, app_version);
+        Ok(Default::default())
+    }
+
+    /// The endpoints of `app_version` whose own configuration `name` is stored as a
+    /// merge patch, ordered by endpoint ID. The default: none.
+    async fn endpoints_with_own_patch(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Vec<EndpointId>, StoreError> {
+        let _ = (app_version, name);
+        Ok(Vec::new())
+    }
 
     /// Adds an event to the status history of (endpoint, app version, name, config ID).
     async fn record_status(
@@ -370,8 +430,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// at least once.
     ///
     /// What is announced is the current effective configuration of each endpoint
-    /// concerned (the endpoint of an endpoint write; every endpoint following the
-    /// default for a default write), read after taking a lock per (app version,
+    /// concerned (the endpoint of an endpoint write; for a default write, every
+    /// endpoint following the default whose effective configuration, composed with
+    /// its layers as they are now, differs from the one composed over the default the
+    /// write replaced), read after taking a lock per (app version,
     /// configuration name) that every replica's announcer takes, and released only
     /// after `sink` returned. Announcements of one endpoint are therefore made one
     /// at a time across replicas, each with a state no older than the one before:
@@ -593,8 +655,9 @@ pub trait ConfigStore: Send + Sync + 'static {
     }
 
     /// What the effective configuration of each key is made of besides its layers:
-    /// the own configuration or the base (the default as served, rollout applied),
-    /// and the endpoint's groups; in key order. [`crate::core::Ecr`] composes these
+    /// the own whole configuration or the base (the default as served, rollout
+    /// applied), the own configuration stored as a merge patch, and the endpoint's
+    /// groups; in key order. [`crate::core::Ecr`] composes these
     /// with [`ConfigStore::layers`] to predict a write (dry run, announcements) and
     /// to explain. The default: the base from [`ConfigStore::effective_many`] (right
     /// for a store without layers) and no groups.
@@ -608,7 +671,7 @@ pub trait ConfigStore: Send + Sync + 'static {
             .into_iter()
             .map(|base| EffectiveInputs {
                 base,
-                groups: Default::default(),
+                ..Default::default()
             })
             .collect())
     }
@@ -645,21 +708,23 @@ impl LayerInputs {
             .any(|l| l.target != crate::layers::LayerTarget::All)
     }
 
-    /// `found` (own configuration or base) of `key` with its layers composed.
+    /// `found` (own whole configuration or base) of `key`, with its layers and
+    /// its own patch (`own_patch`) composed.
     pub(crate) fn compose(
         &self,
         key: &EffectiveKey,
         found: Option<(StoredConfig, Source)>,
+        own_patch: Option<&StoredConfig>,
     ) -> Option<(StoredConfig, Source)> {
         if matches!(found, Some((_, Source::Endpoint))) {
             return found;
         }
-        let Some(layers) = self
+        let layers = self
             .layers
-            .get(&(key.app_version.to_string(), key.name.to_string()))
-        else {
+            .get(&(key.app_version.to_string(), key.name.to_string()));
+        if layers.is_none() && own_patch.is_none() {
             return found;
-        };
+        }
         let inputs = EffectiveInputs {
             base: found,
             groups: self
@@ -667,10 +732,16 @@ impl LayerInputs {
                 .get(&(key.app_version.to_string(), key.endpoint_id.to_string()))
                 .cloned()
                 .unwrap_or_default(),
+            own_patch: own_patch.cloned(),
         };
-        crate::layers::compose(&key.name, &inputs, layers)
+        crate::layers::compose(&key.name, &inputs, layers.map_or(&[], Vec::as_slice))
     }
 }
+
+/// What the stores read of one key besides layers and groups: the own whole
+/// configuration or the base (rollout applied), and the own configuration stored as
+/// a merge patch.
+pub(crate) type Base = (Option<(StoredConfig, Source)>, Option<StoredConfig>);
 
 /// A stored layer row: the columns of `sql::LAYER_COLUMNS`.
 #[allow(clippy::too_many_arguments)]
@@ -790,6 +861,13 @@ pub(crate) fn default_locked(app_version: &str, name: &str, rollout_id: &str) ->
     ))
 }
 
+/// A default cannot be stored as a merge patch.
+pub(crate) fn default_patch() -> StoreError {
+    StoreError::Conflict(
+        "only an endpoint's own configuration can be stored as a merge patch".into(),
+    )
+}
+
 /// The conflict of a second rollout.
 pub(crate) fn rollout_active(app_version: &str, name: &str, rollout_id: &str) -> StoreError {
     StoreError::Conflict(format!(
@@ -897,6 +975,12 @@ pub(crate) mod sql {
     /// effective answer makes: SQLite's planner (without statistics) took a covering
     /// (app version, group, endpoint) key over a two-column index and scanned the
     /// whole group per lookup (found by the 10,000-device fan-out with layers).
+    /// Version 5 (issue 20, helper/layers: precise default announcements) records in
+    /// an outbox row of a default's change the default it replaced
+    /// (`before_known` 1, `before_content` NULL when there was none), so that the
+    /// announcer announces only the followers whose effective configuration changed;
+    /// and marks an endpoint's own configuration stored as a merge patch
+    /// (`configs.own_patch` 1; see [`super::ConfigStore::put_patch`]).
     pub(crate) const MIGRATIONS: &[&str] = &[
         "\
         CREATE TABLE configs (
@@ -985,6 +1069,12 @@ pub(crate) mod sql {
         );
         CREATE INDEX layers_by_group ON layers (app_version, target_group);
     ",
+        // Issue 20 (helper/layers): the default a default's change replaced.
+        "\
+        ALTER TABLE announce_outbox ADD COLUMN before_known INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE announce_outbox ADD COLUMN before_content TEXT;
+        ALTER TABLE configs ADD COLUMN own_patch INTEGER NOT NULL DEFAULT 0;
+    ",
     ];
     pub(crate) const GROUP_INSERT: &str = "INSERT INTO endpoint_groups (app_version, group_name, created_ms) VALUES ($1, $2, $3) \
          ON CONFLICT (app_version, group_name) DO NOTHING";
@@ -1028,14 +1118,26 @@ pub(crate) mod sql {
     /// The table holding the schema version (one row).
     pub(crate) const VERSION_TABLE: &str =
         "CREATE TABLE IF NOT EXISTS ecr_schema_version (version INTEGER NOT NULL)";
-    pub(crate) const SELECT_ONE: &str = "SELECT name, config_id, content, created_ms, updated_ms FROM configs \
+    /// One configuration (its 6th column: stored as a merge patch).
+    pub(crate) const SELECT_ONE: &str = "SELECT name, config_id, content, created_ms, updated_ms, own_patch FROM configs \
          WHERE endpoint_id = $1 AND app_version = $2 AND name = $3";
+    pub(crate) const OWN_PATCH_NAMES: &str = "SELECT name FROM configs \
+         WHERE endpoint_id = $1 AND app_version = $2 AND own_patch = 1 ORDER BY name";
+    pub(crate) const ENDPOINTS_WITH_OWN_PATCH: &str = "SELECT endpoint_id FROM configs \
+         WHERE app_version = $1 AND name = $2 AND endpoint_id <> '' AND own_patch = 1 ORDER BY endpoint_id";
     pub(crate) const SELECT_SCOPE: &str = "SELECT name, config_id, content, created_ms, updated_ms FROM configs \
          WHERE endpoint_id = $1 AND app_version = $2 ORDER BY name";
     pub(crate) const UPSERT: &str = "INSERT INTO configs (endpoint_id, app_version, name, config_id, content, created_ms, updated_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $6) \
          ON CONFLICT (endpoint_id, app_version, name) DO UPDATE SET \
          config_id = excluded.config_id, content = excluded.content, updated_ms = excluded.updated_ms";
+    /// [`UPSERT`] saying whether it is an own configuration stored as a merge patch
+    /// (`$7`: 1) or a whole document (0).
+    pub(crate) const UPSERT_OWN: &str = "INSERT INTO configs (endpoint_id, app_version, name, config_id, content, created_ms, updated_ms, own_patch) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6, $7) \
+         ON CONFLICT (endpoint_id, app_version, name) DO UPDATE SET \
+         config_id = excluded.config_id, content = excluded.content, updated_ms = excluded.updated_ms, \
+         own_patch = excluded.own_patch";
     pub(crate) const DELETE_ONE: &str =
         "DELETE FROM configs WHERE endpoint_id = $1 AND app_version = $2 AND name = $3";
     pub(crate) const REMEMBER: &str = "INSERT INTO known_endpoints (endpoint_id, app_version) VALUES ($1, $2) \
@@ -1044,7 +1146,7 @@ pub(crate) mod sql {
         "DELETE FROM known_endpoints WHERE endpoint_id = $1 AND app_version = $2";
     pub(crate) const FOLLOWING_DEFAULT: &str = "SELECT k.endpoint_id FROM known_endpoints k WHERE k.app_version = $1 \
          AND NOT EXISTS (SELECT 1 FROM configs c WHERE c.endpoint_id = k.endpoint_id \
-         AND c.app_version = k.app_version AND c.name = $2) ORDER BY k.endpoint_id";
+         AND c.app_version = k.app_version AND c.name = $2 AND c.own_patch = 0) ORDER BY k.endpoint_id";
     pub(crate) const DELETE_ENDPOINT_CONFIGS: &str = "DELETE FROM configs WHERE endpoint_id = $1";
     pub(crate) const DELETE_ENDPOINT_KNOWN: &str =
         "DELETE FROM known_endpoints WHERE endpoint_id = $1";

@@ -12,9 +12,9 @@ use kaa_ism::UnixMillis;
 
 use super::sqlite::{StatusRow, confirmed_status, status_record};
 use super::{
-    AnnouncementSink, AppVersionSummary, BatchTarget, ConfigStore, EffectiveKey, GroupSummary,
-    LayerInputs, Overlay, Precondition, PutOutcome, StatusCount, StatusWrite, StoreError,
-    apply_overlay, sql,
+    AnnouncementSink, AppVersionSummary, Base, BatchTarget, ConfigStore, EffectiveKey,
+    GroupSummary, LayerInputs, Overlay, Precondition, PutOutcome, StatusCount, StatusWrite,
+    StoreError, apply_overlay, sql,
 };
 use crate::core::EffectiveChange;
 use crate::layers::{EffectiveInputs, GroupName, Layer, LayerTarget};
@@ -151,16 +151,17 @@ fn merge_statuses(writes: &[StatusWrite]) -> Vec<MergedStatus<'_>> {
 
 /// [`ConfigStore::effective_many`] in one statement (one snapshot): for each key
 /// (`$1`, `$2`, `$3` are parallel arrays; `i` is its 1-based position) the endpoint's
-/// own row, else the default, as in `effective`. The content is sent only on the first
-/// row of each config ID (NULL on the others): a default fanned out to thousands of
-/// endpoints crosses the socket once per batch, not once per endpoint.
+/// own row and the default (the default is not used when the own row is a whole
+/// document). The content is sent only on the first row of each config ID (NULL on
+/// the others): a default fanned out to thousands of endpoints crosses the socket
+/// once per batch, not once per endpoint.
 const EFFECTIVE_MANY: &str = "SELECT q.i, c.name, c.config_id, \
-     CASE WHEN row_number() OVER (PARTITION BY c.config_id ORDER BY q.i) = 1 THEN c.content END, \
-     c.created_ms, c.updated_ms, c.endpoint_id \
+     CASE WHEN row_number() OVER (PARTITION BY c.config_id ORDER BY q.i, c.endpoint_id) = 1 THEN c.content END, \
+     c.created_ms, c.updated_ms, c.endpoint_id, c.own_patch \
      FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS q(ep, av, nm, i) \
-     CROSS JOIN LATERAL (SELECT name, config_id, content, created_ms, updated_ms, endpoint_id \
+     CROSS JOIN LATERAL (SELECT name, config_id, content, created_ms, updated_ms, endpoint_id, own_patch \
      FROM configs WHERE endpoint_id IN (q.ep, '') AND app_version = q.av AND name = q.nm \
-     ORDER BY endpoint_id DESC LIMIT 1) c";
+     ORDER BY endpoint_id DESC LIMIT 2) c";
 
 /// `pg_try_advisory_lock` key (session-scoped, on the leader connection) held by
 /// the replica that drives the rollouts.
@@ -350,21 +351,22 @@ async fn effective_many_on(
 ) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
     let bases = base_many_on(client, keys).await?;
     let inputs = layer_inputs_on(client, keys, false).await?;
-    if inputs.layers.is_empty() {
-        return Ok(bases);
+    if inputs.layers.is_empty() && bases.iter().all(|(_, patch)| patch.is_none()) {
+        return Ok(bases.into_iter().map(|(base, _)| base).collect());
     }
     Ok(keys
         .iter()
         .zip(bases)
-        .map(|(k, base)| inputs.compose(k, base))
+        .map(|(k, (base, patch))| inputs.compose(k, base, patch.as_ref()))
         .collect())
 }
 
-/// The own configurations or bases of `keys` (no layers).
+/// The own whole configurations or bases of `keys` (no layers), each with the own
+/// configuration stored as a merge patch.
 async fn base_many_on(
     client: &impl GenericClient,
     keys: &[EffectiveKey],
-) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
+) -> Result<Vec<Base>, StoreError> {
     let s = client
         .prepare_cached(EFFECTIVE_MANY)
         .await
@@ -392,11 +394,7 @@ async fn base_many_on(
             contents.insert(config_id.clone(), content);
         }
         let endpoint: String = row.try_get(6).map_err(pg_err)?;
-        let source = if endpoint.is_empty() {
-            Source::Default
-        } else {
-            Source::Endpoint
-        };
+        let own_patch: i32 = row.try_get(7).map_err(pg_err)?;
         let config = StoredConfig {
             name: ConfigName::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             config_id,
@@ -404,27 +402,85 @@ async fn base_many_on(
             created: UnixMillis(row.try_get(4).map_err(pg_err)?),
             updated: UnixMillis(row.try_get(5).map_err(pg_err)?),
         };
-        found.push((i, config, source));
+        // 0: the default; 1: an own whole configuration; 2: an own patch.
+        let kind = match (endpoint.is_empty(), own_patch != 0) {
+            (true, _) => 0,
+            (false, false) => 1,
+            (false, true) => 2,
+        };
+        found.push((i, config, kind));
     }
-    let mut out: Vec<Option<(StoredConfig, Source)>> = keys.iter().map(|_| None).collect();
-    for (i, mut config, source) in found {
+    // Per key: (default, own whole, own patch).
+    type Rows = (
+        Option<StoredConfig>,
+        Option<StoredConfig>,
+        Option<StoredConfig>,
+    );
+    let mut rows_of: Vec<Rows> = keys.iter().map(|_| (None, None, None)).collect();
+    for (i, mut config, kind) in found {
         let slot = usize::try_from(i - 1)
             .ok()
-            .and_then(|i| out.get_mut(i))
+            .and_then(|i| rows_of.get_mut(i))
             .ok_or_else(|| StoreError::Corrupt(format!("row {i} of {} keys", keys.len())))?;
         config.content = contents
             .get(&config.config_id)
             .cloned()
             .ok_or_else(|| StoreError::Corrupt("content missing from the batch".into()))?;
-        *slot = Some((config, source));
-    }
-    if !active.is_empty() {
-        for (key, slot) in keys.iter().zip(out.iter_mut()) {
-            let overlay = active.get(&(key.app_version.to_string(), key.name.to_string()));
-            *slot = apply_overlay(slot.take(), key.endpoint_id.as_str(), overlay);
+        match kind {
+            0 => slot.0 = Some(config),
+            1 => slot.1 = Some(config),
+            _ => slot.2 = Some(config),
         }
     }
-    Ok(out)
+    Ok(keys
+        .iter()
+        .zip(rows_of)
+        .map(|(key, (default, whole, patch))| match whole {
+            Some(own) => (Some((own, Source::Endpoint)), None),
+            None => {
+                let overlay = active.get(&(key.app_version.to_string(), key.name.to_string()));
+                (
+                    apply_overlay(
+                        default.map(|c| (c, Source::Default)),
+                        key.endpoint_id.as_str(),
+                        overlay,
+                    ),
+                    patch,
+                )
+            }
+        })
+        .collect())
+}
+
+/// One configuration, locked for the write when `for_update`, and whether it is
+/// stored as a merge patch.
+async fn select_own(
+    client: &impl GenericClient,
+    endpoint_key: &str,
+    app_version: &str,
+    name: &str,
+    for_update: bool,
+) -> Result<Option<(StoredConfig, bool)>, StoreError> {
+    let statement = if for_update {
+        client
+            .prepare_cached(&format!("{}{FOR_UPDATE}", sql::SELECT_ONE))
+            .await
+    } else {
+        client.prepare_cached(sql::SELECT_ONE).await
+    }
+    .map_err(pg_err)?;
+    client
+        .query_opt(&statement, &[&endpoint_key, &app_version, &name])
+        .await
+        .map_err(pg_err)?
+        .as_ref()
+        .map(|row| {
+            Ok((
+                to_config(row)?,
+                row.try_get::<_, i32>(5).map_err(pg_err)? != 0,
+            ))
+        })
+        .transpose()
 }
 
 fn to_config(row: &Row) -> Result<StoredConfig, StoreError> {
@@ -463,34 +519,53 @@ async fn select_one(
 }
 
 /// Records in `tx` that the change of (`endpoint_key`, `app_version`, `name`) is due
-/// to be announced.
+/// to be announced. A default's change (`endpoint_key` empty) records the default
+/// it replaced (`previous`: its content; `None`: there was none), so that the
+/// announcer announces only the followers whose effective configuration it changed.
 async fn outbox_insert(
     tx: &impl GenericClient,
     endpoint_key: &str,
     app_version: &str,
     name: &str,
+    previous: Option<&StoredConfig>,
     now: UnixMillis,
 ) -> Result<(), StoreError> {
     let s = tx.prepare_cached(OUTBOX_INSERT).await.map_err(pg_err)?;
-    tx.execute(&s, &[&endpoint_key, &app_version, &name, &now.0])
-        .await
-        .map_err(pg_err)?;
+    let before_known: i32 = endpoint_key.is_empty().into();
+    let before_content = previous
+        .filter(|_| endpoint_key.is_empty())
+        .map(|p| p.content.as_str());
+    tx.execute(
+        &s,
+        &[
+            &endpoint_key,
+            &app_version,
+            &name,
+            &now.0,
+            &before_known,
+            &before_content,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
     Ok(())
 }
 
-const OUTBOX_INSERT: &str = "INSERT INTO announce_outbox (endpoint_id, app_version, name, created_ms) \
-     VALUES ($1, $2, $3, $4)";
+const OUTBOX_INSERT: &str = "INSERT INTO announce_outbox (endpoint_id, app_version, name, created_ms, before_known, before_content) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// The oldest due announcements, each taken by one replica at a time.
-const OUTBOX_TAKE: &str = "SELECT seq, endpoint_id, app_version, name FROM announce_outbox \
+const OUTBOX_TAKE: &str = "SELECT seq, endpoint_id, app_version, name, before_known, before_content FROM announce_outbox \
      ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED";
 
-/// Every known endpoint of `$1` following the default `$2`, with that default (NULL
-/// columns when there is none): one statement, one snapshot.
-const FOLLOWERS_WITH_DEFAULT: &str = "SELECT k.endpoint_id, d.name, d.config_id, d.content, d.created_ms, d.updated_ms \
+/// Every known endpoint of `$1` following the default `$2` (no own configuration, or
+/// one stored as a merge patch), with that default (NULL columns when there is none)
+/// and its own patch (NULL columns when none): one statement, one snapshot.
+const FOLLOWERS_WITH_DEFAULT: &str = "SELECT k.endpoint_id, d.name, d.config_id, d.content, d.created_ms, d.updated_ms, \
+     o.config_id, o.content, o.created_ms, o.updated_ms \
      FROM known_endpoints k LEFT JOIN configs d ON d.endpoint_id = '' AND d.app_version = k.app_version AND d.name = $2 \
-     WHERE k.app_version = $1 AND NOT EXISTS (SELECT 1 FROM configs c WHERE c.endpoint_id = k.endpoint_id \
-     AND c.app_version = k.app_version AND c.name = $2) ORDER BY k.endpoint_id";
+     LEFT JOIN configs o ON o.endpoint_id = k.endpoint_id AND o.app_version = k.app_version AND o.name = $2 \
+     WHERE k.app_version = $1 AND (o.endpoint_id IS NULL OR o.own_patch = 1) ORDER BY k.endpoint_id";
 
 /// The advisory lock key of the announcements of (app version, name): the first 8
 /// bytes of SHA-256 over both, the same in every replica.
@@ -513,12 +588,16 @@ async fn put_in(
     scope: &Scope,
     name: &ConfigName,
     content: &Content,
+    own_patch: bool,
     precondition: &Precondition,
     now: UnixMillis,
     outbox: bool,
 ) -> Result<PutOutcome, StoreError> {
     let endpoint_key = scope.endpoint_key();
     let app_version = scope.app_version().as_str();
+    if own_patch && scope.endpoint_id().is_none() {
+        return Err(super::default_patch());
+    }
     if scope.endpoint_id().is_none()
         && let Some(o) = lock_default(tx, app_version, name.as_str()).await?
     {
@@ -540,22 +619,27 @@ async fn put_in(
     // Pipelined on the one connection (one round trip for both). A failed
     // precondition rolls the known-endpoint insert back with the transaction.
     let (previous, remembered) = futures::join!(
-        select_one(tx, endpoint_key, app_version, name.as_str(), true),
+        select_own(tx, endpoint_key, app_version, name.as_str(), true),
         remember
     );
-    let previous = previous?;
+    let (previous, previous_patch) = match previous? {
+        Some((c, patch)) => (Some(c), patch),
+        None => (None, false),
+    };
     remembered?;
     precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
     if let Some(prev) = &previous
         && prev.config_id == content.config_id
+        && previous_patch == own_patch
     {
         return Ok(PutOutcome {
             config: prev.clone(),
             changed: false,
             previous,
+            previous_patch,
         });
     }
-    let s = tx.prepare_cached(sql::UPSERT).await.map_err(pg_err)?;
+    let s = tx.prepare_cached(sql::UPSERT_OWN).await.map_err(pg_err)?;
     tx.execute(
         &s,
         &[
@@ -565,12 +649,21 @@ async fn put_in(
             &content.config_id,
             &content.json,
             &now.0,
+            &i32::from(own_patch),
         ],
     )
     .await
     .map_err(pg_err)?;
     if outbox {
-        outbox_insert(tx, endpoint_key, app_version, name.as_str(), now).await?;
+        outbox_insert(
+            tx,
+            endpoint_key,
+            app_version,
+            name.as_str(),
+            previous.as_ref(),
+            now,
+        )
+        .await?;
     }
     let config = StoredConfig {
         name: name.clone(),
@@ -583,6 +676,7 @@ async fn put_in(
         config,
         changed: true,
         previous,
+        previous_patch,
     })
 }
 
@@ -723,7 +817,7 @@ impl ConfigStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let outbox = self.outbox.load(Ordering::Relaxed);
-        let outcome = put_in(&tx, scope, name, content, precondition, now, outbox).await?;
+        let outcome = put_in(&tx, scope, name, content, false, precondition, now, outbox).await?;
         if outcome.changed || scope.endpoint_id().is_some() {
             tx.commit().await.map_err(pg_err)?;
         }
@@ -731,6 +825,66 @@ impl ConfigStore for PostgresStore {
             self.written.notify_one();
         }
         Ok(outcome)
+    }
+
+    async fn put_patch(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        content: &Content,
+        precondition: &Precondition,
+        now: UnixMillis,
+    ) -> Result<PutOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let outbox = self.outbox.load(Ordering::Relaxed);
+        let outcome = put_in(&tx, scope, name, content, true, precondition, now, outbox).await?;
+        tx.commit().await.map_err(pg_err)?;
+        if outbox && outcome.changed {
+            self.written.notify_one();
+        }
+        Ok(outcome)
+    }
+
+    async fn own_patch_names(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let client = self.client().await?;
+        let s = client
+            .prepare_cached(sql::OWN_PATCH_NAMES)
+            .await
+            .map_err(pg_err)?;
+        client
+            .query(&s, &[&endpoint_id.as_str(), &app_version.as_str()])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.try_get::<_, String>(0).map_err(pg_err))
+            .collect()
+    }
+
+    async fn endpoints_with_own_patch(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Vec<EndpointId>, StoreError> {
+        let client = self.client().await?;
+        let s = client
+            .prepare_cached(sql::ENDPOINTS_WITH_OWN_PATCH)
+            .await
+            .map_err(pg_err)?;
+        client
+            .query(&s, &[&app_version.as_str(), &name.as_str()])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                EndpointId::new(r.try_get::<_, String>(0).map_err(pg_err)?)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
     }
 
     async fn get(
@@ -770,6 +924,18 @@ impl ConfigStore for PostgresStore {
         name: &ConfigName,
         precondition: &Precondition,
     ) -> Result<Option<StoredConfig>, StoreError> {
+        Ok(self
+            .delete_own(scope, name, precondition)
+            .await?
+            .map(|(c, _)| c))
+    }
+
+    async fn delete_own(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        precondition: &Precondition,
+    ) -> Result<Option<(StoredConfig, bool)>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let (endpoint_key, app_version) = (scope.endpoint_key(), scope.app_version().as_str());
@@ -782,8 +948,9 @@ impl ConfigStore for PostgresStore {
                 &o.rollout_id,
             ));
         }
-        let previous = select_one(&tx, endpoint_key, app_version, name.as_str(), true).await?;
-        precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
+        let own = select_own(&tx, endpoint_key, app_version, name.as_str(), true).await?;
+        precondition.check(own.as_ref().map(|(p, _)| p.config_id.as_str()))?;
+        let previous = own.as_ref().map(|(p, _)| p.clone());
         if previous.is_some() {
             let s = tx.prepare_cached(sql::DELETE_ONE).await.map_err(pg_err)?;
             tx.execute(&s, &[&endpoint_key, &app_version, &name.as_str()])
@@ -792,14 +959,22 @@ impl ConfigStore for PostgresStore {
             let outbox = self.outbox.load(Ordering::Relaxed);
             if outbox {
                 let now = crate::model::now();
-                outbox_insert(&tx, endpoint_key, app_version, name.as_str(), now).await?;
+                outbox_insert(
+                    &tx,
+                    endpoint_key,
+                    app_version,
+                    name.as_str(),
+                    previous.as_ref(),
+                    now,
+                )
+                .await?;
             }
             tx.commit().await.map_err(pg_err)?;
             if outbox {
                 self.written.notify_one();
             }
         }
-        Ok(previous)
+        Ok(own)
     }
 
     async fn put_batch(
@@ -818,8 +993,19 @@ impl ConfigStore for PostgresStore {
                 endpoint_id: t.endpoint_id.clone(),
                 app_version: t.app_version.clone(),
             };
-            outcomes
-                .push(put_in(&tx, &scope, name, content, &Precondition::None, now, outbox).await?);
+            outcomes.push(
+                put_in(
+                    &tx,
+                    &scope,
+                    name,
+                    content,
+                    false,
+                    &Precondition::None,
+                    now,
+                    outbox,
+                )
+                .await?,
+            );
         }
         tx.commit().await.map_err(pg_err)?;
         if outbox && outcomes.iter().any(|o| o.changed) {
@@ -835,46 +1021,15 @@ impl ConfigStore for PostgresStore {
         name: &ConfigName,
     ) -> Result<Option<(StoredConfig, Source)>, StoreError> {
         let client = self.client().await?;
-        // The rollout first (see `effective_many_on`).
-        let overlay = overlay_of(&client, app_version.as_str(), name.as_str()).await?;
-        // One statement, so one snapshot: the endpoint's row sorts first when present.
-        let s = client
-            .prepare_cached(
-                "SELECT name, config_id, content, created_ms, updated_ms, endpoint_id FROM configs \
-                 WHERE endpoint_id IN ($1, '') AND app_version = $2 AND name = $3 \
-                 ORDER BY endpoint_id DESC LIMIT 1",
-            )
-            .await
-            .map_err(pg_err)?;
-        let row = client
-            .query_opt(
-                &s,
-                &[&endpoint_id.as_str(), &app_version.as_str(), &name.as_str()],
-            )
-            .await
-            .map_err(pg_err)?;
-        let found = row
-            .map(|row| {
-                let endpoint: String = row.try_get(5).map_err(pg_err)?;
-                let source = if endpoint.is_empty() {
-                    Source::Default
-                } else {
-                    Source::Endpoint
-                };
-                Ok::<_, StoreError>((to_config(&row)?, source))
-            })
-            .transpose()?;
-        let found = apply_overlay(found, endpoint_id.as_str(), overlay.as_ref());
-        if matches!(found, Some((_, Source::Endpoint))) {
-            return Ok(found);
-        }
         let key = EffectiveKey {
             endpoint_id: endpoint_id.clone(),
             app_version: app_version.clone(),
             name: name.clone(),
         };
-        let inputs = layer_inputs_on(&client, std::slice::from_ref(&key), false).await?;
-        Ok(inputs.compose(&key, found))
+        Ok(effective_many_on(&client, std::slice::from_ref(&key))
+            .await?
+            .pop()
+            .flatten())
     }
 
     fn batches_lookups(&self) -> bool {
@@ -1039,7 +1194,12 @@ impl ConfigStore for PostgresStore {
         }
         let mut seqs = Vec::with_capacity(rows.len());
         let mut endpoint_keys: Vec<EffectiveKey> = Vec::new();
-        let mut defaults: std::collections::BTreeSet<(String, String)> = Default::default();
+        // Per default changed: the defaults it replaced (`None`: not recorded, by
+        // an older ECR; every follower is announced).
+        let mut defaults: std::collections::BTreeMap<
+            (String, String),
+            Vec<Option<Option<String>>>,
+        > = Default::default();
         let mut locks = std::collections::BTreeSet::new();
         for row in &rows {
             seqs.push(row.try_get::<_, i64>(0).map_err(pg_err)?);
@@ -1049,7 +1209,12 @@ impl ConfigStore for PostgresStore {
             locks.insert(announce_lock(&app_version, &name));
             let corrupt = |e: crate::model::NameError| StoreError::Corrupt(e.to_string());
             if endpoint.is_empty() {
-                defaults.insert((app_version, name));
+                let known: i32 = row.try_get(4).map_err(pg_err)?;
+                let before: Option<String> = row.try_get(5).map_err(pg_err)?;
+                defaults
+                    .entry((app_version, name))
+                    .or_default()
+                    .push((known != 0).then_some(before));
             } else {
                 let key = EffectiveKey {
                     endpoint_id: EndpointId::new(endpoint).map_err(corrupt)?,
@@ -1107,12 +1272,13 @@ impl ConfigStore for PostgresStore {
         } else {
             overlays(&tx).await?
         };
-        for (app_version, name) in &defaults {
+        for ((app_version, name), befores) in &defaults {
             let overlay = active.get(&(app_version.clone(), name.clone()));
             let corrupt = |e: crate::model::NameError| StoreError::Corrupt(e.to_string());
             let app = AppVersionName::new(app_version.as_str()).map_err(corrupt)?;
             let config_name = ConfigName::new(name.as_str()).map_err(corrupt)?;
-            let mut followers: Vec<(EffectiveKey, Option<StoredConfig>)> = Vec::new();
+            let mut followers: Vec<(EffectiveKey, Option<StoredConfig>, Option<StoredConfig>)> =
+                Vec::new();
             for row in tx.query(&s, &[app_version, name]).await.map_err(pg_err)? {
                 let endpoint: String = row.try_get(0).map_err(pg_err)?;
                 let config = match row.try_get::<_, Option<String>>(2).map_err(pg_err)? {
@@ -1128,6 +1294,16 @@ impl ConfigStore for PostgresStore {
                 let config =
                     apply_overlay(config.map(|c| (c, Source::Default)), &endpoint, overlay)
                         .map(|(c, _)| c);
+                let own_patch = match row.try_get::<_, Option<String>>(6).map_err(pg_err)? {
+                    Some(config_id) => Some(StoredConfig {
+                        name: config_name.clone(),
+                        config_id,
+                        content: row.try_get(7).map_err(pg_err)?,
+                        created: UnixMillis(row.try_get(8).map_err(pg_err)?),
+                        updated: UnixMillis(row.try_get(9).map_err(pg_err)?),
+                    }),
+                    None => None,
+                };
                 followers.push((
                     EffectiveKey {
                         endpoint_id: EndpointId::new(endpoint).map_err(corrupt)?,
@@ -1135,15 +1311,53 @@ impl ConfigStore for PostgresStore {
                         name: config_name.clone(),
                     },
                     config,
+                    own_patch,
                 ));
             }
-            // Their layers composed over what they are served.
-            let keys: Vec<EffectiveKey> = followers.iter().map(|(k, _)| k.clone()).collect();
+            // Their layers composed over what they are served; announced when that
+            // differs from the layers composed over a default the changes replaced
+            // (a layer hiding the changed value keeps the follower unchanged).
+            let keys: Vec<EffectiveKey> = followers.iter().map(|(k, _, _)| k.clone()).collect();
             let inputs = layer_inputs_on(&tx, &keys, false).await?;
-            for (key, config) in followers {
+            let befores: Option<Vec<Option<StoredConfig>>> = befores
+                .iter()
+                .map(|b| {
+                    b.as_ref().map(|content| {
+                        content.as_ref().map(|content| StoredConfig {
+                            name: config_name.clone(),
+                            config_id: crate::model::config_id(content),
+                            content: content.clone(),
+                            created: UnixMillis(0),
+                            updated: UnixMillis(0),
+                        })
+                    })
+                })
+                .collect();
+            for (key, config, own_patch) in followers {
                 let config = inputs
-                    .compose(&key, config.map(|c| (c, Source::Default)))
+                    .compose(
+                        &key,
+                        config.map(|c| (c, Source::Default)),
+                        own_patch.as_ref(),
+                    )
                     .map(|(c, _)| c);
+                if let Some(befores) = &befores {
+                    let now = config.as_ref().map(|c| c.config_id.as_str());
+                    let changed = befores.iter().any(|b| {
+                        inputs
+                            .compose(
+                                &key,
+                                b.clone().map(|c| (c, Source::Default)),
+                                own_patch.as_ref(),
+                            )
+                            .as_ref()
+                            .map(|(c, _)| c.config_id.as_str())
+                            != now
+                    });
+                    if !changed {
+                        continue;
+                    }
+                }
                 add(EffectiveChange {
                     endpoint_id: key.endpoint_id,
                     app_version: key.app_version,
@@ -1394,16 +1608,18 @@ impl ConfigStore for PostgresStore {
         }
         let client = self.client().await?;
         let bases = base_many_on(&client, keys).await?;
-        let mut inputs = layer_inputs_on(&client, keys, true).await?;
+        let inputs = layer_inputs_on(&client, keys, true).await?;
         Ok(keys
             .iter()
             .zip(bases)
-            .map(|(k, base)| EffectiveInputs {
+            .map(|(k, (base, own_patch))| EffectiveInputs {
                 base,
                 groups: inputs
                     .groups
-                    .remove(&(k.app_version.to_string(), k.endpoint_id.to_string()))
+                    .get(&(k.app_version.to_string(), k.endpoint_id.to_string()))
+                    .cloned()
                     .unwrap_or_default(),
+                own_patch,
             })
             .collect())
     }

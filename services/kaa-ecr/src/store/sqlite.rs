@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use kaa_ism::UnixMillis;
 
 use super::{
-    AppVersionSummary, BatchTarget, ConfigStore, EffectiveKey, GroupSummary, LayerInputs, Overlay,
-    Precondition, PutOutcome, StatusCount, StatusWrite, StoreError, apply_overlay, sql,
+    AppVersionSummary, Base, BatchTarget, ConfigStore, EffectiveKey, GroupSummary, LayerInputs,
+    Overlay, Precondition, PutOutcome, StatusCount, StatusWrite, StoreError, apply_overlay, sql,
 };
 use crate::layers::{EffectiveInputs, GroupName, Layer};
 use crate::model::{
@@ -136,6 +136,25 @@ fn select_one(
         .transpose()
 }
 
+/// One configuration and whether it is stored as a merge patch.
+fn select_own(
+    conn: &Connection,
+    endpoint_key: &str,
+    app_version: &str,
+    name: &str,
+) -> Result<Option<(StoredConfig, bool)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(q!(sql::SELECT_ONE))
+        .map_err(sqlite_err)?;
+    stmt.query_row(params![endpoint_key, app_version, name], |r| {
+        Ok((row_to_config(r)?, r.get::<_, i64>(5)? != 0))
+    })
+    .optional()
+    .map_err(sqlite_err)?
+    .map(|(c, patch)| Ok((to_config(c)?, patch)))
+    .transpose()
+}
+
 /// The active rollout of (`app_version`, `name`), as `effective` applies it.
 fn overlay_of(
     conn: &Connection,
@@ -222,19 +241,25 @@ fn groups_of(
         .map_err(sqlite_err)
 }
 
-/// The own configuration or the base (default as served) of one key.
+/// The own whole configuration or the base (default as served) of one key, and
+/// its own configuration stored as a merge patch.
 fn base_of(
     conn: &Connection,
     endpoint_id: &str,
     app_version: &str,
     name: &str,
-) -> Result<Option<(StoredConfig, Source)>, StoreError> {
-    if let Some(c) = select_one(conn, endpoint_id, app_version, name)? {
-        return Ok(Some((c, Source::Endpoint)));
-    }
+) -> Result<Base, StoreError> {
+    let own_patch = match select_own(conn, endpoint_id, app_version, name)? {
+        Some((c, false)) => return Ok((Some((c, Source::Endpoint)), None)),
+        Some((c, true)) => Some(c),
+        None => None,
+    };
     let found = select_one(conn, "", app_version, name)?.map(|c| (c, Source::Default));
     let overlay = overlay_of(conn, app_version, name)?;
-    Ok(apply_overlay(found, endpoint_id, overlay.as_ref()))
+    Ok((
+        apply_overlay(found, endpoint_id, overlay.as_ref()),
+        own_patch,
+    ))
 }
 
 /// The effective configuration of one key: its base with its layers composed.
@@ -247,12 +272,12 @@ fn effective_of(
         key.app_version.as_str(),
         key.name.as_str(),
     );
-    let found = base_of(conn, endpoint, app, name)?;
+    let (found, own_patch) = base_of(conn, endpoint, app, name)?;
     if matches!(found, Some((_, Source::Endpoint))) {
         return Ok(found);
     }
     let layers = layers_of(conn, app, Some(name))?;
-    if layers.is_empty() {
+    if layers.is_empty() && own_patch.is_none() {
         return Ok(found);
     }
     let mut inputs = LayerInputs::default();
@@ -268,7 +293,7 @@ fn effective_of(
     inputs
         .layers
         .insert((app.to_owned(), name.to_owned()), layers);
-    Ok(inputs.compose(key, found))
+    Ok(inputs.compose(key, found, own_patch.as_ref()))
 }
 
 /// Whether the group exists.
@@ -290,11 +315,15 @@ fn put_in(
     scope: &Scope,
     name: &ConfigName,
     content: &Content,
+    own_patch: bool,
     precondition: &Precondition,
     now: UnixMillis,
 ) -> Result<PutOutcome, StoreError> {
     let endpoint_key = scope.endpoint_key();
     let app_version = scope.app_version().as_str();
+    if own_patch && scope.endpoint_id().is_none() {
+        return Err(super::default_patch());
+    }
     if scope.endpoint_id().is_none()
         && let Some(o) = overlay_of(tx, app_version, name.as_str())?
     {
@@ -304,7 +333,11 @@ fn put_in(
             &o.rollout_id,
         ));
     }
-    let previous = select_one(tx, endpoint_key, app_version, name.as_str())?;
+    let (previous, previous_patch) = match select_own(tx, endpoint_key, app_version, name.as_str())?
+    {
+        Some((c, patch)) => (Some(c), patch),
+        None => (None, false),
+    };
     precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
     if let Some(endpoint_id) = scope.endpoint_id() {
         tx.prepare_cached(q!(sql::REMEMBER))
@@ -313,14 +346,16 @@ fn put_in(
     }
     if let Some(prev) = &previous
         && prev.config_id == content.config_id
+        && previous_patch == own_patch
     {
         return Ok(PutOutcome {
             config: prev.clone(),
             changed: false,
             previous,
+            previous_patch,
         });
     }
-    tx.prepare_cached(q!(sql::UPSERT))
+    tx.prepare_cached(q!(sql::UPSERT_OWN))
         .and_then(|mut s| {
             s.execute(params![
                 endpoint_key,
@@ -328,7 +363,8 @@ fn put_in(
                 name.as_str(),
                 content.config_id,
                 content.json,
-                now.0
+                now.0,
+                i64::from(own_patch)
             ])
         })
         .map_err(sqlite_err)?;
@@ -343,6 +379,7 @@ fn put_in(
         config,
         changed: true,
         previous,
+        previous_patch,
     })
 }
 
@@ -399,8 +436,66 @@ impl ConfigStore for SqliteStore {
             content.clone(),
             precondition.clone(),
         );
-        self.write(move |tx| put_in(tx, &scope, &name, &content, &precondition, now))
+        self.write(move |tx| put_in(tx, &scope, &name, &content, false, &precondition, now))
             .await
+    }
+
+    async fn put_patch(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        content: &Content,
+        precondition: &Precondition,
+        now: UnixMillis,
+    ) -> Result<PutOutcome, StoreError> {
+        let (scope, name, content, precondition) = (
+            scope.clone(),
+            name.clone(),
+            content.clone(),
+            precondition.clone(),
+        );
+        self.write(move |tx| put_in(tx, &scope, &name, &content, true, &precondition, now))
+            .await
+    }
+
+    async fn own_patch_names(
+        &self,
+        endpoint_id: &EndpointId,
+        app_version: &AppVersionName,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let (e, a) = (endpoint_id.to_string(), app_version.to_string());
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(q!(sql::OWN_PATCH_NAMES))
+                .map_err(sqlite_err)?;
+            stmt.query_map(params![e, a], |r| r.get::<_, String>(0))
+                .map_err(sqlite_err)?
+                .collect::<Result<_, _>>()
+                .map_err(sqlite_err)
+        })
+        .await
+    }
+
+    async fn endpoints_with_own_patch(
+        &self,
+        app_version: &AppVersionName,
+        name: &ConfigName,
+    ) -> Result<Vec<EndpointId>, StoreError> {
+        let (a, n) = (app_version.to_string(), name.to_string());
+        self.read(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(q!(sql::ENDPOINTS_WITH_OWN_PATCH))
+                .map_err(sqlite_err)?;
+            let ids: Vec<String> = stmt
+                .query_map(params![a, n], |r| r.get::<_, String>(0))
+                .map_err(sqlite_err)?
+                .collect::<Result<_, _>>()
+                .map_err(sqlite_err)?;
+            ids.into_iter()
+                .map(|e| EndpointId::new(e).map_err(|e| StoreError::Corrupt(e.to_string())))
+                .collect()
+        })
+        .await
     }
 
     async fn get(
@@ -437,6 +532,18 @@ impl ConfigStore for SqliteStore {
         name: &ConfigName,
         precondition: &Precondition,
     ) -> Result<Option<StoredConfig>, StoreError> {
+        Ok(self
+            .delete_own(scope, name, precondition)
+            .await?
+            .map(|(c, _)| c))
+    }
+
+    async fn delete_own(
+        &self,
+        scope: &Scope,
+        name: &ConfigName,
+        precondition: &Precondition,
+    ) -> Result<Option<(StoredConfig, bool)>, StoreError> {
         let endpoint_key = scope.endpoint_key().to_owned();
         let app_version = scope.app_version().as_str().to_owned();
         let name = name.as_str().to_owned();
@@ -447,8 +554,8 @@ impl ConfigStore for SqliteStore {
             {
                 return Err(super::default_locked(&app_version, &name, &o.rollout_id));
             }
-            let previous = select_one(tx, &endpoint_key, &app_version, &name)?;
-            precondition.check(previous.as_ref().map(|p| p.config_id.as_str()))?;
+            let previous = select_own(tx, &endpoint_key, &app_version, &name)?;
+            precondition.check(previous.as_ref().map(|(p, _)| p.config_id.as_str()))?;
             if previous.is_some() {
                 tx.prepare_cached(q!(sql::DELETE_ONE))
                     .and_then(|mut s| s.execute(params![endpoint_key, app_version, name]))
@@ -475,7 +582,7 @@ impl ConfigStore for SqliteStore {
                         endpoint_id: t.endpoint_id,
                         app_version: t.app_version,
                     };
-                    put_in(tx, &scope, &name, &content, &Precondition::None, now)
+                    put_in(tx, &scope, &name, &content, false, &Precondition::None, now)
                 })
                 .collect()
         })
@@ -519,9 +626,11 @@ impl ConfigStore for SqliteStore {
                         k.app_version.as_str(),
                         k.name.as_str(),
                     );
+                    let (base, own_patch) = base_of(tx, e, a, n)?;
                     Ok(EffectiveInputs {
-                        base: base_of(tx, e, a, n)?,
+                        base,
                         groups: groups_of(tx, a, e)?,
+                        own_patch,
                     })
                 })
                 .collect()
