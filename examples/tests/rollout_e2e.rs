@@ -39,16 +39,7 @@ async fn rollouts_over_mqtt_with_a_thousand_devices() {
         .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
     let (stack, rest) = embedded_stack(dir.path()).await;
-    let v1 = rest
-        .send(
-            reqwest::Method::PUT,
-            &format!("/app-versions/{APP}"),
-            &json!({"v": 1}),
-        )
-        .await["configId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v1 = rest.put_default(&json!({"v": 1})).await;
 
     // The fleet: every tenth device rejects configurations with /bad = true.
     let started = Instant::now();
@@ -71,17 +62,14 @@ async fn rollouts_over_mqtt_with_a_thousand_devices() {
 
     // 1. A healthy rollout completes through its steps.
     let t = Instant::now();
-    let r = rest
-        .send(
-            reqwest::Method::POST,
-            &format!("/app-versions/{APP}/rollouts"),
-            &rollout_body(json!({"v": 2}), &[1.0, 10.0, 50.0, 100.0], 5.0, 2),
-        )
+    let (id, v2) = rest
+        .begin_rollout(&rollout_body(
+            json!({"v": 2}),
+            &[1.0, 10.0, 50.0, 100.0],
+            5.0,
+            2,
+        ))
         .await;
-    let (id, v2) = (
-        r["rolloutId"].as_str().unwrap().to_owned(),
-        r["configId"].as_str().unwrap().to_owned(),
-    );
     let done = rest
         .wait_rollout(&id, Duration::from_secs(180), |r| r["state"] != "running")
         .await;

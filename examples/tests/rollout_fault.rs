@@ -67,16 +67,7 @@ async fn a_rollout_resumes_after_sigkill_of_ecr_with_a_thousand_devices() {
         client: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{http_port}"),
     };
-    let v1 = rest
-        .send(
-            reqwest::Method::PUT,
-            &format!("/app-versions/{APP}"),
-            &json!({"v": 1}),
-        )
-        .await["configId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v1 = rest.put_default(&json!({"v": 1})).await;
     let started = Instant::now();
     let mut fleet = start_fleet(devices, ([127, 0, 0, 1], mqtt_port).into(), &cmx_name).await;
     let mut last = 0;
@@ -107,17 +98,14 @@ async fn a_rollout_resumes_after_sigkill_of_ecr_with_a_thousand_devices() {
         started.elapsed()
     );
 
-    let r = rest
-        .send(
-            reqwest::Method::POST,
-            &format!("/app-versions/{APP}/rollouts"),
-            &rollout_body(json!({"v": 2}), &[1.0, 10.0, 50.0, 100.0], 5.0, 3),
-        )
+    let (id, v2) = rest
+        .begin_rollout(&rollout_body(
+            json!({"v": 2}),
+            &[1.0, 10.0, 50.0, 100.0],
+            5.0,
+            3,
+        ))
         .await;
-    let (id, v2) = (
-        r["rolloutId"].as_str().unwrap().to_owned(),
-        r["configId"].as_str().unwrap().to_owned(),
-    );
     let before = rest
         .wait_rollout(&id, Duration::from_secs(60), |r| {
             r["step"].as_u64() >= Some(1)

@@ -305,6 +305,87 @@ impl Browser {
         panic!("timed out waiting for {what}; the page shows:\n{text}");
     }
 
+    /// Finds the element at `locator` and clicks it.
+    async fn click(&self, locator: Locator<'_>) {
+        self.client
+            .find(locator)
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    /// Waits for the token form, enters [`TOKEN`] and submits it.
+    async fn sign_in(&self) {
+        let input = self
+            .client
+            .wait()
+            .for_element(Locator::Id("token"))
+            .await
+            .unwrap();
+        self.until(
+            "the token form",
+            "return !document.getElementById('token-form').hidden",
+        )
+        .await;
+        input.send_keys(TOKEN).await.unwrap();
+        self.click(Locator::Css("#token-form button[type=submit]"))
+            .await;
+    }
+
+    /// Waits (`what`) until the page shows a rollout in `state`.
+    async fn until_state(&self, what: &str, state: &str) {
+        self.until(
+            what,
+            &format!("return document.querySelector('article.rollout[data-state={state}]')"),
+        )
+        .await;
+    }
+
+    /// Waits until the current step's applied count reads `n`.
+    async fn until_applied(&self, n: u64) {
+        self.until(
+            &format!("{n} applied"),
+            &format!(
+                "const el = document.querySelector(\
+                 'article.rollout li[aria-current=step] [data-count=applied] .num');\
+                 return el && el.textContent.startsWith('{n} ');"
+            ),
+        )
+        .await;
+    }
+
+    /// Clicks the rollout's `action` button (`pause`, `resume`).
+    async fn act(&self, action: &str) {
+        self.click(Locator::Css(&format!(
+            "article.rollout button[data-action={action}]"
+        )))
+        .await;
+    }
+
+    /// Turns live refresh off (the `#live` toggle), then waits 1.5 s so that
+    /// the page reads nothing that changes after it.
+    async fn live_off(&self) {
+        self.click(Locator::Id("live")).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+
+    /// Waits for the rollout card's error message; returns it.
+    async fn card_error(&self, what: &str) -> String {
+        let shown = self
+            .until(
+                what,
+                "const el = document.querySelector('article.rollout .card-error');\
+                 return el && !el.hidden && el.textContent;",
+            )
+            .await;
+        shown
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {shown}"))
+            .to_owned()
+    }
+
     /// The number in the current step's `kind` bar (`applied`, …).
     async fn current(&self, kind: &str) -> u64 {
         let v = self
@@ -351,26 +432,10 @@ async fn rollout_page_on_a_fake_of_the_contract() {
         .await
         .unwrap();
     assert!(h1.contains("rollouts"), "{h1}");
-    let input = c.wait().for_element(Locator::Id("token")).await.unwrap();
-    b.until(
-        "the token form",
-        "return !document.getElementById('token-form').hidden",
-    )
-    .await;
-    input.send_keys(TOKEN).await.unwrap();
-    c.find(Locator::Css("#token-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.sign_in().await;
 
     // The running rollout, its current step and counts.
-    b.until(
-        "a running rollout",
-        "return document.querySelector('article.rollout[data-state=running]')",
-    )
-    .await;
+    b.until_state("a running rollout", "running").await;
     assert_eq!(b.current("targeted").await, 25);
     assert_eq!(b.current("applied").await, 3);
     // Applied reports arrive: the counts move.
@@ -380,15 +445,7 @@ async fn rollout_page_on_a_fake_of_the_contract() {
             f.applied = n;
             f.rejected = 1;
         }
-        b.until(
-            &format!("{n} applied"),
-            &format!(
-                "const el = document.querySelector(\
-                 'article.rollout li[aria-current=step] [data-count=applied] .num');\
-                 return el && el.textContent.startsWith('{n} ');"
-            ),
-        )
-        .await;
+        b.until_applied(n).await;
     }
     assert_eq!(b.current("rejected").await, 1);
     let text = c
@@ -403,17 +460,8 @@ async fn rollout_page_on_a_fake_of_the_contract() {
     );
 
     // Pause: the button, then the REST API says paused; the page follows.
-    c.find(Locator::Css("article.rollout button[data-action=pause]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.until(
-        "the page to show paused",
-        "return document.querySelector('article.rollout[data-state=paused]')",
-    )
-    .await;
+    b.act("pause").await;
+    b.until_state("the page to show paused", "paused").await;
     assert_eq!(fake.lock().unwrap().state, "paused");
     let resume = c
         .find(Locator::Css("article.rollout button[data-action=resume]"))
@@ -421,11 +469,8 @@ async fn rollout_page_on_a_fake_of_the_contract() {
         .unwrap();
     assert!(resume.is_enabled().await.unwrap());
     resume.click().await.unwrap();
-    b.until(
-        "the page to show running again",
-        "return document.querySelector('article.rollout[data-state=running]')",
-    )
-    .await;
+    b.until_state("the page to show running again", "running")
+        .await;
     {
         let f = fake.lock().unwrap();
         assert_eq!(f.state, "running");
@@ -441,31 +486,11 @@ async fn rollout_page_on_a_fake_of_the_contract() {
 
     // An error is shown from {"message"}: a stale ETag gives 412 (live
     // refresh off first, so the page cannot have read the new one).
-    c.find(Locator::Id("live"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.live_off().await;
     fake.lock().unwrap().revision += 10;
-    c.find(Locator::Css("article.rollout button[data-action=pause]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let shown = b
-        .until(
-            "the 412 message",
-            "const el = document.querySelector('article.rollout .card-error');\
-             return el && !el.hidden && el.textContent;",
-        )
-        .await;
-    assert!(
-        shown.as_str().unwrap().contains("If-Match does not match"),
-        "{shown}"
-    );
+    b.act("pause").await;
+    let shown = b.card_error("the 412 message").await;
+    assert!(shown.contains("If-Match does not match"), "{shown}");
     {
         let f = fake.lock().unwrap();
         assert_eq!(f.state, "running");
@@ -677,41 +702,18 @@ async fn rollout_page_on_ecr() {
     // The page loads and asks for the token.
     let c = &b.client;
     c.goto(&format!("{}/ui/", ecr.http)).await.unwrap();
-    let input = c.wait().for_element(Locator::Id("token")).await.unwrap();
-    b.until(
-        "the token form",
-        "return !document.getElementById('token-form').hidden",
-    )
-    .await;
-    input.send_keys(TOKEN).await.unwrap();
-    c.find(Locator::Css("#token-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.until(
-        "the running rollout",
-        "return document.querySelector('article.rollout[data-state=running]')",
-    )
-    .await;
+    b.sign_in().await;
+    b.until_state("the running rollout", "running").await;
     assert_eq!(b.current("targeted").await, cohort.len() as u64 + 1);
     assert_eq!(b.current("rejected").await, 1);
 
     // Applied reports arrive: the count moves.
-    let watch = |n: usize| {
-        format!(
-            "const el = document.querySelector(\
-             'article.rollout li[aria-current=step] [data-count=applied] .num');\
-             return el && el.textContent.startsWith('{n} ');"
-        )
-    };
-    b.until("1 applied", &watch(1)).await;
+    b.until_applied(1).await;
     let half = cohort.len().div_ceil(2);
     for e in &cohort[1..half] {
         ecr.applied(e, &new).await;
     }
-    b.until(&format!("{half} applied"), &watch(half)).await;
+    b.until_applied(half as u64).await;
     if let Some(path) = std::env::var_os("KAA_UI_SCREENSHOT") {
         let png = c.screenshot().await.unwrap();
         std::fs::write(&path, png).unwrap();
@@ -719,8 +721,7 @@ async fn rollout_page_on_ecr() {
     for e in &cohort[half..] {
         ecr.applied(e, &new).await;
     }
-    b.until(&format!("{} applied", cohort.len()), &watch(cohort.len()))
-        .await;
+    b.until_applied(cohort.len() as u64).await;
 
     // Pause and resume with the buttons; the REST API agrees.
     let state = || async {
@@ -730,64 +731,27 @@ async fn rollout_page_on_ecr() {
         assert_eq!(status, 200, "{r}");
         r["state"].as_str().unwrap().to_owned()
     };
-    c.find(Locator::Css("article.rollout button[data-action=pause]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.until(
-        "the page to show paused",
-        "return document.querySelector('article.rollout[data-state=paused]')",
-    )
-    .await;
+    b.act("pause").await;
+    b.until_state("the page to show paused", "paused").await;
     assert_eq!(state().await, "paused");
-    c.find(Locator::Css("article.rollout button[data-action=resume]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.until(
-        "the page to show running again",
-        "return document.querySelector('article.rollout[data-state=running]')",
-    )
-    .await;
+    b.act("resume").await;
+    b.until_state("the page to show running again", "running")
+        .await;
     assert_eq!(state().await, "running");
 
     // Someone else pauses and resumes it meanwhile (live refresh off, so the
     // page still holds the old ETag): its Pause is refused with 412, and the
     // page shows ECR's message.
-    c.find(Locator::Id("live"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    b.live_off().await;
     for action in ["pause", "resume"] {
         let (status, r) = ecr
             .call(Method::POST, &format!("/rollouts/{id}/{action}"), None)
             .await;
         assert_eq!(status, 200, "{r}");
     }
-    c.find(Locator::Css("article.rollout button[data-action=pause]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let shown = b
-        .until(
-            "the 412 message",
-            "const el = document.querySelector('article.rollout .card-error');\
-             return el && !el.hidden && el.textContent;",
-        )
-        .await;
-    assert!(
-        shown.as_str().unwrap().contains("(412): If-Match"),
-        "{shown}"
-    );
+    b.act("pause").await;
+    let shown = b.card_error("the 412 message").await;
+    assert!(shown.contains("(412): If-Match"), "{shown}");
     assert_eq!(state().await, "running");
     c.clone().close().await.unwrap();
 }

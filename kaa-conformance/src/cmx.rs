@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::report::{CaseInfo, CaseResult, Outcome, Report};
+use crate::report::{CaseInfo, CaseResult, Outcome, Report, run_cases};
 
 /// The CMX to check and the names the kit plays.
 #[derive(Debug, Clone)]
@@ -738,35 +738,23 @@ pub async fn run_cmx_suite(
     bus: Arc<dyn Bus>,
     target: &CmxTarget,
     options: &SuiteOptions,
-    mut progress: impl FnMut(&CaseResult),
+    progress: impl FnMut(&CaseResult),
 ) -> Result<Report, BusError> {
     let mut h = Harness::start(bus, target, options).await?;
-    let mut report = Report {
-        suite: format!("cmx {}", target.cmx_instance),
-        results: Vec::new(),
-    };
-    for case in CASES {
-        let started = Instant::now();
-        let outcome = match options.skip(case) {
-            Some(skipped) => skipped,
-            None => match run_case(case.id, &mut h).await {
-                Ok(()) => Outcome::Passed,
-                Err(why) => Outcome::Failed(why),
-            },
-        };
-        let result = CaseResult {
-            case: *case,
-            outcome,
-            elapsed: started.elapsed(),
-        };
-        progress(&result);
-        report.results.push(result);
-        // What a failed case left behind must not leak into the next one.
-        while h.delivered.try_recv().is_ok() {}
-        while h.applied.try_recv().is_ok() {}
-        while h.requests.try_recv().is_ok() {}
-    }
-    Ok(report)
+    Ok(run_cases(
+        format!("cmx {}", target.cmx_instance),
+        CASES,
+        &mut h,
+        |case| options.skip(case),
+        run_case,
+        |h| {
+            while h.delivered.try_recv().is_ok() {}
+            while h.applied.try_recv().is_ok() {}
+            while h.requests.try_recv().is_ok() {}
+        },
+        progress,
+    )
+    .await)
 }
 
 async fn run_case(id: &str, h: &mut Harness) -> Result<(), String> {

@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cmx::SuiteOptions;
-use crate::report::{CaseInfo, CaseResult, Outcome, Report};
+use crate::report::{CaseInfo, CaseResult, Outcome, Report, run_cases};
 
 /// The provider to check and how to reach it.
 #[derive(Debug, Clone)]
@@ -777,39 +777,29 @@ pub async fn run_ecr_suite(
     bus: Arc<dyn Bus>,
     target: &EcrTarget,
     options: &SuiteOptions,
-    mut progress: impl FnMut(&CaseResult),
+    progress: impl FnMut(&CaseResult),
 ) -> Result<Report, BusError> {
     let mut h = Harness::start(bus, target, options).await?;
-    let mut report = Report {
-        suite: format!("ecr {}", target.provider),
-        results: Vec::new(),
-    };
-    for case in CASES {
-        let started = Instant::now();
-        let outcome = if let Some(skipped) = options.skip(case) {
-            skipped
-        } else if case.id == "ECR-STAT-1" && target.cmx.is_none() {
-            Outcome::Skipped("no CMX instance given (--cmx)".into())
-        } else {
-            match run_case(case.id, &mut h).await {
-                Ok(()) => Outcome::Passed,
-                Err(why) => Outcome::Failed(why),
-            }
-        };
-        let result = CaseResult {
-            case: *case,
-            outcome,
-            elapsed: started.elapsed(),
-        };
-        progress(&result);
-        report.results.push(result);
-        // What a failed case left behind must not leak into the next one.
-        while h.responses.try_recv().is_ok() {}
-        while h.other_responses.try_recv().is_ok() {}
-        while h.updates.try_recv().is_ok() {}
-        h.early.clear();
-    }
-    Ok(report)
+    Ok(run_cases(
+        format!("ecr {}", target.provider),
+        CASES,
+        &mut h,
+        |case| {
+            options.skip(case).or_else(|| {
+                (case.id == "ECR-STAT-1" && target.cmx.is_none())
+                    .then(|| Outcome::Skipped("no CMX instance given (--cmx)".into()))
+            })
+        },
+        run_case,
+        |h| {
+            while h.responses.try_recv().is_ok() {}
+            while h.other_responses.try_recv().is_ok() {}
+            while h.updates.try_recv().is_ok() {}
+            h.early.clear();
+        },
+        progress,
+    )
+    .await)
 }
 
 async fn run_case(id: &str, h: &mut Harness) -> Result<(), String> {

@@ -41,7 +41,7 @@
 //! for exactly-once delivery can work with.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -58,7 +58,7 @@ use crate::mqtt::{
     Device, Incoming, Login, PUBCOMP, PUBREC, PUBREL, Probe, packet_name, probe_refused_connect,
     publish_packet, return_code_name,
 };
-use crate::report::{CaseInfo, CaseResult, Outcome, Report};
+use crate::report::{CaseInfo, CaseResult, Outcome, Report, run_cases};
 
 /// How many tokens the suite uses when they are given ([`KpcTarget::tokens`]).
 pub const TOKENS_NEEDED: usize = 17;
@@ -580,35 +580,23 @@ pub async fn run_kpc_suite(
     bus: Arc<dyn Bus>,
     target: &KpcTarget,
     options: &SuiteOptions,
-    mut progress: impl FnMut(&CaseResult),
+    progress: impl FnMut(&CaseResult),
 ) -> Result<Report, BusError> {
     let mut h = Harness::start(bus, target, options).await?;
-    let mut report = Report {
-        suite: format!("kpc {}", target.kpc_instance),
-        results: Vec::new(),
-    };
-    for case in CASES {
-        let started = Instant::now();
-        let outcome = match options.skip(case).or_else(|| not_applicable(case, target)) {
-            Some(skipped) => skipped,
-            None => match run_case(case.id, &mut h).await {
-                Ok(()) => Outcome::Passed,
-                Err(why) => Outcome::Failed(why),
-            },
-        };
-        let result = CaseResult {
-            case: *case,
-            outcome,
-            elapsed: started.elapsed(),
-        };
-        progress(&result);
-        report.results.push(result);
-        // What a failed case left behind must not leak into the next one.
-        while h.client_data.try_recv().is_ok() {}
-        while h.events.try_recv().is_ok() {}
-        h.seen_events.clear();
-    }
-    Ok(report)
+    Ok(run_cases(
+        format!("kpc {}", target.kpc_instance),
+        CASES,
+        &mut h,
+        |case| options.skip(case).or_else(|| not_applicable(case, target)),
+        run_case,
+        |h| {
+            while h.client_data.try_recv().is_ok() {}
+            while h.events.try_recv().is_ok() {}
+            h.seen_events.clear();
+        },
+        progress,
+    )
+    .await)
 }
 
 /// Why `case` does not apply to `target`, if it does not.

@@ -41,6 +41,45 @@ pub struct CaseResult {
     pub elapsed: Duration,
 }
 
+/// Runs `cases` in order on the harness `h` and collects their results under the
+/// title `suite`: a case for which `not_run` gives an outcome (a skip) is not run,
+/// every other one is `run` (`Ok` passes it, `Err` fails it with the reason); after
+/// each case `progress` sees its result and `drain` clears what it may have left
+/// behind in `h`, so that it does not leak into the next one.
+pub(crate) async fn run_cases<H>(
+    suite: String,
+    cases: &[CaseInfo],
+    h: &mut H,
+    not_run: impl Fn(&CaseInfo) -> Option<Outcome>,
+    mut run: impl AsyncFnMut(&'static str, &mut H) -> Result<(), String>,
+    mut drain: impl FnMut(&mut H),
+    mut progress: impl FnMut(&CaseResult),
+) -> Report {
+    let mut report = Report {
+        suite,
+        results: Vec::new(),
+    };
+    for case in cases {
+        let started = std::time::Instant::now();
+        let outcome = match not_run(case) {
+            Some(skipped) => skipped,
+            None => match run(case.id, h).await {
+                Ok(()) => Outcome::Passed,
+                Err(why) => Outcome::Failed(why),
+            },
+        };
+        let result = CaseResult {
+            case: *case,
+            outcome,
+            elapsed: started.elapsed(),
+        };
+        progress(&result);
+        report.results.push(result);
+        drain(h);
+    }
+    report
+}
+
 /// All the cases of one run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {

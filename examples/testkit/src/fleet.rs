@@ -48,6 +48,37 @@ impl Rest {
         v
     }
 
+    /// `PUT /app-versions/<APP>` with `body` as the default configuration: its
+    /// config ID (a 2xx asserted).
+    pub async fn put_default(&self, body: &Value) -> String {
+        let r = self
+            .send(reqwest::Method::PUT, &format!("/app-versions/{APP}"), body)
+            .await;
+        r["configId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no configId in {r}"))
+            .to_owned()
+    }
+
+    /// `POST /app-versions/<APP>/rollouts` with `body` (see [`rollout_body`]):
+    /// the rollout's ID and the config ID it rolls out (a 2xx asserted).
+    pub async fn begin_rollout(&self, body: &Value) -> (String, String) {
+        let r = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/app-versions/{APP}/rollouts"),
+                body,
+            )
+            .await;
+        let field = |name: &str| {
+            r[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {name} in {r}"))
+                .to_owned()
+        };
+        (field("rolloutId"), field("configId"))
+    }
+
     /// Endpoints whose latest status for the default is `config_id` applied.
     pub async fn applied(&self, config_id: &str) -> u64 {
         let counts = self
@@ -105,17 +136,14 @@ pub struct BadRollout {
 /// is still `previous`.
 pub async fn bad_rollout_reverts(rest: &Rest, devices: usize, previous: &str) -> BadRollout {
     let t = Instant::now();
-    let r = rest
-        .send(
-            reqwest::Method::POST,
-            &format!("/app-versions/{APP}/rollouts"),
-            &rollout_body(json!({"v": 3, "bad": true}), &[10.0, 50.0, 100.0], 2.0, 10),
-        )
+    let (id, bad) = rest
+        .begin_rollout(&rollout_body(
+            json!({"v": 3, "bad": true}),
+            &[10.0, 50.0, 100.0],
+            2.0,
+            10,
+        ))
         .await;
-    let (id, bad) = (
-        r["rolloutId"].as_str().unwrap().to_owned(),
-        r["configId"].as_str().unwrap().to_owned(),
-    );
     let stopped = rest
         .wait_rollout(&id, Duration::from_secs(120), |r| r["state"] != "running")
         .await;
@@ -274,14 +302,7 @@ pub async fn silent_devices_abort_a_rollout(rest: &Rest, silent: usize, previous
     let mut body = rollout_body(json!({"v": 4}), &[50.0, 100.0], 5.0, 10);
     body["abort"]["reportTimeoutSeconds"] = json!(3);
     let t = Instant::now();
-    let r = rest
-        .send(
-            reqwest::Method::POST,
-            &format!("/app-versions/{APP}/rollouts"),
-            &body,
-        )
-        .await;
-    let id = r["rolloutId"].as_str().unwrap().to_owned();
+    let (id, _) = rest.begin_rollout(&body).await;
     let stopped = rest
         .wait_rollout(&id, Duration::from_secs(120), |r| r["state"] != "running")
         .await;

@@ -418,21 +418,8 @@ async fn postgres_rollout_announcements_go_through_the_outbox() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     seen.lock().unwrap().clear();
     let t0 = kaa_examples::ecr::model::now();
-    let r = h
-        .ecr
-        .create_rollout(
-            &app("kettle"),
-            &name("default"),
-            &spec(&[20.0, 100.0], OnAbort::Revert),
-            t0,
-        )
-        .await
-        .unwrap();
-    let first: BTreeSet<String> = ids
-        .iter()
-        .filter(|e| cohort_bucket(&r.rollout_id, e) < 2_000)
-        .cloned()
-        .collect();
+    let r = begin_rollout(&h, &[20.0, 100.0], t0).await;
+    let first = cohort(&ids, &r.rollout_id, 2_000);
     wait_announced(&seen, first.len()).await;
     let got = announced(&seen);
     assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), first);
@@ -580,6 +567,29 @@ fn spec(steps: &[f64], on_abort: OnAbort) -> RolloutSpec {
     }
 }
 
+/// Begins a rollout of [`spec`] (reverting on abort) in `steps` over the default
+/// of `kettle`, at `at`.
+async fn begin_rollout(h: &BusHarness, steps: &[f64], at: UnixMillis) -> Rollout {
+    h.ecr
+        .create_rollout(
+            &app("kettle"),
+            &name("default"),
+            &spec(steps, OnAbort::Revert),
+            at,
+        )
+        .await
+        .unwrap()
+}
+
+/// Those of `ids` in the cohort of rollout `rollout_id` up to bucket `bp` (basis
+/// points: 2 000 is the first 20 %).
+fn cohort(ids: &[String], rollout_id: &str, bp: u32) -> BTreeSet<String> {
+    ids.iter()
+        .filter(|e| cohort_bucket(rollout_id, e) < bp)
+        .cloned()
+        .collect()
+}
+
 /// Once every endpoint of the current step's cohort reported, drives the
 /// controller at `at` and returns the rollout as it is then.
 async fn drive_settled(h: &BusHarness, id: &str, at: UnixMillis) -> Rollout {
@@ -609,26 +619,14 @@ async fn a_healthy_rollout_completes_through_its_steps() {
     let (ids, _old) = setup_fleet(&h, 300).await;
     let seen = play_cmx(&h, BTreeSet::new(), String::new()).await;
     let t0 = kaa_examples::ecr::model::now();
-    let r = h
-        .ecr
-        .create_rollout(
-            &app("kettle"),
-            &name("default"),
-            &spec(&[5.0, 25.0, 100.0], OnAbort::Revert),
-            t0,
-        )
-        .await
-        .unwrap();
+    let r = begin_rollout(&h, &[5.0, 25.0, 100.0], t0).await;
     let new_id = r.config_id.clone();
-    let bucket = |e: &str| cohort_bucket(&r.rollout_id, e);
-    let cohort =
-        |bp: u32| -> BTreeSet<String> { ids.iter().filter(|e| bucket(e) < bp).cloned().collect() };
     let metrics = Metrics::new("ecr");
     h.ecr.rollout_gauges().register(&metrics);
     let mut expected_steps = Vec::new();
     for (i, bp) in [500u32, 2_500, 10_000].into_iter().enumerate() {
         // The step's cohort, and nobody else, was announced the new configuration.
-        let want = cohort(bp);
+        let want = cohort(&ids, &r.rollout_id, bp);
         let mut got = BTreeSet::new();
         for _ in 0..200 {
             got = announced(&seen)
@@ -699,21 +697,8 @@ async fn a_rollout_with_rejections_aborts_at_the_first_gate_and_reverts() {
     // The rollout ID decides the cohorts; a third of the fleet rejects.
     let rejects: BTreeSet<String> = ids.iter().step_by(3).cloned().collect();
     let seen = play_cmx(&h, rejects.clone(), old.clone()).await;
-    let r = h
-        .ecr
-        .create_rollout(
-            &app("kettle"),
-            &name("default"),
-            &spec(&[10.0, 50.0, 100.0], OnAbort::Revert),
-            t0,
-        )
-        .await
-        .unwrap();
-    let first: BTreeSet<String> = ids
-        .iter()
-        .filter(|e| cohort_bucket(&r.rollout_id, e) < 1_000)
-        .cloned()
-        .collect();
+    let r = begin_rollout(&h, &[10.0, 50.0, 100.0], t0).await;
+    let first = cohort(&ids, &r.rollout_id, 1_000);
     assert!(first.iter().any(|e| rejects.contains(e)));
     // Aborts as soon as the sample is there, soak time or not.
     let r = drive_settled(&h, &r.rollout_id, UnixMillis(t0.0 + 1_000)).await;
@@ -826,21 +811,8 @@ async fn silent_endpoints_after_a_push_time_out_and_abort_the_rollout() {
     let quiet_ones = silent.iter().chain(&gone).cloned().collect();
     let seen = play_cmx_with_silent(&h, BTreeSet::new(), old.clone(), quiet_ones).await;
     let t0 = kaa_examples::ecr::model::now();
-    let r = h
-        .ecr
-        .create_rollout(
-            &app("kettle"),
-            &name("default"),
-            &spec(&[20.0, 100.0], OnAbort::Revert),
-            t0,
-        )
-        .await
-        .unwrap();
-    let first: BTreeSet<String> = ids
-        .iter()
-        .filter(|e| cohort_bucket(&r.rollout_id, e) < 2_000)
-        .cloned()
-        .collect();
+    let r = begin_rollout(&h, &[20.0, 100.0], t0).await;
+    let first = cohort(&ids, &r.rollout_id, 2_000);
     let gone: BTreeSet<String> = gone.into_iter().collect();
     let reached: BTreeSet<String> = first.difference(&gone).cloned().collect();
     let quiet = reached.intersection(&silent).count() as u64;
@@ -1155,10 +1127,7 @@ async fn rest_routes_create_read_act_and_refuse() {
     assert_eq!(one.etag, created.etag);
     assert_eq!(
         one.body["steps"][0]["targeted"].as_u64().unwrap() as usize,
-        endpoints(50)
-            .iter()
-            .filter(|e| cohort_bucket(&id, e) < 100)
-            .count()
+        cohort(&endpoints(50), &id, 100).len()
     );
     assert_message(
         &call(&app, Method::GET, "/api/v1/rollouts/nope", None, None).await,
