@@ -244,7 +244,8 @@
 //! newcomer. The accept loop never waits on a connection; out of file
 //! descriptors, it evicts a handshake and pauses briefly instead of spinning.
 //! Every session runs in a tracing span `mqtt_session` with its
-//! number, peer address and client ID; [`metrics`] lists the counters served on
+//! number, peer address and client ID (also when it runs again after being
+//! parked, below); [`metrics`] lists the counters served on
 //! `/metrics` (with `/health`) when `kpc.http.listen` is set.
 
 pub mod config;
@@ -260,6 +261,7 @@ pub use rumqttc::mqttbytes;
 mod admission;
 mod bus;
 mod hub;
+mod idle;
 mod mailbox;
 
 use std::future::Future;
@@ -341,6 +343,10 @@ pub(crate) struct Shared {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) resolver: Arc<dyn EndpointTokenResolver>,
     pub(crate) metrics: KpcMetrics,
+    /// Where idle sessions are parked.
+    pub(crate) idle: idle::Idle,
+    /// The sessions' tasks.
+    pub(crate) tasks: Arc<idle::Tasks>,
 }
 
 /// A bound, ready KPC: MQTT listener bound, ExtensionData subscriptions in place.
@@ -466,6 +472,8 @@ impl KpcServer {
             bus,
             resolver,
             metrics: KpcMetrics::new(Metrics::new("kpc")),
+            idle: idle::Idle::for_this_machine(),
+            tasks: Arc::new(idle::Tasks::default()),
         });
         let addr = mqtt.listen;
         let listener = TcpListener::bind(addr)
@@ -555,7 +563,11 @@ impl KpcServer {
             max_handshakes_per_address,
             shared.metrics.clone(),
         ));
+        // The idle reactors and the refusals; sessions run in `shared.tasks`.
         let mut sessions = JoinSet::new();
+        for reactor in shared.idle.start(&shared, &stop_rx) {
+            sessions.spawn(reactor);
+        }
         // After a failed accept: no accepting until then, and the next pause.
         let mut paused_until: Option<Instant> = None;
         let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -619,10 +631,10 @@ impl KpcServer {
                             %peer,
                             client_id = tracing::field::Empty,
                         );
-                        let shared = Arc::clone(&shared);
                         let stop = stop_rx.clone();
-                        sessions.spawn(
-                            session::driver::serve(shared, stream, peer, stop, admission).instrument(span),
+                        shared.tasks.spawn(
+                            session::driver::serve(Arc::clone(&shared), stream, peer, stop, admission)
+                                .instrument(span),
                         );
                     }
                     Err(e) => {
@@ -652,13 +664,18 @@ impl KpcServer {
         };
         drop(listener);
         let _ = stop_tx.send(true);
+        // The reactors first: they give every parked session a task (which sees
+        // the shutdown) before they end.
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while sessions.join_next().await.is_some() {}
+            shared.tasks.wait().await;
         })
         .await;
         if drained.is_err() {
             tracing::warn!("sessions did not end in time; aborting them");
             sessions.abort_all();
+            shared.tasks.abort_all();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait()).await;
         }
         bus_tasks.shutdown().await;
         if let Some(t) = revocations {
