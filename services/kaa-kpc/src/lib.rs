@@ -247,6 +247,24 @@
 //! number, peer address and client ID (also when it runs again after being
 //! parked, below); [`metrics`] lists the counters served on
 //! `/metrics` (with `/health`) when `kpc.http.listen` is set.
+//!
+//! # Idle sessions
+//!
+//! A session runs in a tokio task of its own only while it has something to do.
+//! Once it is idle (nothing half-read from the socket, nothing to write, nothing
+//! in its mailbox, no request being driven), its task ends and the session is
+//! *parked* on one of a few idle reactors (one per worker thread, at most 4),
+//! each a task that holds many parked sessions, as an event loop does: it waits
+//! for their sockets' readiness and their mailboxes, and keeps their keep-alive
+//! deadlines in one timer. A parked session is given a task again at once when
+//! its socket becomes readable (a packet, EOF or an error), a delivery,
+//! revocation or client-ID takeover reaches its mailbox, its keep-alive expires,
+//! or KPC stops; the task handles that exactly as a session that never parked
+//! would, so every rule above holds for parked sessions alike. What an idle
+//! session costs is then its state alone (socket, session state, mailbox, the
+//! hub's entries), not a task and its future (`kpc_idle_memory` in the
+//! workspace's BENCHMARKS.md). `kpc_sessions_parked` and
+//! `kpc_sessions_resumed_total` ([`metrics`]) count them.
 
 pub mod config;
 pub mod metrics;

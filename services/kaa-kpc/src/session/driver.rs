@@ -532,6 +532,7 @@ impl Session {
                     self.rbuf = BytesMut::new();
                     if self.may_park() {
                         self.wbuf = BytesMut::new();
+                        core.release_spare();
                         return Ok(());
                     }
                 }
