@@ -643,12 +643,15 @@ impl Session {
     }
 
     /// Whether the session may be parked: nothing to write, nothing in its
-    /// mailbox, KPC not stopping (a stopping session ends in its own task).
+    /// mailbox, nothing readable already (parking would only spawn its task
+    /// again), KPC not stopping (a stopping session ends in its own task).
     fn may_park(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
         self.wbuf.is_empty()
             && !self.rx.is_ready()
             && !self.shutdown.has_changed().unwrap_or(true)
             && !*self.shutdown.borrow()
+            && self.stream.poll_read_ready(&mut cx).is_pending()
     }
 
     fn queue(&mut self, packet: &Packet) {
