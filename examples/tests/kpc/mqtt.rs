@@ -995,3 +995,212 @@ async fn connected_is_on_the_bus_before_the_first_client_data() {
         ]
     );
 }
+
+// Parked sessions: an established session with nothing to do has no task of its
+// own; an idle reactor holds it (`kpc_sessions_parked`) and gives it a task again
+// when something happens (`kpc_sessions_resumed_total`). Each test waits until
+// the session is parked before it acts, and checks it was resumed.
+
+/// Waits until `n` sessions are parked.
+async fn until_parked(kpc: &kaa_examples::kpc::KpcHandle, n: i64) {
+    let start = Instant::now();
+    while kpc.metrics().parked_sessions() != n {
+        assert!(
+            start.elapsed() < WAIT,
+            "{} sessions parked, expected {n}",
+            kpc.metrics().parked_sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_push_to_a_parked_session_is_delivered() {
+    let mut s = stack().await;
+    let mut raw = Raw::connected(s.kpc.local_addr(), "parked-push", 60).await;
+    raw.publish(&topic("tok-1", "config/json/1"), QoS::AtLeastOnce, 7, b"{}")
+        .await;
+    assert!(matches!(raw.read().await, Some(Packet::PubAck(_))));
+    assert!(matches!(raw.read().await, Some(Packet::Publish(_))));
+    assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+    until_parked(&s.kpc, 1).await;
+    let resumed = s.kpc.metrics().resumed_count();
+
+    let started = Instant::now();
+    push(
+        &s.bus,
+        "kpc",
+        "ep-1",
+        "/config/json",
+        200,
+        br#"{"configId":"c2"}"#,
+    )
+    .await;
+    let Some(Packet::Publish(p)) = raw.read().await else {
+        panic!("the push");
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a push to a parked session took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.topic, topic("tok-1", "config/json/status"));
+    assert_eq!(&p.payload[..], br#"{"configId":"c2"}"#);
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    assert!(s.kpc.metrics().resumed_count() > resumed);
+    // Acknowledged; the session parks again and takes the next push the same way.
+    raw.send(&Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(p.pkid)))
+        .await;
+    until_parked(&s.kpc, 1).await;
+    push(
+        &s.bus,
+        "kpc",
+        "ep-1",
+        "/config/json",
+        200,
+        br#"{"configId":"c3"}"#,
+    )
+    .await;
+    let Some(Packet::Publish(p)) = raw.read().await else {
+        panic!("the second push");
+    };
+    assert_eq!(&p.payload[..], br#"{"configId":"c3"}"#);
+}
+
+#[tokio::test]
+async fn a_parked_sessions_keep_alive_still_closes_it() {
+    let mut s = stack().await;
+    let mut raw = Raw::connected(s.kpc.local_addr(), "parked-sleepy", 1).await;
+    raw.publish(&topic("tok-1", "config/json/1"), QoS::AtMostOnce, 0, b"{}")
+        .await;
+    let started = Instant::now();
+    assert!(matches!(raw.read().await, Some(Packet::Publish(_))));
+    assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+    until_parked(&s.kpc, 1).await;
+    // 1.5 × 1 s after the last packet.
+    assert_eq!(
+        s.events.next().await,
+        Connectivity::Disconnected(eps(&[("ep-1", APP)]))
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_millis(3000),
+        "closed after {waited:?}"
+    );
+    assert!(raw.expect_closed().await.is_empty());
+    assert_eq!(s.kpc.metrics().closed_count("keep_alive"), 1);
+    assert_eq!(s.kpc.metrics().parked_sessions(), 0);
+
+    // A PINGREQ wakes a parked session and resets its keep-alive.
+    let mut raw = Raw::connected(s.kpc.local_addr(), "parked-pinger", 1).await;
+    for _ in 0..4 {
+        until_parked(&s.kpc, 1).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        raw.send(&Packet::PingReq).await;
+        assert_eq!(raw.read().await, Some(Packet::PingResp));
+    }
+    assert_eq!(s.kpc.metrics().closed_count("keep_alive"), 1);
+}
+
+#[tokio::test]
+async fn a_parked_session_that_gets_a_publish_resumes() {
+    let mut s = stack().await;
+    let mut raw = Raw::connected(s.kpc.local_addr(), "parked-publisher", 60).await;
+    until_parked(&s.kpc, 1).await;
+    let resumed = s.kpc.metrics().resumed_count();
+    raw.publish(&topic("tok-1", "config/json/5"), QoS::AtLeastOnce, 9, b"{}")
+        .await;
+    assert_eq!(
+        raw.read().await,
+        Some(Packet::PubAck(rumqttc::mqttbytes::v4::PubAck::new(9)))
+    );
+    let Some(Packet::Publish(p)) = raw.read().await else {
+        panic!("the response");
+    };
+    assert_eq!(
+        p.topic,
+        format!("{}/status", topic("tok-1", "config/json/5"))
+    );
+    assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+    let got = s.cmx.next().await;
+    assert_eq!(got.data.endpoint_id.as_deref(), Some("ep-1"));
+    assert!(s.kpc.metrics().resumed_count() > resumed);
+    // A DISCONNECT to a parked session ends it.
+    until_parked(&s.kpc, 1).await;
+    raw.send(&Packet::Disconnect).await;
+    assert!(raw.expect_closed().await.is_empty());
+    assert_eq!(
+        s.events.next().await,
+        Connectivity::Disconnected(eps(&[("ep-1", APP)]))
+    );
+    assert_eq!(s.kpc.metrics().closed_count("disconnect"), 1);
+}
+
+#[tokio::test]
+async fn a_parked_session_is_closed_by_a_takeover_and_by_a_dropped_connection() {
+    let mut s = stack().await;
+    let addr = s.kpc.local_addr();
+    let mut first = Raw::connected(addr, "parked-same-id", 60).await;
+    first
+        .publish(&topic("tok-1", "config/json/1"), QoS::AtMostOnce, 0, b"{}")
+        .await;
+    assert!(matches!(first.read().await, Some(Packet::Publish(_))));
+    assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+    until_parked(&s.kpc, 1).await;
+    let second = Raw::connected(addr, "parked-same-id", 60).await;
+    first.expect_closed().await;
+    assert_eq!(
+        s.events.next().await,
+        Connectivity::Disconnected(eps(&[("ep-1", APP)]))
+    );
+    assert_eq!(s.kpc.metrics().closed_count("taken_over"), 1);
+    until_parked(&s.kpc, 1).await;
+    drop(second);
+    until_parked(&s.kpc, 0).await;
+    let start = Instant::now();
+    while s.kpc.metrics().closed_count("dropped") != 1 {
+        assert!(start.elapsed() < WAIT, "the dropped session was not closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.kpc.metrics().open_connections(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_closes_parked_sessions() {
+    let mut s = stack().await;
+    let addr = s.kpc.local_addr();
+    let mut devices = Vec::new();
+    for (i, token) in ["tok-1", "tok-2", "tok-3"].into_iter().enumerate() {
+        let mut raw = Raw::connected(addr, &format!("parked-{i}"), 60).await;
+        raw.publish(&topic(token, "config/json/1"), QoS::AtMostOnce, 0, b"{}")
+            .await;
+        assert!(matches!(raw.read().await, Some(Packet::Publish(_))));
+        assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+        devices.push(raw);
+    }
+    // Two more that never published: no endpoint, no event.
+    for i in 3..5 {
+        devices.push(Raw::connected(addr, &format!("parked-{i}"), 60).await);
+    }
+    until_parked(&s.kpc, 5).await;
+    let metrics = s.kpc.metrics().clone();
+    s.kpc.shutdown().await.unwrap();
+    let mut released = Vec::new();
+    for _ in 0..3 {
+        match s.events.next().await {
+            Connectivity::Disconnected(eps) => released.extend(eps),
+            other => panic!("expected disconnected, got {other:?}"),
+        }
+    }
+    released.sort();
+    assert_eq!(
+        released,
+        eps(&[("ep-1", APP), ("ep-2", APP), ("ep-3", APP)])
+    );
+    for mut raw in devices {
+        assert!(raw.expect_closed().await.is_empty());
+    }
+    assert_eq!(metrics.closed_count("shutdown"), 5);
+    assert_eq!(metrics.parked_sessions(), 0);
+    assert_eq!(metrics.open_connections(), 0);
+}

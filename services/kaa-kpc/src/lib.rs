@@ -244,8 +244,27 @@
 //! newcomer. The accept loop never waits on a connection; out of file
 //! descriptors, it evicts a handshake and pauses briefly instead of spinning.
 //! Every session runs in a tracing span `mqtt_session` with its
-//! number, peer address and client ID; [`metrics`] lists the counters served on
+//! number, peer address and client ID (also when it runs again after being
+//! parked, below); [`metrics`] lists the counters served on
 //! `/metrics` (with `/health`) when `kpc.http.listen` is set.
+//!
+//! # Idle sessions
+//!
+//! A session runs in a tokio task of its own only while it has something to do.
+//! Once it is idle (nothing half-read from the socket, nothing to write, nothing
+//! in its mailbox, no request being driven), its task ends and the session is
+//! *parked* on one of a few idle reactors (one per worker thread, at most 4),
+//! each a task that holds many parked sessions, as an event loop does: it waits
+//! for their sockets' readiness and their mailboxes, and keeps their keep-alive
+//! deadlines in one timer. A parked session is given a task again at once when
+//! its socket becomes readable (a packet, EOF or an error), a delivery,
+//! revocation or client-ID takeover reaches its mailbox, its keep-alive expires,
+//! or KPC stops; the task handles that exactly as a session that never parked
+//! would, so every rule above holds for parked sessions alike. What an idle
+//! session costs is then its state alone (socket, session state, mailbox, the
+//! hub's entries), not a task and its future (`kpc_idle_memory` in the
+//! workspace's BENCHMARKS.md). `kpc_sessions_parked` and
+//! `kpc_sessions_resumed_total` ([`metrics`]) count them.
 
 pub mod config;
 pub mod metrics;
@@ -260,6 +279,7 @@ pub use rumqttc::mqttbytes;
 mod admission;
 mod bus;
 mod hub;
+mod idle;
 mod mailbox;
 
 use std::future::Future;
@@ -341,6 +361,10 @@ pub(crate) struct Shared {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) resolver: Arc<dyn EndpointTokenResolver>,
     pub(crate) metrics: KpcMetrics,
+    /// Where idle sessions are parked.
+    pub(crate) idle: idle::Idle,
+    /// The sessions' tasks.
+    pub(crate) tasks: Arc<idle::Tasks>,
 }
 
 /// A bound, ready KPC: MQTT listener bound, ExtensionData subscriptions in place.
@@ -466,6 +490,8 @@ impl KpcServer {
             bus,
             resolver,
             metrics: KpcMetrics::new(Metrics::new("kpc")),
+            idle: idle::Idle::for_this_machine(),
+            tasks: Arc::new(idle::Tasks::default()),
         });
         let addr = mqtt.listen;
         let listener = TcpListener::bind(addr)
@@ -555,7 +581,11 @@ impl KpcServer {
             max_handshakes_per_address,
             shared.metrics.clone(),
         ));
+        // The idle reactors and the refusals; sessions run in `shared.tasks`.
         let mut sessions = JoinSet::new();
+        for reactor in shared.idle.start(&shared, &stop_rx) {
+            sessions.spawn(reactor);
+        }
         // After a failed accept: no accepting until then, and the next pause.
         let mut paused_until: Option<Instant> = None;
         let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -619,10 +649,10 @@ impl KpcServer {
                             %peer,
                             client_id = tracing::field::Empty,
                         );
-                        let shared = Arc::clone(&shared);
                         let stop = stop_rx.clone();
-                        sessions.spawn(
-                            session::driver::serve(shared, stream, peer, stop, admission).instrument(span),
+                        shared.tasks.spawn(
+                            session::driver::serve(Arc::clone(&shared), stream, peer, stop, admission)
+                                .instrument(span),
                         );
                     }
                     Err(e) => {
@@ -652,13 +682,18 @@ impl KpcServer {
         };
         drop(listener);
         let _ = stop_tx.send(true);
+        // The reactors first: they give every parked session a task (which sees
+        // the shutdown) before they end.
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while sessions.join_next().await.is_some() {}
+            shared.tasks.wait().await;
         })
         .await;
         if drained.is_err() {
             tracing::warn!("sessions did not end in time; aborting them");
             sessions.abort_all();
+            shared.tasks.abort_all();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, shared.tasks.wait()).await;
         }
         bus_tasks.shutdown().await;
         if let Some(t) = revocations {

@@ -5,13 +5,15 @@
 //! every connected device has one, idle or not, and a bounded tokio channel
 //! allocates its cache-padded shared state and its first block of 32 slots when it
 //! is made (over a kilobyte per session). A mailbox is a mutex over an empty
-//! `VecDeque` (which allocates nothing until a command arrives) and one `Notify`.
-//! One receiver (the session), any number of senders (the hub's handles).
+//! `VecDeque` (which allocates nothing until a command arrives) and the waker of
+//! whoever waits: the session's task while it runs, the idle reactor's slot while
+//! the session is parked (see the `idle` module), so that a command wakes a parked
+//! session. One receiver (the session), any number of senders (the hub's handles).
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 use crate::hub::Command;
 
@@ -26,14 +28,21 @@ struct State {
     killed: bool,
     /// The session ended: its receiver is gone.
     closed: bool,
+    /// Woken (and taken) on the next command or close order: registered under
+    /// the same lock that senders take, so no wake-up is lost.
+    waiter: Option<Waker>,
+}
+
+impl State {
+    /// Whether the receiver has something to take.
+    fn ready(&self) -> bool {
+        self.killed || !self.commands.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     state: Mutex<State>,
-    /// Woken on every command and on the close order; a wake-up that finds no
-    /// waiter is kept for the next wait (`notify_one`), so none is lost.
-    ready: Notify,
 }
 
 impl Shared {
@@ -88,16 +97,24 @@ impl Mailbox {
             return Err(SendError::Full);
         }
         state.commands.push_back(command);
+        let waiter = state.waiter.take();
         drop(state);
-        self.0.ready.notify_one();
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
         Ok(())
     }
 
     /// Tells the session to close (it sees [`Received::Kill`] before any command
     /// still queued).
     pub(crate) fn kill(&self) {
-        self.0.lock().killed = true;
-        self.0.ready.notify_one();
+        let mut state = self.0.lock();
+        state.killed = true;
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waiter) = waiter {
+            waiter.wake();
+        }
     }
 }
 
@@ -111,14 +128,43 @@ impl Inbox {
         state.commands.pop_front().map(Received::Command)
     }
 
+    /// The close order, else the next command; `Pending` (and `cx`'s waker is
+    /// woken on the next) when there is none.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Received> {
+        let mut state = self.0.lock();
+        if state.killed {
+            return Poll::Ready(Received::Kill);
+        }
+        if let Some(command) = state.commands.pop_front() {
+            return Poll::Ready(Received::Command(command));
+        }
+        match &mut state.waiter {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            waiter => *waiter = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
     /// The close order, else the next command; waits for one.
     pub(crate) async fn recv(&mut self) -> Received {
-        loop {
-            if let Some(received) = self.try_recv() {
-                return received;
-            }
-            self.0.ready.notified().await;
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Whether a command or the close order is waiting.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.0.lock().ready()
+    }
+
+    /// Makes `waker` the one woken by the next command or close order (replacing
+    /// whatever waited before: a parked session's task is gone). Returns true,
+    /// registering nothing, when one is already waiting.
+    pub(crate) fn register(&self, waker: &Waker) -> bool {
+        let mut state = self.0.lock();
+        if state.ready() {
+            return true;
         }
+        state.waiter = Some(waker.clone());
+        false
     }
 }
 
@@ -128,6 +174,7 @@ impl Drop for Inbox {
         state.closed = true;
         // Queued deliveries are dropped with the session, as a channel's are.
         state.commands = VecDeque::new();
+        state.waiter = None;
     }
 }
 

@@ -7,6 +7,8 @@
 //! | `kpc_connections_accepted_total` | | TCP connections accepted |
 //! | `kpc_connections_closed_total` | `reason` | sessions ended: `disconnect`, `dropped`, `keep_alive`, `protocol_violation`, `taken_over`, `write_timeout`, `shutdown`, `refused`, `connect_timeout` (no CONNECT within `connect-timeout`), `evicted` (handshake evicted for a newcomer) |
 //! | `kpc_connections_rejected_total` | | connections over `max-connections` (answered CONNACK 0x03, or closed at once when 64 refusals are already running) |
+//! | `kpc_sessions_parked` | | established sessions with nothing to do, held by an idle reactor instead of a task of their own (gauge; see `kpc_sessions_resumed_total`) |
+//! | `kpc_sessions_resumed_total` | | parked sessions given a task again (their socket became readable, their mailbox got a delivery or the close order, their keep-alive expired, or KPC stopped) |
 //! | `kpc_handshakes` | | connections accepted that have not completed CONNECT and authentication (gauge) |
 //! | `kpc_handshakes_dropped_total` | `reason` | handshakes ended by KPC's limits: `address_limit` (closed at accept: the source holds `max-handshakes-per-address`), `evicted` (the oldest of the source holding the most, closed for a newcomer when `max-handshakes` are running or file descriptors ran out), `timeout` (no CONNECT within `connect-timeout`) |
 //! | `kpc_accept_errors_total` | `kind` | failed `accept` calls: `fd_exhausted` (out of file descriptors or socket memory: one handshake is evicted and accepting pauses), `other` |
@@ -58,6 +60,8 @@ pub struct KpcMetrics {
     closed: Family<Reason, Counter>,
     rejected: Counter,
     handshakes: Gauge,
+    parked: Gauge,
+    resumed: Counter,
     handshakes_dropped: Family<Reason, Counter>,
     accept_errors: Family<Kind, Counter>,
     messages_in: Family<Kind, Counter>,
@@ -88,6 +92,8 @@ impl KpcMetrics {
             closed: Family::default(),
             rejected: Counter::default(),
             handshakes: Gauge::default(),
+            parked: Gauge::default(),
+            resumed: Counter::default(),
             handshakes_dropped: Family::default(),
             accept_errors: Family::default(),
             messages_in: Family::default(),
@@ -126,6 +132,16 @@ impl KpcMetrics {
             "handshakes",
             "Connections that have not completed CONNECT and authentication",
             m.handshakes.clone(),
+        );
+        r.register(
+            "sessions_parked",
+            "Idle sessions held by an idle reactor instead of a task of their own",
+            m.parked.clone(),
+        );
+        r.register(
+            "sessions_resumed",
+            "Parked sessions given a task again",
+            m.resumed.clone(),
         );
         r.register(
             "handshakes_dropped",
@@ -195,6 +211,25 @@ impl KpcMetrics {
     pub(crate) fn connection_closed(&self, reason: &'static str) {
         self.connections.dec();
         self.closed.get_or_create(&Reason { reason }).inc();
+    }
+
+    pub(crate) fn session_parked(&self) {
+        self.parked.inc();
+    }
+
+    pub(crate) fn session_unparked(&self) {
+        self.parked.dec();
+        self.resumed.inc();
+    }
+
+    /// Current number of parked sessions (idle, held by an idle reactor).
+    pub fn parked_sessions(&self) -> i64 {
+        self.parked.get()
+    }
+
+    /// Parked sessions given a task again so far.
+    pub fn resumed_count(&self) -> u64 {
+        self.resumed.get()
     }
 
     pub(crate) fn connection_rejected(&self) {

@@ -40,8 +40,11 @@ impl SessionCore {
     /// The endpoint's tokens were revoked: forgets them and refuses the
     /// endpoint's waiting requests with 401.
     pub(super) fn endpoint_revoked(&mut self, endpoint_id: &str, now: Now) {
-        self.tokens.forget_endpoint(endpoint_id);
-        for pending in self.pending.take_endpoint(endpoint_id) {
+        let Some(x) = self.x.as_deref_mut() else {
+            return;
+        };
+        x.tokens.forget_endpoint(endpoint_id);
+        for pending in x.pending.take_endpoint(endpoint_id) {
             if pending.expires <= now.instant {
                 continue;
             }
@@ -62,7 +65,11 @@ impl SessionCore {
         let Some(endpoint_id) = data.endpoint_id.as_deref() else {
             return "unmatched";
         };
-        let Some((token, endpoint)) = self.tokens.for_endpoint(endpoint_id) else {
+        let Some((token, endpoint)) = self
+            .x
+            .as_deref()
+            .and_then(|x| x.tokens.for_endpoint(endpoint_id))
+        else {
             return "no_session";
         };
         let (token, endpoint) = (token.to_owned(), endpoint.clone());
@@ -70,7 +77,10 @@ impl SessionCore {
         let ext = data.extension_instance_name.as_deref();
         let (topic, qos, out_kind) = match data.request_id {
             Some(request_id) => {
-                let Some(pending) = self.pending.take(&endpoint.endpoint_id, ext, request_id)
+                let Some(pending) = self
+                    .x()
+                    .pending
+                    .take(&endpoint.endpoint_id, ext, request_id)
                 else {
                     tracing::debug!(
                         endpoint_id,
@@ -114,7 +124,7 @@ impl SessionCore {
                         return "unmatched";
                     }
                 };
-                let qos = self.push_qos.get(&(
+                let qos = self.x().push_qos.get(&(
                     Arc::clone(&endpoint.endpoint_id),
                     ext.to_owned(),
                     data.resource_path.to_string(),

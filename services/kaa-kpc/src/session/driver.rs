@@ -1,4 +1,5 @@
-//! The driver of a [`SessionCore`]: one MQTT connection in one tokio task.
+//! The driver of a [`SessionCore`]: one MQTT connection, in a tokio task while
+//! it has something to do, parked on an idle reactor while it has not.
 //!
 //! The driver reads and frames packets (the `mqttbytes` codec, with the checks a
 //! server owes that a client codec leaves out), runs the CONNECT handshake
@@ -8,8 +9,16 @@
 //! [`Hub`](crate::hub::Hub), `ClientData` to the bus. Writes are buffered and
 //! flushed when no more input is ready (bounded by `write-timeout`). See the
 //! [crate docs](crate) for the rules.
+//!
+//! Once an established session has nothing to do (nothing half-read, nothing to
+//! write, nothing in its mailbox), its task ends and the session, an
+//! [`Established`] on the heap, is parked on one of the
+//! [idle reactors](crate::idle), which spawns a task for it again when its socket
+//! becomes readable, its mailbox gets a command, its keep-alive expires or KPC
+//! stops. An idle session then holds no task and no future: its memory is the
+//! `Established` (socket, core, buffers' handles), its socket's registration, its
+//! mailbox and the hub's entry (`kpc_idle_memory` in BENCHMARKS.md).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +28,9 @@ use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use rumqttc::mqttbytes::{Error as CodecError, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{Close, Input, Now, Output, SessionCore};
 use crate::Shared;
@@ -97,7 +106,8 @@ fn now() -> Now {
     }
 }
 
-/// Serves one accepted TCP connection until it ends; returns why it ended.
+/// Serves one accepted TCP connection: its handshake, then the session until it
+/// ends or goes idle (then it is parked, see the [module docs](self)).
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -107,7 +117,6 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     shared.metrics.connection_opened();
-    let (reader, writer) = stream.into_split();
     let (tx, rx) = crate::mailbox::mailbox();
     let handle = SessionHandle {
         id: shared.hub.next_session_id(),
@@ -126,38 +135,109 @@ pub(crate) async fn serve(
         rx,
         shutdown,
         client_id: String::new(),
-        reader,
-        writer,
+        stream,
+        peer,
+        span: tracing::Span::current(),
         // Both start empty and grow as needed: `fill` gives the read buffer room for
-        // the handshake, `serve_core` drops it when empty and gives it room again
-        // only once the socket is readable; the write buffer grows with what is
-        // queued. An idle session holds no read buffer and a tiny write buffer.
+        // the handshake, `serve_until_idle` drops it when empty and gives it room
+        // again only once the socket is readable; the write buffer grows with what
+        // is queued and is dropped when the session parks.
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
         max_packet,
         last_packet: Instant::now(),
     };
-    let (end, core) = session.run().await;
-    // Boxed, like the handshake: the closing state is not part of every idle
+    // The handshake (its timers, the CONNECT, its checks) runs in a future of its
+    // own on the heap, freed once the session is established.
+    let core = match Box::pin(session.handshake()).await {
+        Ok(core) => core,
+        Err(end) => {
+            Box::pin(session.close(end, None)).await;
+            return;
+        }
+    };
+    let established = Box::new(Established { session, core });
+    Box::pin(run(established, false)).await;
+}
+
+/// An established session: what a parked session is (see the [module
+/// docs](self)).
+pub(crate) struct Established {
+    session: Session,
+    core: SessionCore,
+}
+
+impl Established {
+    /// When the session's keep-alive expires, if it has one.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.core.poll_timeout().map(Instant::from_std)
+    }
+
+    /// The session's number (which idle reactor parks it).
+    pub(crate) fn id(&self) -> u64 {
+        self.session.handle.id
+    }
+
+    /// Whether the session has something to do at once: a command or the close
+    /// order in its mailbox, else `waker` is woken on the next one.
+    pub(crate) fn register_mailbox(&self, waker: &std::task::Waker) -> bool {
+        self.session.rx.register(waker)
+    }
+
+    /// Whether the socket is readable (or failed), else `cx`'s waker is woken
+    /// when it becomes so.
+    pub(crate) fn poll_readable(&self, cx: &mut std::task::Context<'_>) -> bool {
+        self.session.stream.poll_read_ready(cx).is_ready()
+    }
+
+    /// A task for a parked session that has something to do again.
+    pub(crate) fn resume(self: Box<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let span = self.session.span.clone();
+        run(self, true).instrument(span)
+    }
+}
+
+/// Serves an established session until it ends or goes idle; an idle one is
+/// parked. `resumed`: a parked session woken up (it waits for what woke it
+/// before looking for work).
+async fn run(mut established: Box<Established>, resumed: bool) {
+    let Established { session, core } = &mut *established;
+    let end = match session.serve_until_idle(core, resumed).await {
+        Ok(()) => {
+            let shared = Arc::clone(&session.shared);
+            match shared.idle.park(established) {
+                Ok(()) => return,
+                // The idle reactors have stopped: KPC is shutting down.
+                Err(back) => {
+                    established = back;
+                    End::Shutdown
+                }
+            }
+        }
+        Err(end) => end,
+    };
+    let Established { session, core } = &mut *established;
+    // Boxed, like the handshake: the closing state is not part of every
     // session's task.
-    Box::pin(session.close(end, core, peer)).await;
+    Box::pin(session.close(end, Some(core))).await;
 }
 
 impl Session {
     /// Ends the session: counts it, flushes what is queued, closes the socket and
     /// releases its endpoints.
-    async fn close(&mut self, end: End, core: Option<SessionCore>, peer: SocketAddr) {
+    async fn close(&mut self, end: End, core: Option<&mut SessionCore>) {
         let shared = Arc::clone(&self.shared);
+        let peer = self.peer;
         let session = self;
         // Counted first: whoever sees the connection close or the event may look.
         shared.metrics.connection_closed(end.reason());
         // Best effort: whatever is queued (e.g. a refusing CONNACK) goes out first.
         let _ = session.flush().await;
-        let _ = session.writer.shutdown().await;
+        let _ = session.stream.shutdown().await;
         let released = shared.hub.end_session(
             session.handle.id,
             &session.client_id,
-            core.iter().flat_map(SessionCore::endpoint_ids),
+            core.into_iter().flat_map(|c| c.endpoint_ids()),
         );
         match &end {
             End::Violation(why) => {
@@ -224,8 +304,11 @@ struct Session {
     rx: Inbox,
     shutdown: watch::Receiver<bool>,
     client_id: String,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    /// One registration (not split halves: reads and writes take turns).
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// The `mqtt_session` span, entered again by a resumed session's task.
+    span: tracing::Span,
     rbuf: BytesMut,
     wbuf: BytesMut,
     max_packet: usize,
@@ -266,21 +349,6 @@ fn connect_flags(frame: &[u8]) -> Option<u8> {
 }
 
 impl Session {
-    /// Runs the session; why it ended, and its core if CONNECT was accepted.
-    ///
-    /// The handshake (its timers, the CONNECT, the token's resolution) runs in a
-    /// future of its own on the heap, freed once the session is established:
-    /// the task of an idle session holds only what serving it needs (the
-    /// session's memory; `kpc_idle_memory` in BENCHMARKS.md measures it).
-    async fn run(&mut self) -> (End, Option<SessionCore>) {
-        let mut core = match Box::pin(self.handshake()).await {
-            Ok(core) => core,
-            Err(end) => return (end, None),
-        };
-        let end = self.serve_packets(&mut core).await;
-        (end, Some(core))
-    }
-
     /// Reads and answers the CONNECT, within the connect timeout, unless the
     /// handshake is evicted or KPC stops first.
     async fn handshake(&mut self) -> Result<SessionCore, End> {
@@ -307,7 +375,7 @@ impl Session {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(4096);
         }
-        match self.reader.read_buf(&mut self.rbuf).await {
+        match self.stream.read_buf(&mut self.rbuf).await {
             Ok(0) | Err(_) => Err(End::Dropped),
             Ok(_) => Ok(()),
         }
@@ -440,39 +508,46 @@ impl Session {
         Err(End::Refused(why))
     }
 
-    /// Serves packets and deliveries until the session ends; why it ended.
-    async fn serve_packets(&mut self, core: &mut SessionCore) -> End {
-        let Err(end) = self.serve_core(core).await;
-        end
-    }
-
-    /// Serves packets and deliveries until the session ends.
+    /// Serves packets and deliveries until the session ends (`Err`) or has
+    /// nothing to do (`Ok`: it may be parked). `resumed`: wait for input before
+    /// looking for work (a parked session was woken because some is ready).
     ///
     /// `drive` (which may wait on the bus and the token resolver) runs boxed, so
-    /// that its state is on the heap only while it runs, not in every idle
-    /// session's task.
-    async fn serve_core(&mut self, core: &mut SessionCore) -> Result<Infallible, End> {
+    /// that its state is on the heap only while it runs.
+    async fn serve_until_idle(
+        &mut self,
+        core: &mut SessionCore,
+        mut resumed: bool,
+    ) -> Result<(), End> {
         loop {
-            while let Some(packet) = self.parse_buffered()? {
-                core.handle_input(Input::Packet(packet), now());
-                Box::pin(self.drive(core)).await?;
+            if !resumed {
+                while let Some(packet) = self.parse_buffered()? {
+                    core.handle_input(Input::Packet(packet), now());
+                    Box::pin(self.drive(core)).await?;
+                }
+                self.flush().await?;
+                if self.rbuf.is_empty() {
+                    // Nothing half-read: the buffer's room is given back while the
+                    // session waits (an idle session then holds no read buffer).
+                    self.rbuf = BytesMut::new();
+                    if self.may_park() {
+                        self.wbuf = BytesMut::new();
+                        core.release_spare();
+                        return Ok(());
+                    }
+                }
             }
-            self.flush().await?;
+            resumed = false;
             let deadline = core.poll_timeout().map(Instant::from_std);
-            if self.rbuf.is_empty() {
-                // Nothing half-read: the buffer's room is given back while the
-                // session waits (an idle session then holds no read buffer).
-                self.rbuf = BytesMut::new();
-            }
             tokio::select! {
-                ready = self.reader.readable() => {
+                ready = self.stream.readable() => {
                     if ready.is_err() {
                         return Err(End::Dropped);
                     }
                     if self.rbuf.capacity() - self.rbuf.len() < 1024 {
                         self.rbuf.reserve(4096);
                     }
-                    match self.reader.try_read_buf(&mut self.rbuf) {
+                    match self.stream.try_read_buf(&mut self.rbuf) {
                         Ok(0) => return Err(End::Dropped),
                         Ok(_) => {}
                         // Readiness can be spurious: wait again.
@@ -567,6 +642,18 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the session may be parked: nothing to write, nothing in its
+    /// mailbox, nothing readable already (parking would only spawn its task
+    /// again), KPC not stopping (a stopping session ends in its own task).
+    fn may_park(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        self.wbuf.is_empty()
+            && !self.rx.is_ready()
+            && !self.shutdown.has_changed().unwrap_or(true)
+            && !*self.shutdown.borrow()
+            && self.stream.poll_read_ready(&mut cx).is_pending()
+    }
+
     fn queue(&mut self, packet: &Packet) {
         if let Err(e) = packet.write(&mut self.wbuf, usize::MAX) {
             tracing::warn!(error = %e, "could not encode an MQTT packet");
@@ -578,7 +665,7 @@ impl Session {
             return Ok(());
         }
         let timeout = self.shared.settings.write_timeout;
-        let result = tokio::time::timeout(timeout, self.writer.write_all(&self.wbuf)).await;
+        let result = tokio::time::timeout(timeout, self.stream.write_all(&self.wbuf)).await;
         self.wbuf.clear();
         match result {
             Ok(Ok(())) => Ok(()),

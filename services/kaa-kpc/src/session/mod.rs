@@ -267,18 +267,27 @@ pub enum Close {
     Violation(String),
 }
 
-/// One device's session; see the [module docs](self) for how to drive it.
-pub struct SessionCore {
-    settings: Arc<SessionSettings>,
-    /// 1.5 × the device's keep-alive; `None`: no deadline.
-    keep_alive: Option<Duration>,
-    last_packet: Instant,
+/// What a session has exchanged with the device: its tokens, requests waiting
+/// for an answer, the QoS of pushes, packet identifiers in flight.
+#[derive(Debug, Default)]
+struct Exchanges {
     tokens: Tokens,
     pending: PendingRequests,
     push_qos: PushQos,
     outgoing: Outgoing,
     /// Packet identifiers of QoS 2 requests waiting for PUBREL.
     qos2_incoming: std::collections::HashSet<u16>,
+}
+
+/// One device's session; see the [module docs](self) for how to drive it.
+pub struct SessionCore {
+    settings: Arc<SessionSettings>,
+    /// 1.5 × the device's keep-alive; `None`: no deadline.
+    keep_alive: Option<Duration>,
+    last_packet: Instant,
+    /// What the session has exchanged with the device (boxed, made on first
+    /// use: a session that never sent a request holds none).
+    x: Option<Box<Exchanges>>,
     /// The device request waiting for an answer to one of its questions (boxed:
     /// an idle session holds none, and its memory is per connection).
     request: Option<Box<(Request, Stage)>>,
@@ -292,9 +301,12 @@ pub struct SessionCore {
 impl fmt::Debug for SessionCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionCore")
-            .field("endpoints", &self.tokens.len())
-            .field("pending", &self.pending.len())
-            .field("unacked", &self.outgoing.len())
+            .field(
+                "endpoints",
+                &self.x.as_deref().map_or(0, |x| x.tokens.len()),
+            )
+            .field("pending", &self.pending_requests())
+            .field("unacked", &self.unacked().count())
             .field("request", &self.request.is_some())
             .field("closed", &self.closed)
             .finish_non_exhaustive()
@@ -316,11 +328,7 @@ impl SessionCore {
             settings,
             keep_alive,
             last_packet: connected_at,
-            tokens: Tokens::default(),
-            pending: PendingRequests::default(),
-            push_qos: PushQos::default(),
-            outgoing: Outgoing::default(),
-            qos2_incoming: Default::default(),
+            x: None,
             request: None,
             waiting: VecDeque::new(),
             outputs: VecDeque::new(),
@@ -382,17 +390,17 @@ impl SessionCore {
     /// The endpoints behind the tokens this session has used (the driver
     /// releases those it still owns when the session ends).
     pub fn endpoint_ids(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.tokens.endpoint_ids()
+        self.x.iter().flat_map(|x| x.tokens.endpoint_ids())
     }
 
     /// How many requests wait for an extension's answer (some may have expired).
     pub fn pending_requests(&self) -> usize {
-        self.pending.len()
+        self.x.as_deref().map_or(0, |x| x.pending.len())
     }
 
     /// The packet identifiers of QoS 1 deliveries waiting for PUBACK.
     pub fn unacked(&self) -> impl Iterator<Item = u16> + '_ {
-        self.outgoing.unacked()
+        self.x.iter().flat_map(|x| x.outgoing.unacked())
     }
 
     /// The topic of the device request whose question is outstanding, if any.
@@ -405,12 +413,44 @@ impl SessionCore {
         self.closed
     }
 
+    /// Gives back the room of what is empty (queues, tables), for a session
+    /// about to wait idle: a parked session's memory is per connection.
+    pub(crate) fn release_spare(&mut self) {
+        if self.outputs.is_empty() {
+            self.outputs = VecDeque::new();
+        }
+        if self.waiting.is_empty() {
+            self.waiting = VecDeque::new();
+        }
+        if let Some(x) = self.x.as_deref_mut() {
+            if x.tokens.len() == 0
+                && x.pending.len() == 0
+                && x.push_qos.is_empty()
+                && x.outgoing.len() == 0
+                && x.qos2_incoming.is_empty()
+            {
+                self.x = None;
+            } else {
+                if x.qos2_incoming.is_empty() {
+                    x.qos2_incoming = Default::default();
+                }
+                x.pending.release_spare();
+                x.outgoing.release_spare();
+            }
+        }
+    }
+
+    /// The exchanges, made on first use.
+    fn x(&mut self) -> &mut Exchanges {
+        self.x.get_or_insert_with(Box::default)
+    }
+
     fn handle_packet(&mut self, packet: Packet) {
         match packet {
             Packet::Publish(publish) => self.handle_publish(publish),
-            Packet::PubAck(ack) => self.outgoing.acked(ack.pkid),
+            Packet::PubAck(ack) => self.x().outgoing.acked(ack.pkid),
             Packet::PubRel(rel) => {
-                self.qos2_incoming.remove(&rel.pkid);
+                self.x().qos2_incoming.remove(&rel.pkid);
                 self.transmit(Packet::PubComp(PubComp::new(rel.pkid)));
             }
             // KPC never sends QoS 2: nothing to do for these.
@@ -471,7 +511,8 @@ impl SessionCore {
     fn send(&mut self, topic: String, payload: Vec<u8>, qos: QoS, kind: &'static str) -> bool {
         let mut publish = Publish::new(topic, qos, payload);
         if qos != QoS::AtMostOnce {
-            let Some(pkid) = self.outgoing.allocate(self.settings.max_inflight) else {
+            let max_inflight = self.settings.max_inflight;
+            let Some(pkid) = self.x().outgoing.allocate(max_inflight) else {
                 tracing::debug!("QoS 1 window full; delivery dropped");
                 return false;
             };

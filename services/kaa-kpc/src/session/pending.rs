@@ -35,6 +35,13 @@ impl PendingRequests {
         self.waiting.len()
     }
 
+    /// Frees the table's room when it is empty.
+    pub(super) fn release_spare(&mut self) {
+        if self.waiting.is_empty() {
+            self.waiting = HashMap::new();
+        }
+    }
+
     /// Whether one more request may wait, under `limit`; drops expired ones
     /// when the table is full.
     pub(super) fn has_room(&mut self, limit: usize, now: Instant) -> bool {

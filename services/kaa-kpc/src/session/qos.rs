@@ -66,6 +66,13 @@ impl Outgoing {
         self.unacked.len()
     }
 
+    /// Frees the set's room when it is empty.
+    pub(super) fn release_spare(&mut self) {
+        if self.unacked.is_empty() {
+            self.unacked = HashSet::new();
+        }
+    }
+
     pub(super) fn unacked(&self) -> impl Iterator<Item = u16> + '_ {
         self.unacked.iter().copied()
     }
@@ -81,6 +88,11 @@ pub(super) struct PushQos {
 }
 
 impl PushQos {
+    /// Whether no resource is remembered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+
     /// Remembers the QoS of a request for `resource`; true when the resource
     /// was not remembered before and now is.
     pub(super) fn remember(&mut self, resource: Resource, qos: QoS) -> bool {

@@ -76,16 +76,16 @@ impl SessionCore {
             )));
         }
         if publish.qos == QoS::ExactlyOnce {
-            if self.qos2_incoming.contains(&publish.pkid) {
+            if self.x().qos2_incoming.contains(&publish.pkid) {
                 // A retransmission before PUBREL: already handled.
                 return self.transmit(Packet::PubRec(PubRec::new(publish.pkid)));
             }
-            if self.qos2_incoming.len() >= self.settings.max_inflight {
+            if self.x().qos2_incoming.len() >= self.settings.max_inflight {
                 return self.close(Close::Violation(
                     "too many QoS 2 messages waiting for PUBREL".into(),
                 ));
             }
-            self.qos2_incoming.insert(publish.pkid);
+            self.x().qos2_incoming.insert(publish.pkid);
         }
         let request = Request {
             qos: response_qos(publish.qos),
@@ -97,14 +97,14 @@ impl SessionCore {
             &request.publish.topic,
             request.publish.payload.len(),
             &limits,
-            |token| self.tokens.contains(token),
-            self.tokens.len(),
+            |token| self.x.as_deref().is_some_and(|x| x.tokens.contains(token)),
+            self.x.as_deref().map_or(0, |x| x.tokens.len()),
         );
         let (app_version, token) = match checked {
             Ok(t) => (t.app_version_name(), t.endpoint_token()),
             Err(r) => return self.complete(request, Some((r, None))),
         };
-        let (ask, stage) = match self.tokens.cached(token, app_version) {
+        let (ask, stage) = match self.x().tokens.cached(token, app_version) {
             Some(endpoint) => (
                 Output::Claim {
                     endpoint_id: Arc::clone(&endpoint.endpoint_id),
@@ -138,7 +138,7 @@ impl SessionCore {
             Err(r) => return self.complete(request, Some((r, None))),
         };
         let endpoint = match result {
-            Ok(resolved) => self.tokens.insert(
+            Ok(resolved) => self.x().tokens.insert(
                 topic.endpoint_token(),
                 topic.app_version_name(),
                 &resolved.endpoint_id,
@@ -194,7 +194,7 @@ impl SessionCore {
         // extension the request named.
         route::check_extension(&topic, &self.settings.route_limits())?;
         let max_inflight = self.settings.max_inflight;
-        if topic.request_id().is_some() && !self.pending.has_room(max_inflight, now.instant) {
+        if topic.request_id().is_some() && !self.x().pending.has_room(max_inflight, now.instant) {
             let reason = format!("too many requests in flight (limit {max_inflight})");
             return Err(Rejection::new(429, reason, "too_many_requests"));
         }
@@ -237,11 +237,12 @@ impl SessionCore {
         let ext = topic.extension_instance_name().to_owned();
         let resource_path = topic.resource_path().to_owned();
         if let Some(id) = topic.request_id() {
-            self.pending
+            self.x()
+                .pending
                 .insert((Arc::clone(&endpoint_id), ext.clone(), id.get()), pending);
         }
         let resource = (endpoint_id, ext, resource_path);
-        if self.push_qos.remember(resource.clone(), request.qos) {
+        if self.x().push_qos.remember(resource.clone(), request.qos) {
             // For a CMX that restarts while this session stays up.
             let (endpoint_id, extension, resource_path) = resource;
             self.outputs.push_back(Output::NoteResource {
