@@ -1014,6 +1014,38 @@ async fn until_parked(kpc: &kaa_examples::kpc::KpcHandle, n: i64) {
     }
 }
 
+/// With `kpc.mqtt.park-idle-sessions: false` an idle session keeps its task:
+/// nothing is parked, and a push reaches it all the same.
+#[tokio::test]
+async fn with_parking_off_idle_sessions_keep_their_tasks() {
+    let mut c = config();
+    c.kpc.mqtt.park_idle_sessions = false;
+    let mut s = stack_with(c, default_behavior()).await;
+    let mut raw = Raw::connected(s.kpc.local_addr(), "unparked", 60).await;
+    raw.publish(&topic("tok-1", "config/json/1"), QoS::AtLeastOnce, 7, b"{}")
+        .await;
+    assert!(matches!(raw.read().await, Some(Packet::PubAck(_))));
+    assert!(matches!(raw.read().await, Some(Packet::Publish(_))));
+    assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.kpc.metrics().parked_sessions(), 0, "nothing parked");
+    push(
+        &s.bus,
+        "kpc",
+        "ep-1",
+        "/config/json",
+        200,
+        br#"{"configId":"c2"}"#,
+    )
+    .await;
+    let Some(Packet::Publish(p)) = raw.read().await else {
+        panic!("the push");
+    };
+    assert_eq!(&p.payload[..], br#"{"configId":"c2"}"#);
+    assert_eq!(s.kpc.metrics().parked_sessions(), 0);
+    assert_eq!(s.kpc.metrics().resumed_count(), 0);
+}
+
 #[tokio::test]
 async fn a_push_to_a_parked_session_is_delivered() {
     let mut s = stack().await;

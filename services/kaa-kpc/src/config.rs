@@ -30,6 +30,7 @@
 //!     connect-timeout: 5s         # from TCP accept to CONNECT (the handshake deadline)
 //!     request-timeout: 60s        # ClientData timeout; how long a request waits for its answer
 //!     write-timeout: 10s          # a client that does not read for this long is disconnected
+//!     park-idle-sessions: true    # idle sessions wait on shared reactors (less memory)
 //!   http:
 //!     listen: 127.0.0.1:8081      # /health and /metrics; absent: not served
 //!   extension-instances: [cmx, cmx_ota]  # absent or empty: any valid name
@@ -304,6 +305,14 @@ pub struct MqttSection {
     /// this long is disconnected.
     #[serde(default = "default_write_timeout", deserialize_with = "de_duration")]
     pub write_timeout: Duration,
+    /// `kpc.mqtt.park-idle-sessions` (default `true`): an idle session gives
+    /// up its task and waits on a shared idle reactor (about 1.3 KB per idle
+    /// session instead of 2.8 KB; see the crate docs, *Idle sessions*). Each
+    /// wake-up then spawns the session's task again, which costs a fan-out to a
+    /// fleet of idle devices about a fifth more time (BENCHMARKS.md); `false`
+    /// keeps every session on a task of its own.
+    #[serde(default = "default_park_idle_sessions")]
+    pub park_idle_sessions: bool,
 }
 
 impl MqttSection {
@@ -340,6 +349,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_write_timeout() -> Duration {
     DEFAULT_WRITE_TIMEOUT
+}
+fn default_park_idle_sessions() -> bool {
+    true
 }
 
 /// `kpc.mqtt.auth`: MQTT CONNECT username and password.
@@ -537,6 +549,7 @@ impl KpcConfig {
                     connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                     request_timeout: DEFAULT_REQUEST_TIMEOUT,
                     write_timeout: DEFAULT_WRITE_TIMEOUT,
+                    park_idle_sessions: true,
                 },
                 http: None,
                 extension_instances: Vec::new(),

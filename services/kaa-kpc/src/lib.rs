@@ -351,6 +351,8 @@ pub(crate) struct Settings {
     pub(crate) session: Arc<session::SessionSettings>,
     pub(crate) connect_timeout: Duration,
     pub(crate) write_timeout: Duration,
+    /// `kpc.mqtt.park-idle-sessions`.
+    pub(crate) park_idle: bool,
 }
 
 /// The state every session and the bus side share.
@@ -482,6 +484,7 @@ impl KpcServer {
             }),
             connect_timeout: mqtt.connect_timeout,
             write_timeout: mqtt.write_timeout,
+            park_idle: mqtt.park_idle_sessions,
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {

@@ -642,12 +642,14 @@ impl Session {
         Ok(())
     }
 
-    /// Whether the session may be parked: nothing to write, nothing in its
+    /// Whether the session may be parked: parking is on
+    /// (`kpc.mqtt.park-idle-sessions`), nothing to write, nothing in its
     /// mailbox, nothing readable already (parking would only spawn its task
     /// again), KPC not stopping (a stopping session ends in its own task).
     fn may_park(&self) -> bool {
         let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-        self.wbuf.is_empty()
+        self.shared.settings.park_idle
+            && self.wbuf.is_empty()
             && !self.rx.is_ready()
             && !self.shutdown.has_changed().unwrap_or(true)
             && !*self.shutdown.borrow()
