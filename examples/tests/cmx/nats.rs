@@ -224,7 +224,9 @@ async fn connect_catches_up_with_the_latest_configuration_once() {
     let ep = s.names.endpoint(1);
 
     // A device the CMX never saw connects: it gets the current configuration,
-    // pushed to the communication service's instance-wide subject.
+    // pushed to the subject of the communication service replica that reported
+    // the session (3/ISM's replica-specific subject, where that session's
+    // answers go too: neither can overtake the other).
     s.kpc.connected(&[(&ep, APP_V1)]).await;
     let received = s.provider.next_request().await;
     assert_eq!(received.request.endpoint_id, ep);
@@ -233,7 +235,7 @@ async fn connect_catches_up_with_the_latest_configuration_once() {
         .answer_config(&received, "c1", r#"{"v":1}"#)
         .await;
     let push = s.kpc.next().await;
-    assert_eq!(push.subject, s.names.kpc_service_subject());
+    assert_eq!(push.subject, s.names.kpc_reply_subject());
     assert_eq!(push.message.request_id, None);
     assert_eq!(push.json(), json!({"configId": "c1", "config": {"v": 1}}));
 
