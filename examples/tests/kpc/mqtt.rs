@@ -1014,6 +1014,19 @@ async fn until_parked(kpc: &kaa_examples::kpc::KpcHandle, n: i64) {
     }
 }
 
+/// A raw session of `client_id` (keep-alive 60 s) that made one QoS 1
+/// configuration request as `tok-1` and got its PUBACK and answer; its
+/// `connected` event is taken.
+async fn requested(s: &mut Stack, client_id: &str) -> Raw {
+    let mut raw = Raw::connected(s.kpc.local_addr(), client_id, 60).await;
+    raw.publish(&topic("tok-1", "config/json/1"), QoS::AtLeastOnce, 7, b"{}")
+        .await;
+    assert!(matches!(raw.read().await, Some(Packet::PubAck(_))));
+    assert!(matches!(raw.read().await, Some(Packet::Publish(_))));
+    assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+    raw
+}
+
 /// With `kpc.mqtt.park-idle-sessions: false` an idle session keeps its task:
 /// nothing is parked, and a push reaches it all the same.
 #[tokio::test]
@@ -1021,12 +1034,7 @@ async fn with_parking_off_idle_sessions_keep_their_tasks() {
     let mut c = config();
     c.kpc.mqtt.park_idle_sessions = false;
     let mut s = stack_with(c, default_behavior()).await;
-    let mut raw = Raw::connected(s.kpc.local_addr(), "unparked", 60).await;
-    raw.publish(&topic("tok-1", "config/json/1"), QoS::AtLeastOnce, 7, b"{}")
-        .await;
-    assert!(matches!(raw.read().await, Some(Packet::PubAck(_))));
-    assert!(matches!(raw.read().await, Some(Packet::Publish(_))));
-    assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+    let mut raw = requested(&mut s, "unparked").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.kpc.metrics().parked_sessions(), 0, "nothing parked");
     push(
@@ -1049,12 +1057,7 @@ async fn with_parking_off_idle_sessions_keep_their_tasks() {
 #[tokio::test]
 async fn a_push_to_a_parked_session_is_delivered() {
     let mut s = stack().await;
-    let mut raw = Raw::connected(s.kpc.local_addr(), "parked-push", 60).await;
-    raw.publish(&topic("tok-1", "config/json/1"), QoS::AtLeastOnce, 7, b"{}")
-        .await;
-    assert!(matches!(raw.read().await, Some(Packet::PubAck(_))));
-    assert!(matches!(raw.read().await, Some(Packet::Publish(_))));
-    assert!(matches!(s.events.next().await, Connectivity::Connected(_)));
+    let mut raw = requested(&mut s, "parked-push").await;
     until_parked(&s.kpc, 1).await;
     let resumed = s.kpc.metrics().resumed_count();
 
