@@ -65,9 +65,35 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn pg_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::backend(e)
+fn pg_err(e: impl std::fmt::Display + 'static) -> StoreError {
+    // tokio-postgres shows a server error as "db error"; the server's words (and
+    // its SQLSTATE) are what an operator needs in the log.
+    match (&e as &dyn std::any::Any).downcast_ref::<tokio_postgres::Error>() {
+        Some(pg) => match pg.as_db_error() {
+            Some(db) => StoreError::Backend(format!(
+                "{pg}: {} (SQLSTATE {})",
+                db.message(),
+                db.code().code()
+            )),
+            None => StoreError::backend(pg),
+        },
+        None => StoreError::backend(e),
+    }
 }
+
+/// Whether `e` is a transaction PostgreSQL rolled back so that another could go on
+/// (a deadlock or a serialization failure): running it again may succeed.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+/// How many times a status batch is written again after PostgreSQL rolled it back
+/// as a deadlock victim or serialization failure.
+const STATUS_BATCH_RETRIES: usize = 3;
 
 const FOR_UPDATE: &str = " FOR UPDATE";
 const FOR_SHARE: &str = " FOR SHARE";
@@ -105,7 +131,11 @@ struct MergedStatus<'a> {
 /// activity; a confirmation sets the status, code, reason, `confirmed_ms` and the
 /// activity; the last event's status and time win. One upsert of the result leaves
 /// the table as upserting the events one by one would (and an upsert cannot touch
-/// the same row twice).
+/// the same row twice). The rows come out sorted by key: every batch, of every
+/// replica, then locks the rows it upserts in the same order, so two batches with
+/// keys in common wait for each other instead of deadlocking (a CDTP answer's
+/// dispatch and the device's applied report about one key are often written by
+/// two replicas at the same time).
 fn merge_statuses(writes: &[StatusWrite]) -> Vec<MergedStatus<'_>> {
     let mut rows: Vec<MergedStatus<'_>> = Vec::with_capacity(writes.len());
     let mut index = std::collections::HashMap::with_capacity(writes.len());
@@ -146,7 +176,51 @@ fn merge_statuses(writes: &[StatusWrite]) -> Vec<MergedStatus<'_>> {
             }
         }
     }
+    rows.sort_unstable_by(|a, b| a.key.cmp(&b.key));
     rows
+}
+
+/// One transaction upserting the merged rows of a status batch.
+async fn upsert_statuses(
+    client: &mut deadpool_postgres::Object,
+    rows: &[MergedStatus<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // The status history is not an acknowledged write (events still queued when
+    // ECR dies are lost anyway), so its commits do not wait for the WAL flush:
+    // they no longer queue behind, or add to, the fsyncs of the REST writes,
+    // whose commits stay synchronous (and flush any status commit before them).
+    // A PostgreSQL crash may lose the last few hundred milliseconds of history.
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    let endpoints: Vec<&str> = rows.iter().map(|r| r.key.0).collect();
+    let versions: Vec<&str> = rows.iter().map(|r| r.key.1).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.key.2).collect();
+    let config_ids: Vec<&str> = rows.iter().map(|r| r.key.3).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+    let codes: Vec<Option<i32>> = rows.iter().map(|r| r.status_code).collect();
+    let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason_phrase).collect();
+    let dispatched: Vec<Option<i64>> = rows.iter().map(|r| r.dispatched_ms).collect();
+    let confirmed: Vec<Option<i64>> = rows.iter().map(|r| r.confirmed_ms).collect();
+    let activity: Vec<i64> = rows.iter().map(|r| r.activity_ms).collect();
+    let s = tx.prepare_cached(STATUS_UPSERT_MANY).await?;
+    tx.execute(
+        &s,
+        &[
+            &endpoints,
+            &versions,
+            &names,
+            &config_ids,
+            &statuses,
+            &codes,
+            &reasons,
+            &dispatched,
+            &confirmed,
+            &activity,
+        ],
+    )
+    .await?;
+    tx.commit().await
 }
 
 /// [`ConfigStore::effective_many`] in one statement (one snapshot): for each key
@@ -1121,49 +1195,18 @@ impl ConfigStore for PostgresStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        // The status history is not an acknowledged write (events still queued when
-        // ECR dies are lost anyway), so its commits do not wait for the WAL flush:
-        // they no longer queue behind, or add to, the fsyncs of the REST writes,
-        // whose commits stay synchronous (and flush any status commit before them).
-        // A PostgreSQL crash may lose the last few hundred milliseconds of history.
-        tx.batch_execute("SET LOCAL synchronous_commit = off")
-            .await
-            .map_err(pg_err)?;
         let rows = merge_statuses(writes);
-        let endpoints: Vec<&str> = rows.iter().map(|r| r.key.0).collect();
-        let versions: Vec<&str> = rows.iter().map(|r| r.key.1).collect();
-        let names: Vec<&str> = rows.iter().map(|r| r.key.2).collect();
-        let config_ids: Vec<&str> = rows.iter().map(|r| r.key.3).collect();
-        let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
-        let codes: Vec<Option<i32>> = rows.iter().map(|r| r.status_code).collect();
-        let reasons: Vec<Option<&str>> = rows.iter().map(|r| r.reason_phrase).collect();
-        let dispatched: Vec<Option<i64>> = rows.iter().map(|r| r.dispatched_ms).collect();
-        let confirmed: Vec<Option<i64>> = rows.iter().map(|r| r.confirmed_ms).collect();
-        let activity: Vec<i64> = rows.iter().map(|r| r.activity_ms).collect();
-        let s = tx
-            .prepare_cached(STATUS_UPSERT_MANY)
-            .await
-            .map_err(pg_err)?;
-        tx.execute(
-            &s,
-            &[
-                &endpoints,
-                &versions,
-                &names,
-                &config_ids,
-                &statuses,
-                &codes,
-                &reasons,
-                &dispatched,
-                &confirmed,
-                &activity,
-            ],
-        )
-        .await
-        .map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)
+        let mut client = self.client().await?;
+        let mut attempt = 0;
+        loop {
+            match upsert_statuses(&mut client, &rows).await {
+                Err(e) if attempt < STATUS_BATCH_RETRIES && retryable(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "status batch rolled back by PostgreSQL; writing it again");
+                }
+                result => return result.map_err(pg_err),
+            }
+        }
     }
 
     fn enable_durable_announcements(&self) -> bool {
