@@ -57,6 +57,11 @@
 //! of this bench (itself, re-run with `E2E_CHILD=k/n`), which report each answer
 //! and push (with its wall-clock time) on their stdout; latencies are then
 //! measured on the wall clock, which the processes of one machine share.
+//!
+//! `E2E_TIMELINE=nats://127.0.0.1:4222` (with an attached system on that NATS
+//! server) also records every bus message during the default change's fan-out and
+//! prints, per subject group, when the messages passed: which stage holds the
+//! fan-out up.
 #![allow(missing_docs)]
 
 use std::io::BufRead;
@@ -758,6 +763,7 @@ async fn fan_out(
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Fan-out of a default change.
+    let timeline = BusTimeline::start().await;
     let t0 = Instant::now();
     let t0_wall = wall_nanos();
     put(
@@ -800,9 +806,92 @@ async fn fan_out(
         ms(percentile(&lat, 0.99)),
         bytes_summary(&sizes),
     );
+    if let Some(timeline) = timeline {
+        timeline.report(t0_wall).await;
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     while rx.try_recv().is_ok() {}
     (running, rx)
+}
+
+/// `E2E_TIMELINE=<nats url>`: every message on that NATS server during the fan-out
+/// (a `>` subscription), reported by subject after it as count and first / p50 /
+/// p99 / last arrival after the PUT, so that the stage holding up the fan-out
+/// (ECR's announcements, CMX's 6/CDTP requests, ECR's answers, CMX's pushes) shows.
+/// Subjects are grouped with their endpoint- and inbox-specific tokens dropped.
+struct BusTimeline {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Vec<(String, u128)>>,
+}
+
+impl BusTimeline {
+    async fn start() -> Option<Self> {
+        let url = std::env::var("E2E_TIMELINE").ok()?;
+        let client = async_nats::connect(url.as_str())
+            .await
+            .expect("E2E_TIMELINE: connect to NATS");
+        let mut sub = client.subscribe(">").await.expect("subscribe >");
+        client.flush().await.expect("flush the subscription");
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            let mut seen = Vec::new();
+            loop {
+                tokio::select! {
+                    m = futures::StreamExt::next(&mut sub) => match m {
+                        Some(m) => seen.push((subject_group(&m.subject), wall_nanos())),
+                        None => break,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            seen
+        });
+        Some(Self { stop, task })
+    }
+
+    async fn report(self, t0_wall: u128) {
+        let _ = self.stop.send(());
+        let seen = self.task.await.expect("timeline task");
+        let mut by: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
+        for (group, at) in seen {
+            by.entry(group).or_default().push(since(t0_wall, at));
+        }
+        println!(
+            "bus timeline (E2E_TIMELINE), after the PUT: subject: count, first / p50 / p99 / last"
+        );
+        let mut rows: Vec<_> = by.into_iter().collect();
+        rows.sort_by_key(|(_, t)| std::cmp::Reverse(t.len()));
+        for (group, mut t) in rows {
+            t.sort();
+            println!(
+                "  {group}: {}, {} / {} / {} / {}",
+                t.len(),
+                ms(t[0]),
+                ms(percentile(&t, 0.50)),
+                ms(percentile(&t, 0.99)),
+                ms(t[t.len() - 1]),
+            );
+        }
+    }
+}
+
+/// A subject with its per-request tokens dropped: `_INBOX.…` and `$JS.…`/`$KV.…` keep
+/// their first token, 3/ISM subjects their first five (`kaa.v1.replica.cmx-2.cdtp`
+/// and so on, which names the replica) plus the last two.
+fn subject_group(subject: &str) -> String {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if tokens[0] != "kaa" || tokens.len() <= 6 {
+        if tokens[0] == "kaa" {
+            return subject.to_owned();
+        }
+        return tokens[0].to_owned();
+    }
+    format!(
+        "{}.….{}",
+        tokens[..4].join("."),
+        tokens[tokens.len() - 2..].join(".")
+    )
 }
 
 /// `updates` sequential PUTs of one endpoint's own configuration each (a different
