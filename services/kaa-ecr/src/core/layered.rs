@@ -185,12 +185,9 @@ impl Ecr {
             return Ok(());
         }
         let active = match after_base {
-            Some(_) => self
-                .store
-                .active_rollouts()
-                .await?
-                .into_iter()
-                .find(|r| r.app_version == app.as_str() && r.name == name.as_str()),
+            Some(_) => self.store.active_rollouts().await?.into_iter().find(|r| {
+                r.layer.is_none() && r.app_version == app.as_str() && r.name == name.as_str()
+            }),
             None => None,
         };
         if let Some(r) = active {
@@ -207,6 +204,7 @@ impl Ecr {
                 base: inputs.base.clone(),
                 groups: after_groups(&endpoint_id, &inputs.groups),
                 own_patch: inputs.own_patch.clone(),
+                rolling: inputs.rolling.clone(),
             };
             if let Some(base) = after_base
                 && !matches!(next.base, Some((_, Source::Endpoint)))
@@ -297,6 +295,14 @@ impl Ecr {
             LayerChange::Put(l) => l.layer_name.clone(),
             LayerChange::Delete(n) => n.to_string(),
         };
+        if let Some(r) = self.layer_rollout_of(app, name, &layer_name).await? {
+            return Err(EcrError::Store(crate::store::layer_locked(
+                app.as_str(),
+                name.as_str(),
+                &layer_name,
+                &r.rollout_id,
+            )));
+        }
         let previous = current.iter().find(|l| l.layer_name == layer_name).cloned();
         let mut next: Vec<Layer> = current
             .iter()
@@ -721,6 +727,7 @@ impl Ecr {
                             created: t,
                             updated: t,
                         }),
+                        rolling: inputs.rolling.clone(),
                     },
                     &layers,
                 );
@@ -750,6 +757,7 @@ impl Ecr {
                     base: served?.map(|c| (c, Source::Default)),
                     groups: inputs.groups.clone(),
                     own_patch: None,
+                    rolling: inputs.rolling.clone(),
                 },
                 &layers,
             ),
@@ -830,26 +838,23 @@ impl Ecr {
         default: Option<StoredConfig>,
     ) -> Result<Option<StoredConfig>, StoreError> {
         let layers = self.store.layers(app, Some(name)).await?;
-        if layers.is_empty() {
+        let key = keys_of(app, name, std::slice::from_ref(endpoint_id));
+        let inputs = self
+            .store
+            .effective_inputs(&key)
+            .await?
+            .pop()
+            .unwrap_or_default();
+        if layers.is_empty() && inputs.rolling.is_empty() {
             return Ok(default);
         }
-        let groups = if layers.iter().all(|l| l.target == LayerTarget::All) {
-            BTreeSet::new()
-        } else {
-            let key = keys_of(app, name, std::slice::from_ref(endpoint_id));
-            self.store
-                .effective_inputs(&key)
-                .await?
-                .pop()
-                .unwrap_or_default()
-                .groups
-        };
         Ok(layers::compose(
             name,
             &EffectiveInputs {
                 base: default.map(|c| (c, Source::Default)),
-                groups,
+                groups: inputs.groups,
                 own_patch: None,
+                rolling: inputs.rolling,
             },
             &layers,
         )
@@ -874,6 +879,7 @@ impl Ecr {
         );
         let inputs = inputs?.pop().unwrap_or_default();
         let layers = layers?;
+        let active = active?;
         let effective = layers::compose(name, &inputs, &layers);
         let Some((config, _)) = &effective else {
             return Ok(Explanation {
@@ -892,8 +898,9 @@ impl Ecr {
             }
             base => {
                 if let Some((b, _)) = base {
-                    let rollout = active?.into_iter().find(|r| {
-                        r.app_version == app.as_str()
+                    let rollout = active.iter().find(|r| {
+                        r.layer.is_none()
+                            && r.app_version == app.as_str()
                             && r.name == name.as_str()
                             && r.config_id == b.config_id
                             && crate::rollout::served_bucket_limit(
@@ -914,8 +921,33 @@ impl Ecr {
                         serde_json::from_str(&b.content).unwrap_or(Value::Null),
                     ));
                 }
-                for l in layers.iter().filter(|l| l.target.applies(&inputs.groups)) {
-                    contributions.push((Decider::Layer(l.layer_name.clone()), l.patch.clone()));
+                let composed = layers::with_rolling(&layers, &inputs.rolling);
+                for l in composed.iter().filter(|l| l.target.applies(&inputs.groups)) {
+                    // A layer's new version served by its rollout names the rollout
+                    // and its step.
+                    let rolling = inputs
+                        .rolling
+                        .iter()
+                        .any(|r| r.layer_name == l.layer_name)
+                        .then(|| {
+                            active.iter().find(|r| {
+                                r.app_version == app.as_str()
+                                    && r.name == name.as_str()
+                                    && r.layer
+                                        .as_ref()
+                                        .is_some_and(|x| x.layer_name == l.layer_name)
+                            })
+                        })
+                        .flatten();
+                    let decider = match rolling {
+                        Some(r) => Decider::RollingLayer {
+                            layer_name: l.layer_name.clone(),
+                            rollout_id: r.rollout_id.clone(),
+                            step: r.step,
+                        },
+                        None => Decider::Layer(l.layer_name.clone()),
+                    };
+                    contributions.push((decider, l.patch.clone()));
                 }
                 if let Some(p) = &inputs.own_patch {
                     contributions.push((Decider::EndpointPatch, layers::patch_value(p)));
