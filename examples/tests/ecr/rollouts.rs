@@ -1815,6 +1815,34 @@ async fn rest_layer_rollouts() {
     .await;
     assert_eq!(d.status, StatusCode::CREATED, "{}", d.body);
     assert!(d.body.get("layer").is_none());
+    // A new layer rolled out to a group of its own: no previous version, and the
+    // group cannot be deleted meanwhile.
+    let r = call(&app, Method::PUT, &format!("{av}/groups/other"), None, None).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut fresh = body.clone();
+    fresh["group"] = json!("other");
+    fresh["patch"] = json!({"fresh": true});
+    let f = call(
+        &app,
+        Method::POST,
+        &format!("{av}/layers/fresh/rollouts"),
+        Some(fresh),
+        None,
+    )
+    .await;
+    assert_eq!(f.status, StatusCode::CREATED, "{}", f.body);
+    assert_eq!(f.body["previousConfigId"], Value::Null);
+    assert_message(
+        &call(
+            &app,
+            Method::DELETE,
+            &format!("{av}/groups/other"),
+            None,
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
     // Explain over REST names the rollout and step for a cohort member.
     let inside = ids.iter().find(|e| cohort_bucket(&id, e) < 5_000).unwrap();
     let x = call(
@@ -1841,7 +1869,7 @@ async fn rest_layer_rollouts() {
     // Listed with the app version's rollouts; aborted by hand, the layer is
     // writable again and as stored.
     let list = call(&app, Method::GET, &format!("{av}/rollouts"), None, None).await;
-    assert_eq!(list.body.as_array().unwrap().len(), 2);
+    assert_eq!(list.body.as_array().unwrap().len(), 3);
     let aborted = call(
         &app,
         Method::POST,

@@ -785,6 +785,29 @@ pub(crate) fn group_targeted(group: &str, name: &str, layer_name: &str) -> Store
     ))
 }
 
+/// The conflict of deleting a group an active layer rollout's new version
+/// targets, among `rollouts` (the active layer rollouts).
+pub(crate) fn group_rolling_target(
+    rollouts: &[Rollout],
+    app_version: &str,
+    group: &str,
+) -> Result<(), StoreError> {
+    match rollouts.iter().find(|r| {
+        r.app_version == app_version
+            && r.layer
+                .as_ref()
+                .is_some_and(|l| l.group.as_deref() == Some(group))
+    }) {
+        Some(r) => Err(StoreError::Conflict(format!(
+            "group {group} is the target of rollout {} of layer {} of configuration {}: abort it or let it complete first",
+            r.rollout_id,
+            r.layer_column(),
+            r.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The group a write names does not exist.
 pub(crate) fn no_group(app_version: &str, group: &str) -> StoreError {
     StoreError::NotFound(format!(

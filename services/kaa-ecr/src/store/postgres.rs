@@ -1757,6 +1757,7 @@ impl ConfigStore for PostgresStore {
             );
             return Err(super::group_targeted(g, &name, &layer));
         }
+        super::group_rolling_target(&read_docs(&tx, sql::ROLLING_LAYERS, &[]).await?, app, g)?;
         tx.execute(sql::GROUP_DELETE_MEMBERS, &[&app, &g])
             .await
             .map_err(pg_err)?;

@@ -705,6 +705,11 @@ impl ConfigStore for SqliteStore {
             if let Some((name, layer)) = targeted {
                 return Err(super::group_targeted(&group, &name, &layer));
             }
+            super::group_rolling_target(
+                &read_docs(tx, q!(sql::ROLLING_LAYERS), params![])?,
+                &app,
+                &group,
+            )?;
             tx.execute(q!(sql::GROUP_DELETE_MEMBERS), params![app, group])
                 .map_err(sqlite_err)?;
             let n = tx
