@@ -88,6 +88,16 @@
 //! configuration in the same transaction. `running`, `paused` and `halted` are
 //! *active*: one active rollout per (app version, name), and the default of that pair
 //! cannot be written meanwhile (409).
+//!
+//! # Layer rollouts
+//!
+//! A rollout with a [`LayerRollout`] (`Rollout::layer`) rolls out a new version of
+//! one layer of the (app version, name) instead of its default, through the same
+//! steps, gates, states and actions: the cohort is served the layer's new version
+//! in place of the stored one. What it counts and announces differs (each endpoint
+//! on its own composed config ID); see `crate::core`'s `layer_rollout` module.
+//! One active rollout per default and per layer; a layer rollout does not lock the
+//! default, only its layer.
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;

@@ -456,6 +456,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// the default's config ID read in that transaction. `announce` lists the
     /// endpoints its first step reaches: a store with durable announcements records
     /// them as due in the same transaction. Returns the rollout as stored.
+    /// A layer rollout ([`crate::rollout::LayerRollout`]) is refused when a rollout of
+    /// its layer is active, its new version is the stored layer, or its group does
+    /// not exist; its `previous_config_id` and `previous_group` are filled in from
+    /// the stored layer.
     /// The default: [`StoreError::NoRollouts`].
     async fn create_rollout(
         &self,
@@ -493,7 +497,9 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// one transaction, only over that revision (else [`StoreError::RolloutChanged`],
     /// nothing written). A completed rollout also becomes the default of its (app
     /// version, name) in that transaction. `announce` as in
-    /// [`ConfigStore::create_rollout`]. The default: [`StoreError::NoRollouts`].
+    /// [`ConfigStore::create_rollout`]. A completed layer rollout writes its new
+    /// version as the layer instead of the default.
+    /// The default: [`StoreError::NoRollouts`].
     async fn update_rollout(
         &self,
         rollout: &Rollout,

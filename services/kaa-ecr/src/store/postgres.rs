@@ -301,7 +301,8 @@ async fn read_docs(
 
 /// The layers of the keys' (app version, name) pairs, and, when one of them
 /// targets a group (or `groups` asks for them anyway), the groups of the keys'
-/// endpoints: two statements for any number of keys.
+/// endpoints: two statements for any number of keys (the first reads the active
+/// layer rollouts too).
 async fn layer_inputs_on(
     client: &impl GenericClient,
     keys: &[EffectiveKey],
@@ -315,14 +316,23 @@ async fn layer_inputs_on(
         .iter()
         .map(|k| (k.app_version.as_str(), k.name.as_str()))
         .collect();
+    // The layers, and in the same statement the active layer rollouts (a 9th
+    // column, their document; NULL on the layers' rows).
     let s = client
         .prepare_cached(&format!(
-            "SELECT {} FROM layers WHERE app_version = ANY($1)",
+            "SELECT {}, CAST(NULL AS TEXT) FROM layers WHERE app_version = ANY($1) \
+             UNION ALL SELECT app_version, name, layer_name, 0, '', '', 0, 0, doc FROM rollouts \
+             WHERE app_version = ANY($1) AND active = 1 AND layer_name <> ''",
             sql::LAYER_COLUMNS
         ))
         .await
         .map_err(pg_err)?;
+    let mut rolling = Vec::new();
     for row in client.query(&s, &[&versions]).await.map_err(pg_err)? {
+        if let Some(doc) = row.try_get::<_, Option<String>>(8).map_err(pg_err)? {
+            rolling.push(super::parse_rollout(&doc)?);
+            continue;
+        }
         let layer = layer_from_row(&row)?;
         if pairs.contains(&(layer.app_version.as_str(), layer.name.as_str())) {
             inputs
@@ -335,8 +345,7 @@ async fn layer_inputs_on(
     for layers in inputs.layers.values_mut() {
         crate::layers::order(layers);
     }
-    // The active layer rollouts (one statement; rarely any rows).
-    inputs.rolling = super::rolling_layers(&read_docs(client, sql::ROLLING_LAYERS, &[]).await?)
+    inputs.rolling = super::rolling_layers(&rolling)
         .into_iter()
         .filter(|r| pairs.contains(&(r.layer.app_version.as_str(), r.layer.name.as_str())))
         .collect();
