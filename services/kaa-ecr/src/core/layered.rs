@@ -416,6 +416,8 @@ impl Ecr {
             .put_patch(scope, name, &content, precondition, now)
             .await?;
         if outcome.changed {
+            self.recheck_patch(scope, endpoint_id, app_version, name, &outcome, now)
+                .await?;
             self.announce(
                 scope,
                 name,
@@ -429,6 +431,65 @@ impl Ecr {
             .await?;
         }
         Ok(outcome)
+    }
+
+    /// The would-be document of a patch write was checked against the default and
+    /// layers read before the write; a default, layer or membership write committed
+    /// meanwhile (by another request or replica) may compose the stored patch into a
+    /// document the schema refuses. So the document as stored now is checked again:
+    /// refused, the write is undone (only while the slot still holds it: a write of
+    /// the same slot meanwhile is left alone) and the answer is the schema's 400.
+    /// A write that changes the default or layers after this check is theirs to
+    /// answer for, as with any patch stored before it.
+    async fn recheck_patch(
+        &self,
+        scope: &Scope,
+        endpoint_id: &EndpointId,
+        app: &AppVersionName,
+        name: &ConfigName,
+        outcome: &crate::store::PutOutcome,
+        now: UnixMillis,
+    ) -> Result<(), EcrError> {
+        let Some((stored, Source::Endpoint)) = self.store.effective(endpoint_id, app, name).await?
+        else {
+            return Ok(());
+        };
+        let doc: Value = serde_json::from_str(&stored.content).unwrap_or(Value::Null);
+        let Err(refused) = self.apps.validate(app, &doc) else {
+            return Ok(());
+        };
+        let ours = crate::store::Precondition::ConfigId(vec![outcome.config.config_id.clone()]);
+        let undo = match &outcome.previous {
+            Some(p) => {
+                let value: Value = serde_json::from_str(&p.content).unwrap_or(Value::Null);
+                let previous = Content::from_value(&value);
+                if outcome.previous_patch {
+                    self.store
+                        .put_patch(scope, name, &previous, &ours, now)
+                        .await
+                        .map(|_| ())
+                } else {
+                    self.store
+                        .put(scope, name, &previous, &ours, now)
+                        .await
+                        .map(|_| ())
+                }
+            }
+            None => self.store.delete_own(scope, name, &ours).await.map(|_| ()),
+        };
+        match undo {
+            // A default or layer write committed meanwhile may have announced the
+            // patch's document: the endpoint is announced what it has again.
+            Ok(()) => {
+                self.emit_current(app, name, std::slice::from_ref(endpoint_id))
+                    .await?
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {}
+            Err(e) => {
+                tracing::warn!(endpoint_id = %endpoint_id, app_version = %app, name = %name, error = %e, "could not undo a patch write the schema refuses");
+            }
+        }
+        Err(refused)
     }
 
     /// The names of the own configurations of the endpoint of `scope` stored as
