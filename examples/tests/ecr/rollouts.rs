@@ -1340,19 +1340,15 @@ async fn rest_routes_create_read_act_and_refuse() {
 /// The group-targeted layer `wifi` (priority 10, `{"wifi": "old"}`) over the
 /// members (every other endpoint of `ids`) of group `site`, and `led` on every
 /// endpoint (priority 0): the fleet of a layer rollout. Returns the members.
-async fn setup_layers(h: &BusHarness, ids: &[String]) -> Vec<String> {
+async fn setup_layers(ecr: &Ecr, ids: &[String]) -> Vec<String> {
     use kaa_examples::ecr::core::LayerChange;
     use kaa_examples::ecr::layers::{GroupName, Layer, LayerTarget};
     let now = kaa_examples::ecr::model::now();
     let site = GroupName::new("site").unwrap();
-    h.ecr
-        .create_group(&app("kettle"), &site, now)
-        .await
-        .unwrap();
+    ecr.create_group(&app("kettle"), &site, now).await.unwrap();
     let members: Vec<String> = ids.iter().step_by(2).cloned().collect();
     let add: Vec<_> = members.iter().map(|e| ep(e)).collect();
-    h.ecr
-        .change_members(&app("kettle"), &site, &add, &[], false, now)
+    ecr.change_members(&app("kettle"), &site, &add, &[], false, now)
         .await
         .unwrap();
     for (l, priority, target, patch) in [
@@ -1374,16 +1370,15 @@ async fn setup_layers(h: &BusHarness, ids: &[String]) -> Vec<String> {
             created: now,
             updated: now,
         };
-        h.ecr
-            .write_layer(
-                &app("kettle"),
-                &name("default"),
-                LayerChange::Put(layer),
-                false,
-                now,
-            )
-            .await
-            .unwrap();
+        ecr.write_layer(
+            &app("kettle"),
+            &name("default"),
+            LayerChange::Put(layer),
+            false,
+            now,
+        )
+        .await
+        .unwrap();
     }
     members
 }
@@ -1449,7 +1444,7 @@ async fn layer_rollout_steps(h: &BusHarness) {
     use kaa_examples::ecr::core::LayerChange;
     use kaa_examples::ecr::layers::{Decider, GroupName};
     let (ids, _old) = setup_fleet(h, 200).await;
-    let members = setup_layers(h, &ids).await;
+    let members = setup_layers(&h.ecr, &ids).await;
     let seen = play_cmx(h, BTreeSet::new(), String::new()).await;
     // Whatever the layer writes left to announce is announced first.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1602,7 +1597,7 @@ async fn postgres_layer_rollout_steps_through_the_outbox() {
 /// layer is unchanged.
 async fn layer_rollout_reverts(h: &BusHarness) {
     let (ids, _old) = setup_fleet(h, 200).await;
-    let members = setup_layers(h, &ids).await;
+    let members = setup_layers(&h.ecr, &ids).await;
     let member_new = id_of(json!({"sampling": 1, "led": 1, "wifi": "new"}));
     let member_old = id_of(json!({"sampling": 1, "led": 1, "wifi": "old"}));
     let rejects: BTreeSet<String> = members.iter().step_by(3).cloned().collect();
@@ -1898,4 +1893,93 @@ async fn rest_layer_rollouts() {
             .is_object()
     );
     assert!(doc["components"]["schemas"]["LayerRolloutRequest"].is_object());
+}
+
+/// Group membership changes during a layer rollout: an endpoint added to the group
+/// inside the cohort gets the new version (announced so), one added outside it the
+/// stored version, one removed loses the layer; the step counts follow membership.
+#[tokio::test]
+async fn membership_changes_during_a_layer_rollout() {
+    use kaa_examples::ecr::layers::GroupName;
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let store = store::open(&db.url).await.unwrap();
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let ecr = Arc::new(Ecr::new(Arc::clone(&store), AppVersions::open(), Some(tx)));
+    ecr.put(
+        &default_scope("kettle"),
+        &name("default"),
+        &json!({"sampling": 1}),
+        &Precondition::None,
+        kaa_examples::ecr::model::now(),
+    )
+    .await
+    .unwrap();
+    let ids = endpoints(100);
+    for e in &ids {
+        ecr.learn_endpoint(&ep(e), &app("kettle")).await.unwrap();
+    }
+    let members = setup_layers(&ecr, &ids).await;
+    let t0 = kaa_examples::ecr::model::now();
+    let r = ecr
+        .create_layer_rollout(
+            &app("kettle"),
+            &name("default"),
+            &layer_version(),
+            &layer_spec(&[50.0, 100.0], OnAbort::Revert),
+            t0,
+        )
+        .await
+        .unwrap();
+    let inside = |e: &String| cohort_bucket(&r.rollout_id, e) < 5_000;
+    let non_members: Vec<&String> = ids.iter().filter(|e| !members.contains(e)).collect();
+    let added_in = (*non_members.iter().find(|e| inside(e)).unwrap()).clone();
+    let added_out = (*non_members.iter().find(|e| !inside(e)).unwrap()).clone();
+    let removed = members.iter().find(|e| inside(e)).unwrap().clone();
+    let before = ecr.rollout_counts(&r, t0).await.unwrap();
+    assert_eq!(
+        before.targeted as usize,
+        members.iter().filter(|e| inside(e)).count()
+    );
+    while changes.try_recv().is_ok() {}
+    ecr.change_members(
+        &app("kettle"),
+        &GroupName::new("site").unwrap(),
+        &[ep(&added_in), ep(&added_out)],
+        &[ep(&removed)],
+        false,
+        t0,
+    )
+    .await
+    .unwrap();
+    let mut got = HashMap::new();
+    while let Ok(c) = changes.try_recv() {
+        got.insert(
+            c.endpoint_id.to_string(),
+            c.config.map(|c| c.config_id).unwrap(),
+        );
+    }
+    let want: HashMap<String, String> = [
+        (
+            added_in.clone(),
+            id_of(json!({"sampling": 1, "led": 1, "wifi": "new"})),
+        ),
+        (
+            added_out.clone(),
+            id_of(json!({"sampling": 1, "led": 1, "wifi": "old"})),
+        ),
+        (removed.clone(), id_of(json!({"sampling": 1, "led": 1}))),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+    for (e, id) in &want {
+        let (c, _) = ecr
+            .effective(&ep(e), &app("kettle"), &name("default"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&c.config_id, id, "{e}");
+    }
+    let after = ecr.rollout_counts(&r, t0).await.unwrap();
+    assert_eq!(after.targeted, before.targeted, "one in, one out");
 }
