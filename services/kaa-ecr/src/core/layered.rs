@@ -898,24 +898,43 @@ impl Ecr {
         name: &ConfigName,
         default: Option<StoredConfig>,
     ) -> Result<Option<StoredConfig>, StoreError> {
-        let layers = self.store.layers(app, Some(name)).await?;
-        let key = keys_of(app, name, std::slice::from_ref(endpoint_id));
-        let inputs = self
-            .store
-            .effective_inputs(&key)
-            .await?
-            .pop()
-            .unwrap_or_default();
-        if layers.is_empty() && inputs.rolling.is_empty() {
+        let (layers, active) = tokio::join!(
+            self.store.layers(app, Some(name)),
+            self.store.active_rollouts()
+        );
+        let (layers, active) = (layers?, active?);
+        // The new versions of layers that layer rollouts serve this endpoint.
+        let rolling = layers::rolling_for(
+            &crate::store::rolling_layers(&active),
+            app.as_str(),
+            name.as_str(),
+            endpoint_id.as_str(),
+        );
+        if layers.is_empty() && rolling.is_empty() {
             return Ok(default);
         }
+        let groups = if layers
+            .iter()
+            .chain(&rolling)
+            .all(|l| l.target == LayerTarget::All)
+        {
+            BTreeSet::new()
+        } else {
+            let key = keys_of(app, name, std::slice::from_ref(endpoint_id));
+            self.store
+                .effective_inputs(&key)
+                .await?
+                .pop()
+                .unwrap_or_default()
+                .groups
+        };
         Ok(layers::compose(
             name,
             &EffectiveInputs {
                 base: default.map(|c| (c, Source::Default)),
-                groups: inputs.groups,
+                groups,
                 own_patch: None,
-                rolling: inputs.rolling,
+                rolling,
             },
             &layers,
         )
