@@ -1388,4 +1388,65 @@ mod tests {
         drop(first);
         SqliteStore::open(&path).await.unwrap();
     }
+
+    /// A database at schema version 5 with an active rollout of a default migrates
+    /// to version 6: the rollout is a default's (no layer), still active, and still
+    /// locks its default.
+    #[tokio::test]
+    async fn version_5_with_an_active_rollout_migrates_to_6() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecr.db");
+        let now = 1_000;
+        let r = crate::rollout::new_rollout(
+            "r1".into(),
+            "kettle",
+            "default",
+            &crate::model::Content::from_value(&serde_json::json!({"sampling": 2})),
+            &[10.0, 100.0],
+            crate::rollout::Gate {
+                min_applied_percent: 0.0,
+                min_applied: 0,
+                soak_seconds: 1,
+            },
+            crate::rollout::AbortCriteria {
+                max_rejected_percent: 50.0,
+                min_sample: 10,
+                report_timeout_seconds: 60,
+            },
+            crate::rollout::OnAbort::Revert,
+            now,
+        )
+        .unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(sql::VERSION_TABLE).unwrap();
+            for m in &sql::MIGRATIONS[..5] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute("INSERT INTO ecr_schema_version (version) VALUES (5)", [])
+                .unwrap();
+            conn.execute(
+                "INSERT INTO rollouts (rollout_id, app_version, name, active, served_bp, config_id, content, created_ms, updated_ms, revision, doc) \
+                 VALUES (?1, 'kettle', 'default', 1, 1000, ?2, ?3, ?4, ?4, 1, ?5)",
+                params![r.rollout_id, r.config_id, r.content, now, super::super::rollout_doc(&r)],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let active = store.active_rollouts().await.unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].layer, None);
+        let app = AppVersionName::new("kettle").unwrap();
+        let err = store
+            .put(
+                &Scope::Default { app_version: app },
+                &crate::model::ConfigName::default_name(),
+                &crate::model::Content::from_value(&serde_json::json!(1)),
+                &Precondition::None,
+                UnixMillis(now),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    }
 }
