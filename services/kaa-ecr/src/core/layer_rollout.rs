@@ -47,11 +47,13 @@ pub struct LayerVersion {
 }
 
 /// One endpoint of a layer rollout's candidates: its effective configuration
-/// with the layer rollout serving `before_bp` and `after_bp`.
+/// with the layer rollout serving the first and the second share given to
+/// [`Ecr::compose_layer_rollout`] (before and after a transition, or nobody and
+/// everybody).
 struct Composed {
     endpoint_id: EndpointId,
-    with_previous: Option<StoredConfig>,
-    with_new: Option<StoredConfig>,
+    at_first: Option<StoredConfig>,
+    at_second: Option<StoredConfig>,
 }
 
 /// The effective configuration from `inputs` with layer rollout `r` serving the
@@ -153,22 +155,21 @@ impl Ecr {
             .compose_layer_rollout(&app, &name, after, &endpoints, b, a)
             .await?;
         out.retain(|c| {
-            c.with_previous.as_ref().map(|c| &c.config_id)
-                != c.with_new.as_ref().map(|c| &c.config_id)
+            c.at_first.as_ref().map(|c| &c.config_id) != c.at_second.as_ref().map(|c| &c.config_id)
         });
         Ok(out)
     }
 
-    /// `endpoints` composed with layer rollout `r` serving `previous_bp` and
-    /// `new_bp` (read in batches).
+    /// `endpoints` composed with layer rollout `r` serving the buckets below
+    /// `first_bp` and below `second_bp` (read in batches).
     async fn compose_layer_rollout(
         &self,
         app: &AppVersionName,
         name: &ConfigName,
         r: &Rollout,
         endpoints: &[EndpointId],
-        previous_bp: u32,
-        new_bp: u32,
+        first_bp: u32,
+        second_bp: u32,
     ) -> Result<Vec<Composed>, EcrError> {
         if endpoints.is_empty() {
             return Ok(Vec::new());
@@ -183,8 +184,8 @@ impl Ecr {
             .zip(inputs)
             .map(|(e, i)| Composed {
                 endpoint_id: e.clone(),
-                with_previous: compose_at(name, e.as_str(), &i, &stored, r, previous_bp),
-                with_new: compose_at(name, e.as_str(), &i, &stored, r, new_bp),
+                at_first: compose_at(name, e.as_str(), &i, &stored, r, first_bp),
+                at_second: compose_at(name, e.as_str(), &i, &stored, r, second_bp),
             })
             .collect())
     }
@@ -213,8 +214,8 @@ impl Ecr {
             .await?;
         let mut expected: HashMap<String, String> = HashMap::new();
         for c in &composed {
-            let new = c.with_new.as_ref().map(|c| &c.config_id);
-            if c.with_previous.as_ref().map(|c| &c.config_id) != new
+            let new = c.at_second.as_ref().map(|c| &c.config_id);
+            if c.at_first.as_ref().map(|c| &c.config_id) != new
                 && let Some(id) = new
             {
                 expected.insert(c.endpoint_id.to_string(), id.clone());
@@ -286,7 +287,7 @@ impl Ecr {
             .iter()
             .filter(|c| self.is_online(c.endpoint_id.as_str()))
         {
-            let Some(config) = &c.with_new else {
+            let Some(config) = &c.at_second else {
                 continue;
             };
             if let Err(e) = self
