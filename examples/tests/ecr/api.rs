@@ -759,6 +759,10 @@ async fn openapi_document_lists_every_route() {
             &["put", "get", "delete"][..],
         ),
         (
+            "/api/v1/app-versions/{appVersionName}/layers/{layerName}/rollouts",
+            &["post"][..],
+        ),
+        (
             "/api/v1/endpoints/{endpointId}/app-versions/{appVersionName}/explain",
             &["get"][..],
         ),
@@ -841,6 +845,7 @@ async fn openapi_name_patterns_accept_exactly_what_ecr_accepts() {
                 .iter()
                 .any(|n| doc_param_is_named(&doc, at, n)))
             || at == "/components/schemas/LayerRequest/properties/group"
+            || at == "/components/schemas/LayerRolloutRequest/properties/group"
     });
     // Endpoint IDs and app version names: path parameters of 7 operations (2 each on
     // endpoint routes), /statuses' two, and the batch body's keys and items.

@@ -7,6 +7,7 @@ mod announce;
 mod api;
 mod bus;
 mod layers;
+mod patch_race;
 mod process;
 mod replicas;
 mod rollouts;

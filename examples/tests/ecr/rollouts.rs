@@ -1333,3 +1333,653 @@ async fn rest_routes_create_read_act_and_refuse() {
     assert_eq!(effective.body["configId"], created.body["configId"]);
     let _ = store;
 }
+
+// ---------------------------------------------------------------------------
+// Layer rollouts (issue 20): a new version of a layer through the same gated steps.
+
+/// The group-targeted layer `wifi` (priority 10, `{"wifi": "old"}`) over the
+/// members (every other endpoint of `ids`) of group `site`, and `led` on every
+/// endpoint (priority 0): the fleet of a layer rollout. Returns the members.
+async fn setup_layers(ecr: &Ecr, ids: &[String]) -> Vec<String> {
+    use kaa_examples::ecr::core::LayerChange;
+    use kaa_examples::ecr::layers::{GroupName, Layer, LayerTarget};
+    let now = kaa_examples::ecr::model::now();
+    let site = GroupName::new("site").unwrap();
+    ecr.create_group(&app("kettle"), &site, now).await.unwrap();
+    let members: Vec<String> = ids.iter().step_by(2).cloned().collect();
+    let add: Vec<_> = members.iter().map(|e| ep(e)).collect();
+    ecr.change_members(&app("kettle"), &site, &add, &[], false, now)
+        .await
+        .unwrap();
+    for (l, priority, target, patch) in [
+        ("led", 0, LayerTarget::All, json!({"led": 1})),
+        (
+            "wifi",
+            10,
+            LayerTarget::Group("site".into()),
+            json!({"wifi": "old"}),
+        ),
+    ] {
+        let layer = Layer {
+            app_version: "kettle".into(),
+            name: "default".into(),
+            layer_name: l.into(),
+            priority,
+            target,
+            patch,
+            created: now,
+            updated: now,
+        };
+        ecr.write_layer(
+            &app("kettle"),
+            &name("default"),
+            LayerChange::Put(layer),
+            false,
+            now,
+        )
+        .await
+        .unwrap();
+    }
+    members
+}
+
+fn layer_version() -> kaa_examples::ecr::core::LayerVersion {
+    use kaa_examples::ecr::layers::GroupName;
+    kaa_examples::ecr::core::LayerVersion {
+        layer_name: GroupName::new("wifi").unwrap(),
+        priority: 10,
+        group: Some(GroupName::new("site").unwrap()),
+    }
+}
+
+fn layer_spec(steps: &[f64], on_abort: OnAbort) -> RolloutSpec {
+    RolloutSpec {
+        config: json!({"wifi": "new"}),
+        ..spec(steps, on_abort)
+    }
+}
+
+fn id_of(v: Value) -> String {
+    Content::from_value(&v).config_id
+}
+
+/// The endpoints announced `config_id` (at any time).
+fn announced_with(
+    seen: &std::sync::Mutex<HashMap<String, Vec<String>>>,
+    config_id: &str,
+) -> BTreeSet<String> {
+    announced(seen)
+        .into_iter()
+        .filter(|(_, ids)| ids.iter().any(|i| i == config_id))
+        .map(|(e, _)| e)
+        .collect()
+}
+
+async fn wait_for_set(
+    seen: &std::sync::Mutex<HashMap<String, Vec<String>>>,
+    config_id: &str,
+    want: &BTreeSet<String>,
+) {
+    let mut got = BTreeSet::new();
+    for _ in 0..300 {
+        got = announced_with(seen, config_id);
+        if &got == want {
+            // And nothing more is coming.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            got = announced_with(seen, config_id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(&got, want);
+}
+
+/// A layer rollout of `wifi` in two steps over the group's members: each step's
+/// cohort of members, and nobody else, is announced its own composed
+/// configuration; the cohort is served the new version and the rest of the group
+/// the stored one; the layer cannot be written meanwhile; explain names the
+/// rollout and step; the gate counts the members on their composed config IDs;
+/// completing it stores the new version.
+async fn layer_rollout_steps(h: &BusHarness) {
+    use kaa_examples::ecr::core::LayerChange;
+    use kaa_examples::ecr::layers::{Decider, GroupName};
+    let (ids, _old) = setup_fleet(h, 200).await;
+    let members = setup_layers(&h.ecr, &ids).await;
+    let seen = play_cmx(h, BTreeSet::new(), String::new()).await;
+    // Whatever the layer writes left to announce is announced first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    seen.lock().unwrap().clear();
+    let member_new = id_of(json!({"sampling": 1, "led": 1, "wifi": "new"}));
+    let member_old = id_of(json!({"sampling": 1, "led": 1, "wifi": "old"}));
+    let other = id_of(json!({"sampling": 1, "led": 1}));
+    let t0 = kaa_examples::ecr::model::now();
+    let r = h
+        .ecr
+        .create_layer_rollout(
+            &app("kettle"),
+            &name("default"),
+            &layer_version(),
+            &layer_spec(&[20.0, 100.0], OnAbort::Revert),
+            t0,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.previous_config_id, Some(id_of(json!({"wifi": "old"}))));
+    let first = cohort(&members, &r.rollout_id, 2_000);
+    assert!(!first.is_empty() && first.len() < members.len());
+    wait_for_set(&seen, &member_new, &first).await;
+    assert_eq!(
+        announced(&seen).len(),
+        first.len(),
+        "only the first cohort's members are announced"
+    );
+    // Served: the cohort the new version, the other members the stored one,
+    // non-members no wifi at all.
+    let outside = members.iter().find(|e| !first.contains(*e)).unwrap();
+    let inside = first.iter().next().unwrap();
+    let non_member = &ids[1];
+    for (e, want) in [
+        (inside, &member_new),
+        (outside, &member_old),
+        (non_member, &other),
+    ] {
+        let (c, _) = h
+            .ecr
+            .effective(&ep(e), &app("kettle"), &name("default"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&c.config_id, want, "{e}");
+    }
+    // Explain names the rollout and its step for the cohort's leaf.
+    let x = h
+        .ecr
+        .explain(&ep(inside), &app("kettle"), &name("default"))
+        .await
+        .unwrap();
+    let wifi = x.leaves.iter().find(|l| l.pointer == "/wifi").unwrap();
+    assert_eq!(wifi.value, json!("new"));
+    assert_eq!(
+        wifi.decider,
+        Decider::RollingLayer {
+            layer_name: "wifi".into(),
+            rollout_id: r.rollout_id.clone(),
+            step: 0
+        }
+    );
+    let x = h
+        .ecr
+        .explain(&ep(outside), &app("kettle"), &name("default"))
+        .await
+        .unwrap();
+    let wifi = x.leaves.iter().find(|l| l.pointer == "/wifi").unwrap();
+    assert_eq!(
+        (&wifi.value, &wifi.decider),
+        (&json!("old"), &Decider::Layer("wifi".into()))
+    );
+    // The layer cannot be written while it rolls out.
+    let err = h
+        .ecr
+        .write_layer(
+            &app("kettle"),
+            &name("default"),
+            LayerChange::Delete(GroupName::new("wifi").unwrap()),
+            false,
+            t0,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            kaa_examples::ecr::core::EcrError::Store(StoreError::Conflict(_))
+        ),
+        "{err:?}"
+    );
+    // Soaking, then the gate passes on the members' own composed config IDs.
+    let r1 = drive_settled(h, &r.rollout_id, UnixMillis(t0.0 + 5_000)).await;
+    assert_eq!((r1.state, r1.step), (RolloutState::Running, 0));
+    let r1 = drive_settled(h, &r.rollout_id, UnixMillis(t0.0 + 10_001)).await;
+    assert_eq!((r1.state, r1.step), (RolloutState::Running, 1));
+    assert_eq!(r1.steps[0].counts.targeted as usize, first.len());
+    assert_eq!(r1.steps[0].counts.applied as usize, first.len());
+    let all: BTreeSet<String> = members.iter().cloned().collect();
+    wait_for_set(&seen, &member_new, &all).await;
+    let r2 = drive_settled(h, &r.rollout_id, UnixMillis(t0.0 + 20_002)).await;
+    assert_eq!(r2.state, RolloutState::Completed);
+    assert_eq!(r2.steps[1].counts.applied as usize, members.len());
+    // The stored layer is the new version; every member was announced it once,
+    // nobody else anything.
+    let layers = h
+        .ecr
+        .layers(&app("kettle"), Some(&name("default")))
+        .await
+        .unwrap();
+    let wifi = layers.iter().find(|l| l.layer_name == "wifi").unwrap();
+    assert_eq!(wifi.patch, json!({"wifi": "new"}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = announced(&seen);
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), all);
+    for (e, v) in &got {
+        assert_eq!(v, &vec![member_new.clone()], "{e}");
+    }
+    // Written again now it is over.
+    let (c, _) = h
+        .ecr
+        .effective(&ep(outside), &app("kettle"), &name("default"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.config_id, member_new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_rollout_steps_through_its_groups_endpoints() {
+    layer_rollout_steps(&bus_harness().await).await;
+}
+
+/// The same on PostgreSQL: the announcements go through the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_layer_rollout_steps_through_the_outbox() {
+    let Some(db) = kaa_testkit::ecr::PgTestDb::create(
+        "rollouts::postgres_layer_rollout_steps_through_the_outbox",
+    )
+    .await
+    else {
+        return;
+    };
+    let url = db.url.clone();
+    layer_rollout_steps(&bus_harness_on(&url, Box::new(db)).await).await;
+}
+
+/// A layer rollout whose first step's members reject it aborts and reverts: the
+/// cohort is announced back its previous composed configuration and the stored
+/// layer is unchanged.
+async fn layer_rollout_reverts(h: &BusHarness) {
+    let (ids, _old) = setup_fleet(h, 200).await;
+    let members = setup_layers(&h.ecr, &ids).await;
+    let member_new = id_of(json!({"sampling": 1, "led": 1, "wifi": "new"}));
+    let member_old = id_of(json!({"sampling": 1, "led": 1, "wifi": "old"}));
+    let rejects: BTreeSet<String> = members.iter().step_by(3).cloned().collect();
+    let seen = play_cmx(h, rejects, member_old.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    seen.lock().unwrap().clear();
+    let t0 = kaa_examples::ecr::model::now();
+    let r = h
+        .ecr
+        .create_layer_rollout(
+            &app("kettle"),
+            &name("default"),
+            &layer_version(),
+            &layer_spec(&[50.0, 100.0], OnAbort::Revert),
+            t0,
+        )
+        .await
+        .unwrap();
+    let first = cohort(&members, &r.rollout_id, 5_000);
+    wait_for_set(&seen, &member_new, &first).await;
+    let r1 = drive_settled(h, &r.rollout_id, UnixMillis(t0.0 + 1_000)).await;
+    assert_eq!(r1.state, RolloutState::Reverted, "{:?}", r1.reason);
+    assert!(r1.steps[0].counts.rejected > 0);
+    wait_for_set(&seen, &member_old, &first).await;
+    for (e, v) in announced(&seen) {
+        assert_eq!(v, vec![member_new.clone(), member_old.clone()], "{e}");
+    }
+    let layers = h
+        .ecr
+        .layers(&app("kettle"), Some(&name("default")))
+        .await
+        .unwrap();
+    let wifi = layers.iter().find(|l| l.layer_name == "wifi").unwrap();
+    assert_eq!(wifi.patch, json!({"wifi": "old"}));
+    let (c, _) = h
+        .ecr
+        .effective(
+            &ep(first.iter().next().unwrap()),
+            &app("kettle"),
+            &name("default"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.config_id, member_old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_rollout_with_rejections_reverts() {
+    layer_rollout_reverts(&bus_harness().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_layer_rollout_with_rejections_reverts() {
+    let Some(db) = kaa_testkit::ecr::PgTestDb::create(
+        "rollouts::postgres_layer_rollout_with_rejections_reverts",
+    )
+    .await
+    else {
+        return;
+    };
+    let url = db.url.clone();
+    layer_rollout_reverts(&bus_harness_on(&url, Box::new(db)).await).await;
+}
+
+/// The REST route of a layer rollout, its refusals, the layer's 409, explain over
+/// REST, and that the default stays writable (a default rollout may run beside it).
+#[tokio::test]
+async fn rest_layer_rollouts() {
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let store = store::open(&db.url).await.unwrap();
+    let ecr = Arc::new(Ecr::new(Arc::clone(&store), AppVersions::open(), None));
+    let app = api::app(
+        Arc::clone(&ecr),
+        Authenticator::disabled(),
+        1 << 20,
+        Metrics::new("ecr"),
+    );
+    let av = "/api/v1/app-versions/kettle";
+    let r = call(&app, Method::PUT, av, Some(json!({"sampling": 1})), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let ids = endpoints(60);
+    for e in &ids {
+        ecr.learn_endpoint(&ep(e), &kaa_testkit::ecr::app("kettle"))
+            .await
+            .unwrap();
+    }
+    let r = call(&app, Method::PUT, &format!("{av}/groups/site"), None, None).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("{av}/groups/site/members"),
+        Some(json!({"add": ids})),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let layer = format!("{av}/layers/wifi");
+    let r = call(
+        &app,
+        Method::PUT,
+        &layer,
+        Some(json!({"priority": 10, "group": "site", "patch": {"wifi": "old"}})),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let body = json!({
+        "priority": 10, "group": "site", "patch": {"wifi": "new"},
+        "steps": [50, 100],
+        "gate": {"minAppliedPercent": 90, "minApplied": 1, "soakSeconds": 30},
+        "abort": {"maxRejectedPercent": 5, "minSample": 10, "reportTimeoutSeconds": 120},
+        "onAbort": "revert"
+    });
+    // Refusals: no such group (404), a patch that is not an object (400), the
+    // stored version (409).
+    let mut bad = body.clone();
+    bad["group"] = json!("nowhere");
+    assert_message(
+        &call(
+            &app,
+            Method::POST,
+            &format!("{layer}/rollouts"),
+            Some(bad),
+            None,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+    );
+    let mut bad = body.clone();
+    bad["patch"] = json!(3);
+    assert_message(
+        &call(
+            &app,
+            Method::POST,
+            &format!("{layer}/rollouts"),
+            Some(bad),
+            None,
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    );
+    let mut same = body.clone();
+    same["patch"] = json!({"wifi": "old"});
+    assert_message(
+        &call(
+            &app,
+            Method::POST,
+            &format!("{layer}/rollouts"),
+            Some(same),
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    let created = call(
+        &app,
+        Method::POST,
+        &format!("{layer}/rollouts"),
+        Some(body.clone()),
+        None,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["rolloutId"].as_str().unwrap().to_owned();
+    assert_eq!(created.body["layer"]["layerName"], "wifi");
+    assert_eq!(created.body["layer"]["group"], "site");
+    assert_eq!(created.body["layer"]["patch"], json!({"wifi": "new"}));
+    assert_eq!(created.body["state"], "running");
+    assert_eq!(
+        created.body["previousConfigId"],
+        id_of(json!({"wifi": "old"})).as_str()
+    );
+    // The layer is locked; a second rollout of it is refused.
+    for (method, b) in [
+        (Method::PUT, Some(json!({"priority": 1, "patch": {}}))),
+        (Method::DELETE, None),
+    ] {
+        assert_message(
+            &call(&app, method, &layer, b, None).await,
+            StatusCode::CONFLICT,
+        );
+    }
+    assert_message(
+        &call(
+            &app,
+            Method::POST,
+            &format!("{layer}/rollouts"),
+            Some(body.clone()),
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    // The default is not locked by a layer rollout, and a default rollout may run
+    // beside it.
+    let r = call(&app, Method::PUT, av, Some(json!({"sampling": 3})), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let d = call(
+        &app,
+        Method::POST,
+        &format!("{av}/rollouts"),
+        Some(json!({
+            "config": {"sampling": 4}, "steps": [10],
+            "gate": body["gate"], "abort": body["abort"], "onAbort": "revert"
+        })),
+        None,
+    )
+    .await;
+    assert_eq!(d.status, StatusCode::CREATED, "{}", d.body);
+    assert!(d.body.get("layer").is_none());
+    // A new layer rolled out to a group of its own: no previous version, and the
+    // group cannot be deleted meanwhile.
+    let r = call(&app, Method::PUT, &format!("{av}/groups/other"), None, None).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut fresh = body.clone();
+    fresh["group"] = json!("other");
+    fresh["patch"] = json!({"fresh": true});
+    let f = call(
+        &app,
+        Method::POST,
+        &format!("{av}/layers/fresh/rollouts"),
+        Some(fresh),
+        None,
+    )
+    .await;
+    assert_eq!(f.status, StatusCode::CREATED, "{}", f.body);
+    assert_eq!(f.body["previousConfigId"], Value::Null);
+    assert_message(
+        &call(
+            &app,
+            Method::DELETE,
+            &format!("{av}/groups/other"),
+            None,
+            None,
+        )
+        .await,
+        StatusCode::CONFLICT,
+    );
+    // Explain over REST names the rollout and step for a cohort member.
+    let inside = ids.iter().find(|e| cohort_bucket(&id, e) < 5_000).unwrap();
+    let x = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/endpoints/{inside}/app-versions/kettle/explain"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(x.status, StatusCode::OK, "{}", x.body);
+    let leaf = x.body["leaves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["pointer"] == "/wifi")
+        .unwrap()
+        .clone();
+    assert_eq!(leaf["value"], "new");
+    assert_eq!(leaf["source"], "layer");
+    assert_eq!(leaf["layer"], "wifi");
+    assert_eq!(leaf["rolloutId"], id.as_str());
+    assert_eq!(leaf["step"], 0);
+    // Listed with the app version's rollouts; aborted by hand, the layer is
+    // writable again and as stored.
+    let list = call(&app, Method::GET, &format!("{av}/rollouts"), None, None).await;
+    assert_eq!(list.body.as_array().unwrap().len(), 3);
+    let aborted = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/rollouts/{id}/abort"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(aborted.status, StatusCode::OK, "{}", aborted.body);
+    assert_eq!(aborted.body["state"], "reverted");
+    let got = call(&app, Method::GET, &layer, None, None).await;
+    assert_eq!(got.body["patch"], json!({"wifi": "old"}));
+    let r = call(
+        &app,
+        Method::PUT,
+        &layer,
+        Some(json!({"priority": 10, "group": "site", "patch": {"wifi": "x"}})),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // The OpenAPI document covers the route.
+    let doc = api::openapi_json();
+    assert!(
+        doc["paths"]["/api/v1/app-versions/{appVersionName}/layers/{layerName}/rollouts"]["post"]
+            .is_object()
+    );
+    assert!(doc["components"]["schemas"]["LayerRolloutRequest"].is_object());
+}
+
+/// Group membership changes during a layer rollout: an endpoint added to the group
+/// inside the cohort gets the new version (announced so), one added outside it the
+/// stored version, one removed loses the layer; the step counts follow membership.
+#[tokio::test]
+async fn membership_changes_during_a_layer_rollout() {
+    use kaa_examples::ecr::layers::GroupName;
+    let db = kaa_testkit::ecr::SqliteTestDb::create();
+    let store = store::open(&db.url).await.unwrap();
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let ecr = Arc::new(Ecr::new(Arc::clone(&store), AppVersions::open(), Some(tx)));
+    ecr.put(
+        &default_scope("kettle"),
+        &name("default"),
+        &json!({"sampling": 1}),
+        &Precondition::None,
+        kaa_examples::ecr::model::now(),
+    )
+    .await
+    .unwrap();
+    let ids = endpoints(100);
+    for e in &ids {
+        ecr.learn_endpoint(&ep(e), &app("kettle")).await.unwrap();
+    }
+    let members = setup_layers(&ecr, &ids).await;
+    let t0 = kaa_examples::ecr::model::now();
+    let r = ecr
+        .create_layer_rollout(
+            &app("kettle"),
+            &name("default"),
+            &layer_version(),
+            &layer_spec(&[50.0, 100.0], OnAbort::Revert),
+            t0,
+        )
+        .await
+        .unwrap();
+    let inside = |e: &String| cohort_bucket(&r.rollout_id, e) < 5_000;
+    let non_members: Vec<&String> = ids.iter().filter(|e| !members.contains(e)).collect();
+    let added_in = (*non_members.iter().find(|e| inside(e)).unwrap()).clone();
+    let added_out = (*non_members.iter().find(|e| !inside(e)).unwrap()).clone();
+    let removed = members.iter().find(|e| inside(e)).unwrap().clone();
+    let before = ecr.rollout_counts(&r, t0).await.unwrap();
+    assert_eq!(
+        before.targeted as usize,
+        members.iter().filter(|e| inside(e)).count()
+    );
+    while changes.try_recv().is_ok() {}
+    ecr.change_members(
+        &app("kettle"),
+        &GroupName::new("site").unwrap(),
+        &[ep(&added_in), ep(&added_out)],
+        &[ep(&removed)],
+        false,
+        t0,
+    )
+    .await
+    .unwrap();
+    let mut got = HashMap::new();
+    while let Ok(c) = changes.try_recv() {
+        got.insert(
+            c.endpoint_id.to_string(),
+            c.config.map(|c| c.config_id).unwrap(),
+        );
+    }
+    let want: HashMap<String, String> = [
+        (
+            added_in.clone(),
+            id_of(json!({"sampling": 1, "led": 1, "wifi": "new"})),
+        ),
+        (
+            added_out.clone(),
+            id_of(json!({"sampling": 1, "led": 1, "wifi": "old"})),
+        ),
+        (removed.clone(), id_of(json!({"sampling": 1, "led": 1}))),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(got, want);
+    for (e, id) in &want {
+        let (c, _) = ecr
+            .effective(&ep(e), &app("kettle"), &name("default"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&c.config_id, id, "{e}");
+    }
+    let after = ecr.rollout_counts(&r, t0).await.unwrap();
+    assert_eq!(after.targeted, before.targeted, "one in, one out");
+}

@@ -14,6 +14,7 @@
 //! | `POST /app-versions/{appVersionName}/rollouts[?name=]` | begin a staged rollout (201; 409 when one is active) |
 //! | `GET /app-versions/{appVersionName}/rollouts[?name=]` | its rollouts, newest first (every name unless `name` is given) |
 //! | `GET /rollouts/{rolloutId}` | one rollout, `ETag: "<rolloutId>-<revision>"` |
+//! | `POST /app-versions/{appVersionName}/layers/{layerName}/rollouts[?name=]` | begin a staged rollout of a new version of a layer (201; 409 when one of that layer is active; see [`crate::core`]'s layer rollouts) |
 //! | `POST /rollouts/{rolloutId}/pause`, `/resume`, `/abort`, `/promote` | act on it (`If-Match` optional; 409 when its state does not allow it) |
 //! | `PUT/DELETE /app-versions/{appVersionName}/groups/{groupName}` | create (201, or 204 when it existed) or delete (409 while a layer targets it) an endpoint group |
 //! | `GET /app-versions/{appVersionName}/groups[?page=][&size=]` | its groups, with member counts, by name |
@@ -94,7 +95,8 @@ mod layers;
 use layers::WriteQuery;
 pub use layers::{
     DryRunChangeDto, DryRunDto, ExplainDto, ExplainedDto, GroupDto, GroupPageDto, LayerDto,
-    LayerRequest, MemberPageDto, MembersRequest, MembersResultDto, SchemaVerdictDto,
+    LayerRequest, LayerRolloutRequest, MemberPageDto, MembersRequest, MembersResultDto,
+    SchemaVerdictDto,
 };
 
 /// The API prefix.
@@ -1144,6 +1146,26 @@ pub struct RolloutDto {
     pub created_date: String,
     /// When it last changed (ISO-8601 UTC).
     pub updated_date: String,
+    /// A layer rollout's layer (then `configId` / `config` are those of the new
+    /// version's patch and `previousConfigId` that of the stored version's patch,
+    /// null when the layer did not exist); absent for a rollout of the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<LayerRolloutDto>,
+}
+
+/// The layer of a layer rollout: its new version.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerRolloutDto {
+    /// The layer's name.
+    pub layer_name: String,
+    /// The new version's priority.
+    pub priority: i64,
+    /// The new version's target group; null: every endpoint.
+    pub group: Option<String>,
+    /// The new version's JSON Merge Patch.
+    #[schema(value_type = Object)]
+    pub patch: Value,
 }
 
 impl RolloutDto {
@@ -1187,6 +1209,12 @@ impl RolloutDto {
             on_abort: r.on_abort,
             created_date: date(r.created_ms),
             updated_date: date(r.updated_ms),
+            layer: r.layer.as_ref().map(|l| LayerRolloutDto {
+                layer_name: l.layer_name.clone(),
+                priority: l.priority,
+                group: l.group.clone(),
+                patch: l.patch.clone(),
+            }),
         }
     }
 }
@@ -1571,7 +1599,7 @@ impl Modify for BearerSecurity {
         pause_rollout, resume_rollout, abort_rollout, promote_rollout,
         layers::put_group, layers::delete_group, layers::list_groups, layers::list_members,
         layers::post_members, layers::list_layers, layers::get_layer, layers::put_layer,
-        layers::delete_layer, layers::get_explain,
+        layers::delete_layer, layers::get_explain, layers::post_layer_rollout,
     ),
     components(schemas(
         ConfigurationDto, MergePatchJson, ErrorDto, BatchRequest, BatchResultDto, StatusDto, StatusPageDto,
@@ -1580,7 +1608,7 @@ impl Modify for BearerSecurity {
         GroupDto, GroupPageDto, MemberPageDto, MembersRequest, MembersResultDto, LayerRequest,
         LayerDto, DryRunDto, DryRunChangeDto, SchemaVerdictDto, ExplainDto, ExplainedDto,
         layers::ConfigOrDryRun, layers::LayerOrDryRun, layers::MembersOrDryRun,
-        layers::BatchOrDryRun,
+        layers::BatchOrDryRun, LayerRolloutRequest, LayerRolloutDto,
     )),
     modifiers(&BearerSecurity)
 )]
@@ -1695,6 +1723,10 @@ pub fn app(ecr: Arc<Ecr>, auth: Authenticator, body_limit: usize, metrics: Metri
             put(layers::put_layer)
                 .get(layers::get_layer)
                 .delete(layers::delete_layer),
+        )
+        .route(
+            &format!("{DEFAULT_PATH}/layers/{{layerName}}/rollouts"),
+            post(layers::post_layer_rollout),
         )
         .route(&format!("{CONFIG_PATH}/explain"), get(layers::get_explain))
         .route("/rollouts/{rolloutId}", get(get_rollout))

@@ -22,7 +22,9 @@ use super::store::{
 };
 use kaa_service::ConfigError;
 
+mod layer_rollout;
 mod layered;
+pub use layer_rollout::LayerVersion;
 pub use layered::{
     DRY_RUN_EXAMPLES, Explanation, LayerChange, PredictedChange, Prediction, SchemaVerdict,
 };
@@ -393,7 +395,8 @@ impl Ecr {
         let (default, active) =
             tokio::join!(self.store.get(&scope, name), self.store.active_rollouts());
         let served = active?.into_iter().find(|r| {
-            r.app_version == app_version.as_str()
+            r.layer.is_none()
+                && r.app_version == app_version.as_str()
                 && r.name == name.as_str()
                 && rollout::served_bucket_limit(&r.rollout_id, r.served_bp(), endpoint_id.as_str())
         });
@@ -426,8 +429,10 @@ impl Ecr {
             return Ok(());
         }
         let layers = self.store.layers(app_version, Some(name)).await?;
+        // A layer rollout's new version counts as a layer (it may be a new one).
+        let layered = !layers.is_empty() || self.any_layer_rollout(app_version, name).await?;
         // Followers with an own patch are composed too (without layers, only they).
-        let patched: HashSet<EndpointId> = if layers.is_empty() {
+        let patched: HashSet<EndpointId> = if !layered {
             self.store
                 .endpoints_with_own_patch(app_version, name)
                 .await?
@@ -436,13 +441,13 @@ impl Ecr {
         } else {
             HashSet::new()
         };
-        if !layers.is_empty() || !patched.is_empty() {
+        if layered || !patched.is_empty() {
             let (followers, plain): (Vec<EndpointId>, Vec<EndpointId>) = self
                 .store
                 .endpoints_following_default(app_version, name)
                 .await?
                 .into_iter()
-                .partition(|e| !layers.is_empty() || patched.contains(e));
+                .partition(|e| layered || patched.contains(e));
             for endpoint_id in plain {
                 self.emit(EffectiveChange {
                     endpoint_id,
@@ -460,6 +465,7 @@ impl Ecr {
                         base: before.cloned().map(|c| (c, Source::Default)),
                         groups: inputs.groups,
                         own_patch: inputs.own_patch,
+                        rolling: inputs.rolling,
                     },
                     &layers,
                 );
@@ -1001,6 +1007,9 @@ impl Ecr {
         r: &Rollout,
         now: UnixMillis,
     ) -> Result<StepCounts, EcrError> {
+        if r.layer.is_some() {
+            return self.layer_rollout_counts(r, now).await;
+        }
         let app = AppVersionName::new(r.app_version.as_str())?;
         let name = ConfigName::new(r.name.as_str())?;
         let followers = self.store.endpoints_following_default(&app, &name).await?;
@@ -1158,6 +1167,9 @@ impl Ecr {
     }
 
     async fn commit_rollout(&self, before: &Rollout, after: &Rollout) -> Result<(), EcrError> {
+        if after.layer.is_some() {
+            return self.commit_layer_rollout(before, after).await;
+        }
         let announce = self.rollout_announcements(Some(before), after).await?;
         self.store.update_rollout(after, &announce).await?;
         self.record_rollout_dispatches(Some(before), after, &announce)

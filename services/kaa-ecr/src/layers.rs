@@ -143,10 +143,93 @@ pub fn order(layers: &mut [Layer]) {
     });
 }
 
+/// An active layer rollout (see [`crate::rollout::LayerRollout`]) as composition
+/// applies it: an endpoint whose cohort bucket is below `served_bp` gets `layer`
+/// (the new version) in place of the stored layer of that name (or in addition,
+/// when there is none); the others keep the layers as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollingLayer {
+    /// The rollout.
+    pub rollout_id: String,
+    /// Its current step (for explain).
+    pub step: usize,
+    /// Buckets below this are served the new version.
+    pub served_bp: u32,
+    /// The new version (its `app_version` and `name` are the rollout's).
+    pub layer: Layer,
+}
+
+impl RollingLayer {
+    /// The layer rollout `r` serving the buckets below `served_bp` (`None` for a
+    /// rollout of the default).
+    pub fn at(r: &crate::rollout::Rollout, served_bp: u32) -> Option<Self> {
+        let l = r.layer.as_ref()?;
+        Some(Self {
+            rollout_id: r.rollout_id.clone(),
+            step: r.step,
+            served_bp,
+            layer: Layer {
+                app_version: r.app_version.clone(),
+                name: r.name.clone(),
+                layer_name: l.layer_name.clone(),
+                priority: l.priority,
+                target: l.group.clone().map_or(LayerTarget::All, LayerTarget::Group),
+                patch: l.patch.clone(),
+                created: UnixMillis(r.created_ms),
+                updated: UnixMillis(r.updated_ms),
+            },
+        })
+    }
+
+    /// The layer rollout `r` as it serves now ([`crate::rollout::Rollout::served_bp`]).
+    pub fn of(r: &crate::rollout::Rollout) -> Option<Self> {
+        Self::at(r, r.served_bp())
+    }
+
+    /// Whether it serves its new version to `endpoint_id`.
+    pub fn serves(&self, endpoint_id: &str) -> bool {
+        crate::rollout::served_bucket_limit(&self.rollout_id, self.served_bp, endpoint_id)
+    }
+}
+
+/// The new versions of the `rolling` layers of (`app_version`, `name`) that serve
+/// `endpoint_id` (what [`EffectiveInputs::rolling`] holds).
+pub fn rolling_for(
+    rolling: &[RollingLayer],
+    app_version: &str,
+    name: &str,
+    endpoint_id: &str,
+) -> Vec<Layer> {
+    rolling
+        .iter()
+        .filter(|r| {
+            r.layer.app_version == app_version && r.layer.name == name && r.serves(endpoint_id)
+        })
+        .map(|r| r.layer.clone())
+        .collect()
+}
+
+/// `layers` (as stored, in merge order) with the layers of `rolling` in place of
+/// the stored layers of their names (or added), in merge order again. Borrowed
+/// when `rolling` is empty.
+pub fn with_rolling<'a>(layers: &'a [Layer], rolling: &[Layer]) -> std::borrow::Cow<'a, [Layer]> {
+    if rolling.is_empty() {
+        return std::borrow::Cow::Borrowed(layers);
+    }
+    let mut out: Vec<Layer> = layers
+        .iter()
+        .filter(|l| !rolling.iter().any(|r| r.layer_name == l.layer_name))
+        .cloned()
+        .collect();
+    out.extend(rolling.iter().cloned());
+    order(&mut out);
+    std::borrow::Cow::Owned(out)
+}
+
 /// The inputs of one endpoint's effective configuration besides the layers: what
 /// the store answers today (the own configuration, or the default as served) and the
 /// groups the endpoint is a member of (in its application version).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct EffectiveInputs {
     /// The own whole configuration ([`Source::Endpoint`]) or the base
     /// ([`Source::Default`]: the default, or the active rollout's configuration for
@@ -157,6 +240,9 @@ pub struct EffectiveInputs {
     /// The endpoint's own configuration when it is stored as a merge patch (then
     /// `base` is the base): merged after the layers.
     pub own_patch: Option<StoredConfig>,
+    /// The new versions of layers that active layer rollouts serve this endpoint
+    /// ([`rolling_for`]): [`compose`] takes them in place of the stored versions.
+    pub rolling: Vec<Layer>,
 }
 
 /// The effective configuration from `inputs` and the layers of its (application
@@ -171,6 +257,7 @@ pub fn compose(
     if let Some((_, Source::Endpoint)) = &inputs.base {
         return inputs.base.clone();
     }
+    let layers = with_rolling(layers, &inputs.rolling);
     let mut applicable = layers
         .iter()
         .filter(|l| l.target.applies(&inputs.groups))
@@ -232,6 +319,16 @@ pub enum Decider {
     },
     /// A layer.
     Layer(String),
+    /// A layer's new version, served to this endpoint by a layer rollout at this
+    /// step ([`RollingLayer`]).
+    RollingLayer {
+        /// The layer.
+        layer_name: String,
+        /// The layer rollout.
+        rollout_id: String,
+        /// Its current step (zero-based).
+        step: usize,
+    },
     /// The endpoint's own configuration (a whole document).
     Endpoint,
     /// The endpoint's own configuration stored as a merge patch.

@@ -88,6 +88,16 @@
 //! configuration in the same transaction. `running`, `paused` and `halted` are
 //! *active*: one active rollout per (app version, name), and the default of that pair
 //! cannot be written meanwhile (409).
+//!
+//! # Layer rollouts
+//!
+//! A rollout with a [`LayerRollout`] (`Rollout::layer`) rolls out a new version of
+//! one layer of the (app version, name) instead of its default, through the same
+//! steps, gates, states and actions: the cohort is served the layer's new version
+//! in place of the stored one. What it counts and announces differs (each endpoint
+//! on its own composed config ID); see `crate::core`'s `layer_rollout` module.
+//! One active rollout per default and per layer; a layer rollout does not lock the
+//! default, only its layer.
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -320,6 +330,48 @@ pub struct Rollout {
     /// Bumped by every change: the ETag is `"<rolloutId>-<revision>"`, and the store
     /// writes a change only over the revision it was computed from.
     pub revision: u64,
+    /// A layer rollout's layer (see [`LayerRollout`]); `None` for a rollout of the
+    /// default. Absent from the documents of rollouts stored before layer rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<LayerRollout>,
+}
+
+/// What a **layer rollout** rolls out: a new version of one layer of the (app
+/// version, name), in the same gated steps as a default (see
+/// [`crate::layers::RollingLayer`] for how the stores compose it).
+///
+/// While it is active the layer as stored stays the previous version (or absent);
+/// an endpoint in the served cohort gets [`LayerRollout::priority`],
+/// [`LayerRollout::group`] and [`LayerRollout::patch`] in its place. Completing it
+/// writes the new version as the stored layer; reverting it leaves the stored
+/// layer, so everyone is back on the previous version. For a layer rollout the
+/// rollout's `config_id` / `content` are those of the new patch (a label; every
+/// endpoint's expected config ID is its own composed one) and
+/// `previous_config_id` that of the previous patch (`None`: the layer did not
+/// exist).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerRollout {
+    /// The layer's name.
+    pub layer_name: String,
+    /// Its new priority.
+    pub priority: i64,
+    /// Its new target group (`None`: every endpoint).
+    pub group: Option<String>,
+    /// Its new merge patch.
+    pub patch: serde_json::Value,
+    /// The previous version's target group, when there was a previous version
+    /// (`Some(None)`: every endpoint).
+    #[serde(default)]
+    pub previous_group: Option<Option<String>>,
+}
+
+impl Rollout {
+    /// The layer a layer rollout rolls out, as the name of its store row's
+    /// `layer_name` column: `""` for a rollout of the default.
+    pub fn layer_column(&self) -> &str {
+        self.layer.as_ref().map_or("", |l| l.layer_name.as_str())
+    }
 }
 
 /// Why a rollout request is invalid.
@@ -399,6 +451,7 @@ pub fn new_rollout(
         created_ms: now,
         updated_ms: now,
         revision: 1,
+        layer: None,
     })
 }
 

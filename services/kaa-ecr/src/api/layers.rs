@@ -720,6 +720,7 @@ fn no_layer(app: &AppVersionName, name: &ConfigName, layer: &GroupName) -> ApiEr
         (status = 200, description = "Stored (or, with dryRun, a DryRunDto)", body = LayerOrDryRun),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
         (status = 404, description = "The target group does not exist", body = ErrorDto),
+        (status = 409, description = "A rollout of this layer is active", body = ErrorDto),
         (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
     ),
     security(("bearer" = []))
@@ -781,6 +782,7 @@ pub(super) async fn put_layer(
         (status = 200, description = "With dryRun: what it would change", body = DryRunDto),
         (status = 400, body = ErrorDto), (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
         (status = 404, body = ErrorDto),
+        (status = 409, description = "A rollout of this layer is active", body = ErrorDto),
     ),
     security(("bearer" = []))
 )]
@@ -824,9 +826,10 @@ pub struct ExplainedDto {
     pub source: String,
     /// The layer, when `source` is `layer`.
     pub layer: Option<String>,
-    /// The rollout, when `source` is `rollout`.
+    /// The rollout, when `source` is `rollout`, or `layer` and the layer's new
+    /// version is served to this endpoint by a layer rollout.
     pub rollout_id: Option<String>,
-    /// The rollout's current step (zero-based), when `source` is `rollout`.
+    /// The rollout's current step (zero-based), when `rolloutId` is given.
     pub step: Option<u64>,
 }
 
@@ -878,6 +881,16 @@ pub(super) async fn get_explain(
                 Decider::Endpoint => ("endpoint", None, None, None),
                 Decider::EndpointPatch => ("endpoint-patch", None, None, None),
                 Decider::Layer(n) => ("layer", Some(n), None, None),
+                Decider::RollingLayer {
+                    layer_name,
+                    rollout_id,
+                    step,
+                } => (
+                    "layer",
+                    Some(layer_name),
+                    Some(rollout_id),
+                    Some(step as u64),
+                ),
                 Decider::Rollout { rollout_id, step } => {
                     ("rollout", None, Some(rollout_id), Some(step as u64))
                 }
@@ -897,4 +910,92 @@ pub(super) async fn get_explain(
         leaves,
     })
     .into_response())
+}
+
+/// `POST …/layers/{layerName}/rollouts` body: the layer's new version (as a
+/// `PUT …/layers/{layerName}` body) and the rollout's steps, gate and abort
+/// criteria (as a default's rollout).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LayerRolloutRequest {
+    /// The new version's priority.
+    pub priority: i64,
+    /// The new version's target group; absent or null: every endpoint.
+    #[serde(default)]
+    #[schema(schema_with = group_target_schema)]
+    pub group: Option<String>,
+    /// The new version's JSON Merge Patch (RFC 7396), an object.
+    #[schema(value_type = Object)]
+    pub patch: Value,
+    /// Cumulative percentages of the app version's endpoints, as for a default's
+    /// rollout.
+    #[schema(schema_with = super::steps_schema)]
+    pub steps: Vec<f64>,
+    /// The gate of every step.
+    pub gate: crate::rollout::Gate,
+    /// The abort criteria.
+    pub abort: crate::rollout::AbortCriteria,
+    /// What an abort does (`revert`: everyone back on the layer as stored).
+    pub on_abort: crate::rollout::OnAbort,
+}
+
+/// Begin a staged rollout of a new version of a layer of configuration `name`
+/// (see [`crate::core`]'s layer rollouts): endpoints in the current step's cohort
+/// get the new version, the others keep the layer as stored; completing it
+/// stores the new version. Follow and act on it under `/rollouts/{rolloutId}`.
+#[utoipa::path(
+    post, path = "/api/v1/app-versions/{appVersionName}/layers/{layerName}/rollouts",
+    tag = "rollouts",
+    params(LayerPath, NameQuery),
+    request_body(content = LayerRolloutRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Begun: the first step's endpoints whose effective configuration changes are announced it", body = super::RolloutDto,
+            headers(("ETag" = String, description = "\"<rolloutId>-<revision>\""), ("Location" = String, description = "/api/v1/rollouts/<rolloutId>"))),
+        (status = 400, description = "Invalid name or body", body = ErrorDto),
+        (status = 401, body = ErrorDto), (status = 403, body = ErrorDto),
+        (status = 404, description = "The target group does not exist", body = ErrorDto),
+        (status = 409, description = "A rollout of this layer is active, or the layer is this version already", body = ErrorDto),
+        (status = 413, body = ErrorDto), (status = 415, body = ErrorDto),
+    ),
+    security(("bearer" = []))
+)]
+pub(super) async fn post_layer_rollout(
+    State(state): State<ApiState>,
+    ApiPath(path): ApiPath<LayerPath>,
+    ApiQuery(query): ApiQuery<NameQuery>,
+    JsonBody(body): JsonBody<LayerRolloutRequest>,
+) -> Result<Response, ApiError> {
+    let (app, layer_name) = path.parse()?;
+    let name = query.config_name()?;
+    let group = body.group.map(GroupName::new).transpose()?;
+    let version = crate::core::LayerVersion {
+        layer_name,
+        priority: body.priority,
+        group,
+    };
+    let spec = crate::core::RolloutSpec {
+        config: body.patch,
+        steps: body.steps,
+        gate: body.gate,
+        abort: body.abort,
+        on_abort: body.on_abort,
+    };
+    let now = model::now();
+    let r = state
+        .ecr
+        .create_layer_rollout(&app, &name, &version, &spec, now)
+        .await
+        .map_err(not_found_group)?;
+    let live = state.ecr.rollout_counts(&r, now).await.ok();
+    let mut response = super::rollout_response(StatusCode::CREATED, &r, live);
+    if let Ok(location) = axum::http::HeaderValue::from_str(&format!(
+        "{}/rollouts/{}",
+        super::API_PREFIX,
+        r.rollout_id
+    )) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, location);
+    }
+    Ok(response)
 }

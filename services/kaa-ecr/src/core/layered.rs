@@ -185,12 +185,9 @@ impl Ecr {
             return Ok(());
         }
         let active = match after_base {
-            Some(_) => self
-                .store
-                .active_rollouts()
-                .await?
-                .into_iter()
-                .find(|r| r.app_version == app.as_str() && r.name == name.as_str()),
+            Some(_) => self.store.active_rollouts().await?.into_iter().find(|r| {
+                r.layer.is_none() && r.app_version == app.as_str() && r.name == name.as_str()
+            }),
             None => None,
         };
         if let Some(r) = active {
@@ -207,6 +204,7 @@ impl Ecr {
                 base: inputs.base.clone(),
                 groups: after_groups(&endpoint_id, &inputs.groups),
                 own_patch: inputs.own_patch.clone(),
+                rolling: inputs.rolling.clone(),
             };
             if let Some(base) = after_base
                 && !matches!(next.base, Some((_, Source::Endpoint)))
@@ -297,6 +295,14 @@ impl Ecr {
             LayerChange::Put(l) => l.layer_name.clone(),
             LayerChange::Delete(n) => n.to_string(),
         };
+        if let Some(r) = self.layer_rollout_of(app, name, &layer_name).await? {
+            return Err(EcrError::Store(crate::store::layer_locked(
+                app.as_str(),
+                name.as_str(),
+                &layer_name,
+                &r.rollout_id,
+            )));
+        }
         let previous = current.iter().find(|l| l.layer_name == layer_name).cloned();
         let mut next: Vec<Layer> = current
             .iter()
@@ -410,6 +416,8 @@ impl Ecr {
             .put_patch(scope, name, &content, precondition, now)
             .await?;
         if outcome.changed {
+            self.recheck_patch(scope, endpoint_id, app_version, name, &outcome, now)
+                .await?;
             self.announce(
                 scope,
                 name,
@@ -423,6 +431,65 @@ impl Ecr {
             .await?;
         }
         Ok(outcome)
+    }
+
+    /// The would-be document of a patch write was checked against the default and
+    /// layers read before the write; a default, layer or membership write committed
+    /// meanwhile (by another request or replica) may compose the stored patch into a
+    /// document the schema refuses. So the document as stored now is checked again:
+    /// refused, the write is undone (only while the slot still holds it: a write of
+    /// the same slot meanwhile is left alone) and the answer is the schema's 400.
+    /// A write that changes the default or layers after this check is theirs to
+    /// answer for, as with any patch stored before it.
+    async fn recheck_patch(
+        &self,
+        scope: &Scope,
+        endpoint_id: &EndpointId,
+        app: &AppVersionName,
+        name: &ConfigName,
+        outcome: &crate::store::PutOutcome,
+        now: UnixMillis,
+    ) -> Result<(), EcrError> {
+        let Some((stored, Source::Endpoint)) = self.store.effective(endpoint_id, app, name).await?
+        else {
+            return Ok(());
+        };
+        let doc: Value = serde_json::from_str(&stored.content).unwrap_or(Value::Null);
+        let Err(refused) = self.apps.validate(app, &doc) else {
+            return Ok(());
+        };
+        let ours = crate::store::Precondition::ConfigId(vec![outcome.config.config_id.clone()]);
+        let undo = match &outcome.previous {
+            Some(p) => {
+                let value: Value = serde_json::from_str(&p.content).unwrap_or(Value::Null);
+                let previous = Content::from_value(&value);
+                if outcome.previous_patch {
+                    self.store
+                        .put_patch(scope, name, &previous, &ours, now)
+                        .await
+                        .map(|_| ())
+                } else {
+                    self.store
+                        .put(scope, name, &previous, &ours, now)
+                        .await
+                        .map(|_| ())
+                }
+            }
+            None => self.store.delete_own(scope, name, &ours).await.map(|_| ()),
+        };
+        match undo {
+            // A default or layer write committed meanwhile may have announced the
+            // patch's document: the endpoint is announced what it has again.
+            Ok(()) => {
+                self.emit_current(app, name, std::slice::from_ref(endpoint_id))
+                    .await?
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {}
+            Err(e) => {
+                tracing::warn!(endpoint_id = %endpoint_id, app_version = %app, name = %name, error = %e, "could not undo a patch write the schema refuses");
+            }
+        }
+        Err(refused)
     }
 
     /// The names of the own configurations of the endpoint of `scope` stored as
@@ -721,6 +788,7 @@ impl Ecr {
                             created: t,
                             updated: t,
                         }),
+                        rolling: inputs.rolling.clone(),
                     },
                     &layers,
                 );
@@ -750,6 +818,7 @@ impl Ecr {
                     base: served?.map(|c| (c, Source::Default)),
                     groups: inputs.groups.clone(),
                     own_patch: None,
+                    rolling: inputs.rolling.clone(),
                 },
                 &layers,
             ),
@@ -829,11 +898,26 @@ impl Ecr {
         name: &ConfigName,
         default: Option<StoredConfig>,
     ) -> Result<Option<StoredConfig>, StoreError> {
-        let layers = self.store.layers(app, Some(name)).await?;
-        if layers.is_empty() {
+        let (layers, active) = tokio::join!(
+            self.store.layers(app, Some(name)),
+            self.store.active_rollouts()
+        );
+        let (layers, active) = (layers?, active?);
+        // The new versions of layers that layer rollouts serve this endpoint.
+        let rolling = layers::rolling_for(
+            &crate::store::rolling_layers(&active),
+            app.as_str(),
+            name.as_str(),
+            endpoint_id.as_str(),
+        );
+        if layers.is_empty() && rolling.is_empty() {
             return Ok(default);
         }
-        let groups = if layers.iter().all(|l| l.target == LayerTarget::All) {
+        let groups = if layers
+            .iter()
+            .chain(&rolling)
+            .all(|l| l.target == LayerTarget::All)
+        {
             BTreeSet::new()
         } else {
             let key = keys_of(app, name, std::slice::from_ref(endpoint_id));
@@ -850,6 +934,7 @@ impl Ecr {
                 base: default.map(|c| (c, Source::Default)),
                 groups,
                 own_patch: None,
+                rolling,
             },
             &layers,
         )
@@ -874,6 +959,7 @@ impl Ecr {
         );
         let inputs = inputs?.pop().unwrap_or_default();
         let layers = layers?;
+        let active = active?;
         let effective = layers::compose(name, &inputs, &layers);
         let Some((config, _)) = &effective else {
             return Ok(Explanation {
@@ -892,8 +978,9 @@ impl Ecr {
             }
             base => {
                 if let Some((b, _)) = base {
-                    let rollout = active?.into_iter().find(|r| {
-                        r.app_version == app.as_str()
+                    let rollout = active.iter().find(|r| {
+                        r.layer.is_none()
+                            && r.app_version == app.as_str()
                             && r.name == name.as_str()
                             && r.config_id == b.config_id
                             && crate::rollout::served_bucket_limit(
@@ -914,8 +1001,33 @@ impl Ecr {
                         serde_json::from_str(&b.content).unwrap_or(Value::Null),
                     ));
                 }
-                for l in layers.iter().filter(|l| l.target.applies(&inputs.groups)) {
-                    contributions.push((Decider::Layer(l.layer_name.clone()), l.patch.clone()));
+                let composed = layers::with_rolling(&layers, &inputs.rolling);
+                for l in composed.iter().filter(|l| l.target.applies(&inputs.groups)) {
+                    // A layer's new version served by its rollout names the rollout
+                    // and its step.
+                    let rolling = inputs
+                        .rolling
+                        .iter()
+                        .any(|r| r.layer_name == l.layer_name)
+                        .then(|| {
+                            active.iter().find(|r| {
+                                r.app_version == app.as_str()
+                                    && r.name == name.as_str()
+                                    && r.layer
+                                        .as_ref()
+                                        .is_some_and(|x| x.layer_name == l.layer_name)
+                            })
+                        })
+                        .flatten();
+                    let decider = match rolling {
+                        Some(r) => Decider::RollingLayer {
+                            layer_name: l.layer_name.clone(),
+                            rollout_id: r.rollout_id.clone(),
+                            step: r.step,
+                        },
+                        None => Decider::Layer(l.layer_name.clone()),
+                    };
+                    contributions.push((decider, l.patch.clone()));
                 }
                 if let Some(p) = &inputs.own_patch {
                     contributions.push((Decider::EndpointPatch, layers::patch_value(p)));

@@ -30,6 +30,7 @@ fn base(doc: Value) -> EffectiveInputs {
         )),
         groups: BTreeSet::new(),
         own_patch: None,
+        rolling: Vec::new(),
     }
 }
 
@@ -199,4 +200,51 @@ proptest! {
         let explained = explain(&doc, &contributions);
         prop_assert_eq!(replay(&explained), doc);
     }
+}
+
+/// A layer rollout's new version replaces the stored layer of its name (or is
+/// added) for the endpoints its cohort serves, in merge order; the others keep the
+/// stored layers.
+#[test]
+fn rolling_layers_replace_their_stored_versions_in_the_cohort() {
+    let mut stored = vec![
+        layer("a", 0, LayerTarget::All, json!({"x": "a"})),
+        layer("wifi", 5, LayerTarget::All, json!({"x": "old"})),
+    ];
+    order(&mut stored);
+    let new = layer("wifi", -1, LayerTarget::All, json!({"x": "new", "y": 1}));
+    let everyone = RollingLayer {
+        rollout_id: "r".into(),
+        step: 0,
+        served_bp: crate::rollout::COHORT_BUCKETS,
+        layer: new.clone(),
+    };
+    let nobody = RollingLayer {
+        served_bp: 0,
+        ..everyone.clone()
+    };
+    assert!(rolling_for(&[nobody], "v1", "default", "e1").is_empty());
+    assert!(rolling_for(std::slice::from_ref(&everyone), "v2", "default", "e1").is_empty());
+    let rolling = rolling_for(&[everyone], "v1", "default", "e1");
+    assert_eq!(rolling, vec![new.clone()]);
+    let composed = with_rolling(&stored, &rolling);
+    // The new version's priority (-1) puts it first now: "a" wins x.
+    let names: Vec<&str> = composed.iter().map(|l| l.layer_name.as_str()).collect();
+    assert_eq!(names, ["wifi", "a"]);
+    let mut inputs = base(json!({"x": 0}));
+    inputs.rolling = rolling;
+    let name = ConfigName::default_name();
+    let (c, _) = compose(&name, &inputs, &stored).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&c.content).unwrap(),
+        json!({"x": "a", "y": 1})
+    );
+    inputs.rolling.clear();
+    let (c, _) = compose(&name, &inputs, &stored).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&c.content).unwrap(),
+        json!({"x": "old"})
+    );
+    // A rolling layer with no stored version is added.
+    assert_eq!(with_rolling(&[], std::slice::from_ref(&new)).len(), 1);
 }

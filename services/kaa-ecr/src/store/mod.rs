@@ -456,6 +456,10 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// the default's config ID read in that transaction. `announce` lists the
     /// endpoints its first step reaches: a store with durable announcements records
     /// them as due in the same transaction. Returns the rollout as stored.
+    /// A layer rollout ([`crate::rollout::LayerRollout`]) is refused when a rollout of
+    /// its layer is active, its new version is the stored layer, or its group does
+    /// not exist; its `previous_config_id` and `previous_group` are filled in from
+    /// the stored layer.
     /// The default: [`StoreError::NoRollouts`].
     async fn create_rollout(
         &self,
@@ -493,7 +497,9 @@ pub trait ConfigStore: Send + Sync + 'static {
     /// one transaction, only over that revision (else [`StoreError::RolloutChanged`],
     /// nothing written). A completed rollout also becomes the default of its (app
     /// version, name) in that transaction. `announce` as in
-    /// [`ConfigStore::create_rollout`]. The default: [`StoreError::NoRollouts`].
+    /// [`ConfigStore::create_rollout`]. A completed layer rollout writes its new
+    /// version as the layer instead of the default.
+    /// The default: [`StoreError::NoRollouts`].
     async fn update_rollout(
         &self,
         rollout: &Rollout,
@@ -697,6 +703,8 @@ pub(crate) struct LayerInputs {
     /// (app version, endpoint) → groups.
     pub(crate) groups:
         std::collections::HashMap<(String, String), std::collections::BTreeSet<String>>,
+    /// The active layer rollouts (of any pair; [`crate::layers::layers_for`] picks).
+    pub(crate) rolling: Vec<crate::layers::RollingLayer>,
 }
 
 impl LayerInputs {
@@ -705,6 +713,7 @@ impl LayerInputs {
         self.layers
             .values()
             .flatten()
+            .chain(self.rolling.iter().map(|r| &r.layer))
             .any(|l| l.target != crate::layers::LayerTarget::All)
     }
 
@@ -722,7 +731,13 @@ impl LayerInputs {
         let layers = self
             .layers
             .get(&(key.app_version.to_string(), key.name.to_string()));
-        if layers.is_none() && own_patch.is_none() {
+        let rolling = crate::layers::rolling_for(
+            &self.rolling,
+            key.app_version.as_str(),
+            key.name.as_str(),
+            key.endpoint_id.as_str(),
+        );
+        if layers.is_none_or(Vec::is_empty) && rolling.is_empty() && own_patch.is_none() {
             return found;
         }
         let inputs = EffectiveInputs {
@@ -733,6 +748,7 @@ impl LayerInputs {
                 .cloned()
                 .unwrap_or_default(),
             own_patch: own_patch.cloned(),
+            rolling,
         };
         crate::layers::compose(&key.name, &inputs, layers.map_or(&[], Vec::as_slice))
     }
@@ -773,6 +789,29 @@ pub(crate) fn group_targeted(group: &str, name: &str, layer_name: &str) -> Store
     StoreError::Conflict(format!(
         "group {group} is the target of layer {layer_name} of configuration {name}: delete or retarget the layer first"
     ))
+}
+
+/// The conflict of deleting a group an active layer rollout's new version
+/// targets, among `rollouts` (the active layer rollouts).
+pub(crate) fn group_rolling_target(
+    rollouts: &[Rollout],
+    app_version: &str,
+    group: &str,
+) -> Result<(), StoreError> {
+    match rollouts.iter().find(|r| {
+        r.app_version == app_version
+            && r.layer
+                .as_ref()
+                .is_some_and(|l| l.group.as_deref() == Some(group))
+    }) {
+        Some(r) => Err(StoreError::Conflict(format!(
+            "group {group} is the target of rollout {} of layer {} of configuration {}: abort it or let it complete first",
+            r.rollout_id,
+            r.layer_column(),
+            r.name
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The group a write names does not exist.
@@ -866,6 +905,69 @@ pub(crate) fn default_patch() -> StoreError {
     StoreError::Conflict(
         "only an endpoint's own configuration can be stored as a merge patch".into(),
     )
+}
+
+/// The conflict of a layer write during that layer's rollout.
+pub(crate) fn layer_locked(
+    app_version: &str,
+    name: &str,
+    layer_name: &str,
+    rollout_id: &str,
+) -> StoreError {
+    StoreError::Conflict(format!(
+        "rollout {rollout_id} of layer {layer_name} of configuration {name} of app version {app_version} is active: the layer cannot be written until the rollout completes or is aborted"
+    ))
+}
+
+/// The conflict of a second rollout of a layer.
+pub(crate) fn layer_rollout_active(
+    app_version: &str,
+    name: &str,
+    layer_name: &str,
+    rollout_id: &str,
+) -> StoreError {
+    StoreError::Conflict(format!(
+        "rollout {rollout_id} of layer {layer_name} of configuration {name} of app version {app_version} is active already"
+    ))
+}
+
+/// The active layer rollouts among stored rollout documents, as composition
+/// applies them.
+pub(crate) fn rolling_layers(rollouts: &[Rollout]) -> Vec<crate::layers::RollingLayer> {
+    rollouts
+        .iter()
+        .filter_map(crate::layers::RollingLayer::of)
+        .collect()
+}
+
+/// Fills in a new layer rollout from its layer as stored (`previous`, read in the
+/// creation's transaction): the previous version's config ID and target; refused
+/// when the new version is the stored one (nothing to roll out).
+pub(crate) fn prepare_layer_rollout(
+    rollout: &mut Rollout,
+    previous: Option<&Layer>,
+) -> Result<(), StoreError> {
+    let Some(l) = rollout.layer.as_mut() else {
+        return Ok(());
+    };
+    if let Some(p) = previous {
+        let group = match &p.target {
+            crate::layers::LayerTarget::All => None,
+            crate::layers::LayerTarget::Group(g) => Some(g.clone()),
+        };
+        if p.priority == l.priority && group == l.group && p.patch == l.patch {
+            return Err(StoreError::Conflict(format!(
+                "layer {} is this version already: nothing to roll out",
+                l.layer_name
+            )));
+        }
+        l.previous_group = Some(group);
+        rollout.previous_config_id = Some(crate::model::Content::from_value(&p.patch).config_id);
+    } else {
+        l.previous_group = None;
+        rollout.previous_config_id = None;
+    }
+    Ok(())
 }
 
 /// The conflict of a second rollout.
@@ -981,6 +1083,10 @@ pub(crate) mod sql {
     /// announcer announces only the followers whose effective configuration changed;
     /// and marks an endpoint's own configuration stored as a merge patch
     /// (`configs.own_patch` 1; see [`super::ConfigStore::put_patch`]).
+    /// Version 6 (issue 20: layer rollouts, [`crate::rollout::LayerRollout`]) names
+    /// a layer rollout's layer in `rollouts.layer_name` (`''`: a rollout of the
+    /// default); one active rollout per (app version, name, layer name), so a
+    /// default and each of its layers may roll out at once.
     pub(crate) const MIGRATIONS: &[&str] = &[
         "\
         CREATE TABLE configs (
@@ -1075,6 +1181,12 @@ pub(crate) mod sql {
         ALTER TABLE announce_outbox ADD COLUMN before_content TEXT;
         ALTER TABLE configs ADD COLUMN own_patch INTEGER NOT NULL DEFAULT 0;
     ",
+        // Issue 20: layer rollouts.
+        "\
+        ALTER TABLE rollouts ADD COLUMN layer_name TEXT NOT NULL DEFAULT '';
+        DROP INDEX rollouts_one_active;
+        CREATE UNIQUE INDEX rollouts_one_active ON rollouts (app_version, name, layer_name) WHERE active = 1;
+    ",
     ];
     pub(crate) const GROUP_INSERT: &str = "INSERT INTO endpoint_groups (app_version, group_name, created_ms) VALUES ($1, $2, $3) \
          ON CONFLICT (app_version, group_name) DO NOTHING";
@@ -1162,8 +1274,17 @@ pub(crate) mod sql {
          ON CONFLICT (endpoint_id, app_version, name, config_id) DO UPDATE SET \
          status = excluded.status, status_code = excluded.status_code, reason_phrase = excluded.reason_phrase, \
          confirmed_ms = excluded.confirmed_ms, activity_ms = excluded.activity_ms";
-    pub(crate) const ROLLOUT_INSERT: &str = "INSERT INTO rollouts (rollout_id, app_version, name, active, served_bp, config_id, content, created_ms, updated_ms, revision, doc) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    pub(crate) const ROLLOUT_INSERT: &str = "INSERT INTO rollouts (rollout_id, app_version, name, active, served_bp, config_id, content, created_ms, updated_ms, revision, doc, layer_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    /// The active rollout of layer `$3` of (`$1`, `$2`) (`$3` `''`: of the default).
+    pub(crate) const ROLLOUT_OF_LAYER: &str = "SELECT rollout_id FROM rollouts \
+         WHERE app_version = $1 AND name = $2 AND layer_name = $3 AND active = 1";
+    /// The active layer rollouts of (`$1`, `$2`).
+    pub(crate) const ROLLING_LAYERS_OF: &str = "SELECT doc FROM rollouts \
+         WHERE app_version = $1 AND name = $2 AND active = 1 AND layer_name <> '' ORDER BY created_ms, rollout_id";
+    /// Every active layer rollout.
+    pub(crate) const ROLLING_LAYERS: &str = "SELECT doc FROM rollouts \
+         WHERE active = 1 AND layer_name <> '' ORDER BY created_ms, rollout_id";
     pub(crate) const ROLLOUT_UPDATE: &str = "UPDATE rollouts SET active = $2, served_bp = $3, updated_ms = $4, revision = $5, doc = $6 \
          WHERE rollout_id = $1";
     pub(crate) const ROLLOUT_REVISION: &str = "SELECT revision FROM rollouts WHERE rollout_id = $1";
@@ -1174,10 +1295,10 @@ pub(crate) mod sql {
         "SELECT doc FROM rollouts WHERE active = 1 ORDER BY created_ms, rollout_id";
     /// The active rollout of (`$1`, `$2`), as `effective` applies it.
     pub(crate) const ROLLOUT_OVERLAY: &str = "SELECT rollout_id, served_bp, config_id, content, created_ms, updated_ms \
-         FROM rollouts WHERE app_version = $1 AND name = $2 AND active = 1";
+         FROM rollouts WHERE app_version = $1 AND name = $2 AND active = 1 AND layer_name = ''";
     /// Every active rollout, as `effective_many` applies them.
     pub(crate) const ROLLOUT_OVERLAYS: &str = "SELECT rollout_id, served_bp, config_id, content, created_ms, updated_ms, app_version, name \
-         FROM rollouts WHERE active = 1";
+         FROM rollouts WHERE active = 1 AND layer_name = ''";
     /// The outcome of a status row: its last confirmation when it has one (a
     /// dispatch of a configuration the endpoint had confirmed already, e.g. a CMX
     /// fetching again on a reconnect, does not undo the confirmation), else

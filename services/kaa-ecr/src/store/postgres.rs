@@ -261,6 +261,36 @@ fn default_lock(app_version: &str, name: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
+/// Takes the transaction-scoped advisory lock of layer `layer_name` of
+/// (`app_version`, `name`) in `tx` (taken by the layer's writes and by the creation
+/// of its rollout, so that neither slips between the other's check and write), then
+/// answers the layer's active rollout, if any.
+async fn lock_layer(
+    tx: &impl GenericClient,
+    app_version: &str,
+    name: &str,
+    layer_name: &str,
+) -> Result<Option<String>, StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&default_lock(
+            app_version,
+            &format!("{name}\0layer\0{layer_name}"),
+        )],
+    )
+    .await
+    .map_err(pg_err)?;
+    let s = tx
+        .prepare_cached(sql::ROLLOUT_OF_LAYER)
+        .await
+        .map_err(pg_err)?;
+    tx.query_opt(&s, &[&app_version, &name, &layer_name])
+        .await
+        .map_err(pg_err)?
+        .map(|row| row.try_get(0).map_err(pg_err))
+        .transpose()
+}
+
 /// Takes [`default_lock`] in `tx`, then refuses when a rollout of (app version,
 /// name) is active.
 async fn lock_default(
@@ -345,7 +375,8 @@ async fn read_docs(
 
 /// The layers of the keys' (app version, name) pairs, and, when one of them
 /// targets a group (or `groups` asks for them anyway), the groups of the keys'
-/// endpoints: two statements for any number of keys.
+/// endpoints: two statements for any number of keys (the first reads the active
+/// layer rollouts too).
 async fn layer_inputs_on(
     client: &impl GenericClient,
     keys: &[EffectiveKey],
@@ -359,14 +390,23 @@ async fn layer_inputs_on(
         .iter()
         .map(|k| (k.app_version.as_str(), k.name.as_str()))
         .collect();
+    // The layers, and in the same statement the active layer rollouts (a 9th
+    // column, their document; NULL on the layers' rows).
     let s = client
         .prepare_cached(&format!(
-            "SELECT {} FROM layers WHERE app_version = ANY($1)",
+            "SELECT {}, CAST(NULL AS TEXT) FROM layers WHERE app_version = ANY($1) \
+             UNION ALL SELECT app_version, name, layer_name, 0, '', '', 0, 0, doc FROM rollouts \
+             WHERE app_version = ANY($1) AND active = 1 AND layer_name <> ''",
             sql::LAYER_COLUMNS
         ))
         .await
         .map_err(pg_err)?;
+    let mut rolling = Vec::new();
     for row in client.query(&s, &[&versions]).await.map_err(pg_err)? {
+        if let Some(doc) = row.try_get::<_, Option<String>>(8).map_err(pg_err)? {
+            rolling.push(super::parse_rollout(&doc)?);
+            continue;
+        }
         let layer = layer_from_row(&row)?;
         if pairs.contains(&(layer.app_version.as_str(), layer.name.as_str())) {
             inputs
@@ -379,6 +419,10 @@ async fn layer_inputs_on(
     for layers in inputs.layers.values_mut() {
         crate::layers::order(layers);
     }
+    inputs.rolling = super::rolling_layers(&rolling)
+        .into_iter()
+        .filter(|r| pairs.contains(&(r.layer.app_version.as_str(), r.layer.name.as_str())))
+        .collect();
     if groups || inputs.any_grouped() {
         let mut endpoints: Vec<&str> = keys.iter().map(|k| k.endpoint_id.as_str()).collect();
         endpoints.sort_unstable();
@@ -425,7 +469,10 @@ async fn effective_many_on(
 ) -> Result<Vec<Option<(StoredConfig, Source)>>, StoreError> {
     let bases = base_many_on(client, keys).await?;
     let inputs = layer_inputs_on(client, keys, false).await?;
-    if inputs.layers.is_empty() && bases.iter().all(|(_, patch)| patch.is_none()) {
+    if inputs.layers.is_empty()
+        && inputs.rolling.is_empty()
+        && bases.iter().all(|(_, patch)| patch.is_none())
+    {
         return Ok(bases.into_iter().map(|(base, _)| base).collect());
     }
     Ok(keys
@@ -1427,17 +1474,46 @@ impl ConfigStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let (app, name) = (rollout.app_version.clone(), rollout.name.clone());
-        if let Some(o) = lock_default(&tx, &app, &name).await? {
-            return Err(super::rollout_active(&app, &name, &o.rollout_id));
+        if let Some(l) = rollout.layer.clone() {
+            if let Some(id) = lock_layer(&tx, &app, &name, &l.layer_name).await? {
+                return Err(super::layer_rollout_active(&app, &name, &l.layer_name, &id));
+            }
+            if let Some(g) = &l.group
+                && tx
+                    .query_opt(&format!("{}{FOR_SHARE}", sql::GROUP_EXISTS), &[&app, g])
+                    .await
+                    .map_err(pg_err)?
+                    .is_none()
+            {
+                return Err(super::no_group(&app, g));
+            }
+            let previous = tx
+                .query_opt(
+                    &format!(
+                        "SELECT {} FROM layers WHERE app_version = $1 AND name = $2 AND layer_name = $3{FOR_UPDATE}",
+                        sql::LAYER_COLUMNS
+                    ),
+                    &[&app, &name, &l.layer_name],
+                )
+                .await
+                .map_err(pg_err)?
+                .as_ref()
+                .map(layer_from_row)
+                .transpose()?;
+            super::prepare_layer_rollout(&mut rollout, previous.as_ref())?;
+        } else {
+            if let Some(o) = lock_default(&tx, &app, &name).await? {
+                return Err(super::rollout_active(&app, &name, &o.rollout_id));
+            }
+            let previous = select_one(&tx, "", &app, &name, true).await?;
+            if previous
+                .as_ref()
+                .is_some_and(|p| p.config_id == rollout.config_id)
+            {
+                return Err(super::nothing_to_roll_out(&rollout.config_id));
+            }
+            rollout.previous_config_id = previous.map(|p| p.config_id);
         }
-        let previous = select_one(&tx, "", &app, &name, true).await?;
-        if previous
-            .as_ref()
-            .is_some_and(|p| p.config_id == rollout.config_id)
-        {
-            return Err(super::nothing_to_roll_out(&rollout.config_id));
-        }
-        rollout.previous_config_id = previous.map(|p| p.config_id);
         let s = tx
             .prepare_cached(sql::ROLLOUT_INSERT)
             .await
@@ -1457,6 +1533,7 @@ impl ConfigStore for PostgresStore {
                 &rollout.updated_ms,
                 &i64::try_from(rollout.revision).unwrap_or(i64::MAX),
                 &doc,
+                &rollout.layer_column(),
             ],
         )
         .await
@@ -1536,7 +1613,24 @@ impl ConfigStore for PostgresStore {
         )
         .await
         .map_err(pg_err)?;
-        if rollout.state == RolloutState::Completed {
+        if rollout.state == RolloutState::Completed
+            && let Some(l) = &rollout.layer
+        {
+            tx.execute(
+                sql::LAYER_UPSERT,
+                &[
+                    &rollout.app_version,
+                    &rollout.name,
+                    &l.layer_name,
+                    &l.priority,
+                    &l.group.as_deref().unwrap_or(""),
+                    &l.patch.to_string(),
+                    &rollout.updated_ms,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        } else if rollout.state == RolloutState::Completed {
             tx.execute(
                 sql::UPSERT,
                 &[
@@ -1663,6 +1757,12 @@ impl ConfigStore for PostgresStore {
                     .cloned()
                     .unwrap_or_default(),
                 own_patch,
+                rolling: crate::layers::rolling_for(
+                    &inputs.rolling,
+                    k.app_version.as_str(),
+                    k.name.as_str(),
+                    k.endpoint_id.as_str(),
+                ),
             })
             .collect())
     }
@@ -1709,6 +1809,7 @@ impl ConfigStore for PostgresStore {
             );
             return Err(super::group_targeted(g, &name, &layer));
         }
+        super::group_rolling_target(&read_docs(&tx, sql::ROLLING_LAYERS, &[]).await?, app, g)?;
         tx.execute(sql::GROUP_DELETE_MEMBERS, &[&app, &g])
             .await
             .map_err(pg_err)?;
@@ -1859,6 +1960,9 @@ impl ConfigStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let (app, name) = (layer.app_version.as_str(), layer.name.as_str());
+        if let Some(id) = lock_layer(&tx, app, name, &layer.layer_name).await? {
+            return Err(super::layer_locked(app, name, &layer.layer_name, &id));
+        }
         if let LayerTarget::Group(g) = &layer.target
             && tx
                 .query_opt(&format!("{}{FOR_SHARE}", sql::GROUP_EXISTS), &[&app, g])
@@ -1916,6 +2020,9 @@ impl ConfigStore for PostgresStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let (app, n, l) = (app_version.as_str(), name.as_str(), layer_name.as_str());
+        if let Some(id) = lock_layer(&tx, app, n, l).await? {
+            return Err(super::layer_locked(app, n, l, &id));
+        }
         let previous = tx
             .query_opt(
                 &format!(

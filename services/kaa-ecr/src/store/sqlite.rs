@@ -226,6 +226,32 @@ fn layers_of(
     Ok(out)
 }
 
+/// The active layer rollouts of (`app_version`, `name`), as composition applies them.
+fn rolling_of(
+    conn: &Connection,
+    app_version: &str,
+    name: &str,
+) -> Result<Vec<crate::layers::RollingLayer>, StoreError> {
+    let docs = read_docs(conn, q!(sql::ROLLING_LAYERS_OF), params![app_version, name])?;
+    Ok(super::rolling_layers(&docs))
+}
+
+/// The active rollout of layer `layer_name` of (`app_version`, `name`) (`""`: of
+/// the default).
+fn rollout_of_layer(
+    conn: &Connection,
+    app_version: &str,
+    name: &str,
+    layer_name: &str,
+) -> Result<Option<String>, StoreError> {
+    conn.prepare_cached(q!(sql::ROLLOUT_OF_LAYER))
+        .and_then(|mut s| {
+            s.query_row(params![app_version, name, layer_name], |r| r.get(0))
+                .optional()
+        })
+        .map_err(sqlite_err)
+}
+
 /// The groups of `endpoint_id` in `app_version`.
 fn groups_of(
     conn: &Connection,
@@ -277,12 +303,17 @@ fn effective_of(
         return Ok(found);
     }
     let layers = layers_of(conn, app, Some(name))?;
-    if layers.is_empty() && own_patch.is_none() {
+    let rolling = rolling_of(conn, app, name)?;
+    if layers.is_empty() && rolling.is_empty() && own_patch.is_none() {
         return Ok(found);
     }
-    let mut inputs = LayerInputs::default();
+    let mut inputs = LayerInputs {
+        rolling,
+        ..LayerInputs::default()
+    };
     if layers
         .iter()
+        .chain(inputs.rolling.iter().map(|r| &r.layer))
         .any(|l| l.target != crate::layers::LayerTarget::All)
     {
         inputs.groups.insert(
@@ -631,6 +662,7 @@ impl ConfigStore for SqliteStore {
                         base,
                         groups: groups_of(tx, a, e)?,
                         own_patch,
+                        rolling: crate::layers::rolling_for(&rolling_of(tx, a, n)?, a, n, e),
                     })
                 })
                 .collect()
@@ -673,6 +705,11 @@ impl ConfigStore for SqliteStore {
             if let Some((name, layer)) = targeted {
                 return Err(super::group_targeted(&group, &name, &layer));
             }
+            super::group_rolling_target(
+                &read_docs(tx, q!(sql::ROLLING_LAYERS), params![])?,
+                &app,
+                &group,
+            )?;
             tx.execute(q!(sql::GROUP_DELETE_MEMBERS), params![app, group])
                 .map_err(sqlite_err)?;
             let n = tx
@@ -791,6 +828,16 @@ impl ConfigStore for SqliteStore {
     ) -> Result<Option<Layer>, StoreError> {
         let layer = layer.clone();
         self.write(move |tx| {
+            if let Some(id) =
+                rollout_of_layer(tx, &layer.app_version, &layer.name, &layer.layer_name)?
+            {
+                return Err(super::layer_locked(
+                    &layer.app_version,
+                    &layer.name,
+                    &layer.layer_name,
+                    &id,
+                ));
+            }
             if let crate::layers::LayerTarget::Group(g) = &layer.target
                 && !group_exists(tx, &layer.app_version, g)?
             {
@@ -831,6 +878,9 @@ impl ConfigStore for SqliteStore {
             layer_name.to_string(),
         );
         self.write(move |tx| {
+            if let Some(id) = rollout_of_layer(tx, &app, &name, &layer_name)? {
+                return Err(super::layer_locked(&app, &name, &layer_name, &id));
+            }
             let previous = layers_of(tx, &app, Some(&name))?
                 .into_iter()
                 .find(|l| l.layer_name == layer_name);
@@ -977,17 +1027,32 @@ impl ConfigStore for SqliteStore {
         let mut rollout = rollout.clone();
         self.write(move |tx| {
             let (app, name) = (rollout.app_version.clone(), rollout.name.clone());
-            if let Some(o) = overlay_of(tx, &app, &name)? {
-                return Err(super::rollout_active(&app, &name, &o.rollout_id));
+            if let Some(l) = rollout.layer.clone() {
+                if let Some(id) = rollout_of_layer(tx, &app, &name, &l.layer_name)? {
+                    return Err(super::layer_rollout_active(&app, &name, &l.layer_name, &id));
+                }
+                if let Some(g) = &l.group
+                    && !group_exists(tx, &app, g)?
+                {
+                    return Err(super::no_group(&app, g));
+                }
+                let previous = layers_of(tx, &app, Some(&name))?
+                    .into_iter()
+                    .find(|p| p.layer_name == l.layer_name);
+                super::prepare_layer_rollout(&mut rollout, previous.as_ref())?;
+            } else {
+                if let Some(o) = overlay_of(tx, &app, &name)? {
+                    return Err(super::rollout_active(&app, &name, &o.rollout_id));
+                }
+                let previous = select_one(tx, "", &app, &name)?;
+                if previous
+                    .as_ref()
+                    .is_some_and(|p| p.config_id == rollout.config_id)
+                {
+                    return Err(super::nothing_to_roll_out(&rollout.config_id));
+                }
+                rollout.previous_config_id = previous.map(|p| p.config_id);
             }
-            let previous = select_one(tx, "", &app, &name)?;
-            if previous
-                .as_ref()
-                .is_some_and(|p| p.config_id == rollout.config_id)
-            {
-                return Err(super::nothing_to_roll_out(&rollout.config_id));
-            }
-            rollout.previous_config_id = previous.map(|p| p.config_id);
             tx.prepare_cached(q!(sql::ROLLOUT_INSERT))
                 .and_then(|mut s| {
                     s.execute(params![
@@ -1002,6 +1067,7 @@ impl ConfigStore for SqliteStore {
                         rollout.updated_ms,
                         i64::try_from(rollout.revision).unwrap_or(i64::MAX),
                         super::rollout_doc(&rollout),
+                        rollout.layer_column(),
                     ])
                 })
                 .map_err(sqlite_err)?;
@@ -1065,7 +1131,23 @@ impl ConfigStore for SqliteStore {
                     ])
                 })
                 .map_err(sqlite_err)?;
-            if rollout.state == RolloutState::Completed {
+            if rollout.state == RolloutState::Completed
+                && let Some(l) = &rollout.layer
+            {
+                tx.execute(
+                    q!(sql::LAYER_UPSERT),
+                    params![
+                        rollout.app_version,
+                        rollout.name,
+                        l.layer_name,
+                        l.priority,
+                        l.group.as_deref().unwrap_or(""),
+                        l.patch.to_string(),
+                        rollout.updated_ms
+                    ],
+                )
+                .map_err(sqlite_err)?;
+            } else if rollout.state == RolloutState::Completed {
                 tx.prepare_cached(q!(sql::UPSERT))
                     .and_then(|mut s| {
                         s.execute(params![
@@ -1220,7 +1302,7 @@ impl ConfigStore for SqliteStore {
 
 /// The rollouts whose documents `statement` selects.
 fn read_docs(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     statement: &str,
     params: impl rusqlite::Params,
 ) -> Result<Vec<Rollout>, StoreError> {
@@ -1305,5 +1387,66 @@ mod tests {
         drop(other);
         drop(first);
         SqliteStore::open(&path).await.unwrap();
+    }
+
+    /// A database at schema version 5 with an active rollout of a default migrates
+    /// to version 6: the rollout is a default's (no layer), still active, and still
+    /// locks its default.
+    #[tokio::test]
+    async fn version_5_with_an_active_rollout_migrates_to_6() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecr.db");
+        let now = 1_000;
+        let r = crate::rollout::new_rollout(
+            "r1".into(),
+            "kettle",
+            "default",
+            &crate::model::Content::from_value(&serde_json::json!({"sampling": 2})),
+            &[10.0, 100.0],
+            crate::rollout::Gate {
+                min_applied_percent: 0.0,
+                min_applied: 0,
+                soak_seconds: 1,
+            },
+            crate::rollout::AbortCriteria {
+                max_rejected_percent: 50.0,
+                min_sample: 10,
+                report_timeout_seconds: 60,
+            },
+            crate::rollout::OnAbort::Revert,
+            now,
+        )
+        .unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(sql::VERSION_TABLE).unwrap();
+            for m in &sql::MIGRATIONS[..5] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute("INSERT INTO ecr_schema_version (version) VALUES (5)", [])
+                .unwrap();
+            conn.execute(
+                "INSERT INTO rollouts (rollout_id, app_version, name, active, served_bp, config_id, content, created_ms, updated_ms, revision, doc) \
+                 VALUES (?1, 'kettle', 'default', 1, 1000, ?2, ?3, ?4, ?4, 1, ?5)",
+                params![r.rollout_id, r.config_id, r.content, now, super::super::rollout_doc(&r)],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let active = store.active_rollouts().await.unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].layer, None);
+        let app = AppVersionName::new("kettle").unwrap();
+        let err = store
+            .put(
+                &Scope::Default { app_version: app },
+                &crate::model::ConfigName::default_name(),
+                &crate::model::Content::from_value(&serde_json::json!(1)),
+                &Precondition::None,
+                UnixMillis(now),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     }
 }

@@ -217,7 +217,7 @@ function renderConfigs(s, item) {
   for (const c of item.av.configurations || []) {
     const counts = (item.counts.find((x) => x.name === c.name) || { counts: [] }).counts;
     const ids = new Set([c.configId, ...counts.map((x) => x.configId)].filter(Boolean));
-    const active = item.rollouts.find((r) => r.name === c.name && ACTIVE.has(r.state));
+    const active = item.rollouts.find((r) => r.name === c.name && !r.layer && ACTIVE.has(r.state));
     const total = counts.reduce((t, x) => t + num(x.applied) + num(x.rejected) + num(x.dispatched), 0);
     for (const id of ids) {
       const x = counts.find((k) => k.configId === id) || { applied: 0, rejected: 0, dispatched: 0 };
@@ -330,7 +330,8 @@ function setMark(bar, percent, title) {
 function updateCard(card, r) {
   const stateCls = 'state state-' + (r.state || 'unknown');
   card.el.dataset.state = r.state || '';
-  card.title.replaceChildren('Rollout of ', h('code', {}, r.name || 'default'), ' to ',
+  const what = r.layer ? ['layer ', h('code', {}, r.layer.layerName), ' of '] : [];
+  card.title.replaceChildren('Rollout of ', ...what, h('code', {}, r.name || 'default'), ' to ',
     h('code', { title: r.configId || '' }, short(r.configId)),
     h('span', { class: stateCls }, r.state || 'unknown'));
   const steps = r.steps || [];
@@ -338,7 +339,7 @@ function updateCard(card, r) {
   const abort = r.abort || {};
   const current = steps[r.step];
   const parts = [
-    'from ' + (r.previousConfigId ? short(r.previousConfigId) : 'no configuration'),
+    'from ' + (r.previousConfigId ? short(r.previousConfigId) : (r.layer ? 'no layer' : 'no configuration')),
     'step ' + (num(r.step) + 1) + ' of ' + steps.length + (current ? ' (' + current.percent + '% of endpoints)' : ''),
     'gate: ' + num(gate.minAppliedPercent) + '% applied (at least ' + num(gate.minApplied) + ') after ' + num(gate.soakSeconds) + ' s',
     'abort: over ' + num(abort.maxRejectedPercent) + '% rejected of at least ' + num(abort.minSample) + ', on abort ' + (r.onAbort || '?'),
