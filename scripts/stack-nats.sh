@@ -22,6 +22,9 @@
 #   KAA_BIN_DIR       where ecr, cmx, kpc are; set it to skip `cargo build`
 #                     [${CARGO_TARGET_DIR:-target}/debug, built first]
 #   KAA_REPLICAS      replicas of each service, 1-9                     [1]
+#   KAA_ECR_REPLICAS, KAA_CMX_REPLICAS, KAA_KPC_REPLICAS
+#                     replicas of one service, 1-9, e.g. 3 KPC replicas
+#                     for 50,000 devices with one ECR and one CMX     [KAA_REPLICAS]
 #   KAA_KPC_MAX_CONNECTIONS  MQTT sessions each KPC replica takes (a process
 #                     here may hold 20,000 open files)                  [10000]
 #
@@ -54,10 +57,18 @@ KPC_MAX_CONNECTIONS="${KAA_KPC_MAX_CONNECTIONS:-10000}"
 [[ "$KPC_MAX_CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || { echo "stack-nats: KAA_KPC_MAX_CONNECTIONS must be a positive number, not '$KPC_MAX_CONNECTIONS'" >&2; exit 2; }
 [[ "$REPLICAS" =~ ^[1-9]$ ]] || { echo "stack-nats: KAA_REPLICAS must be 1-9, not '$REPLICAS'" >&2; exit 2; }
 SERVICES=(ecr cmx kpc)
+declare -A SERVICE_REPLICAS=(
+    [ecr]="${KAA_ECR_REPLICAS:-$REPLICAS}"
+    [cmx]="${KAA_CMX_REPLICAS:-$REPLICAS}"
+    [kpc]="${KAA_KPC_REPLICAS:-$REPLICAS}"
+)
+for s in "${SERVICES[@]}"; do
+    [[ "${SERVICE_REPLICAS[$s]}" =~ ^[1-9]$ ]] || { echo "stack-nats: KAA_${s^^}_REPLICAS must be 1-9, not '${SERVICE_REPLICAS[$s]}'" >&2; exit 2; }
+done
 # Every process: the service name for replica 1, `<service>-i` for replica i.
 UNITS=()
 for s in "${SERVICES[@]}"; do
-    for i in $(seq 1 "$REPLICAS"); do
+    for i in $(seq 1 "${SERVICE_REPLICAS[$s]}"); do
         if [[ $i -eq 1 ]]; then UNITS+=("$s"); else UNITS+=("$s-$i"); fi
     done
 done
@@ -165,7 +176,7 @@ cmx:
 YAML
                 # Several CMX replicas share the endpoints through a JetStream
                 # key-value bucket (kaa-rs extension; the NATS server needs -js).
-                if [[ $REPLICAS -gt 1 ]]; then
+                if [[ ${SERVICE_REPLICAS[cmx]} -gt 1 ]]; then
                     printf '  replicas:\n    enabled: true\n' >>"$RUN_DIR/$unit.yaml"
                 fi
             ;;
@@ -269,7 +280,7 @@ cmd_start() {
             kpc) start_one "$unit" "kpc listening on" ;;
         esac
     done
-    if [[ $REPLICAS -eq 1 ]]; then
+    if [[ ${#UNITS[@]} -eq 3 ]]; then
         echo "REST API: http://$HTTP_LISTEN/api/v1   MQTT: mqtt://$MQTT_LISTEN   state: $RUN_DIR"
     else
         for unit in "${UNITS[@]}"; do
