@@ -2185,6 +2185,8 @@ mod tests {
             StatusWrite::new(&a, &v, &n, "c2", &StatusEvent::Dispatched, UnixMillis(4)),
             StatusWrite::new(&b, &v, &n, "c1", &StatusEvent::Dispatched, UnixMillis(5)),
         ];
+        // One row per key, sorted by key (the lock order every replica's batches
+        // share).
         let rows = merge_statuses(&writes);
         let summary: Vec<_> = rows
             .iter()
@@ -2214,6 +2216,7 @@ mod tests {
                     Some(3),
                     3
                 ),
+                ("a", "c2", "DISPATCHED", None, None, Some(4), None, 4),
                 (
                     "b",
                     "c1",
@@ -2224,7 +2227,6 @@ mod tests {
                     Some(2),
                     5
                 ),
-                ("a", "c2", "DISPATCHED", None, None, Some(4), None, 4),
             ]
         );
     }
