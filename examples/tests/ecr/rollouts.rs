@@ -363,6 +363,14 @@ async fn bus_harness() -> BusHarness {
     bus_harness_on(&url, Box::new(db)).await
 }
 
+/// [`bus_harness`] on a fresh PostgreSQL database (`None`: skipped, see
+/// `PgTestDb::create`).
+async fn pg_bus_harness(test: &str) -> Option<BusHarness> {
+    let db = kaa_testkit::ecr::PgTestDb::create(test).await?;
+    let url = db.url.clone();
+    Some(bus_harness_on(&url, Box::new(db)).await)
+}
+
 /// ECR on the store at `url`; with a store that has them (PostgreSQL), durable
 /// announcements on, as the ECR service runs it.
 async fn bus_harness_on(url: &str, db: Box<dyn std::any::Any + Send + Sync>) -> BusHarness {
@@ -403,15 +411,11 @@ async fn bus_harness_on(url: &str, db: Box<dyn std::any::Any + Send + Sync>) -> 
 /// endpoints are announced the new configuration, the revert the previous one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_rollout_announcements_go_through_the_outbox() {
-    let Some(db) = kaa_testkit::ecr::PgTestDb::create(
-        "rollouts::postgres_rollout_announcements_go_through_the_outbox",
-    )
-    .await
+    let Some(h) =
+        pg_bus_harness("rollouts::postgres_rollout_announcements_go_through_the_outbox").await
     else {
         return;
     };
-    let url = db.url.clone();
-    let h = bus_harness_on(&url, Box::new(db)).await;
     let (ids, old) = setup_fleet(&h, 200).await;
     let seen = play_cmx(&h, BTreeSet::new(), String::new()).await;
     // Whatever the default's own write left to announce is announced first.
@@ -1581,15 +1585,11 @@ async fn a_layer_rollout_steps_through_its_groups_endpoints() {
 /// The same on PostgreSQL: the announcements go through the outbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_layer_rollout_steps_through_the_outbox() {
-    let Some(db) = kaa_testkit::ecr::PgTestDb::create(
-        "rollouts::postgres_layer_rollout_steps_through_the_outbox",
-    )
-    .await
+    let Some(h) = pg_bus_harness("rollouts::postgres_layer_rollout_steps_through_the_outbox").await
     else {
         return;
     };
-    let url = db.url.clone();
-    layer_rollout_steps(&bus_harness_on(&url, Box::new(db)).await).await;
+    layer_rollout_steps(&h).await;
 }
 
 /// A layer rollout whose first step's members reject it aborts and reverts: the
@@ -1652,15 +1652,11 @@ async fn a_layer_rollout_with_rejections_reverts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_layer_rollout_with_rejections_reverts() {
-    let Some(db) = kaa_testkit::ecr::PgTestDb::create(
-        "rollouts::postgres_layer_rollout_with_rejections_reverts",
-    )
-    .await
+    let Some(h) = pg_bus_harness("rollouts::postgres_layer_rollout_with_rejections_reverts").await
     else {
         return;
     };
-    let url = db.url.clone();
-    layer_rollout_reverts(&bus_harness_on(&url, Box::new(db)).await).await;
+    layer_rollout_reverts(&h).await;
 }
 
 /// The REST route of a layer rollout, its refusals, the layer's 409, explain over
