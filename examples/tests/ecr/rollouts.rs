@@ -301,6 +301,35 @@ async fn status_counts_and_app_versions(url: &str) {
             ("f".into(), DeliveryStatus::Applied)
         ]
     );
+    // An endpoint's status history says the same: sent again after it applied
+    // it, in one batch (f) or in a later one (g), the configuration is still
+    // applied (seen once as DISPATCHED in a system test: the device's report and a
+    // second fetch's dispatch in the same millisecond).
+    s.record_statuses(&[write("g", "new", ok.clone(), 4)])
+        .await
+        .unwrap();
+    s.record_statuses(&[write("g", "new", StatusEvent::Dispatched, 9)])
+        .await
+        .unwrap();
+    for e in ["f", "g"] {
+        let page = s
+            .statuses(&kaa_examples::ecr::model::StatusQuery {
+                endpoint_id: ep(e),
+                app_version: Some(app("v1")),
+                config_id: Some("new".into()),
+                page: 0,
+                size: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.content.len(), 1, "{e}: {page:?}");
+        assert_eq!(
+            page.content[0].status,
+            DeliveryStatus::Applied,
+            "{e}: {page:?}"
+        );
+        assert_eq!(page.content[0].last_dispatched, Some(UnixMillis(9)), "{e}");
+    }
 
     s.put(
         &default_scope("v2"),

@@ -1329,9 +1329,11 @@ pub(crate) mod sql {
     pub(crate) fn status_count() -> String {
         format!("SELECT COUNT(*) FROM statuses {STATUS_WHERE}")
     }
+    /// A row's status is its [`OUTCOME`]: a configuration sent again after the
+    /// endpoint confirmed it stays applied (or rejected), as rollouts count it.
     pub(crate) fn status_page() -> String {
         format!(
-            "SELECT endpoint_id, app_version, name, config_id, status, dispatched_ms, confirmed_ms, status_code, reason_phrase \
+            "SELECT endpoint_id, app_version, name, config_id, {OUTCOME}, dispatched_ms, confirmed_ms, status_code, reason_phrase \
              FROM statuses {STATUS_WHERE} ORDER BY activity_ms DESC, app_version, name, config_id LIMIT $4 OFFSET $5"
         )
     }
