@@ -271,11 +271,40 @@ pub struct MembersResultDto {
     pub changed: u64,
 }
 
+/// A priority: a JSON integer, also written as a number with no fractional part
+/// (`-8219.0`, which JSON Schema calls an integer too; schemathesis sends such).
+fn whole_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // i64::MIN is -2^63 exactly; 2^63 is one past i64::MAX.
+            const BOUND: f64 = 9_223_372_036_854_775_808.0;
+            if v.fract() == 0.0 && (-BOUND..BOUND).contains(&v) {
+                Ok(v as i64)
+            } else {
+                Err(E::custom(format!("{v} is not a whole number")))
+            }
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
 /// `PUT …/layers/{layerName}` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LayerRequest {
     /// Merge order: ascending; ties by layer name (the name sorting last wins).
+    #[serde(deserialize_with = "whole_i64")]
     pub priority: i64,
     /// The target group; absent or null: every endpoint of the app version.
     #[serde(default)]
@@ -919,6 +948,7 @@ pub(super) async fn get_explain(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LayerRolloutRequest {
     /// The new version's priority.
+    #[serde(deserialize_with = "whole_i64")]
     pub priority: i64,
     /// The new version's target group; absent or null: every endpoint.
     #[serde(default)]
@@ -998,4 +1028,35 @@ pub(super) async fn post_layer_rollout(
             .insert(axum::http::header::LOCATION, location);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A priority written as a whole number with `.0` is that integer (REST fuzzing
+    /// sent `-8219.0` to the layer rollout route and got a 400); a fraction is not.
+    #[test]
+    fn priorities_are_whole_numbers_however_written() {
+        let layer = |p: &str| {
+            serde_json::from_str::<LayerRequest>(&format!(r#"{{"priority":{p},"patch":{{}}}}"#))
+                .map(|l| l.priority)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(layer("-8219.0"), Ok(-8219));
+        assert_eq!(layer("7"), Ok(7));
+        assert_eq!(layer("-9223372036854775808"), Ok(i64::MIN));
+        assert!(layer("1.5").is_err());
+        assert!(layer("9223372036854775808").is_err());
+        assert!(layer("1e300").is_err());
+        assert!(layer("\"1\"").is_err());
+        let rollout = serde_json::from_str::<LayerRolloutRequest>(
+            r#"{"priority":-8219.0,"patch":{},"steps":[50,100],
+                "gate":{"minAppliedPercent":0,"minApplied":0,"soakSeconds":0},
+                "abort":{"maxRejectedPercent":50,"minSample":1,"reportTimeoutSeconds":60},
+                "onAbort":"halt"}"#,
+        )
+        .expect("a layer rollout with a priority written -8219.0");
+        assert_eq!(rollout.priority, -8219);
+    }
 }
