@@ -271,28 +271,43 @@ pub struct MembersResultDto {
     pub changed: u64,
 }
 
-/// A priority: a JSON integer, also written as a number with no fractional part
-/// (`-8219.0`, which JSON Schema calls an integer too; schemathesis sends such).
+/// The largest priority magnitude: 2^53 − 1, the integers a JSON number holds exactly
+/// in every client (JavaScript's safe integers, the rollout page's among them).
+const MAX_PRIORITY: i64 = (1 << 53) - 1;
+
+/// A priority: a JSON integer from −[`MAX_PRIORITY`] to [`MAX_PRIORITY`], also
+/// written as a number with no fractional part (`-8219.0`, which JSON Schema calls
+/// an integer too; schemathesis sends such).
 fn whole_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     struct Visitor;
+    fn in_range<E: serde::de::Error>(v: i64) -> Result<i64, E> {
+        if (-MAX_PRIORITY..=MAX_PRIORITY).contains(&v) {
+            Ok(v)
+        } else {
+            Err(E::custom(format!(
+                "{v} is outside -{MAX_PRIORITY}..={MAX_PRIORITY}"
+            )))
+        }
+    }
     impl serde::de::Visitor<'_> for Visitor {
         type Value = i64;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an integer")
+            write!(f, "an integer from -{MAX_PRIORITY} to {MAX_PRIORITY}")
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
-            Ok(v)
+            in_range(v)
         }
         fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
-            i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+            in_range(i64::try_from(v).unwrap_or(i64::MAX))
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
-            // i64::MIN is -2^63 exactly; 2^63 is one past i64::MAX.
-            const BOUND: f64 = 9_223_372_036_854_775_808.0;
-            if v.fract() == 0.0 && (-BOUND..BOUND).contains(&v) {
+            // Below 2^53 every whole f64 is the integer its text said.
+            if v.fract() == 0.0 && v.abs() <= MAX_PRIORITY as f64 {
                 Ok(v as i64)
             } else {
-                Err(E::custom(format!("{v} is not a whole number")))
+                Err(E::custom(format!(
+                    "{v} is not a whole number from -{MAX_PRIORITY} to {MAX_PRIORITY}"
+                )))
             }
         }
     }
@@ -305,6 +320,7 @@ fn whole_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 pub struct LayerRequest {
     /// Merge order: ascending; ties by layer name (the name sorting last wins).
     #[serde(deserialize_with = "whole_i64")]
+    #[schema(minimum = -9_007_199_254_740_991_i64, maximum = 9_007_199_254_740_991_i64)]
     pub priority: i64,
     /// The target group; absent or null: every endpoint of the app version.
     #[serde(default)]
@@ -949,6 +965,7 @@ pub(super) async fn get_explain(
 pub struct LayerRolloutRequest {
     /// The new version's priority.
     #[serde(deserialize_with = "whole_i64")]
+    #[schema(minimum = -9_007_199_254_740_991_i64, maximum = 9_007_199_254_740_991_i64)]
     pub priority: i64,
     /// The new version's target group; absent or null: every endpoint.
     #[serde(default)]
@@ -1045,8 +1062,14 @@ mod tests {
         };
         assert_eq!(layer("-8219.0"), Ok(-8219));
         assert_eq!(layer("7"), Ok(7));
-        assert_eq!(layer("-9223372036854775808"), Ok(i64::MIN));
+        assert_eq!(layer("-9007199254740991"), Ok(-MAX_PRIORITY));
+        assert_eq!(layer("9007199254740991.0"), Ok(MAX_PRIORITY));
         assert!(layer("1.5").is_err());
+        // Outside the documented range, however written (REST fuzzing sent
+        // -9223372036854775809, which an f64 rounds to i64::MIN).
+        assert!(layer("9007199254740992").is_err());
+        assert!(layer("-9223372036854775808").is_err());
+        assert!(layer("-9223372036854775809").is_err());
         assert!(layer("9223372036854775808").is_err());
         assert!(layer("1e300").is_err());
         assert!(layer("\"1\"").is_err());
