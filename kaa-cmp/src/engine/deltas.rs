@@ -27,7 +27,7 @@ struct Subscription {
 /// The delta subscriptions and the base cache.
 pub(super) struct Deltas {
     /// By endpoint slot: the names its device requests on the delta resource.
-    subscriptions: HashMap<u32, Vec<Subscription>>,
+    subscriptions: HashMap<u32, Vec<Subscription>, rustc_hash::FxBuildHasher>,
     cache: BaseCache,
     /// The last few patch answers for whole configurations, by (base, current):
     /// a fleet moving from one configuration to the next needs one diff.
@@ -41,7 +41,7 @@ const RECENT_PATCHES: usize = 8;
 impl Deltas {
     pub(super) fn new(cache_bytes: usize) -> Self {
         Deltas {
-            subscriptions: HashMap::new(),
+            subscriptions: HashMap::default(),
             cache: BaseCache::new(cache_bytes),
             recent: Vec::new(),
             next_recent: 0,

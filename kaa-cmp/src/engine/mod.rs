@@ -363,6 +363,7 @@ use kaa_esp::subject::ListenerFilters;
 use kaa_ism::UnixMillis;
 use kaa_ism::common::CommonFields;
 use kaa_ism::subject::{ServiceSubject, Subject, SubjectFilter, Token};
+use rustc_hash::FxBuildHasher;
 
 use crate::delta::{CONFIG_JSON_PATCH, DeltaPath, DeltaRequest};
 use crate::intern::{Interner, NONE};
@@ -483,8 +484,8 @@ pub struct Cmx {
     names: Interner,
     config_ids: Interner,
     replies: Interner,
-    pending: HashMap<u64, Pending>,
-    in_flight: HashMap<(u32, u32), u64>,
+    pending: HashMap<u64, Pending, FxBuildHasher>,
+    in_flight: HashMap<(u32, u32), u64, FxBuildHasher>,
     timers: BinaryHeap<Reverse<(UnixMillis, Timer)>>,
     out: VecDeque<Output>,
     refusals: VecDeque<Refusal>,
@@ -594,8 +595,8 @@ impl Cmx {
             names: Interner::new(),
             config_ids: Interner::new(),
             replies: Interner::new(),
-            pending: HashMap::new(),
-            in_flight: HashMap::new(),
+            pending: HashMap::default(),
+            in_flight: HashMap::default(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             refusals: VecDeque::new(),

@@ -21,6 +21,23 @@ impl Cmx {
     /// service's instance-wide subject when there is none or it is not a 3/ISM
     /// targeted subject.
     pub(super) fn reply_subject(&self, reply_to: Option<&str>) -> Arc<str> {
+        // A subject the engine already holds is one this method returned before:
+        // a 3/ISM targeted `ExtensionData` subject, which normalizes to itself.
+        // Found, it needs no parse (a device's every request comes with the same
+        // `replyTo`).
+        if let Some(raw) = reply_to {
+            if *raw == *self.settings.extension_data_subject {
+                return self.settings.extension_data_subject.clone();
+            }
+            if let Some(known) = self.replies.find(raw).and_then(|h| self.replies.get(h)) {
+                return known.clone();
+            }
+        }
+        self.parse_reply_subject(reply_to)
+    }
+
+    /// [`Cmx::reply_subject`] by parsing `reply_to`.
+    fn parse_reply_subject(&self, reply_to: Option<&str>) -> Arc<str> {
         let normalized: Option<Cow<'_, str>> = reply_to.and_then(|raw| match Subject::parse(raw) {
             Ok(Subject::Replica(r)) if r.message_type() == EXTENSION_DATA => {
                 Some(Cow::Borrowed(raw))
@@ -230,5 +247,40 @@ impl Cmx {
             return None;
         }
         digits.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `replyTo` the engine holds takes the lookup instead of the parse: both
+    /// must give the same subject, for every shape of `replyTo`.
+    #[test]
+    fn a_known_reply_subject_is_what_parsing_gives() {
+        let mut cmx = Cmx::new(CmxConfig::new("cmx", "cmx-1", "ecr", "kpc")).unwrap();
+        let shapes = [
+            "kaa.v1.replica.kpc-2.esp.ExtensionData",
+            "kaa.v1.replica.kpc-3.esp.ClientData",
+            "kaa.v1.service.kpc.esp.ExtensionData",
+            "kaa.v1.service.kpc.esp.ClientData",
+            "kaa.v1.service.other.esp.ClientData",
+            "kaa.v1.service.kpc.cdtp.request",
+            "_INBOX.abc.1",
+            "not a subject",
+            "",
+        ];
+        for raw in shapes {
+            let parsed = cmx.parse_reply_subject(Some(raw));
+            // Held by the engine, as tracking a session does.
+            let held = cmx.replies.acquire(&parsed);
+            assert_eq!(cmx.reply_subject(Some(raw)), parsed, "{raw:?}");
+            assert_eq!(cmx.reply_subject(Some(&parsed)), parsed, "{raw:?}");
+            cmx.replies.release(held);
+        }
+        assert_eq!(
+            cmx.reply_subject(None),
+            cmx.settings.extension_data_subject.clone()
+        );
     }
 }

@@ -56,7 +56,7 @@ pub(crate) struct Driver {
     pub(crate) shutdown_grace: Duration,
     /// When each CDTP request in flight was published, by the engine's number
     /// for it ([`Cmx::request_seq`]).
-    sent: HashMap<u64, Instant>,
+    sent: HashMap<u64, Instant, rustc_hash::FxBuildHasher>,
     /// Outputs drained from the engine, reused between messages.
     outbox: Vec<Output>,
     /// Where outputs are encoded: each datum is split off and frozen, so one
@@ -162,7 +162,7 @@ impl Driver {
             metrics,
             health,
             shutdown_grace,
-            sent: HashMap::new(),
+            sent: HashMap::default(),
             outbox: Vec::new(),
             encode_buf: BytesMut::new(),
             wakeup: Wakeup::new(),
