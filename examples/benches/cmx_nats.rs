@@ -11,6 +11,8 @@
 //! |---|---|---|
 //! | `CMX_BENCH_SECONDS` | measured seconds per run (after a 1 s warm-up) | 5 |
 //! | `CMX_BENCH_CONCURRENCY` | requests in flight, comma-separated list | `1,16,64` |
+//! | `CMX_BENCH_ENDPOINTS` | endpoints the requests go to in turn (keep it above the concurrency; fewer make a short profile see the steady state, where the engine knows every endpoint) | 10,000 |
+//! | `CMX_BENCH_ROUNDS` | CMX and relay runs per concurrency, alternating which goes first; the median ratio is reported | 1 |
 //! | `CMX_BENCH_NATS_URL` | an existing NATS server | a private `nats-server` on an ephemeral port |
 //! | `CMX_BENCH_TRACING` | `1`: CMX runs with a `tracing` fmt subscriber at `info` (to a sink) | off |
 //! | `CMX_BENCH_REPLICAS` | replicas mode: CMX replica counts to compare, e.g. `1,2,3` (no relay run) | off |
@@ -31,29 +33,46 @@
 //!
 //! **CMX run** (4 NATS hops per request): the fake communication service
 //! publishes `ClientData` (`{}` to `/config/json`, 10,000 endpoints in turn, so
-//! requests do not coalesce) with its replica `replyTo` and waits for the
-//! `ExtensionData`; CMX sends a `ConfigRequest` to the fake provider, which answers a
+//! requests do not coalesce; each endpoint's datum encoded once, the request's
+//! number written into its correlation ID, so that the generator costs what the
+//! relay run's does) with its replica `replyTo` and waits for the
+//! `ExtensionData` (decoded, its status checked); CMX sends a `ConfigRequest` to the fake provider, which answers a
 //! `ConfigResponse` from memory (Avro decode and encode; a 200-byte configuration);
 //! CMX answers the device. Three NATS connections: generator, CMX, provider.
 //!
 //! **Ceiling** (the same 4 hops, the same payload sizes, subjects of the same shape
-//! and length, the same three connections, the same concurrency): generator → relay → provider → relay →
-//! generator with raw async-nats and opaque payloads of the sizes measured in the
-//! CMX run; the relay is one task that remembers where to send each answer, as CMX
-//! does, but decodes and encodes nothing.
+//! and length, the same three connections, the same concurrency): generator → relay →
+//! provider → relay → generator with raw async-nats, **the same generator and
+//! provider** (the same `ClientData`, the same provider decoding each
+//! `ConfigRequest` and encoding its `ConfigResponse`, every answer decoded and
+//! its status checked); the relay is one task that remembers where to send each
+//! answer, as CMX does, reads each message's correlation ID (its first field) and
+//! nothing else, and sends a `ConfigRequest` and an `ExtensionData` encoded once
+//! with the numbers written in. Only the middle differs, so a CMX that cost
+//! nothing would reach 100%. (Until 2026-12-06 the relay run's generator and
+//! provider moved opaque bytes and skipped the Avro work the CMX run's did.)
+//!
+//! Where `/proc` is there and the bench runs its own `nats-server`, each row also
+//! gives the CPU time per request of this process and of `nats-server` in each
+//! run: unlike the rates, those hardly move with other load on the machine.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use kaa_bus::Bus;
 use kaa_bus::test_support::PrivateNatsServer;
 use kaa_ism::avro::{Decode, Encode};
 use kaa_testkit::bench::{env_or, percentile};
 
-const ENDPOINTS: u64 = 10_000;
+/// How many endpoints the requests go to in turn (`CMX_BENCH_ENDPOINTS`, default
+/// 10,000): more than are ever in flight, so requests do not coalesce.
+fn endpoints() -> u64 {
+    static ENDPOINTS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ENDPOINTS.get_or_init(|| env_or("CMX_BENCH_ENDPOINTS", 10_000u64).max(1))
+}
 const CONFIG: &str = r#"{"sampling":{"intervalMs":200,"batch":16},"thresholds":{"temperature":{"min":-20.5,"max":85.0},"humidity":{"min":10,"max":95}},"network":{"ssid":"kettle-lab","retry":3},"pad":"0123456789abcdef"}"#;
 const APP: &str = "smartKettleV1";
 
@@ -84,7 +103,35 @@ struct Outcome {
     /// Heap allocations in the whole process (generator, CMX or relay, provider)
     /// per measured request, when the allocator counts them (`cmx_nats_allocs`).
     allocs_per_request: Option<f64>,
+    /// CPU time per measured request, in µs: this process (generator, CMX or
+    /// relay, provider; user and system) and the private `nats-server`, from
+    /// `/proc` (`None` elsewhere, or with `CMX_BENCH_NATS_URL`).
+    cpu_per_request: Option<(f64, f64)>,
 }
+
+/// The private `nats-server`'s process ID, for its CPU time.
+static NATS_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// CPU time so far (user + system, in clock ticks) of process `pid` (`self`
+/// for this one), from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// This process's and the private `nats-server`'s CPU ticks.
+fn cpu_now() -> Option<(u64, u64)> {
+    let nats = NATS_PID.get()?;
+    Some((cpu_ticks("self")?, cpu_ticks(&nats.to_string())?))
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
 
 /// The number of heap allocations made so far in this process, when the bench
 /// binary installs a counting allocator (`benches/cmx_nats_allocs.rs`).
@@ -131,9 +178,13 @@ async fn generate(
     let mut latencies = Vec::with_capacity(1 << 20);
     let mut counted = 0u64;
     let mut allocs_at_start = None;
+    let mut cpu_at_start = None;
+    let mut measuring = false;
     while Instant::now() < end {
-        if allocs_at_start.is_none() && Instant::now() >= measure_from {
+        if !measuring && Instant::now() >= measure_from {
+            measuring = true;
             allocs_at_start = allocations();
+            cpu_at_start = cpu_now();
         }
         let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(10), answers.next()).await
         else {
@@ -156,6 +207,13 @@ async fn generate(
         next += 1;
     }
     // Measured: requests sent after the warm-up and answered before the end.
+    let per_request_us = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / counted.max(1) as f64;
+    let cpu_per_request = cpu_at_start.zip(cpu_now()).map(|((p0, n0), (p1, n1))| {
+        (
+            per_request_us(p1.saturating_sub(p0)),
+            per_request_us(n1.saturating_sub(n0)),
+        )
+    });
     let allocs_per_request = allocs_at_start
         .zip(allocations())
         .map(|(start, end)| (end - start) as f64 / counted.max(1) as f64);
@@ -168,6 +226,7 @@ async fn generate(
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         allocs_per_request,
+        cpu_per_request,
     }
 }
 
@@ -186,19 +245,174 @@ async fn connect(url: &str) -> async_nats::Client {
     async_nats::connect(url).await.expect("connect to NATS")
 }
 
+/// Request `seq`'s `ClientData`, encoded: correlation ID `kpc-bench-<seq, 10
+/// digits>`, the endpoint `seq % endpoints()`.
 fn client_data(seq: u64) -> Vec<u8> {
     kaa_esp::ClientData {
         correlation_id: format!("kpc-bench-{seq:010}").into(),
         timestamp: kaa_examples::cmx::now().0,
         timeout: 0,
         app_version_name: APP.into(),
-        endpoint_id: Some(format!("bench-endpoint-{:06}", seq % ENDPOINTS).into()),
+        endpoint_id: Some(format!("bench-endpoint-{:06}", seq % endpoints()).into()),
         resource_path: "/config/json".into(),
         request_id: Some((seq % i32::MAX as u64) as i32),
         payload: b"{}".as_slice().into(),
         config_name: None,
     }
     .to_vec()
+}
+
+/// The fake provider's answer to an encoded `ConfigRequest` (the same in both
+/// runs): the configuration, from memory, as `kaa_cdtp` answers.
+fn provide(request: &[u8]) -> Vec<u8> {
+    let request = kaa_cdtp::ConfigRequest::decode(request).expect("ConfigRequest");
+    let current = kaa_cdtp::Current::Config {
+        config_id: "3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b",
+        content: CONFIG.as_bytes(),
+    };
+    let now = kaa_examples::cmx::now().0;
+    kaa_cdtp::ConfigResponse::answer(&request, current, now).to_vec()
+}
+
+/// The request number of an answer to the generator (the same check in both
+/// runs): the `ExtensionData` decoded, its status 200, its correlation ID
+/// `kpc-bench-<number>`.
+fn answer_seq(m: &async_nats::Message) -> Option<u64> {
+    let e = kaa_esp::ExtensionData::decode(&m.payload).ok()?;
+    assert_eq!(e.status_code, 200, "{:?}", e.reason_phrase);
+    e.correlation_id.strip_prefix("kpc-bench-")?.parse().ok()
+}
+
+/// The first field of an Avro record that starts with a `string` (every
+/// message's `correlationId`), read without decoding the rest: how the relay
+/// finds what it needs in the messages it passes on.
+fn first_string(datum: &[u8]) -> Option<&str> {
+    kaa_ism::avro::Reader::new(datum, "any")
+        .string("correlationId")
+        .ok()
+}
+
+/// Writes `n` as `digits.len()` decimal digits (zero-padded; the lowest ones
+/// if it has more).
+fn write_digits(digits: &mut [u8], mut n: u64) {
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// What the relay sends in CMX's place, encoded once: a 6/CDTP `ConfigRequest`
+/// to the provider (correlation ID `rly-bench-<20 digits>`, the relay's number
+/// for the request) and a 4/ESP `ExtensionData` to the generator (correlation ID
+/// `kpc-bench-<10 digits>`, copied from the device's `ClientData`), each written
+/// into a copy as `opaque` payloads were. So the provider and the generator do
+/// the same work in both runs (decode the request and encode the answer;
+/// decode and check every answer) and only the middle differs: CMX decodes,
+/// decides and encodes; the relay copies bytes.
+struct RelayTemplates {
+    config_request: Vec<u8>,
+    request_digits_at: usize,
+    extension_data: Vec<u8>,
+    answer_digits_at: usize,
+}
+
+impl RelayTemplates {
+    /// `extension_data_len`: the size CMX's answers had (the payload is padded
+    /// to it).
+    fn new(extension_data_len: usize) -> Self {
+        let config_request = kaa_cdtp::ConfigRequest {
+            correlation_id: "rly-bench-00000000000000000000".into(),
+            timestamp: kaa_examples::cmx::now().0,
+            timeout: 5_000,
+            app_version_name: APP.into(),
+            endpoint_id: "bench-endpoint-000000".into(),
+            config_id: None,
+            config_name: None,
+        }
+        .to_vec();
+        let answer = |pad: usize| {
+            kaa_esp::ExtensionData {
+                correlation_id: "kpc-bench-0000000000".into(),
+                timestamp: kaa_examples::cmx::now().0,
+                timeout: 0,
+                app_version_name: Some(APP.into()),
+                extension_instance_name: Some("rly-bench".into()),
+                endpoint_id: Some("bench-endpoint-000000".into()),
+                resource_path: "/config/json".into(),
+                request_id: Some(1),
+                payload: Some(vec![b' '; pad].into()),
+                status_code: 200,
+                reason_phrase: None,
+            }
+            .to_vec()
+        };
+        let bare = answer(0).len();
+        let mut pad = extension_data_len.saturating_sub(bare);
+        // The payload's length prefix grows with it.
+        while pad > 0 && answer(pad).len() > extension_data_len {
+            pad -= 1;
+        }
+        let extension_data = answer(pad);
+        let at = |datum: &[u8], marker: &[u8]| {
+            datum
+                .windows(marker.len())
+                .position(|w| w == marker)
+                .expect("the correlation ID is in the datum")
+                + marker.len()
+        };
+        RelayTemplates {
+            request_digits_at: at(&config_request, b"rly-bench-"),
+            answer_digits_at: at(&extension_data, b"kpc-bench-"),
+            config_request,
+            extension_data,
+        }
+    }
+
+    fn config_request(&self, relay_seq: u64) -> Bytes {
+        let mut datum = BytesMut::from(&self.config_request[..]);
+        let at = self.request_digits_at;
+        write_digits(&mut datum[at..at + 20], relay_seq);
+        datum.freeze()
+    }
+
+    fn extension_data(&self, device_digits: &[u8; 10]) -> Bytes {
+        let mut datum = BytesMut::from(&self.extension_data[..]);
+        let at = self.answer_digits_at;
+        datum[at..at + 10].copy_from_slice(device_digits);
+        datum.freeze()
+    }
+}
+
+/// Every endpoint's encoded `ClientData`, built once ([`client_data`]); request
+/// `seq` is its endpoint's with `seq` written into the correlation ID's ten
+/// digits. The generator thus spends on a request what the relay run's does (one
+/// copy of a payload), not an Avro encode with formatted strings: the ratio is
+/// about what lies between generator and provider. The request ID and timestamp
+/// are the endpoint's own (timeout 0: never expired).
+struct ClientDataTemplates {
+    encoded: Vec<Bytes>,
+    /// Where the correlation ID's digits start.
+    digits_at: usize,
+}
+
+impl ClientDataTemplates {
+    fn new() -> Self {
+        let encoded: Vec<Bytes> = (0..endpoints()).map(|e| client_data(e).into()).collect();
+        let marker = b"kpc-bench-";
+        let digits_at = encoded[0]
+            .windows(marker.len())
+            .position(|w| w == marker)
+            .expect("the correlation ID is in the datum")
+            + marker.len();
+        ClientDataTemplates { encoded, digits_at }
+    }
+
+    fn request(&self, seq: u64) -> Bytes {
+        let template = &self.encoded[(seq % endpoints()) as usize];
+        let mut datum = BytesMut::from(&template[..]);
+        write_digits(&mut datum[self.digits_at..self.digits_at + 10], seq);
+        datum.freeze()
+    }
 }
 
 /// The CMX run with one replica and no membership (`replicas` `None`), or with
@@ -209,6 +423,7 @@ async fn run_cmx(
     load: Load,
     tag: &str,
     replicas: Option<usize>,
+    templates: &ClientDataTemplates,
 ) -> (Outcome, Sizes, f64) {
     let cmx_name = format!("cmx-{tag}");
     let provider_name = format!("ecr-{tag}");
@@ -272,13 +487,7 @@ async fn run_cmx(
         let sizes = Arc::clone(&sizes);
         tokio::spawn(async move {
             while let Some(m) = requests.next().await {
-                let request = kaa_cdtp::ConfigRequest::decode(&m.payload).expect("ConfigRequest");
-                let current = kaa_cdtp::Current::Config {
-                    config_id: "3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b",
-                    content: CONFIG.as_bytes(),
-                };
-                let now = kaa_examples::cmx::now().0;
-                let response = kaa_cdtp::ConfigResponse::answer(&request, current, now).to_vec();
+                let response = provide(&m.payload);
                 if let Ok(mut s) = sizes.lock() {
                     s.config_request = m.payload.len();
                     s.config_response = response.len();
@@ -296,18 +505,17 @@ async fn run_cmx(
     let answers = generator.subscribe(reply.clone()).await.unwrap();
     barrier(&generator).await;
     let subject = format!("kaa.v1.service.{cmx_name}.esp.ClientData");
-    let sample = client_data(0).len();
+    let probe = templates.request(1_234_567);
+    let decoded = kaa_esp::ClientData::decode(&probe).expect("a templated ClientData decodes");
+    assert_eq!(&*decoded.correlation_id, "kpc-bench-0001234567");
+    let sample = probe.len();
     let mut extension_data = 0;
     let result = generate(
         generator,
         answers,
         load,
-        |seq| (subject.clone(), reply.clone(), client_data(seq).into()),
-        |m| {
-            let e = kaa_esp::ExtensionData::decode(&m.payload).ok()?;
-            assert_eq!(e.status_code, 200, "{:?}", e.reason_phrase);
-            e.correlation_id.strip_prefix("kpc-bench-")?.parse().ok()
-        },
+        |seq| (subject.clone(), reply.clone(), templates.request(seq)),
+        answer_seq,
         |m| extension_data = m.payload.len(),
     )
     .await;
@@ -329,18 +537,13 @@ async fn run_cmx(
     (result, sizes, share)
 }
 
-fn opaque(seq: u64, size: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(size.max(8));
-    b.put_u64(seq);
-    b.resize(size.max(8), 0xa5);
-    b.freeze()
-}
-
-fn seq_of(payload: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
-}
-
-async fn run_raw(url: &str, load: Load, sizes: Sizes, tag: &str) -> Outcome {
+async fn run_raw(
+    url: &str,
+    load: Load,
+    sizes: Sizes,
+    tag: &str,
+    templates: &ClientDataTemplates,
+) -> Outcome {
     // Subjects of the CMX run's shape and length (`cmx-`, `kpc-`, `ecr-` become
     // `rly-`, `gen-`, `prv-`): NATS parses and matches every subject, so shorter
     // ones would make the ceiling cheaper for reasons that are not CMX's work.
@@ -348,8 +551,9 @@ async fn run_raw(url: &str, load: Load, sizes: Sizes, tag: &str) -> Outcome {
     let to_provider = format!("kaa.v1.service.prv-{tag}.cdtp.request");
     let relay_replies = format!("kaa.v1.replica.rly-{tag}-r1.cdtp.response");
     let device_replies = format!("kaa.v1.replica.gen-{tag}-r1.esp.ExtensionData");
+    let relayed = Arc::new(RelayTemplates::new(sizes.extension_data));
 
-    // The provider: echo the sequence number in a ConfigResponse-sized payload.
+    // The provider: the same as in the CMX run.
     let provider = connect(url).await;
     let mut requests = provider
         .queue_subscribe(to_provider.clone(), "provider".to_owned())
@@ -358,18 +562,16 @@ async fn run_raw(url: &str, load: Load, sizes: Sizes, tag: &str) -> Outcome {
     barrier(&provider).await;
     let provider_task = tokio::spawn(async move {
         while let Some(m) = requests.next().await {
-            let seq = seq_of(&m.payload).unwrap_or(0);
+            let response = provide(&m.payload);
             if let Some(reply) = m.reply {
-                provider
-                    .publish(reply, opaque(seq, sizes.config_response))
-                    .await
-                    .unwrap();
+                provider.publish(reply, response.into()).await.unwrap();
             }
         }
     });
 
     // The relay (in CMX's place): one task, a map from its request number to where
-    // the device's answer goes.
+    // the device's answer goes; it reads each message's correlation ID and
+    // nothing else.
     let relay = connect(url).await;
     let mut inbound_sub = relay
         .queue_subscribe(inbound.clone(), "relay".to_owned())
@@ -379,24 +581,33 @@ async fn run_raw(url: &str, load: Load, sizes: Sizes, tag: &str) -> Outcome {
     barrier(&relay).await;
     let relay_task = {
         let relay_replies = relay_replies.clone();
+        let relayed = Arc::clone(&relayed);
         tokio::spawn(async move {
-            let mut waiting: HashMap<u64, (async_nats::Subject, u64)> = HashMap::new();
+            let mut waiting: HashMap<u64, (async_nats::Subject, [u8; 10])> = HashMap::new();
             let mut next = 0u64;
             loop {
                 tokio::select! {
                     biased;
                     Some(m) = responses.next() => {
-                        let Some(id) = seq_of(&m.payload) else { continue };
-                        if let Some((reply, seq)) = waiting.remove(&id) {
-                            relay.publish(reply, opaque(seq, sizes.extension_data)).await.unwrap();
+                        let Some(id) = first_string(&m.payload)
+                            .and_then(|c| c.strip_prefix("rly-bench-"))
+                            .and_then(|n| n.parse().ok())
+                        else {
+                            continue;
+                        };
+                        if let Some((reply, device)) = waiting.remove(&id) {
+                            relay.publish(reply, relayed.extension_data(&device)).await.unwrap();
                         }
                     }
                     Some(m) = inbound_sub.next() => {
-                        let (Some(reply), Some(seq)) = (m.reply, seq_of(&m.payload)) else { continue };
+                        let device = first_string(&m.payload)
+                            .and_then(|c| c.strip_prefix("kpc-bench-"))
+                            .and_then(|n| <[u8; 10]>::try_from(n.as_bytes()).ok());
+                        let (Some(reply), Some(device)) = (m.reply, device) else { continue };
                         next += 1;
-                        waiting.insert(next, (reply, seq));
+                        waiting.insert(next, (reply, device));
                         relay
-                            .publish_with_reply(to_provider.clone(), relay_replies.clone(), opaque(next, sizes.config_request))
+                            .publish_with_reply(to_provider.clone(), relay_replies.clone(), relayed.config_request(next))
                             .await
                             .unwrap();
                     }
@@ -417,10 +628,10 @@ async fn run_raw(url: &str, load: Load, sizes: Sizes, tag: &str) -> Outcome {
             (
                 inbound.clone(),
                 device_replies.clone(),
-                opaque(seq, sizes.client_data),
+                templates.request(seq),
             )
         },
-        |m| seq_of(&m.payload),
+        answer_seq,
         |_| {},
     )
     .await;
@@ -434,6 +645,10 @@ async fn run_raw(url: &str, load: Load, sizes: Sizes, tag: &str) -> Outcome {
 pub(crate) fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let seconds: u64 = env_or("CMX_BENCH_SECONDS", 5);
+    // Alternating CMX and relay runs, each `seconds` long (the median ratio is
+    // reported): on a shared machine the relay's own rate moves by a third
+    // from one run to the next.
+    let rounds: usize = env_or("CMX_BENCH_ROUNDS", 1usize).max(1);
     let concurrency: Vec<usize> = std::env::var("CMX_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "1,16,64".into())
         .split(',')
@@ -465,6 +680,9 @@ pub(crate) fn main() {
             };
             server = PrivateNatsServer::start_with_args("cmx_nats bench", args)
                 .expect("nats-server binary");
+            if let Some(pid) = server.pid() {
+                let _ = NATS_PID.set(pid);
+            }
             server.url()
         }
     };
@@ -472,6 +690,7 @@ pub(crate) fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let templates = ClientDataTemplates::new();
     let warmup = Duration::from_secs(1);
     let measure = Duration::from_secs(seconds);
     let load = |concurrency| Load {
@@ -490,7 +709,7 @@ pub(crate) fn main() {
             for &c in &concurrency {
                 for &n in &replica_counts {
                     let (o, _, share) =
-                        run_cmx(&url, load(c), &format!("rep{n}c{c}"), Some(n)).await;
+                        run_cmx(&url, load(c), &format!("rep{n}c{c}"), Some(n), &templates).await;
                     println!(
                         "| {n} | {c} | {:.0} | {:.0} µs | {:.0} µs | {:.1}% |",
                         o.per_second,
@@ -509,23 +728,47 @@ pub(crate) fn main() {
     let mut rows = Vec::new();
     runtime.block_on(async {
         for (i, &c) in concurrency.iter().enumerate() {
-            let (cmx, sizes, _) = run_cmx(&url, load(c), &format!("bench{i}"), None).await;
-            let raw = run_raw(&url, load(c), sizes, &format!("bench{i}")).await;
-            if i == 0 {
-                println!(
-                    "payload sizes (bytes): ClientData {}, ConfigRequest {}, ConfigResponse {}, ExtensionData {}",
-                    sizes.client_data, sizes.config_request, sizes.config_response, sizes.extension_data
-                );
+            for round in 0..rounds {
+                let tag = format!("bench{i}r{round}");
+                // Alternate which run goes first, so that a machine slowing down
+                // or speeding up over a round weighs on both alike.
+                let (cmx, sizes, raw) = if round % 2 == 0 {
+                    let (cmx, sizes, _) = run_cmx(&url, load(c), &tag, None, &templates).await;
+                    let raw = run_raw(&url, load(c), sizes, &tag, &templates).await;
+                    (cmx, sizes, raw)
+                } else {
+                    let sizes = rows
+                        .last()
+                        .map(|(_, _, _, sizes)| *sizes)
+                        .unwrap_or_default();
+                    let raw = run_raw(&url, load(c), sizes, &tag, &templates).await;
+                    let (cmx, sizes, _) = run_cmx(&url, load(c), &tag, None, &templates).await;
+                    (cmx, sizes, raw)
+                };
+                if i == 0 && round == 0 {
+                    println!(
+                        "payload sizes (bytes): ClientData {}, ConfigRequest {}, ConfigResponse {}, ExtensionData {}",
+                        sizes.client_data, sizes.config_request, sizes.config_response, sizes.extension_data
+                    );
+                }
+                rows.push((c, cmx, raw, sizes));
             }
-            rows.push((c, cmx, raw));
         }
     });
     println!();
     let counted = rows
         .iter()
-        .any(|(_, cmx, _)| cmx.allocs_per_request.is_some());
+        .any(|(_, cmx, _, _)| cmx.allocs_per_request.is_some());
+    let cpu = rows
+        .iter()
+        .any(|(_, cmx, raw, _)| cmx.cpu_per_request.is_some() && raw.cpu_per_request.is_some());
     println!(
-        "| concurrency | CMX req/s | CMX p50 | CMX p99 | raw relay req/s | raw p50 | raw p99 | CMX / raw |{}",
+        "| concurrency | CMX req/s | CMX p50 | CMX p99 | raw relay req/s | raw p50 | raw p99 | CMX / raw |{}{}",
+        if cpu {
+            " CPU µs/req CMX (process + nats-server) | CPU µs/req raw |"
+        } else {
+            ""
+        },
         if counted {
             " allocs/req CMX | allocs/req raw |"
         } else {
@@ -533,16 +776,23 @@ pub(crate) fn main() {
         }
     );
     println!(
-        "|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|{}{}",
+        if cpu { "---:|---:|" } else { "" },
         if counted { "---:|---:|" } else { "" }
     );
-    for (c, cmx, raw) in &rows {
+    for (c, cmx, raw, _) in &rows {
+        let cpu = match (cmx.cpu_per_request, raw.cpu_per_request) {
+            (Some((ap, an)), Some((bp, bn))) => {
+                format!(" {ap:.1} + {an:.1} | {bp:.1} + {bn:.1} |")
+            }
+            _ => String::new(),
+        };
         let allocs = match (cmx.allocs_per_request, raw.allocs_per_request) {
             (Some(a), Some(b)) => format!(" {a:.1} | {b:.1} |"),
             _ => String::new(),
         };
         println!(
-            "| {c} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.0}% |{allocs}",
+            "| {c} | {:.0} | {:.0} µs | {:.0} µs | {:.0} | {:.0} µs | {:.0} µs | {:.0}% |{cpu}{allocs}",
             cmx.per_second,
             cmx.p50.as_secs_f64() * 1e6,
             cmx.p99.as_secs_f64() * 1e6,
@@ -552,5 +802,32 @@ pub(crate) fn main() {
             100.0 * cmx.per_second / raw.per_second
         );
         let _ = (cmx.requests, raw.requests);
+    }
+    if rounds > 1 {
+        println!();
+        for &c in &concurrency {
+            let mut ratios: Vec<f64> = rows
+                .iter()
+                .filter(|(rc, _, _, _)| *rc == c)
+                .map(|(_, cmx, raw, _)| 100.0 * cmx.per_second / raw.per_second)
+                .collect();
+            ratios.sort_by(f64::total_cmp);
+            let (cmx_total, raw_total) = rows
+                .iter()
+                .filter(|(rc, _, _, _)| *rc == c)
+                .fold((0.0, 0.0), |(a, b), (_, cmx, raw, _)| {
+                    (a + cmx.per_second, b + raw.per_second)
+                });
+            println!(
+                "{c} in flight, {rounds} rounds: CMX / raw median {:.0}% (rounds {}), all rounds together {:.0}%",
+                ratios[ratios.len() / 2],
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.0}%"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                100.0 * cmx_total / raw_total
+            );
+        }
     }
 }
