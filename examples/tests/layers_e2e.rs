@@ -6,7 +6,11 @@
 //! Every device first runs its group's layered configuration; then the layer of one
 //! group changes: exactly that group's devices are pushed to (the others' status
 //! history does not move: no new dispatch), and each of them applies its new
-//! effective configuration, which is the one explain rebuilds.
+//! effective configuration, which is the one explain rebuilds. Last, a staged
+//! rollout of a third group's layer (10/50/100 %, `POST …/layers/{layer}/rollouts`)
+//! completes through its steps: that group's devices apply the new layered
+//! configuration, the stored layer becomes the new one, and no other device is
+//! pushed to.
 //!
 //! Alone in its test binary (a flood of connections): `cargo test -p kaa-examples
 //! --test layers_e2e -- --nocapture`. `KAA_LAYERS_DEVICES` changes the fleet size.
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use kaa_examples::ecr::model::Content;
 use kaa_testkit::fleet::{APP, Rest, embedded_stack, start_fleet, wait_until};
 
 const GROUPS: [&str; 3] = ["north", "south", "west"];
@@ -88,7 +93,14 @@ async fn a_layer_change_reaches_exactly_its_group() {
     }
     let layered_id = |group: &str, rate: u64| {
         let doc = json!({"rate": rate, "mode": "eco", "site": group});
-        kaa_examples::ecr::model::Content::from_value(&doc).config_id
+        Content::from_value(&doc).config_id
+    };
+    let layered_id_with = |group: &str, extra: Value| {
+        let mut doc = json!({"rate": 10, "mode": "eco", "site": group});
+        for (k, v) in extra.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        Content::from_value(&doc).config_id
     };
     let ids: Vec<String> = GROUPS.iter().map(|g| layered_id(g, 10)).collect();
 
@@ -189,6 +201,97 @@ async fn a_layer_change_reaches_exactly_its_group() {
         .unwrap();
     assert_eq!(rate["layer"], format!("site-{changed_group}"));
     assert_eq!(explained["configuration"]["configId"], new_id.as_str());
+
+    // A staged rollout of another group's layer (10/50/100 %, 2 s soak): it
+    // completes through its steps, every device of that group applies the new
+    // layered configuration, the stored layer is the new one, and no device
+    // outside the group is pushed to.
+    let rolled_group = GROUPS[2];
+    let rolled_id = layered_id_with(rolled_group, json!({"fan": "quiet"}));
+    let mut before = Vec::with_capacity(devices);
+    for i in 0..devices {
+        before.push(statuses(&rest, i).await);
+    }
+    let t = Instant::now();
+    let created = rest
+        .send(
+            reqwest::Method::POST,
+            &format!("{base}/layers/site-{rolled_group}/rollouts"),
+            &json!({
+                "priority": 10, "group": rolled_group,
+                "patch": {"site": rolled_group, "fan": "quiet"},
+                "steps": [10, 50, 100],
+                "gate": {"minAppliedPercent": 90, "minApplied": 1, "soakSeconds": 2},
+                "abort": {"maxRejectedPercent": 5, "minSample": 10, "reportTimeoutSeconds": 60},
+                "onAbort": "revert"
+            }),
+        )
+        .await;
+    assert_eq!(created["state"], "running", "{created}");
+    assert_eq!(
+        created["previousConfigId"],
+        Content::from_value(&json!({"site": rolled_group}))
+            .config_id
+            .as_str(),
+        "{created}"
+    );
+    let id = created["rolloutId"].as_str().unwrap().to_owned();
+    let done = rest
+        .wait_rollout(&id, Duration::from_secs(180), |r| r["state"] != "running")
+        .await;
+    assert_eq!(done["state"], "completed", "{done}");
+    for step in done["steps"].as_array().unwrap() {
+        assert_eq!(step["state"], "passed", "{done}");
+        assert_eq!(step["rejected"], 0, "{done}");
+    }
+    let in_rolled = (0..devices).filter(|i| i % 3 == 2).count() as u64;
+    wait_until(
+        "every device of the group applied the rolled-out layer",
+        Duration::from_secs(60),
+        async || {
+            applied_counts(&rest)
+                .await
+                .get(&rolled_id)
+                .copied()
+                .unwrap_or(0)
+                == in_rolled
+        },
+    )
+    .await;
+    println!(
+        "layer rollout of {rolled_group} ({in_rolled} devices) completed in {:?}: {}",
+        t.elapsed(),
+        done["steps"]
+    );
+    let layer = rest
+        .get(&format!("{base}/layers/site-{rolled_group}"))
+        .await;
+    assert_eq!(
+        layer["patch"],
+        json!({"site": rolled_group, "fan": "quiet"}),
+        "{layer}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut moved_outside = 0;
+    for (i, before) in before.iter().enumerate() {
+        let now = statuses(&rest, i).await;
+        if i % 3 == 2 {
+            let running = now
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["status"] == "APPLIED")
+                .unwrap();
+            assert_eq!(running["configId"], rolled_id.as_str(), "dev-{i}: {now}");
+        } else if &now != before {
+            moved_outside += 1;
+            println!("dev-{i} outside {rolled_group}: {before} -> {now}");
+        }
+    }
+    assert_eq!(
+        moved_outside, 0,
+        "devices outside the rolled-out group were pushed to"
+    );
 
     fleet.abort_all();
     stack.shutdown().await.expect("clean shutdown");
