@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use kaa_examples::ecr::model::Content;
-use kaa_testkit::fleet::{APP, Rest, embedded_stack, start_fleet, wait_until};
+use kaa_testkit::fleet::{
+    APP, Rest, assert_completed_cleanly, embedded_stack, start_fleet, wait_until,
+};
 
 const GROUPS: [&str; 3] = ["north", "south", "west"];
 
@@ -47,6 +49,42 @@ async fn statuses(rest: &Rest, device: usize) -> Value {
     ))
     .await["content"]
         .clone()
+}
+
+/// Every device's status history, `dev-0` first.
+async fn snapshot(rest: &Rest, devices: usize) -> Vec<Value> {
+    let mut all = Vec::with_capacity(devices);
+    for i in 0..devices {
+        all.push(statuses(rest, i).await);
+    }
+    all
+}
+
+/// After a change meant for group `GROUPS[group]` (the devices `i % 3 == group`):
+/// each of its devices runs `config_id` applied, and no other device's status
+/// history moved from `before` (no dispatch: nothing was pushed to it).
+async fn only_the_group_moved(rest: &Rest, before: &[Value], group: usize, config_id: &str) {
+    let mut moved_outside = 0;
+    for (i, before) in before.iter().enumerate() {
+        let now = statuses(rest, i).await;
+        if i % 3 == group {
+            let running = now
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["status"] == "APPLIED")
+                .unwrap();
+            assert_eq!(running["configId"], config_id, "dev-{i}: {now}");
+        } else if &now != before {
+            moved_outside += 1;
+            println!("dev-{i} outside {}: {before} -> {now}", GROUPS[group]);
+        }
+    }
+    assert_eq!(
+        moved_outside, 0,
+        "devices outside {} were pushed to",
+        GROUPS[group]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,10 +167,7 @@ async fn a_layer_change_reaches_exactly_its_group() {
     );
     // Settle: late reconnect fetches land before the snapshot.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut before = Vec::with_capacity(devices);
-    for i in 0..devices {
-        before.push(statuses(&rest, i).await);
-    }
+    let before = snapshot(&rest, devices).await;
 
     // The layer of one group changes: a dry run first says who.
     let changed_group = GROUPS[1];
@@ -172,23 +207,7 @@ async fn a_layer_change_reaches_exactly_its_group() {
         t.elapsed()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut moved_outside = 0;
-    for (i, before) in before.iter().enumerate() {
-        let now = statuses(&rest, i).await;
-        if i % 3 == 1 {
-            let running = now
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["status"] == "APPLIED")
-                .unwrap();
-            assert_eq!(running["configId"], new_id.as_str(), "dev-{i}: {now}");
-        } else if &now != before {
-            moved_outside += 1;
-            println!("dev-{i} outside {changed_group}: {before} -> {now}");
-        }
-    }
-    assert_eq!(moved_outside, 0, "devices outside the group were pushed to");
+    only_the_group_moved(&rest, &before, 1, &new_id).await;
     // Explain names the layer for the changed value.
     let explained = rest
         .get(&format!("/endpoints/dev-1/app-versions/{APP}/explain"))
@@ -208,10 +227,7 @@ async fn a_layer_change_reaches_exactly_its_group() {
     // outside the group is pushed to.
     let rolled_group = GROUPS[2];
     let rolled_id = layered_id_with(rolled_group, json!({"fan": "quiet"}));
-    let mut before = Vec::with_capacity(devices);
-    for i in 0..devices {
-        before.push(statuses(&rest, i).await);
-    }
+    let before = snapshot(&rest, devices).await;
     let t = Instant::now();
     let created = rest
         .send(
@@ -239,11 +255,7 @@ async fn a_layer_change_reaches_exactly_its_group() {
     let done = rest
         .wait_rollout(&id, Duration::from_secs(180), |r| r["state"] != "running")
         .await;
-    assert_eq!(done["state"], "completed", "{done}");
-    for step in done["steps"].as_array().unwrap() {
-        assert_eq!(step["state"], "passed", "{done}");
-        assert_eq!(step["rejected"], 0, "{done}");
-    }
+    assert_completed_cleanly(&done);
     let in_rolled = (0..devices).filter(|i| i % 3 == 2).count() as u64;
     wait_until(
         "every device of the group applied the rolled-out layer",
@@ -272,26 +284,7 @@ async fn a_layer_change_reaches_exactly_its_group() {
         "{layer}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut moved_outside = 0;
-    for (i, before) in before.iter().enumerate() {
-        let now = statuses(&rest, i).await;
-        if i % 3 == 2 {
-            let running = now
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["status"] == "APPLIED")
-                .unwrap();
-            assert_eq!(running["configId"], rolled_id.as_str(), "dev-{i}: {now}");
-        } else if &now != before {
-            moved_outside += 1;
-            println!("dev-{i} outside {rolled_group}: {before} -> {now}");
-        }
-    }
-    assert_eq!(
-        moved_outside, 0,
-        "devices outside the rolled-out group were pushed to"
-    );
+    only_the_group_moved(&rest, &before, 2, &rolled_id).await;
 
     fleet.abort_all();
     stack.shutdown().await.expect("clean shutdown");

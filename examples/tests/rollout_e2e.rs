@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use kaa_testkit::fleet::{
-    APP, bad_rollout_reverts, embedded_stack, rollout_body, silent_devices_abort_a_rollout,
-    start_fleet, start_silent_devices, wait_until,
+    APP, assert_completed_cleanly, bad_rollout_reverts, embedded_stack, rollout_body,
+    silent_devices_abort_a_rollout, start_fleet, start_silent_devices, wait_until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,11 +73,7 @@ async fn rollouts_over_mqtt_with_a_thousand_devices() {
     let done = rest
         .wait_rollout(&id, Duration::from_secs(180), |r| r["state"] != "running")
         .await;
-    assert_eq!(done["state"], "completed", "{done}");
-    for step in done["steps"].as_array().unwrap() {
-        assert_eq!(step["state"], "passed", "{done}");
-        assert_eq!(step["rejected"], 0, "{done}");
-    }
+    assert_completed_cleanly(&done);
     wait_until(
         "every device applied the rollout",
         Duration::from_secs(60),

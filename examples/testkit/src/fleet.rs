@@ -114,6 +114,16 @@ impl Rest {
     }
 }
 
+/// Asserts that a rollout, as [`Rest::wait_rollout`] returned it, completed
+/// with every step passed and nothing rejected.
+pub fn assert_completed_cleanly(done: &Value) {
+    assert_eq!(done["state"], "completed", "{done}");
+    for step in done["steps"].as_array().unwrap() {
+        assert_eq!(step["state"], "passed", "{done}");
+        assert_eq!(step["rejected"], 0, "{done}");
+    }
+}
+
 /// What [`bad_rollout_reverts`] saw.
 #[derive(Debug, Clone)]
 pub struct BadRollout {
