@@ -292,6 +292,16 @@ fn first_string(datum: &[u8]) -> Option<&str> {
         .ok()
 }
 
+/// Where the digits of a correlation ID that starts with `marker` begin in an
+/// encoded datum (a template's, built here: a missing marker is a bench bug).
+fn digits_after(datum: &[u8], marker: &[u8]) -> usize {
+    datum
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .expect("the correlation ID is in the datum")
+        + marker.len()
+}
+
 /// Writes `n` as `digits.len()` decimal digits (zero-padded; the lowest ones
 /// if it has more).
 fn write_digits(digits: &mut [u8], mut n: u64) {
@@ -353,16 +363,9 @@ impl RelayTemplates {
             pad -= 1;
         }
         let extension_data = answer(pad);
-        let at = |datum: &[u8], marker: &[u8]| {
-            datum
-                .windows(marker.len())
-                .position(|w| w == marker)
-                .expect("the correlation ID is in the datum")
-                + marker.len()
-        };
         RelayTemplates {
-            request_digits_at: at(&config_request, b"rly-bench-"),
-            answer_digits_at: at(&extension_data, b"kpc-bench-"),
+            request_digits_at: digits_after(&config_request, b"rly-bench-"),
+            answer_digits_at: digits_after(&extension_data, b"kpc-bench-"),
             config_request,
             extension_data,
         }
@@ -398,12 +401,7 @@ struct ClientDataTemplates {
 impl ClientDataTemplates {
     fn new() -> Self {
         let encoded: Vec<Bytes> = (0..endpoints()).map(|e| client_data(e).into()).collect();
-        let marker = b"kpc-bench-";
-        let digits_at = encoded[0]
-            .windows(marker.len())
-            .position(|w| w == marker)
-            .expect("the correlation ID is in the datum")
-            + marker.len();
+        let digits_at = digits_after(&encoded[0], b"kpc-bench-");
         ClientDataTemplates { encoded, digits_at }
     }
 
