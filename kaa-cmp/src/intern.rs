@@ -100,6 +100,14 @@ impl Interner {
     }
 
     /// The handle of `s`, if it is in the table (no reference taken).
+    /// Whether `id` is the handle of a string equal to `s`: one pointer
+    /// comparison when `s` is the interned `Arc` itself, one string comparison
+    /// otherwise, no hashing. Never true for [`NONE`].
+    pub(crate) fn holds(&self, id: u32, s: &Arc<str>) -> bool {
+        self.get(id)
+            .is_some_and(|v| Arc::ptr_eq(v, s) || **v == **s)
+    }
+
     pub(crate) fn find(&self, s: &str) -> Option<u32> {
         self.map.get(s).copied()
     }
@@ -142,5 +150,14 @@ mod tests {
         t.release(NONE);
         t.retain(NONE);
         assert_eq!(t.get(NONE), None);
+        // `holds`: the interned `Arc`, an equal string elsewhere, never `NONE`.
+        let d = t.acquire("d");
+        let interned = Arc::clone(t.get(d).unwrap());
+        assert!(t.holds(d, &interned));
+        assert!(t.holds(d, &Arc::from("d")));
+        assert!(!t.holds(d, &Arc::from("e")));
+        assert!(!t.holds(NONE, &Arc::from("")));
+        t.release(d);
+        assert!(!t.holds(d, &interned));
     }
 }

@@ -189,6 +189,41 @@ fn a_new_sessions_pushes_take_its_replicas_subject_like_its_answers() {
     }
 }
 
+/// A device's requests name the replica that answers it (`replyTo`), and its
+/// pushes follow the last one, with no event in between: a request through
+/// another replica moves the pushes there, one through the first moves them
+/// back, and a request through the instance-wide subject sends them there.
+#[test]
+fn pushes_follow_the_replica_of_the_devices_last_request() {
+    let mut w = World::new();
+    w.provider.set(EP, AV, None, "1");
+    w.send(EP, "/config/json", Some(1), r#"{"observe":true}"#);
+    assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
+    let mut request_id = 1;
+    let mut config = 1;
+    for via in [
+        KPC2_REPLICA,
+        KPC2_REPLICA,
+        KPC_REPLICA,
+        KPC_INSTANCE,
+        KPC2_REPLICA,
+    ] {
+        w.advance(5);
+        request_id += 1;
+        let cd = w.client_data(EP, "/config/json", Some(request_id), r#"{"observe":true}"#);
+        w.send_msg(&cd, Some(via));
+        assert_eq!(&*w.take_one(EP).subject, via, "the answer");
+        config += 1;
+        w.update(EP, None, &config.to_string());
+        let push = w.take_one(EP);
+        assert!(push.is_push());
+        assert_eq!(
+            &*push.subject, via,
+            "the push after a request through {via}"
+        );
+    }
+}
+
 /// Found by the fault test (`kpc-kill`): the `connected` event of a new session
 /// can reach CMX after the session's first request. The request's replica stays
 /// the push subject: a push on the instance-wide subject can overtake an answer

@@ -182,13 +182,24 @@ impl Cmx {
             AppVersionStamp::device(r.timestamp),
             now,
         )?;
-        let reply = if Arc::ptr_eq(&r.subject, &self.settings.extension_data_subject) {
-            NONE
-        } else {
-            self.replies.acquire(&r.subject)
-        };
-        self.set_reply(slot, reply);
-        self.replies.release(reply);
+        let default = Arc::ptr_eq(&r.subject, &self.settings.extension_data_subject);
+        // Most messages answer where the endpoint's last one did: nothing to
+        // change then (acquiring the same handle and releasing it again would
+        // hash the subject for nothing).
+        let same = !default
+            && self
+                .endpoints
+                .get(slot)
+                .is_some_and(|e| self.replies.holds(e.reply_to, &r.subject));
+        if !same {
+            let reply = if default {
+                NONE
+            } else {
+                self.replies.acquire(&r.subject)
+            };
+            self.set_reply(slot, reply);
+            self.replies.release(reply);
+        }
         if let Some(e) = self.endpoints.get_mut(slot) {
             e.reply_at = r.timestamp;
         }
