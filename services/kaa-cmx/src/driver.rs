@@ -104,6 +104,11 @@ async fn view_confirmed(rx: &mut Option<mpsc::UnboundedReceiver<(String, u64)>>)
 /// split off, so one allocation serves many messages instead of one each.
 const ENCODE_CHUNK: usize = 64 * 1024;
 
+/// The room left in the encode buffer below which it takes a new chunk before
+/// an output is encoded (a usual answer, with a configuration of a few KiB,
+/// fits without the buffer growing while it is written).
+const ENCODE_ROOM: usize = 8 * 1024;
+
 /// The most messages handled after one wake-up before the driver looks at its
 /// timer, shutdown and events again.
 const MAX_BATCH: usize = 64;
@@ -253,7 +258,10 @@ impl Driver {
                 let Some(message) = step else {
                     break Err(RunError::BusClosed);
                 };
-                self.on_message(&message).await;
+                // One clock reading for the batch: the engine works in whole
+                // milliseconds, and a batch takes far less.
+                let now = super::now();
+                self.on_message(&message, now).await;
                 // Take whatever else is already buffered before looking at the
                 // timer again (cheaper than a full select per message): answers
                 // first, then device requests.
@@ -265,7 +273,7 @@ impl Driver {
                             _ => break,
                         },
                     };
-                    self.on_message(&message).await;
+                    self.on_message(&message, now).await;
                 }
             }
         };
@@ -313,7 +321,7 @@ impl Driver {
                 && let Some(Some(message)) = sub.next().now_or_never()
             {
                 taken += 1;
-                self.on_message(&message).await;
+                self.on_message(&message, now()).await;
             }
         }
         for sub in [
@@ -345,7 +353,7 @@ impl Driver {
             tokio::select! {
                 biased;
                 m = responses.next() => match m {
-                    Some(m) => self.on_message(&m).await,
+                    Some(m) => self.on_message(&m, super::now()).await,
                     None => break,
                 },
                 () = self.wakeup.fired() => self.on_timer().await,
@@ -461,9 +469,9 @@ impl Driver {
     }
 
     /// Decodes one bus message ([`kaa_cmp::Cmx::decode_input`], with the
-    /// configuration's limits), hands it to the engine inside a span carrying its
-    /// `correlationId`, and publishes what the engine asks for.
-    async fn on_message(&mut self, message: &Message) {
+    /// configuration's limits), hands it to the engine at `now` inside a span
+    /// carrying its `correlationId`, and publishes what the engine asks for.
+    async fn on_message(&mut self, message: &Message, now: UnixMillis) {
         if message.no_responders {
             // A NATS status, not a message: no provider (e.g. ECR restarting) or no
             // communication service subscribed. It names no request; the engine's
@@ -476,7 +484,6 @@ impl Driver {
             }
             return;
         }
-        let now = now();
         let input = match self.engine.decode_input(
             &message.subject,
             message.reply_to.as_deref(),
@@ -531,7 +538,12 @@ impl Driver {
         // Before publishing: whoever sees an answer sees the metrics that
         // count it.
         self.sync_metrics();
-        self.publish_outputs(false).instrument(span).await;
+        if span.is_disabled() {
+            // No subscriber wants the span (the usual case at full load).
+            self.publish_outputs(false).await;
+        } else {
+            self.publish_outputs(false).instrument(span).await;
+        }
     }
 
     /// Publishes every output the engine has queued. With `final_flush`, CDTP
@@ -615,10 +627,13 @@ impl Driver {
     }
 
     /// The Avro datum of `output`, split off the shared encode buffer.
+    ///
+    /// The buffer keeps room for a usual output without asking the output's
+    /// length first (a second walk over it); a larger one makes the buffer grow
+    /// while it is written.
     fn encode(&mut self, output: &Output) -> Bytes {
-        let len = output.encoded_len();
-        if self.encode_buf.capacity() < len {
-            self.encode_buf.reserve(len.max(ENCODE_CHUNK));
+        if self.encode_buf.capacity() < ENCODE_ROOM {
+            self.encode_buf.reserve(ENCODE_CHUNK);
         }
         output.encode(&mut self.encode_buf);
         self.encode_buf.split().freeze()
