@@ -222,10 +222,17 @@ impl Driver {
                 provider_started,
             } = &mut inputs;
             let mut devices = futures::stream::select(client_data, client_data_replica);
-            let mut events = futures::stream::select(
-                futures::stream::select(config_updated, provider_started),
-                futures::stream::select(futures::stream::select(connectivity, lifecycle), sessions),
-            );
+            // The five event subscriptions are quiet most of the time, and the
+            // loop looks at them on every wake-up: a `SelectAll` polls only the
+            // subscriptions that have woken it, where nested `select`s would
+            // poll all five each time.
+            let mut events = futures::stream::select_all([
+                config_updated,
+                provider_started,
+                connectivity,
+                lifecycle,
+                sessions,
+            ]);
             loop {
                 let now = now();
                 let deadline = self.engine.poll_timeout();
