@@ -265,8 +265,11 @@ impl Driver {
                 let Some(message) = step else {
                     break Err(RunError::BusClosed);
                 };
-                // One clock reading for the batch: the engine works in whole
-                // milliseconds, and a batch takes far less.
+                // One clock reading for the whole batch (at most `MAX_BATCH`
+                // messages already buffered, usually well under a millisecond
+                // of work): the engine works in whole milliseconds, and what it
+                // decides by the clock (expiry, deadlines) may only be late by
+                // the batch's duration.
                 let now = super::now();
                 self.on_message(&message, now).await;
                 // Take whatever else is already buffered before looking at the
