@@ -99,7 +99,6 @@ impl Interner {
         self.entries.get(id as usize)?.value.as_ref()
     }
 
-    /// The handle of `s`, if it is in the table (no reference taken).
     /// Whether `id` is the handle of a string equal to `s`: one pointer
     /// comparison when `s` is the interned `Arc` itself, one string comparison
     /// otherwise, no hashing. Never true for [`NONE`].
@@ -108,6 +107,7 @@ impl Interner {
             .is_some_and(|v| Arc::ptr_eq(v, s) || **v == **s)
     }
 
+    /// The handle of `s`, if it is in the table (no reference taken).
     pub(crate) fn find(&self, s: &str) -> Option<u32> {
         self.map.get(s).copied()
     }
