@@ -199,22 +199,19 @@ fn pushes_follow_the_replica_of_the_devices_last_request() {
     w.provider.set(EP, AV, None, "1");
     w.send(EP, "/config/json", Some(1), r#"{"observe":true}"#);
     assert_eq!(&*w.take_one(EP).subject, KPC_REPLICA);
-    let mut request_id = 1;
-    let mut config = 1;
-    for via in [
+    // Request n (from 2 on) is answered, then configuration n is pushed.
+    for (n, via) in (2..).zip([
         KPC2_REPLICA,
         KPC2_REPLICA,
         KPC_REPLICA,
         KPC_INSTANCE,
         KPC2_REPLICA,
-    ] {
+    ]) {
         w.advance(5);
-        request_id += 1;
-        let cd = w.client_data(EP, "/config/json", Some(request_id), r#"{"observe":true}"#);
+        let cd = w.client_data(EP, "/config/json", Some(n), r#"{"observe":true}"#);
         w.send_msg(&cd, Some(via));
         assert_eq!(&*w.take_one(EP).subject, via, "the answer");
-        config += 1;
-        w.update(EP, None, &config.to_string());
+        w.update(EP, None, &n.to_string());
         let push = w.take_one(EP);
         assert!(push.is_push());
         assert_eq!(
