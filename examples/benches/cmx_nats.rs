@@ -12,7 +12,8 @@
 //! | `CMX_BENCH_SECONDS` | measured seconds per run (after a 1 s warm-up) | 5 |
 //! | `CMX_BENCH_CONCURRENCY` | requests in flight, comma-separated list | `1,16,64` |
 //! | `CMX_BENCH_ENDPOINTS` | endpoints the requests go to in turn (keep it above the concurrency; fewer make a short profile see the steady state, where the engine knows every endpoint) | 10,000 |
-//! | `CMX_BENCH_ROUNDS` | CMX and relay runs per concurrency, alternating which goes first; the median ratio is reported | 1 |
+//! | `CMX_BENCH_ROUNDS` | rounds per concurrency (a round: CMX and relay, see `CMX_BENCH_SLICE_MS`); the median ratio is reported | 1 |
+//! | `CMX_BENCH_SLICE_MS` | interleaved rounds: both stacks up at once, taking the load by turns in slices this long until each has had `CMX_BENCH_SECONDS`; `0`: CMX's run, then the relay's (which goes first alternating between rounds) | 250 |
 //! | `CMX_BENCH_NATS_URL` | an existing NATS server | a private `nats-server` on an ephemeral port |
 //! | `CMX_BENCH_TRACING` | `1`: CMX runs with a `tracing` fmt subscriber at `info` (to a sink) | off |
 //! | `CMX_BENCH_REPLICAS` | replicas mode: CMX replica counts to compare, e.g. `1,2,3` (no relay run) | off |
@@ -51,6 +52,18 @@
 //! with the numbers written in. Only the middle differs, so a CMX that cost
 //! nothing would reach 100%. (Until 2026-12-06 the relay run's generator and
 //! provider moved opaque bytes and skipped the Avro work the CMX run's did.)
+//!
+//! **Interleaved rounds** (`CMX_BENCH_SLICE_MS`, 250 by default): on a shared
+//! machine the rates move by a fifth from one few-second run to the next, more
+//! than CMX's cost moves them, so runs one after the other (`0`) need many
+//! rounds to say anything. Instead both stacks are up at once (idle between
+//! turns) and take the load by turns in short slices: each slice keeps the
+//! concurrency in flight for its length, then sends nothing new until every
+//! request is answered, and counts every answer over the time from its first
+//! request to its last answer (the ramp up and down weigh on both alike). Which
+//! side goes first alternates from pair to pair; a round ends when each side has
+//! had `CMX_BENCH_SECONDS`. Besides the rounds' ratios, the summary gives the
+//! spread of the slice pairs' ratios.
 //!
 //! Where `/proc` is there and the bench runs its own `nats-server`, each row also
 //! gives the CPU time per request of this process and of `nats-server` in each
@@ -141,36 +154,85 @@ fn allocations() -> Option<u64> {
     ALLOCATIONS.get().map(|count| count())
 }
 
-/// Keeps `concurrency` requests in flight for `warmup + measure`; `send(seq)`
-/// publishes request `seq`, `key_of` extracts the sequence number from an answer.
-async fn generate(
+/// The generator's side of one stack (the fake communication service): its
+/// connection, the answers' subscription, where requests go, and the requests
+/// in flight by number.
+struct Generator {
     client: async_nats::Client,
-    mut answers: async_nats::Subscriber,
+    answers: async_nats::Subscriber,
+    subject: String,
+    reply: String,
+    started: HashMap<u64, Instant>,
+    next: u64,
+}
+
+impl Generator {
+    fn new(
+        client: async_nats::Client,
+        answers: async_nats::Subscriber,
+        subject: String,
+        reply: String,
+    ) -> Self {
+        Generator {
+            client,
+            answers,
+            subject,
+            reply,
+            started: HashMap::with_capacity(1024),
+            next: 0,
+        }
+    }
+
+    /// Publishes the next request (its endpoint's `ClientData` with the
+    /// request's number in its correlation ID).
+    async fn send(&mut self, templates: &ClientDataTemplates) {
+        let seq = self.next;
+        self.next += 1;
+        self.started.insert(seq, Instant::now());
+        self.client
+            .publish_with_reply(
+                self.subject.clone(),
+                self.reply.clone(),
+                templates.request(seq),
+            )
+            .await
+            .expect("publish");
+    }
+
+    /// The next answer to a request in flight (decoded and checked by
+    /// [`answer_seq`]), with when its request was sent.
+    async fn answer(&mut self) -> (Instant, async_nats::Message) {
+        loop {
+            let Ok(Some(message)) =
+                tokio::time::timeout(Duration::from_secs(10), self.answers.next()).await
+            else {
+                panic!("no answer within 10 s ({} in flight)", self.started.len());
+            };
+            let Some(seq) = answer_seq(&message) else {
+                continue;
+            };
+            if let Some(at) = self.started.remove(&seq) {
+                return (at, message);
+            }
+        }
+    }
+}
+
+/// Keeps `concurrency` requests in flight for `warmup + measure` and measures
+/// the requests sent after the warm-up and answered before the end.
+async fn generate(
+    generator: &mut Generator,
+    templates: &ClientDataTemplates,
     Load {
         concurrency,
         warmup,
         measure,
     }: Load,
-    send: impl Fn(u64) -> (String, String, Bytes),
-    key_of: impl Fn(&async_nats::Message) -> Option<u64>,
     mut on_answer: impl FnMut(&async_nats::Message),
 ) -> Outcome {
-    let mut started: HashMap<u64, Instant> = HashMap::with_capacity(concurrency * 2);
-    let mut next = 0u64;
-    let publish = |seq: u64| {
-        let (subject, reply, payload) = send(seq);
-        let client = client.clone();
-        async move {
-            client
-                .publish_with_reply(subject, reply, payload)
-                .await
-                .expect("publish");
-        }
-    };
+    let first = generator.next;
     for _ in 0..concurrency {
-        started.insert(next, Instant::now());
-        publish(next).await;
-        next += 1;
+        generator.send(templates).await;
     }
     let begin = Instant::now();
     let measure_from = begin + warmup;
@@ -186,27 +248,15 @@ async fn generate(
             allocs_at_start = allocations();
             cpu_at_start = cpu_now();
         }
-        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(10), answers.next()).await
-        else {
-            panic!("no answer within 10 s ({} in flight)", started.len());
-        };
-        let Some(seq) = key_of(&message) else {
-            continue;
-        };
-        let Some(at) = started.remove(&seq) else {
-            continue;
-        };
+        let (at, message) = generator.answer().await;
         on_answer(&message);
         let now = Instant::now();
         if at >= measure_from {
             latencies.push(now - at);
             counted += 1;
         }
-        started.insert(next, Instant::now());
-        publish(next).await;
-        next += 1;
+        generator.send(templates).await;
     }
-    // Measured: requests sent after the warm-up and answered before the end.
     let per_request_us = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / counted.max(1) as f64;
     let cpu_per_request = cpu_at_start.zip(cpu_now()).map(|((p0, n0), (p1, n1))| {
         (
@@ -221,13 +271,106 @@ async fn generate(
     latencies.sort_unstable();
     Outcome {
         requests: counted,
-        sent: next,
+        sent: generator.next - first,
         per_second: counted as f64 / elapsed,
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         allocs_per_request,
         cpu_per_request,
     }
+}
+
+/// One slice of an interleaved run, summed per side over its slices.
+#[derive(Debug, Default)]
+struct Slices {
+    answered: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    /// This process's and `nats-server`'s CPU ticks (`None` without `/proc`).
+    cpu: Option<(u64, u64)>,
+    allocations: Option<u64>,
+}
+
+impl Slices {
+    fn per_second(&self) -> f64 {
+        self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn add(&mut self, slice: Slices) {
+        let first = self.answered == 0;
+        self.answered += slice.answered;
+        self.elapsed += slice.elapsed;
+        self.latencies.extend(slice.latencies);
+        let sum = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| {
+            a.zip(b).map(|((a0, a1), (b0, b1))| (a0 + b0, a1 + b1))
+        };
+        self.cpu = if first {
+            slice.cpu
+        } else {
+            sum(self.cpu, slice.cpu)
+        };
+        self.allocations = if first {
+            slice.allocations
+        } else {
+            self.allocations.zip(slice.allocations).map(|(a, b)| a + b)
+        };
+    }
+
+    fn outcome(mut self) -> Outcome {
+        let answered = self.answered.max(1) as f64;
+        let per_request_us = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / answered;
+        self.latencies.sort_unstable();
+        Outcome {
+            requests: self.answered,
+            sent: self.answered,
+            per_second: self.per_second(),
+            p50: percentile(&self.latencies, 0.50),
+            p99: percentile(&self.latencies, 0.99),
+            allocs_per_request: self.allocations.map(|a| a as f64 / answered),
+            cpu_per_request: self
+                .cpu
+                .map(|(p, n)| (per_request_us(p), per_request_us(n))),
+        }
+    }
+}
+
+/// One slice of an interleaved run: `concurrency` requests kept in flight for
+/// `duration`, then no new ones until every request sent is answered. Counts
+/// every answer and the time from the first request to the last answer, so
+/// that the ramp up and down weigh on both sides alike.
+async fn slice(
+    generator: &mut Generator,
+    templates: &ClientDataTemplates,
+    concurrency: usize,
+    duration: Duration,
+    mut on_answer: impl FnMut(&async_nats::Message),
+) -> Slices {
+    let cpu_at_start = cpu_now();
+    let allocs_at_start = allocations();
+    let begin = Instant::now();
+    let end = begin + duration;
+    for _ in 0..concurrency {
+        generator.send(templates).await;
+    }
+    let mut slice = Slices::default();
+    while !generator.started.is_empty() {
+        let (at, message) = generator.answer().await;
+        on_answer(&message);
+        let now = Instant::now();
+        slice.latencies.push(now - at);
+        slice.answered += 1;
+        if now < end {
+            generator.send(templates).await;
+        }
+    }
+    slice.elapsed = begin.elapsed();
+    slice.cpu = cpu_at_start
+        .zip(cpu_now())
+        .map(|((p0, n0), (p1, n1))| (p1.saturating_sub(p0), n1.saturating_sub(n0)));
+    slice.allocations = allocs_at_start
+        .zip(allocations())
+        .map(|(start, end)| end - start);
+    slice
 }
 
 /// Waits until the server has processed this client's subscriptions (a flush
@@ -413,16 +556,30 @@ impl ClientDataTemplates {
     }
 }
 
-/// The CMX run with one replica and no membership (`replicas` `None`), or with
-/// `replicas` replicas in a membership; the outcome, the sizes and the share of
-/// requests handed over between replicas.
-async fn run_cmx(
+/// One CMX replica's status, its stop signal and its task.
+type CmxReplica = (
+    kaa_examples::cmx::CmxStatus,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<kaa_examples::cmx::RunReport, kaa_examples::cmx::RunError>>,
+);
+
+/// A CMX stack ready for load: CMX (one replica, or `replicas` in a
+/// membership), the fake provider and the generator.
+struct CmxStack {
+    /// Each replica's status, its stop signal and its task.
+    cmxs: Vec<CmxReplica>,
+    provider_task: tokio::task::JoinHandle<()>,
+    /// The sizes the provider saw, and the generator's `ClientData`.
+    sizes: Arc<std::sync::Mutex<Sizes>>,
+    generator: Generator,
+}
+
+async fn start_cmx(
     url: &str,
-    load: Load,
     tag: &str,
     replicas: Option<usize>,
     templates: &ClientDataTemplates,
-) -> (Outcome, Sizes, f64) {
+) -> CmxStack {
     let cmx_name = format!("cmx-{tag}");
     let provider_name = format!("ecr-{tag}");
     let kpc = format!("kpc-{tag}");
@@ -498,50 +655,78 @@ async fn run_cmx(
     };
 
     // The communication service: ClientData out, ExtensionData in.
-    let generator = connect(url).await;
+    let client = connect(url).await;
     let reply = format!("kaa.v1.replica.{kpc_replica}.esp.ExtensionData");
-    let answers = generator.subscribe(reply.clone()).await.unwrap();
-    barrier(&generator).await;
+    let answers = client.subscribe(reply.clone()).await.unwrap();
+    barrier(&client).await;
     let subject = format!("kaa.v1.service.{cmx_name}.esp.ClientData");
     let probe = templates.request(1_234_567);
     let decoded = kaa_esp::ClientData::decode(&probe).expect("a templated ClientData decodes");
     assert_eq!(&*decoded.correlation_id, "kpc-bench-0001234567");
-    let sample = probe.len();
-    let mut extension_data = 0;
-    let result = generate(
-        generator,
-        answers,
-        load,
-        |seq| (subject.clone(), reply.clone(), templates.request(seq)),
-        answer_seq,
-        |m| extension_data = m.payload.len(),
-    )
-    .await;
-    let handed_over: f64 = cmxs
-        .iter()
-        .map(|(status, _, _)| {
-            kaa_testkit::cmx::metric_value(&status.metrics_text(), "cmx_handed_over_total")
-        })
-        .sum();
-    for (_, stop, task) in cmxs {
-        let _ = stop.send(());
-        let _ = task.await;
+    if let Ok(mut s) = sizes.lock() {
+        s.client_data = probe.len();
     }
-    provider_task.abort();
-    let mut sizes = *sizes.lock().unwrap();
-    sizes.client_data = sample;
+    CmxStack {
+        cmxs,
+        provider_task,
+        sizes,
+        generator: Generator::new(client, answers, subject, reply),
+    }
+}
+
+impl CmxStack {
+    /// Stops CMX and the provider; the sizes seen (without the answers'
+    /// `ExtensionData`, which the caller saw) and how many requests the replicas
+    /// handed over to one another.
+    async fn stop(self) -> (Sizes, f64) {
+        let handed_over: f64 = self
+            .cmxs
+            .iter()
+            .map(|(status, _, _)| {
+                kaa_testkit::cmx::metric_value(&status.metrics_text(), "cmx_handed_over_total")
+            })
+            .sum();
+        for (_, stop, task) in self.cmxs {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        self.provider_task.abort();
+        let sizes = *self.sizes.lock().unwrap();
+        (sizes, handed_over)
+    }
+}
+
+/// The CMX run with one replica and no membership (`replicas` `None`), or with
+/// `replicas` replicas in a membership; the outcome, the sizes and the share of
+/// requests handed over between replicas.
+async fn run_cmx(
+    url: &str,
+    load: Load,
+    tag: &str,
+    replicas: Option<usize>,
+    templates: &ClientDataTemplates,
+) -> (Outcome, Sizes, f64) {
+    let mut stack = start_cmx(url, tag, replicas, templates).await;
+    let mut extension_data = 0;
+    let result = generate(&mut stack.generator, templates, load, |m| {
+        extension_data = m.payload.len()
+    })
+    .await;
+    let (mut sizes, handed_over) = stack.stop().await;
     sizes.extension_data = extension_data;
     let share = handed_over / result.sent.max(1) as f64;
     (result, sizes, share)
 }
 
-async fn run_raw(
-    url: &str,
-    load: Load,
-    sizes: Sizes,
-    tag: &str,
-    templates: &ClientDataTemplates,
-) -> Outcome {
+/// The ceiling's stack ready for load: the relay, the provider and the
+/// generator.
+struct RawStack {
+    relay_task: tokio::task::JoinHandle<()>,
+    provider_task: tokio::task::JoinHandle<()>,
+    generator: Generator,
+}
+
+async fn start_raw(url: &str, sizes: Sizes, tag: &str) -> RawStack {
     // Subjects of the CMX run's shape and length (`cmx-`, `kpc-`, `ecr-` become
     // `rly-`, `gen-`, `prv-`): NATS parses and matches every subject, so shorter
     // ones would make the ceiling cheaper for reasons that are not CMX's work.
@@ -615,31 +800,80 @@ async fn run_raw(
         })
     };
 
-    let generator = connect(url).await;
-    let answers = generator.subscribe(device_replies.clone()).await.unwrap();
-    barrier(&generator).await;
-    let result = generate(
-        generator,
-        answers,
-        load,
-        |seq| {
-            (
-                inbound.clone(),
-                device_replies.clone(),
-                templates.request(seq),
-            )
-        },
-        answer_seq,
-        |_| {},
-    )
-    .await;
-    relay_task.abort();
-    provider_task.abort();
+    let client = connect(url).await;
+    let answers = client.subscribe(device_replies.clone()).await.unwrap();
+    barrier(&client).await;
+    RawStack {
+        relay_task,
+        provider_task,
+        generator: Generator::new(client, answers, inbound, device_replies),
+    }
+}
+
+impl RawStack {
+    fn stop(self) {
+        self.relay_task.abort();
+        self.provider_task.abort();
+    }
+}
+
+async fn run_raw(
+    url: &str,
+    load: Load,
+    sizes: Sizes,
+    tag: &str,
+    templates: &ClientDataTemplates,
+) -> Outcome {
+    let mut stack = start_raw(url, sizes, tag).await;
+    let result = generate(&mut stack.generator, templates, load, |_| {}).await;
+    stack.stop();
     result
 }
 
-/// The whole bench (also the entry point of `cmx_nats_allocs`, which installs a
-/// counting allocator first).
+/// An interleaved round: both stacks up at once, each warmed up for one
+/// `load.warmup` slice, then slices of `slice` taken by turns (which side goes
+/// first alternating from pair to pair) until each side has had `load.measure`.
+/// The CMX and relay outcomes, the sizes, and each pair's CMX / relay ratio.
+async fn run_interleaved(
+    url: &str,
+    load: Load,
+    slice_length: Duration,
+    tag: &str,
+    templates: &ClientDataTemplates,
+) -> (Outcome, Outcome, Sizes, Vec<f64>) {
+    let c = load.concurrency;
+    let mut cmx = start_cmx(url, tag, None, templates).await;
+    let mut extension_data = 0;
+    slice(&mut cmx.generator, templates, c, load.warmup, |m| {
+        extension_data = m.payload.len()
+    })
+    .await;
+    let mut sizes = *cmx.sizes.lock().unwrap();
+    sizes.extension_data = extension_data;
+    let mut raw = start_raw(url, sizes, tag).await;
+    slice(&mut raw.generator, templates, c, load.warmup, |_| {}).await;
+    let (mut cmx_total, mut raw_total) = (Slices::default(), Slices::default());
+    let mut pairs = Vec::new();
+    while cmx_total.elapsed < load.measure {
+        let (a, b) = if pairs.len() % 2 == 0 {
+            let a = slice(&mut cmx.generator, templates, c, slice_length, |_| {}).await;
+            let b = slice(&mut raw.generator, templates, c, slice_length, |_| {}).await;
+            (a, b)
+        } else {
+            let b = slice(&mut raw.generator, templates, c, slice_length, |_| {}).await;
+            let a = slice(&mut cmx.generator, templates, c, slice_length, |_| {}).await;
+            (a, b)
+        };
+        pairs.push(100.0 * a.per_second() / b.per_second());
+        cmx_total.add(a);
+        raw_total.add(b);
+    }
+    raw.stop();
+    let (mut seen, _) = cmx.stop().await;
+    seen.extension_data = extension_data;
+    (cmx_total.outcome(), raw_total.outcome(), seen, pairs)
+}
+
 pub(crate) fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let seconds: u64 = env_or("CMX_BENCH_SECONDS", 5);
@@ -647,6 +881,9 @@ pub(crate) fn main() {
     // reported): on a shared machine the relay's own rate moves by a third
     // from one run to the next.
     let rounds: usize = env_or("CMX_BENCH_ROUNDS", 1usize).max(1);
+    // Interleaved rounds (the default): both stacks up at once, taking the
+    // load by turns in slices this long; 0 runs CMX, then the relay.
+    let slice_ms: u64 = env_or("CMX_BENCH_SLICE_MS", 250);
     let concurrency: Vec<usize> = std::env::var("CMX_BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "1,16,64".into())
         .split(',')
@@ -720,17 +957,35 @@ pub(crate) fn main() {
         });
         return;
     }
-    println!(
-        "CMX over NATS vs a raw async-nats relay (4 hops each), {seconds} s per run after 1 s warm-up, NATS at {url}"
-    );
+    if slice_ms > 0 {
+        println!(
+            "CMX over NATS vs a raw async-nats relay (4 hops each), {seconds} s each per round after 1 s warm-up each, interleaved in {slice_ms} ms slices, NATS at {url}"
+        );
+    } else {
+        println!(
+            "CMX over NATS vs a raw async-nats relay (4 hops each), {seconds} s per run after 1 s warm-up, NATS at {url}"
+        );
+    }
     let mut rows = Vec::new();
+    let mut pairs: Vec<(usize, Vec<f64>)> = Vec::new();
     runtime.block_on(async {
         for (i, &c) in concurrency.iter().enumerate() {
             for round in 0..rounds {
                 let tag = format!("bench{i}r{round}");
                 // Alternate which run goes first, so that a machine slowing down
                 // or speeding up over a round weighs on both alike.
-                let (cmx, sizes, raw) = if round % 2 == 0 {
+                let (cmx, sizes, raw) = if slice_ms > 0 {
+                    let (cmx, raw, sizes, ratios) = run_interleaved(
+                        &url,
+                        load(c),
+                        Duration::from_millis(slice_ms),
+                        &tag,
+                        &templates,
+                    )
+                    .await;
+                    pairs.push((c, ratios));
+                    (cmx, sizes, raw)
+                } else if round % 2 == 0 {
                     let (cmx, sizes, _) = run_cmx(&url, load(c), &tag, None, &templates).await;
                     let raw = run_raw(&url, load(c), sizes, &tag, &templates).await;
                     (cmx, sizes, raw)
@@ -825,6 +1080,30 @@ pub(crate) fn main() {
                     .collect::<Vec<_>>()
                     .join(", "),
                 100.0 * cmx_total / raw_total
+            );
+        }
+    }
+    if slice_ms > 0 {
+        println!();
+        for &c in &concurrency {
+            let mut ratios: Vec<f64> = pairs
+                .iter()
+                .filter(|(pc, _)| *pc == c)
+                .flat_map(|(_, r)| r.iter().copied())
+                .collect();
+            if ratios.is_empty() {
+                continue;
+            }
+            ratios.sort_by(f64::total_cmp);
+            let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "{c} in flight, {} slice pairs: CMX / raw per pair median {:.0}%, quartiles {:.0}–{:.0}%, range {:.0}–{:.0}%",
+                ratios.len(),
+                at(0.5),
+                at(0.25),
+                at(0.75),
+                at(0.0),
+                at(1.0)
             );
         }
     }
