@@ -3,8 +3,10 @@
 //! share interned elsewhere, and two intrusive lists (connected and idle) in
 //! order of last activity, for TTL expiry and eviction in O(1).
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use kaa_ism::UnixMillis;
 
@@ -197,11 +199,24 @@ impl List {
     };
 }
 
+/// The ID of the endpoint in `slot` (`None`: an empty or unknown slot).
+fn id_at(slots: &[Option<Endpoint>], slot: u32) -> Option<&str> {
+    Some(&*slots.get(slot as usize)?.as_ref()?.id)
+}
+
 /// The slab of endpoints with its index and activity lists.
 pub(crate) struct Endpoints {
     slots: Vec<Option<Endpoint>>,
     free: Vec<u32>,
-    index: HashMap<Arc<str>, u32>,
+    /// The slot of each endpoint, found by its ID's hash and compared with the
+    /// slot's [`Endpoint::id`]. A bucket is the slot number alone (4 bytes,
+    /// where a map from `Arc<str>` takes 24): with many endpoints the index stays
+    /// in cache, and a lookup's one cache miss is the endpoint it reads next
+    /// anyway.
+    index: HashTable<u32>,
+    /// SipHash with a random key, as std's `HashMap`: endpoint IDs come from
+    /// other services' messages (HashDoS).
+    hasher: RandomState,
     connected: List,
     idle: List,
 }
@@ -211,7 +226,8 @@ impl Endpoints {
         Endpoints {
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: HashTable::new(),
+            hasher: RandomState::new(),
             connected: List::EMPTY,
             idle: List::EMPTY,
         }
@@ -222,7 +238,12 @@ impl Endpoints {
     }
 
     pub(crate) fn find(&self, id: &str) -> Option<u32> {
-        self.index.get(id).copied()
+        let slots = &self.slots;
+        self.index
+            .find(self.hasher.hash_one(id), |&slot| {
+                id_at(slots, slot) == Some(id)
+            })
+            .copied()
     }
 
     pub(crate) fn get(&self, slot: u32) -> Option<&Endpoint> {
@@ -280,7 +301,7 @@ impl Endpoints {
 
     /// Adds an endpoint at the tail of its list.
     pub(crate) fn insert(&mut self, endpoint: Endpoint) -> u32 {
-        let id = endpoint.id.clone();
+        let hash = self.hasher.hash_one(&*endpoint.id);
         let slot = match self.free.pop() {
             Some(slot) => {
                 if let Some(s) = self.slots.get_mut(slot as usize) {
@@ -293,7 +314,10 @@ impl Endpoints {
                 u32::try_from(self.slots.len() - 1).unwrap_or(NIL)
             }
         };
-        self.index.insert(id, slot);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, slot, |&other| {
+            hasher.hash_one(id_at(slots, other).unwrap_or_default())
+        });
         self.link_tail(slot);
         slot
     }
@@ -301,7 +325,12 @@ impl Endpoints {
     pub(crate) fn remove(&mut self, slot: u32) -> Option<Endpoint> {
         self.unlink(slot);
         let endpoint = self.slots.get_mut(slot as usize)?.take()?;
-        self.index.remove(&*endpoint.id);
+        if let Ok(entry) = self
+            .index
+            .find_entry(self.hasher.hash_one(&*endpoint.id), |&s| s == slot)
+        {
+            entry.remove();
+        }
         self.free.push(slot);
         Some(endpoint)
     }
@@ -414,6 +443,35 @@ mod tests {
         assert_eq!(eps.len(), 0);
         assert_eq!(eps.oldest_idle(), None);
         assert_eq!(eps.oldest_connected(), None);
+    }
+
+    /// The index finds every endpoint by its ID through the table's growth
+    /// (rehashing reads IDs back from the slots), removal and slot reuse, and
+    /// finds none of the removed ones.
+    #[test]
+    fn index_finds_endpoints_through_growth_removal_and_reuse() {
+        let mut eps = Endpoints::new();
+        let id = |n: u32| format!("endpoint-{n}");
+        let mut slot_of = std::collections::HashMap::new();
+        for n in 0..5_000u32 {
+            let slot = eps.insert(Endpoint::new(id(n).into(), 1, n, UnixMillis(0)));
+            slot_of.insert(n, slot);
+        }
+        for n in (0..5_000u32).filter(|n| n % 3 == 0) {
+            let removed = eps.remove(slot_of[&n]).expect("tracked");
+            assert_eq!(*removed.id, id(n));
+        }
+        // The freed slots are taken again by new IDs.
+        for n in 5_000..7_000u32 {
+            let slot = eps.insert(Endpoint::new(id(n).into(), 1, n, UnixMillis(0)));
+            slot_of.insert(n, slot);
+        }
+        for n in 0..7_000u32 {
+            let expected = (n >= 5_000 || n % 3 != 0).then(|| slot_of[&n]);
+            assert_eq!(eps.find(&id(n)), expected, "{}", id(n));
+        }
+        assert_eq!(eps.find("endpoint-"), None);
+        assert_eq!(eps.len(), 7_000 - 5_000_usize.div_ceil(3));
     }
 
     #[test]
