@@ -641,11 +641,15 @@ async fn start_cmx(
     let provider_task = {
         let sizes = Arc::clone(&sizes);
         tokio::spawn(async move {
+            // The sizes of the first exchange (the relay's provider takes no
+            // lock per request either).
+            let mut recorded = false;
             while let Some(m) = requests.next().await {
                 let response = provide(&m.payload);
-                if let Ok(mut s) = sizes.lock() {
+                if !recorded && let Ok(mut s) = sizes.lock() {
                     s.config_request = m.payload.len();
                     s.config_response = response.len();
+                    recorded = true;
                 }
                 if let Some(reply) = m.reply {
                     provider.publish(reply, response.into()).await.unwrap();
