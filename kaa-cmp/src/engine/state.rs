@@ -211,8 +211,8 @@ pub(crate) struct Endpoints {
     /// The slot of each endpoint, found by its ID's hash and compared with the
     /// slot's [`Endpoint::id`]. A bucket is the slot number alone (4 bytes,
     /// where a map from `Arc<str>` takes 24): with many endpoints the index stays
-    /// in cache, and a lookup's one cache miss is the endpoint it reads next
-    /// anyway.
+    /// in cache, and a lookup's cache misses are the endpoint and its ID, which
+    /// the engine reads next anyway.
     index: HashTable<u32>,
     /// SipHash with a random key, as std's `HashMap`: endpoint IDs come from
     /// other services' messages (HashDoS).
