@@ -154,6 +154,55 @@ fn allocations() -> Option<u64> {
     ALLOCATIONS.get().map(|count| count())
 }
 
+/// What the process spent since `start`: CPU ticks of this process and of
+/// `nats-server`, and heap allocations (each `None` where not measured).
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    cpu: Option<(u64, u64)>,
+    allocations: Option<u64>,
+}
+
+/// A reading to measure [`Spent`] from.
+#[derive(Debug, Clone, Copy)]
+struct Meter {
+    cpu: Option<(u64, u64)>,
+    allocations: Option<u64>,
+}
+
+impl Meter {
+    fn start() -> Self {
+        Meter {
+            cpu: cpu_now(),
+            allocations: allocations(),
+        }
+    }
+
+    fn spent(self) -> Spent {
+        Spent {
+            cpu: self
+                .cpu
+                .zip(cpu_now())
+                .map(|((p0, n0), (p1, n1))| (p1.saturating_sub(p0), n1.saturating_sub(n0))),
+            allocations: self
+                .allocations
+                .zip(allocations())
+                .map(|(start, end)| end - start),
+        }
+    }
+}
+
+impl Spent {
+    /// CPU µs (process, `nats-server`) and allocations per request.
+    fn per_request(self, requests: u64) -> (Option<(f64, f64)>, Option<f64>) {
+        let requests = requests.max(1) as f64;
+        let us = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / requests;
+        (
+            self.cpu.map(|(p, n)| (us(p), us(n))),
+            self.allocations.map(|a| a as f64 / requests),
+        )
+    }
+}
+
 /// The generator's side of one stack (the fake communication service): its
 /// connection, the answers' subscription, where requests go, and the requests
 /// in flight by number.
@@ -239,14 +288,10 @@ async fn generate(
     let end = measure_from + measure;
     let mut latencies = Vec::with_capacity(1 << 20);
     let mut counted = 0u64;
-    let mut allocs_at_start = None;
-    let mut cpu_at_start = None;
-    let mut measuring = false;
+    let mut meter = None;
     while Instant::now() < end {
-        if !measuring && Instant::now() >= measure_from {
-            measuring = true;
-            allocs_at_start = allocations();
-            cpu_at_start = cpu_now();
+        if meter.is_none() && Instant::now() >= measure_from {
+            meter = Some(Meter::start());
         }
         let (at, message) = generator.answer().await;
         on_answer(&message);
@@ -257,16 +302,9 @@ async fn generate(
         }
         generator.send(templates).await;
     }
-    let per_request_us = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / counted.max(1) as f64;
-    let cpu_per_request = cpu_at_start.zip(cpu_now()).map(|((p0, n0), (p1, n1))| {
-        (
-            per_request_us(p1.saturating_sub(p0)),
-            per_request_us(n1.saturating_sub(n0)),
-        )
-    });
-    let allocs_per_request = allocs_at_start
-        .zip(allocations())
-        .map(|(start, end)| (end - start) as f64 / counted.max(1) as f64);
+    let (cpu_per_request, allocs_per_request) = meter
+        .map(|m| m.spent().per_request(counted))
+        .unwrap_or_default();
     let elapsed = measure.as_secs_f64();
     latencies.sort_unstable();
     Outcome {
@@ -280,57 +318,42 @@ async fn generate(
     }
 }
 
-/// One slice of an interleaved run, summed per side over its slices.
+/// One slice of an interleaved run.
 #[derive(Debug, Default)]
-struct Slices {
+struct Slice {
     answered: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
-    /// This process's and `nats-server`'s CPU ticks (`None` without `/proc`).
-    cpu: Option<(u64, u64)>,
-    allocations: Option<u64>,
+    spent: Spent,
 }
 
-impl Slices {
+impl Slice {
     fn per_second(&self) -> f64 {
         self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+}
 
-    fn add(&mut self, slice: Slices) {
-        let first = self.answered == 0;
-        self.answered += slice.answered;
-        self.elapsed += slice.elapsed;
-        self.latencies.extend(slice.latencies);
-        let sum = |a: Option<(u64, u64)>, b: Option<(u64, u64)>| {
-            a.zip(b).map(|((a0, a1), (b0, b1))| (a0 + b0, a1 + b1))
-        };
-        self.cpu = if first {
-            slice.cpu
-        } else {
-            sum(self.cpu, slice.cpu)
-        };
-        self.allocations = if first {
-            slice.allocations
-        } else {
-            self.allocations.zip(slice.allocations).map(|(a, b)| a + b)
-        };
-    }
-
-    fn outcome(mut self) -> Outcome {
-        let answered = self.answered.max(1) as f64;
-        let per_request_us = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / answered;
-        self.latencies.sort_unstable();
-        Outcome {
-            requests: self.answered,
-            sent: self.answered,
-            per_second: self.per_second(),
-            p50: percentile(&self.latencies, 0.50),
-            p99: percentile(&self.latencies, 0.99),
-            allocs_per_request: self.allocations.map(|a| a as f64 / answered),
-            cpu_per_request: self
-                .cpu
-                .map(|(p, n)| (per_request_us(p), per_request_us(n))),
-        }
+/// One side's outcome over all its slices.
+fn outcome_of(slices: Vec<Slice>) -> Outcome {
+    let answered: u64 = slices.iter().map(|s| s.answered).sum();
+    let elapsed: Duration = slices.iter().map(|s| s.elapsed).sum();
+    let spent = Spent {
+        cpu: slices.iter().try_fold((0, 0), |(p, n), s| {
+            s.spent.cpu.map(|(sp, sn)| (p + sp, n + sn))
+        }),
+        allocations: slices.iter().map(|s| s.spent.allocations).sum(),
+    };
+    let mut latencies: Vec<Duration> = slices.into_iter().flat_map(|s| s.latencies).collect();
+    latencies.sort_unstable();
+    let (cpu_per_request, allocs_per_request) = spent.per_request(answered);
+    Outcome {
+        requests: answered,
+        sent: answered,
+        per_second: answered as f64 / elapsed.as_secs_f64().max(1e-9),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        allocs_per_request,
+        cpu_per_request,
     }
 }
 
@@ -344,15 +367,14 @@ async fn slice(
     concurrency: usize,
     duration: Duration,
     mut on_answer: impl FnMut(&async_nats::Message),
-) -> Slices {
-    let cpu_at_start = cpu_now();
-    let allocs_at_start = allocations();
+) -> Slice {
+    let meter = Meter::start();
     let begin = Instant::now();
     let end = begin + duration;
     for _ in 0..concurrency {
         generator.send(templates).await;
     }
-    let mut slice = Slices::default();
+    let mut slice = Slice::default();
     while !generator.started.is_empty() {
         let (at, message) = generator.answer().await;
         on_answer(&message);
@@ -364,12 +386,7 @@ async fn slice(
         }
     }
     slice.elapsed = begin.elapsed();
-    slice.cpu = cpu_at_start
-        .zip(cpu_now())
-        .map(|((p0, n0), (p1, n1))| (p1.saturating_sub(p0), n1.saturating_sub(n0)));
-    slice.allocations = allocs_at_start
-        .zip(allocations())
-        .map(|(start, end)| end - start);
+    slice.spent = meter.spent();
     slice
 }
 
@@ -856,9 +873,10 @@ async fn run_interleaved(
     sizes.extension_data = extension_data;
     let mut raw = start_raw(url, sizes, tag).await;
     slice(&mut raw.generator, templates, c, load.warmup, |_| {}).await;
-    let (mut cmx_total, mut raw_total) = (Slices::default(), Slices::default());
+    let (mut cmx_slices, mut raw_slices) = (Vec::new(), Vec::new());
     let mut pairs = Vec::new();
-    while cmx_total.elapsed < load.measure {
+    let mut cmx_elapsed = Duration::ZERO;
+    while cmx_elapsed < load.measure {
         let (a, b) = if pairs.len() % 2 == 0 {
             let a = slice(&mut cmx.generator, templates, c, slice_length, |_| {}).await;
             let b = slice(&mut raw.generator, templates, c, slice_length, |_| {}).await;
@@ -869,13 +887,14 @@ async fn run_interleaved(
             (a, b)
         };
         pairs.push(100.0 * a.per_second() / b.per_second());
-        cmx_total.add(a);
-        raw_total.add(b);
+        cmx_elapsed += a.elapsed;
+        cmx_slices.push(a);
+        raw_slices.push(b);
     }
     raw.stop();
     let (mut seen, _) = cmx.stop().await;
     seen.extension_data = extension_data;
-    (cmx_total.outcome(), raw_total.outcome(), seen, pairs)
+    (outcome_of(cmx_slices), outcome_of(raw_slices), seen, pairs)
 }
 
 pub(crate) fn main() {
